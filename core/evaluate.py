@@ -1,0 +1,231 @@
+"""Quality measurements: perplexity, divergence from the reference, multiple-choice accuracy.
+
+For small models, task accuracy near chance hides damage, so the lead measurement is how far a
+variant's next-token distribution moves from the reference's on the same text (KL divergence and
+top-1 agreement), then perplexity, then multiple-choice accuracy with a bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_MC_SET = ASSETS / "eval" / "mc_general.jsonl"
+DEFAULT_PPL_TEXT = ASSETS / "eval" / "prose.txt"
+Tick = Callable[[float], None]  # progress within one evaluation, 0..1; may raise to cancel
+
+
+def _noop(_: float) -> None:
+    return None
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- text -> windows
+
+
+def read_text(path: Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Text file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8.") from None
+    if len(text.split()) < 50:
+        raise ValueError(f"{path} holds {len(text.split())} words; perplexity needs at least 50 words of prose.")
+    return text
+
+
+def token_windows(token_ids: list[int], window: int, max_tokens: int | None = None) -> list[torch.Tensor]:
+    """Non-overlapping windows of `window` tokens ([1, W] each); a final short window is kept if >= 2 tokens."""
+    if window < 2:
+        raise ValueError(f"window must be at least 2 tokens, got {window}")
+    ids = token_ids[:max_tokens] if max_tokens else token_ids
+    chunks = [ids[i : i + window] for i in range(0, len(ids), window)]
+    return [torch.tensor([c]) for c in chunks if len(c) >= 2]
+
+
+def tokenize_text(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+# ---------------------------------------------------------------- perplexity and divergence
+
+
+@torch.inference_mode()
+def window_logprobs(model, window: torch.Tensor, device: str = "cpu") -> torch.Tensor:
+    """[W, V] float32 log-probabilities of the next token at each position."""
+    logits = model(input_ids=window.to(device)).logits[0].float()
+    return F.log_softmax(logits, dim=-1).cpu()
+
+
+@dataclass(frozen=True)
+class TextQuality:
+    perplexity: float
+    nll_tokens: int  # tokens predicted (W - 1 per window)
+    kld_mean: float  # nats/token, KL(reference || variant)
+    kld_p99: float
+    top1_agreement: float
+    positions: int  # positions compared against the reference
+
+
+def text_quality(model, windows: list[torch.Tensor], reference: list[torch.Tensor] | None,
+                 device: str = "cpu", tick: Tick = _noop) -> tuple[TextQuality, list[torch.Tensor]]:
+    """Perplexity of `model` on the windows and its divergence from `reference` (per-window log-probs).
+
+    With reference=None the model is its own reference (KLD 0, agreement 1) and its log-probs are
+    returned so that later variants can be compared against them.
+    """
+    nll_sum, nll_n = 0.0, 0
+    klds: list[torch.Tensor] = []
+    agree, positions = 0, 0
+    own: list[torch.Tensor] = []
+    for i, window in enumerate(windows):
+        lp = window_logprobs(model, window, device)  # [W, V]
+        targets = window[0, 1:]
+        nll_sum += -lp[:-1].gather(1, targets[:, None]).sum().item()
+        nll_n += len(targets)
+        ref = reference[i] if reference is not None else lp
+        if reference is None:
+            own.append(lp)
+        kl = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0)  # [W]; tiny negatives are float noise
+        klds.append(kl)
+        agree += int((ref.argmax(-1) == lp.argmax(-1)).sum())
+        positions += lp.shape[0]
+        tick((i + 1) / len(windows))
+    kl_all = torch.cat(klds)
+    quality = TextQuality(
+        perplexity=math.exp(nll_sum / nll_n), nll_tokens=nll_n,
+        kld_mean=float(kl_all.mean()), kld_p99=float(torch.quantile(kl_all, 0.99)),
+        top1_agreement=agree / positions, positions=positions,
+    )
+    return quality, own
+
+
+# ---------------------------------------------------------------- multiple choice
+
+
+@dataclass(frozen=True)
+class MCItem:
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+
+
+def load_mc_jsonl(path: Path) -> list[MCItem]:
+    """Read {"question", "choices", "answer"} lines, naming the first bad line and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Multiple-choice file not found: {path}")
+    items = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path.name} line {n} is not valid JSON ({e.msg}).") from None
+        items.append(_mc_item(row, f"{path.name} line {n}"))
+    if not items:
+        raise ValueError(f"{path} holds no questions; expected lines like "
+                         '{"question": "...", "choices": ["...", "..."], "answer": 0}.')
+    return items
+
+
+def _mc_item(row: object, where: str) -> MCItem:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}.")
+    q, choices, answer = row.get("question"), row.get("choices"), row.get("answer")
+    if not isinstance(q, str) or not q.strip():
+        raise ValueError(f"{where}: 'question' must be a non-empty string.")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+        raise ValueError(f"{where}: 'choices' must be a list of at least 2 non-empty strings.")
+    if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
+        raise ValueError(f"{where}: 'answer' must be an integer index from 0 to {len(choices) - 1}, got {answer!r}.")
+    return MCItem(q.strip(), tuple(c.strip() for c in choices), answer)
+
+
+def mc_prompt(item: MCItem) -> str:
+    return f"Question: {item.question}\nAnswer:"
+
+
+def _continuation_ids(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Tokenize context+continuation together (as the model reads it) and split at the context's end."""
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
+        return ctx, whole[len(ctx):]
+    return ctx, tokenizer(continuation, add_special_tokens=False)["input_ids"]
+
+
+@torch.inference_mode()
+def choice_logprobs(model, tokenizer, item: MCItem, device: str = "cpu") -> list[float]:
+    """Summed log-probability of each choice's tokens after the question, one left-padded batch per item."""
+    pairs = [_continuation_ids(tokenizer, mc_prompt(item), " " + c) for c in item.choices]
+    seqs = [ctx + cont for ctx, cont in pairs]
+    longest = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([[pad] * (longest - len(s)) + s for s in seqs], device=device)  # [C, L]
+    mask = torch.tensor([[0] * (longest - len(s)) + [1] * len(s) for s in seqs], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)  # left padding: real tokens start at position 0
+    keep = max(len(cont) for _, cont in pairs) + 1  # only the tail's logits are needed
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits.float()
+    lp = F.log_softmax(logits, dim=-1)  # [C, keep, V]; position j predicts token at L - keep + j + 1
+    scores = []
+    for row, (_, cont) in enumerate(pairs):
+        n = len(cont)
+        pred = lp[row, keep - n - 1 : keep - 1]  # [n, V]
+        target = ids[row, longest - n :]
+        scores.append(float(pred.gather(1, target[:, None]).sum()))
+    return scores
+
+
+@dataclass(frozen=True)
+class MCResult:
+    accuracy: float
+    accuracy_norm: float
+    ci95: tuple[float, float]
+    items: int
+    per_item: list[dict] = field(default_factory=list)
+
+
+def bootstrap_ci(correct: list[bool], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of 0/1 outcomes, resampling items."""
+    if not correct:
+        raise ValueError("bootstrap of no items")
+    rng = random.Random(seed)
+    n = len(correct)
+    means = sorted(sum(rng.choices(correct, k=n)) / n for _ in range(n_boot))
+    lo = means[int((1 - level) / 2 * n_boot)]
+    hi = means[min(n_boot - 1, int((1 + level) / 2 * n_boot))]
+    return lo, hi
+
+
+def mc_accuracy(model, tokenizer, items: list[MCItem], device: str = "cpu", tick: Tick = _noop,
+                seed: int = 0) -> MCResult:
+    """Raw accuracy (highest summed log-prob) and length-normalised accuracy (per byte, as lm-eval's acc_norm)."""
+    per_item, raw, norm = [], [], []
+    for i, item in enumerate(items):
+        scores = choice_logprobs(model, tokenizer, item, device)
+        per_byte = [s / max(1, len((" " + c).encode())) for s, c in zip(scores, item.choices)]
+        pick = max(range(len(scores)), key=scores.__getitem__)
+        pick_norm = max(range(len(per_byte)), key=per_byte.__getitem__)
+        raw.append(pick == item.answer)
+        norm.append(pick_norm == item.answer)
+        per_item.append({"index": i, "question": item.question, "answer": item.answer, "pick": pick,
+                         "pick_norm": pick_norm, "correct": pick == item.answer,
+                         "logprobs": [round(s, 4) for s in scores]})
+        tick((i + 1) / len(items))
+    return MCResult(sum(raw) / len(raw), sum(norm) / len(norm), bootstrap_ci(raw, seed=seed), len(items), per_item)

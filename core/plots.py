@@ -1,0 +1,416 @@
+"""Pure plotly figure builders: records in, go.Figure out. No streamlit here, so figures are testable.
+
+The trade-off map puts a cost on x (lower is better) and a quality on y, always drawn so that
+better is up and left. For lower-is-better qualities (KL divergence, perplexity) the axis is
+reversed rather than the numbers changed, so hover values stay the measured ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from core.records import VariantRecord
+
+MAX_BUBBLE_PX = 60  # diameter of the largest bubble
+FRONTIER_NAME = "Pareto frontier"
+ROOFLINE_NAME = "Memory-bandwidth limit"
+BUBBLE_NOTE = "bubble size = MB held"
+
+
+# --- what can be plotted ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QualityMetric:
+    key: str  # VariantRecord field
+    label: str
+    higher_is_better: bool
+    axis_title: str
+    error_fields: tuple[str, ...] | None  # field(s) holding a [low, high] interval; None: no error bars
+    value_format: str = ".3f"  # d3/Python format spec for hover and sentences
+
+
+QUALITY_METRICS: dict[str, QualityMetric] = {
+    m.key: m
+    for m in (
+        QualityMetric(
+            "kld_mean", "KL divergence", False,
+            "KL divergence vs reference (nats/token; lower is better, axis reversed: ↑ better)", None,
+        ),
+        QualityMetric(
+            "top1_agreement", "Top-1 agreement", True,
+            "Top-1 token agreement with reference (share of tokens; ↑ better)", None, ".1%",
+        ),
+        QualityMetric(
+            "perplexity", "Perplexity", False,
+            "Perplexity (lower is better, axis reversed: ↑ better)", None, ".2f",
+        ),
+        QualityMetric(
+            "mc_accuracy", "Multiple-choice accuracy", True,
+            "Multiple-choice accuracy (share correct, 95% CI; ↑ better)", ("mc_accuracy_ci95",), ".1%",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float
+    low: float
+    high: float
+
+    @property
+    def minus(self) -> float:
+        return self.value - self.low
+
+    @property
+    def plus(self) -> float:
+        return self.high - self.value
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def decode_ms_per_token(tokens_per_s: float) -> float:
+    """Decode latency per token; NaN where the speed is unknown or zero."""
+    return 1000.0 / tokens_per_s if _finite(tokens_per_s) and tokens_per_s > 0 else math.nan
+
+
+def latency_interval(record: VariantRecord) -> Interval:
+    # The p90 speed is the fast end, so it gives the low latency: the bars are asymmetric.
+    return Interval(
+        value=decode_ms_per_token(record.decode_tokens_per_s_median),
+        low=decode_ms_per_token(record.decode_tokens_per_s_p90),
+        high=decode_ms_per_token(record.decode_tokens_per_s_p10),
+    )
+
+
+def cost_interval(record: VariantRecord) -> Interval:
+    # Cost per token is proportional to 1 / speed, so it has the same relative spread as latency.
+    latency = latency_interval(record)
+    scale = record.usd_per_1m_tokens / latency.value if _finite(latency.value) and latency.value > 0 else math.nan
+    return Interval(record.usd_per_1m_tokens, latency.low * scale, latency.high * scale)
+
+
+@dataclass(frozen=True)
+class CostAxis:
+    key: str
+    label: str
+    axis_title: str
+    unit: str
+    interval: Callable[[VariantRecord], Interval]
+    value_format: str
+
+
+COST_AXES: dict[str, CostAxis] = {
+    a.key: a
+    for a in (
+        CostAxis(
+            "latency", "Decode latency", "Decode latency (ms per token, p10–p90; ← better)",
+            "ms/token", latency_interval, ".1f",
+        ),
+        CostAxis(
+            "cost", "Cost", "Cost (USD per 1M generated tokens, p10–p90; ← better)",
+            "USD per 1M tokens", cost_interval, ".4f",
+        ),
+    )
+}
+
+
+def get_metric(metric_key: str) -> QualityMetric:
+    if metric_key not in QUALITY_METRICS:
+        raise ValueError(f"unknown quality metric {metric_key!r}; choose one of {list(QUALITY_METRICS)}")
+    return QUALITY_METRICS[metric_key]
+
+
+def get_cost_axis(axis_key: str) -> CostAxis:
+    if axis_key not in COST_AXES:
+        raise ValueError(f"unknown cost axis {axis_key!r}; choose one of {list(COST_AXES)}")
+    return COST_AXES[axis_key]
+
+
+def quality_interval(record: VariantRecord, metric: QualityMetric) -> Interval:
+    value = getattr(record, metric.key)
+    if not metric.error_fields:
+        return Interval(value, value, value)
+    if len(metric.error_fields) == 1:  # one field holding [low, high]
+        bounds = getattr(record, metric.error_fields[0]) or [math.nan, math.nan]
+        low, high = bounds[0], bounds[1]
+    else:  # two fields: low, high
+        low, high = (getattr(record, name) for name in metric.error_fields[:2])
+    return Interval(value, low, high)
+
+
+# --- the Pareto frontier ---------------------------------------------------------------------------
+
+
+def _dominates(a: tuple[float, float], b: tuple[float, float], higher_is_better: bool) -> bool:
+    """a is at least as good as b on both axes and strictly better on one (x is a cost)."""
+    y_better_or_equal = a[1] >= b[1] if higher_is_better else a[1] <= b[1]
+    y_strictly_better = a[1] > b[1] if higher_is_better else a[1] < b[1]
+    return a[0] <= b[0] and y_better_or_equal and (a[0] < b[0] or y_strictly_better)
+
+
+def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool) -> list[int]:
+    """Indices of the non-dominated points, sorted by x (cost, lower is better) then by quality.
+
+    Points with a non-finite coordinate cannot be compared and are left out. Exact duplicates do not
+    dominate each other, so both stay on the front.
+    """
+    candidates = [i for i, (x, y) in enumerate(points) if _finite(x) and _finite(y)]
+    front = [
+        i for i in candidates
+        if not any(_dominates(points[j], points[i], higher_is_better) for j in candidates if j != i)
+    ]
+    quality_sign = -1 if higher_is_better else 1  # best quality first among equal x
+    return sorted(front, key=lambda i: (points[i][0], quality_sign * points[i][1], i))
+
+
+# --- shared helpers --------------------------------------------------------------------------------
+
+
+def _require_one_machine(records: Sequence[VariantRecord]) -> None:
+    machines = sorted({r.hardware for r in records})
+    if len(machines) > 1:
+        raise ValueError(
+            f"records come from {len(machines)} machines ({machines}); their speeds are not comparable, "
+            "so plot one machine at a time"
+        )
+
+
+def _family_colors(records: Sequence[VariantRecord]) -> dict[str, str]:
+    families = sorted({r.family for r in records})
+    palette = qualitative.Plotly
+    return {family: palette[i % len(palette)] for i, family in enumerate(families)}
+
+
+def _fmt(value: float, spec: str) -> str:
+    return format(value, spec) if _finite(value) else "n/a"
+
+
+def _hover_text(record: VariantRecord) -> str:
+    ci = record.mc_accuracy_ci95 or [math.nan, math.nan]
+    lines = [
+        f"<b>{record.label}</b> ({record.technique}, {record.family})",
+        f"Size held: {_fmt(record.size_mb, '.1f')} MB; peak memory: {_fmt(record.peak_mem_mb, '.1f')} MB",
+        f"Decode: {_fmt(record.decode_tokens_per_s_median, '.1f')} tokens/s "
+        f"(p10 {_fmt(record.decode_tokens_per_s_p10, '.1f')}, p90 {_fmt(record.decode_tokens_per_s_p90, '.1f')})"
+        f" = {_fmt(decode_ms_per_token(record.decode_tokens_per_s_median), '.1f')} ms/token",
+        f"Time to first token: {_fmt(record.ttft_ms_median, '.1f')} ms",
+        f"Roofline: {_fmt(record.roofline_tokens_per_s, '.1f')} tokens/s "
+        f"at {_fmt(record.bandwidth_gb_s, '.1f')} GB/s ({_fmt(record.roofline_pct, '.0f')}% reached)",
+        f"Cost: ${_fmt(record.usd_per_1m_tokens, '.4f')} per 1M tokens at ${_fmt(record.usd_per_hour, '.4f')}/h "
+        f"({record.hardware_preset})",
+        f"KL divergence: {_fmt(record.kld_mean, '.4f')} nats/token (p99 {_fmt(record.kld_p99, '.4f')})",
+        f"Top-1 agreement: {_fmt(record.top1_agreement, '.1%')}",
+        f"Perplexity: {_fmt(record.perplexity, '.2f')}",
+        f"MC accuracy: {_fmt(record.mc_accuracy, '.1%')} (95% CI {_fmt(ci[0], '.1%')}–{_fmt(ci[1], '.1%')}, "
+        f"{record.mc_items} items)",
+        f"Device: {record.device}, {record.dtype}, {record.threads} threads",
+    ]
+    return "<br>".join(lines)
+
+
+def _error_bars(intervals: Sequence[Interval]) -> dict | None:
+    """Asymmetric plotly error bars, or None where no interval is known."""
+    if not any(_finite(iv.low) and _finite(iv.high) and (iv.low != iv.high) for iv in intervals):
+        return None
+    plus = [iv.plus if _finite(iv.plus) else 0.0 for iv in intervals]
+    minus = [iv.minus if _finite(iv.minus) else 0.0 for iv in intervals]
+    return dict(type="data", symmetric=False, array=plus, arrayminus=minus, thickness=1)
+
+
+def _bubble_sizeref(records: Sequence[VariantRecord]) -> float:
+    # plotly's recipe for sizemode="area": the largest bubble gets MAX_BUBBLE_PX across.
+    largest_mb = max((r.size_mb for r in records if _finite(r.size_mb)), default=1.0)
+    return 2.0 * max(largest_mb, 1e-9) / MAX_BUBBLE_PX**2
+
+
+def _empty_figure(message: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+# --- the trade-off map -----------------------------------------------------------------------------
+
+
+def _family_trace(
+    records: Sequence[VariantRecord], family: str, color: str, metric: QualityMetric, axis: CostAxis, sizeref: float
+) -> go.Scatter:
+    xs = [axis.interval(r) for r in records]
+    ys = [quality_interval(r, metric) for r in records]
+    return go.Scatter(
+        x=[iv.value for iv in xs],
+        y=[iv.value for iv in ys],
+        mode="markers+text",
+        name=family,
+        text=[r.label for r in records],
+        textposition="top center",
+        marker=dict(
+            size=[r.size_mb if _finite(r.size_mb) else 0.0 for r in records],
+            sizemode="area",
+            sizeref=sizeref,
+            sizemin=4,
+            color=color,
+            opacity=0.75,
+            line=dict(width=1, color="DarkSlateGrey"),
+        ),
+        error_x=_error_bars(xs),
+        error_y=_error_bars(ys),
+        customdata=[_hover_text(r) for r in records],
+        hovertemplate="%{customdata}<extra></extra>",
+    )
+
+
+def _frontier_trace(records: Sequence[VariantRecord], metric: QualityMetric, axis: CostAxis) -> go.Scatter | None:
+    points = [(axis.interval(r).value, getattr(r, metric.key)) for r in records]
+    front = pareto_front(points, metric.higher_is_better)
+    if not front:
+        return None
+    return go.Scatter(
+        x=[points[i][0] for i in front],
+        y=[points[i][1] for i in front],
+        mode="lines",
+        name=FRONTIER_NAME,
+        line=dict(dash="dash", color="grey", width=1.5),
+        hoverinfo="skip",
+    )
+
+
+def tradeoff_figure(records: Sequence[VariantRecord], metric_key: str, axis_key: str) -> go.Figure:
+    """Bubble map of quality (y, better up) against speed or cost (x, better left), with the frontier."""
+    metric, axis = get_metric(metric_key), get_cost_axis(axis_key)
+    if not records:
+        return _empty_figure("No results yet: measure some variants first.")
+    _require_one_machine(records)
+    colors, sizeref = _family_colors(records), _bubble_sizeref(records)
+    fig = go.Figure()
+    for family, color in colors.items():
+        members = [r for r in records if r.family == family]
+        fig.add_trace(_family_trace(members, family, color, metric, axis, sizeref))
+    frontier = _frontier_trace(records, metric, axis)
+    if frontier is not None:
+        fig.add_trace(frontier)
+    fig.update_layout(
+        title=dict(text=f"{metric.label} vs {axis.label.lower()}"),
+        legend=dict(title=dict(text=f"Technique family ({BUBBLE_NOTE})")),
+        hovermode="closest",
+    )
+    fig.update_xaxes(title_text=axis.axis_title)
+    fig.update_yaxes(title_text=metric.axis_title, autorange=True if metric.higher_is_better else "reversed")
+    if metric.value_format.endswith("%"):
+        fig.update_yaxes(tickformat=".0%")
+    return fig
+
+
+# --- the sentence for a manager --------------------------------------------------------------------
+
+
+def _newest(records: Sequence[VariantRecord]) -> VariantRecord:
+    return max(records, key=lambda r: r.created_at)
+
+
+def _quality_phrase(variant: VariantRecord, reference: VariantRecord, metric: QualityMetric) -> str:
+    if metric.key == "kld_mean":
+        return (f"at {_fmt(variant.kld_mean, '.2f')} nats of KL divergence "
+                f"(top-1 agreement {_fmt(variant.top1_agreement, '.0%')})")
+    if metric.key == "top1_agreement":
+        return (f"agreeing with {reference.label} on {_fmt(variant.top1_agreement, '.0%')} of next tokens "
+                f"(KL divergence {_fmt(variant.kld_mean, '.2f')} nats)")
+    if metric.key == "perplexity":
+        return f"at perplexity {_fmt(variant.perplexity, '.1f')} against {_fmt(reference.perplexity, '.1f')}"
+    return (f"at {_fmt(variant.mc_accuracy, '.0%')} multiple-choice accuracy "
+            f"against {_fmt(reference.mc_accuracy, '.0%')}")
+
+
+def _gain_phrase(variant: VariantRecord, reference: VariantRecord, axis: CostAxis) -> str:
+    if axis.key == "latency":
+        speedup = variant.decode_tokens_per_s_median / reference.decode_tokens_per_s_median
+        return f"decodes {speedup:.1f}x faster than {reference.label}"
+    share = variant.usd_per_1m_tokens / reference.usd_per_1m_tokens
+    return (f"costs {share:.0%} of what {reference.label} costs per 1M tokens "
+            f"(${variant.usd_per_1m_tokens:.4f} against ${reference.usd_per_1m_tokens:.4f})")
+
+
+def what_you_give_up(
+    records: Sequence[VariantRecord], metric_key: str, axis_key: str, reference_technique: str = "fp32"
+) -> str:
+    """One plain-language sentence: what the best-value frontier variant gains and loses against the reference."""
+    metric, axis = get_metric(metric_key), get_cost_axis(axis_key)
+    if not records:
+        return "No results yet: measure at least one variant to see what it trades away."
+    _require_one_machine(records)
+    references = [r for r in records if r.technique == reference_technique]
+    if not references:
+        return (f"There is no {reference_technique} reference result on this machine, so there is nothing "
+                "to compare against: measure the reference in the same run.")
+    reference = _newest(references)
+    others = [r for r in records if r.technique != reference_technique]
+    if not others:
+        return f"Only {reference.label} has been measured, so there is nothing to compare it with yet."
+    points = [(axis.interval(r).value, getattr(r, metric.key)) for r in records]
+    front = [records[i] for i in pareto_front(points, metric.higher_is_better)]
+    best = next((r for r in front if r.technique != reference_technique), None)
+    adjective = "fastest" if axis.key == "latency" else "cheapest"
+    if best is None:
+        return f"No variant beats {reference.label}: it is already the {adjective} and the best on {metric.label.lower()}."
+    if axis.interval(best).value >= axis.interval(reference).value:
+        return (f"No variant is {'faster' if axis.key == 'latency' else 'cheaper'} than {reference.label}; "
+                f"the best alternative on the frontier, {best.label}, only trades {metric.label.lower()}.")
+    memory_share = best.size_mb / reference.size_mb if reference.size_mb else math.nan
+    return (f"The {adjective} variant on the frontier, {best.label}, {_gain_phrase(best, reference, axis)} "
+            f"{_quality_phrase(best, reference, metric)}, using {_fmt(memory_share, '.0%')} of its memory.")
+
+
+# --- speed against the physical limit --------------------------------------------------------------
+
+
+def speed_bars_figure(records: Sequence[VariantRecord]) -> go.Figure:
+    """Decode tokens/s per variant (median, p10–p90 bars) next to the memory-bandwidth roofline."""
+    if not records:
+        return _empty_figure("No results yet: measure some variants first.")
+    _require_one_machine(records)
+    labels = [r.label for r in records]
+    speeds = [
+        Interval(r.decode_tokens_per_s_median, r.decode_tokens_per_s_p10, r.decode_tokens_per_s_p90) for r in records
+    ]
+    # Computed from the two speeds shown, so the label always matches the bars.
+    pct_of_limit = [
+        100 * r.decode_tokens_per_s_median / r.roofline_tokens_per_s
+        if _finite(r.roofline_tokens_per_s) and r.roofline_tokens_per_s > 0 else math.nan
+        for r in records
+    ]
+    colors = _family_colors(records)
+    fig = go.Figure()
+    fig.add_trace(go.Bar(
+        x=labels,
+        y=[iv.value for iv in speeds],
+        name="Measured decode speed (median)",
+        marker_color=[colors[r.family] for r in records],
+        error_y=_error_bars(speeds),
+        text=[f"{_fmt(p, '.0f')}% of limit" for p in pct_of_limit],
+        textposition="inside",
+        customdata=[_hover_text(r) for r in records],
+        hovertemplate="%{customdata}<extra></extra>",
+    ))
+    fig.add_trace(go.Scatter(
+        x=labels,
+        y=[r.roofline_tokens_per_s for r in records],
+        mode="markers",
+        name=f"{ROOFLINE_NAME} (bandwidth / bytes read per token)",
+        marker=dict(symbol="line-ew-open", size=36, line=dict(width=3, color="black")),
+        hovertemplate="%{x}: limit %{y:.1f} tokens/s<extra></extra>",
+    ))
+    fig.update_layout(title=dict(text="Decode speed against the memory-bandwidth limit"), bargap=0.35)
+    fig.update_yaxes(title_text="Decode speed (tokens/s, median with p10–p90; ↑ better)", rangemode="tozero")
+    fig.update_xaxes(title_text="Variant")
+    return fig
