@@ -97,10 +97,10 @@ def timed_generation(model, input_ids: torch.Tensor, new_tokens: int, device: st
     tokens = [int(next_id)]
     synchronize(device)
     t1 = clock()
-    cache = out.past_key_values
+    cache = out.cache
     for _ in range(new_tokens - 1):
-        out = model(input_ids=next_id, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=next_id, cache=cache, use_cache=True)
+        cache = out.cache
         next_id = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(int(next_id))  # int() waits for the value, so each step is complete when timed
     synchronize(device)

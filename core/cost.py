@@ -246,3 +246,12 @@ def cost_caveat(preset_kind: str, measured_device: str) -> str | None:
         "This is a CPU price applied to a speed measured on a GPU, so the cost per token is "
         "understated: a CPU at that price would run the model much more slowly."
     )
+
+
+def reprice(records: list, preset: HardwarePreset) -> list:
+    """The same measurements priced at another hardware price (the sidebar's), speeds untouched."""
+    return [
+        replace(r, hardware_preset=preset.key, usd_per_hour=preset.usd_per_hour,
+                usd_per_1m_tokens=usd_per_1m_tokens(r.decode_tokens_per_s_median, preset.usd_per_hour))
+        for r in records
+    ]

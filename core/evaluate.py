@@ -170,26 +170,49 @@ def _continuation_ids(tokenizer, context: str, continuation: str) -> tuple[list[
     return ctx, tokenizer(continuation, add_special_tokens=False)["input_ids"]
 
 
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
 @torch.inference_mode()
-def choice_logprobs(model, tokenizer, item: MCItem, device: str = "cpu") -> list[float]:
-    """Summed log-probability of each choice's tokens after the question, one left-padded batch per item."""
-    pairs = [_continuation_ids(tokenizer, mc_prompt(item), " " + c) for c in item.choices]
-    seqs = [ctx + cont for ctx, cont in pairs]
-    longest = max(len(s) for s in seqs)
+def batch_choice_logprobs(model, tokenizer, items: list[MCItem], device: str = "cpu") -> list[list[float]]:
+    """Summed log-probability of every choice's tokens after its question, for a batch of items.
+
+    Two forward passes per batch: the questions (left-padded) fill a KV cache, which is then copied
+    once per choice, and every choice's continuation is read in one right-padded batch. A decode-sized
+    forward costs about as much as reading all the weights once, so batching items is what keeps
+    multiple choice cheap; sharing each question's cache keeps the work to question + choices.
+    """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([[pad] * (longest - len(s)) + s for s in seqs], device=device)  # [C, L]
-    mask = torch.tensor([[0] * (longest - len(s)) + [1] * len(s) for s in seqs], device=device)
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)  # left padding: real tokens start at position 0
-    keep = max(len(cont) for _, cont in pairs) + 1  # only the tail's logits are needed
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits.float()
-    lp = F.log_softmax(logits, dim=-1)  # [C, keep, V]; position j predicts token at L - keep + j + 1
-    scores = []
-    for row, (_, cont) in enumerate(pairs):
-        n = len(cont)
-        pred = lp[row, keep - n - 1 : keep - 1]  # [n, V]
-        target = ids[row, longest - n :]
-        scores.append(float(pred.gather(1, target[:, None]).sum()))
+    pairs = [[_continuation_ids(tokenizer, mc_prompt(it), " " + c) for c in it.choices] for it in items]
+    ctx_ids, ctx_mask = _left_pad([p[0][0] for p in pairs], pad)  # [B, Lc]
+    ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp_min(0)  # left padding: real tokens start at position 0
+    prefix = model(input_ids=ctx_ids.to(device), attention_mask=ctx_mask.to(device), position_ids=ctx_pos.to(device),
+                   use_cache=True, logits_to_keep=1)
+    first = F.log_softmax(prefix.logits[:, -1].float(), dim=-1).cpu()  # [B, V]: predicts each first choice token
+    owner = [i for i, p in enumerate(pairs) for _ in p]  # continuation row -> item row
+    conts = [cont for p in pairs for _, cont in p]
+    cache = prefix.cache
+    cache.batch_select_indices(torch.tensor(owner, device=device))
+    width = max(len(c) for c in conts)
+    ids = torch.tensor([c + [pad] * (width - len(c)) for c in conts])  # [R, Lk], right-padded
+    mask = torch.cat([ctx_mask[owner], torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in conts])], dim=1)
+    pos = ctx_mask[owner].sum(-1, keepdim=True) + torch.arange(width)  # continue after each question
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                   cache=cache).logits.float().cpu()
+    lp = F.log_softmax(logits, dim=-1)  # [R, Lk, V]: position j predicts continuation token j + 1
+    scores: list[list[float]] = [[] for _ in items]
+    for row, cont in enumerate(conts):
+        rest = lp[row, : len(cont) - 1].gather(1, torch.tensor(cont[1:])[:, None]).sum().item() if len(cont) > 1 else 0.0
+        scores[owner[row]].append(first[owner[row], cont[0]].item() + rest)
     return scores
+
+
+def choice_logprobs(model, tokenizer, item: MCItem, device: str = "cpu") -> list[float]:
+    return batch_choice_logprobs(model, tokenizer, [item], device)[0]
 
 
 @dataclass(frozen=True)
@@ -214,11 +237,14 @@ def bootstrap_ci(correct: list[bool], n_boot: int = 2000, seed: int = 0, level: 
 
 
 def mc_accuracy(model, tokenizer, items: list[MCItem], device: str = "cpu", tick: Tick = _noop,
-                seed: int = 0) -> MCResult:
+                seed: int = 0, batch_items: int = 16) -> MCResult:
     """Raw accuracy (highest summed log-prob) and length-normalised accuracy (per byte, as lm-eval's acc_norm)."""
+    all_scores: list[list[float]] = []
+    for start in range(0, len(items), batch_items):
+        all_scores += batch_choice_logprobs(model, tokenizer, items[start : start + batch_items], device)
+        tick(len(all_scores) / len(items))
     per_item, raw, norm = [], [], []
-    for i, item in enumerate(items):
-        scores = choice_logprobs(model, tokenizer, item, device)
+    for i, (item, scores) in enumerate(zip(items, all_scores)):
         per_byte = [s / max(1, len((" " + c).encode())) for s, c in zip(scores, item.choices)]
         pick = max(range(len(scores)), key=scores.__getitem__)
         pick_norm = max(range(len(per_byte)), key=per_byte.__getitem__)
@@ -227,5 +253,4 @@ def mc_accuracy(model, tokenizer, items: list[MCItem], device: str = "cpu", tick
         per_item.append({"index": i, "question": item.question, "answer": item.answer, "pick": pick,
                          "pick_norm": pick_norm, "correct": pick == item.answer,
                          "logprobs": [round(s, 4) for s in scores]})
-        tick((i + 1) / len(items))
     return MCResult(sum(raw) / len(raw), sum(norm) / len(norm), bootstrap_ci(raw, seed=seed), len(items), per_item)

@@ -324,7 +324,7 @@ def _quality_phrase(variant: VariantRecord, reference: VariantRecord, metric: Qu
         return (f"at {_fmt(variant.kld_mean, '.2f')} nats of KL divergence "
                 f"(top-1 agreement {_fmt(variant.top1_agreement, '.0%')})")
     if metric.key == "top1_agreement":
-        return (f"agreeing with {reference.label} on {_fmt(variant.top1_agreement, '.0%')} of next tokens "
+        return (f"while agreeing with {reference.label} on {_fmt(variant.top1_agreement, '.0%')} of next tokens "
                 f"(KL divergence {_fmt(variant.kld_mean, '.2f')} nats)")
     if metric.key == "perplexity":
         return f"at perplexity {_fmt(variant.perplexity, '.1f')} against {_fmt(reference.perplexity, '.1f')}"
@@ -332,13 +332,18 @@ def _quality_phrase(variant: VariantRecord, reference: VariantRecord, metric: Qu
             f"against {_fmt(reference.mc_accuracy, '.0%')}")
 
 
+def _ratio(numerator: float, denominator: float) -> float:
+    ok = _finite(numerator) and _finite(denominator) and denominator != 0
+    return numerator / denominator if ok else math.nan
+
+
 def _gain_phrase(variant: VariantRecord, reference: VariantRecord, axis: CostAxis) -> str:
     if axis.key == "latency":
-        speedup = variant.decode_tokens_per_s_median / reference.decode_tokens_per_s_median
-        return f"decodes {speedup:.1f}x faster than {reference.label}"
-    share = variant.usd_per_1m_tokens / reference.usd_per_1m_tokens
-    return (f"costs {share:.0%} of what {reference.label} costs per 1M tokens "
-            f"(${variant.usd_per_1m_tokens:.4f} against ${reference.usd_per_1m_tokens:.4f})")
+        speedup = _ratio(variant.decode_tokens_per_s_median, reference.decode_tokens_per_s_median)
+        return f"decodes {_fmt(speedup, '.1f')}x faster than {reference.label}"
+    share = _ratio(variant.usd_per_1m_tokens, reference.usd_per_1m_tokens)
+    return (f"costs {_fmt(share, '.0%')} of what {reference.label} costs per 1M tokens "
+            f"(${_fmt(variant.usd_per_1m_tokens, '.4f')} against ${_fmt(reference.usd_per_1m_tokens, '.4f')})")
 
 
 def what_you_give_up(
@@ -354,6 +359,8 @@ def what_you_give_up(
         return (f"There is no {reference_technique} reference result on this machine, so there is nothing "
                 "to compare against: measure the reference in the same run.")
     reference = _newest(references)
+    if not _finite(axis.interval(reference).value):
+        return f"{reference.label} has no {axis.label.lower()} measurement, so there is nothing to compare against."
     others = [r for r in records if r.technique != reference_technique]
     if not others:
         return f"Only {reference.label} has been measured, so there is nothing to compare it with yet."
@@ -366,7 +373,7 @@ def what_you_give_up(
     if axis.interval(best).value >= axis.interval(reference).value:
         return (f"No variant is {'faster' if axis.key == 'latency' else 'cheaper'} than {reference.label}; "
                 f"the best alternative on the frontier, {best.label}, only trades {metric.label.lower()}.")
-    memory_share = best.size_mb / reference.size_mb if reference.size_mb else math.nan
+    memory_share = _ratio(best.size_mb, reference.size_mb)
     return (f"The {adjective} variant on the frontier, {best.label}, {_gain_phrase(best, reference, axis)} "
             f"{_quality_phrase(best, reference, metric)}, using {_fmt(memory_share, '.0%')} of its memory.")
 

@@ -11,9 +11,21 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import logging
+
 import torch
 
 from core.models import load_model
+
+
+class _DropRepeatedCastNotice(logging.Filter):
+    """bitsandbytes logs this on every int8 matmul on a CPU; the int8 explanation covers it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_DropRepeatedCastNotice())
 
 WeightFormat = Literal["fp32", "bf16", "fp16", "int8", "nf4", "fp4", "dyn-int8"]
 

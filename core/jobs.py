@@ -1,0 +1,126 @@
+"""Long work in a background thread: progress, cancel, and one heavy job at a time.
+
+The machine this lab runs on may have two cores: two timing jobs at once would spoil both, so a
+`JobSlot` refuses to start a job while another is running. A job's work function receives a
+`report(fraction, message)` callback and a `should_stop()` callback; what it finished before a cancel
+is its own business to keep (the sweep stores each variant as soon as it is measured).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+Status = Literal["running", "done", "cancelled", "failed"]
+Report = Callable[[float, str], None]
+Work = Callable[[Report, Callable[[], bool]], Any]
+
+
+class BusyError(RuntimeError):
+    """Another job is running."""
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    name: str
+    status: Status
+    fraction: float
+    message: str
+    started_s: float  # time.time() at start
+    elapsed_s: float
+    log: tuple[str, ...]
+    result: Any = None
+    error: str = ""
+
+    @property
+    def remaining_s(self) -> float | None:
+        """Naive estimate from the share done so far; None until there is something to go on."""
+        if self.status != "running" or self.fraction < 0.02:
+            return None
+        return self.elapsed_s * (1 - self.fraction) / self.fraction
+
+
+@dataclass
+class Job:
+    name: str
+    work: Work
+    cancel_on: tuple[type[BaseException], ...] = ()  # exceptions that mean "stopped by the user"
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _status: Status = "running"
+    _fraction: float = 0.0
+    _message: str = "starting"
+    _log: list[str] = field(default_factory=list)
+    _result: Any = None
+    _error: str = ""
+    _started: float = 0.0
+    _ended: float | None = None
+    _thread: threading.Thread | None = None
+
+    def start(self) -> "Job":
+        self._started = time.time()
+        self._thread = threading.Thread(target=self._run, name=f"job:{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _report(self, fraction: float, message: str) -> None:
+        with self._lock:
+            self._fraction = min(1.0, max(self._fraction, fraction))
+            if message and message != self._message:
+                self._log.append(message)
+            self._message = message or self._message
+
+    def _run(self) -> None:
+        try:
+            result = self.work(self._report, self._stop.is_set)
+            status, error = "done", ""
+        except self.cancel_on as e:  # type: ignore[misc]
+            result, status, error = None, "cancelled", str(e)
+        except Exception as e:  # shown to the user as one line; the traceback goes to the server log
+            traceback.print_exc()
+            result, status, error = None, "failed", f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+        if self._stop.is_set() and status == "failed":
+            status = "cancelled"
+        with self._lock:
+            self._result, self._status, self._error, self._ended = result, status, error, time.time()
+            if status == "done":
+                self._fraction = 1.0
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._status == "running"
+
+    def snapshot(self) -> JobSnapshot:
+        with self._lock:
+            end = self._ended or time.time()
+            return JobSnapshot(self.name, self._status, self._fraction, self._message, self._started,
+                               end - self._started, tuple(self._log), self._result, self._error)
+
+
+class JobSlot:
+    """At most one running job per process; the last job stays readable after it ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._job: Job | None = None
+
+    def start(self, name: str, work: Work, cancel_on: tuple[type[BaseException], ...] = ()) -> Job:
+        with self._lock:
+            if self._job is not None and self._job.running:
+                raise BusyError(f"'{self._job.name}' is still running; wait for it or stop it first.")
+            self._job = Job(name, work, cancel_on).start()
+            return self._job
+
+    @property
+    def job(self) -> Job | None:
+        return self._job

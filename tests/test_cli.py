@@ -1,0 +1,54 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.__main__ import main
+from core.records import REQUIRED_FIELDS
+
+FAST = ["--new-tokens", "4", "--repeats", "2", "--warmup", "1", "--mc-max-items", "5"]
+
+
+def test_sweep_writes_one_record_per_variant(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    code = main(["sweep", "--model", "tiny-random-llama", "--techniques", "fp32,nf4", "--json", str(out), *FAST])
+    assert code == 0
+    records = json.loads(out.read_text())
+    assert [r["technique"] for r in records] == ["fp32", "nf4"]
+    for r in records:
+        missing = [f for f in REQUIRED_FIELDS if f not in r]
+        assert not missing
+        assert len(r["mc_accuracy_ci95"]) == 2
+    assert records[0]["kld_mean"] == 0 and records[0]["top1_agreement"] == 1
+    assert "sweep wall time" in capsys.readouterr().err
+
+
+def test_models_lists_the_bundled_model(capsys):
+    assert main(["models"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    keys = {r["key"] for r in rows}
+    assert "smollm2-135m-instruct" in keys and "gemma3-270m" in keys
+
+
+@pytest.mark.parametrize("args,message", [
+    (["sweep", "--techniques", "fp32,int3"], "Unknown technique 'int3'"),
+    (["sweep", "--techniques", "fp32", "--eval-set", "/no/such.jsonl"], "--eval-set: no such file"),
+    (["sweep", "--techniques", "fp32", "--model", "not a model"], "Unknown model"),
+    (["sweep", "--techniques", "fp32", "--new-tokens", "1"], "new_tokens"),
+    (["sweep", "--techniques", "fp32", "--json", "/no/such/dir/out.json"], "folder"),
+])
+def test_bad_arguments_exit_nonzero_with_one_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("error:")
+
+
+def test_cli_runs_as_a_module_and_fails_cleanly():
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "core", "sweep", "--techniques", "bogus"],
+                          capture_output=True, text=True, cwd=repo)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "Unknown technique 'bogus'" in proc.stderr

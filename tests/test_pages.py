@@ -1,0 +1,133 @@
+"""Page tests: each page runs alone in AppTest with shared state seeded, core calls patched where slow."""
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from core import benchmark
+from core.store import ResultStore
+from tests.factories import make_record
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = benchmark.hardware_fingerprint("cpu")
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(ROOT / name), default_timeout=60)
+
+
+def seed_sweep(store: ResultStore) -> None:
+    common = dict(model="smollm2-135m-instruct", hardware=HERE, run_id="r1", sample_prompt="Why is the sky blue?")
+    store.add(make_record(technique="fp32", label="FP32 (reference)", sample_generation="Because of scattering.", **common))
+    store.add(make_record(technique="nf4", family="quantization", label="NF4", size_mb=173.0,
+                          decode_tokens_per_s_median=24.0, decode_tokens_per_s_p10=22.0, decode_tokens_per_s_p90=26.0,
+                          kld_mean=0.12, top1_agreement=0.9, perplexity=28.5, sample_generation="Light scatters.", **common))
+
+
+def no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_app_frame_renders_home_and_sidebar():
+    at = page("app.py").run()
+    no_errors(at)
+    assert at.title[0].value == "LLM Trade-off Lab"
+    assert "smollm2-135m-instruct" in at.sidebar.selectbox[0].options or at.sidebar.selectbox[0].value
+    assert at.sidebar.number_input[0].value > 0  # the preset's price, editable
+
+
+def test_quantize_page_empty_store_guides_the_user():
+    at = page("pages/quantize.py").run()
+    no_errors(at)
+    assert any("No measurements" in i.value for i in at.info)
+    assert at.multiselect[0].value == ["fp32", "bf16", "int8", "nf4", "dyn-int8"]
+
+
+def test_quantize_page_shows_results_and_side_by_side():
+    seed_sweep(ResultStore())
+    at = page("pages/quantize.py").run()
+    no_errors(at)
+    table = at.dataframe[0].value
+    assert set(table["technique"]) == {"fp32", "nf4"}
+    texts = [t.value for t in at.text]
+    assert "Because of scattering." in texts and "Light scatters." in texts
+
+
+def test_measure_button_starts_a_sweep_that_stores_results(monkeypatch):
+    import core.sweep
+
+    calls = {}
+
+    def fake_sweep(model, keys, settings, store=None, progress=None, should_stop=None):
+        calls["args"] = (model, keys, settings.new_tokens)
+        progress(core.sweep.Progress(1.0, "fp32", "done", "FP32 done"))
+        store.add(make_record(model="smollm2-135m-instruct", hardware=HERE))
+        return []
+
+    monkeypatch.setattr(core.sweep, "run_sweep", fake_sweep)
+    at = page("pages/quantize.py").run()
+    at.button[0].click().run()
+    from pages.common import job_slot
+
+    job_slot().job.join(10)
+    assert calls["args"] == ("smollm2-135m-instruct", ["fp32", "bf16", "int8", "nf4", "dyn-int8"], 48)
+    assert len(ResultStore().all()) == 1
+    no_errors(at)
+
+
+def test_measure_refuses_a_bad_uploaded_eval_set_by_name(monkeypatch):
+    from pages import common
+
+    class Upload:
+        name = "mine.jsonl"
+
+        def getvalue(self):
+            return b'{"question": "q", "choices": ["only one"], "answer": 0}\n'
+
+    with pytest.raises(ValueError, match="mine.jsonl: .*at least 2"):
+        common.save_upload(Upload(), __import__("core.evaluate", fromlist=["x"]).load_mc_jsonl)
+
+
+def test_tradeoff_map_empty_store_says_what_to_do():
+    at = page("pages/tradeoff_map.py").run()
+    no_errors(at)
+    assert any("Nothing measured" in i.value for i in at.info)
+
+
+def test_tradeoff_map_draws_both_maps_with_frontier():
+    seed_sweep(ResultStore())
+    at = page("pages/tradeoff_map.py").run()
+    no_errors(at)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3
+    assert "Pareto" in charts[0].proto.spec and "Pareto" in charts[1].proto.spec
+    captions = " ".join(c.value for c in at.caption)
+    assert "NF4" in captions
+
+
+def test_tradeoff_map_switches_quality_metric():
+    seed_sweep(ResultStore())
+    at = page("pages/tradeoff_map.py").run()
+    at.radio[0].set_value("perplexity").run()
+    no_errors(at)
+    assert "erplexity" in at.get("plotly_chart")[0].proto.spec
+
+
+def test_home_page_links_and_explains_every_variant():
+    from core import techniques
+
+    at = page("pages/home.py").run()
+    no_errors(at)
+    body = " ".join(m.value for m in at.markdown)
+    for t in techniques.TECHNIQUES.values():
+        assert t.label in body

@@ -1,0 +1,80 @@
+"""Every registry entry, built on the tiny model: a new technique is tested the day it is added."""
+
+import pytest
+import torch
+
+from core import benchmark, techniques
+from core.quantization import QuantConfig
+
+
+@pytest.fixture(scope="module")
+def fp32_bytes(tiny_dir):
+    return benchmark.bytes_held(techniques.get("fp32").make(tiny_dir))
+
+
+@pytest.mark.parametrize("key", list(techniques.TECHNIQUES))
+def test_every_technique_builds_and_generates(key, tiny_dir, fp32_bytes):
+    technique = techniques.get(key)
+    if reason := technique.why_not("cpu"):
+        pytest.skip(reason)
+    model = technique.make(tiny_dir, "cpu")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    run = benchmark.timed_generation(model, ids, new_tokens=4)
+    assert len(run.token_ids) == 4
+    held = benchmark.bytes_held(model)
+    if key == techniques.REFERENCE:
+        assert held == fp32_bytes
+    else:
+        assert held < fp32_bytes, f"{key} should hold fewer bytes than fp32"
+    assert technique.explanation and technique.label
+
+
+@pytest.mark.parametrize("key", list(techniques.TECHNIQUES))
+def test_every_technique_stays_close_to_reference_on_tiny(key, tiny_dir):
+    technique = techniques.get(key)
+    if technique.why_not("cpu"):
+        pytest.skip("unsupported here")
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
+    with torch.inference_mode():
+        ref = techniques.get("fp32").make(tiny_dir)(input_ids=ids).logits.float()
+        out = technique.make(tiny_dir)(input_ids=ids).logits.float()
+    assert out.shape == ref.shape
+    assert torch.isfinite(out).all()
+    # even 4-bit weights keep a random tiny model's logits correlated with the reference
+    corr = torch.corrcoef(torch.stack([ref.flatten(), out.flatten()]))[0, 1]
+    assert corr > 0.8, f"{key}: correlation {corr:.3f}"
+
+
+def test_nf4_double_quant_holds_fewer_bytes_than_nf4(tiny_dir):
+    if techniques.get("nf4").why_not("cpu"):
+        pytest.skip("bitsandbytes unusable here")
+    nf4 = benchmark.bytes_held(techniques.get("nf4").make(tiny_dir))
+    dq = benchmark.bytes_held(techniques.get("nf4-dq").make(tiny_dir))
+    assert dq < nf4
+
+
+def test_size_order_on_tiny(tiny_dir):
+    sizes = {k: benchmark.bytes_held(techniques.get(k).make(tiny_dir)) for k in ("fp32", "bf16", "int8", "nf4")}
+    assert sizes["nf4"] < sizes["int8"] < sizes["bf16"] < sizes["fp32"]
+
+
+def test_gpu_only_paths_explain_themselves_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert "GPU" in techniques.get("nf4").why_not("cuda")
+    assert "CPU only" in techniques.get("dyn-int8").why_not("cuda")
+
+
+def test_parse_keys_validates():
+    assert techniques.parse_keys(" fp32, nf4 ") == ["fp32", "nf4"]
+    with pytest.raises(ValueError, match="Unknown technique 'int4'"):
+        techniques.parse_keys("fp32,int4")
+    with pytest.raises(ValueError, match="twice"):
+        techniques.parse_keys("fp32,fp32")
+    with pytest.raises(ValueError, match="No techniques"):
+        techniques.parse_keys(" , ")
+
+
+def test_double_quant_only_for_4bit():
+    with pytest.raises(ValueError, match="double_quant"):
+        QuantConfig("int8", double_quant=True)
