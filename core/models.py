@@ -232,7 +232,9 @@ def check_loadable(checkpoint: Path, bytes_per_param: float = 4.0) -> int:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     config = AutoConfig.from_pretrained(checkpoint)
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    heads = config.architectures or []
+    encoder_only = heads and not any(h.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for h in heads)
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or encoder_only:
         raise ModelError(
             f"'{checkpoint.name}' is a {config.model_type} model, not a causal (text-generating) language model; "
             "the lab measures generation, so pick a decoder model such as Llama, Qwen2, Gemma or SmolLM."
@@ -289,7 +291,7 @@ def read_provenance(checkpoint: Path) -> dict:
 # ---------------------------------------------------------------- tiny test model
 
 
-def build_tiny_model(seed: int = 0):
+def build_tiny_model(seed: int = 0, hidden_size: int = 64, intermediate_size: int = 128):
     """A 2-layer Llama with a byte-level tokenizer: real code paths, random weights, loads in milliseconds."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -303,7 +305,7 @@ def build_tiny_model(seed: int = 0):
     core_tok.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core_tok, eos_token="<|endoftext|>", pad_token="<|pad|>")
     config = LlamaConfig(
-        vocab_size=len(byte_vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=len(byte_vocab), hidden_size=hidden_size, intermediate_size=intermediate_size, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
         eos_token_id=byte_vocab["<|endoftext|>"], pad_token_id=byte_vocab["<|pad|>"], bos_token_id=None,
         tie_word_embeddings=True,

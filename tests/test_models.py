@@ -48,10 +48,16 @@ def test_failed_save_leaves_nothing(data_dir, monkeypatch):
     assert not list((data_dir / "models").iterdir())
 
 
-def test_check_loadable_refuses_non_causal(tmp_path):
-    from transformers import BertConfig
+@pytest.mark.parametrize("kind", ["bert-masked-lm", "t5"])
+def test_check_loadable_refuses_non_causal(tmp_path, kind):
+    from transformers import BertConfig, T5Config
 
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path)
+    if kind == "t5":
+        config = T5Config(d_model=32, num_layers=1, num_heads=2, d_ff=64)
+    else:
+        config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                            architectures=["BertForMaskedLM"])
+    config.save_pretrained(tmp_path)
     with pytest.raises(models.ModelError, match="not a causal"):
         models.check_loadable(tmp_path)
 
