@@ -99,9 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Our own progress lines say what is happening; the libraries' bars would bury them."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with one usage line on bad flags
+    quiet_libraries()
     try:
         args.func(args)
     except (CliError, ValueError, StoreError, RuntimeError) as e:

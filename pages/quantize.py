@@ -13,6 +13,7 @@ from pages.common import choice, fmt_seconds, job_slot, save_upload, store
 
 PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
 DEFAULT_PICK = ["fp32", "bf16", "int8", "nf4", "dyn-int8"]
+DEFAULTS = SweepSettings()
 
 st.title("Quantize")
 st.write("Store the same model's weights in fewer bits, then measure what that buys in speed and memory "
@@ -30,8 +31,8 @@ with st.expander("Measurement settings"):
     c1, c2, c3 = st.columns(3)
     prompt_id = c1.selectbox("Prompt for speed and side-by-side text", [p["id"] for p in PROMPTS],
                              format_func=lambda i: next(p["title"] for p in PROMPTS if p["id"] == i))
-    new_tokens = c2.number_input("New tokens per run", 8, 256, 48, step=8)
-    repeats = c3.number_input("Timed runs (after 1 warm-up)", 1, 20, 5)
+    new_tokens = c2.number_input("New tokens per run", 8, 256, DEFAULTS.new_tokens, step=8)
+    repeats = c3.number_input(f"Timed runs (after {DEFAULTS.warmup_runs} warm-up)", 1, 20, DEFAULTS.repeats)
     mc_file = c1.file_uploader("Your multiple-choice set (JSONL)", type=["jsonl"],
                                help='One {"question": str, "choices": [str, ...], "answer": int} per line.')
     text_file = c2.file_uploader("Your text for perplexity and KLD (.txt)", type=["txt"])

@@ -80,7 +80,8 @@ def test_measure_button_starts_a_sweep_that_stores_results(monkeypatch):
     from pages.common import job_slot
 
     job_slot().job.join(10)
-    assert calls["args"] == ("smollm2-135m-instruct", ["fp32", "bf16", "int8", "nf4", "dyn-int8"], 48)
+    assert calls["args"] == ("smollm2-135m-instruct", ["fp32", "bf16", "int8", "nf4", "dyn-int8"],
+                             core.sweep.SweepSettings().new_tokens)
     assert len(ResultStore().all()) == 1
     no_errors(at)
 
