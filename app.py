@@ -4,12 +4,13 @@ import streamlit as st
 
 from pages.common import sidebar
 
-st.set_page_config(page_title="LLM Trade-off Lab", page_icon="⚖️", layout="wide")
+st.set_page_config(page_title="LLM Trade-off Lab", page_icon=":material/balance:", layout="wide")
 
 pages = [
-    st.Page("pages/home.py", title="Overview", icon="🏠", default=True),
-    st.Page("pages/quantize.py", title="Quantize", icon="🗜️"),
-    st.Page("pages/tradeoff_map.py", title="Trade-off Map", icon="🗺️"),
+    st.Page("pages/home.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("pages/quantize.py", title="Quantize", icon=":material/compress:"),
+    st.Page("pages/moe.py", title="Mixture of experts", icon=":material/hub:"),
+    st.Page("pages/tradeoff_map.py", title="Trade-off Map", icon=":material/scatter_plot:"),
 ]
 navigation = st.navigation(pages)
 sidebar()

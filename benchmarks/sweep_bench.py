@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import techniques  # noqa: E402
+from core import models, techniques  # noqa: E402
 from core.store import ResultStore  # noqa: E402
 from core.sweep import SweepSettings, run_sweep  # noqa: E402
 
@@ -31,11 +31,13 @@ def one_sweep(model: str, keys: list[str], store: ResultStore | None) -> tuple[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--techniques", default=",".join(techniques.TECHNIQUES))
+    quantization = [k for k, t in techniques.TECHNIQUES.items() if t.family in ("reference", "quantization")]
+    parser.add_argument("--techniques", default=",".join(quantization))
     parser.add_argument("--sweeps", type=int, default=1)
     parser.add_argument("--no-store", action="store_true")
     args = parser.parse_args()
     keys = techniques.parse_keys(args.techniques)
+    models.quiet_library_output()
     store = None if args.no_store else ResultStore()
 
     runs = [one_sweep(args.model, keys, store) for _ in range(args.sweeps)]

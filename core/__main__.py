@@ -3,6 +3,7 @@
     python -m core models
     python -m core prepare --model smollm2-135m-instruct
     python -m core sweep --model smollm2-135m-instruct --techniques fp32,bf16,int8,nf4 --json out.json
+    python -m core moe --model smollm2-135m-instruct --experts 8 --top-k 1,2,4,8 --json moe.json
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(json.dumps({"model": spec.key, "checkpoint": str(path), "weights_note": spec.weights_note}))
 
 
-def cmd_sweep(args: argparse.Namespace) -> None:
+def _sweep_settings(args: argparse.Namespace):
+    """SweepSettings from the measurement flags that `sweep` and `moe` share (unset flags keep the defaults)."""
     from core import sweep
 
-    keys = techniques.parse_keys(args.techniques)
     overrides = {k: v for k, v in {
         "eval_set": _existing_file("--eval-set", args.eval_set),
         "ppl_text": _existing_file("--ppl-text", args.ppl_text),
@@ -58,11 +59,21 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     settings = sweep.SweepSettings(**overrides)
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise CliError(f"--json: the folder of {args.json} does not exist")
-    store = None if args.no_store else ResultStore()
+    return settings
 
-    def show(p: "sweep.Progress") -> None:
-        if p.step in ("done", "skipped", "prepare"):
-            print(f"[{p.fraction:4.0%}] {p.message}", file=sys.stderr, flush=True)
+
+def _show_progress(p) -> None:
+    if p.step in ("done", "skipped", "prepare"):
+        print(f"[{p.fraction:4.0%}] {p.message}", file=sys.stderr, flush=True)
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from core import sweep
+
+    keys = techniques.parse_keys(args.techniques)
+    settings = _sweep_settings(args)
+    store = None if args.no_store else ResultStore()
+    show = _show_progress
 
     t0 = time.perf_counter()
     records = sweep.run_sweep(args.model, keys, settings, store=store, progress=show)
@@ -72,16 +83,42 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         print(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="LLM Trade-off Lab, headless.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("models", help="list the models the lab can use").set_defaults(func=cmd_models)
-    p = sub.add_parser("prepare", help="convert a bundled model to a safetensors checkpoint (once)")
-    p.add_argument("--model", default=models.DEFAULT_MODEL)
-    p.set_defaults(func=cmd_prepare)
-    s = sub.add_parser("sweep", help="measure technique variants of one model")
+def _int_list(flag: str, text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; one clear message for anything else."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"{flag}: expected comma-separated whole numbers such as 1,2,4, got {text!r}") from None
+    if not values:
+        raise CliError(f"{flag}: no values given")
+    if len(set(values)) != len(values):
+        raise CliError(f"{flag}: a value is listed twice in {text!r}")
+    return values
+
+
+def cmd_moe(args: argparse.Namespace) -> None:
+    """Convert once, then measure the dense reference and each top-k with the sweep harness."""
+    from core import moe
+
+    top_ks = _int_list("--top-k", args.top_k)
+    settings = _sweep_settings(args)
+    store = None if args.no_store else ResultStore()
+    t0 = time.perf_counter()
+    records = moe.run_moe_sweep(args.model, args.experts, top_ks, settings, store=store, progress=_show_progress,
+                                dense_layers=args.dense_layers)
+    print(f"moe wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    rows = [r.to_dict() | r.variant_facts for r in records]  # the structure facts at top level too, as promised
+    text = json.dumps(rows, indent=2)
+    if args.json:
+        tmp = Path(args.json + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(args.json)
+    else:
+        print(text)
+
+
+def _add_measurement_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--model", default=models.DEFAULT_MODEL, help="bundled key, local directory or Hugging Face id")
-    s.add_argument("--techniques", required=True, help=f"comma-separated, from: {','.join(techniques.TECHNIQUES)}")
     s.add_argument("--eval-set", help='JSONL of {"question", "choices", "answer"} lines')
     s.add_argument("--ppl-text", help="UTF-8 text file for perplexity and KL divergence")
     s.add_argument("--json", help="write the records to this file (else to stdout)")
@@ -95,22 +132,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hardware", choices=list(cost.HARDWARE_PRESETS), help="price preset for $ per 1M tokens")
     s.add_argument("--usd-per-hour", type=float, help="override the preset's price")
     s.add_argument("--no-store", action="store_true", help="do not write to the results store")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="LLM Trade-off Lab, headless.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list the models the lab can use").set_defaults(func=cmd_models)
+    p = sub.add_parser("prepare", help="convert a bundled model to a safetensors checkpoint (once)")
+    p.add_argument("--model", default=models.DEFAULT_MODEL)
+    p.set_defaults(func=cmd_prepare)
+    s = sub.add_parser("sweep", help="measure technique variants of one model")
+    s.add_argument("--techniques", required=True, help=f"comma-separated, from: {','.join(techniques.TECHNIQUES)}")
+    _add_measurement_args(s)
     s.set_defaults(func=cmd_sweep)
+    m = sub.add_parser("moe", help="split the model's MLPs into experts; measure the dense model and each top-k")
+    m.add_argument("--experts", type=int, default=8, help="experts per MLP layer (E); must divide its neurons")
+    m.add_argument("--top-k", default="1,2,4,8", help="comma-separated experts run per token, each from 1 to E")
+    m.add_argument("--dense-layers", type=int, default=1, help="keep the first N MLP layers whole (default 1)")
+    _add_measurement_args(m)
+    m.set_defaults(func=cmd_moe)
     return parser
-
-
-def quiet_libraries() -> None:
-    """Our own progress lines say what is happening; the libraries' bars would bury them."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with one usage line on bad flags
-    quiet_libraries()
+    models.quiet_library_output()
     try:
         args.func(args)
     except (CliError, ValueError, StoreError, RuntimeError) as e:

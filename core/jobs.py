@@ -48,6 +48,7 @@ class Job:
     name: str
     work: Work
     cancel_on: tuple[type[BaseException], ...] = ()  # exceptions that mean "stopped by the user"
+    live: Any = None  # an object the work fills as it goes (e.g. a loss log) that pages may read while it runs
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _status: Status = "running"
@@ -114,11 +115,11 @@ class JobSlot:
         self._lock = threading.Lock()
         self._job: Job | None = None
 
-    def start(self, name: str, work: Work, cancel_on: tuple[type[BaseException], ...] = ()) -> Job:
+    def start(self, name: str, work: Work, cancel_on: tuple[type[BaseException], ...] = (), live: Any = None) -> Job:
         with self._lock:
             if self._job is not None and self._job.running:
                 raise BusyError(f"'{self._job.name}' is still running; wait for it or stop it first.")
-            self._job = Job(name, work, cancel_on).start()
+            self._job = Job(name, work, cancel_on, live).start()
             return self._job
 
     @property

@@ -300,6 +300,14 @@ def load_model(checkpoint: Path, dtype: torch.dtype = torch.float32, device: str
     return model.eval()
 
 
+def quiet_library_output() -> None:
+    """For headless runs: our own progress lines say what is happening; transformers' bars would bury them."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def read_provenance(checkpoint: Path) -> dict:
     path = checkpoint / "lab_provenance.json"
     return json.loads(path.read_text()) if path.is_file() else {}

@@ -40,19 +40,19 @@ QUALITY_METRICS: dict[str, QualityMetric] = {
     for m in (
         QualityMetric(
             "kld_mean", "KL divergence", False,
-            "KL divergence vs reference (nats/token; lower is better, axis reversed: ↑ better)", None,
+            "KLD vs reference, nats/token (axis reversed: ↑ better)", None,
         ),
         QualityMetric(
             "top1_agreement", "Top-1 agreement", True,
-            "Top-1 token agreement with reference (share of tokens; ↑ better)", None, ".1%",
+            "Top-1 agreement with reference (↑ better)", None, ".1%",
         ),
         QualityMetric(
             "perplexity", "Perplexity", False,
-            "Perplexity (lower is better, axis reversed: ↑ better)", None, ".2f",
+            "Perplexity (axis reversed: ↑ better)", None, ".2f",
         ),
         QualityMetric(
             "mc_accuracy", "Multiple-choice accuracy", True,
-            "Multiple-choice accuracy (share correct, 95% CI; ↑ better)", ("mc_accuracy_ci95",), ".1%",
+            "MC accuracy, 95% CI (↑ better)", ("mc_accuracy_ci95",), ".1%",
         ),
     )
 }
@@ -112,11 +112,11 @@ COST_AXES: dict[str, CostAxis] = {
     a.key: a
     for a in (
         CostAxis(
-            "latency", "Decode latency", "Decode latency (ms per token, p10–p90; ← better)",
+            "latency", "Decode latency", "Decode latency, ms/token, p10–p90 (← better)",
             "ms/token", latency_interval, ".1f",
         ),
         CostAxis(
-            "cost", "Cost", "Cost (USD per 1M generated tokens, p10–p90; ← better)",
+            "cost", "Cost", "USD per 1M generated tokens (← better)",
             "USD per 1M tokens", cost_interval, ".4f",
         ),
     )
@@ -302,8 +302,11 @@ def tradeoff_figure(records: Sequence[VariantRecord], metric_key: str, axis_key:
         fig.add_trace(frontier)
     fig.update_layout(
         title=dict(text=f"{metric.label} vs {axis.label.lower()}"),
-        legend=dict(title=dict(text=f"Technique family ({BUBBLE_NOTE})")),
+        # below the plot, so the bubbles keep the full width of a half-page column
+        legend=dict(title=dict(text=f"{BUBBLE_NOTE}:"), orientation="h", yanchor="top", y=-0.22, x=0),
         hovermode="closest",
+        height=520,
+        margin=dict(l=10, r=10, t=50, b=10),
     )
     fig.update_xaxes(title_text=axis.axis_title)
     fig.update_yaxes(title_text=metric.axis_title, autorange=True if metric.higher_is_better else "reversed")
@@ -421,3 +424,54 @@ def speed_bars_figure(records: Sequence[VariantRecord]) -> go.Figure:
     fig.update_yaxes(title_text="Decode speed (tokens/s, median with p10–p90; ↑ better)", rangemode="tozero")
     fig.update_xaxes(title_text="Variant")
     return fig
+
+
+# --- mixture of experts: quality against speed as k changes ----------------------------------------
+
+DENSE_NAME = "Dense model"
+
+
+def moe_curve_figure(records: Sequence[VariantRecord], metric_key: str = "kld_mean",
+                     reference_technique: str = "fp32") -> go.Figure:
+    """One line per expert count E through its k = 1..E points (decode tokens/s on x, quality on y), plus the
+    dense reference as a star. MoE records carry experts/top_k in `variant_facts`; others are ignored."""
+    metric = get_metric(metric_key)
+    moe_records = [r for r in records if r.family == "moe" and r.variant_facts.get("top_k")]
+    dense = [r for r in records if r.technique == reference_technique]
+    if not moe_records:
+        return _empty_figure("No mixture-of-experts results yet: convert and measure first.")
+    _require_one_machine([*moe_records, *dense])
+    fig = go.Figure()
+    for experts in sorted({r.variant_facts["experts"] for r in moe_records}):
+        line = sorted((r for r in moe_records if r.variant_facts["experts"] == experts), key=lambda r: r.variant_facts["top_k"])
+        speeds = [Interval(r.decode_tokens_per_s_median, r.decode_tokens_per_s_p10, r.decode_tokens_per_s_p90) for r in line]
+        ys = [quality_interval(r, metric) for r in line]
+        fig.add_trace(go.Scatter(
+            x=[iv.value for iv in speeds], y=[iv.value for iv in ys], mode="lines+markers+text",
+            name=f"{experts} experts", text=[f"k={r.variant_facts['top_k']}" for r in line], textposition="top center",
+            error_x=_error_bars(speeds), error_y=_error_bars(ys),
+            customdata=[_moe_hover(r) for r in line], hovertemplate="%{customdata}<extra></extra>",
+        ))
+    for r in dense[:1]:
+        speed = Interval(r.decode_tokens_per_s_median, r.decode_tokens_per_s_p10, r.decode_tokens_per_s_p90)
+        fig.add_trace(go.Scatter(
+            x=[speed.value], y=[getattr(r, metric.key)], mode="markers+text", name=DENSE_NAME, text=["dense"],
+            textposition="bottom center", marker=dict(symbol="star", size=16, color="black"),
+            error_x=_error_bars([speed]), customdata=[_hover_text(r)], hovertemplate="%{customdata}<extra></extra>",
+        ))
+    fig.update_layout(title=dict(text=f"{metric.label} vs decode speed as experts per token (k) change"),
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), height=480,
+                      margin=dict(l=10, r=10, t=50, b=10))
+    fig.update_xaxes(title_text="Decode tokens/s, p10–p90 (→ better)")
+    fig.update_yaxes(title_text=metric.axis_title, autorange=True if metric.higher_is_better else "reversed")
+    if metric.value_format.endswith("%"):
+        fig.update_yaxes(tickformat=".0%")
+    return fig
+
+
+def _moe_hover(record: VariantRecord) -> str:
+    facts = record.variant_facts
+    extra = (f"Active parameters: {_fmt(facts.get('active_params', math.nan) / 1e6, '.1f')}M "
+             f"({_fmt(facts.get('active_params_pct', math.nan), '.0f')}% of dense); "
+             f"{_fmt(facts.get('flops_per_token', math.nan) / 1e6, '.0f')} MFLOPs per token")
+    return _hover_text(record) + "<br>" + extra

@@ -61,6 +61,9 @@ class VariantRecord:
     sample_generation: str = ""
     mc_per_item: list[dict[str, Any]] = field(default_factory=list)  # per-question results
     notes: str = ""
+    # structure numbers the technique computes from the built model (Technique.facts), e.g. for a
+    # mixture of experts: experts, top_k, active_params, active_params_pct, flops_per_token
+    variant_facts: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -188,15 +188,20 @@ def measure_variant(technique: techniques.Technique, inputs: _Inputs, settings: 
         step("choices", 0.0)
         mc = evaluate.mc_accuracy(model, inputs.tokenizer, inputs.mc_items, device, lambda f: step("choices", f), settings.seed)
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        read_bytes = technique.bytes_read_per_token(model, size_bytes)
+        facts = technique.facts(model)
     del model
     benchmark.release_memory()
-    return _record(technique, inputs, settings, run_id, size_bytes, mem.delta_bytes, bench, quality, mc, dtype)
+    return _record(technique, inputs, settings, run_id, size_bytes, mem.delta_bytes, bench, quality, mc, dtype,
+                   read_bytes, facts)
 
 
 def _record(technique, inputs: _Inputs, settings: SweepSettings, run_id: str, size_bytes: int, peak_bytes: int,
-            bench: benchmark.GenerationBench, quality: evaluate.TextQuality, mc: evaluate.MCResult, dtype: str) -> VariantRecord:
-    bandwidth = inputs.bandwidth.median
-    roof = benchmark.roofline_tokens_per_s(bandwidth, size_bytes)
+            bench: benchmark.GenerationBench, quality: evaluate.TextQuality, mc: evaluate.MCResult, dtype: str,
+            read_bytes: int | None = None, facts: dict | None = None) -> VariantRecord:
+    bandwidth = max(inputs.bandwidth.samples)  # the hardware's ceiling: best of the timed reads
+    # The roofline divides bandwidth by the bytes a decoded token reads (bytes held, except for MoE).
+    roof = benchmark.roofline_tokens_per_s(bandwidth, size_bytes if read_bytes is None else read_bytes)
     tps = bench.decode_tokens_per_s
     price = settings.price()
     return VariantRecord(
@@ -216,7 +221,7 @@ def _record(technique, inputs: _Inputs, settings: SweepSettings, run_id: str, si
         versions=dict(inputs.env.versions), settings=dict(inputs.settings_record),
         sample_prompt=settings.prompt,
         sample_generation=inputs.tokenizer.decode(list(bench.token_ids), skip_special_tokens=True),
-        mc_per_item=mc.per_item,
+        mc_per_item=mc.per_item, variant_facts=dict(facts or {}),
     )
 
 

@@ -45,6 +45,50 @@ def provenance_lines(records: list[VariantRecord]) -> list[str]:
         f"Quality: perplexity/KLD on {s.get('ppl_tokens', '?')} tokens of {s.get('ppl_text', '?').split('/')[-1]} "
         f"in {s.get('ppl_window_tokens', '?')}-token windows; multiple choice on {s.get('mc_items', '?')} questions of "
         f"{s.get('eval_set', '?').split('/')[-1]} (95% bootstrap CI).",
-        f"Memory bandwidth measured here: {r.bandwidth_gb_s:.1f} GB/s (buffer copy, median).",
+        f"Memory read bandwidth measured here: {r.bandwidth_gb_s:.1f} GB/s (best of 10 reads of a 512 MB buffer); "
+        "the bandwidth limit on tokens/s is this divided by the bytes the model holds.",
         f"Libraries: {versions}.",
     ]
+
+
+def moe_view(records: list[VariantRecord], experts: int, dense_layers: int | None = None,
+             reference_technique: str = "fp32") -> tuple[VariantRecord | None, list[VariantRecord]]:
+    """From newest-first records: the newest MoE record per k for E experts (and, if given, that many MLP
+    layers left dense), sorted by k, and the dense reference, preferably from the same run as the newest."""
+    latest: dict[int, VariantRecord] = {}
+    for r in records:
+        facts = r.variant_facts
+        if dense_layers is not None and facts.get("dense_layers") != dense_layers:
+            continue
+        if r.family == "moe" and facts.get("experts") == experts and facts.get("top_k"):
+            latest.setdefault(r.variant_facts["top_k"], r)
+    chosen = [latest[k] for k in sorted(latest)]
+    references = [r for r in records if r.technique == reference_technique]
+    newest_run = max(chosen, key=lambda r: r.created_at).run_id if chosen else None
+    same_run = [r for r in references if r.run_id == newest_run]
+    return (same_run or references or [None])[0], chosen
+
+
+def moe_rows(records: list[VariantRecord], reference: VariantRecord | None) -> list[dict]:
+    """One row per k (and the dense reference first): structure, speed and quality with units in the names."""
+    base = reference.decode_tokens_per_s_median if reference else float("nan")
+    rows = []
+    for r in ([reference] if reference else []) + records:
+        facts = r.variant_facts
+        rows.append({
+            "variant": r.label,
+            "experts per token (k)": facts.get("top_k"),
+            "active params (M)": facts.get("active_params", float("nan")) / 1e6,
+            "active params %": facts.get("active_params_pct", float("nan")),
+            "GFLOPs per token": facts.get("flops_per_token", float("nan")) / 1e9,
+            "decode tok/s (median)": r.decode_tokens_per_s_median,
+            "speed-up vs dense": r.decode_tokens_per_s_median / base if base else float("nan"),
+            "TTFT ms (median)": r.ttft_ms_median,
+            "KLD vs dense (nats)": r.kld_mean,
+            "top-1 agreement": r.top1_agreement,
+            "perplexity": r.perplexity,
+            "MC accuracy": r.mc_accuracy,
+            "MC 95% CI low": r.mc_accuracy_ci95[0],
+            "MC 95% CI high": r.mc_accuracy_ci95[1],
+        })
+    return rows

@@ -12,7 +12,17 @@ from typing import Any, Callable
 
 import torch
 
+from core import moe
 from core.quantization import QuantConfig, load_quantized, unsupported_reason
+
+
+def _all_bytes_held_are_read(_model: torch.nn.Module, bytes_held: int) -> int:
+    # A dense model reads every weight it holds once per decoded token.
+    return bytes_held
+
+
+def _no_facts(_model: torch.nn.Module) -> dict[str, Any]:
+    return {}
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,10 @@ class Technique:
     surprise: str  # what a newcomer will see that looks wrong but is not, and why
     build: Callable[[Path, Any, str], torch.nn.Module]  # (checkpoint, config, device) -> model in eval mode
     unsupported: Callable[[Any, str], str | None]  # (config, device) -> why it cannot run here, or None
+    # (model, bytes held) -> bytes one decoded token reads: the roofline's denominator. A mixture of experts
+    # holds every expert but reads only the chosen ones, so for it this is less than the bytes held.
+    bytes_read_per_token: Callable[[torch.nn.Module, int], int] = _all_bytes_held_are_read
+    facts: Callable[[torch.nn.Module], dict[str, Any]] = _no_facts  # structure numbers stored with the record
 
     def make(self, checkpoint: Path, device: str = "cpu") -> torch.nn.Module:
         return self.build(checkpoint, self.config, device)
@@ -38,7 +52,34 @@ REFERENCE = "fp32"
 
 def _quant(key: str, label: str, config: QuantConfig, explanation: str, surprise: str = "") -> Technique:
     family = "reference" if key == REFERENCE else "quantization"
-    return Technique(key, label, family, config, explanation, surprise, load_quantized, unsupported_reason)
+    # The reference records its parameter count and FLOPs per token so that MoE variants can be drawn against it.
+    facts = moe.dense_facts if key == REFERENCE else _no_facts
+    return Technique(key, label, family, config, explanation, surprise, load_quantized, unsupported_reason, facts=facts)
+
+
+MOE_EXPLANATION = (
+    "Each feed-forward layer's neurons are split into {experts} equal groups (experts) and a small router, fitted "
+    "on calibration text, runs only the {top_k} experts that matter most for each token: about {pct:.0f}% of the "
+    "feed-forward weights are read per token (the first layer stays whole). With every expert running it "
+    "computes exactly the dense model."
+)
+MOE_SURPRISE = (
+    "The model holds as many bytes as the dense one (every expert stays in memory); what shrinks is the bytes "
+    "read and the arithmetic per token. This model was trained dense, so its neurons were never taught to work "
+    "in groups: quality falls fast as fewer experts run, unlike a model trained as a mixture of experts "
+    "(LLaMA-MoE recovered quality by training the converted model further; nothing is trained here)."
+)
+
+
+def moe_technique(experts: int, top_k: int, dense_layers: int = moe.DEFAULT_DENSE_LAYERS) -> Technique:
+    """The registry entry for any (E, k); the registry lists a few, `get` builds the rest on demand."""
+    config = moe.MoEConfig(experts=experts, top_k=top_k, dense_layers=dense_layers)
+    label = f"MoE {top_k} of {experts} experts" + ("" if dense_layers == moe.DEFAULT_DENSE_LAYERS
+                                                     else f", first {dense_layers} MLP layers dense")
+    return Technique(
+        moe.technique_key(experts, top_k, dense_layers), label, "moe", config,
+        MOE_EXPLANATION.format(experts=experts, top_k=top_k, pct=100 * top_k / experts), MOE_SURPRISE,
+        moe.load_moe, moe.unsupported_reason, bytes_read_per_token=moe.bytes_read_per_token, facts=moe.variant_facts)
 
 
 TECHNIQUES: dict[str, Technique] = {
@@ -49,10 +90,12 @@ TECHNIQUES: dict[str, Technique] = {
                "On a CPU it is often the fastest, because CPU kernels are most optimised for float32."),
         _quant("bf16", "BF16", QuantConfig("bf16"),
                "Weights in 16-bit brain-float: half the memory, nearly the same numbers (same range, fewer digits).",
-               "On CPUs without native bf16 instructions it is no faster than fp32: each multiply converts back."),
+               "On CPUs without native bf16 instructions it is no faster than fp32 at decoding, and reading the "
+               "prompt (time to first token) is slower: every multiply converts back to fp32."),
         _quant("fp16", "FP16", QuantConfig("fp16"),
                "Weights in 16-bit half precision: half the memory; fast on GPUs, often slow on CPUs.",
-               "CPUs without fp16 arithmetic emulate it, so it can decode several times slower than fp32."),
+               "CPUs without fp16 arithmetic emulate it: decoding may keep pace with fp32 (it is memory-bound), "
+               "but reading a prompt, which is compute-bound, can take several times longer."),
         _quant("int8", "INT8 (bitsandbytes LLM.int8)", QuantConfig("int8"),
                "Weights stored as 8-bit integers with a scale per row; rare large activations stay in 16-bit.",
                "At this size it decodes slower than fp32 on a CPU: every step converts int8 weights back to "
@@ -72,13 +115,17 @@ TECHNIQUES: dict[str, Technique] = {
                "of a model this small loses much more than quantizing weights alone."),
     ]
 }
+# k < E only: with every expert running (moe-8x8) the model reads more than the dense one (routers too), so it
+# is a correctness check, not an optimisation; `get("moe-8x8")` still builds it for the MoE page and CLI.
+TECHNIQUES |= {t.key: t for t in (moe_technique(8, k) for k in (1, 2, 4))}
 
 
 def get(key: str) -> Technique:
-    try:
+    if key in TECHNIQUES:
         return TECHNIQUES[key]
-    except KeyError:
-        raise ValueError(f"Unknown technique {key!r}; choose from {', '.join(TECHNIQUES)}") from None
+    if (moe_shape := moe.parse_technique_key(key)) is not None:  # any moe-<E>x<k>, validated by MoEConfig
+        return moe_technique(*moe_shape)
+    raise ValueError(f"Unknown technique {key!r}; choose from {', '.join(TECHNIQUES)} (or moe-<experts>x<top_k>)")
 
 
 def parse_keys(text: str) -> list[str]:

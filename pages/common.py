@@ -106,3 +106,29 @@ def save_upload(upload, validate) -> Path:
         path.unlink(missing_ok=True)
         raise ValueError(f"{upload.name}: {e}") from None
     return path
+
+
+@st.fragment(run_every=1.0)
+def job_panel(kept_note: str, live_view=None) -> None:
+    """Progress of the machine's one background job: bar, times, Stop, and how it ended.
+
+    `live_view(job)` draws extra live content (e.g. a loss curve) while the job runs and after it ends.
+    """
+    job = job_slot().job
+    if job is None:
+        return
+    snap = job.snapshot()
+    if snap.status == "running":
+        st.progress(snap.fraction, text=f"{snap.name}: {snap.message}")
+        st.caption(f"Elapsed {fmt_seconds(snap.elapsed_s)} · remaining about {fmt_seconds(snap.remaining_s)}. {kept_note}")
+        if st.button("Stop", key="job_stop"):
+            job.cancel()
+    elif snap.status == "failed":
+        st.error(f"{snap.name} stopped: {snap.error}")
+    elif snap.status == "cancelled":
+        st.warning(f"Stopped. {kept_note} ({snap.error})")
+    if live_view is not None:
+        live_view(job)
+    if snap.status != "running" and st.session_state.get("seen_job") != snap.started_s:
+        st.session_state["seen_job"] = snap.started_s
+        st.rerun()  # the job just ended: redraw the whole page so the results include it

@@ -19,10 +19,10 @@ if spec:
 st.subheader("Three steps")
 c1, c2, c3 = st.columns(3)
 c1.markdown("**1. Pick** a model and a hardware price in the sidebar.")
-c2.markdown("**2. Measure** quantized variants on the **Quantize** page (about a minute per variant here).")
+c2.markdown("**2. Measure** quantized variants on the **Quantize** page; a progress bar shows how far it is.")
 c3.markdown("**3. Decide** on the **Trade-off Map**: quality against latency and against dollars.")
-c1.page_link("pages/quantize.py", label="Go to Quantize", icon="🗜️")
-c3.page_link("pages/tradeoff_map.py", label="Go to the Trade-off Map", icon="🗺️")
+c1.page_link("pages/quantize.py", label="Go to Quantize", icon=":material/compress:")
+c3.page_link("pages/tradeoff_map.py", label="Go to the Trade-off Map", icon=":material/scatter_plot:")
 
 st.subheader("How quality is measured")
 st.markdown(

@@ -9,7 +9,7 @@ from core import benchmark, evaluate, models, techniques
 from core.jobs import BusyError
 from core.sweep import Cancelled, SweepSettings, run_sweep
 from core.tables import provenance_lines, summary_rows
-from pages.common import choice, fmt_seconds, job_slot, save_upload, store
+from pages.common import choice, job_panel, job_slot, save_upload, store
 
 PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
 DEFAULT_PICK = ["fp32", "bf16", "int8", "nf4", "dyn-int8"]
@@ -21,7 +21,8 @@ st.write("Store the same model's weights in fewer bits, then measure what that b
 picked = choice()
 device = benchmark.pick_device("auto")
 
-keys = st.multiselect("Variants to measure", list(techniques.TECHNIQUES), default=DEFAULT_PICK,
+QUANT_KEYS = [k for k, t in techniques.TECHNIQUES.items() if t.family in ("reference", "quantization")]
+keys = st.multiselect("Variants to measure", QUANT_KEYS, default=DEFAULT_PICK,
                       format_func=lambda k: techniques.TECHNIQUES[k].label)
 for k in keys:
     if reason := techniques.get(k).why_not(device):
@@ -56,34 +57,13 @@ if st.button("Measure", type="primary", disabled=not keys or not picked.model):
         st.error(str(e))
 
 
-@st.fragment(run_every=1.0)
-def progress_panel() -> None:
-    job = slot.job
-    if job is None:
-        return
-    snap = job.snapshot()
-    if snap.status == "running":
-        st.progress(snap.fraction, text=f"{snap.name}: {snap.message}")
-        st.caption(f"Elapsed {fmt_seconds(snap.elapsed_s)} · remaining about {fmt_seconds(snap.remaining_s)}. "
-                   "Each variant is saved as soon as it is measured; you can leave this page.")
-        if st.button("Stop"):
-            job.cancel()
-    elif snap.status == "failed":
-        st.error(f"The sweep stopped: {snap.error}")
-    elif snap.status == "cancelled":
-        st.warning(f"Stopped. Variants finished before the stop are kept. ({snap.error})")
-    if snap.status != "running" and st.session_state.get("seen_job") != snap.started_s:
-        st.session_state["seen_job"] = snap.started_s
-        st.rerun()  # the job just ended: redraw the whole page so the results below include it
-
-
-progress_panel()
+job_panel("Each variant is saved as soon as it is measured; you can leave this page.")
 
 results = store()
 hardware = benchmark.hardware_fingerprint(device)
 try:
     spec = models.resolve(picked.model)
-    records = results.latest_per_technique(spec.key, hardware) if results else []
+    records = [r for r in (results.latest_per_technique(spec.key, hardware) if results else []) if r.technique in QUANT_KEYS]
 except models.ModelError as e:
     st.info(str(e))
     records = []

@@ -1,0 +1,137 @@
+"""Mixture of experts: split the model's feed-forward layers into experts and choose how many run per token."""
+
+import json
+
+import streamlit as st
+
+from core import benchmark, evaluate, models, moe, plots, techniques
+from core.jobs import BusyError
+from core.sweep import Cancelled, SweepSettings
+from core.tables import moe_rows, moe_view
+from pages.common import choice, fmt_seconds, job_slot, store
+
+PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
+EXPERT_CHOICES = [4, 8, 16]
+DEFAULTS = SweepSettings()
+
+st.title("Mixture of experts")
+st.write("A mixture-of-experts model runs only a few parts of each feed-forward layer for every token. Here the "
+         "dense model is split into experts the way MoEfication and LLaMA-MoE do it: each layer's neurons are "
+         "grouped into E equal experts, and a small router fitted on calibration text picks the k experts that "
+         "matter most for each token. Fewer experts per token read fewer weights and do less arithmetic; the "
+         "price is quality, because this model was never trained to work in pieces.")
+picked = choice()
+try:
+    native = moe.native_moe_for_name(picked.model)
+except models.ModelError as e:
+    st.info(str(e))
+    st.stop()
+
+c1, c2 = st.columns([1, 2])
+if native:
+    experts = native[0]
+    c1.metric("Experts per layer (E)", experts, help="Fixed: this model was trained as a mixture of experts.")
+    st.info(f"This model is already a mixture of experts ({native[0]} experts per layer, {native[1]} per token as "
+            "shipped): nothing is converted, only the number of experts each token runs is changed.")
+else:
+    experts = c1.selectbox("Experts per layer (E)", EXPERT_CHOICES, index=1,
+                           help="Each layer's neurons are split into E equal groups; E must divide them.")
+ks = c2.multiselect("Experts per token (k) to measure", list(range(1, experts + 1)),
+                    default=sorted({1, 2, max(1, experts // 2), experts}),
+                    help=f"k = {experts} runs every expert: exactly the dense model's arithmetic.")
+
+with st.expander("Measurement settings"):
+    s1, s2, s3 = st.columns(3)
+    prompt_id = s1.selectbox("Prompt for speed and side-by-side text", [p["id"] for p in PROMPTS],
+                             format_func=lambda i: next(p["title"] for p in PROMPTS if p["id"] == i))
+    new_tokens = s2.number_input("New tokens per run", 8, 256, DEFAULTS.new_tokens, step=8)
+    repeats = s3.number_input(f"Timed runs (after {DEFAULTS.warmup_runs} warm-up)", 1, 20, DEFAULTS.repeats)
+    mc_max = s1.number_input("Questions to score (0 = all)", 0, 10000, 0)
+    dense_layers = s2.number_input("First MLP layers kept whole", 0, 8, moe.DEFAULT_DENSE_LAYERS,
+                                   disabled=bool(native), help="The first MLP writes most of the residual stream in "
+                                   "small models, so splitting it hurts far more than any other layer.")
+
+slot = job_slot()
+if st.button("Convert and measure", type="primary", disabled=not ks or not picked.model):
+    try:
+        settings = SweepSettings(prompt=next(p["prompt"] for p in PROMPTS if p["id"] == prompt_id),
+                                 new_tokens=int(new_tokens), repeats=int(repeats), mc_max_items=int(mc_max),
+                                 hardware_preset=picked.preset.key, usd_per_hour=picked.preset.usd_per_hour)
+        target = store()
+        slot.start(f"Mixture of experts ({experts} experts) of {picked.model}", lambda report, stop: moe.run_moe_sweep(
+            picked.model, experts, sorted(ks), settings, store=target, should_stop=stop, dense_layers=int(dense_layers),
+            progress=lambda p: report(p.fraction, p.message)), cancel_on=(Cancelled, moe.ConversionCancelled))
+    except (ValueError, BusyError) as e:
+        st.error(str(e))
+
+
+@st.fragment(run_every=1.0)
+def progress_panel() -> None:
+    job = slot.job
+    if job is None:
+        return
+    snap = job.snapshot()
+    if snap.status == "running":
+        st.progress(snap.fraction, text=f"{snap.name}: {snap.message}")
+        st.caption(f"Elapsed {fmt_seconds(snap.elapsed_s)} · remaining about {fmt_seconds(snap.remaining_s)}. "
+                   "The conversion is saved once made; each variant is saved as soon as it is measured.")
+        if st.button("Stop"):
+            job.cancel()
+    elif snap.status == "failed":
+        st.error(f"The run stopped: {snap.error}")
+    elif snap.status == "cancelled":
+        st.warning(f"Stopped. Variants finished before the stop are kept. ({snap.error})")
+    if snap.status != "running" and st.session_state.get("seen_job") != snap.started_s:
+        st.session_state["seen_job"] = snap.started_s
+        st.rerun()  # the job just ended: redraw the page so the results below include it
+
+
+progress_panel()
+
+results = store()
+hardware = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
+spec = models.resolve(picked.model)
+dense, measured = moe_view(results.all(spec.key, hardware) if results else [], experts,
+                           None if native else int(dense_layers))
+if not measured:
+    st.info(f"No mixture-of-experts measurements with {experts} experts on this machine yet: pick the numbers of "
+            "experts per token and press **Convert and measure**. The first run converts the model (about a "
+            "minute for the bundled model); later runs reuse the conversion.")
+    st.stop()
+
+st.subheader("Quality against speed as k changes")
+metric = st.radio("Quality measure", list(plots.QUALITY_METRICS), horizontal=True,
+                  format_func=lambda k: plots.QUALITY_METRICS[k].label)
+st.plotly_chart(plots.moe_curve_figure([*measured, *([dense] if dense else [])], metric), width="stretch")
+if dense is None:
+    st.warning("No dense reference measured on this machine: speed-ups cannot be computed.")
+
+by_k = {r.variant_facts["top_k"]: r for r in measured}
+k = st.select_slider("Experts per token", options=sorted(by_k), value=sorted(by_k)[len(by_k) // 2],
+                     help="Move it to see what each setting buys and costs.")
+chosen = by_k[k]
+facts = chosen.variant_facts
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Active parameters", f"{facts['active_params_pct']:.0f}%", help="of the dense model's, per token")
+m2.metric("GFLOPs per token", f"{facts['flops_per_token'] / 1e9:.3f}",
+          delta=f"{facts['flops_per_token'] / facts['dense_flops_per_token'] - 1:+.0%} vs dense", delta_color="inverse")
+m3.metric("Decode tokens/s", f"{chosen.decode_tokens_per_s_median:.1f}",
+          delta=f"{chosen.decode_tokens_per_s_median / dense.decode_tokens_per_s_median:.2f}x dense" if dense else None)
+m4.metric("KL divergence from dense", f"{chosen.kld_mean:.3f} nats", help=f"top-1 agreement {chosen.top1_agreement:.0%}")
+
+st.subheader("Side by side: the same prompt, greedy decoding")
+st.caption(f"Prompt: “{chosen.sample_prompt}”")
+left, right = st.columns(2)
+if dense:
+    left.markdown(f"**{dense.label}**  \n{dense.decode_tokens_per_s_median:.1f} tok/s")
+    left.text(dense.sample_generation)
+right.markdown(f"**{chosen.label}**  \n{chosen.decode_tokens_per_s_median:.1f} tok/s")
+right.text(chosen.sample_generation)
+
+st.subheader("Every setting measured")
+st.dataframe(moe_rows(measured, dense), hide_index=True)
+st.caption("Active parameters include the embeddings and attention, which every token uses; FLOPs count "
+           "2 per weight multiplied (attention projections, router, chosen experts, output head), not the "
+           "attention over the context. Bytes held do not shrink: every expert stays in memory.")
+with st.expander("What this does, and what may surprise you"):
+    st.write(techniques.moe_technique(experts, max(1, experts // 4)).surprise)
