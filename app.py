@@ -9,6 +9,7 @@ st.set_page_config(page_title="LLM Trade-off Lab", page_icon=":material/balance:
 pages = [
     st.Page("pages/home.py", title="Overview", icon=":material/home:", default=True),
     st.Page("pages/quantize.py", title="Quantize", icon=":material/compress:"),
+    st.Page("pages/lora.py", title="Fine-tune (LoRA)", icon=":material/tune:"),
     st.Page("pages/moe.py", title="Mixture of experts", icon=":material/hub:"),
     st.Page("pages/tradeoff_map.py", title="Trade-off Map", icon=":material/scatter_plot:"),
 ]

@@ -134,6 +134,36 @@ def _add_measurement_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--no-store", action="store_true", help="do not write to the results store")
 
 
+def cmd_lora(args: argparse.Namespace) -> None:
+    from core import lora
+
+    defaults = lora.FinetuneSettings()
+    settings = lora.FinetuneSettings(
+        method=args.method, rank=args.rank, alpha=args.alpha if args.alpha is not None else 2 * args.rank,
+        dropout=args.dropout, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+        target_modules=tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else defaults.target_modules,
+    )
+    data = Path(_existing_file("--data", args.data)) if args.data else None
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise CliError(f"--json: the folder of {args.json} does not exist")
+    price = args.usd_per_hour if args.usd_per_hour is not None else cost.HARDWARE_PRESETS[args.hardware].usd_per_hour
+    lora.load_task(None if data else args.task, data)  # bad data fails before the model loads
+
+    def show(fraction: float, message: str) -> None:
+        if "step" not in message or message.split("/")[0].endswith("0"):  # every 10th step
+            print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
+
+    result, model = lora.run_finetune(args.model, settings, None if data else args.task, data, price, show)
+    if not args.no_store:
+        lora.store_record(model, result, ResultStore(), price, args.hardware,
+                          lambda f, m: None)
+    text = json.dumps(result.to_dict(), indent=2)
+    if args.json:
+        Path(args.json).write_text(text)
+    else:
+        print(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="LLM Trade-off Lab, headless.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dense-layers", type=int, default=1, help="keep the first N MLP layers whole (default 1)")
     _add_measurement_args(m)
     m.set_defaults(func=cmd_moe)
+    f = sub.add_parser("lora", help="fine-tune with LoRA, QLoRA or fully; compare before/after on held-out data")
+    f.add_argument("--model", default=models.DEFAULT_MODEL)
+    f.add_argument("--task", default="support-routing", help="bundled task (ignored with --data)")
+    f.add_argument("--data", help='your JSONL of {"prompt", "completion"} lines; 20%% is held out')
+    f.add_argument("--method", choices=["lora", "qlora", "full"], default="lora")
+    f.add_argument("--rank", type=int, default=8)
+    f.add_argument("--alpha", type=int, help="LoRA alpha (default 2 x rank)")
+    f.add_argument("--dropout", type=float, default=0.05)
+    f.add_argument("--targets", help="comma-separated module names (default: every linear layer of the blocks)")
+    f.add_argument("--steps", type=int, default=80)
+    f.add_argument("--batch-size", type=int, default=8)
+    f.add_argument("--lr", type=float, default=0.0, help="learning rate (0 = the method's default)")
+    f.add_argument("--hardware", choices=list(cost.HARDWARE_PRESETS), default="laptop-cpu")
+    f.add_argument("--usd-per-hour", type=float)
+    f.add_argument("--json", help="write the result here (else to stdout)")
+    f.add_argument("--no-store", action="store_true", help="do not measure and store the result for the Trade-off Map")
+    f.set_defaults(func=cmd_lora)
     return parser
 
 

@@ -395,7 +395,8 @@ def run_finetune(model_name: str, settings: FinetuneSettings, task: str | None =
     say(0.82, "measuring the fine-tuned model on the held-out set")
     after = exact_match(model, tokenizer, test_set)
 
-    name = f"{spec.key.replace('/', '--')}-{task or Path(data).stem}-{settings.method}-r{settings.rank}-{int(time.time())}"
+    rank = "" if settings.method == "full" else f"-r{settings.rank}"
+    name = f"{spec.key.replace('/', '--')}-{task or Path(data).stem}-{settings.method}{rank}-{int(time.time())}"
     run_facts = {"model": spec.key, "task": task or str(data), "settings": settings.__dict__ | {"lr": settings.lr}}
     if stop():
         raise Stopped("Stopped before saving; nothing was written.")

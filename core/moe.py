@@ -259,6 +259,8 @@ class MoEMLP(nn.Module):
             self.router.bias.copy_(router_b)
         self.router.requires_grad_(False)
         self.act_fn = act_fn
+        # Decode runs ~25 small ops per layer, so per-call overhead matters: call SiLU's function directly.
+        self._act = F.silu if isinstance(act_fn, nn.SiLU) or type(act_fn).__name__ == "SiLUActivation" else act_fn
         self.top_k = top_k  # mutable: set_top_k changes it without reconverting
 
     def extra_repr(self) -> str:
@@ -278,13 +280,19 @@ class MoEMLP(nn.Module):
         gate, up = gate_up.view(x.shape[0], self.experts, 2, self.neurons).unbind(2)  # [N, E, n] each
         return (self.act_fn(gate) * up).reshape(x.shape[0], -1) @ self.down_t.view(-1, self.down_t.shape[-1])
 
+    def decode(self, x: torch.Tensor, experts: list[int]) -> torch.Tensor:
+        """One token x [1, d] through the chosen experts only: each is a contiguous slice (a view, no copy)
+        of the stacked weights, so the skipped experts' bytes are never read."""
+        out = self.mean_total - self.mean_out[experts].sum(0)  # [d]: the skipped experts' means
+        for e in experts:
+            gate, up = F.linear(x, self.gate_up[e]).chunk(2, dim=-1)  # [1, n] each
+            out = torch.addmm(out, self._act(gate) * up, self.down_t[e])  # out + h @ down: one fused call
+        return out
+
     def dispatch(self, x: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
         """x [N, d], chosen [N, k] -> sum over each token's chosen experts; each expert sees only its tokens."""
-        if x.shape[0] == 1:  # decode: no bookkeeping, just the k chosen slices (views of the stacked weights)
-            out = self.mean_total.expand_as(x)
-            for e in chosen[0].tolist():
-                out = out + self.expert(x, e)
-            return out
+        if x.shape[0] == 1:
+            return self.decode(x, chosen[0].tolist())
         hit = torch.zeros(x.shape[0], self.experts, dtype=torch.bool, device=x.device).scatter_(1, chosen, True)
         out = self.mean_total.expand_as(x).clone()
         for e in range(self.experts):
@@ -295,7 +303,12 @@ class MoEMLP(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = hidden.reshape(-1, hidden.shape[-1])  # [N, d]
-        out = self.dense(x) if self.top_k >= self.experts else self.dispatch(x, self.select_experts(x))
+        if self.top_k >= self.experts:
+            out = self.dense(x)
+        elif x.shape[0] == 1:  # decode, the path timed as tokens/s: skip the module call and tensor bookkeeping
+            out = self.decode(x, F.linear(x, self.router.weight, self.router.bias).topk(self.top_k).indices[0].tolist())
+        else:
+            out = self.dispatch(x, self.select_experts(x))
         return out.view(hidden.shape)
 
 

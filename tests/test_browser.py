@@ -18,7 +18,8 @@ import pytest
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-PAGES = {"": "LLM Trade-off Lab", "quantize": "Quantize", "tradeoff_map": "Trade-off Map"}
+PAGES = {"": "LLM Trade-off Lab", "quantize": "Quantize", "lora": "Fine-tune with LoRA", "moe": "Mixture of experts",
+         "tradeoff_map": "Trade-off Map"}
 
 
 def free_port() -> int:

@@ -126,3 +126,46 @@ def test_bundled_task_is_balanced_and_held_out():
     assert len(train) + len(test) >= 300
     assert set(lora.check_labels(train)) == set(LABELS) == {e.completion for e in test}
     assert not {e.prompt for e in train} & {e.prompt for e in test}
+
+
+def test_cli_writes_the_promised_fields(data_file, tmp_path, data_dir, capsys):
+    from core.__main__ import main
+
+    out = tmp_path / "lora.json"
+    code = main(["lora", "--model", "tiny-random-llama", "--data", str(data_file), "--steps", "2", "--batch-size", "4",
+                 "--rank", "4", "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    for key in ("method", "trainable_params", "total_params", "trainable_pct", "peak_mem_mb", "train_seconds", "usd_cost",
+                "adapter_mb", "accuracy_before", "accuracy_after", "accuracy_after_ci95", "merged_decode_tokens_per_s",
+                "unmerged_decode_tokens_per_s"):
+        assert key in result
+    from core.store import ResultStore
+
+    stored = ResultStore().all(model="tiny-random-llama")
+    assert len(stored) == 1 and stored[0].family == "lora"  # it appears on the Trade-off Map
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rank", "0"], "rank"),
+    (["--steps", "0"], "steps"),
+    (["--targets", "nope_proj"], "nope_proj"),
+])
+def test_cli_bad_input_exits_2_and_writes_nothing(args, message, data_file, data_dir, capsys):
+    from core.__main__ import main
+
+    code = main(["lora", "--model", "tiny-random-llama", "--data", str(data_file), "--no-store", *args])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("error:")
+    assert not (data_dir / "adapters").exists()
+
+
+def test_cli_empty_data_file(tmp_path, data_dir, capsys):
+    from core.__main__ import main
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["lora", "--data", str(empty), "--no-store"]) == 2
+    assert "no examples" in capsys.readouterr().err
+    assert not (data_dir / "adapters").exists()

@@ -132,3 +132,28 @@ def test_home_page_links_and_explains_every_variant():
     body = " ".join(m.value for m in at.markdown)
     for t in techniques.TECHNIQUES.values():
         assert t.label in body
+
+
+def test_lora_page_guides_then_shows_runs(monkeypatch):
+    at = page("pages/lora.py").run()
+    no_errors(at)
+    assert any("No fine-tuning runs" in i.value for i in at.info)
+    result = {"method": "lora", "settings": {"rank": 8}, "trainable_params": 2442240, "trainable_pct": 1.78,
+              "accuracy_before": 0.02, "accuracy_after": 0.96, "accuracy_after_ci95": [0.92, 0.99], "train_seconds": 197.0,
+              "seconds_per_step_median": 2.1, "peak_mem_mb": 2100.0, "usd_cost": 0.01, "adapter_mb": 9.8,
+              "adapter_pct_of_full": 1.8, "unmerged_decode_tokens_per_s": 24.5, "merged_decode_tokens_per_s": 33.9,
+              "device": "cpu", "hardware": HERE, "threads": 2,
+              "examples": [{"prompt": "p", "expected": "billing", "before": "No", "after": "billing"}]}
+    ResultStore().add(make_record(model="smollm2-135m-instruct", technique="lora-support-routing-r8", family="lora",
+                                  hardware=HERE, variant_facts={"finetune": result}))
+    at = page("pages/lora.py").run()
+    no_errors(at)
+    assert at.dataframe[0].value["accuracy after"][0] == 0.96
+    assert "billing" in set(at.dataframe[1].value["after"])
+
+
+def test_lora_page_refuses_a_bad_upload_before_training():
+    at = page("pages/lora.py").run()
+    at.radio[0].set_value("your own JSONL").run()
+    at.button[0].click().run()
+    assert any("Upload a JSONL" in e.value for e in at.error)
