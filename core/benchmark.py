@@ -1,9 +1,10 @@
 """The one timing primitive, and the facts every measurement records.
 
 `repeat` runs a measured function `warmup + repeats` times and keeps only the timed samples.
-`timed_generation` is one greedy generation of exactly N tokens with its own clock readings: the
-prefill (time to first token) and the decode steps are timed separately inside the same call, so the
-tokens counted are always the tokens timed.
+`stream_tokens` is the one greedy decode loop: it yields each token with its own compute time so far,
+which the arena draws live. `timed_generation` runs it for exactly N tokens: the prefill (time to first
+token) and the decode steps are timed separately inside the same call, so the tokens counted are always
+the tokens timed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import platform
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable, TypeVar
@@ -85,27 +87,46 @@ class GenerationRun:
 
 
 @torch.inference_mode()
+def stream_tokens(model, input_ids: torch.Tensor, max_new_tokens: int, device: str = "cpu",
+                  clock: Clock = time.perf_counter) -> Iterator[tuple[int, float]]:
+    """Greedy decode, one token at a time: yields (token_id, own_s) after each step (EOS ignored).
+
+    own_s is this generation's own compute time since it started: the first value is the time to first
+    token (prefill), each later one adds one decode step. Time the caller spends between steps (drawing,
+    or running another variant's step in a round-robin) is not counted, so interleaved streams each
+    keep honest timings.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    own_s = 0.0
+    synchronize(device)
+    t0 = clock()
+    out = model(input_ids=input_ids, use_cache=True)
+    next_id = out.logits[:, -1].argmax(-1, keepdim=True)  # [1, 1]
+    token = int(next_id)  # int() waits for the value, so each step is complete when timed
+    synchronize(device)
+    own_s += clock() - t0
+    yield token, own_s
+    cache = out.cache
+    for _ in range(max_new_tokens - 1):
+        t0 = clock()
+        out = model(input_ids=next_id, cache=cache, use_cache=True)
+        cache = out.cache
+        next_id = out.logits[:, -1].argmax(-1, keepdim=True)
+        token = int(next_id)
+        synchronize(device)
+        own_s += clock() - t0
+        yield token, own_s
+
+
 def timed_generation(model, input_ids: torch.Tensor, new_tokens: int, device: str = "cpu",
                      clock: Clock = time.perf_counter) -> GenerationRun:
     """Greedy decode of exactly `new_tokens` tokens (EOS ignored, so every variant does the same work)."""
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 to time decoding, got {new_tokens}")
-    synchronize(device)
-    t0 = clock()
-    out = model(input_ids=input_ids, use_cache=True)
-    next_id = out.logits[:, -1].argmax(-1, keepdim=True)  # [1, 1]
-    tokens = [int(next_id)]
-    synchronize(device)
-    t1 = clock()
-    cache = out.cache
-    for _ in range(new_tokens - 1):
-        out = model(input_ids=next_id, cache=cache, use_cache=True)
-        cache = out.cache
-        next_id = out.logits[:, -1].argmax(-1, keepdim=True)
-        tokens.append(int(next_id))  # int() waits for the value, so each step is complete when timed
-    synchronize(device)
-    t2 = clock()
-    return GenerationRun(t1 - t0, t2 - t1, new_tokens - 1, tuple(tokens))
+    steps = list(stream_tokens(model, input_ids, new_tokens, device, clock))  # [(token_id, own_s)] * new_tokens
+    ttft_s, total_s = steps[0][1], steps[-1][1]
+    return GenerationRun(ttft_s, total_s - ttft_s, new_tokens - 1, tuple(t for t, _ in steps))
 
 
 @dataclass(frozen=True)

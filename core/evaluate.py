@@ -124,24 +124,28 @@ class MCItem:
     answer: int
 
 
-def load_mc_jsonl(path: Path) -> list[MCItem]:
-    """Read {"question", "choices", "answer"} lines, naming the first bad line and what is wrong with it."""
+def jsonl_rows(path: Path, example: str) -> list[tuple[str, object]]:
+    """(where, row) for every non-blank line of a JSONL file; a missing file, bad JSON or no rows is named."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"Multiple-choice file not found: {path}")
-    items = []
+        raise ValueError(f"File not found: {path}")
+    rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            rows.append((f"{path.name} line {n}", json.loads(line)))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path.name} line {n} is not valid JSON ({e.msg}).") from None
-        items.append(_mc_item(row, f"{path.name} line {n}"))
-    if not items:
-        raise ValueError(f"{path} holds no questions; expected lines like "
-                         '{"question": "...", "choices": ["...", "..."], "answer": 0}.')
-    return items
+    if not rows:
+        raise ValueError(f"{path} holds no examples; expected lines like {example}.")
+    return rows
+
+
+def load_mc_jsonl(path: Path) -> list[MCItem]:
+    """Read {"question", "choices", "answer"} lines, naming the first bad line and what is wrong with it."""
+    example = '{"question": "...", "choices": ["...", "..."], "answer": 0}'
+    return [_mc_item(row, where) for where, row in jsonl_rows(path, example)]
 
 
 def _mc_item(row: object, where: str) -> MCItem:

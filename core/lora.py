@@ -13,6 +13,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -28,6 +29,8 @@ TASKS_DIR = evaluate.ASSETS / "tasks"
 BUNDLED_TASKS = {"support-routing": (TASKS_DIR / "support_routing_train.jsonl", TASKS_DIR / "support_routing_test.jsonl")}
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 Report = Callable[[float, str], None]
+# peft asks transformers a deprecated question on every wrap; the answer is right, the notice is noise.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 class Stopped(Exception):
@@ -83,24 +86,13 @@ class Example:
 
 def load_examples(path: Path) -> list[Example]:
     """Read {"prompt", "completion"} JSONL lines, naming the first bad line and what is wrong with it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Data file not found: {path}")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path.name} line {n} is not valid JSON ({e.msg}).") from None
+    for where, row in evaluate.jsonl_rows(path, '{"prompt": "...", "completion": "..."}'):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
-            raise ValueError(f'{path.name} line {n}: expected {{"prompt": str, "completion": str}}.')
+            raise ValueError(f'{where}: expected {{"prompt": str, "completion": str}}.')
         if not row["prompt"].strip() or not row["completion"].strip():
-            raise ValueError(f"{path.name} line {n}: prompt and completion must not be empty.")
+            raise ValueError(f"{where}: prompt and completion must not be empty.")
         out.append(Example(row["prompt"], row["completion"].strip()))
-    if not out:
-        raise ValueError(f"{path} holds no examples; expected lines like " '{"prompt": "...", "completion": "..."}.')
     return out
 
 

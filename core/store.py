@@ -7,16 +7,19 @@ Streamlit runs scripts on several threads and a sqlite3 connection must not cros
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from core.records import VariantRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: results; 2: + votes (the arena's blind votes)
 DATA_DIR_ENV = "LAB_DATA_DIR"
 STORE_FILENAME = "results.sqlite"
 BUSY_TIMEOUT_S = 30.0  # a second writer waits this long for the first instead of failing at once
@@ -38,6 +41,34 @@ CREATE INDEX IF NOT EXISTS results_model_hardware ON results (model, hardware, c
 CREATE INDEX IF NOT EXISTS results_run ON results (run_id);
 """
 
+# Schema 2 adds the arena's blind votes. One row per (model, prompt, pair, session): a viewer who votes
+# again on the same answers replaces their vote instead of adding one, so a tally cannot be stuffed.
+# variant_a < variant_b (technique keys, sorted) so that (a, b) and (b, a) are the same pair.
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS votes (
+    id INTEGER PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    model TEXT NOT NULL,
+    prompt_sha256 TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    variant_a TEXT NOT NULL,
+    variant_b TEXT NOT NULL,
+    winner TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    CHECK (variant_a < variant_b),
+    CHECK (winner IN (variant_a, variant_b, '')),
+    UNIQUE (model, prompt_sha256, variant_a, variant_b, session_id)
+);
+CREATE INDEX IF NOT EXISTS votes_model ON votes (model);
+"""
+
+_UPSERT_VOTE = """
+INSERT INTO votes (created_at, model, prompt_sha256, prompt, variant_a, variant_b, winner, session_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (model, prompt_sha256, variant_a, variant_b, session_id)
+DO UPDATE SET winner = excluded.winner, created_at = excluded.created_at
+"""
+
 _INSERT = """
 INSERT INTO results (run_id, created_at, model, technique, family, hardware, device, record_json)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -45,6 +76,29 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 
 # ISO-8601 UTC strings sort as text; id breaks ties between records of the same instant.
 _NEWEST_FIRST = "ORDER BY created_at DESC, id DESC"
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Blind-vote results of one variant, over every pair it was shown in."""
+    technique: str
+    wins: int
+    losses: int
+    ties: int
+
+    @property
+    def votes(self) -> int:
+        return self.wins + self.losses + self.ties
+
+    @property
+    def win_rate(self) -> float:
+        """Wins over decided votes (ties left out); NaN before any decided vote."""
+        decided = self.wins + self.losses
+        return self.wins / decided if decided else float("nan")
+
+
+def prompt_sha256(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
 class StoreError(ValueError):
@@ -143,6 +197,9 @@ class ResultStore:
                         f"is an SQLite database of something else (tables: {sorted(t[0] for t in tables)})"
                     )
                 self._create_schema_v1(conn)
+                version = 1
+            if version == 1:
+                self._migrate_v1_to_v2(conn)
             # WAL lets the dashboard read while a CLI sweep writes; the setting is stored in the file.
             conn.execute("PRAGMA journal_mode=WAL")
 
@@ -152,7 +209,16 @@ class ResultStore:
             for statement in _SCHEMA_V1.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("PRAGMA user_version = 1")
+
+    @staticmethod
+    def _migrate_v1_to_v2(conn: sqlite3.Connection) -> None:
+        # Additive: a new table, results untouched. IF NOT EXISTS makes a race between two openers harmless.
+        with conn:
+            for statement in _SCHEMA_V2.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("PRAGMA user_version = 2")
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -200,3 +266,34 @@ class ResultStore:
     def models_seen(self) -> list[str]:
         with self._connect() as conn:
             return [row[0] for row in conn.execute("SELECT DISTINCT model FROM results ORDER BY model")]
+
+    # --- blind votes (arena) ---------------------------------------------------------------------
+
+    def add_vote(self, model: str, prompt: str, pair: tuple[str, str], winner: str | None, session_id: str) -> None:
+        """Record one viewer's verdict on one pair of answers to one prompt; winner None means a tie.
+
+        Voting again on the same (model, prompt, pair, session) replaces the earlier vote.
+        """
+        a, b = sorted(pair)
+        if a == b:
+            raise ValueError(f"a vote needs two different variants, got {pair!r}")
+        if winner is not None and winner not in (a, b):
+            raise ValueError(f"winner must be one of {a!r}, {b!r} or None (a tie), got {winner!r}")
+        if not session_id:
+            raise ValueError("session_id must not be empty")
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._connect() as conn, conn:
+            conn.execute(_UPSERT_VOTE, (now, model, prompt_sha256(prompt), prompt, a, b, winner or "", session_id))
+
+    def tally(self, model: str | None = None, prompt: str | None = None) -> list[Tally]:
+        """Wins, losses and ties per variant, most wins first, optionally for one model and/or one prompt."""
+        where, params = _filters(model=model, prompt_sha256=prompt_sha256(prompt) if prompt is not None else None)
+        with self._connect() as conn:
+            rows = conn.execute(f"SELECT variant_a, variant_b, winner FROM votes {where}", params).fetchall()
+        counts: dict[str, list[int]] = {}
+        for a, b, winner in rows:
+            for me in (a, b):
+                wins_losses_ties = counts.setdefault(me, [0, 0, 0])
+                wins_losses_ties[2 if winner == "" else 0 if winner == me else 1] += 1
+        tallies = [Tally(k, *v) for k, v in counts.items()]
+        return sorted(tallies, key=lambda t: (-t.wins, t.losses, t.technique))

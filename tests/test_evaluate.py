@@ -115,7 +115,7 @@ def test_load_mc_jsonl_names_the_problem(tmp_path, line, message):
 def test_load_mc_jsonl_empty_and_missing(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
-    with pytest.raises(ValueError, match="no questions"):
+    with pytest.raises(ValueError, match="no examples"):
         evaluate.load_mc_jsonl(empty)
     with pytest.raises(ValueError, match="not found"):
         evaluate.load_mc_jsonl(tmp_path / "missing.jsonl")

@@ -112,7 +112,7 @@ def test_tradeoff_figure_kld_axis_reversed_and_titled():
     fig = tradeoff_figure(sweep(), "kld_mean", "latency")
     assert fig.layout.yaxis.autorange == "reversed"
     assert "↑ better" in fig.layout.yaxis.title.text and "nats" in fig.layout.yaxis.title.text
-    assert "ms per token" in fig.layout.xaxis.title.text
+    assert "ms/token" in fig.layout.xaxis.title.text
     higher = tradeoff_figure(sweep(), "top1_agreement", "latency")
     assert higher.layout.yaxis.autorange != "reversed"
 
