@@ -12,6 +12,9 @@ pages = [
     st.Page("pages/lora.py", title="Fine-tune (LoRA)", icon=":material/tune:"),
     st.Page("pages/moe.py", title="Mixture of experts", icon=":material/hub:"),
     st.Page("pages/tradeoff_map.py", title="Trade-off Map", icon=":material/scatter_plot:"),
+    st.Page("pages/arena.py", title="Arena", icon=":material/sports_score:"),
+    st.Page("pages/decide.py", title="Decide", icon=":material/task_alt:"),
+    st.Page("pages/report.py", title="Report", icon=":material/description:"),
 ]
 navigation = st.navigation(pages)
 sidebar()

@@ -65,7 +65,7 @@ MIN_NEURONS_PER_EXPERT = 8  # below this an expert is a handful of neurons and r
 CALIBRATION_WINDOW_TOKENS = 512
 RIDGE = 1e-3  # router regularisation, relative to the mean diagonal of X^T X
 KMEANS_ITERATIONS = 25
-ALGORITHM_VERSION = "2"  # bump when the partition or router recipe changes: invalidates cached conversions
+ALGORITHM_VERSION = "3"  # bump when the partition or router recipe changes: invalidates cached conversions
 NATIVE_EXPERT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts")  # config names across families
 
 Progress = Callable[[float, str], None]  # (fraction 0..1, message), as core.jobs.Report
@@ -259,8 +259,11 @@ class MoEMLP(nn.Module):
             self.router.bias.copy_(router_b)
         self.router.requires_grad_(False)
         self.act_fn = act_fn
-        # Decode runs ~25 small ops per layer, so per-call overhead matters: call SiLU's function directly.
+        # Decode runs a dozen small ops per layer, each costing a few microseconds of dispatch on a CPU, so
+        # the decode path avoids every op it can: SiLU's function directly, and per-expert views made once.
         self._act = F.silu if isinstance(act_fn, nn.SiLU) or type(act_fn).__name__ == "SiLUActivation" else act_fn
+        self._views: tuple | None = None
+        self._views_of: tuple[int, ...] = ()
         self.top_k = top_k  # mutable: set_top_k changes it without reconverting
 
     def extra_repr(self) -> str:
@@ -280,19 +283,32 @@ class MoEMLP(nn.Module):
         gate, up = gate_up.view(x.shape[0], self.experts, 2, self.neurons).unbind(2)  # [N, E, n] each
         return (self.act_fn(gate) * up).reshape(x.shape[0], -1) @ self.down_t.view(-1, self.down_t.shape[-1])
 
+    def expert_views(self) -> tuple[list, list, list, list]:
+        """Per expert: gate_up [2n, d], down [d, n] (transposed view), the sum of every *other* expert's
+        mean [d], and its own mean [d]. Views share storage with the stacked weights; rebuilt if they move."""
+        key = (self.gate_up.data_ptr(), self.down_t.data_ptr(), self.mean_out.data_ptr())
+        if self._views is None or self._views_of != key:
+            others = self.mean_total - self.mean_out  # [E, d]
+            self._views = (list(self.gate_up), [w.t() for w in self.down_t], list(others), list(self.mean_out))
+            self._views_of = key
+        return self._views
+
     def decode(self, x: torch.Tensor, experts: list[int]) -> torch.Tensor:
-        """One token x [1, d] through the chosen experts only: each is a contiguous slice (a view, no copy)
-        of the stacked weights, so the skipped experts' bytes are never read."""
-        out = self.mean_total - self.mean_out[experts].sum(0)  # [d]: the skipped experts' means
+        """One token x [d] through the chosen experts only -> [d]. Each expert is a contiguous slice of the
+        stacked weights (a view, no copy), so the skipped experts' bytes are never read."""
+        gate_up, down, others, means = self.expert_views()
+        out = others[experts[0]]  # the skipped experts' means: all but the first chosen...
+        for e in experts[1:]:
+            out = out - means[e]  # ...and but the other chosen ones
         for e in experts:
-            gate, up = F.linear(x, self.gate_up[e]).chunk(2, dim=-1)  # [1, n] each
-            out = torch.addmm(out, self._act(gate) * up, self.down_t[e])  # out + h @ down: one fused call
+            gate, up = torch.mv(gate_up[e], x).chunk(2)  # [n] each
+            out = torch.addmv(out, down[e], self._act(gate) * up)  # out + down @ h in one call
         return out
 
     def dispatch(self, x: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
         """x [N, d], chosen [N, k] -> sum over each token's chosen experts; each expert sees only its tokens."""
         if x.shape[0] == 1:
-            return self.decode(x, chosen[0].tolist())
+            return self.decode(x[0], chosen[0].tolist())[None]
         hit = torch.zeros(x.shape[0], self.experts, dtype=torch.bool, device=x.device).scatter_(1, chosen, True)
         out = self.mean_total.expand_as(x).clone()
         for e in range(self.experts):
@@ -302,13 +318,13 @@ class MoEMLP(nn.Module):
         return out
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.top_k < self.experts and hidden.numel() == hidden.shape[-1]:
+            # One token (decode, the path timed as tokens/s): 1-D ops, no module calls, no bookkeeping.
+            x = hidden.reshape(-1)  # [d]
+            scores = torch.addmv(self.router.bias, self.router.weight, x)  # [E]
+            return self.decode(x, scores.topk(self.top_k).indices.tolist()).view(hidden.shape)
         x = hidden.reshape(-1, hidden.shape[-1])  # [N, d]
-        if self.top_k >= self.experts:
-            out = self.dense(x)
-        elif x.shape[0] == 1:  # decode, the path timed as tokens/s: skip the module call and tensor bookkeeping
-            out = self.decode(x, F.linear(x, self.router.weight, self.router.bias).topk(self.top_k).indices[0].tolist())
-        else:
-            out = self.dispatch(x, self.select_experts(x))
+        out = self.dense(x) if self.top_k >= self.experts else self.dispatch(x, self.select_experts(x))
         return out.view(hidden.shape)
 
 
@@ -644,11 +660,21 @@ def plan_dir(checkpoint: Path, config: MoEConfig, ids: torch.Tensor) -> Path:
     return cache_root() / f"{Path(checkpoint).name}-E{config.experts}-{h.hexdigest()[:12]}"
 
 
-PLAN_FILE, PLAN_INFO = "plan.safetensors", "plan.json"
+PLAN_FILE, EXPERTS_FILE, PLAN_INFO = "plan.safetensors", "experts.safetensors", "plan.json"
 
 
-def save_plan(plan: MoEPlan, target: Path) -> Path:
-    """Write atomically (temp dir, then rename): a crash leaves no half-written plan."""
+def expert_state(model: nn.Module, plan: MoEPlan) -> dict[str, torch.Tensor]:
+    """Every planned layer's stacked expert weights (gate_up, down_t), to be saved beside the plan."""
+    out = {}
+    for name, mlp in check_convertible(model, plan.experts).items():
+        gate_up, down_t = stack_experts(mlp.gate_proj.weight.data, mlp.up_proj.weight.data, mlp.down_proj.weight.data,
+                                        plan.layers[name].order, plan.experts)
+        out |= {f"{name}.gate_up": gate_up.cpu(), f"{name}.down_t": down_t.cpu()}
+    return out
+
+
+def save_plan(plan: MoEPlan, target: Path, experts: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the plan (and the stacked expert weights) atomically: temp dir, then rename."""
     from safetensors.torch import save_file
 
     tensors = {}
@@ -661,6 +687,8 @@ def save_plan(plan: MoEPlan, target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         save_file(tensors, str(tmp / PLAN_FILE))
+        if experts is not None:
+            save_file(experts, str(tmp / EXPERTS_FILE))
         (tmp / PLAN_INFO).write_text(json.dumps(info, indent=2))
         try:
             os.replace(tmp, target)
@@ -696,11 +724,11 @@ def ensure_plan(checkpoint: Path, config: MoEConfig, progress: Progress | None =
                          "it needs no conversion.")
     ids = calibration_ids(models.load_tokenizer(checkpoint), config.calibration_tokens)
     target = plan_dir(checkpoint, config, ids)
-    if (target / PLAN_FILE).is_file():
+    if (target / PLAN_FILE).is_file() and (target / EXPERTS_FILE).is_file():
         return load_plan(target), target
     model = dense if dense is not None else models.load_model(checkpoint, torch.float32, "cpu")
     plan = fit_plan(model, config, ids, progress, should_stop)
-    return plan, save_plan(plan, target)
+    return plan, save_plan(plan, target, expert_state(model, plan))
 
 
 def prepare_conversion(checkpoint: Path, config: MoEConfig, progress: Progress | None = None,
@@ -729,10 +757,30 @@ def load_moe(checkpoint: Path, config: MoEConfig, device: str = "cpu") -> nn.Mod
         if native[0] != config.experts:
             raise ValueError(f"{checkpoint.name} already has {native[0]} experts per layer; choose experts={native[0]}.")
         return models.load_model(checkpoint, torch.float32, device, num_experts_per_tok=config.top_k)
+    plan, target = ensure_plan(checkpoint, config)  # converts (with its own dense copy, then freed) the first time
+    # transformers maps the checkpoint lazily: the dense MLP weights are never read, so never resident;
+    # the experts come from their own file. Resident memory then matches the dense model's.
     model = models.load_model(checkpoint, torch.float32, device)
-    plan, _ = ensure_plan(checkpoint, config, dense=model)
-    with torch.no_grad():
-        return apply_plan(model, plan, config.top_k, config.dense_layers).eval()
+    return apply_saved_experts(model, plan, target, config.top_k, config.dense_layers, device).eval()
+
+
+def apply_saved_experts(model: nn.Module, plan: MoEPlan, target: Path, top_k: int, dense_layers: int,
+                        device: str = "cpu") -> nn.Module:
+    """Like apply_plan, but with the stacked expert weights read from the cache instead of the dense MLPs."""
+    from safetensors import safe_open
+
+    mlps = check_convertible(model, plan.experts)
+    if dense_layers >= len(mlps):
+        raise ValueError(f"dense_layers={dense_layers} would leave none of the model's {len(mlps)} MLP layers to split")
+    with safe_open(str(target / EXPERTS_FILE), framework="pt", device=str(device)) as f:
+        for name, mlp in list(mlps.items())[dense_layers:]:
+            layer = plan.layers[name]
+            gate_up = f.get_tensor(f"{name}.gate_up")
+            moe = MoEMLP(gate_up, f.get_tensor(f"{name}.down_t"), layer.router_w.to(gate_up.device),
+                         layer.router_b.to(gate_up.device), mlp.act_fn, top_k, layer.mean_out.to(gate_up.device))
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, moe)
+    return model
 
 
 def unsupported_reason(_config: MoEConfig, _device: str) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import logging
+import warnings
 
 import torch
 
@@ -124,4 +125,6 @@ def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
     # The tied lm_head shares its weight with the embedding; quantizing it would untie and copy it.
     skip = {"lm_head"} if getattr(model.config, "tie_word_embeddings", False) else set()
     targets = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name not in skip}
-    return quantize_dynamic(model, qconfig_spec=targets, dtype=torch.qint8, inplace=True)
+    with warnings.catch_warnings():  # torch announces the quantized-tensor API's future removal on every call
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+        return quantize_dynamic(model, qconfig_spec=targets, dtype=torch.qint8, inplace=True)

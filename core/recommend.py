@@ -211,13 +211,15 @@ def describe_relaxation(r: Relaxation, constraints: Constraints) -> str:
     for ch in r.changes:
         name, unit, spec = _NAMES[ch.name]
         if ch.name == "device":
-            parts.append(f"a device with at least {_fmt(ch.value, spec, unit)} usable memory "
-                         f"(or a context shorter than {constraints.context_tokens:,} tokens)")
+            roomy = [d.label for d in fit.DEVICE_PRESETS.values() if d.usable_mb >= ch.value]
+            parts.append(f"a device with at least {_fmt(ch.value, spec, unit)} of usable memory"
+                         + (f" (such as {roomy[0]})" if roomy else "")
+                         + f" or a context shorter than {constraints.context_tokens:,} tokens")
         else:
-            verb = "lower" if ch.name.startswith("min_") else "raise"
-            parts.append(f"{verb} the {name} limit from {_fmt(ch.limit, spec, unit)} to "
+            verb, bound = ("lower", "minimum") if ch.name.startswith("min_") else ("raise", "maximum")
+            parts.append(f"{verb} the {bound} {name} from {_fmt(ch.limit, spec, unit)} to "
                          f"{_fmt(ch.relax_to, spec, unit)} ({ch.relative_change:.0%} looser)")
-    return f"{' and '.join(parts)} to admit {r.admits_label}"
+    return f"{' and '.join(parts)}, which admits {r.admits_label}"
 
 
 def given_up(chosen: VariantRecord, reference: VariantRecord | None) -> str:

@@ -129,7 +129,9 @@ right.markdown(f"**{chosen.label}**  \n{chosen.decode_tokens_per_s_median:.1f} t
 right.text(chosen.sample_generation)
 
 st.subheader("Every setting measured")
-st.dataframe(moe_rows(measured, dense), hide_index=True)
+rows = moe_rows(measured, dense)
+st.dataframe(rows, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3g")
+                                                   for c in rows[0] if c not in ("variant", "experts per token (k)")})
 st.caption("Active parameters include the embeddings and attention, which every token uses; FLOPs count "
            "2 per weight multiplied (attention projections, router, chosen experts, output head), not the "
            "attention over the context. Bytes held do not shrink: every expert stays in memory.")

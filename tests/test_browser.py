@@ -19,7 +19,7 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PAGES = {"": "LLM Trade-off Lab", "quantize": "Quantize", "lora": "Fine-tune with LoRA", "moe": "Mixture of experts",
-         "tradeoff_map": "Trade-off Map"}
+         "tradeoff_map": "Trade-off Map", "arena": "Arena", "decide": "Decide", "report": "Report"}
 
 
 def free_port() -> int:

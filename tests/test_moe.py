@@ -231,10 +231,12 @@ def test_registry_builds_any_experts_and_k_and_caches_the_conversion(tiny_dir, t
     assert t.family == "moe" and t.config == moe.MoEConfig(experts=4, top_k=1)
     first = t.make(tiny_dir)
     cached = list(moe.cache_root().glob("*-E4-*"))
-    assert len(cached) == 1 and (cached[0] / moe.PLAN_FILE).is_file()
+    assert len(cached) == 1 and (cached[0] / moe.PLAN_FILE).is_file() and (cached[0] / moe.EXPERTS_FILE).is_file()
     second = techniques.get("moe-4x4").make(tiny_dir)  # same E: loads the cached plan, no new conversion
     assert list(moe.cache_root().glob("*-E4-*")) == cached
     assert (logits(second) - logits(tiny[0])).abs().max() < 1e-4
+    in_memory = moe.convert_to_moe(tiny[0], t.config, moe.calibration_ids(tiny[1], t.config.calibration_tokens))
+    assert torch.equal(logits(first), logits(in_memory))  # the cached experts are the same conversion
     assert moe.moe_layers(first)[0].top_k == 1
     facts = t.facts(first)
     assert facts["experts"] == 4 and facts["top_k"] == 1 and facts["active_params_pct"] < 100

@@ -1,0 +1,117 @@
+"""Decide: which variant to deploy under a budget, what it costs per month, and which devices it fits."""
+
+import streamlit as st
+
+from core import benchmark, cost, fit, models, recommend
+from pages.common import choice, store
+
+st.title("Decide")
+st.write("State what you need, and get the measured variant that meets it best, with the reason and what you "
+         "give up against the full-precision reference. Below: what each variant costs per month for your traffic, "
+         "and which devices it fits on.")
+picked = choice()
+results = store()
+try:
+    spec = models.resolve(picked.model)
+except models.ModelError as e:
+    st.info(str(e))
+    st.stop()
+machines = results.hardware_seen(spec.key) if results else []
+if not machines:
+    st.info(f"Nothing measured for {spec.label} yet. Open **Quantize** and press **Measure** first.")
+    st.page_link("pages/quantize.py", label="Go to Quantize", icon=":material/compress:")
+    st.stop()
+here = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
+machine = st.selectbox("Machine the numbers were measured on", machines,
+                       index=machines.index(here) if here in machines else 0)
+records = cost.reprice(results.latest_per_technique(spec.key, machine), picked.preset)
+checkpoint = spec.location if spec.source == "local" else models.checkpoint_dir(spec.key)
+try:
+    shape = fit.read_kv_shape(checkpoint)
+except (OSError, ValueError) as e:
+    shape = None
+    st.warning(f"Cannot size the KV cache ({e}); device fit is unavailable until the model is prepared.")
+st.caption(f"Speeds measured on: {machine}. Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour "
+           "(change it in the sidebar).")
+
+recommend_tab, cost_tab, fit_tab = st.tabs(["Recommend", "Monthly cost", "Device fit"])
+
+with recommend_tab:
+    objective = st.radio("I want the", recommend.OBJECTIVES, horizontal=True,
+                         format_func={"cheapest": "cheapest", "fastest": "fastest", "best_quality": "best quality"}.get)
+    a, b, c = st.columns(3)
+    use_top1 = a.checkbox("Minimum top-1 agreement", True, help="Share of next tokens equal to the reference's.")
+    top1 = a.slider("Top-1 agreement at least", 0.5, 1.0, 0.95, 0.01, disabled=not use_top1)
+    use_mc = a.checkbox("Minimum multiple-choice accuracy (share of the reference's)")
+    mc = a.slider("MC accuracy, share of reference", 0.5, 1.0, 0.95, 0.01, disabled=not use_mc)
+    use_device = b.checkbox("Must fit on a device", True, disabled=shape is None)
+    device = b.selectbox("Device", list(fit.DEVICE_PRESETS), format_func=lambda k: fit.DEVICE_PRESETS[k].label,
+                         disabled=not use_device)
+    context = int(b.number_input("Context length, tokens", 128, 131072, fit.DEFAULT_CONTEXT_TOKENS, step=512))
+    use_ms = c.checkbox("Maximum latency per token")
+    ms = c.number_input("ms per token at most", 1.0, 10000.0, 50.0, disabled=not use_ms)
+    use_ttft = c.checkbox("Maximum time to first token")
+    ttft = c.number_input("TTFT ms at most", 1.0, 100000.0, 200.0, disabled=not use_ttft)
+    use_usd = c.checkbox("Maximum $ per 1M tokens")
+    usd = c.number_input("$ per 1M tokens at most", 0.0, 10000.0, 2.0, format="%.4f", disabled=not use_usd)
+    constraints = recommend.Constraints(
+        max_ms_per_token=ms if use_ms else None, max_ttft_ms=ttft if use_ttft else None,
+        max_usd_per_1m_tokens=usd if use_usd else None, min_top1_agreement=top1 if use_top1 else None,
+        min_mc_share=mc if use_mc else None, device=device if use_device and shape else None,
+        context_tokens=context, objective=objective)
+    try:
+        rec = recommend.recommend(records, constraints, shape)
+    except ValueError as e:
+        st.error(str(e))
+        st.stop()
+    if rec.chosen is not None:
+        st.success(f"**Deploy {rec.chosen.label}.**")
+    else:
+        st.warning("**Nothing meets every constraint.**")
+    st.write(rec.summary())
+    st.caption("Speeds and costs were measured on the machine above, not on the target device; the device "
+               "constraint checks memory only.")
+
+with cost_tab:
+    a, b = st.columns(2)
+    per_day = a.number_input("Requests per day", 0, 100_000_000, 10_000, step=1000)
+    per_request = b.number_input("Tokens generated per request", 1, 100_000, 200, step=50)
+    monthly = fit.monthly_costs(records, picked.preset.usd_per_hour, per_day, per_request)
+    reference = next((m for m in monthly if m.technique == recommend.REFERENCE), None)
+    rows = []
+    for m in monthly:
+        saving = reference.usd_per_month - m.usd_per_month if reference else float("nan")
+        months = fit.break_even_months(m.one_off_usd, saving) if m.one_off_usd is not None and reference else None
+        rows.append({"variant": m.label, "$ per month": m.usd_per_month, "busy hours per month": m.busy_hours_per_month,
+                     "$ per 1M tokens": m.usd_per_1m_tokens, "one-off training $": m.one_off_usd,
+                     "break-even, months": months})
+    st.dataframe(rows, hide_index=True, column_config={
+        "$ per month": st.column_config.NumberColumn(format="$%.2f"), "$ per 1M tokens": st.column_config.NumberColumn(format="$%.4f"),
+        "one-off training $": st.column_config.NumberColumn(format="$%.4f"), "busy hours per month": st.column_config.NumberColumn(format="%.1f"),
+        "break-even, months": st.column_config.NumberColumn(format="%.1f")})
+    st.caption(f"{per_day:,} requests/day x {per_request:,} tokens x {cost.DAYS_PER_MONTH} days, one request at a time, "
+               "billed only while generating (per-second billing, scale to zero). An always-on machine costs "
+               f"${picked.preset.usd_per_hour * 24 * cost.DAYS_PER_MONTH:,.2f} a month whatever the load. Break-even: "
+               "months until a training run's one-off cost is paid back by what the variant saves against the "
+               "reference each month; empty where it never is on serving cost alone (a fine-tune buys task accuracy, not speed).")
+    if caveat := cost.cost_caveat(picked.preset.kind, records[0].device):
+        st.warning(caveat)
+
+with fit_tab:
+    if shape is None:
+        st.info("Device fit needs the model's config.json (layers and heads) from a prepared checkpoint.")
+        st.stop()
+    a, b = st.columns(2)
+    fit_context = int(a.number_input("Context length for the KV cache, tokens", 0, 131072, context, step=512, key="fit_ctx"))
+    overhead = b.number_input("Runtime overhead, MB", 0.0, 10000.0, fit.RUNTIME_OVERHEAD_MB, step=50.0)
+    devices = list(fit.DEVICE_PRESETS.values())
+    table = fit.fit_table(records, devices, shape, fit_context, overhead)
+    st.dataframe([{"variant": r.label, "weights MB": row[0].weights_mb, "KV cache MB": row[0].kv_cache_mb,
+                   "total MB": row[0].need_mb, **{d.label: "fits" if f.fits else "too big" for d, f in zip(devices, row)}}
+                  for r, row in zip(records, table)], hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="%.0f") for c in ("weights MB", "KV cache MB", "total MB")})
+    st.caption(f"Total = bytes the variant's tensors hold + KV cache (2 x {shape.layers} layers x {shape.kv_heads} KV heads "
+               f"x {shape.head_dim} wide x {fit_context:,} tokens x bytes per element of the compute dtype) + "
+               f"{overhead:.0f} MB runtime overhead, against each device's memory minus what its system keeps:")
+    for d in devices:
+        st.caption(f"{d.label}: {d.memory_gb:.0f} GB, {d.memory_gb - d.reserved_gb:.0f} GB usable. {d.source}")

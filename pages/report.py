@@ -1,0 +1,49 @@
+"""Report: export the results of one model on one machine as a self-contained HTML report, CSV and JSON."""
+
+import json
+
+import streamlit as st
+
+from core import benchmark, cost, models, plots, report
+from pages.common import choice, store
+
+st.title("Report")
+st.write("One click gives a report you can send to someone who has not seen this app: the Trade-off Map, every "
+         "variant with where its numbers came from, and a manifest (library versions, hardware, seeds, settings, "
+         "app commit) so that they can reproduce it. The HTML file carries its charts inside and opens offline.")
+picked = choice()
+results = store()
+try:
+    spec = models.resolve(picked.model)
+except models.ModelError as e:
+    st.info(str(e))
+    st.stop()
+machines = results.hardware_seen(spec.key) if results else []
+if not machines:
+    st.info(f"Nothing measured for {spec.label} yet. Open **Quantize** and press **Measure** first.")
+    st.stop()
+here = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
+machine = st.selectbox("Machine the numbers were measured on", machines,
+                       index=machines.index(here) if here in machines else 0)
+metric = st.radio("Quality measure on the map", list(plots.QUALITY_METRICS), horizontal=True,
+                  format_func=lambda k: plots.QUALITY_METRICS[k].label)
+records = cost.reprice(results.latest_per_technique(spec.key, machine), picked.preset)
+settings = {"model": spec.key, "machine": machine, "quality_metric": metric, "hardware_preset": picked.preset.key,
+            "usd_per_hour": picked.preset.usd_per_hour, "price_source": picked.preset.source,
+            "price_as_of": picked.preset.as_of, "selection": "newest record per technique on this machine"}
+bundle = report.build_report(records, spec.label, metric, settings)
+
+stem = f"tradeoff-report-{spec.key.replace('/', '--')}"
+a, b, c = st.columns(3)
+a.download_button("Download HTML report", bundle.html, f"{stem}.html", "text/html", type="primary",
+                  icon=":material/description:")
+b.download_button("Download results CSV", bundle.csv, f"{stem}.csv", "text/csv", icon=":material/table:")
+c.download_button("Download results + manifest JSON", bundle.json, f"{stem}.json", "application/json",
+                  icon=":material/data_object:")
+st.caption(f"{len(records)} variants; HTML {len(bundle.html) / 1e6:.1f} MB (plotly.js is embedded so it needs no network).")
+
+st.subheader("What the report contains")
+st.plotly_chart(plots.tradeoff_figure(records, metric, "latency"), width="stretch")
+st.dataframe([{h: getattr(r, f) for f, h, _ in report.TABLE_COLUMNS} for r in records], hide_index=True)
+with st.expander("Manifest"):
+    st.code(json.dumps(bundle.manifest, indent=2, default=str), language="json")
