@@ -84,6 +84,8 @@ if st.button("Generate", type="primary", disabled=busy or not prompt.strip()):
     tokenizer = load_tokenizer(checkpoint)
     input_ids = chat_prompt_ids(tokenizer, prompt).to(device)
     loaded = {k: load_variant(checkpoint, k, device) for k in keys}
+    for model in loaded.values():  # untimed, on this very prompt, as the sweep's warm-up run
+        arena.warm_up(model, input_ids, device)
     reference = techniques.REFERENCE if techniques.REFERENCE in keys else keys[0]
     labels = (arena.blind_labels(keys, random.randrange(2**31)) if blind else {k: techniques.get(k).label for k in keys})
     names = {k: f"Answer {labels[k]}" if blind else labels[k] for k in keys}

@@ -8,7 +8,7 @@ from core import benchmark, evaluate, models, moe, plots, techniques
 from core.jobs import BusyError
 from core.sweep import Cancelled, SweepSettings
 from core.tables import moe_rows, moe_view
-from pages.common import choice, fmt_seconds, job_slot, store
+from pages.common import choice, job_panel, job_slot, store
 
 PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
 EXPERT_CHOICES = [4, 8, 16]
@@ -65,28 +65,7 @@ if st.button("Convert and measure", type="primary", disabled=not ks or not picke
         st.error(str(e))
 
 
-@st.fragment(run_every=1.0)
-def progress_panel() -> None:
-    job = slot.job
-    if job is None:
-        return
-    snap = job.snapshot()
-    if snap.status == "running":
-        st.progress(snap.fraction, text=f"{snap.name}: {snap.message}")
-        st.caption(f"Elapsed {fmt_seconds(snap.elapsed_s)} · remaining about {fmt_seconds(snap.remaining_s)}. "
-                   "The conversion is saved once made; each variant is saved as soon as it is measured.")
-        if st.button("Stop"):
-            job.cancel()
-    elif snap.status == "failed":
-        st.error(f"The run stopped: {snap.error}")
-    elif snap.status == "cancelled":
-        st.warning(f"Stopped. Variants finished before the stop are kept. ({snap.error})")
-    if snap.status != "running" and st.session_state.get("seen_job") != snap.started_s:
-        st.session_state["seen_job"] = snap.started_s
-        st.rerun()  # the job just ended: redraw the page so the results below include it
-
-
-progress_panel()
+job_panel("The conversion is saved once made; each variant is saved as soon as it is measured.")
 
 results = store()
 hardware = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))

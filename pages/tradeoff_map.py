@@ -48,8 +48,9 @@ with right:
 
 st.subheader("How close each variant gets to the memory-bandwidth limit")
 st.plotly_chart(plots.speed_bars_figure(records), width="stretch")
-st.caption("Generating one token at a time reads every weight once per token, so memory bandwidth ÷ bytes held "
-           "caps tokens/s. Variants far below the cap spend their time computing (for example converting "
-           "4- or 8-bit weights back to floats), not reading memory.")
+st.caption("Generating one token at a time reads every weight it uses once per token, so memory bandwidth ÷ bytes "
+           "read per token caps tokens/s (bytes held for dense models; only the chosen experts for a mixture of "
+           "experts). Variants far below the cap spend their time computing (for example converting 4- or 8-bit "
+           "weights back to floats), not reading memory.")
 for line in provenance_lines(records):
     st.caption(line)
