@@ -132,3 +132,31 @@ def job_panel(kept_note: str, live_view=None) -> None:
     if snap.status != "running" and st.session_state.get("seen_job") != snap.started_s:
         st.session_state["seen_job"] = snap.started_s
         st.rerun()  # the job just ended: redraw the whole page so the results include it
+
+
+@dataclass(frozen=True)
+class MeasuredSet:
+    spec: models.ModelSpec
+    machine: str  # hardware fingerprint the records were measured on
+    records: list  # newest record per technique on that machine, priced at the sidebar's price
+
+
+def measured_set(picked: SidebarChoice, empty_hint: str) -> MeasuredSet:
+    """The chosen model's results on one machine (the user picks which); stops the page with a hint if none."""
+    results = store()
+    try:
+        spec = models.resolve(picked.model)
+    except models.ModelError as e:
+        st.info(str(e))
+        st.stop()
+    machines = results.hardware_seen(spec.key) if results else []
+    if not machines:
+        st.info(f"Nothing measured for {spec.label} yet. {empty_hint}")
+        st.stop()
+    from core import benchmark
+
+    here = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
+    machine = st.selectbox("Machine the numbers were measured on", machines,
+                           index=machines.index(here) if here in machines else 0,
+                           help="Numbers from different machines are never mixed on one chart.")
+    return MeasuredSet(spec, machine, cost.reprice(results.latest_per_technique(spec.key, machine), picked.preset))

@@ -2,29 +2,16 @@
 
 import streamlit as st
 
-from core import benchmark, cost, fit, models, recommend
-from pages.common import choice, store
+from core import cost, fit, models, recommend
+from pages.common import choice, measured_set
 
 st.title("Decide")
 st.write("State what you need, and get the measured variant that meets it best, with the reason and what you "
          "give up against the full-precision reference. Below: what each variant costs per month for your traffic, "
          "and which devices it fits on.")
 picked = choice()
-results = store()
-try:
-    spec = models.resolve(picked.model)
-except models.ModelError as e:
-    st.info(str(e))
-    st.stop()
-machines = results.hardware_seen(spec.key) if results else []
-if not machines:
-    st.info(f"Nothing measured for {spec.label} yet. Open **Quantize** and press **Measure** first.")
-    st.page_link("pages/quantize.py", label="Go to Quantize", icon=":material/compress:")
-    st.stop()
-here = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
-machine = st.selectbox("Machine the numbers were measured on", machines,
-                       index=machines.index(here) if here in machines else 0)
-records = cost.reprice(results.latest_per_technique(spec.key, machine), picked.preset)
+measured = measured_set(picked, "Open **Quantize** and press **Measure** first.")
+spec, machine, records = measured.spec, measured.machine, measured.records
 checkpoint = spec.location if spec.source == "local" else models.checkpoint_dir(spec.key)
 try:
     shape = fit.read_kv_shape(checkpoint)

@@ -4,30 +4,19 @@ import json
 
 import streamlit as st
 
-from core import benchmark, cost, models, plots, report
-from pages.common import choice, store
+from core import plots, report
+from pages.common import choice, measured_set
 
 st.title("Report")
 st.write("One click gives a report you can send to someone who has not seen this app: the Trade-off Map, every "
          "variant with where its numbers came from, and a manifest (library versions, hardware, seeds, settings, "
          "app commit) so that they can reproduce it. The HTML file carries its charts inside and opens offline.")
 picked = choice()
-results = store()
-try:
-    spec = models.resolve(picked.model)
-except models.ModelError as e:
-    st.info(str(e))
-    st.stop()
-machines = results.hardware_seen(spec.key) if results else []
-if not machines:
-    st.info(f"Nothing measured for {spec.label} yet. Open **Quantize** and press **Measure** first.")
-    st.stop()
-here = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
-machine = st.selectbox("Machine the numbers were measured on", machines,
-                       index=machines.index(here) if here in machines else 0)
+measured = measured_set(picked, "Open **Quantize** and press **Measure** first.")
+spec, machine = measured.spec, measured.machine
 metric = st.radio("Quality measure on the map", list(plots.QUALITY_METRICS), horizontal=True,
                   format_func=lambda k: plots.QUALITY_METRICS[k].label)
-records = cost.reprice(results.latest_per_technique(spec.key, machine), picked.preset)
+records = measured.records
 settings = {"model": spec.key, "machine": machine, "quality_metric": metric, "hardware_preset": picked.preset.key,
             "usd_per_hour": picked.preset.usd_per_hour, "price_source": picked.preset.source,
             "price_as_of": picked.preset.as_of, "selection": "newest record per technique on this machine"}

@@ -2,32 +2,17 @@
 
 import streamlit as st
 
-from core import benchmark, cost, models, plots
+from core import cost, plots
 from core.tables import provenance_lines
-from pages.common import choice, store
+from pages.common import choice, measured_set
 
 st.title("Trade-off Map")
 st.write("Each bubble is one variant of the model, measured on one machine. Up is better quality; left is "
          "faster or cheaper; bigger bubbles hold more memory. Variants on the dashed line are the ones worth "
          "considering: every other variant is beaten on both axes by one of them.")
 picked = choice()
-results = store()
-try:
-    spec = models.resolve(picked.model)
-except models.ModelError as e:
-    st.info(str(e))
-    st.stop()
-
-machines = results.hardware_seen(spec.key) if results else []
-if not machines:
-    st.info(f"Nothing measured for {spec.label} yet. Open **Quantize** and press **Measure**; "
-            "the variants appear here as soon as each one finishes.")
-    st.stop()
-here = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
-machine = st.selectbox("Machine the numbers were measured on", machines,
-                       index=machines.index(here) if here in machines else 0,
-                       help="Numbers from different machines are never mixed on one chart.")
-records = cost.reprice(results.latest_per_technique(spec.key, machine), picked.preset)
+measured = measured_set(picked, "Open **Quantize** and press **Measure**; the variants appear here as soon as each one finishes.")
+spec, records = measured.spec, measured.records
 
 c1, c2 = st.columns([2, 1])
 metric = c1.radio("Quality measure", list(plots.QUALITY_METRICS), horizontal=True,
