@@ -49,13 +49,12 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-@lru_cache(maxsize=None)
 def half_matmul_works(dtype: torch.dtype, device: str) -> bool:
-    try:
-        a = torch.ones(4, 4, dtype=dtype, device=device)
-        return bool(torch.isfinite((a @ a).float()).all())
-    except (RuntimeError, TypeError):
-        return False
+    """Whether this device multiplies `dtype` matrices. Decided without computing: a page thread that runs
+    even a tiny matmul starts a second OpenMP team that slows every later measurement (see core/jobs.py)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and (dtype != torch.bfloat16 or torch.cuda.is_bf16_supported())
+    return True  # every torch 2.x CPU build has bf16 and fp16 matmul kernels (slow where the CPU lacks them)
 
 
 @lru_cache(maxsize=None)
