@@ -426,7 +426,8 @@ def run_finetune(model_name: str, settings: FinetuneSettings, task: str | None =
 
 
 def store_record(model, result: FinetuneResult, store, usd_per_hour: float, hardware_preset: str = "laptop-cpu",
-                 report: Report | None = None, should_stop: Callable[[], bool] | None = None):
+                 report: Report | None = None, should_stop: Callable[[], bool] | None = None,
+                 launched_from: str = "cli"):
     """Measure the fine-tuned (merged) model with the sweep's harness so it appears on the Trade-off Map.
 
     Its KL divergence against the base on general prose shows what specialising cost the model elsewhere.
@@ -446,7 +447,7 @@ def store_record(model, result: FinetuneResult, store, usd_per_hour: float, hard
         surprise="Quality on general prose (KLD, perplexity) can get worse even as the task gets much better.",
         build=lambda _ckpt, _cfg, _dev: model, unsupported=lambda _cfg, _dev: None,
     )
-    settings = sweep.SweepSettings(hardware_preset=hardware_preset, usd_per_hour=usd_per_hour)
+    settings = sweep.SweepSettings(hardware_preset=hardware_preset, usd_per_hour=usd_per_hour, launched_from=launched_from)
     inputs = sweep.prepare_inputs(result.model, settings, lambda m: say(0.0, m))
     reference = sweep.reference_pass(inputs, lambda f: say(0.3 * f, "reference pass"))
 

@@ -44,6 +44,9 @@ class SweepSettings:
     mc_max_items: int = 0  # 0 = every question
     hardware_preset: str = "laptop-cpu"
     usd_per_hour: float | None = None  # None = the preset's price
+    # Where the sweep was started. On a 2-core machine the dashboard's own server and browser share the cores
+    # with the model, so dashboard-launched speeds run lower than the CLI's; the record says which it was.
+    launched_from: str = "cli"
 
     def __post_init__(self) -> None:
         if self.new_tokens < 2:

@@ -38,7 +38,10 @@ def provenance_lines(records: list[VariantRecord]) -> list[str]:
     s = r.settings
     versions = ", ".join(f"{k} {v}" for k, v in r.versions.items())
     return [
-        f"Hardware: {r.hardware}; device {r.device}; {r.threads} threads.",
+        f"Hardware: {r.hardware}; device {r.device}; {r.threads} threads; started from the "
+        f"{s.get('launched_from', 'cli')}"
+        + (" (the dashboard's server and browser share the cores with the model, so speeds run lower than from "
+           "the CLI; `python -m core sweep` gives the cleanest numbers)." if s.get("launched_from") == "dashboard" else "."),
         f"Decode: {s.get('decode', 'greedy')}; prompt {s.get('prompt_tokens', '?')} tokens, "
         f"{s.get('new_tokens', '?')} new tokens, {s.get('warmup_runs', '?')} warm-up + {s.get('repeats', '?')} timed runs; "
         "spread shown is the 10th-90th percentile of the timed runs.",

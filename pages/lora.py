@@ -58,7 +58,8 @@ if st.button("Train", type="primary"):
             result, model = lora.run_finetune(picked.model, settings, None if data else "support-routing", data,
                                               price, lambda f, m: report(0.8 * f, m), stop, log, device)
             if target is not None:
-                lora.store_record(model, result, target, price, picked.preset.key, lambda f, m: report(0.8 + 0.2 * f, m), stop)
+                lora.store_record(model, result, target, price, picked.preset.key,
+                                  lambda f, m: report(0.8 + 0.2 * f, m), stop, launched_from="dashboard")
             return result
 
         job_slot().start(f"{method.upper()} fine-tuning of {picked.model}", work, cancel_on=(lora.Stopped,), live=log)

@@ -56,7 +56,8 @@ if st.button("Convert and measure", type="primary", disabled=not ks or not picke
     try:
         settings = SweepSettings(prompt=next(p["prompt"] for p in PROMPTS if p["id"] == prompt_id),
                                  new_tokens=int(new_tokens), repeats=int(repeats), mc_max_items=int(mc_max),
-                                 hardware_preset=picked.preset.key, usd_per_hour=picked.preset.usd_per_hour)
+                                 hardware_preset=picked.preset.key, usd_per_hour=picked.preset.usd_per_hour,
+                                 launched_from="dashboard")
         target = store()
         slot.start(f"Mixture of experts ({experts} experts) of {picked.model}", lambda report, stop: moe.run_moe_sweep(
             picked.model, experts, sorted(ks), settings, store=target, should_stop=stop, dense_layers=int(dense_layers),

@@ -45,7 +45,7 @@ if st.button("Measure", type="primary", disabled=not keys or not picked.model):
         settings = SweepSettings(
             prompt=next(p["prompt"] for p in PROMPTS if p["id"] == prompt_id), new_tokens=int(new_tokens),
             repeats=int(repeats), mc_max_items=int(mc_max), hardware_preset=picked.preset.key,
-            usd_per_hour=picked.preset.usd_per_hour,
+            usd_per_hour=picked.preset.usd_per_hour, launched_from="dashboard",
             eval_set=str(save_upload(mc_file, evaluate.load_mc_jsonl) if mc_file else evaluate.DEFAULT_MC_SET),
             ppl_text=str(save_upload(text_file, evaluate.read_text) if text_file else evaluate.DEFAULT_PPL_TEXT),
         )
