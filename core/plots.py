@@ -349,6 +349,12 @@ def _gain_phrase(variant: VariantRecord, reference: VariantRecord, axis: CostAxi
             f"(${_fmt(variant.usd_per_1m_tokens, '.4f')} against ${_fmt(reference.usd_per_1m_tokens, '.4f')})")
 
 
+def _in_sentence(label: str) -> str:
+    """'Perplexity' -> 'perplexity', but 'KL divergence' keeps its acronym."""
+    first = label.split()[0]
+    return label if first.isupper() else label[0].lower() + label[1:]
+
+
 def what_you_give_up(
     records: Sequence[VariantRecord], metric_key: str, axis_key: str, reference_technique: str = "fp32"
 ) -> str:
@@ -372,10 +378,10 @@ def what_you_give_up(
     best = next((r for r in front if r.technique != reference_technique), None)
     adjective = "fastest" if axis.key == "latency" else "cheapest"
     if best is None:
-        return f"No variant beats {reference.label}: it is already the {adjective} and the best on {metric.label.lower()}."
+        return f"No variant beats {reference.label}: it is already the {adjective} and the best on {_in_sentence(metric.label)}."
     if axis.interval(best).value >= axis.interval(reference).value:
         return (f"No variant is {'faster' if axis.key == 'latency' else 'cheaper'} than {reference.label}; "
-                f"the best alternative on the frontier, {best.label}, only trades {metric.label.lower()}.")
+                f"the best alternative on the frontier, {best.label}, only trades {_in_sentence(metric.label)}.")
     memory_share = _ratio(best.size_mb, reference.size_mb)
     return (f"The {adjective} variant on the frontier, {best.label}, {_gain_phrase(best, reference, axis)} "
             f"{_quality_phrase(best, reference, metric)}, using {_fmt(memory_share, '.0%')} of its memory.")
