@@ -7,7 +7,6 @@ them together. A run never touches a cached model: it loads its own copy of the 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -285,10 +284,6 @@ def adapters_dir() -> Path:
 
 def ci_pair(ci: tuple[float, float]) -> list[float]:
     return [round(ci[0], 4), round(ci[1], 4)]
-
-
-def finite_or_nan(x: float) -> float:
-    return x if math.isfinite(x) else float("nan")
 
 
 # ---------------------------------------------------------------- one run, end to end

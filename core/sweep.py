@@ -8,7 +8,6 @@ between (and inside) steps, and a cancelled sweep keeps every variant it had fin
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -272,8 +271,3 @@ def records_json(records: list[VariantRecord], path: Path | None) -> str:
         tmp.write_text(text)
         tmp.replace(path)
     return text
-
-
-def timed(fn: Callable[[], object]) -> tuple[object, float]:
-    t0 = time.perf_counter()
-    return fn(), time.perf_counter() - t0
