@@ -135,3 +135,17 @@ class JobSlot:
     @property
     def job(self) -> Job | None:
         return self._job
+
+
+def on_torch_thread(fn, *args, **kwargs):
+    """Run one call on the lab's torch thread and wait for it (see `_TORCH_THREAD` for why)."""
+    return _TORCH_THREAD.submit(fn, *args, **kwargs).result()
+
+
+_END = object()
+
+
+def iterate_on_torch_thread(generator):
+    """Drive a generator step by step on the torch thread, yielding its items here (for live pages)."""
+    while (item := on_torch_thread(next, generator, _END)) is not _END:
+        yield item

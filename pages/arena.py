@@ -10,6 +10,7 @@ import streamlit as st
 import torch
 
 from core import arena, benchmark, evaluate, models, techniques
+from core.jobs import iterate_on_torch_thread, on_torch_thread
 from core.sweep import chat_prompt_ids
 from pages.common import choice, job_slot, store
 
@@ -22,8 +23,8 @@ DEFAULT_KEYS = ("fp32", "bf16", "dyn-int8")
 @st.cache_resource(show_spinner="Loading the variant (once per server)...")
 def load_variant(checkpoint: str, key: str, device: str) -> torch.nn.Module:
     """Built once per (checkpoint, technique, device), shared by every session, and only ever read."""
-    model = techniques.get(key).make(Path(checkpoint), device)
-    arena.warm_up(model, torch.arange(1, 9).unsqueeze(0).to(device), device)
+    model = on_torch_thread(techniques.get(key).make, Path(checkpoint), device)
+    on_torch_thread(arena.warm_up, model, torch.arange(1, 9).unsqueeze(0).to(device), device)
     return model
 
 
@@ -83,16 +84,17 @@ if st.button("Generate", type="primary", disabled=busy or not prompt.strip()):
     checkpoint = str(models.prepare(spec))
     tokenizer = load_tokenizer(checkpoint)
     input_ids = chat_prompt_ids(tokenizer, prompt).to(device)
+    # Loading, warm-up and generation all run on the lab's one torch thread, as sweeps do (core/jobs.py).
     loaded = {k: load_variant(checkpoint, k, device) for k in keys}
     for model in loaded.values():  # untimed, on this very prompt, as the sweep's warm-up run
-        arena.warm_up(model, input_ids, device)
+        on_torch_thread(arena.warm_up, model, input_ids, device)
     reference = techniques.REFERENCE if techniques.REFERENCE in keys else keys[0]
     labels = (arena.blind_labels(keys, random.randrange(2**31)) if blind else {k: techniques.get(k).label for k in keys})
     names = {k: f"Answer {labels[k]}" if blind else labels[k] for k in keys}
     log = arena.RaceLog(tuple(keys))
     boxes = {k: (col.empty(), col.empty()) for k, col in zip(keys, st.columns(len(keys)))}
     drawn = dict.fromkeys(keys, 0.0)
-    streams = {k: benchmark.stream_tokens(loaded[k], input_ids, new_tokens, device) for k in keys}
+    streams = {k: iterate_on_torch_thread(benchmark.stream_tokens(loaded[k], input_ids, new_tokens, device)) for k in keys}
     for step in arena.race(streams, schedule):
         log.add(step)
         now = time.perf_counter()
