@@ -326,8 +326,6 @@ def describe_device(device: str) -> str:
 
 def hardware_fingerprint(device: str) -> str:
     """A stable description of the machine: results with different fingerprints are not comparable."""
-    from core.models import available_memory_bytes  # noqa: F401  (kept local: models imports heavy deps lazily)
-
     total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     base = f"{cpu_model()}, {os.cpu_count()} cores, {total_gb:.0f} GiB RAM"
     if device.startswith("cuda"):

@@ -308,11 +308,6 @@ def quiet_library_output() -> None:
     hf_logging.set_verbosity_error()
 
 
-def read_provenance(checkpoint: Path) -> dict:
-    path = checkpoint / "lab_provenance.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 # ---------------------------------------------------------------- tiny test model
 
 

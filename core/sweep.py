@@ -8,6 +8,7 @@ between (and inside) steps, and a cancelled sweep keeps every variant it had fin
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -60,7 +61,7 @@ class SweepSettings:
             raise ValueError(f"usd_per_hour must be >= 0, got {self.usd_per_hour}")
 
     def resolved_threads(self) -> int:
-        return self.threads or len(__import__("os").sched_getaffinity(0))
+        return self.threads or len(os.sched_getaffinity(0))
 
     def price(self) -> float:
         preset = cost.HARDWARE_PRESETS[self.hardware_preset]

@@ -10,9 +10,11 @@ TECHNIQUE_TOUR = (
     ("Quantization", "quantization.svg", "Store each weight in fewer bits (16, 8 or 4 instead of 32). The model "
      "gets 2-8x smaller and may read memory faster; it answers a little differently because every number is rounded."),
     ("Distillation", "distillation.svg", "Train a smaller student model to copy a big teacher's predictions. The "
-     "student is cheaper to run; how much it keeps of the teacher's quality depends on training."),
-    ("LoRA", "lora.svg", "Teach the model a new task by training two thin matrices beside each frozen weight, about "
-     "1% of the parameters. Cheap to train and to store; merged in, it runs as fast as the original."),
+     "student is cheaper to run; how much it keeps of the teacher's quality depends on training. (Not yet measured "
+     "in this lab: no page trains a student yet.)"),
+    ("LoRA", "lora.svg", "Teach the model a new task by training two thin matrices beside each frozen weight, a "
+     "few percent of the parameters. Cheap to train and to store; merged into the weights, it costs nothing extra "
+     "per token. The Fine-tune page measures all of this on this machine."),
     ("Mixture of experts", "moe.svg", "Split each feed-forward layer into experts and let a router run only a few per "
      "token. The model holds the same bytes but reads and computes less per token."),
 )

@@ -95,7 +95,6 @@ def test_every_page_opens_without_errors(server, browser):
 
 def test_measure_then_see_the_map(server, browser):
     page = open_page(browser, server, "quantize", "Quantize")
-    page.get_by_text("Tiny random Llama (tests)").count()  # the test model is offered only with LAB_SHOW_TEST_MODELS
     sidebar = page.locator("[data-testid='stSidebar']")
     sidebar.locator("[data-testid='stSelectbox']").first.click()
     page.get_by_role("option", name="Tiny random Llama (tests)").click()
