@@ -10,6 +10,7 @@ pages = [
     st.Page("pages/home.py", title="Overview", icon=":material/home:", default=True),
     st.Page("pages/quantize.py", title="Quantize", icon=":material/compress:"),
     st.Page("pages/lora.py", title="Fine-tune (LoRA)", icon=":material/tune:"),
+    st.Page("pages/distill.py", title="Distill", icon=":material/school:"),
     st.Page("pages/moe.py", title="Mixture of experts", icon=":material/hub:"),
     st.Page("pages/tradeoff_map.py", title="Trade-off Map", icon=":material/scatter_plot:"),
     st.Page("pages/arena.py", title="Arena", icon=":material/sports_score:"),

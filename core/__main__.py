@@ -4,6 +4,9 @@
     python -m core prepare --model smollm2-135m-instruct
     python -m core sweep --model smollm2-135m-instruct --techniques fp32,bf16,int8,nf4 --json out.json
     python -m core moe --model smollm2-135m-instruct --experts 8 --top-k 1,2,4,8 --json moe.json
+    python -m core lora --model smollm2-135m-instruct --task support-routing --rank 8 --steps 80
+    python -m core distill --teacher smollm2-135m-instruct --layers 15 --steps 150 --json distill.json
+    python -m core speculate --model smollm2-135m-instruct --draft PATH --json speculate.json
 """
 
 from __future__ import annotations
@@ -57,8 +60,7 @@ def _sweep_settings(args: argparse.Namespace):
         "usd_per_hour": args.usd_per_hour, "mc_max_items": args.mc_max_items, "seed": args.seed,
     }.items() if v is not None}
     settings = sweep.SweepSettings(**overrides)
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise CliError(f"--json: the folder of {args.json} does not exist")
+    _json_folder(args.json)
     return settings
 
 
@@ -108,13 +110,7 @@ def cmd_moe(args: argparse.Namespace) -> None:
                                 dense_layers=args.dense_layers)
     print(f"moe wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     rows = [r.to_dict() | r.variant_facts for r in records]  # the structure facts at top level too, as promised
-    text = json.dumps(rows, indent=2)
-    if args.json:
-        tmp = Path(args.json + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.json)
-    else:
-        print(text)
+    _write_json(args.json, rows)
 
 
 def _add_measurement_args(s: argparse.ArgumentParser) -> None:
@@ -144,24 +140,70 @@ def cmd_lora(args: argparse.Namespace) -> None:
         target_modules=tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else defaults.target_modules,
     )
     data = Path(_existing_file("--data", args.data)) if args.data else None
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise CliError(f"--json: the folder of {args.json} does not exist")
+    _json_folder(args.json)
     price = args.usd_per_hour if args.usd_per_hour is not None else cost.HARDWARE_PRESETS[args.hardware].usd_per_hour
     lora.load_task(None if data else args.task, data)  # bad data fails before the model loads
 
-    def show(fraction: float, message: str) -> None:
-        if "step" not in message or message.split("/")[0].endswith("0"):  # every 10th step
-            print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
-
-    result, model = lora.run_finetune(args.model, settings, None if data else args.task, data, price, show)
+    result, model = lora.run_finetune(args.model, settings, None if data else args.task, data, price, _every_tenth_step)
     if not args.no_store:
         lora.store_record(model, result, ResultStore(), price, args.hardware,
                           lambda f, m: None)
-    text = json.dumps(result.to_dict(), indent=2)
-    if args.json:
-        Path(args.json).write_text(text)
-    else:
+    _write_json(args.json, result.to_dict())
+
+
+def _write_json(path: str | None, payload) -> None:
+    """To the file in one rename (a crash leaves the old file or the new one), else to stdout."""
+    text = json.dumps(payload, indent=2)
+    if not path:
         print(text)
+        return
+    tmp = Path(path + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _json_folder(path: str | None) -> None:
+    if path and not Path(path).resolve().parent.is_dir():
+        raise CliError(f"--json: the folder of {path} does not exist")
+
+
+def _every_tenth_step(fraction: float, message: str) -> None:
+    if "step" not in message or message.split("/")[0].endswith("0"):
+        print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    """Cut a student from the teacher's layers, distill it, save it, and measure teacher / pruned / distilled."""
+    from core import distillation
+
+    settings = distillation.DistillSettings(
+        student_layers=args.layers, layer_choice=args.layer_choice, steps=args.steps, batch_size=args.batch_size,
+        seq_len_tokens=args.seq_len, learning_rate=args.lr, temperature=args.temperature, kd_weight=args.kd_weight,
+    )
+    corpus = Path(_existing_file("--corpus", args.corpus)) if args.corpus else None
+    _json_folder(args.json)
+    distillation.prepare_run(args.teacher, settings, corpus)  # refuse bad input before anything loads or is written
+    price = args.usd_per_hour if args.usd_per_hour is not None else cost.HARDWARE_PRESETS[args.hardware].usd_per_hour
+    t0 = time.perf_counter()
+    result = distillation.run_distill(args.teacher, settings, corpus, price, _every_tenth_step)
+    print(f"distillation (corpus + training) wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    records = distillation.measure(result, None if args.no_store else ResultStore(), price, args.hardware,
+                                   lambda f, m: None, mc_max_items=args.mc_max_items or 0)
+    print(f"distill wall time, measuring included: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    _write_json(args.json, distillation.summary(result, records))
+
+
+def cmd_speculate(args: argparse.Namespace) -> None:
+    from core import speculative
+
+    if not (Path(args.draft) / "config.json").is_file():
+        raise CliError(f"--draft: {args.draft} is not a saved model directory (no config.json); "
+                       "pass a student's folder, e.g. from `python -m core distill`")
+    _json_folder(args.json)
+    result = speculative.run_speculate(args.model, args.draft, args.draft_tokens, args.max_new_tokens,
+                                       report=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr, flush=True))
+    speculative.save_result(result)
+    _write_json(args.json, result.to_dict())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +240,34 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", help="write the result here (else to stdout)")
     f.add_argument("--no-store", action="store_true", help="do not measure and store the result for the Trade-off Map")
     f.set_defaults(func=cmd_lora)
+    from core.distillation import LAYER_CHOICES, DistillSettings
+
+    dd = DistillSettings()
+    d = sub.add_parser("distill", help="distill a student with fewer layers from the teacher; measure all three")
+    d.add_argument("--teacher", default=models.DEFAULT_MODEL, help="bundled key, local directory or Hugging Face id")
+    d.add_argument("--layers", type=int, default=dd.student_layers, help="decoder layers the student keeps")
+    d.add_argument("--layer-choice", choices=LAYER_CHOICES, default=dd.layer_choice)
+    d.add_argument("--steps", type=int, default=dd.steps)
+    d.add_argument("--batch-size", type=int, default=dd.batch_size)
+    d.add_argument("--seq-len", type=int, default=dd.seq_len_tokens, help="tokens per training sequence")
+    d.add_argument("--lr", type=float, default=dd.learning_rate)
+    d.add_argument("--temperature", type=float, default=dd.temperature)
+    d.add_argument("--kd-weight", type=float, default=dd.kd_weight, help="share of the KL term (the rest: next-token loss)")
+    d.add_argument("--corpus", help='UTF-8 text (paragraphs split by blank lines) or JSONL of {"text"} lines; '
+                   "default: the teacher's answers to the bundled prompts")
+    d.add_argument("--mc-max-items", type=int, help="score only the first N questions when measuring (0 = all)")
+    d.add_argument("--hardware", choices=list(cost.HARDWARE_PRESETS), default="laptop-cpu")
+    d.add_argument("--usd-per-hour", type=float)
+    d.add_argument("--json", help="write the result here (else to stdout)")
+    d.add_argument("--no-store", action="store_true", help="do not write the measurements to the results store")
+    d.set_defaults(func=cmd_distill)
+    sp = sub.add_parser("speculate", help="the model generates with a draft model; same output? acceptance, speed-up")
+    sp.add_argument("--model", default=models.DEFAULT_MODEL)
+    sp.add_argument("--draft", required=True, help="the draft's folder (a distilled student)")
+    sp.add_argument("--draft-tokens", type=int, default=4, help="tokens the draft proposes per verifying pass")
+    sp.add_argument("--max-new-tokens", type=int, default=64)
+    sp.add_argument("--json", help="write the result here (else to stdout)")
+    sp.set_defaults(func=cmd_speculate)
     return parser
 
 

@@ -210,6 +210,7 @@ def train(model, tokenizer, examples: list[Example], settings: FinetuneSettings,
         if len(order) < settings.batch_size:
             order += rng.sample(range(len(examples)), len(examples))
         batch = encode(tokenizer, [examples[order.pop()] for _ in range(settings.batch_size)])
+        batch = {k: v.to(model.device) for k, v in batch.items()}
         t0 = time.perf_counter()
         loss = model(**batch).loss
         loss.backward()
@@ -235,7 +236,7 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
     tokenizer.padding_side = "left"
     out = []
     for i in range(0, len(prompts), batch):
-        enc = tokenizer(prompts[i : i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(prompts[i : i + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     tokenizer.padding_side = "right"

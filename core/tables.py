@@ -95,3 +95,41 @@ def moe_rows(records: list[VariantRecord], reference: VariantRecord | None) -> l
             "MC 95% CI high": r.mc_accuracy_ci95[1],
         })
     return rows
+
+
+def distill_rows(records: list[VariantRecord], teacher: VariantRecord | None) -> list[dict]:
+    """Teacher, pruned and distilled student side by side; speed-up against the teacher where it was measured."""
+    return [
+        {
+            "model": r.label,
+            "MB held": r.size_mb,
+            "decode tok/s (median)": r.decode_tokens_per_s_median,
+            "decode tok/s p10–p90": f"{r.decode_tokens_per_s_p10:.1f}–{r.decode_tokens_per_s_p90:.1f}",
+            "speed-up vs teacher": r.decode_tokens_per_s_median / teacher.decode_tokens_per_s_median if teacher else None,
+            "TTFT ms (median)": r.ttft_ms_median,
+            "perplexity": r.perplexity,
+            "KLD vs teacher (nats)": r.kld_mean,
+            "top-1 agreement": r.top1_agreement,
+            "MC accuracy": r.mc_accuracy,
+            "MC 95% CI": f"{r.mc_accuracy_ci95[0]:.2f}–{r.mc_accuracy_ci95[1]:.2f}",
+            "$ per 1M tokens": r.usd_per_1m_tokens,
+        }
+        for r in records
+    ]
+
+
+def speculative_rows(result: dict) -> list[dict]:
+    return [
+        {
+            "prompt": p["title"] or p["prompt"][:40],
+            "identical": p["identical"],
+            "tokens": p["tokens"],
+            "drafted": p["drafted"],
+            "accepted": p["accepted"],
+            "teacher passes": p["target_passes"],
+            "alone s": p["plain_s"],
+            "with draft s": p["assisted_s"],
+            "speed-up": p["speedup"],
+        }
+        for p in result["prompts"]
+    ]

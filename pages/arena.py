@@ -86,13 +86,15 @@ if st.button("Generate", type="primary", disabled=busy or not prompt.strip()):
     input_ids = chat_prompt_ids(tokenizer, prompt).to(device)
     # Loading, warm-up and generation all run on the lab's one torch thread, as sweeps do (core/jobs.py).
     loaded = {k: load_variant(checkpoint, k, device) for k in keys}
-    for model in loaded.values():  # untimed, on this very prompt, as the sweep's warm-up run
-        on_torch_thread(arena.warm_up, model, input_ids, device)
     reference = techniques.REFERENCE if techniques.REFERENCE in keys else keys[0]
     labels = (arena.blind_labels(keys, random.randrange(2**31)) if blind else {k: techniques.get(k).label for k in keys})
     names = {k: f"Answer {labels[k]}" if blind else labels[k] for k in keys}
     log = arena.RaceLog(tuple(keys))
     boxes = {k: (col.empty(), col.empty()) for k, col in zip(keys, st.columns(len(keys)))}
+    for k in keys:  # the browser lays out the columns now, while the untimed warm-ups run, not during timing
+        boxes[k][0].markdown(f"#### {names[k]}\n\n*warming up…*")
+    for model in loaded.values():  # untimed, on this very prompt, as the sweep's warm-up run
+        on_torch_thread(arena.warm_up, model, input_ids, device)
     drawn = dict.fromkeys(keys, 0.0)
     streams = {k: iterate_on_torch_thread(benchmark.stream_tokens(loaded[k], input_ids, new_tokens, device)) for k in keys}
     for step in arena.race(streams, schedule):

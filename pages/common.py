@@ -43,7 +43,10 @@ def model_options() -> dict[str, str]:
     # The tiny random model is for tests; LAB_SHOW_TEST_MODELS=1 offers it (the browser test uses it).
     with_tests = os.environ.get("LAB_SHOW_TEST_MODELS") == "1"
     shown = {s.key: s.label for s in models.BUNDLED.values() if with_tests or not s.for_tests}
-    return shown | {CUSTOM: CUSTOM}
+    from core.distillation import saved_students
+
+    students = {str(s.path): s.label for s in saved_students() if with_tests or s.facts.get("teacher") in shown}
+    return shown | students | {CUSTOM: CUSTOM}
 
 
 def sidebar() -> SidebarChoice:
@@ -54,7 +57,7 @@ def sidebar() -> SidebarChoice:
         if key == CUSTOM:
             name = st.text_input("Hugging Face id or local directory", key="model_custom",
                                  placeholder="org/name or /path/to/model")
-        else:
+        elif key in models.BUNDLED:
             name = key
             spec = models.BUNDLED[key]
             if not models.is_available(spec):
@@ -62,6 +65,9 @@ def sidebar() -> SidebarChoice:
             st.caption(spec.weights_note)
             if spec.license_note:
                 st.caption(spec.license_note)
+        else:  # a distilled student saved by this lab
+            name = key
+            st.caption(f"A student distilled here, saved in {key}.")
         st.subheader("Hardware price")
         presets = cost.HARDWARE_PRESETS
         pkey = st.selectbox("Priced as", list(presets), format_func=lambda k: presets[k].label, key="hardware_preset")

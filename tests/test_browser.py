@@ -18,7 +18,8 @@ import pytest
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-PAGES = {"": "LLM Trade-off Lab", "quantize": "Quantize", "lora": "Fine-tune with LoRA", "moe": "Mixture of experts",
+PAGES = {"": "LLM Trade-off Lab", "quantize": "Quantize", "lora": "Fine-tune with LoRA", "distill": "Distill a smaller student",
+         "moe": "Mixture of experts",
          "tradeoff_map": "Trade-off Map", "arena": "Arena", "decide": "Decide", "report": "Report"}
 
 
@@ -107,3 +108,19 @@ def test_measure_then_see_the_map(server, browser):
     assert page.locator(".js-plotly-plot").count() >= 2
     assert_no_errors(page)
     page.screenshot(path=str(ROOT / "artifacts" / "screenshots" / "map-after-sweep.png"), full_page=True)
+
+
+def test_distill_then_speculate(server, browser):
+    """On the tiny model: distill with the default settings, see the three models, then run speculative decoding."""
+    page = open_page(browser, server, "distill", "Distill a smaller student")
+    sidebar = page.locator("[data-testid='stSidebar']")
+    sidebar.locator("[data-testid='stSelectbox']").first.click()
+    page.get_by_role("option", name="Tiny random Llama (tests)").click()
+    page.get_by_text("The teacher has 2 decoder layers").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Distill", exact=True).click()
+    page.get_by_text("Held-out KL, pruned → distilled").wait_for(timeout=240_000)
+    assert_no_errors(page)
+    page.get_by_role("button", name="Compare on 10 bundled prompts").click()
+    page.get_by_text("Tokens per teacher pass").wait_for(timeout=120_000)
+    assert_no_errors(page)
+    page.screenshot(path=str(ROOT / "artifacts" / "screenshots" / "distill-after-run.png"), full_page=True)

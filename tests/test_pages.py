@@ -157,3 +157,91 @@ def test_lora_page_refuses_a_bad_upload_before_training():
     at.radio[0].set_value("your own JSONL").run()
     at.button[0].click().run()
     assert any("Upload a JSONL" in e.value for e in at.error)
+
+
+@pytest.fixture
+def tiny_teacher_everywhere(tiny_dir, monkeypatch):
+    """Pages prepare the sidebar's model; here that resolves to the tiny checkpoint (no GGUF conversion)."""
+    from core import models
+
+    monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir if spec.source != "local" else Path(spec.location))
+    return tiny_dir
+
+
+def seed_distillation(store: ResultStore) -> None:
+    facts = {"student_path": "/data/students/run/step-000150", "student_layers": 15, "teacher_layers": 30,
+             "settings": {"steps": 150}, "tokens_seen": 153600, "train_seconds": 600.0, "device": "cpu", "hardware": HERE,
+             "threads": 2, "corpus": "teacher's answers", "heldout_kld_pruned": 3.2, "heldout_kld_distilled": 0.9,
+             "usd_cost": 0.002, "usd_per_hour": 0.01}
+    common = dict(model="smollm2-135m-instruct", hardware=HERE, run_id="d1", sample_prompt="Why is the sky blue?")
+    store.add(make_record(technique="fp32", label="FP32 (reference)", sample_generation="Teacher text.", **common))
+    store.add(make_record(technique="pruned-15L", family="distillation", label="Pruned to 15 layers (untrained)",
+                          kld_mean=4.0, decode_tokens_per_s_median=34.0, sample_generation="garbled",
+                          variant_facts={"distillation": facts | {"role": "student_pruned"}}, **common))
+    store.add(make_record(technique="distilled-15L-x", family="distillation", label="Distilled student, 15 layers",
+                          kld_mean=1.1, decode_tokens_per_s_median=34.0, sample_generation="Student text.",
+                          variant_facts={"distillation": facts | {"role": "student_distilled"}}, **common))
+
+
+def test_distill_page_shows_the_plan_then_guides(tiny_teacher_everywhere):
+    at = page("pages/distill.py").run()
+    no_errors(at)
+    assert any("No distilled student" in i.value for i in at.info)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Layers kept"] == "1 of 2" and metrics["Expected decode speed-up"].endswith("x")
+
+
+def test_distill_page_shows_teacher_pruned_and_distilled_side_by_side(tiny_teacher_everywhere):
+    seed_distillation(ResultStore())
+    at = page("pages/distill.py").run()
+    no_errors(at)
+    table = at.dataframe[0].value
+    assert list(table["model"]) == ["FP32 (reference)", "Pruned to 15 layers (untrained)", "Distilled student, 15 layers"]
+    assert list(table["speed-up vs teacher"]) == [1.0, 1.7, 1.7]
+    texts = [t.value for t in at.text]
+    assert {"Teacher text.", "garbled", "Student text."} <= set(texts)
+
+
+def test_distill_button_runs_training_then_measuring_in_the_background(tiny_teacher_everywhere, monkeypatch):
+    from core import distillation
+
+    calls = []
+    monkeypatch.setattr(distillation, "run_distill", lambda *a, **k: calls.append("train") or "result")
+    monkeypatch.setattr(distillation, "measure", lambda *a, **k: calls.append("measure"))
+    at = page("pages/distill.py").run()
+    at.button[0].click().run()
+    no_errors(at)
+    from pages.common import job_slot
+
+    job_slot().job.join(10)
+    assert calls == ["train", "measure"] and job_slot().job.snapshot().status == "done"
+
+
+def test_distill_page_asks_for_a_file_before_training_on_own_text(tiny_teacher_everywhere):
+    at = page("pages/distill.py").run()
+    at.radio[1].set_value("your own text").run()
+    at.button[0].click().run()
+    assert any("Upload a text or JSONL file" in e.value for e in at.error)
+
+
+def test_distill_page_shows_the_last_speculative_comparison(tiny_teacher_everywhere, tiny):
+    from core import distillation, speculative
+
+    teacher, tokenizer = tiny
+    distillation.save_checkpoint(distillation.make_student(teacher, [1]), tokenizer,
+                                 distillation.students_dir() / "run", 3,
+                                 {"teacher": "smollm2-135m-instruct", "student_layers": 1, "teacher_layers": 2,
+                                  "run": "run", "complete": True, "steps": 3})
+    row = {"title": "Sky", "prompt": "p", "identical": True, "tokens": 10, "plain_s": 1.0, "assisted_s": 1.25,
+           "speedup": 0.8, "drafted": 8, "accepted": 6, "target_passes": 4}
+    speculative.save_result(speculative.SpeculativeResult(
+        model="smollm2-135m-instruct", draft="d", draft_facts={}, draft_tokens=4, max_new_tokens=10,
+        identical_output=True, acceptance_rate=0.75, tokens_per_pass=2.5, speedup=0.8,
+        speedup_per_prompt={"median": 0.8, "p10": 0.8, "p90": 0.8}, plain_tokens_per_s=10.0,
+        assisted_tokens_per_s=8.0, prompts=[row], device="cpu", threads=2, hardware=HERE, versions={},
+        created_at="2026-11-26T12:00:00"))
+    at = page("pages/distill.py").run()
+    no_errors(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Output identical to the teacher's"] == "yes" and metrics["Drafted tokens accepted"] == "75%"
+    assert at.selectbox[0].options[0].startswith("Student 1/2 layers")

@@ -1,0 +1,219 @@
+"""Distillation and speculative decoding on the tiny model: shapes, loss, checkpoints, cancel, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from core import distillation as D
+from core import models, speculative
+from core.models import load_model, load_tokenizer
+
+FAST = dict(student_layers=1, steps=4, batch_size=2, seq_len_tokens=32, corpus_answer_tokens=8, checkpoints=2,
+            warmup_steps=1)
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    paragraphs = [f"Paragraph {i}: the river runs past the mill and the miller counts {i} sacks of grain before noon."
+                  for i in range(40)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(paragraphs))
+    return path
+
+
+@pytest.fixture
+def tiny_teacher(tiny_dir, monkeypatch):
+    monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir if spec.source == "tiny" else D.Path(spec.location))
+    return tiny_dir
+
+
+def test_spread_keeps_first_and_last_layers_in_order():
+    assert D.pick_layers(30, 15) == [0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29]
+    assert D.pick_layers(30, 15, "every-other") == list(range(0, 30, 2))
+    assert D.pick_layers(30, 3, "first") == [0, 1, 2]
+    for n in range(1, 30):
+        kept = D.pick_layers(30, n)
+        assert len(set(kept)) == n and kept == sorted(kept)
+
+
+@pytest.mark.parametrize("layers", [0, 2, 3])
+def test_student_must_be_smaller_than_teacher(layers, tiny_teacher, data_dir):
+    with pytest.raises(ValueError, match="at least 1 layer|between 1 and 1 layers"):
+        D.run_distill("tiny-random-llama", D.DistillSettings(**FAST | {"student_layers": layers}))
+    assert not D.students_dir().exists()
+
+
+def test_student_is_the_teacher_minus_layers_and_generates(tiny):
+    teacher, _ = tiny
+    student = D.make_student(teacher, [1])
+    assert student.config.num_hidden_layers == 1 and len(student.model.layers) == 1
+    assert torch.equal(student.model.layers[0].mlp.up_proj.weight, teacher.model.layers[1].mlp.up_proj.weight)
+    assert teacher.config.num_hidden_layers == 2  # the teacher is untouched
+    out = student.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=5, do_sample=False)  # KV cache indices fit
+    assert out.shape == (1, 8)
+
+
+def test_plan_counts_parameters_without_loading(tiny_dir, tiny):
+    teacher, _ = tiny
+    shape = D.plan(tiny_dir, 1)
+    assert shape.teacher_params == sum(p.numel() for p in teacher.parameters())
+    assert shape.student_params == sum(p.numel() for p in D.make_student(teacher, shape.kept_layers).parameters())
+    assert 1 < shape.expected_speedup < 2
+
+
+def test_loss_is_zero_for_identical_logits_and_mixes_cross_entropy():
+    logits = torch.randn(2, 5, 11)
+    ids = torch.randint(0, 11, (2, 5))
+    loss, kd, ce = D.distill_loss(logits, logits, ids, 2.0, 1.0)
+    assert abs(kd) < 1e-5 and float(loss) == pytest.approx(kd, abs=1e-6)
+    mixed, kd2, ce2 = D.distill_loss(torch.randn(2, 5, 11), logits, ids, 1.0, 0.25)
+    assert float(mixed) == pytest.approx(0.25 * kd2 + 0.75 * ce2, rel=1e-5)
+
+
+def test_distillation_loss_goes_down_on_a_fixed_batch(tiny):
+    teacher, _ = tiny
+    student = D.make_student(teacher, [0])
+    batch = torch.randint(0, 200, (4, 32), generator=torch.Generator().manual_seed(0))
+    params = D.trainable_parameters(student, train_embeddings=False)
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    with torch.no_grad():
+        target = teacher(input_ids=batch).logits
+    losses = []
+    for _ in range(30):
+        loss, _, _ = D.distill_loss(student(input_ids=batch).logits, target, batch, 1.0, 1.0)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+    assert not student.get_input_embeddings().weight.requires_grad  # the token table stays the teacher's
+
+
+def test_checkpoint_round_trip_gives_the_same_logits(tiny, tmp_path):
+    teacher, tokenizer = tiny
+    student = D.make_student(teacher, [1])
+    saved = D.save_checkpoint(student, tokenizer, tmp_path / "run", 7, {"student_layers": 1})
+    assert saved.name == "step-000007" and D.latest_checkpoint(tmp_path / "run") == saved
+    again = load_model(saved)
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=ids).logits, student(input_ids=ids).logits, atol=1e-6)
+    assert json.loads((saved / "lab_student.json").read_text())["step"] == 7
+    D.save_checkpoint(student, tokenizer, tmp_path / "run", 9, {})
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["step-000009"]  # older one dropped, no temp left
+
+
+def test_run_on_a_text_file_saves_the_student_and_reports_every_field(tiny_teacher, corpus_file, data_dir):
+    log = D.TrainLog()
+    result = D.run_distill("tiny-random-llama", D.DistillSettings(**FAST), corpus_file, usd_per_hour=1.0, log=log)
+    assert result.student_layers == 1 and result.teacher_layers == 2
+    assert len(result.losses) == 4 and result.tokens_seen == 4 * 2 * 32
+    assert result.heldout_tokens > 0 and result.train_tokens > result.heldout_tokens
+    assert [s for s, _ in result.heldout_kld_curve] == [0, 2, 4]
+    student = load_model(result.student_path)
+    assert student.config.num_hidden_layers == 1
+    facts = json.loads((D.Path(result.student_path) / "lab_student.json").read_text())
+    assert facts["complete"] is True and facts["teacher"] == "tiny-random-llama"
+    assert [s.path for s in D.saved_students()] == [D.Path(result.student_path)]
+
+
+def test_default_corpus_is_the_teachers_answers_cached_with_a_held_out_part(tiny_teacher, data_dir):
+    teacher, tokenizer = load_model(tiny_teacher), load_tokenizer(tiny_teacher)
+    calls = []
+    rows = D.teacher_answers(teacher, tokenizer, "tiny-random-llama", 8, "cpu", lambda f, m: calls.append(f), lambda: False)
+    assert len(rows) == len(D.load_prompts()) and calls[-1] == 1.0
+    again = D.teacher_answers(None, tokenizer, "tiny-random-llama", 8, "cpu", lambda f, m: None, lambda: False)
+    assert again == rows  # cached: no model needed the second time
+    corpus = D.corpus_from_answers(rows, tokenizer, 0.1)
+    assert 0.03 < len(corpus.heldout) / len(rows) < 0.2
+    heldout_ids = {r["id"] for r in rows if D.is_heldout(r["id"], 0.1)}
+    assert len(heldout_ids) == len(corpus.heldout)
+
+
+def test_stopped_corpus_keeps_finished_answers_for_next_time(tiny_teacher, data_dir):
+    teacher, tokenizer = load_model(tiny_teacher), load_tokenizer(tiny_teacher)
+    seen = []
+
+    def stop():
+        seen.append(1)
+        return len(seen) > 2  # stop before the third batch
+
+    with pytest.raises(D.Stopped, match="48 of"):
+        D.teacher_answers(teacher, tokenizer, "tiny-random-llama", 8, "cpu", lambda f, m: None, stop)
+    partial = D.corpus_cache_path("tiny-random-llama", 8).with_suffix(".partial")
+    assert len(partial.read_text().splitlines()) == 48
+
+
+def test_cancel_before_the_first_checkpoint_leaves_nothing(tiny_teacher, corpus_file, data_dir):
+    with pytest.raises(D.Stopped):
+        D.run_distill("tiny-random-llama", D.DistillSettings(**FAST | {"steps": 20}), corpus_file,
+                      should_stop=lambda: len(log.losses) >= 3, log=(log := D.TrainLog()))
+    assert not any(D.students_dir().rglob("*"))
+
+
+def test_cancel_after_a_checkpoint_keeps_only_that_complete_checkpoint(tiny_teacher, corpus_file, data_dir):
+    log = D.TrainLog()
+    with pytest.raises(D.Stopped):
+        D.run_distill("tiny-random-llama", D.DistillSettings(**FAST | {"steps": 8}), corpus_file,
+                      should_stop=lambda: len(log.losses) >= 5, log=log)
+    (run,) = D.students_dir().iterdir()
+    assert [p.name for p in run.iterdir()] == ["step-000004"]  # checkpoints at 4 and 8: the one at 4 is complete
+    (saved,) = D.saved_students()
+    assert saved.facts["complete"] is False and "stopped at step 4 of 8" in saved.label
+
+
+@pytest.mark.parametrize("content, message", [("", "is empty"), ("   \n\n  ", "is empty")])
+def test_empty_corpus_is_refused_before_anything_is_written(content, message, tiny_teacher, tmp_path, data_dir):
+    path = tmp_path / "empty.txt"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        D.run_distill("tiny-random-llama", D.DistillSettings(**FAST), path)
+    assert not D.students_dir().exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [({"steps": 0}, "steps and batch_size must be positive"),
+                                             ({"student_layers": 0}, "at least 1 layer"),
+                                             ({"kd_weight": 1.5}, "share between 0 and 1"),
+                                             ({"temperature": 0}, "temperature must be positive")])
+def test_settings_are_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        D.DistillSettings(**kwargs)
+
+
+# ---------------------------------------------------------------- speculative decoding
+
+
+def test_speculative_output_equals_plain_greedy_and_counts_add_up(tiny_teacher, tiny, tmp_path):
+    teacher, tokenizer = tiny
+    draft_dir = D.save_checkpoint(D.make_student(teacher, [1]), tokenizer, tmp_path / "run", 1, {})
+    result = speculative.run_speculate("tiny-random-llama", str(draft_dir), draft_tokens=3, max_new_tokens=12,
+                                       prompts=speculative.bundled_prompts()[:3])
+    assert result.identical_output is True
+    for row in result.prompts:
+        assert row["identical"] and row["text"] == row["assisted_text"]
+        assert row["accepted"] <= row["drafted"] and row["accepted"] + row["target_passes"] == row["tokens"]
+    assert 0 <= result.acceptance_rate <= 1 and result.speedup > 0
+
+
+def test_the_model_as_its_own_draft_is_always_accepted(tiny_teacher):
+    result = speculative.run_speculate("tiny-random-llama", str(tiny_teacher), draft_tokens=3, max_new_tokens=12,
+                                       prompts=speculative.bundled_prompts()[:2])
+    assert result.acceptance_rate == 1.0 and result.tokens_per_pass > 3
+
+
+def test_a_draft_with_another_tokenizer_is_refused(tiny_teacher, tiny, tmp_path):
+    teacher, _ = tiny
+    tokenizer = load_tokenizer(tiny_teacher)  # a copy: the shared fixture's tokenizer stays as it is
+    other = tmp_path / "other"
+    teacher.save_pretrained(other)
+    tokenizer.add_tokens(["<lab-extra>"])
+    tokenizer.save_pretrained(other)
+    with pytest.raises(ValueError, match="different tokenizer"):
+        speculative.run_speculate("tiny-random-llama", str(other), max_new_tokens=4)
+
+
+def test_saved_results_survive_a_torn_line(data_dir):
+    speculative.results_path().parent.mkdir(parents=True)
+    speculative.results_path().write_text('{"model": "a"}\n{"model": "b"\n')
+    assert speculative.saved_results() == [{"model": "a"}]
