@@ -481,6 +481,15 @@ class SavedStudent:
         return f"Student {f.get('student_layers')}/{f.get('teacher_layers')} layers of {f.get('teacher')}, {f.get('run')}{state}"
 
 
+def student_key(layers: int, run: str) -> str:
+    """The technique key a distilled student is stored under (and offered by, in the arena)."""
+    return f"distilled-{layers}L-{run[-15:]}"
+
+
+def student_label(layers: int, run: str) -> str:
+    return f"Distilled student, {layers} layers ({run[-15:]})"
+
+
 def saved_students() -> list[SavedStudent]:
     """Every run's latest complete checkpoint, newest first (for the model picker and the draft picker)."""
     out = []
@@ -645,7 +654,7 @@ def measure(result: DistillResult, store, usd_per_hour: float, hardware_preset: 
                                    launched_from=launched_from, mc_max_items=mc_max_items)
     inputs = sweep.prepare_inputs(result.teacher, settings, lambda m: say(0.0, m))
     reference = sweep.reference_pass(inputs, lambda f: say(0.1 * f, "reference pass"))
-    n, tag = result.student_layers, Path(result.student_path).parent.name[-15:]
+    n, run = result.student_layers, Path(result.student_path).parent.name
 
     def pruned(checkpoint, _cfg, device):
         return make_student(models.load_model(checkpoint, torch.float32, device), result.kept_layers)
@@ -657,7 +666,7 @@ def measure(result: DistillResult, store, usd_per_hour: float, hardware_preset: 
             f"The teacher with only {n} of its {result.teacher_layers} layers kept, before any training.",
             "Removing layers without retraining breaks the model badly: this is the starting point distillation repairs."),
         "student_distilled": _technique(
-            f"distilled-{n}L-{tag}", f"Distilled student, {n} layers ({tag})",
+            student_key(n, run), student_label(n, run),
             lambda _c, _cfg, device: models.load_model(Path(result.student_path), torch.float32, device),
             f"The {n}-layer student after {result.settings['steps']} steps of learning to match the teacher's "
             "next-token distributions.",
@@ -673,9 +682,12 @@ def measure(result: DistillResult, store, usd_per_hour: float, hardware_preset: 
             say(0.1 + 0.9 * (i + within) / len(variants), f"measuring {role.replace('_', ' ')}: {name}")
 
         record = sweep.measure_variant(technique, inputs, settings, reference, run_id, step)
-        if role != "teacher":
+        if role == "student_distilled":
             record.variant_facts = {"distillation": {k: v for k, v in result.to_dict().items() if k != "versions"}
                                     | {"role": role}}
+        elif role == "student_pruned":  # shape only: it was never trained, so it carries no training cost
+            record.variant_facts = {"distillation": {k: getattr(result, k) for k in (
+                "teacher", "student_layers", "teacher_layers", "kept_layers", "student_params")} | {"role": role}}
         if store is not None:
             store.add(record)
         out[role] = record

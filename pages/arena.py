@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from core import arena, benchmark, evaluate, models, techniques
+from core import arena, benchmark, distillation, evaluate, models, techniques
 from core.jobs import iterate_on_torch_thread, on_torch_thread
 from core.sweep import chat_prompt_ids
 from pages.common import choice, job_slot, store
@@ -20,10 +20,29 @@ REDRAW_S = 0.5  # redraw a column at most this often: the browser and server dra
 DEFAULT_KEYS = ("fp32", "bf16", "dyn-int8")
 
 
+def saved_students(model_key: str) -> dict[str, distillation.SavedStudent]:
+    """Finished students distilled from this model, by the technique key their measurements are stored under."""
+    return {distillation.student_key(s.facts["student_layers"], s.facts["run"]): s
+            for s in distillation.saved_students() if s.facts.get("teacher") == model_key and s.facts.get("complete")}
+
+
+def label(key: str) -> str:
+    if key in techniques.TECHNIQUES:
+        return techniques.get(key).label
+    student = saved_students(st.session_state.get("arena_model", "")).get(key)
+    return distillation.student_label(student.facts["student_layers"], student.facts["run"]) if student else key
+
+
+def build(checkpoint: str, key: str, student_dir: str, device: str) -> torch.nn.Module:
+    if key in techniques.TECHNIQUES:
+        return techniques.get(key).make(Path(checkpoint), device)
+    return models.load_model(Path(student_dir), torch.float32, device)
+
+
 @st.cache_resource(show_spinner="Loading the variant (once per server)...")
-def load_variant(checkpoint: str, key: str, device: str) -> torch.nn.Module:
+def load_variant(checkpoint: str, key: str, device: str, student_dir: str = "") -> torch.nn.Module:
     """Built once per (checkpoint, technique, device), shared by every session, and only ever read."""
-    model = on_torch_thread(techniques.get(key).make, Path(checkpoint), device)
+    model = on_torch_thread(build, checkpoint, key, student_dir, device)
     on_torch_thread(arena.warm_up, model, torch.arange(1, 9).unsqueeze(0).to(device), device)
     return model
 
@@ -60,9 +79,10 @@ except models.ModelError as e:
 results = store()
 swept = {r.technique: r for r in (results.latest_per_technique(spec.key, benchmark.hardware_fingerprint(device))
                                   if results else [])}
-options = [k for k, t in techniques.TECHNIQUES.items() if not t.why_not(device)]
+st.session_state["arena_model"] = spec.key
+options = [k for k, t in techniques.TECHNIQUES.items() if not t.why_not(device)] + list(saved_students(spec.key))
 keys = st.multiselect("Variants (2 to 4)", options, default=[k for k in DEFAULT_KEYS if k in options],
-                      max_selections=arena.MAX_VARIANTS, format_func=lambda k: techniques.get(k).label
+                      max_selections=arena.MAX_VARIANTS, format_func=lambda k: label(k)
                       + (" · in the sweep" if k in swept else ""))
 c1, c2, c3 = st.columns([3, 1, 1])
 prompt_id = c1.selectbox("Prompt", [*PROMPTS, OWN], format_func=lambda i: PROMPTS[i]["title"] if i in PROMPTS else "Type my own")
@@ -85,9 +105,10 @@ if st.button("Generate", type="primary", disabled=busy or not prompt.strip()):
     tokenizer = load_tokenizer(checkpoint)
     input_ids = chat_prompt_ids(tokenizer, prompt).to(device)
     # Loading, warm-up and generation all run on the lab's one torch thread, as sweeps do (core/jobs.py).
-    loaded = {k: load_variant(checkpoint, k, device) for k in keys}
+    students = saved_students(spec.key)
+    loaded = {k: load_variant(checkpoint, k, device, str(students[k].path) if k in students else "") for k in keys}
     reference = techniques.REFERENCE if techniques.REFERENCE in keys else keys[0]
-    labels = (arena.blind_labels(keys, random.randrange(2**31)) if blind else {k: techniques.get(k).label for k in keys})
+    labels = (arena.blind_labels(keys, random.randrange(2**31)) if blind else {k: label(k) for k in keys})
     names = {k: f"Answer {labels[k]}" if blind else labels[k] for k in keys}
     log = arena.RaceLog(tuple(keys))
     boxes = {k: (col.empty(), col.empty()) for k, col in zip(keys, st.columns(len(keys)))}
@@ -115,9 +136,9 @@ tokenizer = load_tokenizer(last["checkpoint"])
 log: arena.RaceLog = last["log"]
 hidden = last["blind"] and not last["voted"]
 st.caption(f"Prompt ({last['prompt_tokens']} tokens): “{last['prompt']}” · {last['schedule']} · reference for "
-           f"highlights: {'hidden' if hidden else techniques.get(last['reference']).label}")
+           f"highlights: {'hidden' if hidden else label(last['reference'])}")
 for key, col in zip(last["keys"], st.columns(len(last["keys"]))):
-    name = last["names"][key] + ("" if not last["blind"] or hidden else f" = {techniques.get(key).label}")
+    name = last["names"][key] + ("" if not last["blind"] or hidden else f" = {label(key)}")
     draw((col.container(), col.container()), name, log, key, last["reference"], tokenizer, not hidden)
 
 if hidden:
@@ -132,7 +153,7 @@ if hidden:
         st.rerun()
     st.stop()
 
-names = {k: techniques.get(k).label for k in last["keys"]}
+names = {k: label(k) for k in last["keys"]}
 st.plotly_chart(arena.timeline_figure({names[k]: log.stats(k).step_ms for k in last["keys"]}), width="stretch")
 compared = [arena.compare_with_sweep(k, log.stats(k), last["prompt_tokens"], swept[k]) for k in last["keys"] if k in swept]
 if compared:

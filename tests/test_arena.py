@@ -241,3 +241,23 @@ def test_arena_page_needs_two_variants(arena_page):
     at.multiselect[0].set_value(["fp32"]).run()
     no_errors(at)
     assert any("at least two" in i.value for i in at.info)
+
+
+def test_arena_offers_a_distilled_student_and_streams_it(arena_page):
+    from core import distillation, models
+
+    checkpoint = models.prepare(models.resolve("tiny-random-llama"))
+    teacher, tokenizer = models.load_model(checkpoint), models.load_tokenizer(checkpoint)
+    run = "tiny-random-llama-1L-20261126-120000"
+    distillation.save_checkpoint(distillation.make_student(teacher, [1]), tokenizer, distillation.students_dir() / run, 4,
+                                 {"teacher": "tiny-random-llama", "student_layers": 1, "teacher_layers": 2, "run": run,
+                                  "complete": True, "steps": 4})
+    key = distillation.student_key(1, run)
+    at = arena_page.run()
+    assert key in at.multiselect[0].options or distillation.student_label(1, run) in at.multiselect[0].options
+    at.multiselect[0].set_value(["fp32", key]).run()
+    at.number_input[0].set_value(8).run()
+    at.button[0].click().run()
+    no_errors(at)
+    heads = " ".join(m.value for m in at.markdown)
+    assert distillation.student_label(1, run) in heads and "tok/s" in heads
