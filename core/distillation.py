@@ -487,7 +487,7 @@ def student_key(layers: int, run: str) -> str:
 
 
 def student_label(layers: int, run: str) -> str:
-    return f"Distilled student, {layers} layers ({run[-15:]})"
+    return f"Distilled student, {layers} layer{'s' if layers != 1 else ''} ({run[-15:]})"
 
 
 def saved_students() -> list[SavedStudent]:
@@ -662,7 +662,7 @@ def measure(result: DistillResult, store, usd_per_hour: float, hardware_preset: 
     variants = {
         "teacher": techniques.get(techniques.REFERENCE),
         "student_pruned": _technique(
-            f"pruned-{n}L", f"Pruned to {n} layers (untrained)", pruned,
+            f"pruned-{n}L", f"Pruned to {n} layer{'s' if n != 1 else ''} (untrained)", pruned,
             f"The teacher with only {n} of its {result.teacher_layers} layers kept, before any training.",
             "Removing layers without retraining breaks the model badly: this is the starting point distillation repairs."),
         "student_distilled": _technique(

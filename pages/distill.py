@@ -145,9 +145,9 @@ else:
                "against the teacher on general prose the student never trained on; MC accuracy has a 95% "
                "bootstrap interval." + dashboard_note)
     k1, k2 = st.columns(2)
-    k1.metric("Held-out KL, pruned → distilled", f"{facts['heldout_kld_distilled']:.3f} nats",
-              delta=f"from {facts['heldout_kld_pruned']:.3f}", delta_color="off",
-              help="On the held-out tenth of the training text (teacher answers never trained on).")
+    k1.metric("Held-out KL divergence, pruned → distilled",
+              f"{facts['heldout_kld_pruned']:.2f} → {facts['heldout_kld_distilled']:.2f} nats",
+              help="Against the teacher, on the held-out tenth of the training text (never trained on).")
     k2.metric("Training cost", f"US$ {facts['usd_cost']:.4f}", help=f"{fmt_seconds(facts['train_seconds'])} at "
               f"US$ {facts['usd_per_hour']}/hour (the sidebar's price when the run started).")
     st.markdown("**The same prompt, greedy decoding**")

@@ -118,7 +118,7 @@ def test_distill_then_speculate(server, browser):
     page.get_by_role("option", name="Tiny random Llama (tests)").click()
     page.get_by_text("The teacher has 2 decoder layers").wait_for(timeout=30_000)
     page.get_by_role("button", name="Distill", exact=True).click()
-    page.get_by_text("Held-out KL, pruned → distilled").wait_for(timeout=240_000)
+    page.get_by_text("Held-out KL divergence, pruned → distilled").wait_for(timeout=240_000)
     assert_no_errors(page)
     page.get_by_role("button", name="Compare on 10 bundled prompts").click()
     page.get_by_text("Tokens per teacher pass").wait_for(timeout=120_000)
