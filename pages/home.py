@@ -10,8 +10,8 @@ TECHNIQUE_TOUR = (
     ("Quantization", "quantization.svg", "Store each weight in fewer bits (16, 8 or 4 instead of 32). The model "
      "gets 2-8x smaller and may read memory faster; it answers a little differently because every number is rounded."),
     ("Distillation", "distillation.svg", "Train a smaller student model to copy a big teacher's predictions. The "
-     "student is cheaper to run; how much it keeps of the teacher's quality depends on training. (Not yet measured "
-     "in this lab: no page trains a student yet.)"),
+     "student is cheaper to run; how much it keeps of the teacher's quality depends on training. The Distill page "
+     "cuts a student from the model's own layers, trains it here, and tries it as a speculative-decoding draft."),
     ("LoRA", "lora.svg", "Teach the model a new task by training two thin matrices beside each frozen weight, a "
      "few percent of the parameters. Cheap to train and to store; merged into the weights, it costs nothing extra "
      "per token. The Fine-tune page measures all of this on this machine."),
@@ -28,6 +28,8 @@ GLOSSARY = {
     "KL divergence": "How far a variant's next-token probabilities move from the reference's, in nats: 0 means identical.",
     "Top-1 agreement": "Share of positions where a variant's most likely next token is the reference's.",
     "Perplexity": "How surprised the model is by real text: lower is better.",
+    "Speculative decoding": "A small draft model guesses a few tokens; the big model checks them in one pass and keeps "
+                            "those it agrees with. Same text, faster only when the draft is cheap and usually right.",
     "Pareto frontier": "The variants no other variant beats on both quality and cost at once: the only ones worth choosing from.",
     "Memory-bandwidth limit": "Writing one token reads every weight once, so memory speed / model size caps tokens/s.",
     "$ per 1M tokens": "What generating a million tokens costs at the chosen hardware's hourly price.",
