@@ -21,6 +21,13 @@ import torch
 
 from core.store import data_dir
 
+# transformers loads weights on a pool of 4 threads by default, and each pool thread that converts a large
+# tensor starts an OpenMP team of its own. With more OpenMP threads alive than cores, libgomp stops spinning
+# between parallel regions, so every short op then pays a thread wake-up: measured here, that made quantized
+# linears 2x slower and decode 10-30% slower at random, depending on which teams outlived the load. Loading
+# on the calling thread (the lab's one torch thread) keeps one team per process.
+os.environ.setdefault("HF_DEACTIVATE_ASYNC_LOAD", "1")
+
 SourceKind = Literal["bundled-gguf", "hub", "local", "tiny"]
 ProgressFn = Callable[[str], None]
 

@@ -95,3 +95,16 @@ def test_models_never_trust_remote_code():
     source = inspect.getsource(models)
     assert "trust_remote_code=True" not in source
     assert "trust_remote_code=False" in source
+
+
+def test_weights_load_on_the_calling_thread(tiny_dir, monkeypatch):
+    """A loader thread pool would start extra OpenMP teams that slow every later decode (see core/models.py)."""
+    import transformers.core_model_loading as loading
+
+    from core.models import load_model
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("transformers loaded weights on a thread pool")
+
+    monkeypatch.setattr(loading, "ThreadPoolExecutor", no_pool)
+    assert load_model(tiny_dir).config.num_hidden_layers == 2
