@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import shutil
 import tempfile
 import time
