@@ -352,6 +352,11 @@ class Environment:
     hardware: str
     versions: dict[str, str] = field(default_factory=dict)
 
+    def provenance(self) -> dict:
+        """The fields every stored result carries about where it ran (device, threads, hardware, versions)."""
+        return {"device": self.device_label, "threads": self.threads, "hardware": self.hardware,
+                "versions": dict(self.versions)}
+
 
 def environment(device: str, threads: int) -> Environment:
     return Environment(device, describe_device(device), threads, hardware_fingerprint(device), library_versions())

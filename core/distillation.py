@@ -13,11 +13,10 @@ import copy
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -25,16 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from core import benchmark, evaluate, models
+from core.jobs import Stopped
 from core.store import data_dir
 
 Report = Callable[[float, str], None]
 LayerChoice = Literal["spread", "first", "every-other"]
 LAYER_CHOICES: tuple[str, ...] = ("spread", "first", "every-other")
 PROMPTS = evaluate.ASSETS / "distill" / "prompts.jsonl"
-
-
-class Stopped(Exception):
-    """The user stopped the run; only complete checkpoints are left behind."""
 
 
 # ---------------------------------------------------------------- settings
@@ -146,8 +142,10 @@ class StudentPlan:
         return 100 * self.student_params / self.teacher_params
 
 
+@lru_cache(maxsize=4)
 def meta_model(checkpoint: Path) -> torch.nn.Module:
-    """The model's structure from its config, with no memory behind the weights (instant, loads nothing)."""
+    """The model's structure from its config, with no memory behind the weights; built once per checkpoint
+    (the Distill page asks for it on every slider move). Read it, never change it."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -220,7 +218,7 @@ def corpus_from_file(path: Path, tokenizer, heldout_share: float) -> Corpus:
             body = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise ValueError(f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8.") from None
-        texts = [t for t in body.split("\n\n")]
+        texts = body.split("\n\n")
     texts = [t.strip() for t in texts if t.strip()]
     if not texts:
         raise ValueError(f"{path.name} is empty: give a UTF-8 text file (paragraphs split by blank lines) "
@@ -291,7 +289,9 @@ def teacher_answers(teacher, tokenizer, teacher_key: str, answer_tokens: int, de
     finally:
         tokenizer.padding_side = "right"
     rows = [done[p["id"]] for p in prompts]
-    final.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done_file = final.with_suffix(".tmp")  # written whole, then renamed: a crash never leaves a cut cache
+    done_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done_file.replace(final)
     partial.unlink(missing_ok=True)
     return rows
 
@@ -317,29 +317,28 @@ def pack(sequences: list[list[int]], seq_len: int) -> torch.Tensor:
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, input_ids: torch.Tensor,
-                 temperature: float, kd_weight: float) -> tuple[torch.Tensor, float, float]:
+                 temperature: float, kd_weight: float) -> torch.Tensor:
     """kd_weight * T^2 * KL(teacher_T || student_T) + (1 - kd_weight) * next-token cross-entropy.
 
     T^2 keeps the KL term's gradients the same size whatever the temperature (Hinton et al., 2015).
-    Returns (loss to minimise, KL term, cross-entropy term), the last two as floats for the log.
+    The cross-entropy is computed only when it counts: over a 49k-token vocabulary it is not free.
     """
     t = temperature
     s = F.log_softmax(student_logits.float() / t, dim=-1)
     p = F.log_softmax(teacher_logits.float() / t, dim=-1)
     kd = (p.exp() * (p - s)).sum(-1).mean() * t * t
+    if kd_weight == 1:
+        return kd
     ce = F.cross_entropy(student_logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten())
-    loss = kd_weight * kd + (1 - kd_weight) * ce if kd_weight < 1 else kd
-    return loss, float(kd.detach()), float(ce.detach())
+    return kd_weight * kd + (1 - kd_weight) * ce
 
 
 @dataclass
 class TrainLog:
     """Filled as training goes, so a page can draw it live."""
     losses: list[float] = field(default_factory=list)
-    kd: list[float] = field(default_factory=list)
-    ce: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
-    heldout_kld: list[tuple[int, float]] = field(default_factory=list)  # (step, nats/token)
+    heldout: list[tuple[int, float, float]] = field(default_factory=list)  # (step, KL nats/token, top-1) at checkpoints
     tokens_seen: int = 0
     steps_total: int = 0
 
@@ -407,8 +406,8 @@ def train_student(student, teacher, corpus: Corpus, settings: DistillSettings, d
         t0 = time.perf_counter()
         with torch.no_grad():
             teacher_logits = teacher(input_ids=batch).logits
-        loss, kd, ce = distill_loss(student(input_ids=batch).logits, teacher_logits, batch,
-                                    settings.temperature, settings.kd_weight)
+        loss = distill_loss(student(input_ids=batch).logits, teacher_logits, batch,
+                            settings.temperature, settings.kd_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -416,14 +415,11 @@ def train_student(student, teacher, corpus: Corpus, settings: DistillSettings, d
         benchmark.synchronize(device)
         log.step_seconds.append(time.perf_counter() - t0)
         log.losses.append(float(loss.detach()))
-        log.kd.append(kd)
-        log.ce.append(ce)
         log.tokens_seen += batch.numel()
         report((step + 1) / settings.steps, f"step {step + 1}/{settings.steps}: loss {log.losses[-1]:.3f}")
         if step + 1 in checkpoint_steps:
             student.eval()
-            kld, _ = heldout_divergence(teacher, student, corpus.heldout, device, max_tokens=2048)
-            log.heldout_kld.append((step + 1, kld))
+            log.heldout.append((step + 1, *heldout_divergence(teacher, student, corpus.heldout, device)))
             save(step + 1)
             student.train()
     student.eval()
@@ -446,17 +442,8 @@ def save_checkpoint(student, tokenizer, run_dir: Path, step: int, facts: dict) -
 
     A kill at any moment leaves the last complete checkpoint (or two), never a half-written one.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / checkpoint_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=run_dir))
-    try:
-        student.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "lab_student.json").write_text(json.dumps(facts | {"step": step}, indent=2))
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    target = models.save_atomically(run_dir / checkpoint_name(step), student, tokenizer, facts | {"step": step},
+                                    facts_file="lab_student.json")
     for old in run_dir.glob("step-*"):
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
@@ -599,14 +586,13 @@ def run_distill(teacher_name: str, settings: DistillSettings, corpus_path: Path 
     try:
         with benchmark.PeakMemory(device) as mem:
             t1 = time.perf_counter()
-            train_student(student, teacher, corpus, settings, device, lambda f, m: say(0.27 + 0.68 * f, m), stop, log, save)
+            train_student(student, teacher, corpus, settings, device, lambda f, m: say(0.27 + 0.72 * f, m), stop, log, save)
             train_seconds = time.perf_counter() - t1
     except BaseException:
         if latest_checkpoint(run_dir) is None:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing complete: leave nothing at all
         raise
-    say(0.96, "held-out divergence of the distilled student")
-    kld_distilled, top1_distilled = heldout_divergence(teacher, student, corpus.heldout, device)
+    _, kld_distilled, top1_distilled = log.heldout[-1]  # the last checkpoint is the final step
     env = benchmark.environment(device, torch.get_num_threads())
     say(1.0, "done")
     return DistillResult(
@@ -618,11 +604,10 @@ def run_distill(teacher_name: str, settings: DistillSettings, corpus_path: Path 
         loss_first=log.losses[0], loss_last=log.losses[-1], losses=list(log.losses),
         heldout_kld_pruned=kld_pruned, heldout_kld_distilled=kld_distilled,
         heldout_top1_pruned=top1_pruned, heldout_top1_distilled=top1_distilled,
-        heldout_kld_curve=[(0, kld_pruned)] + list(log.heldout_kld),
+        heldout_kld_curve=[(0, kld_pruned)] + [(s, k) for s, k, _ in log.heldout],
         seconds_per_step_median=benchmark.Spread(tuple(log.step_seconds)).median, peak_mem_mb=mem.delta_bytes / 1e6,
         usd_cost=train_seconds / 3600 * usd_per_hour, usd_per_hour=usd_per_hour,
-        device=env.device_label, threads=env.threads, hardware=env.hardware, versions=dict(env.versions),
-        settings=asdict(settings),
+        settings=asdict(settings), **env.provenance(),
     )
 
 

@@ -31,6 +31,10 @@ class BusyError(RuntimeError):
     """Another job is running."""
 
 
+class Stopped(Exception):
+    """The user stopped a job. Every long job raises this (or a subclass) when `should_stop()` turns true."""
+
+
 @dataclass(frozen=True)
 class JobSnapshot:
     name: str
@@ -55,7 +59,6 @@ class JobSnapshot:
 class Job:
     name: str
     work: Work
-    cancel_on: tuple[type[BaseException], ...] = ()  # exceptions that mean "stopped by the user"
     live: Any = None  # an object the work fills as it goes (e.g. a loss log) that pages may read while it runs
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -85,7 +88,7 @@ class Job:
         try:
             result = self.work(self._report, self._stop.is_set)
             status, error = "done", ""
-        except self.cancel_on as e:  # type: ignore[misc]
+        except Stopped as e:
             result, status, error = None, "cancelled", str(e)
         except Exception as e:  # shown to the user as one line; the traceback goes to the server log
             traceback.print_exc()
@@ -125,11 +128,11 @@ class JobSlot:
         self._lock = threading.Lock()
         self._job: Job | None = None
 
-    def start(self, name: str, work: Work, cancel_on: tuple[type[BaseException], ...] = (), live: Any = None) -> Job:
+    def start(self, name: str, work: Work, live: Any = None) -> Job:
         with self._lock:
             if self._job is not None and self._job.running:
                 raise BusyError(f"'{self._job.name}' is still running; wait for it or stop it first.")
-            self._job = Job(name, work, cancel_on, live).start()
+            self._job = Job(name, work, live).start()
             return self._job
 
     @property

@@ -6,11 +6,7 @@ them together. A run never touches a cached model: it loads its own copy of the 
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +16,7 @@ from typing import Callable, Literal
 import torch
 
 from core import benchmark, evaluate
+from core.jobs import Stopped
 from core.store import data_dir
 
 Method = Literal["lora", "qlora", "full"]
@@ -30,10 +27,6 @@ ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 Report = Callable[[float, str], None]
 # peft asks transformers a deprecated question on every wrap; the answer is right, the notice is noise.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-
-class Stopped(Exception):
-    """The user stopped training; nothing half-written is left behind."""
 
 
 # ---------------------------------------------------------------- settings
@@ -265,20 +258,6 @@ def dir_size_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def save_atomically(model, target: Path, extra: dict) -> Path:
-    """Adapter (or weights) into a temp dir, then one rename: a stop or crash leaves nothing half-written."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        (tmp / "lab_run.json").write_text(json.dumps(extra, indent=2))
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
 def adapters_dir() -> Path:
     return data_dir() / "adapters"
 
@@ -388,7 +367,7 @@ def run_finetune(model_name: str, settings: FinetuneSettings, task: str | None =
     run_facts = {"model": spec.key, "task": task or str(data), "settings": settings.__dict__ | {"lr": settings.lr}}
     if stop():
         raise Stopped("Stopped before saving; nothing was written.")
-    saved = save_atomically(model, adapters_dir() / name, run_facts)
+    saved = models.save_atomically(adapters_dir() / name, model, facts=run_facts, facts_file="lab_run.json")
 
     say(0.9, "timing decode with the adapter unmerged and merged")
     unmerged_tps, _ = _decode_speed(model, tokenizer, test_set[0].prompt, device)
@@ -415,8 +394,8 @@ def run_finetune(model_name: str, settings: FinetuneSettings, task: str | None =
         tokens_seen=log.tokens_seen, losses=list(log.losses),
         examples=[{"prompt": e.prompt, "expected": e.completion, "before": b.strip(), "after": a.strip()}
                   for e, b, a in list(zip(test_set, before.outputs, after.outputs))[:12]],
-        saved_path=str(saved), device=env.device_label, threads=env.threads, hardware=env.hardware,
-        versions=dict(env.versions), settings=run_facts["settings"] | {"target_modules": list(settings.target_modules)},
+        saved_path=str(saved), settings=run_facts["settings"] | {"target_modules": list(settings.target_modules)},
+        **env.provenance(),
     )
     return result, final.eval()
 

@@ -173,7 +173,7 @@ def prepare(spec: ModelSpec, progress: ProgressFn | None = None) -> Path:
         return target
     if spec.source == "tiny":
         model, tokenizer = build_tiny_model()
-        _save_atomically(target, model, tokenizer)
+        save_atomically(target, model, tokenizer)
         return target
     return _convert_gguf(spec, target, progress)
 
@@ -199,7 +199,7 @@ def _convert_gguf(spec: ModelSpec, target: Path, progress: ProgressFn | None) ->
     model.tie_weights()
     _check_same_weights(loaded, model)
     say("Saving safetensors checkpoint")
-    _save_atomically(target, model, tokenizer, extra={"converted_from": source.name, "weights_note": spec.weights_note})
+    save_atomically(target, model, tokenizer, facts={"converted_from": source.name, "weights_note": spec.weights_note})
     return target
 
 
@@ -210,21 +210,27 @@ def _check_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
         raise ModelError(f"GGUF conversion lost weights ({missing[:3]} ...); the checkpoint was not saved.")
 
 
-def _save_atomically(target: Path, model, tokenizer, extra: dict | None = None) -> None:
-    """Write into a sibling temp dir, then rename: a crash leaves the old state or nothing, never half a checkpoint."""
+def save_atomically(target: Path, model, tokenizer=None, facts: dict | None = None,
+                    facts_file: str = "lab_provenance.json") -> Path:
+    """Write into a sibling temp dir, then rename: a crash leaves the old state or nothing, never half a checkpoint.
+
+    Used for converted checkpoints, LoRA adapters and distilled students alike.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if extra:
-            (tmp / "lab_provenance.json").write_text(json.dumps(extra, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if facts:
+            (tmp / facts_file).write_text(json.dumps(facts, indent=2))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return target
 
 
 def _hub_snapshot(repo_id: str) -> Path:

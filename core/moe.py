@@ -65,6 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.jobs import Stopped
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CALIBRATION_TEXT = ASSETS / "eval" / "moe_calibration.txt"
 MIN_NEURONS_PER_EXPERT = 8  # below this an expert is a handful of neurons and routing overhead dominates
@@ -77,7 +79,7 @@ NATIVE_EXPERT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts") 
 Progress = Callable[[float, str], None]  # (fraction 0..1, message), as core.jobs.Report
 
 
-class ConversionCancelled(Exception):
+class ConversionCancelled(Stopped):
     """The user stopped a conversion; nothing was cached."""
 
 

@@ -19,13 +19,10 @@ from typing import Callable
 import torch
 
 from core import benchmark, evaluate, models
+from core.jobs import Stopped
 from core.store import data_dir
 
 Report = Callable[[float, str], None]
-
-
-class Stopped(Exception):
-    """The user stopped the comparison."""
 
 
 def check_same_tokenizer(tokenizer, draft_tokenizer, draft_name: str) -> None:
@@ -182,7 +179,7 @@ def run_speculate(model_name: str, draft_path: str, draft_tokens: int = 4, max_n
         speedup=plain_s / assisted_s,
         speedup_per_prompt={"median": per_prompt.median, "p10": per_prompt.p10, "p90": per_prompt.p90},
         plain_tokens_per_s=tokens / plain_s, assisted_tokens_per_s=tokens / assisted_s, prompts=rows,
-        device=env.device_label, threads=env.threads, hardware=env.hardware, versions=dict(env.versions),
+        **env.provenance(),
         created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
 

@@ -18,13 +18,14 @@ from typing import Callable
 import torch
 
 from core import benchmark, cost, evaluate, models, techniques
+from core.jobs import Stopped
 from core.records import VariantRecord
 from core.store import ResultStore
 
 ASSETS = evaluate.ASSETS
 
 
-class Cancelled(Exception):
+class Cancelled(Stopped):
     """The user stopped the sweep; finished variants are already stored."""
 
 

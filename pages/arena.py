@@ -26,11 +26,10 @@ def saved_students(model_key: str) -> dict[str, distillation.SavedStudent]:
             for s in distillation.saved_students() if s.facts.get("teacher") == model_key and s.facts.get("complete")}
 
 
-def label(key: str) -> str:
-    if key in techniques.TECHNIQUES:
-        return techniques.get(key).label
-    student = saved_students(st.session_state.get("arena_model", "")).get(key)
-    return distillation.student_label(student.facts["student_layers"], student.facts["run"]) if student else key
+def variant_labels(students: dict[str, distillation.SavedStudent]) -> dict[str, str]:
+    """Every variant the arena can build, by key: the registry's, then this model's distilled students."""
+    return {k: t.label for k, t in techniques.TECHNIQUES.items()} | {
+        k: distillation.student_label(s.facts["student_layers"], s.facts["run"]) for k, s in students.items()}
 
 
 def build(checkpoint: str, key: str, student_dir: str, device: str) -> torch.nn.Module:
@@ -79,8 +78,15 @@ except models.ModelError as e:
 results = store()
 swept = {r.technique: r for r in (results.latest_per_technique(spec.key, benchmark.hardware_fingerprint(device))
                                   if results else [])}
-st.session_state["arena_model"] = spec.key
-options = [k for k, t in techniques.TECHNIQUES.items() if not t.why_not(device)] + list(saved_students(spec.key))
+students = saved_students(spec.key)  # read once per run: the labels below would otherwise rescan the folder
+labels_of = variant_labels(students)
+
+
+def label(key: str) -> str:
+    return labels_of.get(key, key)
+
+
+options = [k for k, t in techniques.TECHNIQUES.items() if not t.why_not(device)] + list(students)
 keys = st.multiselect("Variants (2 to 4)", options, default=[k for k in DEFAULT_KEYS if k in options],
                       max_selections=arena.MAX_VARIANTS, format_func=lambda k: label(k)
                       + (" · in the sweep" if k in swept else ""))
@@ -105,7 +111,6 @@ if st.button("Generate", type="primary", disabled=busy or not prompt.strip()):
     tokenizer = load_tokenizer(checkpoint)
     input_ids = chat_prompt_ids(tokenizer, prompt).to(device)
     # Loading, warm-up and generation all run on the lab's one torch thread, as sweeps do (core/jobs.py).
-    students = saved_students(spec.key)
     loaded = {k: load_variant(checkpoint, k, device, str(students[k].path) if k in students else "") for k in keys}
     reference = techniques.REFERENCE if techniques.REFERENCE in keys else keys[0]
     labels = (arena.blind_labels(keys, random.randrange(2**31)) if blind else {k: label(k) for k in keys})
@@ -171,6 +176,6 @@ if compared:
                "The numbers agree closely only for the same prompt length and token count.")
 if results and (tally := results.tally(model=last["model"])):
     st.subheader("Blind votes so far")
-    st.dataframe([{"variant": techniques.get(t.technique).label if t.technique in techniques.TECHNIQUES else t.technique,
+    st.dataframe([{"variant": label(t.technique),
                    "wins": t.wins, "losses": t.losses, "ties": t.ties, "win rate": t.win_rate} for t in tally],
                  hide_index=True)

@@ -80,8 +80,8 @@ def live_curve(job) -> None:
     if not isinstance(log, distillation.TrainLog) or not log.losses:
         return
     fig = go.Figure(go.Scatter(y=log.losses, mode="lines", name="training loss (KL, nats/token)"))
-    if log.heldout_kld:
-        fig.add_trace(go.Scatter(x=[s - 1 for s, _ in log.heldout_kld], y=[k for _, k in log.heldout_kld],
+    if log.heldout:
+        fig.add_trace(go.Scatter(x=[s - 1 for s, _, _ in log.heldout], y=[k for _, k, _ in log.heldout],
                                  mode="markers+lines", name="held-out KL at checkpoints"))
     fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), title="Distillation loss (live)",
                       xaxis_title="step", yaxis_title="nats per token", legend=dict(orientation="h"))
@@ -113,8 +113,7 @@ if st.button("Distill", type="primary"):
                                  launched_from="dashboard")
             return result
 
-        job_slot().start(f"Distilling a {layers}-layer student of {spec.label}", work,
-                         cancel_on=(distillation.Stopped,), live=log)
+        job_slot().start(f"Distilling a {layers}-layer student of {spec.label}", work, live=log)
     except (ValueError, BusyError, models.ModelError) as e:
         st.error(str(e))
 
@@ -126,8 +125,8 @@ records = results.all(model=spec.key) if results else []
 students = [r for r in records if r.family == "distillation"]
 distilled = [r for r in students if r.variant_facts.get("distillation", {}).get("role") == "student_distilled"]
 if not distilled:
-    st.info("No distilled student of this model measured yet: press **Distill**. With the bundled model, the "
-            "default run takes about a quarter of an hour on a 2-core laptop; later runs reuse the teacher's answers.")
+    st.info("No distilled student of this model measured yet: press **Distill**. The run shows its progress and the "
+            "time left as it goes; the teacher's answers are written once and reused by later runs.")
 else:
     latest = distilled[0]
     facts = latest.variant_facts["distillation"]
@@ -178,7 +177,7 @@ else:
                 speculative.save_result(result)
                 return result
 
-            job_slot().start("Speculative decoding", speculate, cancel_on=(speculative.Stopped,))
+            job_slot().start("Speculative decoding", speculate)
         except (ValueError, BusyError) as e:
             st.error(str(e))
     saved = [r for r in speculative.saved_results() if r["model"] == spec.key]

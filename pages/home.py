@@ -21,7 +21,7 @@ TECHNIQUE_TOUR = (
 GLOSSARY = {
     "Token": "A piece of text, often a word or part of one. Models read and write text one token at a time.",
     "Time to first token (TTFT)": "How long until the first word of the answer appears: the model reads the whole prompt first.",
-    "Decode tokens/s": "How many tokens per second the model writes once it has started. 20 tokens/s reads comfortably.",
+    "Decode tokens/s": "How many tokens per second the model writes once it has started (after the time to first token).",
     "Bytes held": "Memory the model's numbers occupy. Fewer bits per weight means fewer bytes.",
     "KV cache": "Memory the model keeps about the text so far, so it need not reread it; it grows with the context length.",
     "Reference": "The unmodified model in 32-bit floats (FP32): every variant is compared against it.",
@@ -52,7 +52,7 @@ records = results.latest_per_technique(spec.key, here) if results and spec else 
 st.subheader("Demo: quantize, compare, decide")
 c1, c2, c3 = st.columns(3)
 c1.markdown("**1. Quantize.** Measure 4-bit, 8-bit and 16-bit variants against the full-precision model "
-            "(a few minutes for five variants).")
+            "(the page shows progress and the time left while it measures).")
 c1.page_link("pages/quantize.py", label="Go to Quantize", icon=":material/compress:")
 c2.markdown("**2. Compare** quality against speed and dollars on the map, or watch variants answer side by side.")
 c2.page_link("pages/tradeoff_map.py", label="Go to the Trade-off Map", icon=":material/scatter_plot:")

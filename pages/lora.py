@@ -62,7 +62,7 @@ if st.button("Train", type="primary"):
                                   lambda f, m: report(0.8 + 0.2 * f, m), stop, launched_from="dashboard")
             return result
 
-        job_slot().start(f"{method.upper()} fine-tuning of {picked.model}", work, cancel_on=(lora.Stopped,), live=log)
+        job_slot().start(f"{method.upper()} fine-tuning of {picked.model}", work, live=log)
     except (ValueError, BusyError, models.ModelError) as e:
         st.error(str(e))
 

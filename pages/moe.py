@@ -6,7 +6,7 @@ import streamlit as st
 
 from core import benchmark, evaluate, models, moe, plots, techniques
 from core.jobs import BusyError
-from core.sweep import Cancelled, SweepSettings
+from core.sweep import SweepSettings
 from core.tables import moe_rows, moe_view
 from pages.common import choice, job_panel, job_slot, store
 
@@ -61,7 +61,7 @@ if st.button("Convert and measure", type="primary", disabled=not ks or not picke
         target = store()
         slot.start(f"Mixture of experts ({experts} experts) of {picked.model}", lambda report, stop: moe.run_moe_sweep(
             picked.model, experts, sorted(ks), settings, store=target, should_stop=stop, dense_layers=int(dense_layers),
-            progress=lambda p: report(p.fraction, p.message)), cancel_on=(Cancelled, moe.ConversionCancelled))
+            progress=lambda p: report(p.fraction, p.message)))
     except (ValueError, BusyError) as e:
         st.error(str(e))
 
@@ -75,8 +75,8 @@ dense, measured = moe_view(results.all(spec.key, hardware) if results else [], e
                            None if native else int(dense_layers))
 if not measured:
     st.info(f"No mixture-of-experts measurements with {experts} experts on this machine yet: pick the numbers of "
-            "experts per token and press **Convert and measure**. The first run converts the model (about a "
-            "minute for the bundled model); later runs reuse the conversion.")
+            "experts per token and press **Convert and measure**. The first run converts the model once; "
+            "later runs reuse the conversion.")
     st.stop()
 
 st.subheader("Quality against speed as k changes")

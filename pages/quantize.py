@@ -7,7 +7,7 @@ import streamlit as st
 
 from core import benchmark, evaluate, models, techniques
 from core.jobs import BusyError
-from core.sweep import Cancelled, SweepSettings, run_sweep
+from core.sweep import SweepSettings, run_sweep
 from core.tables import provenance_lines, summary_rows
 from pages.common import choice, job_panel, job_slot, save_upload, store
 
@@ -52,7 +52,7 @@ if st.button("Measure", type="primary", disabled=not keys or not picked.model):
         target = store()
         slot.start(f"Quantization sweep of {picked.model}", lambda report, stop: run_sweep(
             picked.model, keys, settings, store=target, should_stop=stop,
-            progress=lambda p: report(p.fraction, p.message)), cancel_on=(Cancelled,))
+            progress=lambda p: report(p.fraction, p.message)))
     except (ValueError, BusyError) as e:
         st.error(str(e))
 

@@ -2,11 +2,7 @@ import threading
 
 import pytest
 
-from core.jobs import BusyError, JobSlot
-
-
-class Stopped(Exception):
-    pass
+from core.jobs import BusyError, JobSlot, Stopped
 
 
 def test_job_reports_progress_and_result():
@@ -39,7 +35,7 @@ def test_cancel_is_seen_by_the_work_and_kept_results_survive():
             report(i / 1000, f"step {i}")
             threading.Event().wait(0.001)
 
-    job = slot.start("loop", work, cancel_on=(Stopped,))
+    job = slot.start("loop", work)
     while not kept:
         threading.Event().wait(0.001)
     job.cancel()

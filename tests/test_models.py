@@ -43,7 +43,7 @@ def test_failed_save_leaves_nothing(data_dir, monkeypatch):
     monkeypatch.setattr(tokenizer, "save_pretrained", boom)
     target = data_dir / "models" / "broken"
     with pytest.raises(OSError):
-        models._save_atomically(target, model, tokenizer)
+        models.save_atomically(target, model, tokenizer)
     assert not target.exists()
     assert not list((data_dir / "models").iterdir())
 
