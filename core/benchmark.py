@@ -353,9 +353,23 @@ class Environment:
     versions: dict[str, str] = field(default_factory=dict)
 
     def provenance(self) -> dict:
-        """The fields every stored result carries about where it ran (device, threads, hardware, versions)."""
+        """The `Provenance` fields of a result measured here."""
         return {"device": self.device_label, "threads": self.threads, "hardware": self.hardware,
                 "versions": dict(self.versions)}
+
+
+@dataclass
+class Provenance:
+    """Where a run's result was measured. Fine-tuning, distillation and speculative results extend it."""
+    device: str
+    threads: int
+    hardware: str
+    versions: dict
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
 
 
 def environment(device: str, threads: int) -> Environment:

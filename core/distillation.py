@@ -496,7 +496,7 @@ def saved_students() -> list[SavedStudent]:
 
 
 @dataclass
-class DistillResult:
+class DistillResult(benchmark.Provenance):
     teacher: str
     student_path: str
     student_layers: int
@@ -523,14 +523,8 @@ class DistillResult:
     peak_mem_mb: float
     usd_cost: float
     usd_per_hour: float
-    device: str
-    threads: int
-    hardware: str
-    versions: dict
     settings: dict
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def prepare_run(teacher_name: str, settings: DistillSettings, corpus_path: Path | None = None) -> tuple[models.ModelSpec, Path, StudentPlan]:

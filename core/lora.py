@@ -270,7 +270,7 @@ def ci_pair(ci: tuple[float, float]) -> list[float]:
 
 
 @dataclass
-class FinetuneResult:
+class FinetuneResult(benchmark.Provenance):
     method: str
     model: str
     task: str
@@ -296,16 +296,8 @@ class FinetuneResult:
     losses: list[float]
     examples: list[dict]
     saved_path: str
-    device: str
-    threads: int
-    hardware: str
-    versions: dict
     settings: dict
 
-    def to_dict(self) -> dict:
-        from dataclasses import asdict
-
-        return asdict(self)
 
 
 def _load_base(checkpoint: Path, settings: FinetuneSettings, device: str):

@@ -93,7 +93,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, pad_token_id: 
 
 
 @dataclass
-class SpeculativeResult:
+class SpeculativeResult(benchmark.Provenance):
     model: str
     draft: str
     draft_facts: dict
@@ -107,14 +107,8 @@ class SpeculativeResult:
     plain_tokens_per_s: float
     assisted_tokens_per_s: float
     prompts: list[dict]
-    device: str
-    threads: int
-    hardware: str
-    versions: dict
     created_at: str
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def bundled_prompts() -> list[dict]:
