@@ -8,8 +8,14 @@ produced it, so that results from different machines are never compared as if th
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def new_record_id() -> str:
+    # A record's own identity, made where it is measured: a retried write of the same record is the same row.
+    return uuid.uuid4().hex
 
 
 @dataclass
@@ -64,6 +70,11 @@ class VariantRecord:
     # structure numbers the technique computes from the built model (Technique.facts), e.g. for a
     # mixture of experts: experts, top_k, active_params, active_params_pct, flops_per_token
     variant_facts: dict[str, Any] = field(default_factory=dict)
+    # where and how the variant ran: "transformers" (eager), "transformers-compiled", "llama.cpp"
+    runtime: str = "transformers"
+    record_id: str = field(default_factory=new_record_id)
+    started_at: str = ""  # ISO-8601 UTC: when this variant's measurement began (created_at is when it ended)
+    attempt: int = 1  # 2 when a worker died measuring it and it was measured again
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,4 +90,56 @@ REQUIRED_FIELDS = (
     "technique", "model", "size_mb", "peak_mem_mb", "ttft_ms_median", "decode_tokens_per_s_median",
     "decode_tokens_per_s_p10", "decode_tokens_per_s_p90", "roofline_pct", "perplexity", "kld_mean",
     "top1_agreement", "mc_accuracy", "mc_accuracy_ci95", "usd_per_1m_tokens", "device", "threads", "versions",
+    "runtime",
 )
+
+
+@dataclass
+class ServingRecord:
+    """One point of a load benchmark: a variant on a runtime, served to `concurrency` simultaneous streams.
+
+    Measured from the client side against a server on 127.0.0.1 (or the same engine in process, as
+    `server` says). Latencies are per request; throughput is every request's output tokens over the wall time.
+    """
+    model: str
+    technique: str
+    runtime: str
+    label: str
+    concurrency: int  # simultaneous requests
+    prompt_tokens: int
+    new_tokens: int
+    requests: int  # requests completed at this point
+    errors: int  # requests that failed or timed out
+    throughput_tokens_per_s: float  # aggregate output tokens / wall s
+    per_user_tokens_per_s_median: float  # each request's output tokens after the first / its decode s
+    ttft_ms_p50: float
+    ttft_ms_p90: float
+    itl_ms_p50: float  # inter-token latency, over every gap of every request
+    itl_ms_p90: float
+    e2e_ms_p50: float
+    e2e_ms_p90: float
+    kv_cache_mb_measured: float
+    kv_cache_mb_estimated: float  # from the config (core/fit.py)
+    peak_mem_mb: float
+    hardware_preset: str
+    usd_per_hour: float
+    usd_per_1m_tokens: float  # usd_per_hour / (throughput * 3600) * 1e6
+    server: str  # what answered: "transformers serve", "llama.cpp server", "in-process ..."
+    device: str
+    threads: int
+    hardware: str
+    versions: dict[str, str]
+    settings: dict[str, Any]
+    run_id: str
+    created_at: str
+    throughput_tokens_per_s_samples: list[float] = field(default_factory=list)  # one per repeated run
+    record_id: str = field(default_factory=new_record_id)
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ServingRecord":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

@@ -175,6 +175,7 @@ def measure_variant(technique: techniques.Technique, inputs: _Inputs, settings: 
                     reference: Reference, run_id: str,
                     step: Callable[[str, float], None]) -> VariantRecord:
     device = inputs.env.device
+    started_at = _now()
     benchmark.release_memory()
     with benchmark.PeakMemory(device) as mem:
         step("load", 0.0)
@@ -196,8 +197,14 @@ def measure_variant(technique: techniques.Technique, inputs: _Inputs, settings: 
         facts = technique.facts(model)
     del model
     benchmark.release_memory()
-    return _record(technique, inputs, settings, run_id, size_bytes, mem.delta_bytes, bench, quality, mc, dtype,
-                   read_bytes, facts)
+    record = _record(technique, inputs, settings, run_id, size_bytes, mem.delta_bytes, bench, quality, mc, dtype,
+                     read_bytes, facts)
+    record.started_at = started_at
+    return record
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _record(technique, inputs: _Inputs, settings: SweepSettings, run_id: str, size_bytes: int, peak_bytes: int,
@@ -210,7 +217,7 @@ def _record(technique, inputs: _Inputs, settings: SweepSettings, run_id: str, si
     price = settings.price()
     return VariantRecord(
         model=inputs.spec.key, technique=technique.key, family=technique.family, label=technique.label,
-        run_id=run_id, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        run_id=run_id, created_at=_now(),
         size_mb=size_bytes / 1e6, peak_mem_mb=peak_bytes / 1e6,
         ttft_ms_median=bench.ttft_ms.median, ttft_ms_p10=bench.ttft_ms.p10, ttft_ms_p90=bench.ttft_ms.p90,
         decode_tokens_per_s_median=tps.median, decode_tokens_per_s_p10=tps.p10, decode_tokens_per_s_p90=tps.p90,
