@@ -74,6 +74,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     keys = techniques.parse_keys(args.techniques)
     settings = _sweep_settings(args)
+    _refuse_unsupported(keys, settings.device)
     store = None if args.no_store else ResultStore()
     show = _show_progress
 
@@ -83,6 +84,17 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     text = sweep.records_json(records, Path(args.json) if args.json else None)
     if not args.json:
         print(text)
+
+
+def _refuse_unsupported(keys: list[str], device: str) -> None:
+    """A variant asked for by name that cannot run here is an error on the command line, before anything loads."""
+    from core import benchmark, runtimes
+
+    here = benchmark.pick_device(device)
+    problems = [f"{k}: {reason}" for k in keys
+                if (reason := runtimes.why_not(techniques.get(k), techniques.get(k).runtime, here))]
+    if problems:
+        raise CliError("cannot measure " + "; ".join(problems))
 
 
 def _int_list(flag: str, text: str) -> list[int]:
@@ -214,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=models.DEFAULT_MODEL)
     p.set_defaults(func=cmd_prepare)
     s = sub.add_parser("sweep", help="measure technique variants of one model")
-    s.add_argument("--techniques", required=True, help=f"comma-separated, from: {','.join(techniques.TECHNIQUES)}")
+    s.add_argument("--techniques", required=True,
+                   help=f"comma-separated, from: {','.join(techniques.TECHNIQUES)}; KEY@RUNTIME runs a technique on "
+                        "another of its runtimes")
     _add_measurement_args(s)
     s.set_defaults(func=cmd_sweep)
     m = sub.add_parser("moe", help="split the model's MLPs into experts; measure the dense model and each top-k")

@@ -1,6 +1,6 @@
 """Arena: several variants answer one prompt side by side, token by token, with their own live timings.
 
-The decode loop is `benchmark.stream_tokens` (the same loop the sweep times), so the arena's numbers are
+The decode loop is the variant's Runner.stream (the same loop the sweep times), so the arena's numbers are
 measured the way the sweep's are. On a small CPU the variants run one step each in turn (round robin), so
 they look live side by side; each stream's timings count only its own steps, never the others'.
 Everything here is pure except `warm_up`, which runs a model.
@@ -19,7 +19,7 @@ from typing import Literal, get_args
 import plotly.graph_objects as go
 import torch
 
-from core import benchmark
+
 from core.records import VariantRecord
 
 Schedule = Literal["one after another", "round-robin"]  # the first is the default: on 2 cores it disturbs timings least
@@ -182,6 +182,10 @@ def timeline_figure(step_ms: Mapping[str, Sequence[float]]) -> go.Figure:
 
 
 def warm_up(model, input_ids: torch.Tensor, device: str = "cpu", tokens: int = WARMUP_TOKENS) -> None:
-    """One short untimed decode, as the sweep's warm-up run: later timed streams do not pay first-call costs."""
-    for _ in benchmark.stream_tokens(model, input_ids, tokens, device):
+    """One short untimed decode, as the sweep's warm-up run: later timed streams do not pay first-call costs.
+
+    `model` is a Runner of any runtime, or a torch model (run eagerly)."""
+    from core.runtimes import as_runner
+
+    for _ in as_runner(model, device).stream(input_ids, tokens):
         pass

@@ -121,10 +121,16 @@ def stream_tokens(model, input_ids: torch.Tensor, max_new_tokens: int, device: s
 
 def timed_generation(model, input_ids: torch.Tensor, new_tokens: int, device: str = "cpu",
                      clock: Clock = time.perf_counter) -> GenerationRun:
-    """Greedy decode of exactly `new_tokens` tokens (EOS ignored, so every variant does the same work)."""
+    """Greedy decode of exactly `new_tokens` tokens (EOS ignored, so every variant does the same work).
+
+    `model` is a Runner of any runtime (core.runtimes) or a torch model, which runs eagerly.
+    """
+    from core.runtimes import as_runner
+
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 to time decoding, got {new_tokens}")
-    steps = list(stream_tokens(model, input_ids, new_tokens, device, clock))  # [(token_id, own_s)] * new_tokens
+    runner = as_runner(model, device)
+    steps = list(runner.stream(input_ids, new_tokens, clock))  # [(token_id, own_s)] * new_tokens
     ttft_s, total_s = steps[0][1], steps[-1][1]
     return GenerationRun(ttft_s, total_s - ttft_s, new_tokens - 1, tuple(t for t, _ in steps))
 

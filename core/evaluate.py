@@ -88,12 +88,15 @@ def text_quality(model, windows: list[torch.Tensor], reference: list[torch.Tenso
     With reference=None the model is its own reference (KLD 0, agreement 1) and its log-probs are
     returned so that later variants can be compared against them.
     """
+    from core.runtimes import as_runner
+
+    runner = as_runner(model, device)
     nll_sum, nll_n = 0.0, 0
     klds: list[torch.Tensor] = []
     agree, positions = 0, 0
     own: list[torch.Tensor] = []
     for i, window in enumerate(windows):
-        lp = window_logprobs(model, window, device)  # [W, V]
+        lp = runner.window_logprobs(window)  # [W, V]
         targets = window[0, 1:]
         nll_sum += -lp[:-1].gather(1, targets[:, None]).sum().item()
         nll_n += len(targets)
@@ -174,6 +177,11 @@ def _continuation_ids(tokenizer, context: str, continuation: str) -> tuple[list[
     return ctx, tokenizer(continuation, add_special_tokens=False)["input_ids"]
 
 
+def continuation_pairs(tokenizer, item: MCItem) -> list[tuple[list[int], list[int]]]:
+    """(question ids, choice ids) for each choice, as every runtime scores them."""
+    return [_continuation_ids(tokenizer, mc_prompt(item), " " + c) for c in item.choices]
+
+
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
@@ -191,7 +199,7 @@ def batch_choice_logprobs(model, tokenizer, items: list[MCItem], device: str = "
     multiple choice cheap; sharing each question's cache keeps the work to question + choices.
     """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    pairs = [[_continuation_ids(tokenizer, mc_prompt(it), " " + c) for c in it.choices] for it in items]
+    pairs = [continuation_pairs(tokenizer, it) for it in items]
     ctx_ids, ctx_mask = _left_pad([p[0][0] for p in pairs], pad)  # [B, Lc]
     ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp_min(0)  # left padding: real tokens start at position 0
     prefix = model(input_ids=ctx_ids.to(device), attention_mask=ctx_mask.to(device), position_ids=ctx_pos.to(device),
@@ -243,9 +251,12 @@ def bootstrap_ci(correct: list[bool], n_boot: int = 2000, seed: int = 0, level: 
 def mc_accuracy(model, tokenizer, items: list[MCItem], device: str = "cpu", tick: Tick = _noop,
                 seed: int = 0, batch_items: int = 16) -> MCResult:
     """Raw accuracy (highest summed log-prob) and length-normalised accuracy (per byte, as lm-eval's acc_norm)."""
+    from core.runtimes import as_runner
+
+    runner = as_runner(model, device)
     all_scores: list[list[float]] = []
     for start in range(0, len(items), batch_items):
-        all_scores += batch_choice_logprobs(model, tokenizer, items[start : start + batch_items], device)
+        all_scores += runner.choice_logprobs(tokenizer, items[start : start + batch_items])
         tick(len(all_scores) / len(items))
     per_item, raw, norm = [], [], []
     for i, (item, scores) in enumerate(zip(items, all_scores)):

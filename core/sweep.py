@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from core import benchmark, cost, evaluate, models, techniques
+from core import benchmark, cost, evaluate, models, runtimes, techniques
 from core.jobs import Stopped
 from core.records import VariantRecord
 from core.store import ResultStore
@@ -180,22 +180,27 @@ def measure_variant(technique: techniques.Technique, inputs: _Inputs, settings: 
     with benchmark.PeakMemory(device) as mem:
         step("load", 0.0)
         torch.manual_seed(settings.seed)
-        model = technique.make(inputs.checkpoint, device)
-        size_bytes = benchmark.bytes_held(model)
-        step("speed", 0.0)
-        bench = benchmark.bench_generation(model, inputs.prompt_ids.to(device), settings.new_tokens,
-                                           settings.warmup_runs, settings.repeats, device)
-        step("text", 0.0)
-        if technique.key == techniques.REFERENCE:  # same weights, same deterministic pass: reuse it
-            quality = reference.quality
-        else:
-            quality, _ = evaluate.text_quality(model, inputs.windows, reference.logprobs, device, lambda f: step("text", f))
-        step("choices", 0.0)
-        mc = evaluate.mc_accuracy(model, inputs.tokenizer, inputs.mc_items, device, lambda f: step("choices", f), settings.seed)
-        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-        read_bytes = technique.bytes_read_per_token(model, size_bytes)
-        facts = technique.facts(model)
-    del model
+        # The runner is the only thing that knows which runtime it is; everything below is the same for all.
+        runner = runtimes.load(technique, technique.runtime, inputs.checkpoint, device, inputs.env.threads,
+                               lambda _msg: step("load", 0.5))
+        try:
+            size_bytes = runner.bytes_held()
+            step("speed", 0.0)
+            bench = benchmark.bench_generation(runner, inputs.prompt_ids, settings.new_tokens,
+                                               settings.warmup_runs, settings.repeats, device)
+            step("text", 0.0)
+            if technique.key == techniques.REFERENCE:  # same weights, same deterministic pass: reuse it
+                quality = reference.quality
+            else:
+                quality, _ = evaluate.text_quality(runner, inputs.windows, reference.logprobs, device,
+                                                   lambda f: step("text", f))
+            step("choices", 0.0)
+            mc = evaluate.mc_accuracy(runner, inputs.tokenizer, inputs.mc_items, device, lambda f: step("choices", f),
+                                      settings.seed)
+            dtype, read_bytes, facts = runner.dtype, runner.bytes_read_per_token(), runner.facts()
+        finally:
+            runner.close()
+            del runner
     benchmark.release_memory()
     record = _record(technique, inputs, settings, run_id, size_bytes, mem.delta_bytes, bench, quality, mc, dtype,
                      read_bytes, facts)
@@ -232,7 +237,7 @@ def _record(technique, inputs: _Inputs, settings: SweepSettings, run_id: str, si
         versions=dict(inputs.env.versions), settings=dict(inputs.settings_record),
         sample_prompt=settings.prompt,
         sample_generation=inputs.tokenizer.decode(list(bench.token_ids), skip_special_tokens=True),
-        mc_per_item=mc.per_item, variant_facts=dict(facts or {}),
+        mc_per_item=mc.per_item, variant_facts=dict(facts or {}), runtime=technique.runtime,
     )
 
 
@@ -261,7 +266,7 @@ def run_sweep(model_name: str, technique_keys: list[str], settings: SweepSetting
     reference = reference_pass(inputs, lambda f: ref_step("reference", f))
     records: list[VariantRecord] = []
     for i, technique in enumerate(chosen, start=1):
-        reason = technique.why_not(inputs.env.device)
+        reason = runtimes.why_not(technique, technique.runtime, inputs.env.device)
         if reason:
             report(Progress(i / n, technique.key, "skipped", f"{technique.label} skipped: {reason}"))
             continue

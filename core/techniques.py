@@ -6,13 +6,13 @@ to build its variant from a checkpoint directory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from core import moe
+from core import gguf, moe
 from core.quantization import QuantConfig, load_quantized, unsupported_reason
 
 
@@ -39,12 +39,32 @@ class Technique:
     # holds every expert but reads only the chosen ones, so for it this is less than the bytes held.
     bytes_read_per_token: Callable[[torch.nn.Module, int], int] = _all_bytes_held_are_read
     facts: Callable[[torch.nn.Module], dict[str, Any]] = _no_facts  # structure numbers stored with the record
+    # The runtimes that can run it (core.runtimes keys); a variant is (technique, runtime), and a registry
+    # key "fp32@transformers-compiled" names a technique bound to one runtime. The first is the default.
+    runtimes: tuple[str, ...] = ("transformers",)
+
+    @property
+    def runtime(self) -> str:
+        return self.runtimes[0]
 
     def make(self, checkpoint: Path, device: str = "cpu") -> torch.nn.Module:
         return self.build(checkpoint, self.config, device)
 
     def why_not(self, device: str) -> str | None:
         return self.unsupported(self.config, device)
+
+    def on(self, runtime: str) -> "Technique":
+        """This technique bound to one runtime, under the key `<key>@<runtime>` (the default keeps its key)."""
+        if runtime not in self.runtimes:
+            raise ValueError(f"{self.label} runs on {', '.join(self.runtimes)}, not on {runtime!r}")
+        if runtime == self.runtime:
+            return self
+        from core import runtimes as rt
+
+        # The reference is fp32 on the default runtime alone; fp32 elsewhere is a variant like any other.
+        family = "quantization" if self.family == "reference" else self.family
+        return replace(self, key=f"{self.key}@{runtime}", label=f"{self.label} · {rt.get(runtime).label}",
+                       family=family, runtimes=(runtime,))
 
 
 REFERENCE = "fp32"
@@ -54,7 +74,26 @@ def _quant(key: str, label: str, config: QuantConfig, explanation: str, surprise
     family = "reference" if key == REFERENCE else "quantization"
     # The reference records its parameter count and FLOPs per token so that MoE variants can be drawn against it.
     facts = moe.dense_facts if key == REFERENCE else _no_facts
-    return Technique(key, label, family, config, explanation, surprise, load_quantized, unsupported_reason, facts=facts)
+    # Only the 32- and 16-bit variants compile into one graph (core/runtimes/transformers_rt.py says why).
+    runs_on = ("transformers", "transformers-compiled") if config.weights in ("fp32", "bf16", "fp16") else ("transformers",)
+    return Technique(key, label, family, config, explanation, surprise, load_quantized, unsupported_reason, facts=facts,
+                     runtimes=runs_on)
+
+
+def _gguf_has_no_torch_model(_checkpoint: Path, config: gguf.GGUFConfig, _device: str):
+    raise gguf.GGUFError(f"GGUF {config.file_stem} runs on llama.cpp; load it through core.runtimes, not as a torch model")
+
+
+def _gguf_unsupported(_config: gguf.GGUFConfig, device: str) -> str | None:
+    if device.startswith("cuda"):
+        return "this lab's llama.cpp build is CPU-only; measure GGUF variants with --device cpu."
+    return gguf.llama_cpp_problem()
+
+
+def _gguf(quant: str, label: str, explanation: str, surprise: str, imatrix: bool = False) -> Technique:
+    config = gguf.GGUFConfig(quant, imatrix=imatrix)  # type: ignore[arg-type]
+    return Technique(f"gguf-{config.file_stem}", label, "gguf", config, explanation, surprise,
+                     _gguf_has_no_torch_model, _gguf_unsupported, runtimes=("llama.cpp",))
 
 
 MOE_EXPLANATION = (
@@ -115,6 +154,43 @@ TECHNIQUES: dict[str, Technique] = {
                "of a model this small loses much more than quantizing weights alone."),
     ]
 }
+K_QUANTS = ("k-quants mix bit widths per tensor: the tensors that hurt most when rounded (attention values, "
+            "the feed-forward down projection in some layers, the output table) keep more bits, so the file is larger "
+            "than the name's bit count times the parameters.")
+TECHNIQUES |= {t.key: t for t in [
+    _gguf("f16", "GGUF F16 (llama.cpp)",
+          "Every weight as a 16-bit float in a GGUF file, run by llama.cpp's CPU kernels.",
+          "The same numbers as FP16 in transformers, yet often faster than transformers' FP32 on a CPU: llama.cpp "
+          "reads half the bytes and its kernels are written for this one job."),
+    _gguf("q8_0", "GGUF Q8_0 (llama.cpp 8-bit)",
+          "Weights as 8-bit integers with one scale per block of 32 (8.5 bits per weight), multiplied directly by "
+          "llama.cpp's integer kernels.",
+          "Near-lossless (KL divergence from FP32 usually below 0.01) and fast, unlike bitsandbytes INT8 on a CPU, "
+          "because the int8 blocks are multiplied as they are instead of being turned back into floats."),
+    _gguf("q6_k", "GGUF Q6_K", "6-bit k-quant: blocks of 16 weights with 8-bit scales inside super-blocks of 256 "
+          "(6.56 bits per weight).", "Quality close to Q8_0 at three quarters of its size."),
+    _gguf("q5_k_m", "GGUF Q5_K_M", "5-bit k-quant mix (the M recipe): most tensors 5-bit, the most sensitive ones 6-bit.",
+          K_QUANTS),
+    _gguf("q4_k_m", "GGUF Q4_K_M", "4-bit k-quant mix (the M recipe): most tensors 4-bit in blocks with their own "
+          "scales and minimums, the most sensitive ones 6-bit. The usual choice for laptops and phones.",
+          K_QUANTS + " And unlike bitsandbytes 4-bit on a CPU, it decodes faster than FP32: the kernels read the packed "
+                     "4-bit blocks and never build a float copy of the weights."),
+    _gguf("q4_0", "GGUF Q4_0 (legacy 4-bit)", "4-bit weights with one 16-bit scale per block of 32, every tensor alike "
+          "(4.5 bits per weight).",
+          "Often the fastest 4-bit file on a CPU (its simple blocks are repacked for the CPU's vector units at load), "
+          "but less accurate than Q4_K_M at nearly the same size."),
+    _gguf("q3_k_m", "GGUF Q3_K_M", "3-bit k-quant mix: most tensors 3-bit, sensitive ones 4- or 5-bit.", K_QUANTS),
+    _gguf("q2_k", "GGUF Q2_K", "2-bit k-quant: weights on 4 levels per block, with 4-bit scales and minimums.",
+          "A 135M-parameter model has little redundancy to lose: 2 bits damage it far more than they damage a 7B model, "
+          "where Q2_K is still usable."),
+    _gguf("q4_k_m", "GGUF Q4_K_M + importance matrix",
+          "Q4_K_M, with rounding steered by an importance matrix: how strongly each weight column is used, measured "
+          "on the lab's calibration text (never on the evaluation text).",
+          "The same size and speed as Q4_K_M; only which weights round more carefully changes, so the gain is in "
+          "KL divergence, and it can be small on text unlike the calibration text.", imatrix=True),
+]}
+# The 32- and 16-bit variants with compiled decode (static KV cache + torch.compile): the GPU user's path.
+TECHNIQUES |= {t.key: t for t in (TECHNIQUES[k].on("transformers-compiled") for k in ("fp32", "bf16", "fp16"))}
 # k < E only: with every expert running (moe-8x8) the model reads more than the dense one (routers too), so it
 # is a correctness check, not an optimisation; `get("moe-8x8")` still builds it for the MoE page and CLI.
 TECHNIQUES |= {t.key: t for t in (moe_technique(8, k) for k in (1, 2, 4))}
@@ -123,6 +199,9 @@ TECHNIQUES |= {t.key: t for t in (moe_technique(8, k) for k in (1, 2, 4))}
 def get(key: str) -> Technique:
     if key in TECHNIQUES:
         return TECHNIQUES[key]
+    if "@" in key:  # any technique on any of its runtimes: "<key>@<runtime>"
+        base, runtime = key.split("@", 1)
+        return get(base).on(runtime)
     if (moe_shape := moe.parse_technique_key(key)) is not None:  # any moe-<E>x<k>, validated by MoEConfig
         return moe_technique(*moe_shape)
     raise ValueError(f"Unknown technique {key!r}; choose from {', '.join(TECHNIQUES)} (or moe-<experts>x<top_k>)")

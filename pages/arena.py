@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from core import arena, benchmark, distillation, evaluate, models, techniques
+from core import arena, benchmark, distillation, evaluate, models, runtimes, techniques
 from core.jobs import iterate_on_torch_thread, on_torch_thread
 from core.sweep import chat_prompt_ids
 from pages.common import choice, job_slot, store
@@ -32,14 +32,15 @@ def variant_labels(students: dict[str, distillation.SavedStudent]) -> dict[str, 
         k: distillation.student_label(s.facts["student_layers"], s.facts["run"]) for k, s in students.items()}
 
 
-def build(checkpoint: str, key: str, student_dir: str, device: str) -> torch.nn.Module:
+def build(checkpoint: str, key: str, student_dir: str, device: str) -> runtimes.Runner:
     if key in techniques.TECHNIQUES:
-        return techniques.get(key).make(Path(checkpoint), device)
-    return models.load_model(Path(student_dir), torch.float32, device)
+        technique = techniques.get(key)
+        return runtimes.load(technique, technique.runtime, Path(checkpoint), device, torch.get_num_threads())
+    return runtimes.as_runner(models.load_model(Path(student_dir), torch.float32, device), device)
 
 
 @st.cache_resource(show_spinner="Loading the variant (once per server)...")
-def load_variant(checkpoint: str, key: str, device: str, student_dir: str = "") -> torch.nn.Module:
+def load_variant(checkpoint: str, key: str, device: str, student_dir: str = "") -> runtimes.Runner:
     """Built once per (checkpoint, technique, device), shared by every session, and only ever read."""
     model = on_torch_thread(build, checkpoint, key, student_dir, device)
     on_torch_thread(arena.warm_up, model, torch.arange(1, 9).unsqueeze(0).to(device), device)
@@ -122,7 +123,7 @@ if st.button("Generate", type="primary", disabled=busy or not prompt.strip()):
     for model in loaded.values():  # untimed, on this very prompt, as the sweep's warm-up run
         on_torch_thread(arena.warm_up, model, input_ids, device)
     drawn = dict.fromkeys(keys, 0.0)
-    streams = {k: iterate_on_torch_thread(benchmark.stream_tokens(loaded[k], input_ids, new_tokens, device)) for k in keys}
+    streams = {k: iterate_on_torch_thread(loaded[k].stream(input_ids, new_tokens)) for k in keys}
     for step in arena.race(streams, schedule):
         log.add(step)
         now = time.perf_counter()

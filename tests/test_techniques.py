@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from core import benchmark, techniques
+from core import benchmark, runtimes, techniques
 from core.quantization import QuantConfig
 
 
@@ -12,40 +12,50 @@ def fp32_bytes(tiny_dir):
     return benchmark.bytes_held(techniques.get("fp32").make(tiny_dir))
 
 
+def _runner(key, tiny_dir):
+    technique = techniques.get(key)
+    if reason := runtimes.why_not(technique, technique.runtime, "cpu"):
+        pytest.skip(reason)
+    return technique, runtimes.load(technique, technique.runtime, tiny_dir, "cpu", threads=2)
+
+
 @pytest.mark.parametrize("key", list(techniques.TECHNIQUES))
 def test_every_technique_builds_and_generates(key, tiny_dir, fp32_bytes):
-    technique = techniques.get(key)
-    if reason := technique.why_not("cpu"):
-        pytest.skip(reason)
-    model = technique.make(tiny_dir, "cpu")
-    ids = torch.tensor([[5, 6, 7, 8]])
-    run = benchmark.timed_generation(model, ids, new_tokens=4)
-    assert len(run.token_ids) == 4
-    held = benchmark.bytes_held(model)
-    # What every variant buys is fewer bytes read per decoded token (the roofline's denominator). For most
-    # that is fewer bytes held; a mixture of experts holds every expert but reads only the chosen ones.
-    read = technique.bytes_read_per_token(model, held)
-    if key == techniques.REFERENCE:
-        assert held == fp32_bytes == read
-    else:
-        assert read < fp32_bytes, f"{key} should read fewer bytes per token than fp32"
-        assert read <= held
-    assert technique.explanation and technique.label
+    technique, runner = _runner(key, tiny_dir)
+    try:
+        ids = torch.tensor([[5, 6, 7, 8]])
+        run = benchmark.timed_generation(runner, ids, new_tokens=4)
+        assert len(run.token_ids) == 4
+        held = runner.bytes_held()
+        # What every variant buys is fewer bytes read per decoded token (the roofline's denominator). For most
+        # that is fewer bytes held; a mixture of experts holds every expert but reads only the chosen ones.
+        # FP32 weights on another runtime read exactly what the reference reads.
+        read = runner.bytes_read_per_token()
+        if technique.config == techniques.get(techniques.REFERENCE).config:
+            assert held == fp32_bytes == read
+        else:
+            assert read < fp32_bytes, f"{key} should read fewer bytes per token than fp32"
+            assert read <= held
+        assert technique.explanation and technique.label and runner.runtime == technique.runtime
+    finally:
+        runner.close()
 
 
 @pytest.mark.parametrize("key", list(techniques.TECHNIQUES))
 def test_every_technique_stays_close_to_reference_on_tiny(key, tiny_dir):
-    technique = techniques.get(key)
-    if technique.why_not("cpu"):
-        pytest.skip("unsupported here")
+    _, runner = _runner(key, tiny_dir)
     ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
-    with torch.inference_mode():
-        ref = techniques.get("fp32").make(tiny_dir)(input_ids=ids).logits.float()
-        out = technique.make(tiny_dir)(input_ids=ids).logits.float()
-    assert out.shape == ref.shape
+    try:
+        ref = techniques.get("fp32").make(tiny_dir)
+        with torch.inference_mode():
+            expected = torch.log_softmax(ref(input_ids=ids).logits[0].float(), -1)
+        out = runner.window_logprobs(ids)
+    finally:
+        runner.close()
+    assert out.shape == expected.shape
     assert torch.isfinite(out).all()
-    # even 4-bit weights keep a random tiny model's logits correlated with the reference
-    corr = torch.corrcoef(torch.stack([ref.flatten(), out.flatten()]))[0, 1]
+    # even 2- and 4-bit weights keep a random tiny model's log-probs correlated with the reference
+    corr = torch.corrcoef(torch.stack([expected.flatten(), out.flatten()]))[0, 1]
     assert corr > 0.8, f"{key}: correlation {corr:.3f}"
 
 

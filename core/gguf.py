@@ -1,0 +1,363 @@
+"""GGUF files for llama.cpp: export a lab checkpoint to F32 GGUF, quantize it with llama.cpp's own quantizer.
+
+Pure arithmetic and naming first, then the exporter (transformers safetensors -> GGUF via the `gguf`
+library's writer and tensor-name map), then the quantizer (llama.cpp's `llama_model_quantize` through the
+binding), then the cache: every file is written to a temporary name and renamed into place, with a sidecar
+holding its size and sha256; a cached file that does not match its sidecar is rebuilt, never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+
+from core.store import data_dir
+
+ProgressFn = Callable[[str], None]
+QuantType = Literal["f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k"]
+
+# llama.cpp's `enum llama_ftype` values (llama.h): the whole-file type the quantizer aims at.
+FTYPES: dict[str, int] = {
+    "f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q2_k": 10, "q3_k_m": 12, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18,
+}
+# Architectures this exporter writes. llama.cpp itself knows many more, but each needs its own tensor layout
+# and metadata; SmolLM, Llama and the students the lab distils from them are all "llama".
+EXPORTABLE = ("llama",)
+SIDECAR = ".lab.json"
+
+
+class GGUFError(ValueError):
+    """A GGUF variant that cannot be built or loaded, with what to do about it."""
+
+
+@dataclass(frozen=True)
+class GGUFConfig:
+    quant: QuantType
+    imatrix: bool = False  # weigh the quantizer's rounding error by activations seen on calibration text
+
+    def __post_init__(self) -> None:
+        if self.quant not in FTYPES:
+            raise GGUFError(f"Unknown GGUF quant type {self.quant!r}; choose from {', '.join(FTYPES)}")
+        if self.imatrix and self.quant in ("f32", "f16", "q8_0"):
+            raise GGUFError(f"an importance matrix changes nothing for {self.quant}: it has no rounding to steer")
+
+    @property
+    def file_stem(self) -> str:
+        return self.quant + ("-imatrix" if self.imatrix else "")
+
+
+# ---------------------------------------------------------------- llama.cpp availability
+
+
+def llama_cpp_problem() -> str | None:
+    """Why llama.cpp cannot run here, or None when the binding imports and its library loads."""
+    try:
+        import llama_cpp  # noqa: F401  (loads libllama: a broken build fails here, not at first use)
+    except ImportError:
+        return ("llama.cpp is not installed (the Python package llama-cpp-python). `make setup` compiles it; "
+                "if that failed on this machine, its log says why. The other runtimes work without it.")
+    except (OSError, RuntimeError) as e:
+        return f"llama.cpp is installed but its native library does not load here ({type(e).__name__}: {e})."
+    return None
+
+
+# ---------------------------------------------------------------- export: safetensors -> F32 GGUF
+
+
+def _permute_for_rope(weight: np.ndarray, heads: int) -> np.ndarray:
+    """HF Llama stores each head's rotary pairs as two halves; llama.cpp's "llama" rope expects them interleaved.
+
+    [out, in] with out = heads * head_dim: split each head's rows into (2, head_dim/2), swap to (head_dim/2, 2).
+    """
+    out, cols = weight.shape
+    return weight.reshape(heads, 2, out // heads // 2, cols).swapaxes(1, 2).reshape(out, cols)
+
+
+def check_exportable(config) -> None:
+    if config.model_type not in EXPORTABLE:
+        raise GGUFError(
+            f"The lab cannot convert a {config.model_type!r} model to GGUF: its exporter writes "
+            f"{', '.join(EXPORTABLE)}-architecture models (SmolLM, Llama and students distilled from them). "
+            "Measure this model on the transformers runtimes instead.")
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        raise GGUFError("This llama model has bias terms, which the lab's GGUF exporter does not write.")
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _write_metadata(writer, config, name: str) -> None:
+    writer.add_name(name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(_head_dim(config))
+    writer.add_key_length(_head_dim(config))
+    writer.add_value_length(_head_dim(config))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    rope = getattr(config, "rope_parameters", None) or {}
+    writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(FTYPES["f32"])
+
+
+def _write_vocab(writer, checkpoint: Path, vocab_size: int) -> None:
+    """The tokenizer as llama.cpp reads it: GPT-2 style byte-level BPE from the checkpoint's tokenizer.json."""
+    import gguf
+
+    try:
+        vocab = gguf.vocab.BpeVocab(checkpoint)
+    except FileNotFoundError:
+        raise GGUFError("The GGUF exporter needs a byte-level BPE tokenizer (tokenizer.json), which this "
+                        "checkpoint does not have.") from None
+    tokens, types = [], []
+    for text, _score, kind in vocab.all_tokens():
+        tokens.append(text if isinstance(text, (bytes, bytearray)) else str(text).encode())
+        types.append(kind)
+    tokens += [f"[PAD{i}]".encode() for i in range(len(tokens), vocab_size)]  # the table may be padded wider
+    types += [gguf.TokenType.UNUSED] * (vocab_size - len(types))
+    added = json.loads((checkpoint / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens") or []
+    for entry in added:  # special tokens (chat markers, end of text) are control tokens to llama.cpp
+        if entry.get("special") and 0 <= entry["id"] < vocab_size:
+            types[entry["id"]] = gguf.TokenType.CONTROL
+    writer.add_tokenizer_model("gpt2")
+    # The pre-tokenizer name only matters when llama.cpp tokenizes text itself; the lab feeds it token ids
+    # made by the checkpoint's own tokenizer, so generation and scoring never depend on it.
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    special = gguf.vocab.SpecialVocab(checkpoint, load_merges=True, n_vocab=vocab_size)
+    if not special.merges:
+        # A byte-level vocabulary with no merges (the tiny test model's) is valid BPE, but llama.cpp refuses a
+        # file without the merges key and the writer refuses an empty array. One merge of two control tokens is
+        # inert: BPE merges symbols built from the text's characters, which never form a control token.
+        controls = [t for t, k in zip(tokens, types) if k == gguf.TokenType.CONTROL]
+        if len(controls) < 2:
+            raise GGUFError("This tokenizer has no BPE merges, which llama.cpp cannot load.")
+        writer.add_token_merges([controls[0].decode() + " " + controls[1].decode()])
+    special.load_merges = False  # written above when absent; no warning about it
+    special.add_to_gguf(writer, quiet=True)
+
+
+def export_f32(checkpoint: Path, target: Path, progress: ProgressFn | None = None) -> Path:
+    """Write the checkpoint's weights, unchanged, as an F32 GGUF file (atomically)."""
+    import gguf
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    say = progress or (lambda _m: None)
+    config = AutoConfig.from_pretrained(checkpoint)
+    check_exportable(config)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(Path(checkpoint).glob("*.safetensors")):
+        state.update(load_file(shard))
+    if not state:
+        raise GGUFError(f"{Path(checkpoint).name} holds no safetensors weights to export.")
+    say(f"Exporting {Path(checkpoint).name} to an F32 GGUF file")
+
+    def write(tmp: Path) -> None:
+        writer = gguf.GGUFWriter(str(tmp), arch="llama")
+        _write_metadata(writer, config, Path(checkpoint).name)
+        _write_vocab(writer, Path(checkpoint), config.vocab_size)
+        for hf_name, tensor in state.items():
+            if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+                continue  # llama.cpp reads the output projection from token_embd when output.weight is absent
+            gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            if gguf_name is None:
+                raise GGUFError(f"The GGUF exporter does not know where tensor {hf_name!r} goes.")
+            data = tensor.to(torch.float32).numpy()
+            if hf_name.endswith("q_proj.weight"):
+                data = _permute_for_rope(data, config.num_attention_heads)
+            elif hf_name.endswith("k_proj.weight"):
+                data = _permute_for_rope(data, config.num_key_value_heads)
+            writer.add_tensor(gguf_name, np.ascontiguousarray(data))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    return _atomic_file(target, write)
+
+
+# ---------------------------------------------------------------- quantize with llama.cpp
+
+
+def quantize(source: Path, target: Path, quant: str, threads: int = 0,
+             imatrix: dict[str, np.ndarray] | None = None) -> Path:
+    """llama.cpp's quantizer, F32 GGUF in, `quant` GGUF out (atomically). imatrix: tensor name -> [in] floats."""
+    import ctypes
+
+    import llama_cpp
+
+    if quant not in FTYPES:
+        raise GGUFError(f"Unknown GGUF quant type {quant!r}; choose from {', '.join(FTYPES)}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[quant]
+    params.nthread = threads
+    keep = []  # the ctypes buffers must outlive the call
+    if imatrix:
+        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()  # NULL-name terminated
+        for i, (name, values) in enumerate(sorted(imatrix.items())):
+            buf = np.ascontiguousarray(values, dtype=np.float32)
+            keep += [buf, name.encode()]
+            entries[i].name = keep[-1]
+            entries[i].data = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = buf.size
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        keep.append(entries)
+
+    def write(tmp: Path) -> None:
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+        if status != 0:
+            raise GGUFError(f"llama.cpp could not quantize {source.name} to {quant} (status {status}).")
+
+    return _atomic_file(target, write)
+
+
+# ---------------------------------------------------------------- importance matrix from calibration text
+
+
+def importance_matrix(checkpoint: Path, text: str, max_tokens: int = 4096, window: int = 512) -> dict[str, np.ndarray]:
+    """Mean squared input activation per input column of every linear layer, on calibration text.
+
+    The quantizer then rounds the weights that meet large activations more carefully. The text must be
+    calibration text, never the evaluation text, or the quality measured afterwards flatters the variant.
+    """
+    import gguf
+    from transformers import AutoConfig
+
+    from core.evaluate import token_windows, tokenize_text
+    from core.models import load_model, load_tokenizer
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(_module, inputs, _output):
+            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])  # [tokens, in]
+            sums[name] = sums.get(name, 0) + (x * x).sum(0)
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return record
+
+    handles = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module_name.startswith("model.layers."):
+            gguf_name = names.get_name(module_name + ".weight", try_suffixes=(".weight",))
+            if gguf_name:
+                handles.append(module.register_forward_hook(hook(gguf_name)))
+    try:
+        with torch.inference_mode():
+            for w in token_windows(tokenize_text(tokenizer, text), window, max_tokens):
+                model(input_ids=w)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: (sums[name] / counts[name]).numpy() for name in sums}
+
+
+# ---------------------------------------------------------------- the cache
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_file(target: Path, write: Callable[[Path], None]) -> Path:
+    """write(tmp) into a sibling temp file, record size and hash beside it, then rename into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        facts = {"size_bytes": tmp.stat().st_size, "sha256": _sha256(tmp)}
+        sidecar_tmp = tmp.with_name(tmp.name + SIDECAR)
+        sidecar_tmp.write_text(json.dumps(facts))
+        os.replace(tmp, target)  # the file first: a crash between the two renames leaves no valid sidecar
+        os.replace(sidecar_tmp, target.with_name(target.name + SIDECAR))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + SIDECAR).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def is_intact(path: Path) -> bool:
+    """The file exists and matches the size and sha256 recorded when it was written."""
+    sidecar = path.with_name(path.name + SIDECAR)
+    if not path.is_file() or not sidecar.is_file():
+        return False
+    try:
+        facts = json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return path.stat().st_size == facts.get("size_bytes") and _sha256(path) == facts.get("sha256")
+
+
+def _discard(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + SIDECAR).unlink(missing_ok=True)
+
+
+def checkpoint_tag(checkpoint: Path) -> str:
+    """Names the cache folder: the checkpoint's name plus a hash of where it is and which weights it holds."""
+    checkpoint = Path(checkpoint).resolve()
+    stamp = [str(checkpoint)] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                                 for p in sorted(checkpoint.glob("*.safetensors"))]
+    return f"{checkpoint.name}-{hashlib.sha256('|'.join(stamp).encode()).hexdigest()[:10]}"
+
+
+def cache_dir(checkpoint: Path) -> Path:
+    return data_dir() / "gguf" / checkpoint_tag(checkpoint)
+
+
+def calibration_text_path() -> Path:
+    from core.evaluate import ASSETS
+
+    return ASSETS / "eval" / "moe_calibration.txt"  # calibration text, kept apart from the evaluation prose
+
+
+def ensure_file(checkpoint: Path, config: GGUFConfig, threads: int = 0, progress: ProgressFn | None = None) -> Path:
+    """The GGUF file for (checkpoint, config), built once; a file that fails its check is rebuilt."""
+    say = progress or (lambda _m: None)
+    if config.quant != "f32" and (problem := llama_cpp_problem()):
+        raise GGUFError(problem)
+    folder = cache_dir(checkpoint)
+    target = folder / f"{config.file_stem}.gguf"
+    if is_intact(target):
+        return target
+    if target.exists():
+        say(f"{target.name} does not match its recorded size and hash; rebuilding it")
+        _discard(target)
+    base = folder / "f32.gguf"
+    if not is_intact(base):
+        _discard(base)
+        export_f32(checkpoint, base, say)
+    if config.quant == "f32":
+        return base
+    imatrix = None
+    if config.imatrix:
+        say("Computing an importance matrix on the calibration text")
+        imatrix = importance_matrix(checkpoint, calibration_text_path().read_text(encoding="utf-8"))
+    say(f"Quantizing to {config.file_stem} with llama.cpp")
+    return quantize(base, target, config.quant, threads, imatrix)

@@ -1,0 +1,177 @@
+"""GGUF export, llama.cpp's quantizer, the file cache and the llama.cpp runner, on the tiny model and the bundled one."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from core import gguf, runtimes, techniques
+from tests.conftest import needs_bundled
+
+needs_llama = pytest.mark.skipif(gguf.llama_cpp_problem() is not None,
+                                 reason=f"llama.cpp unavailable here: {gguf.llama_cpp_problem()}")
+
+
+def _mean_kl(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean KL(reference || other) over positions of two [T, V] log-prob tensors."""
+    return float((reference.exp() * (reference - other)).sum(-1).clamp_min(0).mean())
+
+
+def _transformers_logprobs(checkpoint, ids: torch.Tensor) -> torch.Tensor:
+    model = techniques.get("fp32").make(checkpoint)
+    with torch.inference_mode():
+        return torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+
+
+def test_rope_permutation_interleaves_each_heads_halves():
+    import numpy as np
+
+    # one head of dim 4, rows (a0, a1, b0, b1) in HF's half-split layout -> (a0, b0, a1, b1) interleaved
+    w = np.arange(8, dtype=np.float32).reshape(4, 2)
+    out = gguf._permute_for_rope(w, heads=1)
+    assert out[:, 0].tolist() == [0, 4, 2, 6]
+
+
+def test_unknown_quant_type_is_refused_before_anything_is_written(data_dir):
+    with pytest.raises(gguf.GGUFError, match="Unknown GGUF quant type 'q4_k_x'"):
+        gguf.GGUFConfig("q4_k_x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Unknown technique 'gguf-q4_k_x'"):
+        techniques.parse_keys("fp32,gguf-q4_k_x")
+    assert not (data_dir / "gguf").exists()
+
+
+def test_architecture_the_exporter_cannot_convert_is_refused(tmp_path, data_dir):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32))
+    model.save_pretrained(tmp_path / "gpt2-tiny")
+    with pytest.raises(gguf.GGUFError, match="cannot convert a 'gpt2' model to GGUF"):
+        gguf.ensure_file(tmp_path / "gpt2-tiny", gguf.GGUFConfig("f32"))
+    assert not any((data_dir / "gguf").rglob("*.gguf")) if (data_dir / "gguf").exists() else True
+
+
+def test_missing_llama_cpp_is_named_and_nothing_is_written(tiny_dir, data_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` now raises ImportError
+    reason = techniques.get("gguf-q4_k_m").why_not("cpu")
+    assert reason and "llama.cpp is not installed" in reason and "make setup" in reason
+    with pytest.raises(ValueError, match="llama.cpp is not installed"):
+        runtimes.load(techniques.get("gguf-q4_k_m"), "llama.cpp", tiny_dir, "cpu", 1)
+    with pytest.raises(gguf.GGUFError, match="llama.cpp is not installed"):
+        gguf.ensure_file(tiny_dir, gguf.GGUFConfig("q8_0"))
+    assert not (data_dir / "gguf").exists()
+
+
+def test_transformers_techniques_do_not_run_on_llama_cpp():
+    assert "runs on transformers" in runtimes.why_not(techniques.get("nf4"), "llama.cpp", "cpu")
+    with pytest.raises(ValueError, match="not on 'llama.cpp'"):
+        techniques.get("nf4@llama.cpp")
+
+
+@needs_llama
+def test_f32_gguf_on_llama_cpp_computes_the_transformers_model(tiny_dir):
+    path = gguf.ensure_file(tiny_dir, gguf.GGUFConfig("f32"))
+    runner = runtimes.get("llama.cpp").load  # noqa: F841  (the registry entry exists)
+    from core.runtimes.llamacpp import LlamaCppRunner
+
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26]])
+    llama = LlamaCppRunner(path, threads=2)
+    try:
+        got = llama.window_logprobs(ids)
+        streamed = [t for t, _ in llama.stream(ids, 6)]
+    finally:
+        llama.close()
+    expected = _transformers_logprobs(tiny_dir, ids)
+    assert _mean_kl(expected, got) < 1e-3
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)
+    model = techniques.get("fp32").make(tiny_dir)
+    from core import benchmark
+
+    eager = [t for t, _ in benchmark.stream_tokens(model, ids, 6)]
+    assert streamed[0] == eager[0]  # the first greedy token (a near-tie later may differ on random weights)
+
+
+@needs_llama
+def test_quantized_file_is_cached_and_a_corrupt_one_is_rebuilt(tiny_dir):
+    config = gguf.GGUFConfig("q8_0")
+    path = gguf.ensure_file(tiny_dir, config)
+    assert gguf.is_intact(path)
+    facts = json.loads(path.with_name(path.name + gguf.SIDECAR).read_text())
+    assert facts["size_bytes"] == path.stat().st_size
+    first_mtime = path.stat().st_mtime_ns
+    assert gguf.ensure_file(tiny_dir, config) == path and path.stat().st_mtime_ns == first_mtime  # reused
+    # truncate it, as a crash or a full disk would: detected, rebuilt, never loaded
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    assert not gguf.is_intact(path)
+    messages = []
+    rebuilt = gguf.ensure_file(tiny_dir, config, progress=messages.append)
+    assert gguf.is_intact(rebuilt) and any("rebuilding" in m for m in messages)
+    # flip one byte, same size: the hash catches it
+    data = bytearray(rebuilt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    rebuilt.write_bytes(bytes(data))
+    assert not gguf.is_intact(rebuilt)
+    assert gguf.is_intact(gguf.ensure_file(tiny_dir, config))
+    assert not list(path.parent.glob(".*"))  # no temporary file left behind
+
+
+@needs_llama
+def test_quantized_sizes_fall_with_bits(tiny_dir):
+    from core.runtimes.llamacpp import LlamaCppRunner
+
+    sizes = {}
+    for quant in ("f16", "q8_0", "q4_0"):
+        runner = LlamaCppRunner(gguf.ensure_file(tiny_dir, gguf.GGUFConfig(quant)), threads=1)
+        sizes[quant] = runner.bytes_held()
+        runner.close()
+    assert sizes["q4_0"] < sizes["q8_0"] < sizes["f16"]
+
+
+@needs_llama
+def test_importance_matrix_covers_every_block_linear(tiny_dir):
+    matrix = gguf.importance_matrix(tiny_dir, gguf.calibration_text_path().read_text(), max_tokens=256, window=64)
+    assert "blk.0.attn_q.weight" in matrix and "blk.1.ffn_down.weight" in matrix
+    assert matrix["blk.0.ffn_down.weight"].shape == (128,)  # one value per input column (intermediate size)
+    assert all((v >= 0).all() for v in matrix.values())
+
+
+@needs_llama
+def test_llama_cpp_scores_multiple_choice_like_transformers(tiny_dir):
+    from core import evaluate, models
+
+    tokenizer = models.load_tokenizer(tiny_dir)
+    items = evaluate.load_mc_jsonl(evaluate.DEFAULT_MC_SET)[:4]
+    runner = runtimes.load(techniques.get("gguf-f16"), "llama.cpp", tiny_dir, "cpu", 2)
+    try:
+        got = runner.choice_logprobs(tokenizer, items)
+    finally:
+        runner.close()
+    expected = evaluate.batch_choice_logprobs(techniques.get("fp32").make(tiny_dir), tokenizer, items)
+    for g, e in zip(got, expected):
+        assert g == pytest.approx(e, abs=0.05)  # f16 weights: small rounding, same choices scored
+
+
+@needs_llama
+@needs_bundled
+@pytest.mark.slow
+def test_bundled_f32_gguf_matches_transformers_fp32():
+    """Both runtimes compute the same model: mean KL divergence below 1e-3 on real text."""
+    from core import evaluate, models
+
+    checkpoint = models.prepare(models.BUNDLED[models.DEFAULT_MODEL])
+    tokenizer = models.load_tokenizer(checkpoint)
+    ids = evaluate.token_windows(evaluate.tokenize_text(tokenizer, evaluate.read_text(evaluate.DEFAULT_PPL_TEXT)), 256, 256)[0]
+    from core.runtimes.llamacpp import LlamaCppRunner
+
+    runner = LlamaCppRunner(gguf.ensure_file(checkpoint, gguf.GGUFConfig("f32")), threads=2)
+    try:
+        got = runner.window_logprobs(ids)
+    finally:
+        runner.close()
+    expected = _transformers_logprobs(checkpoint, ids)
+    kl = _mean_kl(expected, got)
+    assert kl < 1e-3, f"mean KL {kl:.2e}"
+    assert float((expected.argmax(-1) == got.argmax(-1)).float().mean()) > 0.99
