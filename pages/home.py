@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core import benchmark, evaluate, fit, models, recommend, techniques
+from core import benchmark, evaluate, fit, models, recommend, runtimes, techniques
 from pages.common import choice, store
 
 TOUR = evaluate.ASSETS / "tour"
@@ -32,6 +32,8 @@ GLOSSARY = {
                             "those it agrees with. Same text, faster only when the draft is cheap and usually right.",
     "Pareto frontier": "The variants no other variant beats on both quality and cost at once: the only ones worth choosing from.",
     "Memory-bandwidth limit": "Writing one token reads every weight once, so memory speed / model size caps tokens/s.",
+    "Runtime": "The software that runs a model: eager PyTorch (transformers), compiled PyTorch, or llama.cpp on a GGUF file.",
+    "GGUF": "The file format llama.cpp reads: weights already quantized in blocks (Q8_0, Q4_K_M, ...), plus the tokenizer.",
     "$ per 1M tokens": "What generating a million tokens costs at the chosen hardware's hourly price.",
 }
 
@@ -91,6 +93,12 @@ st.markdown(
     "- **Multiple-choice accuracy** on questions written for this project, scored by log-likelihood, "
     "with a 95% bootstrap confidence interval."
 )
+
+st.subheader("Where a variant runs: the runtimes")
+st.write("The same weights run at very different speeds depending on the software that runs them. Each "
+         "measurement says which runtime produced it, and the map draws each runtime with its own symbol.")
+for r in runtimes.all_runtimes().values():
+    st.markdown(f"**{r.label}**: {r.explanation}")
 
 st.subheader("The variants")
 for t in techniques.TECHNIQUES.values():

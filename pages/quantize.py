@@ -12,7 +12,7 @@ from core.tables import provenance_lines, summary_rows
 from pages.common import choice, job_panel, job_slot, save_upload, store
 
 PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
-DEFAULT_PICK = ["fp32", "bf16", "int8", "nf4", "dyn-int8"]
+DEFAULT_PICK = ["fp32", "bf16", "int8", "nf4", "dyn-int8", "gguf-q8_0", "gguf-q4_k_m"]
 DEFAULTS = SweepSettings()
 
 st.title("Quantize")
@@ -21,7 +21,8 @@ st.write("Store the same model's weights in fewer bits, then measure what that b
 picked = choice()
 device = benchmark.pick_device("auto")
 
-QUANT_KEYS = [k for k, t in techniques.TECHNIQUES.items() if t.family in ("reference", "quantization")]
+# Quantization on every runtime: bitsandbytes and torch in transformers, compiled decode, llama.cpp's GGUF files.
+QUANT_KEYS = [k for k, t in techniques.TECHNIQUES.items() if t.family in ("reference", "quantization", "gguf")]
 keys = st.multiselect("Variants to measure", QUANT_KEYS, default=DEFAULT_PICK,
                       format_func=lambda k: techniques.TECHNIQUES[k].label)
 for k in keys:

@@ -1,0 +1,89 @@
+"""The runtime seam: every runtime implements Runner, and the harness drives each one the same way."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core import benchmark, evaluate, models, runtimes, techniques
+
+
+def test_registry_lists_each_runtime_once_with_words():
+    found = runtimes.all_runtimes()
+    assert set(found) == {"transformers", "transformers-compiled", "llama.cpp"}
+    assert all(r.label and r.explanation for r in found.values())
+    with pytest.raises(ValueError, match="Unknown runtime 'vllm'"):
+        runtimes.get("vllm")
+
+
+def test_variant_keys_bind_a_technique_to_a_runtime():
+    compiled = techniques.get("bf16@transformers-compiled")
+    assert compiled.runtime == "transformers-compiled" and compiled.config == techniques.get("bf16").config
+    assert techniques.get("fp32@transformers").key == "fp32"  # the default runtime keeps the plain key
+    assert techniques.get("fp32@transformers-compiled").family != "reference"  # one reference only
+    assert techniques.parse_keys("fp32,fp32@transformers-compiled") == ["fp32", "fp32@transformers-compiled"]
+    with pytest.raises(ValueError, match="not on 'transformers-compiled'"):
+        techniques.get("nf4@transformers-compiled")
+
+
+def test_every_loaded_variant_is_a_runner(tiny_dir):
+    for key in ("fp32", "fp32@transformers-compiled", "gguf-q8_0"):
+        technique = techniques.get(key)
+        if reason := runtimes.why_not(technique, technique.runtime, "cpu"):
+            continue  # e.g. llama.cpp not built here: covered by test_gguf's skip
+        runner = runtimes.load(technique, technique.runtime, tiny_dir, "cpu", threads=1)
+        try:
+            assert isinstance(runner, runtimes.Runner) and runner.runtime == technique.runtime
+        finally:
+            runner.close()
+
+
+def test_compiled_decode_generates_the_eager_tokens_and_reports_compile_time_apart(tiny_dir):
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    eager = runtimes.load(techniques.get("fp32"), "transformers", tiny_dir, "cpu", 1)
+    compiled = runtimes.load(techniques.get("fp32@transformers-compiled"), "transformers-compiled", tiny_dir, "cpu", 1)
+    first = benchmark.timed_generation(compiled, ids, new_tokens=6)
+    second = benchmark.timed_generation(compiled, ids, new_tokens=6)  # the compiled step is reused, not rebuilt
+    expected = benchmark.timed_generation(eager, ids, new_tokens=6)
+    assert first.token_ids == second.token_ids == expected.token_ids
+    facts = compiled.facts()
+    assert facts["compile_s"] > 0 and facts["static_cache_tokens"] == compiled.CACHE_TOKENS
+    # compile time is not decode time: the timed run after compiling is far shorter than compiling was
+    assert second.ttft_s + second.decode_s < facts["compile_s"]
+
+
+def test_compiled_runtime_refuses_a_prompt_longer_than_its_static_cache(tiny_dir):
+    compiled = runtimes.load(techniques.get("fp32@transformers-compiled"), "transformers-compiled", tiny_dir, "cpu", 1)
+    too_long = torch.ones(1, compiled.CACHE_TOKENS, dtype=torch.long)
+    with pytest.raises(ValueError, match="static cache"):
+        list(compiled.stream(too_long, 4))
+
+
+def test_a_torch_model_passes_through_the_seam_as_an_eager_runner(tiny):
+    model, tokenizer = tiny
+    items = evaluate.load_mc_jsonl(evaluate.DEFAULT_MC_SET)[:3]
+    runner = runtimes.as_runner(model)
+    assert runner.runtime == "transformers" and runtimes.as_runner(runner) is runner
+    assert runner.choice_logprobs(tokenizer, items) == evaluate.batch_choice_logprobs(model, tokenizer, items)
+    assert runner.bytes_held() == benchmark.bytes_held(model)
+
+
+def test_bitsandbytes_variants_say_why_they_do_not_compile():
+    reason = runtimes.get("transformers-compiled").unsupported(techniques.get("nf4"), "cpu")
+    assert reason and "bitsandbytes" in reason
+
+
+def test_sweep_record_names_its_runtime(tiny_dir, data_dir):
+    from core.store import ResultStore
+    from core.sweep import SweepSettings, run_sweep
+
+    settings = SweepSettings(new_tokens=3, repeats=1, warmup_runs=0, mc_max_items=2, ppl_max_tokens=64,
+                             ppl_window_tokens=32)
+    keys = ["fp32", "fp32@transformers-compiled"]
+    records = run_sweep(str(tiny_dir), keys, settings, store=ResultStore())
+    assert [r.runtime for r in records] == ["transformers", "transformers-compiled"]
+    assert [r.technique for r in records] == keys
+    assert "compile_s" in records[1].variant_facts
+    # same weights, same eager quality pass: the compiled variant matches the reference's quality
+    assert records[1].kld_mean == pytest.approx(0.0, abs=1e-6)
+    assert models.resolve(str(tiny_dir)).source == "local"
