@@ -340,7 +340,7 @@ def hardware_fingerprint(device: str) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    names = ["torch", "transformers", "bitsandbytes", "peft", "accelerate", "numpy"]
+    names = ["torch", "transformers", "bitsandbytes", "peft", "accelerate", "numpy", "llama_cpp_python"]
     out = {"python": platform.python_version()}
     for name in names:
         try:

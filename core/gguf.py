@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -219,12 +221,50 @@ def quantize(source: Path, target: Path, quant: str, threads: int = 0,
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
         keep.append(entries)
 
-    def write(tmp: Path) -> None:
-        status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
-        if status != 0:
-            raise GGUFError(f"llama.cpp could not quantize {source.name} to {quant} (status {status}).")
+    log: list[str] = []
 
-    return _atomic_file(target, write)
+    def write(tmp: Path) -> None:
+        with _captured_llama_log(log):
+            status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+        if status != 0:
+            tail = "".join(log).strip().splitlines()[-1:] or ["no log"]
+            raise GGUFError(f"llama.cpp could not quantize {source.name} to {quant} (status {status}): {tail[0]}")
+
+    return _atomic_file(target, write, lambda: quantizer_facts("".join(log)))
+
+
+_FALLBACK = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback quantization")
+
+
+def quantizer_facts(log: str) -> dict[str, int]:
+    """What llama.cpp's quantizer could not do as asked, from its log.
+
+    k-quants pack weights in blocks of 256 along a row; a tensor whose rows are not a multiple of 256 wide
+    (SmolLM2-135M's are 576) gets a legacy 32-block type instead (q5_0, q8_0, ...), so the file's mix differs
+    from what its name says.
+    """
+    found = _FALLBACK.search(log)
+    return {"fallback_tensors": int(found.group(1)), "quantized_tensors": int(found.group(2))} if found else \
+        {"fallback_tensors": 0}
+
+
+@contextmanager
+def _captured_llama_log(lines: list[str]):
+    """Route llama.cpp's log lines into `lines` (not the terminal) for the duration, then restore the binding's."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp import _logger
+
+    @llama_cpp.llama_log_callback
+    def keep(_level, text, _user):
+        lines.append(text.decode("utf-8", errors="replace"))
+
+    llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 # ---------------------------------------------------------------- importance matrix from calibration text
@@ -282,15 +322,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_file(target: Path, write: Callable[[Path], None]) -> Path:
-    """write(tmp) into a sibling temp file, record size and hash beside it, then rename into place."""
+def _atomic_file(target: Path, write: Callable[[Path], None], extra: Callable[[], dict] | None = None) -> Path:
+    """write(tmp) into a sibling temp file, record size and hash (and `extra()`) beside it, then rename into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         write(tmp)
-        facts = {"size_bytes": tmp.stat().st_size, "sha256": _sha256(tmp)}
+        facts = {**(extra() if extra else {}), "size_bytes": tmp.stat().st_size, "sha256": _sha256(tmp)}
         sidecar_tmp = tmp.with_name(tmp.name + SIDECAR)
         sidecar_tmp.write_text(json.dumps(facts))
         os.replace(tmp, target)  # the file first: a crash between the two renames leaves no valid sidecar
@@ -312,6 +352,14 @@ def is_intact(path: Path) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     return path.stat().st_size == facts.get("size_bytes") and _sha256(path) == facts.get("sha256")
+
+
+def file_facts(path: Path) -> dict:
+    """What was recorded beside a cached file when it was written (size, sha256, quantizer facts)."""
+    try:
+        return json.loads(path.with_name(path.name + SIDECAR).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def _discard(path: Path) -> None:

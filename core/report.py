@@ -112,7 +112,7 @@ def records_csv(records: Sequence[VariantRecord]) -> str:
 # --- the HTML report -------------------------------------------------------------------------------
 
 TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (  # (field, heading, format)
-    ("label", "Variant", ""), ("technique", "Technique", ""), ("family", "Family", ""),
+    ("label", "Variant", ""), ("technique", "Technique", ""), ("runtime", "Runtime", ""), ("family", "Family", ""),
     ("size_mb", "MB held", ".0f"), ("decode_tokens_per_s_median", "Decode tok/s", ".1f"),
     ("ttft_ms_median", "TTFT ms", ".0f"), ("usd_per_1m_tokens", "$ / 1M tokens", ".4f"),
     ("top1_agreement", "Top-1 agreement", ".1%"), ("kld_mean", "KLD nats", ".3f"),

@@ -10,6 +10,7 @@ def summary_rows(records: list[VariantRecord]) -> list[dict]:
         {
             "variant": r.label,
             "technique": r.technique,
+            "runtime": r.runtime,
             "MB held": r.size_mb,
             "peak RSS +MB": r.peak_mem_mb,
             "TTFT ms (median)": r.ttft_ms_median,

@@ -156,7 +156,9 @@ TECHNIQUES: dict[str, Technique] = {
 }
 K_QUANTS = ("k-quants mix bit widths per tensor: the tensors that hurt most when rounded (attention values, "
             "the feed-forward down projection in some layers, the output table) keep more bits, so the file is larger "
-            "than the name's bit count times the parameters.")
+            "than the name's bit count times the parameters. They pack rows in blocks of 256 weights: a model whose "
+            "width is not a multiple of 256 (SmolLM2-135M's is 576) gets older 32-weight block types (Q5_0, Q8_0) for "
+            "those tensors instead; the record counts them (variant facts: fallback_tensors).")
 TECHNIQUES |= {t.key: t for t in [
     _gguf("f16", "GGUF F16 (llama.cpp)",
           "Every weight as a 16-bit float in a GGUF file, run by llama.cpp's CPU kernels.",

@@ -75,7 +75,7 @@ if not records:
 st.subheader("Results on this machine")
 st.dataframe(summary_rows(records), hide_index=True, column_config={
     "measured": st.column_config.TextColumn(), **{c: st.column_config.NumberColumn(format="%.3g")
-                                                 for c in summary_rows(records)[0] if c not in ("variant", "technique", "measured")}})
+                                                 for c in summary_rows(records)[0] if c not in ("variant", "technique", "runtime", "measured")}})
 for line in provenance_lines(records):
     st.caption(line)
 

@@ -131,6 +131,15 @@ def test_quantized_sizes_fall_with_bits(tiny_dir):
 
 
 @needs_llama
+def test_k_quant_fallback_on_narrow_rows_is_recorded(tiny_dir):
+    # the tiny model's rows are 64 or 128 wide, never a multiple of k-quants' 256-weight blocks
+    path = gguf.ensure_file(tiny_dir, gguf.GGUFConfig("q4_k_m"))
+    facts = gguf.file_facts(path)
+    assert facts["fallback_tensors"] > 0 and facts["quantized_tensors"] >= facts["fallback_tensors"]
+    assert gguf.quantizer_facts("no such line") == {"fallback_tensors": 0}
+
+
+@needs_llama
 def test_importance_matrix_covers_every_block_linear(tiny_dir):
     matrix = gguf.importance_matrix(tiny_dir, gguf.calibration_text_path().read_text(), max_tokens=256, window=64)
     assert "blk.0.attn_q.weight" in matrix and "blk.1.ffn_down.weight" in matrix

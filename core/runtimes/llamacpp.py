@@ -115,7 +115,10 @@ class LlamaCppRunner:
     def facts(self) -> dict[str, Any]:
         import llama_cpp
 
-        return {"gguf_file_bytes": self.path.stat().st_size, "gguf_file": self.path.name,
+        from core.gguf import file_facts
+
+        recorded = {k: v for k, v in file_facts(self.path).items() if k in ("fallback_tensors", "quantized_tensors")}
+        return {**recorded, "gguf_file_bytes": self.path.stat().st_size, "gguf_file": self.path.name,
                 "gguf_params": int(llama_cpp.llama_model_n_params(self._llm.model)),
                 "load_s": self._load_s, "llama_cpp_version": _binding_version(),
                 "threads": self.threads, "context_tokens": CONTEXT_TOKENS}
