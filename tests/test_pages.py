@@ -116,6 +116,17 @@ def test_tradeoff_map_draws_both_maps_with_frontier():
     assert "NF4" in captions
 
 
+def test_tradeoff_map_log_by_default_linear_on_toggle_and_a_row_per_point():
+    seed_sweep(ResultStore())
+    at = page("pages/tradeoff_map.py").run()
+    no_errors(at)
+    assert '"type":"log"' in at.get("plotly_chart")[0].proto.spec.replace(" ", "")
+    assert sorted(at.dataframe[0].value["technique"]) == ["fp32", "nf4"]
+    at.radio[1].set_value("linear").run()
+    no_errors(at)
+    assert '"type":"log"' not in at.get("plotly_chart")[0].proto.spec.replace(" ", "")
+
+
 def test_tradeoff_map_switches_quality_metric():
     seed_sweep(ResultStore())
     at = page("pages/tradeoff_map.py").run()
