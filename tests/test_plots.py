@@ -314,3 +314,12 @@ def test_map_rows_list_every_point_frontier_first():
     flags = [r["on frontier"] for r in rows]
     assert flags == sorted(flags, reverse=True) and any(flags) and not all(flags)
     assert {r["runtime"] for r in rows} == set(RUNTIMES)
+
+
+def test_the_sentence_names_the_runtime_when_the_best_variant_runs_elsewhere():
+    records = sweep() + [make_record(technique="gguf-q4_k_m", label="GGUF Q4_K_M", family="gguf", runtime="llama.cpp",
+                                     size_mb=105.0, decode_tokens_per_s_median=70.0, decode_tokens_per_s_p10=65.0,
+                                     decode_tokens_per_s_p90=74.0, usd_per_1m_tokens=2.5 * 20 / 70, kld_mean=0.09)]
+    sentence = what_you_give_up(records, "kld_mean", "latency")
+    assert "GGUF Q4_K_M (on llama.cpp), decodes 3.5x faster than FP32" in sentence
+    assert "(on " not in what_you_give_up(sweep(), "kld_mean", "latency")
