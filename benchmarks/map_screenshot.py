@@ -1,6 +1,7 @@
 """Layout check: the Trade-off Map with ~30 variants of every family and runtime, screenshotted in headless Chromium.
 
     .venv/bin/python benchmarks/map_screenshot.py artifacts/tradeoff_map.png
+    .venv/bin/python benchmarks/map_screenshot.py artifacts/real_map.png --data data   # a real store instead
 
 The records are invented for layout only (spread like the ones measured on 2-core CPUs: one 0.6 tok/s
 outlier, KL divergences from 0.0005 to 1.5 nats); they go to a throwaway data dir, never to data/.
@@ -72,10 +73,19 @@ def seed(data_dir: Path) -> None:
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "artifacts/tradeoff_map.png").resolve()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", nargs="?", default="artifacts/tradeoff_map.png", type=Path)
+    parser.add_argument("--data", type=Path, help="serve this existing data dir instead of invented records")
+    args = parser.parse_args()
+    out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(tempfile.mkdtemp(prefix="map-shot-"))
-    seed(data_dir)
+    if args.data:
+        data_dir = args.data.resolve()
+    else:
+        data_dir = Path(tempfile.mkdtemp(prefix="map-shot-"))
+        seed(data_dir)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -106,7 +116,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
-    print(f"{len(VARIANTS)} variants; screenshot {out}")
+    print(f"{'store ' + str(data_dir) if args.data else f'{len(VARIANTS)} invented variants'}; screenshot {out}")
 
 
 if __name__ == "__main__":
