@@ -366,7 +366,7 @@ def _frontier_labels(records: Sequence[VariantRecord], metric: QualityMetric, ax
         y_text = top - (slot + 0.5) * (top - bottom) / n  # slot 0 at the top of the screen
         labels.append(dict(x=x, y=y, xref="x", yref="y", ax=x_text, ay=y_text, axref="x", ayref="y",
                            text=records[i].label, xanchor="left", showarrow=True, arrowhead=0, arrowwidth=1,
-                           arrowcolor="grey", font=dict(size=11)))
+                           arrowcolor="rgba(128, 128, 128, 0.45)", font=dict(size=11)))
     return labels
 
 
