@@ -151,6 +151,23 @@ def load_mc_jsonl(path: Path) -> list[MCItem]:
     return [_mc_item(row, where) for where, row in jsonl_rows(path, example)]
 
 
+def load_arc_jsonl(path: Path, limit: int | None = None) -> list[MCItem]:
+    """ARC (AI2 Reasoning Challenge) jsonl in its original layout: {"question": {"stem", "choices": [{"text",
+    "label"}]}, "answerKey"}. The answer is found by label, never by letter position: some items use "1".."4"."""
+    example = '{"question": {"stem": "...", "choices": [{"text": "...", "label": "A"}]}, "answerKey": "A"}'
+    items = []
+    for where, row in jsonl_rows(path, example)[:limit]:
+        try:
+            q, choices = row["question"]["stem"], row["question"]["choices"]
+            labels = [c["label"] for c in choices]
+            answer = labels.index(row["answerKey"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{where}: not an ARC item with a question stem, labelled choices and an answerKey "
+                             f"among the labels; expected {example}.") from None
+        items.append(_mc_item({"question": q, "choices": [c["text"] for c in choices], "answer": answer}, where))
+    return items
+
+
 def _mc_item(row: object, where: str) -> MCItem:
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}.")
@@ -248,9 +265,27 @@ def bootstrap_ci(correct: list[bool], n_boot: int = 2000, seed: int = 0, level: 
     return lo, hi
 
 
+def mc_picks(scores: list[float], choices: tuple[str, ...]) -> tuple[int, int]:
+    """(raw pick, length-normalised pick): argmax of the summed log-probs, and of log-prob / len(choice).
+
+    len(choice) counts characters of the choice without the leading " " delimiter, as lm-eval's acc_norm.
+    Choices are validated non-empty; max(1, ...) only keeps a hand-made empty one from dividing by zero.
+    """
+    per_char = [s / max(1, len(c)) for s, c in zip(scores, choices)]
+    first_max = lambda xs: max(range(len(xs)), key=xs.__getitem__)  # noqa: E731 - first index on ties
+    return first_max(scores), first_max(per_char)
+
+
 def mc_accuracy(model, tokenizer, items: list[MCItem], device: str = "cpu", tick: Tick = _noop,
                 seed: int = 0, batch_items: int = 16) -> MCResult:
-    """Raw accuracy (highest summed log-prob) and length-normalised accuracy (per byte, as lm-eval's acc_norm)."""
+    """Raw accuracy (highest summed log-prob) and length-normalised accuracy, computed as lm-eval's acc_norm.
+
+    Both score the continuation " " + choice (the space is the target delimiter and its log-prob counts).
+    The normalised pick divides that summed log-prob by len(choice): Python characters of the choice
+    alone, without the delimiter, not bytes and not tokens, exactly as lm-evaluation-harness 0.4's
+    multiple_choice process_results does. Ties go to the first choice, as with np.argmax.
+    `model` is a Runner of any runtime, or a torch model (run eagerly).
+    """
     from core.runtimes import as_runner
 
     runner = as_runner(model, device)
@@ -260,9 +295,7 @@ def mc_accuracy(model, tokenizer, items: list[MCItem], device: str = "cpu", tick
         tick(len(all_scores) / len(items))
     per_item, raw, norm = [], [], []
     for i, (item, scores) in enumerate(zip(items, all_scores)):
-        per_byte = [s / max(1, len((" " + c).encode())) for s, c in zip(scores, item.choices)]
-        pick = max(range(len(scores)), key=scores.__getitem__)
-        pick_norm = max(range(len(per_byte)), key=per_byte.__getitem__)
+        pick, pick_norm = mc_picks(scores, item.choices)
         raw.append(pick == item.answer)
         norm.append(pick_norm == item.answer)
         per_item.append({"index": i, "question": item.question, "answer": item.answer, "pick": pick,

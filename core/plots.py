@@ -16,7 +16,18 @@ from plotly.colors import qualitative
 
 from core.records import VariantRecord
 
-MAX_BUBBLE_PX = 60  # diameter of the largest bubble
+MAX_BUBBLE_PX = 30  # diameter of the largest bubble: small enough that 30 variants stay apart
+# KL divergence is 0 for the reference and spans 1e-3 (bf16) to several nats: a log axis separates them,
+# and this floor, added to every value, puts the reference a decade below the best measured variant
+KLD_LOG_FLOOR = 1e-4
+LOG_PAD_DECADES = 0.15  # room around the outermost points on a log axis
+LABEL_MARGIN_PX = 190  # right margin that holds the frontier's labels
+LABEL_SLOT_PX = 22  # vertical room per label; the figure grows when the frontier needs more
+# fixed colours so a family looks the same on every chart and every page
+FAMILY_COLORS = {"reference": "#000000", "quantization": "#1f77b4", "gguf": "#d62728", "moe": "#2ca02c",
+                 "distillation": "#9467bd", "lora": "#ff7f0e", "speculative": "#8c564b"}
+RUNTIME_SYMBOLS = {"transformers": "circle", "transformers-compiled": "diamond", "llama.cpp": "square"}
+OTHER_SYMBOL = "triangle-up"
 FRONTIER_NAME = "Pareto frontier"
 ROOFLINE_NAME = "Memory-bandwidth limit"
 BUBBLE_NOTE = "bubble size = MB held"
@@ -186,8 +197,13 @@ def _require_one_machine(records: Sequence[VariantRecord]) -> None:
 
 def _family_colors(records: Sequence[VariantRecord]) -> dict[str, str]:
     families = sorted({r.family for r in records})
-    palette = qualitative.Plotly
-    return {family: palette[i % len(palette)] for i, family in enumerate(families)}
+    unknown = [f for f in families if f not in FAMILY_COLORS]
+    palette = qualitative.Dark24
+    return {f: FAMILY_COLORS.get(f) or palette[unknown.index(f) % len(palette)] for f in families}
+
+
+def _runtime(record: VariantRecord) -> str:
+    return getattr(record, "runtime", None) or "transformers"
 
 
 def _fmt(value: float, spec: str) -> str:
@@ -197,7 +213,7 @@ def _fmt(value: float, spec: str) -> str:
 def _hover_text(record: VariantRecord) -> str:
     ci = record.mc_accuracy_ci95 or [math.nan, math.nan]
     lines = [
-        f"<b>{record.label}</b> ({record.technique}, {record.family})",
+        f"<b>{record.label}</b> ({record.technique}, {record.family}, runtime {_runtime(record)})",
         f"Size held: {_fmt(record.size_mb, '.1f')} MB; peak memory: {_fmt(record.peak_mem_mb, '.1f')} MB",
         f"Decode: {_fmt(record.decode_tokens_per_s_median, '.1f')} tokens/s "
         f"(p10 {_fmt(record.decode_tokens_per_s_p10, '.1f')}, p90 {_fmt(record.decode_tokens_per_s_p90, '.1f')})"
@@ -243,42 +259,81 @@ def _empty_figure(message: str) -> go.Figure:
 # --- the trade-off map -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MapAxes:
+    """How the map draws its axes: log (default) separates values that span decades; linear shows them as is."""
+    log: bool = True
+
+    def y_value(self, value: float, metric: QualityMetric) -> float:
+        # only KL divergence is shifted, and only on a log axis, where its zero could not be drawn
+        return value + KLD_LOG_FLOOR if self.log and metric.key == "kld_mean" and _finite(value) else value
+
+    def y_is_log(self, metric: QualityMetric) -> bool:
+        return self.log and metric.key in ("kld_mean", "perplexity")
+
+    def y_title(self, metric: QualityMetric) -> str:
+        if self.log and metric.key == "kld_mean":
+            return f"KLD + {KLD_LOG_FLOOR:g} floor, nats/token, log (↑ better)"
+        return metric.axis_title + (", log" if self.y_is_log(metric) else "")
+
+
+def _frontier_indices(records: Sequence[VariantRecord], metric: QualityMetric, axis: CostAxis) -> list[int]:
+    points = [(axis.interval(r).value, getattr(r, metric.key)) for r in records]
+    return pareto_front(points, metric.higher_is_better)  # any monotone axis scaling keeps the same front
+
+
 def _family_trace(
-    records: Sequence[VariantRecord], family: str, color: str, metric: QualityMetric, axis: CostAxis, sizeref: float
+    records: Sequence[VariantRecord], family: str, color: str, metric: QualityMetric, axis: CostAxis, sizeref: float,
+    axes: MapAxes,
 ) -> go.Scatter:
+    """One family's bubbles, without text: labels go to the frontier only (see _frontier_labels).
+
+    Every point keeps its full hover text, and the page lists every point in a table.
+    """
     xs = [axis.interval(r) for r in records]
     ys = [quality_interval(r, metric) for r in records]
+    shifted = [Interval(*(axes.y_value(v, metric) for v in (iv.value, iv.low, iv.high))) for iv in ys]
     return go.Scatter(
         x=[iv.value for iv in xs],
-        y=[iv.value for iv in ys],
-        mode="markers+text",
+        y=[iv.value for iv in shifted],
+        mode="markers",
         name=family,
-        text=[r.label for r in records],
-        textposition="top center",
+        legendgroup="family",
+        legendgrouptitle=dict(text="colour = family"),
         marker=dict(
             size=[r.size_mb if _finite(r.size_mb) else 0.0 for r in records],
             sizemode="area",
             sizeref=sizeref,
-            sizemin=4,
+            sizemin=7,
             color=color,
+            symbol=[RUNTIME_SYMBOLS.get(_runtime(r), OTHER_SYMBOL) for r in records],
             opacity=0.75,
             line=dict(width=1, color="DarkSlateGrey"),
         ),
         error_x=_error_bars(xs),
-        error_y=_error_bars(ys),
+        error_y=_error_bars(shifted),
         customdata=[_hover_text(r) for r in records],
         hovertemplate="%{customdata}<extra></extra>",
     )
 
 
-def _frontier_trace(records: Sequence[VariantRecord], metric: QualityMetric, axis: CostAxis) -> go.Scatter | None:
-    points = [(axis.interval(r).value, getattr(r, metric.key)) for r in records]
-    front = pareto_front(points, metric.higher_is_better)
+def _runtime_legend(records: Sequence[VariantRecord]) -> list[go.Scatter]:
+    """Legend-only entries (no points) that say which symbol is which runtime."""
+    runtimes = sorted({_runtime(r) for r in records})
+    return [go.Scatter(x=[None], y=[None], mode="markers", name=rt, legendgroup="runtime",
+                       legendgrouptitle=dict(text="symbol = runtime"), hoverinfo="skip",
+                       marker=dict(symbol=RUNTIME_SYMBOLS.get(rt, OTHER_SYMBOL), size=10, color="grey"))
+            for rt in runtimes]
+
+
+def _frontier_trace(records: Sequence[VariantRecord], metric: QualityMetric, axis: CostAxis,
+                    axes: MapAxes) -> go.Scatter | None:
+    front = _frontier_indices(records, metric, axis)
     if not front:
         return None
     return go.Scatter(
-        x=[points[i][0] for i in front],
-        y=[points[i][1] for i in front],
+        x=[axis.interval(records[i]).value for i in front],
+        y=[axes.y_value(getattr(records[i], metric.key), metric) for i in front],
         mode="lines",
         name=FRONTIER_NAME,
         line=dict(dash="dash", color="grey", width=1.5),
@@ -286,33 +341,118 @@ def _frontier_trace(records: Sequence[VariantRecord], metric: QualityMetric, axi
     )
 
 
-def tradeoff_figure(records: Sequence[VariantRecord], metric_key: str, axis_key: str) -> go.Figure:
-    """Bubble map of quality (y, better up) against speed or cost (x, better left), with the frontier."""
+def _frontier_labels(records: Sequence[VariantRecord], metric: QualityMetric, axis: CostAxis, axes: MapAxes,
+                     x_range: list[float] | None, y_range: list[float] | None, x_log: bool,
+                     y_log: bool) -> list[dict]:
+    """One label per frontier point, in a column right of the plot with an arrow to its point.
+
+    Labels placed next to their points overlap as soon as two frontier points are close; in a
+    column, the labels sit in evenly spaced slots (in the same top-to-bottom order as their points,
+    so arrows do not cross), so they cannot overlap however the points lie.
+    """
+    front = _frontier_indices(records, metric, axis)
+    if not front or x_range is None or y_range is None:
+        return []
+    to_x = (lambda v: math.log10(v)) if x_log else (lambda v: v)  # annotations on a log axis take log10
+    to_y = (lambda v: math.log10(v)) if y_log else (lambda v: v)
+    points = [(to_x(axis.interval(records[i]).value), to_y(axes.y_value(getattr(records[i], metric.key), metric)), i)
+              for i in front]
+    top, bottom = y_range[1], y_range[0]  # y_range runs bottom -> top of the screen, reversed or not
+    points.sort(key=lambda p: (p[1] - bottom) / (top - bottom) if top != bottom else 0.0, reverse=True)
+    n = len(points)
+    x_text = x_range[1] + 0.02 * (x_range[1] - x_range[0])  # just right of the plot area
+    labels = []
+    for slot, (x, y, i) in enumerate(points):
+        y_text = top - (slot + 0.5) * (top - bottom) / n  # slot 0 at the top of the screen
+        labels.append(dict(x=x, y=y, xref="x", yref="y", ax=x_text, ay=y_text, axref="x", ayref="y",
+                           text=records[i].label, xanchor="left", showarrow=True, arrowhead=0, arrowwidth=1,
+                           arrowcolor="rgba(128, 128, 128, 0.45)", font=dict(size=11)))
+    return labels
+
+
+def _data_range(values: Sequence[float], log: bool) -> list[float] | None:
+    """Axis range from the points themselves (not their error bars), so a wide p10–p90 bar cannot stretch it."""
+    finite = [v for v in values if _finite(v) and (v > 0 or not log)]
+    if not finite:
+        return None
+    lo, hi = min(finite), max(finite)
+    if log:
+        lo, hi = math.log10(lo), math.log10(hi)
+        return [lo - LOG_PAD_DECADES, hi + LOG_PAD_DECADES]
+    pad = 0.08 * (hi - lo) or 0.1 * abs(hi) or 1.0
+    return [lo - pad, hi + pad]
+
+
+def tradeoff_figure(records: Sequence[VariantRecord], metric_key: str, axis_key: str, log: bool = True) -> go.Figure:
+    """Bubble map of quality (y, better up) against speed or cost (x, better left), with the frontier.
+
+    log=True draws latency/cost and KL divergence (plus KLD_LOG_FLOOR) or perplexity on log axes, so a
+    0.6 tok/s outlier or a 0.001-nat variant does not squeeze the rest into one corner. Colour is the
+    family, symbol the runtime, bubble area the MB held; only Pareto-frontier points are labelled.
+    """
     metric, axis = get_metric(metric_key), get_cost_axis(axis_key)
     if not records:
         return _empty_figure("No results yet: measure some variants first.")
     _require_one_machine(records)
+    axes = MapAxes(log=log)
     colors, sizeref = _family_colors(records), _bubble_sizeref(records)
     fig = go.Figure()
     for family, color in colors.items():
         members = [r for r in records if r.family == family]
-        fig.add_trace(_family_trace(members, family, color, metric, axis, sizeref))
-    frontier = _frontier_trace(records, metric, axis)
+        fig.add_trace(_family_trace(members, family, color, metric, axis, sizeref, axes))
+    frontier = _frontier_trace(records, metric, axis, axes)
     if frontier is not None:
         fig.add_trace(frontier)
+    for trace in _runtime_legend(records):
+        fig.add_trace(trace)
     fig.update_layout(
         title=dict(text=f"{metric.label} vs {axis.label.lower()}"),
         # below the plot, so the bubbles keep the full width of a half-page column
         legend=dict(title=dict(text=f"{BUBBLE_NOTE}:"), orientation="h", yanchor="top", y=-0.22, x=0),
         hovermode="closest",
-        height=520,
-        margin=dict(l=10, r=10, t=50, b=10),
+        margin=dict(l=10, r=LABEL_MARGIN_PX, t=50, b=10),
     )
-    fig.update_xaxes(title_text=axis.axis_title)
-    fig.update_yaxes(title_text=metric.axis_title, autorange=True if metric.higher_is_better else "reversed")
+    xs = [axis.interval(r).value for r in records]
+    x_range = _data_range(xs, log)
+    fig.update_xaxes(title_text=axis.axis_title + (", log" if log else ""), type="log" if log else "linear",
+                     range=x_range, exponentformat="power")
+    y_log = axes.y_is_log(metric)
+    y_range = _data_range([axes.y_value(getattr(r, metric.key), metric) for r in records], y_log)
+    if y_range is not None and not metric.higher_is_better:
+        y_range = y_range[::-1]  # reversed: lower (better) values at the top
+    fig.update_yaxes(title_text=axes.y_title(metric), type="log" if y_log else "linear", range=y_range,
+                     exponentformat="power")
+    labels = _frontier_labels(records, metric, axis, axes, x_range, y_range, log, y_log)
+    fig.update_layout(annotations=labels, height=max(560, 300 + LABEL_SLOT_PX * len(labels)))
+    if y_range is None and not metric.higher_is_better:
+        fig.update_yaxes(autorange="reversed")
     if metric.value_format.endswith("%"):
         fig.update_yaxes(tickformat=".0%")
     return fig
+
+
+def map_rows(records: Sequence[VariantRecord], metric_key: str, axis_key: str) -> list[dict]:
+    """Every point of the map as a row (raw numbers, units in the names), frontier points first."""
+    metric, axis = get_metric(metric_key), get_cost_axis(axis_key)
+    front = _frontier_indices(records, metric, axis)
+    order = front + [i for i in range(len(records)) if i not in front]
+    return [
+        {
+            "variant": records[i].label,
+            "technique": records[i].technique,
+            "family": records[i].family,
+            "runtime": _runtime(records[i]),
+            "on frontier": i in front,
+            "decode ms/token": latency_interval(records[i]).value,
+            "USD per 1M tokens": records[i].usd_per_1m_tokens,
+            "KLD (nats)": records[i].kld_mean,
+            "top-1 agreement": records[i].top1_agreement,
+            "perplexity": records[i].perplexity,
+            "MC accuracy": records[i].mc_accuracy,
+            "MB held": records[i].size_mb,
+        }
+        for i in order
+    ]
 
 
 # --- the sentence for a manager --------------------------------------------------------------------
@@ -383,7 +523,8 @@ def what_you_give_up(
         return (f"No variant is {'faster' if axis.key == 'latency' else 'cheaper'} than {reference.label}; "
                 f"the best alternative on the frontier, {best.label}, only trades {_in_sentence(metric.label)}.")
     memory_share = _ratio(best.size_mb, reference.size_mb)
-    return (f"The {adjective} variant on the frontier, {best.label}, {_gain_phrase(best, reference, axis)} "
+    where = f" (on {_runtime(best)})" if _runtime(best) != _runtime(reference) else ""
+    return (f"The {adjective} variant on the frontier, {best.label}{where}, {_gain_phrase(best, reference, axis)} "
             f"{_quality_phrase(best, reference, metric)}, using {_fmt(memory_share, '.0%')} of its memory.")
 
 

@@ -49,7 +49,7 @@ class VariantRecord:
     kld_p99: float
     top1_agreement: float  # share of positions where the argmax token equals the reference's
     mc_accuracy: float  # raw log-likelihood accuracy
-    mc_accuracy_norm: float  # length-normalised (per byte) accuracy
+    mc_accuracy_norm: float  # lm-eval acc_norm: log-prob of " "+choice over len(choice) in characters
     mc_accuracy_ci95: list[float]  # 95% bootstrap interval of mc_accuracy, [low, high]
     mc_items: int
     # cost at the chosen hardware price

@@ -6,10 +6,12 @@ from pathlib import Path
 import streamlit as st
 
 from core import benchmark, evaluate, models, techniques
+from core.estimate import SweepPlan
 from core.jobs import BusyError
 from core.sweep import SweepSettings, run_sweep
 from core.tables import provenance_lines, summary_rows
 from pages.common import choice, job_panel, job_slot, save_upload, store
+from pages.estimates import show_estimate
 
 PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
 DEFAULT_PICK = ["fp32", "bf16", "int8", "nf4", "dyn-int8", "gguf-q8_0", "gguf-q4_k_m"]
@@ -23,7 +25,7 @@ device = benchmark.pick_device("auto")
 
 # Quantization on every runtime: bitsandbytes and torch in transformers, compiled decode, llama.cpp's GGUF files.
 QUANT_KEYS = [k for k, t in techniques.TECHNIQUES.items() if t.family in ("reference", "quantization", "gguf")]
-keys = st.multiselect("Variants to measure", QUANT_KEYS, default=DEFAULT_PICK,
+keys = st.multiselect("Variants to measure", QUANT_KEYS, default=DEFAULT_PICK, key="quantize_keys",
                       format_func=lambda k: techniques.TECHNIQUES[k].label)
 for k in keys:
     if reason := techniques.get(k).why_not(device):
@@ -40,6 +42,8 @@ with st.expander("Measurement settings"):
     text_file = c2.file_uploader("Your text for perplexity and KLD (.txt)", type=["txt"])
     mc_max = c3.number_input("Questions to score (0 = all)", 0, 10000, 0)
 
+show_estimate("quantize_keys", picked.model, keys,
+              SweepPlan(int(new_tokens), DEFAULTS.warmup_runs, int(repeats), int(mc_max) or None), device)
 slot = job_slot()
 if st.button("Measure", type="primary", disabled=not keys or not picked.model):
     try:

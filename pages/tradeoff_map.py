@@ -17,19 +17,31 @@ spec, records = measured.spec, measured.records
 c1, c2 = st.columns([2, 1])
 metric = c1.radio("Quality measure", list(plots.QUALITY_METRICS), horizontal=True,
                   format_func=lambda k: plots.QUALITY_METRICS[k].label)
-c2.caption(plots.QUALITY_METRICS[metric].axis_title)
+scale = c2.radio("Axes", ["log", "linear"], horizontal=True,
+                 help="Log axes keep a very slow variant, or KL divergences from 0.001 to 8 nats, from squeezing "
+                      f"the rest into a corner. On a log axis KL divergence is drawn as KLD + {plots.KLD_LOG_FLOOR:g} "
+                      "nats so that the reference's 0 can be shown; hover and the table give the measured value.")
+log = scale == "log"
 
-left, right = st.columns(2)
-with left:
-    st.plotly_chart(plots.tradeoff_figure(records, metric, "latency"), width="stretch")
-    st.caption(plots.what_you_give_up(records, metric, "latency"))
-with right:
-    st.plotly_chart(plots.tradeoff_figure(records, metric, "cost"), width="stretch")
-    st.caption(plots.what_you_give_up(records, metric, "cost"))
-    if caveat := cost.cost_caveat(picked.preset.kind, records[0].device):
-        st.warning(caveat)
-    st.caption(f"Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour "
-               f"({picked.preset.source}, as of {picked.preset.as_of}). Change it in the sidebar.")
+# one map per row: with 25+ variants a half-width column is too narrow to tell them apart
+st.plotly_chart(plots.tradeoff_figure(records, metric, "latency", log), width="stretch")
+st.caption(plots.what_you_give_up(records, metric, "latency"))
+st.plotly_chart(plots.tradeoff_figure(records, metric, "cost", log), width="stretch")
+st.caption(plots.what_you_give_up(records, metric, "cost"))
+if caveat := cost.cost_caveat(picked.preset.kind, records[0].device):
+    st.warning(caveat)
+st.caption(f"Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour "
+           f"({picked.preset.source}, as of {picked.preset.as_of}). Change it in the sidebar.")
+st.caption("Colour is the technique family, symbol the runtime. Only the frontier is labelled; hover over any "
+           "bubble for its numbers, or find it in the table.")
+st.dataframe(plots.map_rows(records, metric, "latency"), hide_index=True, width="stretch",
+             column_config={"decode ms/token": st.column_config.NumberColumn(format="%.1f"),
+                            "USD per 1M tokens": st.column_config.NumberColumn(format="%.4f"),
+                            "KLD (nats)": st.column_config.NumberColumn(format="%.4f"),
+                            "top-1 agreement": st.column_config.NumberColumn(format="percent"),
+                            "perplexity": st.column_config.NumberColumn(format="%.2f"),
+                            "MC accuracy": st.column_config.NumberColumn(format="percent"),
+                            "MB held": st.column_config.NumberColumn(format="%.1f")})
 
 st.subheader("How close each variant gets to the memory-bandwidth limit")
 st.plotly_chart(plots.speed_bars_figure(records), width="stretch")

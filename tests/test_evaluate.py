@@ -33,7 +33,7 @@ def test_perplexity_matches_transformers_loss(tiny):
     windows = evaluate.token_windows(ids, 64)
     quality, own = evaluate.text_quality(model, windows, None)
     assert quality.perplexity == pytest.approx(direct_perplexity(model, windows), rel=1e-4)
-    assert quality.kld_mean == 0.0 and quality.top1_agreement == 1.0
+    assert quality.kld_mean == 0.0 and quality.top1_agreement == 1.0  # its own log-probs as reference: exact
     assert len(own) == len(windows)
 
 
@@ -44,6 +44,7 @@ def test_kld_positive_and_agreement_drops_for_a_perturbed_model(tiny):
     windows = evaluate.token_windows(evaluate.tokenize_text(tokenizer, "Some plain words to score here. " * 10), 32)
     _, reference = evaluate.text_quality(model, windows, None)
     other, _ = build_tiny_model(seed=1)
+    torch.manual_seed(1)  # the random head below must not depend on which tests ran before
     # a tied random model predicts its input token; an untied random head makes it disagree for real
     other.lm_head.weight = torch.nn.Parameter(torch.randn_like(other.lm_head.weight))
     quality, _ = evaluate.text_quality(other, windows, reference)
@@ -87,6 +88,42 @@ def test_mc_accuracy_reports_items_and_interval(tiny):
     assert result.items == 12 and len(result.per_item) == 12
     assert sum(r["correct"] for r in result.per_item) / 12 == pytest.approx(result.accuracy)
     assert result.ci95[0] <= result.accuracy <= result.ci95[1]
+
+
+@pytest.mark.parametrize("choices,scores,raw,norm", [
+    # divided by len(choice): -2/1 > -6/4, so "bbbb"; counting the " " delimiter (-2/2 < -6/5) would pick "a"
+    (("a", "bbbb"), [-2.0, -6.0], 0, 1),
+    # characters, not UTF-8 bytes: -3.3/3 > -3.6/3, so "abc"; per byte (-3.6/6) would pick "ééé"
+    (("ééé", "abc"), [-3.6, -3.3], 1, 1),
+    # a tie goes to the first choice, as np.argmax does
+    (("xy", "zw"), [-1.0, -1.0], 0, 0),
+])
+def test_normalised_pick_divides_by_choice_characters_as_lm_eval(choices, scores, raw, norm):
+    assert evaluate.mc_picks(scores, choices) == (raw, norm)
+
+
+def test_arc_loader_maps_the_answer_by_label_not_letter(tmp_path):
+    rows = [{"id": "a", "question": {"stem": "Q1?", "choices": [{"text": "x", "label": "1"}, {"text": "y", "label": "2"},
+                                                                  {"text": "z", "label": "3"}]}, "answerKey": "3"},
+            {"id": "b", "question": {"stem": "Q2?", "choices": [{"text": "p", "label": "B"}, {"text": "q", "label": "A"}]},
+             "answerKey": "A"}]
+    path = tmp_path / "arc.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    first, second = evaluate.load_arc_jsonl(path)
+    assert first == evaluate.MCItem("Q1?", ("x", "y", "z"), 2) and second.answer == 1
+    assert len(evaluate.load_arc_jsonl(path, limit=1)) == 1
+    path.write_text(json.dumps(rows[0] | {"answerKey": "E"}) + "\n")
+    with pytest.raises(ValueError, match="arc.jsonl line 1: not an ARC item"):
+        evaluate.load_arc_jsonl(path)
+
+
+def test_arc_easy_public_file_loads():
+    from tests.conftest import shared_file
+
+    items = evaluate.load_arc_jsonl(shared_file("ARC-Easy-Test.jsonl"))
+    assert len(items) == 2376
+    assert sorted({len(it.choices) for it in items}) == [3, 4, 5]
+    assert items[0].question.startswith("Which statement best explains") and items[0].answer == 0
 
 
 def test_bootstrap_ci_is_reproducible_and_sensible():

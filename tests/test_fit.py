@@ -93,7 +93,7 @@ def test_training_cost_from_variant_facts_and_break_even():
     assert fit.training_cost_usd(make_record(variant_facts={"finetune": {"usd_cost": "n/a"}})) is None
     [m] = fit.monthly_costs([lora], 1.0, 10, 10)
     assert m.one_off_usd == 0.5
-    assert fit.break_even_months(12.0, 4.0) == 3.0
+    assert fit.break_even_months(12.0, 4.0) == pytest.approx(3.0)
     assert fit.break_even_months(12.0, 0.0) is None  # never paid back by serving
     assert fit.break_even_months(12.0, -1.0) is None
     assert fit.break_even_months(0.0, 0.0) == 0.0

@@ -53,7 +53,8 @@ def test_partition_covers_every_neuron_exactly_once_in_equal_groups():
     assert len(groups) == 8 and all(len(g) == 12 for g in groups)
     assert sorted(torch.cat(groups).tolist()) == list(range(96))
     again = moe.partition_neurons(features, 8, seed=0)
-    assert all(torch.equal(a, b) for a, b in zip(groups, again))  # deterministic for a seed
+    # integer neuron indices, not floats: exact equality is the right check for determinism
+    assert all(torch.equal(a, b) for a, b in zip(groups, again))
 
 
 def test_partition_groups_neurons_that_fire_together():
@@ -148,6 +149,7 @@ def test_conversion_leaves_the_input_model_untouched(tiny, calibration):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     moe.convert_to_moe(model, moe.MoEConfig(experts=4, top_k=1), calibration)
     after = model.state_dict()
+    # the same stored tensors, never recomputed: any change at all is a bug, so exact equality
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert not moe.moe_layers(model)
 
@@ -236,7 +238,9 @@ def test_registry_builds_any_experts_and_k_and_caches_the_conversion(tiny_dir, t
     assert list(moe.cache_root().glob("*-E4-*")) == cached
     assert (logits(second) - logits(tiny[0])).abs().max() < 1e-4
     in_memory = moe.convert_to_moe(tiny[0], t.config, moe.calibration_ids(tiny[1], t.config.calibration_tokens))
-    assert torch.equal(logits(first), logits(in_memory))  # the cached experts are the same conversion
+    # the cached experts are the same conversion; the router is a least-squares fit whose last digits
+    # depend on BLAS threading, so the logits agree to float noise, not bit for bit
+    torch.testing.assert_close(logits(first), logits(in_memory), rtol=1e-4, atol=1e-5)
     assert moe.moe_layers(first)[0].top_k == 1
     facts = t.facts(first)
     assert facts["experts"] == 4 and facts["top_k"] == 1 and facts["active_params_pct"] < 100
@@ -303,7 +307,8 @@ def test_cli_writes_the_dense_record_and_one_per_k(tmp_path, capsys):
             assert field in r, field
     dense, k1, k8 = rows
     assert k1["experts"] == 8 and k1["top_k"] == 1 and k1["active_params"] < dense["active_params"]
-    assert k8["kld_mean"] < 1e-6 and k8["top1_agreement"] == 1.0
+    # all 8 experts = the dense MLP summed in another order: float noise may flip a near-tied argmax
+    assert k8["kld_mean"] < 1e-6 and k8["top1_agreement"] > 0.98
     assert k1["kld_mean"] > k8["kld_mean"]
 
 

@@ -53,11 +53,35 @@ def test_quantize_page_empty_store_guides_the_user():
     assert at.multiselect[0].value == ["fp32", "bf16", "int8", "nf4", "dyn-int8"]
 
 
+def test_quantize_page_estimates_each_variant_and_drops_the_slow_one_in_one_click():
+    common = dict(model="smollm2-135m-instruct", hardware=HERE, family="quantization")
+    settings = {"new_tokens": 32, "warmup_runs": 1, "repeats": 5, "prompt_tokens": 40, "ppl_tokens": 4096, "mc_items": 194}
+    store = ResultStore()
+    store.add(make_record(technique="fp32", label="FP32", decode_tokens_per_s_median=10.0, settings=settings,
+                          variant_facts={"measure_s": 40.0}, **common | {"family": "reference"}))
+    store.add(make_record(technique="int8", label="INT8", decode_tokens_per_s_median=0.6, ttft_ms_median=14000.0,
+                          settings=settings, variant_facts={"measure_s": 500.0}, **common))
+    at = page("pages/quantize.py").run()
+    no_errors(at)
+    labels = [e.label for e in at.expander]
+    assert "Estimated time here: 9.0 min plus 3 never measured here; 1 variant(s) run far slower than usual" in labels
+    assert any("INT8" in w.value and "6% of the fp32 reference" in w.value for w in at.warning)
+    table = at.dataframe[0].value
+    rows = {r["variant"]: r for r in table.to_dict("records")}
+    assert rows["FP32 (reference)"]["estimated time"] == "40 s" and rows["FP32 (reference)"]["flag"] == ""
+    int8 = next(r for name, r in rows.items() if name.startswith("INT8"))
+    assert int8["estimated time"] == "8.3 min" and int8["flag"] == "slow here"
+    drop = next(b for b in at.button if b.label.startswith("Drop slow variants"))
+    drop.click().run()
+    no_errors(at)
+    assert "int8" not in at.multiselect[0].value and "fp32" in at.multiselect[0].value
+
+
 def test_quantize_page_shows_results_and_side_by_side():
     seed_sweep(ResultStore())
     at = page("pages/quantize.py").run()
     no_errors(at)
-    table = at.dataframe[0].value
+    table = at.dataframe[-1].value  # the first table is the time estimate
     assert set(table["technique"]) == {"fp32", "nf4"}
     texts = [t.value for t in at.text]
     assert "Because of scattering." in texts and "Light scatters." in texts
@@ -76,7 +100,7 @@ def test_measure_button_starts_a_sweep_that_stores_results(monkeypatch):
 
     monkeypatch.setattr(core.sweep, "run_sweep", fake_sweep)
     at = page("pages/quantize.py").run()
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Measure").click().run()  # the estimate's probe button comes first
     from pages.common import job_slot
 
     job_slot().job.join(10)
@@ -114,6 +138,17 @@ def test_tradeoff_map_draws_both_maps_with_frontier():
     assert "Pareto" in charts[0].proto.spec and "Pareto" in charts[1].proto.spec
     captions = " ".join(c.value for c in at.caption)
     assert "NF4" in captions
+
+
+def test_tradeoff_map_log_by_default_linear_on_toggle_and_a_row_per_point():
+    seed_sweep(ResultStore())
+    at = page("pages/tradeoff_map.py").run()
+    no_errors(at)
+    assert '"type":"log"' in at.get("plotly_chart")[0].proto.spec.replace(" ", "")
+    assert sorted(at.dataframe[0].value["technique"]) == ["fp32", "nf4"]
+    at.radio[1].set_value("linear").run()
+    no_errors(at)
+    assert '"type":"log"' not in at.get("plotly_chart")[0].proto.spec.replace(" ", "")
 
 
 def test_tradeoff_map_switches_quality_metric():

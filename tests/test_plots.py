@@ -3,6 +3,7 @@ import math
 import plotly.graph_objects as go
 import pytest
 
+from core import plots
 from core.plots import (
     COST_AXES,
     FRONTIER_NAME,
@@ -100,7 +101,7 @@ def test_pareto_front_edge_cases():
 # --- trade-off figure -------------------------------------------------------------------------------
 
 def test_tradeoff_figure_has_frontier_through_the_right_points():
-    fig = tradeoff_figure(sweep(), "kld_mean", "latency")
+    fig = tradeoff_figure(sweep(), "kld_mean", "latency", log=False)
     frontier = trace_named(fig, FRONTIER_NAME)
     assert frontier.line.dash == "dash"
     # dynamic int8 (30.3 ms), nf4 (35.7 ms), fp32 (50 ms); int8 (100 ms, worse kld) is dominated.
@@ -109,18 +110,21 @@ def test_tradeoff_figure_has_frontier_through_the_right_points():
 
 
 def test_tradeoff_figure_kld_axis_reversed_and_titled():
-    fig = tradeoff_figure(sweep(), "kld_mean", "latency")
-    assert fig.layout.yaxis.autorange == "reversed"
-    assert "↑ better" in fig.layout.yaxis.title.text and "nats" in fig.layout.yaxis.title.text
-    assert "ms/token" in fig.layout.xaxis.title.text
+    for log in (True, False):
+        fig = tradeoff_figure(sweep(), "kld_mean", "latency", log=log)
+        low, high = fig.layout.yaxis.range
+        assert low > high  # reversed: the smallest divergence at the top
+        assert "↑ better" in fig.layout.yaxis.title.text and "nats" in fig.layout.yaxis.title.text
+        assert "ms/token" in fig.layout.xaxis.title.text
     higher = tradeoff_figure(sweep(), "top1_agreement", "latency")
-    assert higher.layout.yaxis.autorange != "reversed"
+    assert higher.layout.yaxis.range[0] < higher.layout.yaxis.range[1]
 
 
 def test_tradeoff_figure_traces_per_family_with_bubbles_and_error_bars():
     fig = tradeoff_figure(sweep(), "mc_accuracy", "cost")
     quant = trace_named(fig, "quantization")
-    assert list(quant.text) == ["NF4", "INT8", "Dynamic INT8"]
+    assert quant.text is None  # labels are the frontier's annotations; INT8, dominated, has hover text only
+    assert {a.text for a in fig.layout.annotations} == {"NF4", "Dynamic INT8", "FP32"}
     assert quant.marker.sizemode == "area"
     assert list(quant.marker.size) == [193.7, 220.0, 248.0]
     assert quant.error_x.array is not None and quant.error_x.symmetric is False
@@ -210,3 +214,112 @@ def test_speed_bars_show_spread_and_roofline():
 
 def test_speed_bars_empty():
     assert len(speed_bars_figure([]).data) == 0
+
+
+# --- readable at 25+ points ------------------------------------------------------------------------
+
+FAMILIES = ["reference", "quantization", "gguf", "moe", "distillation", "lora"]
+RUNTIMES = ["transformers", "transformers-compiled", "llama.cpp"]
+
+
+def many(n: int = 30):
+    """n variants over every family and runtime, one 0.6 tok/s outlier and KL divergences over 4 decades."""
+    records = []
+    for i in range(n):
+        tps = 0.6 if i == 7 else 8.0 + 2.5 * i
+        records.append(make_record(
+            technique=f"v{i}" if i else "fp32", label=f"Variant {i}" if i else "FP32",
+            family=FAMILIES[i % len(FAMILIES)] if i else "reference", runtime=RUNTIMES[(i // 6) % len(RUNTIMES)],
+            decode_tokens_per_s_median=tps, decode_tokens_per_s_p10=0.9 * tps, decode_tokens_per_s_p90=1.1 * tps,
+            usd_per_1m_tokens=50.0 / tps, kld_mean=0.0 if i == 0 else 10 ** (-3 + (i * 7 % 30) / 8),
+            top1_agreement=1.0 - 0.01 * i, perplexity=22.0 + i, size_mb=538.0 / (1 + i % 5)))
+    return records
+
+
+def labelled_points(fig: go.Figure) -> dict[tuple[float, float], str]:
+    """Where each label's arrow points, in the axis units plotly uses (log10 on a log axis)."""
+    assert all(t.text is None for t in fig.data if t.type == "scatter")  # no text on any point itself
+    return {(round(a.x, 9), round(a.y, 9)): a.text for a in fig.layout.annotations}
+
+
+def axis_units(values, axis) -> list[float]:
+    return [round(math.log10(v) if axis.type == "log" else v, 9) for v in values]
+
+
+@pytest.mark.parametrize("metric", list(QUALITY_METRICS))
+@pytest.mark.parametrize("axis", list(COST_AXES))
+def test_only_frontier_points_are_labelled_and_every_point_has_hover(metric, axis):
+    records = many()
+    fig = tradeoff_figure(records, metric, axis)
+    frontier = trace_named(fig, FRONTIER_NAME)
+    points = set(zip(axis_units(frontier.x, fig.layout.xaxis), axis_units(frontier.y, fig.layout.yaxis)))
+    assert set(labelled_points(fig)) == points
+    assert 0 < len(points) < len(records)
+    hovers = [h for t in fig.data if t.customdata is not None for h in t.customdata]
+    assert len(hovers) == len(records) and all("runtime" in h for h in hovers)
+
+
+def test_frontier_labels_sit_in_separate_slots_in_the_order_of_their_points():
+    fig = tradeoff_figure(many(), "kld_mean", "latency")
+    bottom, top = fig.layout.yaxis.range
+    labels = list(fig.layout.annotations)
+    height_px = fig.layout.height - 300  # roughly the plot area
+    gaps = [abs(a.ay - b.ay) / abs(top - bottom) * height_px for a, b in zip(labels, labels[1:])]
+    assert min(gaps) >= 20  # at least a line of 11 px text apart: they cannot overlap
+    assert all(a.ax > fig.layout.xaxis.range[1] for a in labels)  # in the column right of the plot
+    screen = [(a.y - bottom) / (top - bottom) for a in labels]
+    slots = [(a.ay - bottom) / (top - bottom) for a in labels]
+    assert sorted(range(len(labels)), key=screen.__getitem__) == sorted(range(len(labels)), key=slots.__getitem__)
+
+
+def test_log_axes_by_default_with_the_kld_floor_named_and_a_linear_toggle():
+    records = many()
+    fig = tradeoff_figure(records, "kld_mean", "latency")
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+    assert f"+ {plots.KLD_LOG_FLOOR:g} floor" in fig.layout.yaxis.title.text
+    ref = trace_named(fig, "reference")
+    assert ref.y[0] == pytest.approx(plots.KLD_LOG_FLOOR)  # KLD 0 drawn at the floor; the hover keeps 0.0000
+    assert "KL divergence: 0.0000" in ref.customdata[0]
+    assert tradeoff_figure(records, "kld_mean", "cost").layout.xaxis.type == "log"
+    linear = tradeoff_figure(records, "kld_mean", "latency", log=False)
+    assert linear.layout.xaxis.type == "linear" and linear.layout.yaxis.type == "linear"
+    assert trace_named(linear, "reference").y[0] == 0.0
+
+
+def test_an_outlier_stays_inside_the_range_without_squeezing_the_rest():
+    records = many()
+    fig = tradeoff_figure(records, "kld_mean", "latency")
+    lo, hi = fig.layout.xaxis.range  # log10 units
+    latencies = [1000 / r.decode_tokens_per_s_median for r in records]
+    assert lo < math.log10(min(latencies)) and math.log10(max(latencies)) < hi  # 1667 ms outlier included
+    assert hi - math.log10(max(latencies)) < 0.5  # no room for the error bars' far end: range is from the points
+    others = sorted(math.log10(v) for v in latencies if v < 1000)
+    assert (others[-1] - others[0]) / (hi - lo) > 0.3  # the other 29 spread over a third of the width or more
+
+
+def test_colour_by_family_and_symbol_by_runtime():
+    fig = tradeoff_figure(many(), "top1_agreement", "latency")
+    assert trace_named(fig, "gguf").marker.color == plots.FAMILY_COLORS["gguf"]
+    assert trace_named(fig, "quantization").marker.color == plots.FAMILY_COLORS["quantization"]
+    legend = {t.name: t.marker.symbol for t in fig.data if t.legendgroup == "runtime"}
+    assert legend == {rt: plots.RUNTIME_SYMBOLS[rt] for rt in RUNTIMES}
+    moe = trace_named(fig, "moe")
+    assert set(moe.marker.symbol) <= set(plots.RUNTIME_SYMBOLS.values()) and len(set(moe.marker.symbol)) > 1
+
+
+def test_map_rows_list_every_point_frontier_first():
+    records = many()
+    rows = plots.map_rows(records, "kld_mean", "latency")
+    assert sorted(r["technique"] for r in rows) == sorted(r.technique for r in records)
+    flags = [r["on frontier"] for r in rows]
+    assert flags == sorted(flags, reverse=True) and any(flags) and not all(flags)
+    assert {r["runtime"] for r in rows} == set(RUNTIMES)
+
+
+def test_the_sentence_names_the_runtime_when_the_best_variant_runs_elsewhere():
+    records = sweep() + [make_record(technique="gguf-q4_k_m", label="GGUF Q4_K_M", family="gguf", runtime="llama.cpp",
+                                     size_mb=105.0, decode_tokens_per_s_median=70.0, decode_tokens_per_s_p10=65.0,
+                                     decode_tokens_per_s_p90=74.0, usd_per_1m_tokens=2.5 * 20 / 70, kld_mean=0.09)]
+    sentence = what_you_give_up(records, "kld_mean", "latency")
+    assert "GGUF Q4_K_M (on llama.cpp), decodes 3.5x faster than FP32" in sentence
+    assert "(on " not in what_you_give_up(sweep(), "kld_mean", "latency")
