@@ -50,7 +50,7 @@ def test_quantize_page_empty_store_guides_the_user():
     at = page("pages/quantize.py").run()
     no_errors(at)
     assert any("No measurements" in i.value for i in at.info)
-    assert at.multiselect[0].value == ["fp32", "bf16", "int8", "nf4", "dyn-int8"]
+    assert at.multiselect[0].value == ["fp32", "bf16", "int8", "nf4", "dyn-int8", "gguf-q8_0", "gguf-q4_k_m"]
 
 
 def test_quantize_page_estimates_each_variant_and_drops_the_slow_one_in_one_click():
@@ -64,7 +64,7 @@ def test_quantize_page_estimates_each_variant_and_drops_the_slow_one_in_one_clic
     at = page("pages/quantize.py").run()
     no_errors(at)
     labels = [e.label for e in at.expander]
-    assert "Estimated time here: 9.0 min plus 3 never measured here; 1 variant(s) run far slower than usual" in labels
+    assert "Estimated time here: 9.0 min plus 5 never measured here; 1 variant(s) run far slower than usual" in labels
     assert any("INT8" in w.value and "6% of the fp32 reference" in w.value for w in at.warning)
     table = at.dataframe[0].value
     rows = {r["variant"]: r for r in table.to_dict("records")}
@@ -104,8 +104,8 @@ def test_measure_button_starts_a_sweep_that_stores_results(monkeypatch):
     from pages.common import job_slot
 
     job_slot().job.join(10)
-    assert calls["args"] == ("smollm2-135m-instruct", ["fp32", "bf16", "int8", "nf4", "dyn-int8"],
-                             core.sweep.SweepSettings().new_tokens)
+    assert calls["args"] == ("smollm2-135m-instruct", ["fp32", "bf16", "int8", "nf4", "dyn-int8", "gguf-q8_0",
+                                                       "gguf-q4_k_m"], core.sweep.SweepSettings().new_tokens)
     assert len(ResultStore().all()) == 1
     no_errors(at)
 
