@@ -44,6 +44,9 @@ class GGUFError(ValueError):
 class GGUFConfig:
     quant: QuantType
     imatrix: bool = False  # weigh the quantizer's rounding error by activations seen on calibration text
+    # Export this checkpoint instead of the model's own (a distilled student, a merged fine-tune), so the
+    # variant is measured against the model it came from: "" = the model's own checkpoint.
+    source: str = ""
 
     def __post_init__(self) -> None:
         if self.quant not in FTYPES:

@@ -6,6 +6,8 @@ them together. A run never touches a cached model: it loads its own copy of the 
 
 from __future__ import annotations
 
+import json
+
 import random
 import time
 import warnings
@@ -262,6 +264,10 @@ def adapters_dir() -> Path:
     return data_dir() / "adapters"
 
 
+def merged_dir() -> Path:
+    return data_dir() / "merged"  # whole fine-tuned checkpoints, apart from the small adapters
+
+
 def ci_pair(ci: tuple[float, float]) -> list[float]:
     return [round(ci[0], 4), round(ci[1], 4)]
 
@@ -296,6 +302,7 @@ class FinetuneResult(benchmark.Provenance):
     losses: list[float]
     examples: list[dict]
     saved_path: str
+    merged_path: str  # the fine-tuned weights merged into a plain checkpoint (LoRA and full), "" for QLoRA
     settings: dict
 
 
@@ -369,6 +376,13 @@ def run_finetune(model_name: str, settings: FinetuneSettings, task: str | None =
         final = model.merge_and_unload()
         merged_tps, _ = _decode_speed(final, tokenizer, test_set[0].prompt, device)
         same = unmerged_out == greedy_answers(final, tokenizer, [e.prompt for e in test_set[:20]], 6)
+    merged_path = ""
+    if settings.method in ("lora", "full") and not stop():  # QLoRA's base is 4-bit: nothing plain to export
+        key = technique_key(settings.method, task or str(data), settings.rank)
+        merged_facts = run_facts | {"merged": True, "technique_key": key,
+                                    "label": technique_label(settings.method, task or str(data), settings.rank)}
+        merged_path = str(models.save_atomically(merged_dir() / name, final, tokenizer,
+                                                 facts=merged_facts, facts_file="lab_run.json"))
     env = benchmark.environment(device, torch.get_num_threads())
     full_mb = sum(f.stat().st_size for f in checkpoint.glob("*.safetensors")) / 1e6
     adapter_mb = dir_size_bytes(saved) / 1e6
@@ -386,10 +400,40 @@ def run_finetune(model_name: str, settings: FinetuneSettings, task: str | None =
         tokens_seen=log.tokens_seen, losses=list(log.losses),
         examples=[{"prompt": e.prompt, "expected": e.completion, "before": b.strip(), "after": a.strip()}
                   for e, b, a in list(zip(test_set, before.outputs, after.outputs))[:12]],
-        saved_path=str(saved), settings=run_facts["settings"] | {"target_modules": list(settings.target_modules)},
+        saved_path=str(saved), merged_path=merged_path,
+        settings=run_facts["settings"] | {"target_modules": list(settings.target_modules)},
         **env.provenance(),
     )
     return result, final.eval()
+
+
+def technique_key(method: str, task: str, rank: int) -> str:
+    """The key a fine-tuned model is stored (and its merged checkpoint found) under."""
+    return f"{method}-{Path(task).stem}-r{rank}"
+
+
+def technique_label(method: str, task: str, rank: int) -> str:
+    return f"{method.upper()} r{rank} on {Path(task).stem}" if method != "full" else f"Full fine-tune on {Path(task).stem}"
+
+
+@dataclass(frozen=True)
+class SavedMerged:
+    path: Path
+    facts: dict  # lab_run.json: model, task, settings, technique_key, label
+
+
+def saved_merged() -> list[SavedMerged]:
+    """Every merged fine-tuned checkpoint, newest first (a GGUF file can be exported from each)."""
+    root = merged_dir()
+    out = []
+    for folder in sorted(root.glob("[!.]*"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []:
+        try:
+            facts = json.loads((folder / "lab_run.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if facts.get("merged") and (folder / "config.json").is_file():
+            out.append(SavedMerged(folder, facts))
+    return out
 
 
 def store_record(model, result: FinetuneResult, store, usd_per_hour: float, hardware_preset: str = "laptop-cpu",
@@ -406,9 +450,8 @@ def store_record(model, result: FinetuneResult, store, usd_per_hour: float, hard
     say = report or (lambda f, m: None)
     stop = should_stop or (lambda: False)
     technique = techniques.Technique(
-        key=f"{result.method}-{Path(result.task).stem}-r{result.settings['rank']}",
-        label=f"{result.method.upper()} r{result.settings['rank']} on {Path(result.task).stem}"
-        if result.method != "full" else f"Full fine-tune on {Path(result.task).stem}",
+        key=technique_key(result.method, result.task, result.settings["rank"]),
+        label=technique_label(result.method, result.task, result.settings["rank"]),
         family="lora", config=None,
         explanation="The base model fine-tuned on a task; its adapters merged into the weights where possible.",
         surprise="Quality on general prose (KLD, perplexity) can get worse even as the task gets much better.",

@@ -201,12 +201,44 @@ TECHNIQUES |= {t.key: t for t in (moe_technique(8, k) for k in (1, 2, 4))}
 def get(key: str) -> Technique:
     if key in TECHNIQUES:
         return TECHNIQUES[key]
+    if "+gguf-" in key:  # a GGUF file of a checkpoint the lab made: "<student or fine-tune key>+gguf-<quant>"
+        return gguf_of_saved(*key.rsplit("+", 1))
     if "@" in key:  # any technique on any of its runtimes: "<key>@<runtime>"
         base, runtime = key.split("@", 1)
         return get(base).on(runtime)
     if (moe_shape := moe.parse_technique_key(key)) is not None:  # any moe-<E>x<k>, validated by MoEConfig
         return moe_technique(*moe_shape)
     raise ValueError(f"Unknown technique {key!r}; choose from {', '.join(TECHNIQUES)} (or moe-<experts>x<top_k>)")
+
+
+def saved_checkpoints(model_key: str | None = None) -> dict[str, tuple[str, Path]]:
+    """key -> (label, folder) of every finished student and merged fine-tune the lab saved (of one base model)."""
+    from core import distillation, lora
+
+    found = {distillation.student_key(s.facts["student_layers"], s.facts["run"]):
+             (distillation.student_label(s.facts["student_layers"], s.facts["run"]), s.path)
+             for s in distillation.saved_students()
+             if s.facts.get("complete") and model_key in (None, s.facts.get("teacher"))}
+    for merged in lora.saved_merged():
+        if model_key in (None, merged.facts.get("model")):
+            found.setdefault(merged.facts["technique_key"], (merged.facts["label"], merged.path))
+    return found
+
+
+def gguf_of_saved(base_key: str, gguf_key: str) -> Technique:
+    """A GGUF variant exported from a saved student or merged fine-tune, measured against the base model."""
+    quant = get(gguf_key)
+    if quant.family != "gguf":
+        raise ValueError(f"{gguf_key!r} is not a GGUF technique; use one of "
+                         f"{', '.join(k for k, t in TECHNIQUES.items() if t.family == 'gguf')}")
+    saved = saved_checkpoints()
+    if base_key not in saved:
+        raise ValueError(f"No finished distilled student or merged fine-tune is saved as {base_key!r}; "
+                         f"saved here: {', '.join(saved) or 'none'}")
+    label, folder = saved[base_key]
+    return replace(quant, key=f"{base_key}+{quant.key}", label=f"{label} · {quant.label}",
+                   config=replace(quant.config, source=str(folder)),
+                   explanation=f"{label}, exported to GGUF and quantized: {quant.explanation}")
 
 
 def parse_keys(text: str) -> list[str]:

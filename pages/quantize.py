@@ -24,9 +24,11 @@ picked = choice()
 device = benchmark.pick_device("auto")
 
 # Quantization on every runtime: bitsandbytes and torch in transformers, compiled decode, llama.cpp's GGUF files.
-QUANT_KEYS = [k for k, t in techniques.TECHNIQUES.items() if t.family in ("reference", "quantization", "gguf")]
+# Students distilled here and merged fine-tunes can be exported to GGUF too, and measured against this model.
+QUANT_KEYS = [k for k, t in techniques.TECHNIQUES.items() if t.family in ("reference", "quantization", "gguf")] + [
+    f"{k}+gguf-{q}" for k in techniques.saved_checkpoints(picked.model) for q in ("q8_0", "q4_k_m")]
 keys = st.multiselect("Variants to measure", QUANT_KEYS, default=DEFAULT_PICK, key="quantize_keys",
-                      format_func=lambda k: techniques.TECHNIQUES[k].label)
+                      format_func=lambda k: techniques.get(k).label)
 for k in keys:
     if reason := techniques.get(k).why_not(device):
         st.warning(f"{techniques.get(k).label} cannot run here and will be skipped: {reason}")

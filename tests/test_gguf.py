@@ -184,3 +184,23 @@ def test_bundled_f32_gguf_matches_transformers_fp32():
     kl = _mean_kl(expected, got)
     assert kl < 1e-3, f"mean KL {kl:.2e}"
     assert float((expected.argmax(-1) == got.argmax(-1)).float().mean()) > 0.99
+
+
+@needs_llama
+def test_a_merged_fine_tune_exports_to_gguf_and_is_measured_against_its_base(tiny_dir, data_dir):
+    from core import lora
+    from core.store import ResultStore
+    from core.sweep import SweepSettings, run_sweep
+
+    settings = lora.FinetuneSettings(method="lora", rank=4, steps=2, batch_size=4, eval_items=4)
+    result, _ = lora.run_finetune(str(tiny_dir), settings, "support-routing")
+    assert result.merged_path and (gguf.Path(result.merged_path) / "config.json").is_file()
+    key = lora.technique_key("lora", "support-routing", 4) + "+gguf-q8_0"
+    technique = techniques.get(key)
+    assert technique.family == "gguf" and technique.config.source == result.merged_path
+    quick = SweepSettings(new_tokens=3, repeats=1, warmup_runs=0, mc_max_items=2, ppl_max_tokens=64, ppl_window_tokens=32)
+    [record] = run_sweep(str(tiny_dir), [key], quick, store=ResultStore())
+    assert record.runtime == "llama.cpp" and record.technique == key
+    assert record.kld_mean > 0  # measured against the base it was fine-tuned from, which it no longer equals
+    with pytest.raises(ValueError, match="No finished distilled student or merged fine-tune"):
+        techniques.get("distilled-3L-nothing+gguf-q8_0")

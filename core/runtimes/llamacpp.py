@@ -151,7 +151,8 @@ def _unsupported(technique, device: str) -> str | None:
 def _load(technique, checkpoint: Path, device: str, threads: int, progress) -> LlamaCppRunner:
     from core import gguf
 
-    path = gguf.ensure_file(checkpoint, technique.config, threads, progress)
+    source = Path(technique.config.source) if technique.config.source else checkpoint
+    path = gguf.ensure_file(source, technique.config, threads, progress)
     progress(f"Loading {path.name} into llama.cpp")
     return LlamaCppRunner(path, threads, device, technique.config.file_stem)
 
