@@ -52,3 +52,13 @@ def test_cli_runs_as_a_module_and_fails_cleanly():
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "Unknown technique 'bogus'" in proc.stderr
+
+
+@pytest.mark.parametrize("techniques", ["gguf-q4_k_x", "fp32,gguf-q4_k_m"])
+def test_gguf_sweep_refused_before_anything_is_written(techniques, data_dir, monkeypatch, capsys):
+    """An unknown quant type, or a GGUF variant where llama.cpp is not installed: one line, no file, no row."""
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if llama-cpp-python were not installed
+    assert main(["sweep", "--model", "tiny-random-llama", "--techniques", techniques, *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("Unknown technique" in err[0] or "llama.cpp is not installed" in err[0])
+    assert not (data_dir / "gguf").exists() and not (data_dir / "results.sqlite").exists()
