@@ -1,12 +1,14 @@
 """Distill: cut a smaller student from the model's own layers, train it to mimic the model, and use it as a draft."""
 
+from dataclasses import asdict
+
 import plotly.graph_objects as go
 import streamlit as st
 
 from core import distillation, models, speculative
-from core.jobs import BusyError, on_torch_thread
+from core.jobs import on_torch_thread
 from core.tables import distill_rows, speculative_rows
-from pages.common import choice, fmt_seconds, job_panel, job_slot, save_upload, store
+from pages.common import choice, fmt_seconds, job_panel, save_upload, show_error, store, submit_job
 
 st.title("Distill a smaller student")
 st.write("Knowledge distillation trains a small **student** to give the same next-token probabilities as a large "
@@ -75,9 +77,9 @@ with st.expander("Training settings"):
                          help="1 = match the teacher only; lower mixes in the ordinary next-token loss on the text.")
 
 
-def live_curve(job) -> None:
-    log = job.live
-    if not isinstance(log, distillation.TrainLog) or not log.losses:
+def live_curve(live: dict) -> None:
+    log = distillation.TrainLog(**live)
+    if not log.losses:
         return
     fig = go.Figure(go.Scatter(y=log.losses, mode="lines", name="training loss (KL, nats/token)"))
     if log.heldout:
@@ -104,18 +106,11 @@ if st.button("Distill", type="primary"):
                 raise ValueError("Upload a text or JSONL file first, or train on the teacher's answers.")
             corpus = save_upload(upload, lambda p: distillation.corpus_from_file(p, models.load_tokenizer(checkpoint), 0.1))
         distillation.prepare_run(picked.model, settings, corpus)  # refuse bad input before the job starts
-        target, log, price = store(), distillation.TrainLog(), picked.preset.usd_per_hour
-
-        def work(report, stop):
-            result = distillation.run_distill(picked.model, settings, corpus, price, lambda f, m: report(0.8 * f, m),
-                                              stop, log)
-            distillation.measure(result, target, price, picked.preset.key, lambda f, m: report(0.8 + 0.2 * f, m), stop,
-                                 launched_from="dashboard")
-            return result
-
-        job_slot().start(f"Distilling a {layers}-layer student of {spec.label}", work, live=log)
-    except (ValueError, BusyError, models.ModelError) as e:
-        st.error(str(e))
+        submit_job("distill", {"teacher": picked.model, "settings": asdict(settings),
+                               "corpus": str(corpus) if corpus else None, "usd_per_hour": picked.preset.usd_per_hour,
+                               "hardware_preset": picked.preset.key}, f"Distilling a {layers}-layer student of {spec.label}")
+    except (ValueError, models.ModelError) as e:
+        show_error(e)
 
 job_panel("Checkpoints are written whole: a stopped run keeps its last complete checkpoint, or nothing.", live_curve)
 
@@ -170,16 +165,8 @@ else:
     draft_tokens = e2.number_input("Tokens drafted per pass", 1, 16, 4)
     max_new = e3.number_input("New tokens per prompt", 8, 256, 64, step=8)
     if st.button("Compare on 10 bundled prompts"):
-        try:
-            def speculate(report, stop):
-                result = speculative.run_speculate(picked.model, str(draft.path), int(draft_tokens), int(max_new),
-                                                   report=report, should_stop=stop)
-                speculative.save_result(result)
-                return result
-
-            job_slot().start("Speculative decoding", speculate)
-        except (ValueError, BusyError) as e:
-            st.error(str(e))
+        submit_job("speculate", {"model": picked.model, "draft": str(draft.path), "draft_tokens": int(draft_tokens),
+                                 "max_new_tokens": int(max_new)}, f"Speculative decoding of {spec.label}")
     saved = [r for r in speculative.saved_results() if r["model"] == spec.key]
     if saved:
         last = saved[0]

@@ -1,15 +1,14 @@
 """Quantize: measure quantized variants of the chosen model, watch progress, read the results."""
 
 import json
-from pathlib import Path
+from dataclasses import asdict
 
 import streamlit as st
 
 from core import benchmark, evaluate, models, techniques
-from core.jobs import BusyError
-from core.sweep import SweepSettings, run_sweep
+from core.sweep import SweepSettings
 from core.tables import provenance_lines, summary_rows
-from pages.common import choice, job_panel, job_slot, save_upload, store
+from pages.common import choice, job_panel, save_upload, show_error, store, submit_job
 
 PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
 DEFAULT_PICK = ["fp32", "bf16", "int8", "nf4", "dyn-int8"]
@@ -39,7 +38,6 @@ with st.expander("Measurement settings"):
     text_file = c2.file_uploader("Your text for perplexity and KLD (.txt)", type=["txt"])
     mc_max = c3.number_input("Questions to score (0 = all)", 0, 10000, 0)
 
-slot = job_slot()
 if st.button("Measure", type="primary", disabled=not keys or not picked.model):
     try:
         settings = SweepSettings(
@@ -49,12 +47,11 @@ if st.button("Measure", type="primary", disabled=not keys or not picked.model):
             eval_set=str(save_upload(mc_file, evaluate.load_mc_jsonl) if mc_file else evaluate.DEFAULT_MC_SET),
             ppl_text=str(save_upload(text_file, evaluate.read_text) if text_file else evaluate.DEFAULT_PPL_TEXT),
         )
-        target = store()
-        slot.start(f"Quantization sweep of {picked.model}", lambda report, stop: run_sweep(
-            picked.model, keys, settings, store=target, should_stop=stop,
-            progress=lambda p: report(p.fraction, p.message)))
-    except (ValueError, BusyError) as e:
-        st.error(str(e))
+        # Measured by the worker process, never in this web server (see core/worker.py).
+        submit_job("sweep", {"model": picked.model, "techniques": keys, "settings": asdict(settings)},
+                   f"Quantization sweep of {picked.model}")
+    except ValueError as e:
+        show_error(e)
 
 
 job_panel("Each variant is saved as soon as it is measured; you can leave this page.")
