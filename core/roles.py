@@ -66,3 +66,12 @@ def wants_classroom(host: str, flag: bool) -> bool:
 def presenter_link(host: str, port: int, token: str) -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # the presenter opens it on this machine
     return f"http://{shown}:{port}/?token={token}"
+
+
+def clear_results(store, presenter: bool) -> None:
+    """Only the presenter empties the shared results store: a viewer's click must not erase the room's work."""
+    from core.jobqueue import NotAllowed
+
+    if not presenter:
+        raise NotAllowed("Only the presenter can clear the results.")
+    store.clear()

@@ -270,6 +270,17 @@ def job_panel(kept_note: str, live_view=None) -> None:
     st.session_state["seen_ended_init"] = True
 
 
+def clear_results_control() -> None:
+    """The presenter's "clear every result" (with a confirmation); viewers never see it."""
+    if not is_presenter():
+        return
+    with st.expander("Clear every result"):
+        sure = st.checkbox("Yes, delete every measured result and vote on this machine", key="clear_sure")
+        if st.button("Clear results", disabled=not sure, key="clear_results") and (target := store()):
+            roles.clear_results(target, presenter=True)
+            st.rerun()
+
+
 @dataclass(frozen=True)
 class MeasuredSet:
     spec: models.ModelSpec
