@@ -31,6 +31,8 @@ AUTOSTART_ENV = "LAB_WORKER_AUTOSTART"  # "0": pages never spawn a worker (tests
 PROGRESS_EVERY_S = 1.0  # the worker writes progress at most this often: one small row update
 STOP_CHECK_EVERY_S = 0.5  # and reads the stop flag at most this often (should_stop() is called in tight loops)
 IDLE_POLL_S = 0.5
+IDLE_EXIT_ENV = "LAB_WORKER_IDLE_EXIT_S"  # a worker with nothing to do for this long exits (the server restarts one)
+IDLE_EXIT_S = 3600.0
 
 
 @dataclass
@@ -253,6 +255,18 @@ def lock_path() -> Path:
     return data_dir() / "worker.lock"
 
 
+def pid_path() -> Path:
+    return data_dir() / "worker.pid"
+
+
+def running_pid() -> int | None:
+    """The running worker's process id (for scripts and tests that stop it), or None."""
+    try:
+        return int(pid_path().read_text()) if is_running() else None
+    except (OSError, ValueError):
+        return None
+
+
 def _try_lock() -> int | None:
     """The machine's one worker holds this lock for its lifetime (the kernel drops it when the process dies)."""
     fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o600)
@@ -290,6 +304,9 @@ def serve(until_idle: bool = False, say: Callable[[str], None] = print) -> int:
         say("a worker is already running on this machine's data folder")
         return 1
     try:
+        pid_path().write_text(str(os.getpid()))
+        idle_exit_s = float(os.environ.get(IDLE_EXIT_ENV, IDLE_EXIT_S))
+        idle_since = time.monotonic()
         models.quiet_library_output()
         queue = JobQueue()
         for job_id in queue.recover():
@@ -300,10 +317,14 @@ def serve(until_idle: bool = False, say: Callable[[str], None] = print) -> int:
             if job is None:
                 if until_idle and not queue.snapshot().waiting:
                     return 0
+                if time.monotonic() - idle_since > idle_exit_s:
+                    say(f"worker {os.getpid()} idle for {idle_exit_s:.0f} s: exiting")
+                    return 0
                 time.sleep(IDLE_POLL_S)
                 continue
             say(f"job {job.id} ({job.kind}, {job.owner}) started")
             state = run_job(queue, job)
             say(f"job {job.id} {state}")
+            idle_since = time.monotonic()
     finally:
         os.close(fd)

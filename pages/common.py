@@ -28,6 +28,7 @@ class SidebarChoice:
     preset: cost.HardwarePreset  # with the user's price applied
 
 
+MAX_UPLOAD_BYTES = 5_000_000  # as .streamlit/config.toml's maxUploadSize
 HEARTBEAT_EVERY_S = 10.0  # a session checks in at most this often: one tiny row write
 PANEL_EVERY_S = 3.0  # the job panel redraws this often, from one snapshot that every session shares
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
@@ -173,6 +174,9 @@ def save_upload(upload, validate) -> Path:
     from core.store import data_dir
 
     body = upload.getvalue()
+    if len(body) > MAX_UPLOAD_BYTES:  # the server's own limit catches this first; this one holds in page tests too
+        raise ValueError(f"{upload.name}: {len(body) / 1e6:.1f} MB is more than the {MAX_UPLOAD_BYTES / 1e6:.0f} MB "
+                         "an eval or training file may have here. Use fewer lines.")
     folder = data_dir() / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha256(body).hexdigest()[:16]}{Path(upload.name).suffix}"
