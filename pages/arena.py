@@ -12,7 +12,7 @@ import torch
 from core import arena, benchmark, distillation, evaluate, models, techniques
 from core.jobs import iterate_on_torch_thread, on_torch_thread
 from core.sweep import chat_prompt_ids
-from pages.common import choice, is_presenter, queue, session_id, store
+from pages.common import choice, is_presenter, queue, session_id, store, visible
 
 PROMPTS = {p["id"]: p for p in json.loads((evaluate.ASSETS / "prompts.json").read_text())}
 OWN = "own"
@@ -73,7 +73,7 @@ device = benchmark.pick_device("auto")
 try:
     spec = models.resolve(picked.model)
 except models.ModelError as e:
-    st.info(str(e))
+    st.info(visible(str(e)))
     st.stop()
 results = store()
 swept = {r.technique: r for r in (results.latest_per_technique(spec.key, benchmark.hardware_fingerprint(device))

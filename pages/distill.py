@@ -8,7 +8,7 @@ import streamlit as st
 from core import distillation, models, speculative
 from core.jobs import on_torch_thread
 from core.tables import distill_rows, speculative_rows
-from pages.common import choice, fmt_seconds, job_panel, save_upload, show_error, store, submit_job
+from pages.common import choice, fmt_seconds, job_panel, save_upload, show_error, store, submit_job, visible
 
 st.title("Distill a smaller student")
 st.write("Knowledge distillation trains a small **student** to give the same next-token probabilities as a large "
@@ -25,7 +25,7 @@ try:
         checkpoint = on_torch_thread(models.prepare, spec)
     teacher_layers = len(distillation.decoder_layers(distillation.meta_model(checkpoint)))
 except (models.ModelError, ValueError, OSError) as e:
-    st.info(f"Pick a teacher model in the sidebar first. ({e})")
+    st.info(visible(f"Pick a teacher model in the sidebar first. ({e})"))
     st.stop()
 if teacher_layers < 2:
     st.info(f"{spec.label} has a single decoder layer: there is nothing to remove. Pick a deeper teacher.")
@@ -45,7 +45,7 @@ how = c2.radio("Which layers", distillation.LAYER_CHOICES, horizontal=True,
 try:
     shape = distillation.plan(checkpoint, layers, how)
 except ValueError as e:
-    st.error(str(e))
+    show_error(e)
     st.stop()
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Student parameters", f"{shape.student_params / 1e6:.1f} M", delta=f"{shape.params_pct - 100:.0f}% vs teacher",
@@ -130,14 +130,15 @@ else:
     pruned = next((r for r in run_records if r.variant_facts.get("distillation", {}).get("role") == "student_pruned"), None)
     trio = [r for r in (teacher, pruned, latest) if r is not None]
     st.dataframe(distill_rows(trio, teacher), hide_index=True)
-    dashboard_note = (" Measured from the dashboard, which shares the cores with the model: the CLI gives the "
-                      "cleanest speeds." if latest.settings.get("launched_from") == "dashboard" else "")
-    st.caption(f"Run {facts['student_path']}: {facts['student_layers']} of {facts['teacher_layers']} layers, "
+    dashboard_note = (f" Measured from the dashboard's worker process, apart from the web server, with "
+                      f"{latest.settings.get('sessions_connected', '?')} browser sessions connected."
+                      if latest.settings.get("launched_from") == "dashboard" else "")
+    st.caption(visible(f"Run {facts['student_path']}: {facts['student_layers']} of {facts['teacher_layers']} layers, "
                f"{facts['settings']['steps']} steps, {facts['tokens_seen']:,} tokens seen, "
                f"{fmt_seconds(facts['train_seconds'])} of training on {facts['device']} ({facts['hardware']}), "
                f"{facts['threads']} threads; corpus: {facts['corpus']}. KL divergence and top-1 agreement are "
                "against the teacher on general prose the student never trained on; MC accuracy has a 95% "
-               "bootstrap interval." + dashboard_note)
+               "bootstrap interval." + dashboard_note))
     k1, k2 = st.columns(2)
     k1.metric("Held-out KL divergence, pruned → distilled",
               f"{facts['heldout_kld_pruned']:.2f} → {facts['heldout_kld_distilled']:.2f} nats",

@@ -8,7 +8,7 @@ import streamlit as st
 from core import benchmark, evaluate, models, moe, plots, techniques
 from core.sweep import SweepSettings
 from core.tables import moe_rows, moe_view
-from pages.common import choice, job_panel, show_error, store, submit_job
+from pages.common import choice, job_panel, show_error, store, submit_job, visible
 
 PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
 EXPERT_CHOICES = [4, 8, 16]
@@ -24,7 +24,7 @@ picked = choice()
 try:
     native = moe.native_moe_for_name(picked.model)
 except models.ModelError as e:
-    st.info(str(e))
+    st.info(visible(str(e)))
     st.stop()
 
 c1, c2 = st.columns([1, 2])

@@ -8,7 +8,7 @@ import streamlit as st
 from core import benchmark, evaluate, models, techniques
 from core.sweep import SweepSettings
 from core.tables import provenance_lines, summary_rows
-from pages.common import choice, job_panel, save_upload, show_error, store, submit_job
+from pages.common import choice, job_panel, save_upload, show_error, store, submit_job, visible
 
 PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
 DEFAULT_PICK = ["fp32", "bf16", "int8", "nf4", "dyn-int8"]
@@ -62,7 +62,7 @@ try:
     spec = models.resolve(picked.model)
     records = [r for r in (results.latest_per_technique(spec.key, hardware) if results else []) if r.technique in QUANT_KEYS]
 except models.ModelError as e:
-    st.info(str(e))
+    st.info(visible(str(e)))
     records = []
 if not records:
     st.info("No measurements of this model on this machine yet: pick variants and press **Measure**.")
