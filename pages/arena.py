@@ -134,11 +134,14 @@ if st.button("Generate", type="primary", disabled=busy or not prompt.strip()):
         boxes[k][0].markdown(f"#### {names[k]}\n\n*warming up…*")
     for model in loaded.values():  # untimed, on this very prompt, as the sweep's warm-up run
         on_torch_thread(arena.warm_up, model, input_ids, device)
-    drawn = dict.fromkeys(keys, 0.0)
+    drawn, renewed = dict.fromkeys(keys, 0.0), time.perf_counter()
     streams = {k: iterate_on_torch_thread(benchmark.stream_tokens(loaded[k], input_ids, new_tokens, device)) for k in keys}
     for step in arena.race(streams, schedule):
         log.add(step)
         now = time.perf_counter()
+        if now - renewed > 20:  # a long run keeps its hold on the machine (it lapses by itself if this server dies)
+            queue().hold(LEASE)
+            renewed = now
         if step.index == 0:  # a draw right after prefill slowed the next decode step 2x: start the clock instead
             drawn[step.key] = now
         if now - drawn[step.key] > REDRAW_S or step.index == new_tokens - 1:
