@@ -281,3 +281,21 @@ def test_one_worker_per_data_folder(data_dir):
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(10)
+
+
+def test_a_viewer_sees_a_failed_job_without_server_paths_and_who_started_each_job(monkeypatch):
+    monkeypatch.setenv(roles.CLASSROOM_ENV, "1")
+    queue = JobQueue()
+    failed = queue.submit("sweep", sweep_args(), "Sweep A", "sweep", PRESENTER, "s-p")
+    queue.claim(os.getpid())
+    queue.finish(failed, "failed", "OSError: cannot read /srv/lab/data/models/secret/config.json")
+    queue.submit("sweep", sweep_args(), "Sweep B", "sweep", PRESENTER, "s-p")
+    queue.claim(os.getpid())
+    queue.submit("sweep", sweep_args(), "Sweep C", "sweep", "viewer 3", "s-c")
+    at = AppTest.from_file(str(ROOT / "pages" / "quantize.py"), default_timeout=60).run()
+    assert not at.exception
+    shown = " ".join(e.value for e in at.error)
+    assert "<server path>" in shown and "/srv/lab" not in shown
+    assert "Sweep B (presenter)" in at.get("progress")[0].proto.text
+    assert any("Sweep C (viewer 3" in c.value and "starts" in c.value for c in at.caption)
+    assert not any(b.label in ("Stop", "Cancel") for b in at.button)  # a viewer may stop neither
