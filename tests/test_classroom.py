@@ -299,3 +299,27 @@ def test_a_viewer_sees_a_failed_job_without_server_paths_and_who_started_each_jo
     assert "Sweep B (presenter)" in at.get("progress")[0].proto.text
     assert any("Sweep C (viewer 3" in c.value and "starts" in c.value for c in at.caption)
     assert not any(b.label in ("Stop", "Cancel") for b in at.button)  # a viewer may stop neither
+
+
+def test_a_killed_server_does_not_stop_the_worker_it_started(data_dir):
+    """The dashboard starts the worker in a session of its own, so SIGKILL of the server leaves the sweep running."""
+    queue = JobQueue()
+    job = queue_sweep(queue, PRESENTER, "s-p")
+    env = os.environ | {"LAB_DATA_DIR": str(data_dir), "LAB_SHOW_TEST_MODELS": "1", "LAB_WORKER_AUTOSTART": "1",
+                        "LAB_WORKER_IDLE_EXIT_S": "5"}
+    server = subprocess.Popen([sys.executable, "-c", "from core import worker; worker.ensure_running(); "
+                               "import time; time.sleep(120)"], cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not worker.is_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        deadline = time.monotonic() + 180
+        while queue.job(job).state in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert queue.job(job).state == "done" and len(ResultStore().all()) == 1
+    finally:
+        pid = worker.running_pid()
+        if pid:
+            os.kill(pid, signal.SIGKILL)
