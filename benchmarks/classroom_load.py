@@ -49,7 +49,7 @@ from streamlit.proto.WidgetStates_pb2 import WidgetState
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 VIEWER_PAGES = ["", "quantize", "tradeoff_map", "arena", "decide", "report", "moe", "lora", "distill"]
-# Refusals the lab is meant to give (queue limits, the Arena waiting for the queue) are not errors.
+# Notices the lab is meant to give (queue limits, the Arena waiting for the queue) are not errors: counted apart.
 EXPECTED = re.compile(r"each viewer may have|queue is full|still running|Arena opens again|try again when", re.I)
 WIDGETS = ("button", "multiselect", "number_input", "selectbox", "radio", "slider", "text_area", "checkbox")
 
@@ -360,7 +360,7 @@ def main() -> None:
         lab, token = start_lab(args.app_dir.resolve(), python, env, port)
         url = f"http://127.0.0.1:{port}"
         me = psutil.Process()
-        cpu0, wall0 = sum(me.cpu_times()[:4]), time.monotonic()
+        cpu0, wall0 = sum(me.cpu_times()[:2]), time.monotonic()
         since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         stats, pstats, bstats = Stats(), Stats(), Stats()
         stop_browsers = threading.Event()
@@ -408,7 +408,7 @@ def main() -> None:
         "page_response_s_p50": round(pct(everyone.page_s, 0.5), 3), "page_response_s_p90": round(pct(everyone.page_s, 0.9), 3),
         "fragment_rerun_s_p90": round(pct(everyone.fragment_s, 0.9), 3), "timeouts": everyone.timeouts,
         "errors_shown": len(everyone.errors), "error_samples": sorted(set(everyone.errors))[:8],
-        "expected_refusals_shown": everyone.refusals, "viewer_jobs_queued": stats.jobs_queued, "queue": jobs,
+        "expected_notices_shown": everyone.refusals, "viewer_jobs_queued": stats.jobs_queued, "queue": jobs,
         "load_generator_cpu_pct_of_machine": round(100 * load_cpu / (wall * psutil.cpu_count()), 1),
         "cpu": next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                      if l.startswith("model name")), "unknown"), "cores": psutil.cpu_count(),

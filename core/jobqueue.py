@@ -60,7 +60,8 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, priority, id);
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
     number INTEGER NOT NULL UNIQUE, -- "viewer 7"
-    last_seen_s REAL NOT NULL
+    last_seen_s REAL NOT NULL,
+    left_s REAL                     -- when the web server saw it disconnect (NULL: still connected or unknown)
 );
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
@@ -143,6 +144,8 @@ class JobQueue:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")  # readers (pages) never wait for the worker's writes
             conn.executescript(_SCHEMA)
+            if "left_s" not in [r[1] for r in conn.execute("PRAGMA table_info(sessions)")]:
+                conn.execute("ALTER TABLE sessions ADD COLUMN left_s REAL")  # a queue file from before left_s
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -213,7 +216,7 @@ class JobQueue:
             ended = conn.execute("SELECT * FROM jobs WHERE state NOT IN ('queued', 'running') "
                                  "ORDER BY ended_s DESC LIMIT ?", (recent,)).fetchall()
             durations = self._durations(conn)
-            sessions = conn.execute("SELECT COUNT(*) FROM sessions WHERE last_seen_s > ?",
+            sessions = conn.execute("SELECT COUNT(*) FROM sessions WHERE last_seen_s > ? AND left_s IS NULL",
                                     (now - SESSION_ALIVE_S,)).fetchone()[0]
         run = _row_to_job(running) if running else None
         left = _time_left(run, durations)
@@ -244,17 +247,31 @@ class JobQueue:
         with self._write() as conn:
             row = conn.execute("SELECT number FROM sessions WHERE session_id = ?", (session,)).fetchone()
             if row:
-                conn.execute("UPDATE sessions SET last_seen_s = ? WHERE session_id = ?", (now, session))
+                conn.execute("UPDATE sessions SET last_seen_s = ?, left_s = NULL WHERE session_id = ?", (now, session))
                 return int(row["number"])
             number = conn.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM sessions").fetchone()[0]
-            conn.execute("INSERT INTO sessions VALUES (?, ?, ?)", (session, number, now))
+            conn.execute("INSERT INTO sessions VALUES (?, ?, ?, NULL)", (session, number, now))
             return int(number)
 
-    def sessions_connected(self, since_s: float | None = None) -> int:
-        """Sessions seen since `since_s` (default: connected now)."""
-        cutoff = time.time() - SESSION_ALIVE_S if since_s is None else since_s - SESSION_ALIVE_S
+    def open_sessions(self) -> list[str]:
         with self._connect() as conn:
-            return conn.execute("SELECT COUNT(*) FROM sessions WHERE last_seen_s > ?", (cutoff,)).fetchone()[0]
+            return [r[0] for r in conn.execute("SELECT session_id FROM sessions WHERE left_s IS NULL AND last_seen_s > ?",
+                                               (time.time() - SESSION_ALIVE_S,))]
+
+    def mark_left(self, sessions: list[str]) -> None:
+        """The web server knows which sessions closed (a tab shut, a page reloaded): they stop counting at once."""
+        if sessions:
+            with self._write() as conn:
+                conn.executemany("UPDATE sessions SET left_s = ? WHERE session_id = ? AND left_s IS NULL",
+                                 [(time.time(), s) for s in sessions])
+
+    def sessions_connected(self, since_s: float | None = None) -> int:
+        """Sessions connected at some moment since `since_s` (default: now): seen lately and not known to have left."""
+        now = time.time()
+        since = now if since_s is None else since_s
+        with self._connect() as conn:
+            return conn.execute("SELECT COUNT(*) FROM sessions WHERE last_seen_s > ? AND (left_s IS NULL OR left_s > ?)",
+                                (since - SESSION_ALIVE_S, since)).fetchone()[0]
 
     def hold(self, name: str, seconds: float = LEASE_S) -> bool:
         """Take (or renew) the machine for an interactive run; False if a job is running. The worker starts

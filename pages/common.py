@@ -38,7 +38,20 @@ _PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
 
 
 def session_id() -> str:
-    return st.session_state.setdefault("lab_session", secrets.token_hex(8))
+    """Streamlit's own id for this browser session (so the server can tell when it closes), else a random one."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return st.session_state.setdefault("lab_session", ctx.session_id if ctx else secrets.token_hex(8))
+
+
+def _forget_closed_sessions() -> None:
+    """Sessions that the web server no longer holds stop counting as connected (a reload makes a new one)."""
+    from streamlit import runtime
+
+    if runtime.exists():
+        server = runtime.get_instance()
+        queue().mark_left([s for s in queue().open_sessions() if not server.is_active_session(s)])
 
 
 def is_presenter() -> bool:
@@ -78,6 +91,7 @@ def heartbeat(force: bool = False) -> int:
     if force or time.monotonic() - state.get("lab_seen", -1e9) > HEARTBEAT_EVERY_S or "lab_number" not in state:
         state["lab_number"] = queue().heartbeat(session_id())
         state["lab_seen"] = time.monotonic()
+        _forget_closed_sessions()
     return state["lab_number"]
 
 

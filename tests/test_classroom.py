@@ -323,3 +323,13 @@ def test_a_killed_server_does_not_stop_the_worker_it_started(data_dir):
         pid = worker.running_pid()
         if pid:
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_session_that_left_stops_counting_but_still_counts_for_the_time_it_was_there():
+    queue = JobQueue()
+    before = time.time()
+    assert queue.heartbeat("a") == 1 and queue.heartbeat("b") == 2 and queue.heartbeat("a") == 1
+    queue.mark_left(["b"])
+    assert queue.sessions_connected() == 1
+    assert queue.sessions_connected(since_s=before) == 2  # b was connected during a job that began before it left
+    assert queue.open_sessions() == ["a"]
