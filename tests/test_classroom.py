@@ -333,3 +333,21 @@ def test_a_session_that_left_stops_counting_but_still_counts_for_the_time_it_was
     assert queue.sessions_connected() == 1
     assert queue.sessions_connected(since_s=before) == 2  # b was connected during a job that began before it left
     assert queue.open_sessions() == ["a"]
+
+
+def test_the_presenters_stop_reaches_the_running_sweep_which_keeps_what_it_finished():
+    import threading
+
+    queue = JobQueue()
+    many = ["fp32", "bf16", "fp16", "dyn-int8", "fp32", "bf16", "fp16", "dyn-int8"]
+    job = queue_sweep(queue, PRESENTER, "s-p", techniques=many, repeats=3)
+    loop = threading.Thread(target=worker.serve, kwargs={"until_idle": True, "say": lambda m: None})
+    loop.start()
+    deadline = time.monotonic() + 120
+    while not ResultStore().all() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    queue.stop(job, "s-p", presenter=True)
+    loop.join(120)
+    ended = queue.job(job)
+    assert ended.state == "cancelled", ended.error
+    assert 1 <= len(ResultStore().all()) < len(many)
