@@ -31,7 +31,7 @@ class SidebarChoice:
 MAX_UPLOAD_BYTES = 5_000_000  # as .streamlit/config.toml's maxUploadSize
 HEARTBEAT_EVERY_S = 10.0  # a session checks in at most this often: one tiny row write
 PANEL_EVERY_S = 3.0  # the job panel redraws this often, from one snapshot that every session shares
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
+_PATH = re.compile(r"(?<![\w.])(?:/[\w.@+-]+){2,}/?")  # /a/b..., not the slashes of "fp32/bf16/nf4"
 
 
 # ---------------------------------------------------------------- who is looking
