@@ -183,7 +183,7 @@ def test_wrong_or_missing_token_gives_viewer_rights_and_reveals_nothing(monkeypa
     assert "token" not in at.query_params  # stripped from the address bar
     page = app(given).run()
     assert not page.exception and not any(b.label == "Clear results" for b in page.button)
-    everything = json.dumps([str(e) for e in at.main] + [str(e) for e in at.sidebar] + [str(e) for e in page.main])
+    everything = all_text(at) + all_text(page)
     assert token not in everything and "wrong-token" not in everything
 
 
@@ -351,3 +351,36 @@ def test_the_presenters_stop_reaches_the_running_sweep_which_keeps_what_it_finis
     ended = queue.job(job)
     assert ended.state == "cancelled", ended.error
     assert 1 <= len(ResultStore().all()) < len(many)
+
+
+def all_text(at: AppTest) -> str:
+    """Every string the page drew, main area and sidebar, tables and metrics included."""
+    parts = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success",
+                 "text", "code", "json", "metric", "dataframe", "table", "exception"):
+        for element in getattr(at, kind, []):
+            value = getattr(element, "value", "")
+            parts.append(value.to_string() if hasattr(value, "to_string") else str(value))
+            parts.append(str(getattr(element, "label", "")))
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("name", ["quantize", "tradeoff_map", "decide", "report", "moe", "lora", "distill", "arena"])
+def test_no_page_shows_a_viewer_a_server_path(monkeypatch, tiny_dir, name):
+    from core import models
+    from tests.factories import make_record
+    from tests.test_pages import HERE, seed_distillation, seed_sweep
+
+    monkeypatch.setenv(roles.CLASSROOM_ENV, "1")
+    monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)
+    store = ResultStore()
+    seed_sweep(store)
+    seed_distillation(store)
+    store.add(make_record(model="smollm2-135m-instruct", technique="bf16", hardware=HERE,
+                          settings={"eval_set": str(ROOT / "assets" / "mc.jsonl"), "ppl_text": str(tiny_dir / "t.txt")}))
+    at = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = all_text(at)
+    assert len(shown) > 300  # the page drew its content, not just a guard
+    for secret in (str(ROOT), str(tiny_dir), os.environ["LAB_DATA_DIR"], "/data/students"):
+        assert secret not in shown, (name, secret)
