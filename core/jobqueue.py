@@ -294,6 +294,9 @@ class JobQueue:
     def claim(self, worker_pid: int) -> QueuedJob | None:
         """The next job in order, marked running; None when nothing waits or an interactive run holds the machine."""
         now = time.time()
+        with self._connect() as conn:  # a plain read first: an idle worker polls without taking the write lock
+            if not conn.execute("SELECT 1 FROM jobs WHERE state = 'queued' LIMIT 1").fetchone():
+                return None
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM leases WHERE until_s > ?", (now,)).fetchone():
                 return None
