@@ -183,19 +183,20 @@ def submit(queue: JobQueue, kind: str, args: dict, label: str, owner: str, sessi
 
 
 class _SessionCountingStore:
-    """Writes into each record how many browser sessions were connected while it was measured."""
+    """Writes into each record how many browser sessions were connected while it was measured: the most seen
+    at once (sampled with each progress write, and when the record is stored), so page reloads are not summed."""
 
-    def __init__(self, store: ResultStore, queue: JobQueue, job_started_s: float):
-        self._store, self._queue, self._started = store, queue, job_started_s
+    def __init__(self, store: ResultStore, queue: JobQueue):
+        self._store, self._queue = store, queue
+        self.peak = queue.sessions_connected()
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self._queue.sessions_connected())
 
     def add(self, record) -> int:
-        from datetime import datetime
-
-        try:
-            since = datetime.fromisoformat(record.started_at).timestamp() if record.started_at else self._started
-        except ValueError:
-            since = self._started
-        record.settings = dict(record.settings) | {"sessions_connected": self._queue.sessions_connected(since)}
+        self.sample()
+        record.settings = dict(record.settings) | {"sessions_connected": self.peak}
+        self.peak = self._queue.sessions_connected()  # the next variant starts counting from now
         return self._store.add(record)
 
     def __getattr__(self, name: str):
@@ -220,6 +221,8 @@ def run_job(queue: JobQueue, job: QueuedJob) -> str:
         if now - last_write[0] >= PROGRESS_EVERY_S:
             last_write[0] = now
             queue.progress(job.id, fraction, message, log, _live_json(ctx.live))
+            if isinstance(ctx.store, _SessionCountingStore):
+                ctx.store.sample()
 
     def should_stop() -> bool:
         now = time.monotonic()
@@ -231,7 +234,7 @@ def run_job(queue: JobQueue, job: QueuedJob) -> str:
     ctx.report, ctx.should_stop = report, should_stop
     try:
         check_allowed(job.kind, job.args, job.owner == PRESENTER)  # again here: the queue file is only data
-        ctx.store = _SessionCountingStore(ResultStore(), queue, job.started_s or time.time())
+        ctx.store = _SessionCountingStore(ResultStore(), queue)
         JOB_KINDS[job.kind].run(job.args, ctx)
         state, error = "done", ""
     except Stopped as e:

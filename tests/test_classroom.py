@@ -59,6 +59,21 @@ def test_two_viewers_jobs_run_in_order_after_the_presenters_and_land_in_the_stor
     assert all(r.settings["sessions_connected"] == 2 for r in records)  # the two heartbeating sessions
 
 
+def test_a_record_counts_the_most_sessions_connected_at_once_not_every_reload():
+    from core.worker import _SessionCountingStore
+    from tests.factories import make_record
+
+    queue = JobQueue()
+    queue.heartbeat("steady")
+    counting = _SessionCountingStore(ResultStore(), queue)
+    for i in range(5):  # one tab reloaded five times: five sessions, never more than one at once
+        queue.heartbeat(f"reload-{i}")
+        counting.sample()
+        queue.mark_left([f"reload-{i}"])
+    counting.add(make_record())
+    assert ResultStore().all()[0].settings["sessions_connected"] == 2  # the steady tab and one reload
+
+
 def test_per_viewer_and_queue_limits_say_what_to_do(monkeypatch):
     queue = JobQueue()
     for _ in range(MAX_WAITING_PER_VIEWER):
