@@ -43,9 +43,10 @@ llama:
 model: setup
 	$(PY) -m core prepare --model smollm2-135m-instruct
 
+# The worker that measures starts first (its own process); off 127.0.0.1, or with CLASSROOM=1, the lab runs in
+# classroom mode and prints the presenter's secret link here.
 run: model
-	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
-		--server.headless true --browser.gatherUsageStats false
+	$(PY) -m core serve --host $(HOST) --port $(PORT) $(if $(filter 1,$(CLASSROOM)),--classroom)
 
 # Debian's Chromium for the browser smoke test; skipped quietly where apt is not ours to use.
 browser:

@@ -7,6 +7,8 @@
     python -m core lora --model smollm2-135m-instruct --task support-routing --rank 8 --steps 80
     python -m core distill --teacher smollm2-135m-instruct --layers 15 --steps 150 --json distill.json
     python -m core speculate --model smollm2-135m-instruct --draft PATH --json speculate.json
+    python -m core worker                      # runs queued dashboard jobs, one at a time (one per machine)
+    python -m core serve --host 0.0.0.0        # worker + dashboard; prints the presenter link for a classroom
 """
 
 from __future__ import annotations
@@ -218,6 +220,40 @@ def cmd_speculate(args: argparse.Namespace) -> None:
     _write_json(args.json, result.to_dict())
 
 
+def cmd_worker(args: argparse.Namespace) -> None:
+    from core import worker
+
+    code = worker.serve(until_idle=args.until_idle, say=lambda m: print(m, file=sys.stderr, flush=True))
+    if code:
+        raise SystemExit(code)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Start the worker, then the dashboard in the foreground. For an audience, print the presenter link here,
+    on the presenter's terminal only; the browser pages never show it."""
+    import os
+
+    from core import roles, worker
+
+    env = dict(os.environ)
+    extra = []
+    if roles.wants_classroom(args.host, args.classroom):
+        env[roles.CLASSROOM_ENV] = "1"
+        token = os.environ.get(roles.TOKEN_ENV) or roles.new_token()
+        print("Classroom mode: everyone who opens the lab is a viewer. Open this link yourself to present",
+              "(keep it to yourself; it changes at every start):", file=sys.stderr)
+        print(f"    {roles.presenter_link(args.host, args.port, token)}", file=sys.stderr, flush=True)
+        # Viewers never see a traceback or the developer menu.
+        extra = ["--client.showErrorDetails", "none", "--client.toolbarMode", "viewer"]
+    os.environ.update(env)
+    worker.ensure_running()
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", args.host,
+               "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               *extra]
+    os.chdir(Path(__file__).resolve().parent.parent)
+    os.execvpe(command[0], command, env)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="LLM Trade-off Lab, headless.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -282,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-new-tokens", type=int, default=64)
     sp.add_argument("--json", help="write the result here (else to stdout)")
     sp.set_defaults(func=cmd_speculate)
+    w = sub.add_parser("worker", help="run the dashboard's queued jobs one at a time, apart from the web server")
+    w.add_argument("--until-idle", action="store_true", help="exit once the queue is empty (tests, scripts)")
+    w.set_defaults(func=cmd_worker)
+    sv = sub.add_parser("serve", help="start the worker and the dashboard (classroom mode off loopback)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8501)
+    sv.add_argument("--classroom", action="store_true", help="roles and a presenter link even on 127.0.0.1")
+    sv.set_defaults(func=cmd_serve)
     return parser
 
 

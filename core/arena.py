@@ -25,6 +25,16 @@ from core.records import VariantRecord
 Schedule = Literal["one after another", "round-robin"]  # the first is the default: on 2 cores it disturbs timings least
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 MIN_VARIANTS, MAX_VARIANTS = 2, 4
+MAX_PROMPT_CHARS = 1000  # a typed prompt longer than this is refused: prefill time grows with it, for everyone
+
+
+def prompt_problem(prompt: str) -> str | None:
+    """Why a typed prompt cannot be run, or None."""
+    if not prompt.strip():
+        return "Type a prompt first."
+    if len(prompt) > MAX_PROMPT_CHARS:
+        return f"The prompt has {len(prompt):,} characters; the Arena takes at most {MAX_PROMPT_CHARS:,}. Shorten it."
+    return None
 WARMUP_TOKENS = 4  # one short untimed decode after loading: first calls pay for lazy init and page faults
 
 

@@ -1,5 +1,9 @@
 """Long work in a background thread: progress, cancel, and one heavy job at a time.
 
+The dashboard no longer runs jobs here: it queues them for the worker process (core/jobqueue.py,
+core/worker.py). What stays is `Stopped`, which every long core function raises on a stop request, the
+torch-thread helpers the Arena uses for its live runs, and `JobSlot` for in-process use (a notebook).
+
 The machine this lab runs on may have two cores: two timing jobs at once would spoil both, so a
 `JobSlot` refuses to start a job while another is running. A job's work function receives a
 `report(fraction, message)` callback and a `should_stop()` callback; what it finished before a cancel

@@ -36,6 +36,38 @@ class ModelError(ValueError):
     """A model that cannot be used, with a message a person can act on."""
 
 
+OWN_CODE = "this model needs its own code, which the lab never runs"
+
+
+def refuse_own_code(folder: Path, name: str) -> None:
+    """A config with `auto_map` points at Python files shipped with the weights (modeling_*.py). The lab never
+    passes trust_remote_code, so transformers would refuse anyway, but with advice to upgrade that is wrong here."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # unreadable configs get transformers' own message when loaded
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if auto_map:
+        files = sorted({str(v).split(".")[0] + ".py" for v in (auto_map.values() if isinstance(auto_map, dict) else [])
+                        if isinstance(v, str)})
+        raise ModelError(f"'{name}': {OWN_CODE} (its config.json names {', '.join(files) or 'custom code'} in auto_map). "
+                         "Pick a model whose architecture transformers supports natively, such as Llama, Qwen2, "
+                         "Gemma or SmolLM, or convert it to one of those and save it with save_pretrained().")
+
+
+def viewer_may_load(name: str) -> bool:
+    """A classroom viewer may name only the lab's own models: a bundled key or a student this lab distilled.
+    A folder or hub id would read the server's disk or reach the network on anyone's say-so."""
+    spec = BUNDLED.get(name)
+    if spec is not None:
+        return not spec.for_tests or os.environ.get("LAB_SHOW_TEST_MODELS") == "1"
+    try:
+        students = (data_dir() / "students").resolve()
+        return Path(name).resolve().is_relative_to(students) and (Path(name) / "config.json").is_file()
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     key: str
@@ -113,6 +145,7 @@ def resolve(name: str) -> ModelSpec:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"'{name}' is a path but holds no config.json: point at a directory saved with save_pretrained().")
+        refuse_own_code(path, name)
         return ModelSpec(key=str(path.resolve()), label=path.name, source="local", location=str(path.resolve()),
                          weights_note=f"Weights from the local directory {path.resolve()}.")
     if name.count("/") == 1 and " " not in name:
@@ -239,11 +272,17 @@ def _hub_snapshot(repo_id: str) -> Path:
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        refuse_own_code(folder, repo_id)
+        return folder
+    except ModelError:
+        raise
     except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
         pass
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        refuse_own_code(folder, repo_id)
+        return folder
     except RepositoryNotFoundError as e:
         raise ModelError(f"No model '{repo_id}' on the Hugging Face Hub (or it is private). Check the id.") from e
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:

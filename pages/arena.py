@@ -12,7 +12,7 @@ import torch
 from core import arena, benchmark, distillation, evaluate, models, runtimes, techniques
 from core.jobs import iterate_on_torch_thread, on_torch_thread
 from core.sweep import chat_prompt_ids
-from pages.common import choice, job_slot, store
+from pages.common import choice, is_presenter, queue, session_id, store, visible
 
 PROMPTS = {p["id"]: p for p in json.loads((evaluate.ASSETS / "prompts.json").read_text())}
 OWN = "own"
@@ -74,7 +74,7 @@ device = benchmark.pick_device("auto")
 try:
     spec = models.resolve(picked.model)
 except models.ModelError as e:
-    st.info(str(e))
+    st.info(visible(str(e)))
     st.stop()
 results = store()
 swept = {r.technique: r for r in (results.latest_per_technique(spec.key, benchmark.hardware_fingerprint(device))
@@ -93,7 +93,8 @@ keys = st.multiselect("Variants (2 to 4)", options, default=[k for k in DEFAULT_
                       + (" · in the sweep" if k in swept else ""))
 c1, c2, c3 = st.columns([3, 1, 1])
 prompt_id = c1.selectbox("Prompt", [*PROMPTS, OWN], format_func=lambda i: PROMPTS[i]["title"] if i in PROMPTS else "Type my own")
-prompt = c1.text_area("Your prompt", "What is a language model?") if prompt_id == OWN else PROMPTS[prompt_id]["prompt"]
+prompt = c1.text_area("Your prompt", "What is a language model?", max_chars=arena.MAX_PROMPT_CHARS) \
+    if prompt_id == OWN else PROMPTS[prompt_id]["prompt"]
 new_tokens = int(c2.number_input("New tokens", 8, 256, 32, step=8, help="The sweep times 32: keep 32 to compare."))
 schedule = c3.radio("Run order", arena.SCHEDULES, help="One after another disturbs the timings least on a small CPU. "
                     "Round-robin: one token each in turn, so the answers grow together; each variant's timings count "
@@ -102,12 +103,24 @@ blind = c3.toggle("Blind mode", help="Answers are labelled A, B, ... in a random
 if len(keys) < arena.MIN_VARIANTS:
     st.info("Pick at least two variants.")
     st.stop()
-job = job_slot().job
-busy = job is not None and job.snapshot().status == "running"
+# Live runs happen here, in the web server, so they must never overlap a timed job: an Arena run starts only
+# when the worker is idle (for a viewer: also nothing waiting), and while it runs it holds a lease that keeps
+# the worker from starting the next job. Two Arena runs never overlap either.
+snap = queue().snapshot()
+busy = snap.running is not None or (bool(snap.waiting) and not is_presenter())
 if busy:
-    st.warning("A measurement job is running on this machine: generating now would slow both down. Wait for it to finish.")
+    st.warning("A measurement job is running or waiting on this machine: generating now would spoil its timings. "
+               "The Arena opens again when the queue is empty.")
+LEASE = f"arena:{session_id()}"
+queue().release(LEASE)  # this session is not generating now (its runs are sequential): drop a lease left by an error
 
 if st.button("Generate", type="primary", disabled=busy or not prompt.strip()):
+    if problem := arena.prompt_problem(prompt):
+        st.error(problem)
+        st.stop()
+    if not queue().hold(LEASE):
+        st.warning("Another Arena run or a job started a moment ago; try again when it ends.")
+        st.stop()
     checkpoint = str(models.prepare(spec))
     tokenizer = load_tokenizer(checkpoint)
     input_ids = chat_prompt_ids(tokenizer, prompt).to(device)
@@ -122,11 +135,14 @@ if st.button("Generate", type="primary", disabled=busy or not prompt.strip()):
         boxes[k][0].markdown(f"#### {names[k]}\n\n*warming up…*")
     for model in loaded.values():  # untimed, on this very prompt, as the sweep's warm-up run
         on_torch_thread(arena.warm_up, model, input_ids, device)
-    drawn = dict.fromkeys(keys, 0.0)
+    drawn, renewed = dict.fromkeys(keys, 0.0), time.perf_counter()
     streams = {k: iterate_on_torch_thread(loaded[k].stream(input_ids, new_tokens)) for k in keys}
     for step in arena.race(streams, schedule):
         log.add(step)
         now = time.perf_counter()
+        if now - renewed > 20:  # a long run keeps its hold on the machine (it lapses by itself if this server dies)
+            queue().hold(LEASE)
+            renewed = now
         if step.index == 0:  # a draw right after prefill slowed the next decode step 2x: start the clock instead
             drawn[step.key] = now
         if now - drawn[step.key] > REDRAW_S or step.index == new_tokens - 1:
@@ -135,6 +151,7 @@ if st.button("Generate", type="primary", disabled=busy or not prompt.strip()):
     st.session_state["arena"] = dict(model=spec.key, prompt=prompt, keys=list(keys), names=names, blind=blind,
                                      reference=reference, log=log, checkpoint=checkpoint, voted=False,
                                      prompt_tokens=int(input_ids.shape[-1]), schedule=schedule)
+    queue().release(LEASE)
     st.rerun()
 
 last = st.session_state.get("arena")

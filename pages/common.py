@@ -7,13 +7,16 @@ core call, render.
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
-from core import cost, models
-from core.jobs import JobSlot
+from core import cost, jobqueue, models, roles, worker
+from core.jobqueue import PRESENTER, JobQueue, NotAllowed, QueueFull
 from core.store import ResultStore, StoreError
 
 CUSTOM = "Other: a Hugging Face id or local directory"
@@ -25,34 +28,117 @@ class SidebarChoice:
     preset: cost.HardwarePreset  # with the user's price applied
 
 
+MAX_UPLOAD_BYTES = 5_000_000  # as .streamlit/config.toml's maxUploadSize
+HEARTBEAT_EVERY_S = 10.0  # a session checks in at most this often: one tiny row write
+PANEL_EVERY_S = 3.0  # the job panel redraws this often, from one snapshot that every session shares
+_PATH = re.compile(r"(?<![\w.])(?:/[\w.@+-]+){2,}/?")  # /a/b..., not the slashes of "fp32/bf16/nf4"
+
+
+# ---------------------------------------------------------------- who is looking
+
+
+def session_id() -> str:
+    """Streamlit's own id for this browser session (so the server can tell when it closes), else a random one."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return st.session_state.setdefault("lab_session", ctx.session_id if ctx else secrets.token_hex(8))
+
+
+def _forget_closed_sessions() -> None:
+    """Sessions that the web server no longer holds stop counting as connected (a reload makes a new one)."""
+    from streamlit import runtime
+
+    if runtime.exists():
+        server = runtime.get_instance()
+        queue().mark_left([s for s in queue().open_sessions() if not server.is_active_session(s)])
+
+
+def is_presenter() -> bool:
+    """Alone at 127.0.0.1 everyone is the presenter. In classroom mode only a session that opened the presenter
+    link; the token is then removed from the address bar so it is not shared by a copied URL or a screen."""
+    state = st.session_state
+    given = st.query_params.get("token")
+    if given is not None:
+        del st.query_params["token"]
+        if roles.classroom() and roles.is_presenter_token(given):
+            state["lab_presenter"] = True
+    if not roles.classroom():
+        return True
+    return bool(state.get("lab_presenter"))
+
+
+def owner_name() -> str:
+    return PRESENTER if is_presenter() else f"viewer {heartbeat(force=True)}"
+
+
 @st.cache_resource
-def job_slot() -> JobSlot:
-    """One per server process, shared by every browser session: one heavy job at a time on this machine."""
-    return JobSlot()
+def lab_queue() -> JobQueue:
+    return JobQueue()
+
+
+def queue() -> JobQueue:
+    found = lab_queue()
+    if found.path != jobqueue.queue_path():  # the data folder moved (tests give each their own)
+        lab_queue.clear()
+        found = lab_queue()
+    return found
+
+
+def heartbeat(force: bool = False) -> int:
+    """Count this session as connected (measurements record how many were); returns its viewer number."""
+    state = st.session_state
+    if force or time.monotonic() - state.get("lab_seen", -1e9) > HEARTBEAT_EVERY_S or "lab_number" not in state:
+        state["lab_number"] = queue().heartbeat(session_id())
+        state["lab_seen"] = time.monotonic()
+        _forget_closed_sessions()
+    return state["lab_number"]
+
+
+@st.fragment(run_every=20.0)
+def keep_alive() -> None:
+    """Draws nothing: keeps an idle tab counted as connected."""
+    heartbeat()
+
+
+def visible(text: str) -> str:
+    """What a viewer may read of a message: no server paths (the presenter sees everything)."""
+    return text if is_presenter() else _PATH.sub("<server path>", text)
+
+
+def show_error(error: Exception | str) -> None:
+    st.error(visible(str(error)))
 
 
 def store() -> ResultStore | None:
     try:
         return ResultStore()
     except StoreError as e:
-        st.error(str(e))
+        st.error(str(e) if is_presenter() else "The results store cannot be opened; the presenter's terminal says why.")
         return None
 
 
-def model_options() -> dict[str, str]:
+def model_options(presenter: bool = True) -> dict[str, str]:
     # The tiny random model is for tests; LAB_SHOW_TEST_MODELS=1 offers it (the browser test uses it).
     with_tests = os.environ.get("LAB_SHOW_TEST_MODELS") == "1"
     shown = {s.key: s.label for s in models.BUNDLED.values() if with_tests or not s.for_tests}
     from core.distillation import saved_students
 
     students = {str(s.path): s.label for s in saved_students() if with_tests or s.facts.get("teacher") in shown}
-    return shown | students | {CUSTOM: CUSTOM}
+    # Only the presenter may name a folder or hub id: it reads the server's disk (core refuses it for viewers too).
+    return shown | students | ({CUSTOM: CUSTOM} if presenter else {})
 
 
 def sidebar() -> SidebarChoice:
+    presenter = is_presenter()
+    heartbeat()
     with st.sidebar:
+        if roles.classroom():
+            st.caption("You are the **presenter**." if presenter else f"You are **viewer {heartbeat()}**: browse, "
+                       "vote in the Arena, and queue a job; the presenter's jobs run first.")
+        keep_alive()
         st.subheader("Model")
-        options = model_options()
+        options = model_options(presenter)
         key = st.selectbox("Model", list(options), format_func=options.get, key="model_key", label_visibility="collapsed")
         if key == CUSTOM:
             name = st.text_input("Hugging Face id or local directory", key="model_custom",
@@ -67,7 +153,7 @@ def sidebar() -> SidebarChoice:
                 st.caption(spec.license_note)
         else:  # a distilled student saved by this lab
             name = key
-            st.caption(f"A student distilled here, saved in {key}.")
+            st.caption(visible(f"A student distilled here, saved in {key}."))
         st.subheader("Hardware price")
         presets = cost.HARDWARE_PRESETS
         pkey = st.selectbox("Priced as", list(presets), format_func=lambda k: presets[k].label, key="hardware_preset")
@@ -102,6 +188,9 @@ def save_upload(upload, validate) -> Path:
     from core.store import data_dir
 
     body = upload.getvalue()
+    if len(body) > MAX_UPLOAD_BYTES:  # the server's own limit catches this first; this one holds in page tests too
+        raise ValueError(f"{upload.name}: {len(body) / 1e6:.1f} MB is more than the {MAX_UPLOAD_BYTES / 1e6:.0f} MB "
+                         "an eval or training file may have here. Use fewer lines.")
     folder = data_dir() / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha256(body).hexdigest()[:16]}{Path(upload.name).suffix}"
@@ -114,30 +203,100 @@ def save_upload(upload, validate) -> Path:
     return path
 
 
-@st.fragment(run_every=1.0)
-def job_panel(kept_note: str, live_view=None) -> None:
-    """Progress of the machine's one background job: bar, times, Stop, and how it ended.
+def submit_job(kind: str, args: dict, label: str) -> int | None:
+    """Queue a job for the worker; say where it stands, or why it was refused."""
+    try:
+        job_id = worker.submit(queue(), kind, args, label, owner_name(), session_id())
+    except (QueueFull, NotAllowed, ValueError) as e:
+        show_error(e)
+        return None
+    queue_snapshot.clear()  # this session sees its own job at once
+    return job_id
 
-    `live_view(job)` draws extra live content (e.g. a loss curve) while the job runs and after it ends.
-    """
-    job = job_slot().job
-    if job is None:
+
+@st.cache_data(ttl=2.0, show_spinner=False)
+def queue_snapshot(path: str) -> jobqueue.QueueSnapshot:
+    """One read of the queue, shared by every session for 2 s: many viewers cost the worker nothing extra."""
+    return JobQueue(path).snapshot()
+
+
+def _stop_button(job: jobqueue.QueuedJob, label: str) -> None:
+    mine = job.owner_session == session_id()
+    if (is_presenter() or (mine and job.state == "queued")) and st.button(label, key=f"job_stop_{job.id}"):
+        try:
+            queue().stop(job.id, session_id(), is_presenter())
+        except NotAllowed as e:
+            show_error(e)
+        queue_snapshot.clear()
+
+
+def _draw_running(job: jobqueue.QueuedJob, left_s: float | None, kept_note: str) -> None:
+    st.progress(job.fraction, text=f"{job.label} ({job.owner}): {visible(job.message)}")
+    stopping = " · stopping at the next safe point" if job.stop_requested else ""
+    st.caption(f"Elapsed {fmt_seconds(job.elapsed_s)} · remaining about {fmt_seconds(left_s)}{stopping}. {kept_note}")
+    _stop_button(job, "Stop")
+
+
+def _draw_waiting(waiting: tuple[jobqueue.Waiting, ...]) -> None:
+    if not waiting:
         return
-    snap = job.snapshot()
-    if snap.status == "running":
-        st.progress(snap.fraction, text=f"{snap.name}: {snap.message}")
-        st.caption(f"Elapsed {fmt_seconds(snap.elapsed_s)} · remaining about {fmt_seconds(snap.remaining_s)}. {kept_note}")
-        if st.button("Stop", key="job_stop"):
-            job.cancel()
-    elif snap.status == "failed":
-        st.error(f"{snap.name} stopped: {snap.error}")
-    elif snap.status == "cancelled":
-        st.warning(f"Stopped. {kept_note} ({snap.error})")
-    if live_view is not None:
-        live_view(job)
-    if snap.status != "running" and st.session_state.get("seen_job") != snap.started_s:
-        st.session_state["seen_job"] = snap.started_s
-        st.rerun()  # the job just ended: redraw the whole page so the results include it
+    st.markdown(f"**Waiting: {len(waiting)}** (the presenter's jobs first, then in the order they were queued)")
+    for w in waiting:
+        start = "when the one before it ends (no similar job has finished yet to estimate from)" \
+            if w.starts_in_s is None else f"in about {fmt_seconds(w.starts_in_s)}"
+        mine = " · yours" if w.job.owner_session == session_id() else ""
+        left, right = st.columns([5, 1])
+        left.caption(f"{w.position}. {w.job.label} ({w.job.owner}{mine}): starts {start}")
+        with right:
+            _stop_button(w.job, "Cancel")
+
+
+def _draw_ended(job: jobqueue.QueuedJob, kept_note: str) -> None:
+    if time.time() - (job.ended_s or 0) > 600:
+        return
+    who = f"{job.label} ({job.owner})"
+    if job.state == "failed":
+        st.error(f"{who} stopped: {visible(job.error)}")
+    elif job.state in ("cancelled", "interrupted"):
+        st.warning(f"{who}: {visible(job.error)}. {kept_note}")
+
+
+@st.fragment(run_every=PANEL_EVERY_S)
+def job_panel(kept_note: str, live_view=None) -> None:
+    """The machine's queue: the running job (bar, times, who started it, Stop), the jobs waiting with their
+    position and expected start, and how the last one ended. `live_view(live)` draws a running job's live data
+    (a loss log as a dict) while it runs and after it ends."""
+    heartbeat()
+    snap = queue_snapshot(str(queue().path))
+    if snap.running is not None:
+        _draw_running(snap.running, snap.running_left_s, kept_note)
+    _draw_waiting(snap.waiting)
+    last = snap.recent[0] if snap.recent else None
+    if last is not None:
+        _draw_ended(last, kept_note)
+    shown = snap.running or last
+    if live_view is not None and shown is not None and shown.live:
+        live_view(shown.live)
+    if (snap.waiting or snap.running) and not worker.is_running():
+        worker.ensure_running()  # a worker that died (or never started) is started again; the queue is kept
+    seen = st.session_state.get("seen_ended")
+    st.session_state["seen_ended"] = last.id if last else None
+    if last is not None and seen is not None and seen != last.id:
+        st.rerun()  # a job just ended: redraw the whole page so the results include it
+    elif last is not None and seen is None and "seen_ended_init" in st.session_state:
+        st.rerun()
+    st.session_state["seen_ended_init"] = True
+
+
+def clear_results_control() -> None:
+    """The presenter's "clear every result" (with a confirmation); viewers never see it."""
+    if not is_presenter():
+        return
+    with st.expander("Clear every result"):
+        sure = st.checkbox("Yes, delete every measured result and vote on this machine", key="clear_sure")
+        if st.button("Clear results", disabled=not sure, key="clear_results") and (target := store()):
+            roles.clear_results(target, presenter=True)
+            st.rerun()
 
 
 @dataclass(frozen=True)

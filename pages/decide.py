@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core import cost, fit, models, recommend
-from pages.common import choice, measured_set
+from pages.common import choice, measured_set, show_error, visible
 
 st.title("Decide")
 st.write("State what you need, and get the measured variant that meets it best, with the reason and what you "
@@ -17,7 +17,7 @@ try:
     shape = fit.read_kv_shape(checkpoint)
 except (OSError, ValueError) as e:
     shape = None
-    st.warning(f"Cannot size the KV cache ({e}); device fit is unavailable until the model is prepared.")
+    st.warning(visible(f"Cannot size the KV cache ({e}); device fit is unavailable until the model is prepared."))
 st.caption(f"Speeds measured on: {machine}. Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour "
            "(change it in the sidebar).")
 
@@ -49,7 +49,7 @@ with recommend_tab:
     try:
         rec = recommend.recommend(records, constraints, shape)
     except ValueError as e:
-        st.error(str(e))
+        show_error(e)
         st.stop()
     if rec.chosen is not None:
         st.success(f"**Deploy {rec.chosen.label}.**")

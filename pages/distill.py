@@ -1,12 +1,14 @@
 """Distill: cut a smaller student from the model's own layers, train it to mimic the model, and use it as a draft."""
 
+from dataclasses import asdict
+
 import plotly.graph_objects as go
 import streamlit as st
 
 from core import distillation, models, speculative
-from core.jobs import BusyError, on_torch_thread
+from core.jobs import on_torch_thread
 from core.tables import distill_rows, speculative_rows
-from pages.common import choice, fmt_seconds, job_panel, job_slot, save_upload, store
+from pages.common import choice, fmt_seconds, job_panel, save_upload, show_error, store, submit_job, visible
 
 st.title("Distill a smaller student")
 st.write("Knowledge distillation trains a small **student** to give the same next-token probabilities as a large "
@@ -23,7 +25,7 @@ try:
         checkpoint = on_torch_thread(models.prepare, spec)
     teacher_layers = len(distillation.decoder_layers(distillation.meta_model(checkpoint)))
 except (models.ModelError, ValueError, OSError) as e:
-    st.info(f"Pick a teacher model in the sidebar first. ({e})")
+    st.info(visible(f"Pick a teacher model in the sidebar first. ({e})"))
     st.stop()
 if teacher_layers < 2:
     st.info(f"{spec.label} has a single decoder layer: there is nothing to remove. Pick a deeper teacher.")
@@ -43,7 +45,7 @@ how = c2.radio("Which layers", distillation.LAYER_CHOICES, horizontal=True,
 try:
     shape = distillation.plan(checkpoint, layers, how)
 except ValueError as e:
-    st.error(str(e))
+    show_error(e)
     st.stop()
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Student parameters", f"{shape.student_params / 1e6:.1f} M", delta=f"{shape.params_pct - 100:.0f}% vs teacher",
@@ -75,9 +77,9 @@ with st.expander("Training settings"):
                          help="1 = match the teacher only; lower mixes in the ordinary next-token loss on the text.")
 
 
-def live_curve(job) -> None:
-    log = job.live
-    if not isinstance(log, distillation.TrainLog) or not log.losses:
+def live_curve(live: dict) -> None:
+    log = distillation.TrainLog(**live)
+    if not log.losses:
         return
     fig = go.Figure(go.Scatter(y=log.losses, mode="lines", name="training loss (KL, nats/token)"))
     if log.heldout:
@@ -104,18 +106,11 @@ if st.button("Distill", type="primary"):
                 raise ValueError("Upload a text or JSONL file first, or train on the teacher's answers.")
             corpus = save_upload(upload, lambda p: distillation.corpus_from_file(p, models.load_tokenizer(checkpoint), 0.1))
         distillation.prepare_run(picked.model, settings, corpus)  # refuse bad input before the job starts
-        target, log, price = store(), distillation.TrainLog(), picked.preset.usd_per_hour
-
-        def work(report, stop):
-            result = distillation.run_distill(picked.model, settings, corpus, price, lambda f, m: report(0.8 * f, m),
-                                              stop, log)
-            distillation.measure(result, target, price, picked.preset.key, lambda f, m: report(0.8 + 0.2 * f, m), stop,
-                                 launched_from="dashboard")
-            return result
-
-        job_slot().start(f"Distilling a {layers}-layer student of {spec.label}", work, live=log)
-    except (ValueError, BusyError, models.ModelError) as e:
-        st.error(str(e))
+        submit_job("distill", {"teacher": picked.model, "settings": asdict(settings),
+                               "corpus": str(corpus) if corpus else None, "usd_per_hour": picked.preset.usd_per_hour,
+                               "hardware_preset": picked.preset.key}, f"Distilling a {layers}-layer student of {spec.label}")
+    except (ValueError, models.ModelError) as e:
+        show_error(e)
 
 job_panel("Checkpoints are written whole: a stopped run keeps its last complete checkpoint, or nothing.", live_curve)
 
@@ -135,14 +130,15 @@ else:
     pruned = next((r for r in run_records if r.variant_facts.get("distillation", {}).get("role") == "student_pruned"), None)
     trio = [r for r in (teacher, pruned, latest) if r is not None]
     st.dataframe(distill_rows(trio, teacher), hide_index=True)
-    dashboard_note = (" Measured from the dashboard, which shares the cores with the model: the CLI gives the "
-                      "cleanest speeds." if latest.settings.get("launched_from") == "dashboard" else "")
-    st.caption(f"Run {facts['student_path']}: {facts['student_layers']} of {facts['teacher_layers']} layers, "
+    dashboard_note = (f" Measured from the dashboard's worker process, apart from the web server, with "
+                      f"{latest.settings.get('sessions_connected', '?')} browser sessions connected."
+                      if latest.settings.get("launched_from") == "dashboard" else "")
+    st.caption(visible(f"Run {facts['student_path']}: {facts['student_layers']} of {facts['teacher_layers']} layers, "
                f"{facts['settings']['steps']} steps, {facts['tokens_seen']:,} tokens seen, "
                f"{fmt_seconds(facts['train_seconds'])} of training on {facts['device']} ({facts['hardware']}), "
                f"{facts['threads']} threads; corpus: {facts['corpus']}. KL divergence and top-1 agreement are "
                "against the teacher on general prose the student never trained on; MC accuracy has a 95% "
-               "bootstrap interval." + dashboard_note)
+               "bootstrap interval." + dashboard_note))
     k1, k2 = st.columns(2)
     k1.metric("Held-out KL divergence, pruned → distilled",
               f"{facts['heldout_kld_pruned']:.2f} → {facts['heldout_kld_distilled']:.2f} nats",
@@ -170,16 +166,8 @@ else:
     draft_tokens = e2.number_input("Tokens drafted per pass", 1, 16, 4)
     max_new = e3.number_input("New tokens per prompt", 8, 256, 64, step=8)
     if st.button("Compare on 10 bundled prompts"):
-        try:
-            def speculate(report, stop):
-                result = speculative.run_speculate(picked.model, str(draft.path), int(draft_tokens), int(max_new),
-                                                   report=report, should_stop=stop)
-                speculative.save_result(result)
-                return result
-
-            job_slot().start("Speculative decoding", speculate)
-        except (ValueError, BusyError) as e:
-            st.error(str(e))
+        submit_job("speculate", {"model": picked.model, "draft": str(draft.path), "draft_tokens": int(draft_tokens),
+                                 "max_new_tokens": int(max_new)}, f"Speculative decoding of {spec.label}")
     saved = [r for r in speculative.saved_results() if r["model"] == spec.key]
     if saved:
         last = saved[0]

@@ -1,11 +1,12 @@
 """Fine-tune: LoRA, QLoRA or full fine-tuning on a task, and what each costs against the others."""
 
+from dataclasses import asdict
+
 import plotly.graph_objects as go
 import streamlit as st
 
 from core import benchmark, lora, models
-from core.jobs import BusyError
-from pages.common import choice, job_panel, job_slot, save_upload, store
+from pages.common import choice, job_panel, save_upload, show_error, store, submit_job
 
 st.title("Fine-tune with LoRA")
 st.write("Teach the model a narrow task by training small low-rank adapters (LoRA) instead of every weight. "
@@ -34,9 +35,9 @@ with st.expander("Training settings", expanded=False):
     targets = st.multiselect("Target modules", lora.ALL_LINEAR, default=list(d.target_modules), disabled=method == "full")
 
 
-def live_loss(job) -> None:
-    log = job.live
-    if isinstance(log, lora.TrainLog) and log.losses:
+def live_loss(live: dict) -> None:
+    log = lora.TrainLog(**live)
+    if log.losses:
         fig = go.Figure(go.Scatter(y=log.losses, mode="lines", name="training loss"))
         fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), title="Training loss (live)",
                           xaxis_title="step", yaxis_title="cross-entropy (nats/token)")
@@ -52,19 +53,11 @@ if st.button("Train", type="primary"):
         if source == "your own JSONL" and data is None:
             raise ValueError("Upload a JSONL file of {\"prompt\": ..., \"completion\": ...} lines first.")
         lora.load_task(None if data else "support-routing", data)  # refuse bad data before the job starts
-        target, log, price = store(), lora.TrainLog(), picked.preset.usd_per_hour
-
-        def work(report, stop):
-            result, model = lora.run_finetune(picked.model, settings, None if data else "support-routing", data,
-                                              price, lambda f, m: report(0.8 * f, m), stop, log, device)
-            if target is not None:
-                lora.store_record(model, result, target, price, picked.preset.key,
-                                  lambda f, m: report(0.8 + 0.2 * f, m), stop, launched_from="dashboard")
-            return result
-
-        job_slot().start(f"{method.upper()} fine-tuning of {picked.model}", work, live=log)
-    except (ValueError, BusyError, models.ModelError) as e:
-        st.error(str(e))
+        submit_job("lora", {"model": picked.model, "settings": asdict(settings), "task": "support-routing",
+                            "data": str(data) if data else None, "usd_per_hour": picked.preset.usd_per_hour,
+                            "hardware_preset": picked.preset.key}, f"{method.upper()} fine-tuning of {picked.model}")
+    except (ValueError, models.ModelError) as e:
+        show_error(e)
 
 job_panel("A stopped run saves nothing half-written: its adapter is written in one step at the end.", live_loss)
 

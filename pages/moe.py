@@ -1,14 +1,14 @@
 """Mixture of experts: split the model's feed-forward layers into experts and choose how many run per token."""
 
 import json
+from dataclasses import asdict
 
 import streamlit as st
 
 from core import benchmark, evaluate, models, moe, plots, techniques
-from core.jobs import BusyError
 from core.sweep import SweepSettings
 from core.tables import moe_rows, moe_view
-from pages.common import choice, job_panel, job_slot, store
+from pages.common import choice, job_panel, show_error, store, submit_job, visible
 
 PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
 EXPERT_CHOICES = [4, 8, 16]
@@ -24,7 +24,7 @@ picked = choice()
 try:
     native = moe.native_moe_for_name(picked.model)
 except models.ModelError as e:
-    st.info(str(e))
+    st.info(visible(str(e)))
     st.stop()
 
 c1, c2 = st.columns([1, 2])
@@ -51,19 +51,17 @@ with st.expander("Measurement settings"):
                                    disabled=bool(native), help="The first MLP writes most of the residual stream in "
                                    "small models, so splitting it hurts far more than any other layer.")
 
-slot = job_slot()
 if st.button("Convert and measure", type="primary", disabled=not ks or not picked.model):
     try:
         settings = SweepSettings(prompt=next(p["prompt"] for p in PROMPTS if p["id"] == prompt_id),
                                  new_tokens=int(new_tokens), repeats=int(repeats), mc_max_items=int(mc_max),
                                  hardware_preset=picked.preset.key, usd_per_hour=picked.preset.usd_per_hour,
                                  launched_from="dashboard")
-        target = store()
-        slot.start(f"Mixture of experts ({experts} experts) of {picked.model}", lambda report, stop: moe.run_moe_sweep(
-            picked.model, experts, sorted(ks), settings, store=target, should_stop=stop, dense_layers=int(dense_layers),
-            progress=lambda p: report(p.fraction, p.message)))
-    except (ValueError, BusyError) as e:
-        st.error(str(e))
+        submit_job("moe", {"model": picked.model, "experts": int(experts), "top_ks": sorted(ks),
+                           "dense_layers": int(dense_layers), "settings": asdict(settings)},
+                   f"Mixture of experts ({experts} experts) of {picked.model}")
+    except ValueError as e:
+        show_error(e)
 
 
 job_panel("The conversion is saved once made; each variant is saved as soon as it is measured.")

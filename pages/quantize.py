@@ -1,16 +1,15 @@
 """Quantize: measure quantized variants of the chosen model, watch progress, read the results."""
 
 import json
-from pathlib import Path
+from dataclasses import asdict
 
 import streamlit as st
 
 from core import benchmark, evaluate, models, techniques
 from core.estimate import SweepPlan
-from core.jobs import BusyError
-from core.sweep import SweepSettings, run_sweep
+from core.sweep import SweepSettings
 from core.tables import provenance_lines, summary_rows
-from pages.common import choice, job_panel, job_slot, save_upload, store
+from pages.common import choice, job_panel, save_upload, show_error, store, submit_job, visible
 from pages.estimates import show_estimate
 
 PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
@@ -46,7 +45,6 @@ with st.expander("Measurement settings"):
 
 show_estimate("quantize_keys", picked.model, keys,
               SweepPlan(int(new_tokens), DEFAULTS.warmup_runs, int(repeats), int(mc_max) or None), device)
-slot = job_slot()
 if st.button("Measure", type="primary", disabled=not keys or not picked.model):
     try:
         settings = SweepSettings(
@@ -56,12 +54,11 @@ if st.button("Measure", type="primary", disabled=not keys or not picked.model):
             eval_set=str(save_upload(mc_file, evaluate.load_mc_jsonl) if mc_file else evaluate.DEFAULT_MC_SET),
             ppl_text=str(save_upload(text_file, evaluate.read_text) if text_file else evaluate.DEFAULT_PPL_TEXT),
         )
-        target = store()
-        slot.start(f"Quantization sweep of {picked.model}", lambda report, stop: run_sweep(
-            picked.model, keys, settings, store=target, should_stop=stop,
-            progress=lambda p: report(p.fraction, p.message)))
-    except (ValueError, BusyError) as e:
-        st.error(str(e))
+        # Measured by the worker process, never in this web server (see core/worker.py).
+        submit_job("sweep", {"model": picked.model, "techniques": keys, "settings": asdict(settings)},
+                   f"Quantization sweep of {picked.model}")
+    except ValueError as e:
+        show_error(e)
 
 
 job_panel("Each variant is saved as soon as it is measured; you can leave this page.")
@@ -72,7 +69,7 @@ try:
     spec = models.resolve(picked.model)
     records = [r for r in (results.latest_per_technique(spec.key, hardware) if results else []) if r.technique in QUANT_KEYS]
 except models.ModelError as e:
-    st.info(str(e))
+    st.info(visible(str(e)))
     records = []
 if not records:
     st.info("No measurements of this model on this machine yet: pick variants and press **Measure**.")

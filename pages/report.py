@@ -5,7 +5,7 @@ import json
 import streamlit as st
 
 from core import plots, report
-from pages.common import choice, measured_set
+from pages.common import choice, measured_set, visible
 
 st.title("Report")
 st.write("One click gives a report you can send to someone who has not seen this app: the Trade-off Map, every "
@@ -26,8 +26,8 @@ stem = f"tradeoff-report-{spec.key.replace('/', '--')}"
 a, b, c = st.columns(3)
 a.download_button("Download HTML report", bundle.html, f"{stem}.html", "text/html", type="primary",
                   icon=":material/description:")
-b.download_button("Download results CSV", bundle.csv, f"{stem}.csv", "text/csv", icon=":material/table:")
-c.download_button("Download results + manifest JSON", bundle.json, f"{stem}.json", "application/json",
+b.download_button("Download results CSV", visible(bundle.csv), f"{stem}.csv", "text/csv", icon=":material/table:")
+c.download_button("Download results + manifest JSON", visible(bundle.json), f"{stem}.json", "application/json",
                   icon=":material/data_object:")
 st.caption(f"{len(records)} variants; HTML {len(bundle.html) / 1e6:.1f} MB (plotly.js is embedded so it needs no network).")
 
@@ -35,4 +35,4 @@ st.subheader("What the report contains")
 st.plotly_chart(plots.tradeoff_figure(records, metric, "latency"), width="stretch")
 st.dataframe([{h: getattr(r, f) for f, h, _ in report.TABLE_COLUMNS} for r in records], hide_index=True)
 with st.expander("Manifest"):
-    st.code(json.dumps(bundle.manifest, indent=2, default=str), language="json")
+    st.code(visible(json.dumps(bundle.manifest, indent=2, default=str)), language="json")

@@ -4,7 +4,7 @@ import streamlit as st
 
 from core import cost, plots
 from core.tables import provenance_lines
-from pages.common import choice, measured_set
+from pages.common import choice, clear_results_control, measured_set
 
 st.title("Trade-off Map")
 st.write("Each bubble is one variant of the model, measured on one machine. Up is better quality; left is "
@@ -51,3 +51,4 @@ st.caption("Generating one token at a time reads every weight it uses once per t
            "weights back to floats), not reading memory.")
 for line in provenance_lines(records):
     st.caption(line)
+clear_results_control()

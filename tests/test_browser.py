@@ -35,7 +35,8 @@ def server(tmp_path_factory):
         pytest.skip("Debian's chromium is not installed (make test installs it as root)")
     pytest.importorskip("playwright.sync_api")
     port = free_port()
-    env = os.environ | {"LAB_DATA_DIR": str(tmp_path_factory.mktemp("browser-data")), "LAB_SHOW_TEST_MODELS": "1"}
+    data = tmp_path_factory.mktemp("browser-data")
+    env = os.environ | {"LAB_DATA_DIR": str(data), "LAB_SHOW_TEST_MODELS": "1", "LAB_WORKER_AUTOSTART": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
@@ -54,6 +55,12 @@ def server(tmp_path_factory):
     yield url
     proc.terminate()
     proc.wait(10)
+    pid = (data / "worker.pid").read_text() if (data / "worker.pid").exists() else ""
+    if pid:  # the measuring worker the dashboard started (its own session: it outlives the server on purpose)
+        try:
+            os.kill(int(pid), 15)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from core import evaluate, models, sweep
+from core import models, sweep
 from core.__main__ import main
 from tests.conftest import needs_bundled, shared_file
 

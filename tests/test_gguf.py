@@ -73,7 +73,6 @@ def test_transformers_techniques_do_not_run_on_llama_cpp():
 @needs_llama
 def test_f32_gguf_on_llama_cpp_computes_the_transformers_model(tiny_dir):
     path = gguf.ensure_file(tiny_dir, gguf.GGUFConfig("f32"))
-    runner = runtimes.get("llama.cpp").load  # noqa: F841  (the registry entry exists)
     from core.runtimes.llamacpp import LlamaCppRunner
 
     ids = torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26]])

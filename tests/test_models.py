@@ -108,3 +108,20 @@ def test_weights_load_on_the_calling_thread(tiny_dir, monkeypatch):
 
     monkeypatch.setattr(loading, "ThreadPoolExecutor", no_pool)
     assert load_model(tiny_dir).config.num_hidden_layers == 2
+
+
+def test_a_model_that_needs_its_own_code_is_refused_with_the_reason(tmp_path, tiny_dir):
+    import json
+    import shutil
+
+    from core import models
+
+    evil = tmp_path / "evil-model"
+    shutil.copytree(tiny_dir, evil)
+    config = json.loads((evil / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (evil / "config.json").write_text(json.dumps(config))
+    (evil / "modeling_evil.py").write_text("raise SystemExit('this must never run')\n")
+    with pytest.raises(models.ModelError, match="this model needs its own code, which the lab never runs") as caught:
+        models.resolve(str(evil))
+    assert "modeling_evil.py" in str(caught.value) and "upgrade" not in str(caught.value)

@@ -1,7 +1,6 @@
 """Mixture of experts from a dense model: partition, routing, exactness at k = E, sizes, registry, CLI, page."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -408,7 +407,7 @@ def test_page_shows_the_curve_slider_and_side_by_side():
     assert len(at.dataframe[0].value) == 5
 
 
-def test_page_button_starts_a_conversion_and_sweep_in_the_job_slot(monkeypatch):
+def test_page_button_queues_a_conversion_and_sweep_for_the_worker(monkeypatch):
     from core.store import ResultStore
     from tests.test_pages import HERE, no_errors, page
 
@@ -424,9 +423,9 @@ def test_page_button_starts_a_conversion_and_sweep_in_the_job_slot(monkeypatch):
     monkeypatch.setattr(moe, "run_moe_sweep", fake)
     at = page("pages/moe.py").run()
     at.button[0].click().run()
-    from pages.common import job_slot
+    from core import worker
 
-    job_slot().job.join(10)
+    worker.serve(until_idle=True, say=lambda m: None)  # the worker process's loop, run here
     assert calls["args"] == ("smollm2-135m-instruct", 8, [1, 2, 4, 8])
     assert len(ResultStore().all()) == 5
     no_errors(at)

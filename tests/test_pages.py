@@ -101,9 +101,13 @@ def test_measure_button_starts_a_sweep_that_stores_results(monkeypatch):
     monkeypatch.setattr(core.sweep, "run_sweep", fake_sweep)
     at = page("pages/quantize.py").run()
     next(b for b in at.button if b.label == "Measure").click().run()  # the estimate's probe button comes first
-    from pages.common import job_slot
+    from core import worker
+    from core.jobqueue import JobQueue
 
-    job_slot().job.join(10)
+    waiting = JobQueue().snapshot().waiting
+    assert [w.job.kind for w in waiting] == ["sweep"] and waiting[0].job.owner == "presenter"
+    assert any("Waiting: 1" in m.value for m in at.markdown)  # the page shows the queue
+    worker.serve(until_idle=True, say=lambda m: None)  # the worker process's loop, run here
     assert calls["args"] == ("smollm2-135m-instruct", ["fp32", "bf16", "int8", "nf4", "dyn-int8", "gguf-q8_0",
                                                        "gguf-q4_k_m"], core.sweep.SweepSettings().new_tokens)
     assert len(ResultStore().all()) == 1
@@ -246,10 +250,11 @@ def test_distill_button_runs_training_then_measuring_in_the_background(tiny_teac
     at = page("pages/distill.py").run()
     at.button[0].click().run()
     no_errors(at)
-    from pages.common import job_slot
+    from core import worker
+    from core.jobqueue import JobQueue
 
-    job_slot().job.join(10)
-    assert calls == ["train", "measure"] and job_slot().job.snapshot().status == "done"
+    worker.serve(until_idle=True, say=lambda m: None)
+    assert calls == ["train", "measure"] and JobQueue().snapshot().recent[0].state == "done"
 
 
 def test_distill_page_asks_for_a_file_before_training_on_own_text(tiny_teacher_everywhere):

@@ -29,7 +29,7 @@ def test_variant_keys_bind_a_technique_to_a_runtime():
 def test_every_loaded_variant_is_a_runner(tiny_dir):
     for key in ("fp32", "fp32@transformers-compiled", "gguf-q8_0"):
         technique = techniques.get(key)
-        if reason := runtimes.why_not(technique, technique.runtime, "cpu"):
+        if runtimes.why_not(technique, technique.runtime, "cpu"):
             continue  # e.g. llama.cpp not built here: covered by test_gguf's skip
         runner = runtimes.load(technique, technique.runtime, tiny_dir, "cpu", threads=1)
         try:

@@ -1,0 +1,428 @@
+"""Load test: a room of viewers in the dashboard while the presenter's sweep is timed. Prints numbers; asserts nothing.
+
+    flock /tmp/lab-heavy.lock .venv/bin/python benchmarks/classroom_load.py --sessions 30 --browsers 2
+    flock /tmp/lab-heavy.lock .venv/bin/python benchmarks/classroom_load.py --app-dir /path/to/old/checkout  # baseline
+
+What it does, all on 127.0.0.1 and bounded in time:
+1. measures the same sweep from the CLI (`python -m core sweep`, the reference speeds);
+2. starts the lab (`python -m core serve --classroom`, or plain `streamlit run` for a checkout without a worker)
+   on a fresh data folder that reuses the prepared checkpoints;
+3. the presenter, a protocol-level client holding the presenter link, picks the variants on the Quantize page
+   and presses Measure, then keeps the tab open (its progress fragment reruns as a browser's would);
+4. N viewer sessions open pages, move widgets, queue a job on the Quantize page and open the Arena, until the
+   sweep ends: most speak Streamlit's websocket protocol (one light asyncio process), `--browsers` of them are
+   real Chromium pages (Debian's /usr/bin/chromium through Playwright; no browser is downloaded);
+5. reports page response p50/p90, errors shown, jobs queued/completed, each variant's decode tok/s from the
+   dashboard against the CLI's, how many sessions each record says were connected, and this script's CPU share.
+
+Viewer jobs left waiting when the sweep ends are removed from the queue (the test is bounded); the presenter's
+sweep is the measurement. The Arena never generates during a timed job (by design), so viewers read its tally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import websockets
+from streamlit.proto.BackMsg_pb2 import BackMsg
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+VIEWER_PAGES = ["", "quantize", "tradeoff_map", "arena", "decide", "report", "moe", "lora", "distill"]
+# Notices the lab is meant to give (queue limits, the Arena waiting for the queue) are not errors: counted apart.
+EXPECTED = re.compile(r"each viewer may have|queue is full|still running|Arena opens again|try again when", re.I)
+WIDGETS = ("button", "multiselect", "number_input", "selectbox", "radio", "slider", "text_area", "checkbox")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- one protocol-level session
+
+
+@dataclass
+class Stats:
+    page_s: list[float] = field(default_factory=list)  # full script runs: request -> script finished
+    fragment_s: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    refusals: int = 0
+    jobs_queued: int = 0
+    timeouts: int = 0
+
+
+class Session:
+    """Speaks the browser's protocol: BackMsg rerun requests out, ForwardMsg deltas in."""
+
+    def __init__(self, url: str, stats: Stats, query: str = ""):
+        self.url, self.stats, self.query = url, stats, query
+        self.pages: dict[str, str] = {}  # url path -> page script hash
+        self.page_hash = ""
+        self.widgets: dict[tuple[str, str], object] = {}  # (type, label) -> element proto, current page
+        self.states: dict[str, WidgetState] = {}
+        self.fragments: dict[str, float] = {}  # fragment id -> auto-rerun interval (s)
+        self.cache: dict[str, ForwardMsg] = {}
+
+    async def __aenter__(self):
+        self.ws = await websockets.connect(self.url.replace("http", "ws") + "/_stcore/stream",
+                                           subprotocols=["streamlit"], max_size=2**26, open_timeout=60)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.ws.close()
+
+    async def run(self, page: str | None = None, click: str | None = None, fragment: str = "",
+                  timeout_s: float = 120.0) -> None:
+        if page is not None:
+            self.page_hash, self.states, self.fragments = self.pages.get(page, ""), {}, {}
+        msg = BackMsg()
+        rerun = msg.rerun_script
+        rerun.query_string, rerun.page_script_hash = self.query, self.page_hash
+        if fragment:
+            rerun.fragment_id, rerun.is_auto_rerun = fragment, True
+        states = list(self.states.values())
+        if click and (button := self.widgets.get(("button", click))) is not None:
+            states.append(WidgetState(id=button.id, trigger_value=True))
+        rerun.widget_states.widgets.extend(states)
+        if not fragment:
+            self.widgets = {}
+        t0 = time.perf_counter()
+        await self.ws.send(msg.SerializeToString())
+        try:
+            await asyncio.wait_for(self._until_finished(), timeout_s)
+        except asyncio.TimeoutError:
+            self.stats.timeouts += 1
+            return
+        (self.stats.fragment_s if fragment else self.stats.page_s).append(time.perf_counter() - t0)
+
+    async def _until_finished(self) -> None:
+        while True:
+            fm = ForwardMsg.FromString(await self.ws.recv())
+            if fm.WhichOneof("type") is None and fm.ref_hash:
+                fm = self.cache.get(fm.ref_hash, fm)
+            elif fm.hash:
+                self.cache[fm.hash] = fm
+            kind = fm.WhichOneof("type")
+            if kind == "navigation":
+                self.pages = {p.url_pathname: p.page_script_hash for p in fm.navigation.app_pages}
+            elif kind == "auto_rerun":
+                self.fragments[fm.auto_rerun.fragment_id] = fm.auto_rerun.interval
+            elif kind == "delta" and fm.delta.WhichOneof("type") == "new_element":
+                self._element(fm.delta.new_element)
+            elif kind == "script_finished" and fm.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN:
+                return
+
+    def _element(self, el) -> None:
+        kind = el.WhichOneof("type")
+        if kind == "exception":
+            self.stats.errors.append(f"exception: {el.exception.type}: {el.exception.message[:120]}")
+        elif kind == "alert" and el.alert.format == 1:  # ERROR
+            if EXPECTED.search(el.alert.body):
+                self.stats.refusals += 1
+            else:
+                self.stats.errors.append(f"error box: {el.alert.body[:160]}")
+        elif kind == "alert" and EXPECTED.search(el.alert.body):
+            self.stats.refusals += 1
+        elif kind in WIDGETS:
+            widget = getattr(el, kind)
+            self.widgets[(kind, widget.label)] = widget
+
+    def set(self, kind: str, label: str, **value) -> bool:
+        widget = self.widgets.get((kind, label))
+        if widget is None:
+            return False
+        self.states[widget.id] = WidgetState(id=widget.id, **value)
+        return True
+
+    async def dwell(self, seconds: float) -> None:
+        """Stay on the page as a browser would: its fragments rerun on their own timers."""
+        end = time.monotonic() + seconds
+        due = {f: time.monotonic() + i for f, i in self.fragments.items()}
+        while (now := time.monotonic()) < end:
+            ready = [f for f, t in due.items() if t <= now]
+            for f in ready:
+                await self.run(fragment=f)
+                due[f] = time.monotonic() + self.fragments.get(f, 3.0)
+            await asyncio.sleep(min([end - now, *[t - now for t in due.values()], 0.5]) if due else end - now)
+
+
+async def viewer(url: str, stats: Stats, stop: asyncio.Event, queue_job: bool, seed: int) -> None:
+    rng = random.Random(seed)
+    try:
+        async with Session(url, stats) as s:
+            await s.run()
+            while not stop.is_set():
+                page = rng.choice(VIEWER_PAGES)
+                await s.run(page)
+                if s.set("number_input", "US$ per hour", double_value=round(rng.uniform(0.01, 2.0), 2)):
+                    await s.run()  # move a widget: the page reruns with the new price
+                radio = s.widgets.get(("radio", "Quality measure"))
+                if radio is not None and len(radio.options) > 1 and s.set("radio", "Quality measure",
+                                                                         string_value=rng.choice(radio.options[1:])):
+                    await s.run()
+                if page == "quantize" and queue_job:
+                    await s.run(click="Measure")
+                    stats.jobs_queued += 1
+                    queue_job = False
+                await s.dwell(rng.uniform(3, 8))
+    except (OSError, websockets.WebSocketException) as e:
+        stats.errors.append(f"connection: {type(e).__name__}: {e}")
+
+
+async def presenter(url: str, stats: Stats, token: str, labels: list[str], mc_max: int, started: asyncio.Event,
+                    stop: asyncio.Event) -> None:
+    async with Session(url, stats, f"token={token}" if token else "") as s:
+        await s.run()
+        s.query = ""  # the page strips the token from the address bar; later requests carry none, as a browser's
+        await s.run("quantize")
+        s.set("multiselect", "Variants to measure", string_array_value={"data": labels})
+        if mc_max:
+            s.set("number_input", "Questions to score (0 = all)", double_value=mc_max)
+        await s.run()
+        await s.run(click="Measure")
+        started.set()
+        while not stop.is_set():
+            await s.dwell(5)
+
+
+# ---------------------------------------------------------------- a few real browsers
+
+
+def browsers(url: str, count: int, stats: Stats, stop: threading.Event) -> None:
+    if count == 0:
+        return
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        stats.errors.append("playwright is not installed: no browser sessions")
+        return
+    if not Path(CHROMIUM).exists():
+        print(f"note: {CHROMIUM} is absent; running without browser sessions", file=sys.stderr)
+        return
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run",
+                                                              "--disable-background-networking", "--disable-sync"])
+        pages = [b.new_context(viewport={"width": 1280, "height": 900}).new_page() for _ in range(count)]
+        rng = random.Random(7)
+        while not stop.is_set():
+            for page in pages:
+                t0 = time.perf_counter()
+                try:
+                    page.goto(f"{url}/{rng.choice(VIEWER_PAGES)}")
+                    page.locator("h1").first.wait_for(timeout=60_000)
+                    stats.page_s.append(time.perf_counter() - t0)
+                    page.wait_for_timeout(1500)
+                    for box in page.locator("[data-testid='stException'], [data-testid='stAlertContentError']").all():
+                        text = box.inner_text()
+                        if EXPECTED.search(text):
+                            stats.refusals += 1
+                        else:
+                            stats.errors.append(f"browser: {text[:160]}")
+                except Exception as e:  # a page that did not load in time is what this test looks for
+                    stats.errors.append(f"browser: {type(e).__name__}: {str(e)[:120]}")
+                stop.wait(2.0)
+        b.close()
+
+
+# ---------------------------------------------------------------- the lab under test, and the CLI reference
+
+
+def cli_sweep(python: str, env: dict, keys: str, mc_max: int, out: Path) -> dict[str, float]:
+    cmd = [python, "-m", "core", "sweep", "--techniques", keys, "--no-store", "--json", str(out)]
+    if mc_max:
+        cmd += ["--mc-max-items", str(mc_max)]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stderr=subprocess.DEVNULL)
+    return {r["technique"]: r["decode_tokens_per_s_median"] for r in json.loads(out.read_text())}
+
+
+def start_lab(app_dir: Path, python: str, env: dict, port: int) -> tuple[subprocess.Popen, str]:
+    """The lab as its user starts it; returns the process and the presenter token (empty for an old checkout)."""
+    if (app_dir / "core" / "worker.py").exists():
+        cmd = [python, "-m", "core", "serve", "--host", "127.0.0.1", "--port", str(port), "--classroom"]
+    else:
+        cmd = [python, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+               "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+    proc = subprocess.Popen(cmd, cwd=app_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    token = ""
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        sys.exit("the lab did not start within 120 s")
+    token_file = Path(env["LAB_DATA_DIR"]) / "presenter.token"
+    if token_file.exists():
+        token = token_file.read_text().strip()  # read here, never printed
+    return proc, token
+
+
+def dashboard_records(data: Path, since: str) -> list[dict]:
+    path = data / "results.sqlite"
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT record_json FROM results WHERE created_at > ?", (since,)).fetchall()
+    return [json.loads(r[0]) for r in rows]
+
+
+def queue_counts(data: Path) -> dict[str, int]:
+    path = data / "queue.sqlite"
+    if not path.exists():
+        return {}
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT owner = 'presenter', state, COUNT(*) FROM jobs GROUP BY 1, 2").fetchall()
+        conn.execute("UPDATE jobs SET state = 'cancelled', error = 'load test over', ended_s = ? "
+                     "WHERE state = 'queued'", (time.time(),))  # bounded: leftover viewer jobs do not run
+    return {f"{'presenter' if p else 'viewer'} {state}": n for p, state, n in rows}
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def labels_for(keys: list[str]) -> list[str]:
+    sys.path.insert(0, str(ROOT))
+    from core import techniques
+
+    return [techniques.get(k).label for k in keys]
+
+
+async def drive(args, url: str, token: str, labels: list[str], stats: Stats, pstats: Stats, data: Path,
+                since: str, n_variants: int) -> float:
+    stop, started = asyncio.Event(), asyncio.Event()
+    tasks = [asyncio.create_task(presenter(url, pstats, token, labels, args.mc_max_items, started, stop))]
+    await asyncio.wait_for(started.wait(), 180)
+    t0 = time.monotonic()
+    for i in range(args.sessions - args.browsers):
+        tasks.append(asyncio.create_task(viewer(url, stats, stop, i < args.viewer_jobs, seed=i)))
+        await asyncio.sleep(0.2)  # people arrive over a few seconds, not in one instant
+    while time.monotonic() - t0 < args.max_s and len(dashboard_records(data, since)) < n_variants:
+        await asyncio.sleep(2)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return time.monotonic() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sessions", type=int, default=30, help="viewer sessions in all (browsers included)")
+    ap.add_argument("--browsers", type=int, default=2, help="how many of them are real Chromium pages")
+    ap.add_argument("--viewer-jobs", type=int, default=3, help="viewers that queue a job on the Quantize page")
+    ap.add_argument("--techniques", default="fp32,bf16,nf4")
+    ap.add_argument("--mc-max-items", type=int, default=0, help="questions scored per variant (0 = all, as the page)")
+    ap.add_argument("--max-s", type=float, default=1200, help="stop after this long even if the sweep has not ended")
+    ap.add_argument("--app-dir", type=Path, default=ROOT, help="checkout to serve (an older one gives the baseline)")
+    ap.add_argument("--models-from", type=Path, default=ROOT / "data" / "models",
+                    help="prepared checkpoints to reuse (linked, never copied or changed)")
+    ap.add_argument("--skip-cli", action="store_true", help="do not measure the CLI reference")
+    ap.add_argument("--json", type=Path, help="write the numbers here too")
+    args = ap.parse_args()
+    args.browsers = min(args.browsers, args.sessions)
+    keys = [k.strip() for k in args.techniques.split(",") if k.strip()]
+    python = sys.executable
+    data = Path(tempfile.mkdtemp(prefix="classroom-load-"))
+    env = os.environ | {"LAB_DATA_DIR": str(data), "LAB_WORKER_AUTOSTART": "1"}
+    if args.models_from.is_dir():
+        (data / "models").symlink_to(args.models_from.resolve())
+    else:
+        subprocess.run([python, "-m", "core", "prepare"], cwd=ROOT, env=env, check=True)
+    try:
+        cli = {} if args.skip_cli else cli_sweep(python, env, ",".join(keys), args.mc_max_items, data / "cli.json")
+        port = free_port()
+        lab, token = start_lab(args.app_dir.resolve(), python, env, port)
+        url = f"http://127.0.0.1:{port}"
+        me = psutil.Process()
+        cpu0, wall0 = sum(me.cpu_times()[:2]), time.monotonic()
+        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        stats, pstats, bstats = Stats(), Stats(), Stats()
+        stop_browsers = threading.Event()
+        thread = threading.Thread(target=browsers, args=(url, args.browsers, bstats, stop_browsers), daemon=True)
+        browser_cpu = [0.0]
+
+        def browser_tree_cpu() -> float:  # Playwright's driver and Chromium are this process's descendants
+            total = 0.0
+            for child in me.children(recursive=True):
+                try:
+                    if child.pid != lab.pid and lab.pid not in [p.pid for p in child.parents()]:
+                        total += sum(child.cpu_times()[:2])
+                except psutil.Error:
+                    pass
+            return total
+
+        thread.start()
+        elapsed = asyncio.run(drive(args, url, token, labels_for(keys), stats, pstats, data, since, len(keys)))
+        browser_cpu[0] = browser_tree_cpu()
+        stop_browsers.set()
+        thread.join(30)
+        wall = time.monotonic() - wall0
+        load_cpu = sum(me.cpu_times()[:2]) - cpu0 + browser_cpu[0]
+        jobs = queue_counts(data)
+        records = dashboard_records(data, since)
+        lab.terminate()
+        lab.wait(20)
+        worker_pid = (data / "worker.pid").read_text().strip() if (data / "worker.pid").exists() else ""
+        if worker_pid:
+            try:
+                os.kill(int(worker_pid), 15)
+            except (ProcessLookupError, ValueError):
+                pass
+    finally:
+        pass
+    everyone = Stats(page_s=stats.page_s + bstats.page_s + pstats.page_s,
+                     fragment_s=stats.fragment_s + pstats.fragment_s,
+                     errors=stats.errors + bstats.errors + pstats.errors,
+                     refusals=stats.refusals + bstats.refusals + pstats.refusals,
+                     timeouts=stats.timeouts + pstats.timeouts)
+    dash = {r["technique"]: r for r in records if r["technique"] in keys}
+    result = {
+        "app": str(args.app_dir.resolve()), "sessions": args.sessions, "browser_sessions": args.browsers,
+        "load_s": round(elapsed, 1), "page_runs": len(everyone.page_s),
+        "page_response_s_p50": round(pct(everyone.page_s, 0.5), 3), "page_response_s_p90": round(pct(everyone.page_s, 0.9), 3),
+        "fragment_rerun_s_p90": round(pct(everyone.fragment_s, 0.9), 3), "timeouts": everyone.timeouts,
+        "errors_shown": len(everyone.errors), "error_samples": sorted(set(everyone.errors))[:8],
+        "expected_notices_shown": everyone.refusals, "viewer_jobs_queued": stats.jobs_queued, "queue": jobs,
+        "load_generator_cpu_pct_of_machine": round(100 * load_cpu / (wall * psutil.cpu_count()), 1),
+        "cpu": next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                     if l.startswith("model name")), "unknown"), "cores": psutil.cpu_count(),
+        "variants": [{"technique": k, "dashboard_decode_tok_s": round(dash[k]["decode_tokens_per_s_median"], 2)
+                      if k in dash else None, "cli_decode_tok_s": round(cli[k], 2) if k in cli else None,
+                      "dashboard_over_cli": round(dash[k]["decode_tokens_per_s_median"] / cli[k], 3)
+                      if k in dash and cli.get(k) else None,
+                      "sessions_connected": dash[k]["settings"].get("sessions_connected") if k in dash else None}
+                     for k in keys],
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    shutil.rmtree(data, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,400 @@
+"""Classroom mode: the queue and its order, who may do what, the worker process, and a worker killed mid-sweep."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from core import roles, worker
+from core.jobqueue import MAX_WAITING_PER_VIEWER, PRESENTER, JobQueue, NotAllowed, QueueFull
+from core.records import REQUIRED_FIELDS
+from core.store import ResultStore
+from core.sweep import SweepSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = dict(new_tokens=4, repeats=2, warmup_runs=1, mc_max_items=6, ppl_window_tokens=64, ppl_max_tokens=256)
+
+
+@pytest.fixture(autouse=True)
+def test_models_allowed(monkeypatch):
+    monkeypatch.setenv("LAB_SHOW_TEST_MODELS", "1")  # viewers may pick the tiny model, as they may the bundled one
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def sweep_args(techniques=("fp32",), **settings) -> dict:
+    return {"model": "tiny-random-llama", "techniques": list(techniques),
+            "settings": asdict(SweepSettings(**(FAST | settings)))}
+
+
+def queue_sweep(queue, owner, session, **kw) -> int:
+    return worker.submit(queue, "sweep", sweep_args(**kw), f"sweep by {owner}", owner, session)
+
+
+# ---------------------------------------------------------------- order, limits, estimates
+
+
+def test_two_viewers_jobs_run_in_order_after_the_presenters_and_land_in_the_store():
+    queue = JobQueue()
+    for session in ("s-a", "s-b"):
+        queue.heartbeat(session)
+    first = queue_sweep(queue, "viewer 1", "s-a")
+    second = queue_sweep(queue, "viewer 2", "s-b")
+    boss = queue_sweep(queue, PRESENTER, "s-p")  # queued last, runs first
+    assert [w.job.id for w in queue.snapshot().waiting] == [boss, first, second]
+    assert worker.serve(until_idle=True, say=lambda m: None) == 0
+    jobs = [queue.job(i) for i in (boss, first, second)]
+    assert [j.state for j in jobs] == ["done"] * 3, [j.error for j in jobs]
+    assert jobs[0].started_s < jobs[1].started_s < jobs[2].started_s
+    records = ResultStore().all()
+    assert len(records) == 3 and len({r.run_id for r in records}) == 3  # one stored sweep per job, for everyone
+    assert all(r.settings["sessions_connected"] == 2 for r in records)  # the two heartbeating sessions
+
+
+def test_a_record_counts_the_most_sessions_connected_at_once_not_every_reload():
+    from core.worker import _SessionCountingStore
+    from tests.factories import make_record
+
+    queue = JobQueue()
+    queue.heartbeat("steady")
+    counting = _SessionCountingStore(ResultStore(), queue)
+    for i in range(5):  # one tab reloaded five times: five sessions, never more than one at once
+        queue.heartbeat(f"reload-{i}")
+        counting.sample()
+        queue.mark_left([f"reload-{i}"])
+    counting.add(make_record())
+    assert ResultStore().all()[0].settings["sessions_connected"] == 2  # the steady tab and one reload
+
+
+def test_per_viewer_and_queue_limits_say_what_to_do(monkeypatch):
+    queue = JobQueue()
+    for _ in range(MAX_WAITING_PER_VIEWER):
+        queue_sweep(queue, "viewer 1", "s-a")
+    with pytest.raises(QueueFull, match="each viewer may have"):
+        queue_sweep(queue, "viewer 1", "s-a")
+    monkeypatch.setattr("core.jobqueue.MAX_WAITING", 2)
+    queue_sweep(queue, "viewer 2", "s-b")
+    with pytest.raises(QueueFull, match="queue is full"):
+        queue_sweep(queue, "viewer 3", "s-c")
+    queue_sweep(queue, PRESENTER, "s-p")  # the presenter is never turned away
+
+
+def test_waiting_jobs_get_a_start_estimate_from_similar_finished_jobs():
+    queue = JobQueue()
+    queue_sweep(queue, PRESENTER, "s-p")
+    waiting = queue.snapshot().waiting
+    assert waiting[0].position == 1 and waiting[0].starts_in_s == 0.0  # nothing runs: it starts next
+    worker.serve(until_idle=True, say=lambda m: None)
+    queue_sweep(queue, PRESENTER, "s-p")
+    queue_sweep(queue, PRESENTER, "s-p")
+    job = queue.claim(os.getpid())  # the first one runs now
+    snap = queue.snapshot()
+    took = job and (queue.job(1).ended_s - queue.job(1).started_s)
+    assert snap.running.id == job.id and snap.running_left_s == pytest.approx(took, abs=1.0)
+    assert [w.position for w in snap.waiting] == [1]
+    assert snap.waiting[0].starts_in_s == pytest.approx(snap.running_left_s)
+
+
+# ---------------------------------------------------------------- who may do what
+
+
+def test_viewer_cannot_stop_or_dequeue_the_presenters_job_but_can_cancel_its_own():
+    queue = JobQueue()
+    boss = queue_sweep(queue, PRESENTER, "s-p")
+    mine = queue_sweep(queue, "viewer 1", "s-a")
+    with pytest.raises(NotAllowed):
+        queue.stop(boss, "s-a", presenter=False)  # waiting
+    queue.claim(os.getpid())  # the presenter's job is running now
+    with pytest.raises(NotAllowed):
+        queue.stop(boss, "s-a", presenter=False)
+    assert queue.job(boss).state == "running" and not queue.job(boss).stop_requested
+    other = queue_sweep(queue, "viewer 2", "s-b")
+    with pytest.raises(NotAllowed):
+        queue.stop(other, "s-a", presenter=False)  # another viewer's
+    queue.stop(mine, "s-a", presenter=False)
+    assert queue.job(mine).state == "cancelled"
+    queue.stop(boss, "s-p", presenter=True)  # the presenter may stop anything; the worker sees the flag
+    assert queue.job(boss).stop_requested
+
+
+def test_a_viewer_cannot_load_a_server_path_or_a_hub_id(tiny_dir, tmp_path):
+    queue = JobQueue()
+    for name in (str(tiny_dir), "someone/some-model"):
+        with pytest.raises(NotAllowed, match="Only the presenter"):
+            worker.submit(queue, "sweep", sweep_args() | {"model": name}, "x", "viewer 1", "s-a")
+    outside = tmp_path / "eval.jsonl"
+    outside.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n')
+    with pytest.raises(NotAllowed, match="uploaded"):
+        worker.submit(queue, "sweep", sweep_args(eval_set=str(outside)), "x", "viewer 1", "s-a")
+    assert queue.snapshot().waiting == ()
+    worker.check_allowed("sweep", sweep_args() | {"model": str(tiny_dir)}, presenter=True)  # the presenter may
+
+
+def test_the_worker_refuses_a_viewers_job_that_names_a_path_even_if_it_got_into_the_queue(tiny_dir):
+    queue = JobQueue()  # written straight into the queue file, past the page's check
+    job_id = queue.submit("sweep", sweep_args() | {"model": str(tiny_dir)}, "forged", "sweep", "viewer 1", "s-a")
+    worker.serve(until_idle=True, say=lambda m: None)
+    job = queue.job(job_id)
+    assert job.state == "failed" and "Only the presenter" in job.error and ResultStore().all() == []
+
+
+def test_viewer_cannot_clear_results():
+    from tests.factories import make_record
+
+    store = ResultStore()
+    store.add(make_record())
+    with pytest.raises(NotAllowed):
+        roles.clear_results(store, presenter=False)
+    assert len(store.all()) == 1
+    roles.clear_results(store, presenter=True)
+    assert store.all() == []
+
+
+def test_tokens_compare_in_constant_time_and_anything_wrong_is_a_viewer(monkeypatch):
+    token = roles.new_token()
+    assert oct(roles.token_path().stat().st_mode & 0o777) == "0o600"
+    assert roles.is_presenter_token(token)
+    for wrong in (None, "", token[:-1], token + "x", "ü" * 10):
+        assert not roles.is_presenter_token(wrong)
+
+
+def app(token: str | None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / "tradeoff_map.py"), default_timeout=60)
+    if token is not None:
+        at.query_params["token"] = token
+    return at
+
+
+def sidebar_app(token: str | None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    if token is not None:
+        at.query_params["token"] = token
+    return at
+
+
+@pytest.mark.parametrize("given", [None, "wrong-token"])
+def test_wrong_or_missing_token_gives_viewer_rights_and_reveals_nothing(monkeypatch, given):
+    from tests.factories import make_record
+    from tests.test_pages import HERE
+
+    monkeypatch.setenv(roles.CLASSROOM_ENV, "1")
+    token = roles.new_token()
+    ResultStore().add(make_record(model="smollm2-135m-instruct", hardware=HERE))
+    at = sidebar_app(given).run()
+    assert not at.exception and not at.error
+    captions = " ".join(c.value for c in at.sidebar.caption)
+    assert "viewer" in captions and "presenter**." not in captions
+    from pages.common import CUSTOM
+
+    assert CUSTOM not in at.sidebar.selectbox[0].options  # viewers cannot name a folder or hub id
+    assert "token" not in at.query_params  # stripped from the address bar
+    page = app(given).run()
+    assert not page.exception and not any(b.label == "Clear results" for b in page.button)
+    everything = all_text(at) + all_text(page)
+    assert token not in everything and "wrong-token" not in everything
+
+
+def test_the_presenter_link_gives_presenter_rights_and_the_token_leaves_the_url(monkeypatch):
+    from tests.factories import make_record
+    from tests.test_pages import HERE
+
+    monkeypatch.setenv(roles.CLASSROOM_ENV, "1")
+    token = roles.new_token()
+    at = sidebar_app(token).run()
+    assert not at.exception
+    assert "presenter" in " ".join(c.value for c in at.sidebar.caption)
+    assert "token" not in at.query_params
+    ResultStore().add(make_record(model="smollm2-135m-instruct", hardware=HERE))
+    page = app(token).run()
+    assert any(b.label == "Clear results" for b in page.button)
+
+
+def test_one_person_on_loopback_is_the_presenter_without_a_token():
+    at = sidebar_app(None).run()
+    assert not at.exception
+    from pages.common import CUSTOM
+
+    assert CUSTOM in at.sidebar.selectbox[0].options
+    assert not any("viewer" in c.value for c in at.sidebar.caption)
+
+
+def test_an_arena_run_holds_the_machine_and_never_overlaps_a_job():
+    queue = JobQueue()
+    assert queue.hold("arena:a")
+    assert not queue.hold("arena:b")  # two live runs would disturb each other
+    queue_sweep(queue, PRESENTER, "s-p")
+    assert queue.claim(os.getpid()) is None  # the worker waits for the live run
+    queue.release("arena:a")
+    assert queue.claim(os.getpid()) is not None
+    assert not queue.hold("arena:b")  # and no live run starts while a job runs
+
+
+# ---------------------------------------------------------------- a worker killed mid-sweep
+
+
+def worker_process(data: Path) -> subprocess.Popen:
+    env = os.environ | {"LAB_DATA_DIR": str(data), "LAB_SHOW_TEST_MODELS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "core", "worker"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_sigkill_mid_sweep_keeps_finished_variants_and_reports_the_job_lost(data_dir):
+    queue = JobQueue()
+    many = ["fp32", "bf16", "fp16", "dyn-int8", "fp32", "bf16"]
+    sweep = queue_sweep(queue, PRESENTER, "s-p", techniques=many, repeats=3)
+    later = queue_sweep(queue, "viewer 1", "s-a")
+    proc = worker_process(data_dir)
+    try:
+        deadline = time.monotonic() + 240
+        while not ResultStore().all() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert ResultStore().all(), "no variant finished in time"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    kept = ResultStore().all()
+    assert 1 <= len(kept) < len(many)
+    for record in kept:  # nothing half-written: every stored row is a whole record
+        assert all(record.to_dict().get(f) is not None for f in REQUIRED_FIELDS)
+    assert queue.job(sweep).state == "running" and queue.job(later).state == "queued"
+
+    restarted = worker_process(data_dir)  # a fresh worker: the lost job is reported, the waiting one runs
+    try:
+        deadline = time.monotonic() + 240
+        while queue.job(later).state in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        restarted.send_signal(signal.SIGKILL)
+        restarted.wait(10)
+    lost = queue.job(sweep)
+    assert lost.state == "interrupted" and "everything it finished before is in the results store" in lost.error
+    assert queue.job(later).state == "done"
+    assert len(ResultStore().all()) == len(kept) + 1
+    leftovers = [p for p in (data_dir / "models").iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # no half-written checkpoint beside the real ones
+
+
+def test_one_worker_per_data_folder(data_dir):
+    first = worker_process(data_dir)
+    try:
+        deadline = time.monotonic() + 60
+        while not worker.is_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.is_running()
+        second = worker_process(data_dir)
+        assert second.wait(60) == 1 and b"already running" in second.stderr.read()
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+
+
+def test_a_viewer_sees_a_failed_job_without_server_paths_and_who_started_each_job(monkeypatch):
+    monkeypatch.setenv(roles.CLASSROOM_ENV, "1")
+    queue = JobQueue()
+    failed = queue.submit("sweep", sweep_args(), "Sweep A", "sweep", PRESENTER, "s-p")
+    queue.claim(os.getpid())
+    queue.finish(failed, "failed", "OSError: cannot read /srv/lab/data/models/secret/config.json")
+    queue.submit("sweep", sweep_args(), "Sweep B", "sweep", PRESENTER, "s-p")
+    queue.claim(os.getpid())
+    queue.submit("sweep", sweep_args(), "Sweep C", "sweep", "viewer 3", "s-c")
+    at = AppTest.from_file(str(ROOT / "pages" / "quantize.py"), default_timeout=60).run()
+    assert not at.exception
+    shown = " ".join(e.value for e in at.error)
+    assert "<server path>" in shown and "/srv/lab" not in shown
+    assert "Sweep B (presenter)" in at.get("progress")[0].proto.text
+    assert any("Sweep C (viewer 3" in c.value and "starts" in c.value for c in at.caption)
+    assert not any(b.label in ("Stop", "Cancel") for b in at.button)  # a viewer may stop neither
+
+
+def test_a_killed_server_does_not_stop_the_worker_it_started(data_dir):
+    """The dashboard starts the worker in a session of its own, so SIGKILL of the server leaves the sweep running."""
+    queue = JobQueue()
+    job = queue_sweep(queue, PRESENTER, "s-p")
+    env = os.environ | {"LAB_DATA_DIR": str(data_dir), "LAB_SHOW_TEST_MODELS": "1", "LAB_WORKER_AUTOSTART": "1",
+                        "LAB_WORKER_IDLE_EXIT_S": "5"}
+    server = subprocess.Popen([sys.executable, "-c", "from core import worker; worker.ensure_running(); "
+                               "import time; time.sleep(120)"], cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not worker.is_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        deadline = time.monotonic() + 180
+        while queue.job(job).state in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert queue.job(job).state == "done" and len(ResultStore().all()) == 1
+    finally:
+        pid = worker.running_pid()
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_session_that_left_stops_counting_but_still_counts_for_the_time_it_was_there():
+    queue = JobQueue()
+    before = time.time()
+    assert queue.heartbeat("a") == 1 and queue.heartbeat("b") == 2 and queue.heartbeat("a") == 1
+    queue.mark_left(["b"])
+    assert queue.sessions_connected() == 1
+    assert queue.sessions_connected(since_s=before) == 2  # b was connected during a job that began before it left
+    assert queue.open_sessions() == ["a"]
+
+
+def test_the_presenters_stop_reaches_the_running_sweep_which_keeps_what_it_finished():
+    import threading
+
+    queue = JobQueue()
+    many = ["fp32", "bf16", "fp16", "dyn-int8", "fp32", "bf16", "fp16", "dyn-int8"]
+    job = queue_sweep(queue, PRESENTER, "s-p", techniques=many, repeats=3)
+    loop = threading.Thread(target=worker.serve, kwargs={"until_idle": True, "say": lambda m: None})
+    loop.start()
+    deadline = time.monotonic() + 600  # generous: on a busy 2-core machine the first variant can take minutes
+    while not ResultStore().all() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    queue.stop(job, "s-p", presenter=True)
+    loop.join(600)
+    ended = queue.job(job)
+    assert ended.state == "cancelled", ended.error
+    assert 1 <= len(ResultStore().all()) < len(many)
+
+
+def all_text(at: AppTest) -> str:
+    """Every string the page drew, main area and sidebar, tables and metrics included."""
+    parts = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success",
+                 "text", "code", "json", "metric", "dataframe", "table", "exception"):
+        for element in getattr(at, kind, []):
+            value = getattr(element, "value", "")
+            parts.append(value.to_string() if hasattr(value, "to_string") else str(value))
+            parts.append(str(getattr(element, "label", "")))
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("name", ["quantize", "tradeoff_map", "decide", "report", "moe", "lora", "distill", "arena"])
+def test_no_page_shows_a_viewer_a_server_path(monkeypatch, tiny_dir, name):
+    from core import models
+    from tests.factories import make_record
+    from tests.test_pages import HERE, seed_distillation, seed_sweep
+
+    monkeypatch.setenv(roles.CLASSROOM_ENV, "1")
+    monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)
+    store = ResultStore()
+    seed_sweep(store)
+    seed_distillation(store)
+    store.add(make_record(model="smollm2-135m-instruct", technique="bf16", hardware=HERE,
+                          settings={"eval_set": str(ROOT / "assets" / "mc.jsonl"), "ppl_text": str(tiny_dir / "t.txt")}))
+    at = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = all_text(at)
+    assert len(shown) > 300  # the page drew its content, not just a guard
+    for secret in (str(ROOT), str(tiny_dir), os.environ["LAB_DATA_DIR"], "/data/students"):
+        assert secret not in shown, (name, secret)
