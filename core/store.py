@@ -413,6 +413,16 @@ class ResultStore:
             rows = conn.execute(query.order_by(*_newest_first(RESULTS))).scalars().all()
         return [VariantRecord.from_dict(json.loads(text)) for text in rows]
 
+    def get(self, record_id: str) -> VariantRecord | None:
+        """The record with this id, or None when it was never stored."""
+        with self._read() as conn:
+            text = conn.execute(sa.select(RESULTS.c.record_json).where(RESULTS.c.record_id == record_id)).scalar()
+        return None if text is None else VariantRecord.from_dict(json.loads(text))
+
+    def url_with_password(self) -> str:
+        """The full URL, for handing to this lab's own workers; never show it."""
+        return self.url.render_as_string(hide_password=False)
+
     def latest_per_technique(self, model: str, hardware: str) -> list[VariantRecord]:
         """For each technique, its newest record on this model and machine; newest first."""
         latest: dict[str, VariantRecord] = {}
@@ -473,6 +483,14 @@ class ResultStore:
                 wins_losses_ties[2 if winner == "" else 0 if winner == me else 1] += 1
         tallies = [Tally(k, *v) for k, v in counts.items()]
         return sorted(tallies, key=lambda t: (-t.wins, t.losses, t.technique))
+
+
+def describe_configured() -> str:
+    """Which store pages and commands use, safe to show, without connecting to it."""
+    try:
+        return mask(parse_url(configured_url()))
+    except StoreError as error:
+        return str(error)
 
 
 def open_store(url: str | None = None) -> ResultStore:

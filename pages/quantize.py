@@ -5,9 +5,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import benchmark, evaluate, models, techniques
+from core import benchmark, cluster, evaluate, models, techniques
 from core.jobs import BusyError
-from core.sweep import SweepSettings, run_sweep
+from core.sweep import SweepSettings
 from core.tables import provenance_lines, summary_rows
 from pages.common import choice, job_panel, job_slot, save_upload, store
 
@@ -50,9 +50,9 @@ if st.button("Measure", type="primary", disabled=not keys or not picked.model):
             ppl_text=str(save_upload(text_file, evaluate.read_text) if text_file else evaluate.DEFAULT_PPL_TEXT),
         )
         target = store()
-        slot.start(f"Quantization sweep of {picked.model}", lambda report, stop: run_sweep(
-            picked.model, keys, settings, store=target, should_stop=stop,
-            progress=lambda p: report(p.fraction, p.message)))
+        # On the Ray cluster when LAB_RAY_ADDRESS is set, else here; the job's signature is the same.
+        slot.start(f"Quantization sweep of {picked.model}{cluster.where()}",
+                   cluster.sweep_job(picked.model, keys, settings, target))
     except (ValueError, BusyError) as e:
         st.error(str(e))
 
