@@ -60,13 +60,16 @@ def _assert_no_overlap(records) -> None:
 
 
 @pytest.mark.ray
-def test_four_tiny_variants_land_once_each_with_fingerprints_and_never_overlap(ray_cluster, pg_url, capsys):
+def test_four_tiny_variants_land_once_each_with_fingerprints_and_never_overlap(ray_cluster, pg_url, capsys,
+                                                                             tmp_path):
+    out = tmp_path / "out.json"
     code = main(["--store", pg_url, "sweep", "--ray", "auto", "--model", "tiny-random-llama",
-                 "--techniques", ",".join(FOUR), "--devices", "cpu", "--json", os.devnull, *FAST_FLAGS])
+                 "--techniques", ",".join(FOUR), "--devices", "cpu", "--json", str(out), *FAST_FLAGS])
     err = capsys.readouterr().err
     assert code == 0, err
     records = ResultStore.from_url(pg_url).all()
     assert sorted(r.technique for r in records) == sorted(FOUR)
+    assert sorted(r["record_id"] for r in json.loads(out.read_text())) == sorted(r.record_id for r in records)
     assert len({r.record_id for r in records}) == 4 and len({r.run_id for r in records}) == 1
     assert {r.hardware for r in records} == {benchmark.hardware_fingerprint("cpu")}
     assert all(r.attempt == 1 and r.settings["cluster_node"].startswith("127.0.0.1") for r in records)

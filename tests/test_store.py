@@ -427,3 +427,15 @@ def test_postgres_tables_like_ours_without_a_version_are_refused(pg_url):
     engine.dispose()
     with pytest.raises(StoreError, match=r"holds tables named \['results'\]"):
         ResultStore.from_url(pg_url)
+
+
+def test_the_dashboard_says_which_store_it_reads_without_the_password(pg_url, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("LAB_STORE_URL", pg_url)
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    shown = " ".join(c.value for c in at.sidebar.caption)
+    assert "Results store: `postgresql+psycopg://lab:***@127.0.0.1:" in shown and PASSWORD not in shown
