@@ -439,3 +439,13 @@ def test_the_dashboard_says_which_store_it_reads_without_the_password(pg_url, mo
     assert not at.exception
     shown = " ".join(c.value for c in at.sidebar.caption)
     assert "Results store: `postgresql+psycopg://lab:***@127.0.0.1:" in shown and PASSWORD not in shown
+
+
+def test_cli_with_a_wrongly_authenticated_store_says_so_in_one_line(pg_server, capsys):
+    from core.__main__ import main
+
+    wrong = pg_server.url("postgres", password="wrong-pw-4242")
+    code = main(["--store", wrong, "sweep", "--model", "tiny-random-llama", "--techniques", "fp32"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: Cannot use the results store postgresql+psycopg://lab:***@")
+    assert "wrong-pw-4242" not in err and PASSWORD not in err and err.count("\n") == 1
