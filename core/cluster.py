@@ -138,11 +138,14 @@ def connect(address: str) -> None:
         return
     # The lab's code travels with the job, so every node runs the same version of it.
     runtime_env = {"working_dir": str(repo_root()),
-                   "excludes": [".git", ".venv", "data", "artifacts", "__pycache__", "*.sqlite*"]}
+                   "excludes": [".git", ".venv", "data", "artifacts", "__pycache__", ".pytest_cache", "*.sqlite*"]}
     try:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
-        raise _unreachable(address, str(error).strip().splitlines()[0]) from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if os.environ.get("RAY_AUTH_MODE") != "token":  # Ray's clusters ask for a token by default
+            reason += " (if the cluster uses token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN here)"
+        raise _unreachable(address, reason) from None
 
 
 def bench_nodes() -> list[dict[str, Any]]:
@@ -222,8 +225,27 @@ def _probe(store_url: str, shared: list[str]) -> tuple[str, list[str]]:
     return _here(), problems
 
 
+def _local_inputs(settings, inputs: dict[str, tuple[str, bytes]]):
+    """The settings with the eval set and text pointing at copies on this node (the driver's paths may not exist here)."""
+    import hashlib
+
+    from core.store import data_dir
+
+    folder = data_dir() / "cluster-inputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    moved = {}
+    for field, (name, data) in inputs.items():
+        path = folder / f"{hashlib.sha256(data).hexdigest()[:16]}-{name}"
+        if not path.is_file():
+            staging = path.with_name(f".{path.name}.{os.getpid()}")
+            staging.write_bytes(data)
+            os.replace(staging, path)
+        moved[field] = str(path)
+    return dataclasses.replace(settings, **moved)
+
+
 def _measure(variant: Variant, settings, store_url: str, run_id: str, attempt: int,
-             shipped: dict[str, bytes] | None, board) -> Outcome:
+             shipped: dict[str, bytes] | None, inputs: dict[str, tuple[str, bytes]], board) -> Outcome:
     """One variant, measured on this node, its record written to the shared store."""
     node, pid = _here(), os.getpid()
     last = [0.0]
@@ -247,8 +269,8 @@ def _measure(variant: Variant, settings, store_url: str, run_id: str, attempt: i
             skipped.append(p.message)
         tell(p.step, p.message, always=p.step in ("skipped", "done"))
 
-    sweep.run_sweep(variant.model, [variant.technique], dataclasses.replace(settings, device=variant.device),
-                    store=store, progress=progress)
+    settings = dataclasses.replace(_local_inputs(settings, inputs), device=variant.device)
+    sweep.run_sweep(variant.model, [variant.technique], settings, store=store, progress=progress)
     if store.record_id:
         return Outcome(variant, "stored", attempt, node, store.record_id, f"{variant.label()} stored")
     return Outcome(variant, "skipped", attempt, node, "", skipped[0] if skipped else "not measured")
@@ -343,6 +365,9 @@ def run_cluster_sweep(model_names: list[str], technique_keys: list[str], setting
     run_id = uuid.uuid4().hex[:12]
     store_url = store.url_with_password()
     board = ray.remote(num_cpus=0)(_Board).remote()
+    # The eval set and the text travel too: the driver's paths (and uploads) need not exist on a node.
+    inputs = ray.put({field: (Path(getattr(settings, field)).name, Path(getattr(settings, field)).read_bytes())
+                      for field in ("eval_set", "ppl_text")})
     measure = ray.remote(max_retries=0)(_measure)
     say(f"Sweep {run_id}: {len(variants)} variants on {len(nodes)} node(s): {', '.join(map(_node_name, nodes))}")
 
@@ -356,7 +381,7 @@ def run_cluster_sweep(model_names: list[str], technique_keys: list[str], setting
         if avoid and others:  # soft: if that node is busy or gone, anywhere will do
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(others[0], soft=True)
         return measure.options(**options).remote(variant, settings, store_url, run_id, attempt,
-                                                 shipped.get(variant.model), board)
+                                                 shipped.get(variant.model), inputs, board)
 
     pending = {submit(v, 1): (v, 1) for v in variants}
     outcomes: list[Outcome] = []
