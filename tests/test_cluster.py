@@ -35,7 +35,8 @@ def ray_cluster(tmp_path_factory):
     before = os.environ.get("LAB_DATA_DIR")
     os.environ["LAB_DATA_DIR"] = str(worker_data)  # the workers inherit the environment Ray starts with
     try:
-        ray.init(num_cpus=2, resources={cluster.BENCH_RESOURCE: 1}, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, resources={cluster.BENCH_RESOURCE: 1}, include_dashboard=False,
+                 log_to_driver=False)  # "local": a new cluster of its own, never one already running here
     finally:
         if before is None:
             os.environ.pop("LAB_DATA_DIR", None)
