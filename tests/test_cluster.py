@@ -6,10 +6,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 # Ray then takes 127.0.0.1 as this node's address, so every port it opens is on loopback only.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -102,8 +102,6 @@ def test_a_killed_worker_loses_only_its_variant_which_is_retried_once(ray_cluste
     attempts = {r.technique: r.attempt for r in records}
     assert sorted(attempts.values()) == [1, 1, 1, 2]
     with store.engine.connect() as conn:
-        import sqlalchemy as sa
-
         assert conn.execute(sa.text("SELECT count(*) FROM results")).scalar() == 4
     _assert_no_overlap(records)
 
