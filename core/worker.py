@@ -66,10 +66,11 @@ def _sweep_progress(ctx: JobContext):
 
 
 def run_sweep_job(args: dict, ctx: JobContext) -> None:
-    from core import sweep
+    from core import cluster
 
-    sweep.run_sweep(args["model"], list(args["techniques"]), _sweep_settings(args), store=ctx.store,
-                    progress=_sweep_progress(ctx), should_stop=ctx.should_stop)
+    # Here, or as Ray tasks over the cluster when LAB_RAY_ADDRESS is set: the same measurement either way.
+    job = cluster.sweep_job(args["model"], list(args["techniques"]), _sweep_settings(args), ctx.store)
+    job(ctx.report, ctx.should_stop)
 
 
 def run_moe_job(args: dict, ctx: JobContext) -> None:

@@ -17,7 +17,7 @@ import streamlit as st
 
 from core import cost, jobqueue, models, roles, worker
 from core.jobqueue import PRESENTER, JobQueue, NotAllowed, QueueFull
-from core.store import ResultStore, StoreError
+from core.store import ResultStore, StoreError, describe_configured
 
 CUSTOM = "Other: a Hugging Face id or local directory"
 
@@ -161,6 +161,7 @@ def sidebar() -> SidebarChoice:
         price = st.number_input("US$ per hour", min_value=0.0, value=float(preset.usd_per_hour), step=0.01,
                                 format="%.4f", key=f"usd_per_hour_{pkey}")
         st.caption(f"{preset.source} (as of {preset.as_of}).")
+        st.caption(visible(f"Results store: `{describe_configured()}`"))
         chosen = SidebarChoice(model=name or "", preset=cost.with_price(preset, price))
     st.session_state["choice"] = chosen
     return chosen

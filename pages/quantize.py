@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 import streamlit as st
 
-from core import benchmark, evaluate, models, techniques
+from core import benchmark, cluster, evaluate, models, techniques
 from core.estimate import SweepPlan
 from core.sweep import SweepSettings
 from core.tables import provenance_lines, summary_rows
@@ -54,9 +54,10 @@ if st.button("Measure", type="primary", disabled=not keys or not picked.model):
             eval_set=str(save_upload(mc_file, evaluate.load_mc_jsonl) if mc_file else evaluate.DEFAULT_MC_SET),
             ppl_text=str(save_upload(text_file, evaluate.read_text) if text_file else evaluate.DEFAULT_PPL_TEXT),
         )
-        # Measured by the worker process, never in this web server (see core/worker.py).
+        # Measured by the worker process, never in this web server (core/worker.py); the worker sends it to the
+        # Ray cluster when LAB_RAY_ADDRESS is set (core/cluster.py).
         submit_job("sweep", {"model": picked.model, "techniques": keys, "settings": asdict(settings)},
-                   f"Quantization sweep of {picked.model}")
+                   f"Quantization sweep of {picked.model}{cluster.where()}")
     except ValueError as e:
         show_error(e)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytest_plugins = ["tests.postgres"]  # a real PostgreSQL server for the store and cluster tests
+
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
@@ -15,6 +17,9 @@ SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 def data_dir(tmp_path, monkeypatch) -> Path:
     """Every test writes its store and caches under its own temp dir, never the user's data/."""
     monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path / "data"))
+    # Never the team's shared store or cluster: a test that wants one sets it itself.
+    monkeypatch.delenv("LAB_STORE_URL", raising=False)
+    monkeypatch.delenv("LAB_RAY_ADDRESS", raising=False)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     return tmp_path / "data"
 

@@ -8,7 +8,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from core import arena, benchmark, cost
-from core.store import ResultStore, StoreError
+from core.store import SCHEMA_VERSION, ResultStore, StoreError
 from tests.factories import make_record
 from tests.test_benchmark import CountingModel, FakeClock
 
@@ -151,14 +151,13 @@ def test_add_vote_validates():
         store.add_vote("m", "p", ("a", "b"), "a", "")
 
 
-def test_a_version_1_store_is_migrated_to_2_keeping_its_results(tmp_path):
+def test_a_version_1_store_is_migrated_forward_keeping_its_results(tmp_path):
+    from tests.test_store import _V1
+
     path = tmp_path / "old.sqlite"
     conn = sqlite3.connect(path)
+    conn.executescript(_V1)  # the schema before votes existed
     with conn:
-        for statement in ResultStore._create_schema_v1.__globals__["_SCHEMA_V1"].split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute("PRAGMA user_version = 1")
         conn.execute("INSERT INTO results (run_id, model, technique, record_json) VALUES (?, ?, ?, ?)",
                      ("r", "m", "fp32", __import__("json").dumps(make_record(model="m").to_dict())))
     conn.close()
@@ -166,16 +165,18 @@ def test_a_version_1_store_is_migrated_to_2_keeping_its_results(tmp_path):
     assert [r.technique for r in store.all()] == ["fp32"]
     store.add_vote("m", "p", ("fp32", "nf4"), "fp32", "s")
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
+    assert (tmp_path / "old.sqlite.bak-v1").is_file()
     ResultStore(path)  # reopening a migrated store is a no-op
 
 
-def test_a_store_newer_than_2_is_still_refused(tmp_path):
+def test_a_store_newer_than_this_code_is_still_refused(tmp_path):
     path = tmp_path / "r.sqlite"
     ResultStore(path)
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 3")
+    with conn:
+        conn.execute("UPDATE lab_schema_version SET version_num = ?", (f"{SCHEMA_VERSION + 1:04d}",))
     conn.close()
     with pytest.raises(StoreError, match="newer"):
         ResultStore(path)

@@ -1,0 +1,150 @@
+"""Sweeps on a real local Ray cluster into a real PostgreSQL, and two sweeping processes sharing one store."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+# Ray then takes 127.0.0.1 as this node's address, so every port it opens is on loopback only.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from core import benchmark, cluster  # noqa: E402
+from core.__main__ import main  # noqa: E402
+from core.records import REQUIRED_FIELDS  # noqa: E402
+from core.store import ResultStore  # noqa: E402
+from core.sweep import SweepSettings  # noqa: E402
+
+FAST = dict(new_tokens=4, repeats=1, warmup_runs=0, mc_max_items=3, ppl_window_tokens=32, ppl_max_tokens=64)
+FAST_FLAGS = ["--new-tokens", "4", "--repeats", "1", "--warmup", "0", "--mc-max-items", "3"]
+FOUR = ["fp32", "bf16", "fp16", "dyn-int8"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """One local Ray node per module: 2 CPUs, one benchmark slot, its own data dir (so checkpoints are shipped)."""
+    ray = pytest.importorskip("ray")
+    worker_data = tmp_path_factory.mktemp("worker-data")
+    before = os.environ.get("LAB_DATA_DIR")
+    os.environ["LAB_DATA_DIR"] = str(worker_data)  # the workers inherit the environment Ray starts with
+    try:
+        ray.init(address="local", num_cpus=2, resources={cluster.BENCH_RESOURCE: 1}, include_dashboard=False,
+                 log_to_driver=False)  # "local": a new cluster of its own, never one already running here
+    finally:
+        if before is None:
+            os.environ.pop("LAB_DATA_DIR", None)
+        else:
+            os.environ["LAB_DATA_DIR"] = before
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+    yield worker_data
+    ray.shutdown()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _assert_no_overlap(records) -> None:
+    spans = sorted((r.started_at, r.created_at) for r in records)
+    assert all(start and start < end for start, end in spans)
+    for (_, end), (next_start, _) in zip(spans, spans[1:]):
+        assert end <= next_start, f"measurements overlapped: one ended {end}, the next began {next_start}"
+
+
+@pytest.mark.ray
+def test_four_tiny_variants_land_once_each_with_fingerprints_and_never_overlap(ray_cluster, pg_url, capsys,
+                                                                             tmp_path):
+    out = tmp_path / "out.json"
+    code = main(["--store", pg_url, "sweep", "--ray", "auto", "--model", "tiny-random-llama",
+                 "--techniques", ",".join(FOUR), "--devices", "cpu", "--json", str(out), *FAST_FLAGS])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    records = ResultStore.from_url(pg_url).all()
+    assert sorted(r.technique for r in records) == sorted(FOUR)
+    assert sorted(r["record_id"] for r in json.loads(out.read_text())) == sorted(r.record_id for r in records)
+    assert len({r.record_id for r in records}) == 4 and len({r.run_id for r in records}) == 1
+    assert {r.hardware for r in records} == {benchmark.hardware_fingerprint("cpu")}
+    assert all(r.attempt == 1 and r.settings["cluster_node"].startswith("127.0.0.1") for r in records)
+    for r in records:
+        assert all(r.to_dict().get(f) is not None for f in REQUIRED_FIELDS)
+    _assert_no_overlap(records)
+    assert "[127.0.0.1 (" in err and "4 of 4 variants stored" in err  # progress per node
+    # The checkpoint came through the object store into the worker's own data dir, not from a hub.
+    assert (ray_cluster / "models" / "tiny-random-llama" / "config.json").is_file()
+
+
+@pytest.mark.ray
+def test_a_killed_worker_loses_only_its_variant_which_is_retried_once(ray_cluster, pg_url):
+    store = ResultStore.from_url(pg_url)
+    killed: list[str] = []
+
+    def kill_first_worker(p) -> None:
+        # The first variant to start is killed mid-measurement with SIGKILL, as a crash or OOM would.
+        if p.step == "start" and p.pid and not killed:
+            os.kill(p.pid, signal.SIGKILL)
+            killed.append(p.variant)
+
+    result = cluster.run_cluster_sweep(["tiny-random-llama"], FOUR, SweepSettings(**FAST), store, devices=["cpu"],
+                                       progress=kill_first_worker)
+    assert killed
+    assert [o.status for o in result.outcomes] == ["stored"] * 4
+    records = store.all()
+    assert sorted(r.technique for r in records) == sorted(FOUR)  # every variant once: no duplicate row
+    attempts = {r.technique: r.attempt for r in records}
+    assert sorted(attempts.values()) == [1, 1, 1, 2]
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM results")).scalar() == 4
+    _assert_no_overlap(records)
+
+
+@pytest.mark.ray
+def test_a_checkpoint_a_worker_cannot_reach_is_a_clear_error_and_writes_nothing(ray_cluster, pg_url, tmp_path):
+    store = ResultStore.from_url(pg_url)
+    missing = tmp_path / "on-a-share-the-workers-do-not-mount"
+    with pytest.raises(cluster.ClusterError) as error:
+        cluster.run_cluster_sweep([str(missing)], ["fp32"], SweepSettings(**FAST), store, devices=["cpu"])
+    message = str(error.value)
+    assert str(missing) in message and "127.0.0.1" in message and "nothing was measured or written" in message
+    assert store.all() == []
+
+
+@pytest.mark.ray
+def test_an_unreachable_ray_address_is_a_clear_error_and_writes_nothing(pg_url, capsys):
+    port = _closed_port()
+    code = main(["--store", pg_url, "sweep", "--ray", f"ray://127.0.0.1:{port}", "--model", "tiny-random-llama",
+                 "--techniques", "fp32", *FAST_FLAGS])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"Cannot reach the Ray cluster at ray://127.0.0.1:{port}" in err and "Nothing was measured" in err
+    assert "Traceback" not in err
+    assert ResultStore.from_url(pg_url).all() == []
+
+
+def test_two_sweeping_processes_share_one_postgres_store(pg_url, tmp_path):
+    procs = []
+    for n in (1, 2):
+        env = os.environ | {"LAB_DATA_DIR": str(tmp_path / f"data-{n}"), "LAB_STORE_URL": pg_url,
+                            "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "core", "sweep", "--model", "tiny-random-llama", "--techniques", "fp32,bf16",
+             "--threads", "1", "--json", str(tmp_path / f"out-{n}.json"), *FAST_FLAGS],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    written = [r for n in (1, 2) for r in json.loads((tmp_path / f"out-{n}.json").read_text())]
+    stored = ResultStore.from_url(pg_url).all()
+    assert len(written) == 4 and len({r["run_id"] for r in written}) == 2
+    assert sorted(r.record_id for r in stored) == sorted(r["record_id"] for r in written)  # each exactly once
+    by_id = {r["record_id"]: r for r in written}
+    for record in stored:  # none partially written: every field as the sweep returned it
+        assert json.dumps(record.to_dict(), sort_keys=True) == json.dumps(by_id[record.record_id], sort_keys=True)
