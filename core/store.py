@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from core.records import VariantRecord
+from core.records import ServingRecord, VariantRecord
 
-SCHEMA_VERSION = 2  # 1: results; 2: + votes (the arena's blind votes)
+SCHEMA_VERSION = 3  # 1: results; 2: + votes (the arena's blind votes); 3: + serving (load benchmark points)
 DATA_DIR_ENV = "LAB_DATA_DIR"
 STORE_FILENAME = "results.sqlite"
 BUSY_TIMEOUT_S = 30.0  # a second writer waits this long for the first instead of failing at once
@@ -60,6 +60,30 @@ CREATE TABLE IF NOT EXISTS votes (
     UNIQUE (model, prompt_sha256, variant_a, variant_b, session_id)
 );
 CREATE INDEX IF NOT EXISTS votes_model ON votes (model);
+"""
+
+# Schema 3 adds load-benchmark points (ServingRecord), one row each. record_id is the record's own identity:
+# a retried write of the same point is refused by UNIQUE instead of counted twice.
+_SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS serving (
+    id INTEGER PRIMARY KEY,
+    record_id TEXT NOT NULL UNIQUE,
+    run_id TEXT,
+    created_at TEXT,
+    model TEXT,
+    technique TEXT,
+    runtime TEXT,
+    hardware TEXT,
+    device TEXT,
+    record_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS serving_model_hardware ON serving (model, hardware, created_at);
+"""
+
+_INSERT_SERVING = """
+INSERT INTO serving (record_id, run_id, created_at, model, technique, runtime, hardware, device, record_json)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (record_id) DO NOTHING
 """
 
 _UPSERT_VOTE = """
@@ -200,6 +224,9 @@ class ResultStore:
                 version = 1
             if version == 1:
                 self._migrate_v1_to_v2(conn)
+                version = 2
+            if version == 2:
+                self._migrate_v2_to_v3(conn)
             # WAL lets the dashboard read while a CLI sweep writes; the setting is stored in the file.
             conn.execute("PRAGMA journal_mode=WAL")
 
@@ -219,6 +246,15 @@ class ResultStore:
                 if statement.strip():
                     conn.execute(statement)
             conn.execute("PRAGMA user_version = 2")
+
+    @staticmethod
+    def _migrate_v2_to_v3(conn: sqlite3.Connection) -> None:
+        # Additive like v1 -> v2: results and votes untouched.
+        with conn:
+            for statement in _SCHEMA_V3.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("PRAGMA user_version = 3")
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -266,6 +302,22 @@ class ResultStore:
     def models_seen(self) -> list[str]:
         with self._connect() as conn:
             return [row[0] for row in conn.execute("SELECT DISTINCT model FROM results ORDER BY model")]
+
+    # --- load benchmark points (serving) ---------------------------------------------------------
+
+    def add_serving(self, record: ServingRecord) -> None:
+        """Store one load-benchmark point; writing the same record (same record_id) again changes nothing."""
+        row = (record.record_id, record.run_id, record.created_at, record.model, record.technique, record.runtime,
+               record.hardware, record.device, json.dumps(record.to_dict()))
+        with self._connect() as conn, conn:
+            conn.execute(_INSERT_SERVING, row)
+
+    def serving(self, model: str | None = None, hardware: str | None = None) -> list[ServingRecord]:
+        """Load-benchmark points, newest first, optionally of one model and/or one machine."""
+        where, params = _filters(model=model, hardware=hardware)
+        with self._connect() as conn:
+            rows = conn.execute(f"SELECT record_json FROM serving {where} {_NEWEST_FIRST}", params)
+            return [ServingRecord.from_dict(json.loads(row[0])) for row in rows]
 
     # --- blind votes (arena) ---------------------------------------------------------------------
 
