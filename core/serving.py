@@ -878,3 +878,82 @@ def check_batching(engine: Engine, model, tokenizer, prompts: Sequence[str], con
             out.append(BatchingCheck(engine.technique, engine.runtime, c, len(batch), same, ties, bad, tolerance,
                                      tuple(details)))
     return out
+
+
+# --- the context chart's data: measured once, kept beside the results store ------------------------
+
+
+@dataclass(frozen=True)
+class ContextRun:
+    model: str
+    hardware: str
+    threads: int
+    created_at: str
+    points: tuple[ContextPoint, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "hardware": self.hardware, "threads": self.threads, "created_at": self.created_at,
+                "points": [{"context_tokens": p.context_tokens, "kv_cache_mb_measured": p.kv_cache_mb_measured,
+                            "kv_cache_mb_estimated": p.kv_cache_mb_estimated, "prefill_ms": p.prefill_ms,
+                            "decode_tokens_per_s_samples": list(p.decode_tokens_per_s.samples)} for p in self.points]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ContextRun":
+        points = tuple(ContextPoint(p["context_tokens"], p["kv_cache_mb_measured"], p["kv_cache_mb_estimated"],
+                                    Spread(tuple(p["decode_tokens_per_s_samples"])), p["prefill_ms"]) for p in d["points"])
+        return cls(d["model"], d["hardware"], d["threads"], d["created_at"], points)
+
+
+def _context_file(model_key: str) -> Path:
+    from core.store import data_dir
+
+    return data_dir() / "serving" / f"context-{model_key.replace('/', '--')}.json"
+
+
+def default_contexts(max_context_tokens: int, decode_tokens: int) -> list[int]:
+    """128, 512, 2048, ... up to the model's maximum (minus the tokens decoded after it)."""
+    out, n = [], 128
+    while n + decode_tokens <= max_context_tokens:
+        out.append(n)
+        n *= 4
+    top = max_context_tokens - decode_tokens
+    return out + ([top] if not out or out[-1] < top else [])
+
+
+def measure_context(model: str, contexts: Sequence[int] | None = None, decode_tokens: int = 16,
+                    report: Report = lambda f, m: None, should_stop: ShouldStop = lambda: False) -> ContextRun:
+    """Load the fp32 model in process, sweep the context, save the run (replacing this model's previous one)."""
+    import torch
+
+    from core import benchmark, models
+    from core.models import load_model
+
+    spec = models.resolve(model)
+    checkpoint = Path(spec.location) if spec.source == "local" else models.prepare(spec)
+    config = json.loads((checkpoint / "config.json").read_text())
+    limit = int(config.get("max_position_embeddings") or 2048)
+    contexts = list(contexts) if contexts else default_contexts(limit, decode_tokens)
+    check_lengths(contexts, decode_tokens, limit)
+    net = load_model(checkpoint)
+    try:
+        points = context_sweep(net, fit.kv_shape_from_config(config), contexts, decode_tokens, 2, should_stop, report)
+    finally:
+        del net
+    run = ContextRun(spec.key, benchmark.hardware_fingerprint("cpu"), torch.get_num_threads(),
+                     datetime.now(timezone.utc).isoformat(timespec="seconds"), tuple(points))
+    path = _context_file(spec.key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(run.to_dict(), indent=2))
+    tmp.replace(path)
+    return run
+
+
+def saved_context(model_key: str) -> ContextRun | None:
+    path = _context_file(model_key)
+    if not path.is_file():
+        return None
+    try:
+        return ContextRun.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError):
+        return None  # a damaged file shows as "not measured yet", and the next run replaces it
