@@ -260,12 +260,14 @@ def llamacpp_engine(gguf: Path, technique: str, n_ctx: int, threads: int = 2, de
                 "--n_gpu_layers", "-1" if device.startswith("cuda") else "0", "--verbose", "True"]
 
     def body(prompt: str, new_tokens: int) -> dict:
-        # logit_bias pushes nothing; min_tokens is unknown to this server, so EOS is banned with a -inf bias.
-        return {"model": gguf.name, "prompt": prompt, "stream": True, "temperature": 0.0, "max_tokens": new_tokens,
-                "top_k": 1, "seed": 0, "logit_bias_type": "input_ids", "logit_bias": {}}
+        # min_tokens = max_tokens = N: the server masks end-of-sequence until N tokens, so every request does N.
+        return {"model": str(gguf), "prompt": prompt, "stream": True, "temperature": 0.0, "top_k": 1,
+                "max_tokens": new_tokens, "min_tokens": new_tokens, "seed": 0}
 
-    return Engine(technique, "llama.cpp", "llama.cpp server (llama-cpp-python)", argv, body,
-                  "end-of-sequence token banned through logit_bias", _offline_env(threads), 2, kv_from_log=True)
+    # llama-cpp-python's server holds one lock around its model: it answers one request at a time, in order.
+    return Engine(technique, "llama.cpp", "llama.cpp server (llama-cpp-python, one request at a time)", argv, body,
+                  "min_tokens=max_tokens=N (end-of-sequence masked until N tokens)", _offline_env(threads), 2,
+                  kv_from_log=True)
 
 
 # --- the server process ---------------------------------------------------------------------------
@@ -412,6 +414,13 @@ class Server:
         text = self.log_path.read_text(errors="replace")
         sizes = [float(m) for m in re.findall(r"KV (?:self )?buffer size\s*=\s*([\d.]+)\s*MiB", text)]
         return int(sum(sizes) * 2**20) if sizes else None
+
+    def kv_cells_reported(self) -> int | None:
+        """The context llama.cpp really allocated ("llama_context: n_ctx = 512"): it rounds n_ctx up."""
+        import re
+
+        found = re.findall(r"llama_context:\s+n_ctx\s*=\s*(\d+)", self.log_path.read_text(errors="replace"))
+        return int(found[0]) if found else None
 
 
 # --- the load loop (async client) -----------------------------------------------------------------
@@ -688,8 +697,8 @@ def _record(variant: Variant, stats: LoadStats, wave_throughputs: list[float], c
             run_id: str, model_key: str, server: Server) -> ServingRecord:
     price = settings.price
     context = prompt_tokens + settings.new_tokens
-    if variant.engine.kv_from_log:  # llama.cpp holds n_ctx cells whatever the load
-        n_ctx = max(settings.prompt_tokens) + settings.new_tokens
+    if variant.engine.kv_from_log:  # llama.cpp holds n_ctx cells whatever the load, n_ctx as it rounded it
+        n_ctx = server.kv_cells_reported() or max(settings.prompt_tokens) + settings.new_tokens
         estimated = fit.kv_cache_bytes(variant.kv_shape, n_ctx, variant.engine.kv_element_bytes)
     else:
         estimated = fit.kv_cache_bytes(variant.kv_shape, context, variant.engine.kv_element_bytes, batch=concurrency)
