@@ -236,28 +236,14 @@ def cmd_serve_bench(args: argparse.Namespace) -> None:
 
 def cmd_serve_context(args: argparse.Namespace) -> None:
     """KV cache measured vs estimated, and decode speed, as the context grows (in process, one sequence)."""
-    from core import benchmark, fit, serving
-    from core.models import load_model
+    from core import serving
 
-    spec = models.resolve(args.model)
-    checkpoint = Path(spec.location) if spec.source == "local" else models.prepare(spec)
-    contexts = _int_list("--contexts", args.contexts)
-    config = json.loads((checkpoint / "config.json").read_text())
-    limit = int(config.get("max_position_embeddings") or 2048)
-    if max(contexts) + args.decode_tokens > limit:
-        raise CliError(f"--contexts: {max(contexts)} + {args.decode_tokens} decoded tokens is longer than the "
-                       f"model's context of {limit} tokens")
-    model = load_model(checkpoint)
-    points = serving.context_sweep(model, fit.kv_shape_from_config(config), contexts, args.decode_tokens,
-                                   report=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr, flush=True))
-    env = benchmark.environment("cpu", __import__("torch").get_num_threads())
-    rows = [{"context_tokens": p.context_tokens, "kv_cache_mb_measured": p.kv_cache_mb_measured,
-             "kv_cache_mb_estimated": p.kv_cache_mb_estimated,
-             "kv_error_pct": 100 * (p.kv_cache_mb_measured / p.kv_cache_mb_estimated - 1),
-             "decode_tokens_per_s_median": p.decode_tokens_per_s.median,
-             "decode_tokens_per_s_samples": list(p.decode_tokens_per_s.samples), "prefill_ms": p.prefill_ms,
-             "hardware": env.hardware, "threads": env.threads} for p in points]
-    _write_json(args.json, rows)
+    run = serving.measure_context(args.model, _int_list("--contexts", args.contexts), args.decode_tokens,
+                                  report=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr, flush=True))
+    out = run.to_dict()
+    for p in out["points"]:
+        p["kv_error_pct"] = 100 * (p["kv_cache_mb_measured"] / p["kv_cache_mb_estimated"] - 1)
+    _write_json(args.json, out)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -206,3 +206,32 @@ def test_batched_greedy_answers_equal_answers_alone_on_the_tiny_model(tiny, tiny
         assert c.passed, c.details
         assert c.same_as_alone + c.near_ties == c.requests
     assert _servers_left() == []
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--concurrency", "0"], "concurrency must be between 1 and"),
+    (["--concurrency", "1,65"], "concurrency must be between 1 and"),
+    (["--prompt-tokens", "1000", "--new-tokens", "64"], "longer than the model's context of 1024 tokens"),
+    (["--techniques", "moe-8x2"], "cannot be served by transformers serve"),
+])
+def test_cli_bad_input_is_one_line_and_stores_nothing(tiny_dir, capsys, flags, message):
+    from core.__main__ import main
+
+    assert main(["serve-bench", "--model", str(tiny_dir), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert ResultStore().serving() == []
+
+
+def test_cli_port_in_use(tiny_dir, capsys):
+    from core.__main__ import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert main(["serve-bench", "--model", str(tiny_dir), "--port", str(s.getsockname()[1])]) == 2
+    assert "already in use" in capsys.readouterr().err
+    assert ResultStore().serving() == []
