@@ -106,6 +106,7 @@ class LoadStats:
     e2e_ms_p50: float
     e2e_ms_p90: float
     prompt_tokens_seen: int  # the server's count of the first prompt, 0 when unknown
+    first_error: str = ""  # what the first failed request said, for the record's settings
 
 
 def _p(xs: list[float], q: float) -> float:
@@ -129,6 +130,7 @@ def summarize(timings: Sequence[RequestTiming]) -> LoadStats:
         itl_ms_p90=_p([g * 1e3 for t in good for g in t.gaps_s], 90),
         e2e_ms_p50=_p([t.e2e_s * 1e3 for t in good], 50), e2e_ms_p90=_p([t.e2e_s * 1e3 for t in good], 90),
         prompt_tokens_seen=next((t.prompt_tokens for t in good if t.prompt_tokens), 0),
+        first_error=next((t.error or "no tokens streamed" for t in timings if not t.ok), ""),
     )
 
 
@@ -257,7 +259,9 @@ def llamacpp_engine(gguf: Path, technique: str, n_ctx: int, threads: int = 2, de
     def argv(port: int) -> list[str]:
         return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", HOST, "--port", str(port),
                 "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads),
-                "--n_gpu_layers", "-1" if device.startswith("cuda") else "0", "--verbose", "True"]
+                "--n_gpu_layers", "-1" if device.startswith("cuda") else "0", "--verbose", "True",
+                # by default a new request cuts the one streaming short; here every request runs to its N tokens
+                "--interrupt_requests", "False"]
 
     def body(prompt: str, new_tokens: int) -> dict:
         # min_tokens = max_tokens = N: the server masks end-of-sequence until N tokens, so every request does N.
@@ -465,6 +469,9 @@ async def one_request(client, url: str, body: dict, timeout_s: float) -> Request
         error = f"{type(e).__name__}: {e}"
     done = time.perf_counter()
     tokens = int(usage.get("completion_tokens") or len(chunks)) if not error else 0
+    wanted = int(body.get("max_tokens") or 0)
+    if not error and tokens < wanted:  # a stream cut short is a failed request, not a short success
+        error, tokens = f"the stream ended after {tokens} of {wanted} tokens", 0
     return RequestTiming(sent, tuple(chunks), done, tokens, int(usage.get("prompt_tokens") or 0), "".join(texts), error)
 
 
@@ -618,8 +625,9 @@ class Variant:
 def plan_variants(model: str, technique_keys: Sequence[str], settings: ServeSettings,
                   gguf_files: dict[str, Path] | None = None, progress: Report = lambda f, m: None) -> list[Variant]:
     """Every variant's engine, checked before any server starts, so bad input stores nothing."""
-    from core import models, techniques
+    from core import benchmark, models, techniques
 
+    benchmark.pick_device(settings.device)  # "cuda" on a machine without a GPU: a clear message before anything starts
     spec = models.resolve(model)
     checkpoint = Path(spec.location) if spec.source == "local" else models.prepare(spec, lambda m: progress(0.0, m))
     config = json.loads((checkpoint / "config.json").read_text())
@@ -721,7 +729,8 @@ def _record(variant: Variant, stats: LoadStats, wave_throughputs: list[float], c
         settings={
             "repeats": settings.repeats, "warmup_requests": settings.warmup_requests,
             "request_timeout_s": settings.request_timeout_s, "prompt_text": corpus_path().name,
-            "prompt_tokens_seen_by_server": stats.prompt_tokens_seen, "eos": variant.engine.eos_note,
+            "prompt_tokens_seen_by_server": stats.prompt_tokens_seen,
+            "first_error": stats.first_error, "eos": variant.engine.eos_note,
             "server_command": argv, "server_idle_mem_mb": idle_bytes / fit.MB, "kv_measured_how": kv_how,
             "kv_estimate": "core/fit.py: 2 x layers x kv_heads x head_dim x context x bytes" +
                            (" (n_ctx cells)" if variant.engine.kv_from_log else " x concurrency"),
