@@ -25,7 +25,8 @@ st.caption(f"Speeds measured on: {machine}. Priced at {picked.preset.label}, US$
 recommend_tab, traffic_tab, cost_tab, fit_tab = st.tabs(["Recommend", "Traffic at load", "Monthly cost", "Device fit"])
 
 with traffic_tab:
-    served = store().serving(spec.key, machine) if store() else []
+    results = store()
+    served = results.serving(spec.key, machine) if results else []
     serve_view.traffic_section(capacity.reprice(capacity.latest_points(served), picked.preset))
 
 with recommend_tab:
