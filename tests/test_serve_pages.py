@@ -57,3 +57,12 @@ def test_decide_traffic_tab_recommends_from_load_points():
     # and C=4 answers 36 / 200 = 0.18 req/s per machine: 13 machines.
     assert any("One machine is not enough: 13 machines" in w.value for w in at.warning)
     assert any("at 4 concurrent requests" in m.value for m in at.markdown)
+
+
+def test_report_page_counts_the_serving_points():
+    store = ResultStore()
+    store.add(make_record(hardware=HERE))
+    _seed(store)
+    at = AppTest.from_file(str(ROOT / "pages/report.py"), default_timeout=60).run()
+    _no_errors(at)
+    assert any("1 variants, 3 serving points" in c.value for c in at.caption)
