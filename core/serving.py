@@ -766,8 +766,10 @@ def serve_bench(model: str, technique_keys: Sequence[str], settings: ServeSettin
     env = benchmark.environment(settings.device, settings.threads)
     tokenizer = load_tokenizer(variants[0].checkpoint)
     ids = corpus_token_ids(tokenizer)
-    top_c = max(settings.concurrency)
-    prompts = {p: prompts_from_text(ids, tokenizer, top_c, p) for p in settings.prompt_tokens}
+    # A fresh prompt for every request of the run, warm-up included: both servers keep the KV of prompts they saw
+    # (llama.cpp its last context, transformers whole shared pages), and a repeated prompt would time a cache hit.
+    needed = settings.warmup_requests + settings.repeats * sum(settings.concurrency)
+    prompts = {p: prompts_from_text(ids, tokenizer, needed, p) for p in settings.prompt_tokens}
     run_id = new_record_id()
     points = len(variants) * len(settings.prompt_tokens) * len(settings.concurrency)
     done: list[ServingRecord] = []
@@ -777,23 +779,23 @@ def serve_bench(model: str, technique_keys: Sequence[str], settings: ServeSettin
         with Server(variant.engine, settings.port, settings.start_timeout_s, should_stop) as server:
             watch = MemoryWatch(server.proc.pid)
             idle = watch.rss_bytes()
-            warm = [variant.engine.body(prompts[min(prompts)][0], 4)] * settings.warmup_requests
+            warm = [variant.engine.body(prompts[min(prompts)][-1 - i], 4) for i in range(settings.warmup_requests)]
             if warm:
                 run_load(server.base_url, warm, settings.request_timeout_s, should_stop)
             for p in settings.prompt_tokens:
+                fresh = iter(prompts[p])
                 for c in settings.concurrency:
                     report(len(done) / points, f"{variant.label}: {c} concurrent x {p}-token prompts")
-                    bodies = [variant.engine.body(text, settings.new_tokens) for text in prompts[p][:c]]
                     timings, waves = [], []
                     with MemoryWatch(server.proc.pid) as point_watch:
                         for _ in range(settings.repeats):
+                            bodies = [variant.engine.body(next(fresh), settings.new_tokens) for _ in range(c)]
                             wave = run_load(server.base_url, bodies, settings.request_timeout_s, should_stop)
                             waves.append(summarize(wave).throughput_tokens_per_s)
                             timings += wave
                     stats = summarize(timings)
                     if stats.requests == 0:
-                        first = next(t.error for t in timings if t.error)
-                        raise ServingError(f"every request to the {variant.engine.server} failed ({first}); "
+                        raise ServingError(f"every request to the {variant.engine.server} failed ({stats.first_error}); "
                                            f"its last log line: {last_log_line(server.log_path)}")
                     kv, how = _kv_measured_bytes(variant, server, p + settings.new_tokens, c, kv_cache)
                     record = _record(variant, stats, waves, c, p, settings, env, point_watch.peak_bytes, idle,

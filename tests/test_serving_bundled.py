@@ -30,9 +30,10 @@ def test_batched_greedy_equals_alone_on_the_bundled_model_except_near_ties(bundl
     from core.models import load_model, load_tokenizer
 
     model, tokenizer = load_model(bundled_dir), load_tokenizer(bundled_dir)
-    prompts = serving.prompts_from_text(serving.corpus_token_ids(tokenizer), tokenizer, 8, 64)
+    prompts = serving.prompts_from_text(serving.corpus_token_ids(tokenizer), tokenizer, 32, 64)
     engine = serving.transformers_engine(bundled_dir, "fp32", threads=2)
-    checks = serving.check_batching(engine, model, tokenizer, prompts, [2, 4, 8], new_tokens=24, timeout_s=300)
+    checks = serving.check_batching(engine, model, tokenizer, prompts, [2, 4, 8, 16, 32], new_tokens=24,
+                                      timeout_s=300)
     with capsys.disabled():
         for c in checks:
             print(f"\nconcurrency {c.concurrency}: {c.same_as_alone}/{c.requests} same as alone, {c.near_ties} "
