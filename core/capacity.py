@@ -147,9 +147,11 @@ class ScalingStory:
     tokens_per_dollar_gain: float  # throughput at top / throughput alone (same price, so also tokens per $)
 
     def sentence(self) -> str:
+        gain = self.tokens_per_dollar_gain
+        makes = (f"makes {gain:.1f} times more tokens per dollar" if gain >= 1 else
+                 f"makes only {gain:.2f} times as many tokens per dollar (more users made it slower in all)")
         return (f"{self.label}: one user gets {self.alone_tokens_per_s:.1f} tok/s; {self.top_concurrency} users "
-                f"each get {self.each_tokens_per_s:.1f}, and the machine makes {self.tokens_per_dollar_gain:.1f} "
-                f"times more tokens per dollar.")
+                f"each get {self.each_tokens_per_s:.1f}, and the machine {makes}.")
 
 
 def scaling_story(records: Sequence[ServingRecord]) -> ScalingStory | None:

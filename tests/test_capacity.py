@@ -104,3 +104,8 @@ def test_report_includes_serving_points():
     bundle = report.build_report([make_record()], "SmolLM2", "kld_mean", {}, commit="abc", serving=_curve())
     assert 'id="serving"' in bundle.html and "Serving frontier, 128-token prompts" in bundle.html
     assert '"serving"' in bundle.json and "times more tokens per dollar" in bundle.html
+
+
+def test_scaling_story_says_when_more_users_made_it_slower():
+    story = capacity.scaling_story(_curve(speeds=((1, 50.0, 50.0, 30), (8, 7.0, 45.0, 8000))))
+    assert "only 0.14 times as many tokens per dollar" in story.sentence()
