@@ -395,7 +395,13 @@ class Server:
                            f"{self.start_timeout_s:.0f} s; its last log line: {last_log_line(self.log_path)}")
 
     def stop(self) -> None:
-        """SIGTERM to the whole process group, SIGKILL after STOP_TIMEOUT_S; idempotent."""
+        """SIGTERM to the whole process group, SIGKILL after STOP_TIMEOUT_S; idempotent. Removes the log."""
+        try:
+            self._stop_group()
+        finally:
+            self.log_path.unlink(missing_ok=True)
+
+    def _stop_group(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
