@@ -451,6 +451,7 @@ async def one_request(client, url: str, body: dict, timeout_s: float) -> Request
     chunks: list[float] = []
     texts: list[str] = []
     usage: dict = {}
+    finish = ""
     error = ""
     try:
         async with asyncio.timeout(timeout_s):
@@ -469,13 +470,18 @@ async def one_request(client, url: str, body: dict, timeout_s: float) -> Request
                         chunks.append(time.perf_counter())
                         texts.append(text)
                     usage = event.get("usage") or usage
+                    finish = next((c.get("finish_reason") for c in event.get("choices") or []
+                                   if c.get("finish_reason")), finish)
     except TimeoutError:
         error = f"timed out after {timeout_s:.0f} s"
     except Exception as e:  # one failed request is counted, not fatal to the load
         error = f"{type(e).__name__}: {e}"
     done = time.perf_counter()
-    tokens = int(usage.get("completion_tokens") or len(chunks)) if not error else 0
     wanted = int(body.get("max_tokens") or 0)
+    # The server's own count when it sends one; else "length" means it stopped at max_tokens. Counting chunks is
+    # the last resort: a server holds back a token that ends mid-character and sends it with the next one.
+    counted = usage.get("completion_tokens") or (wanted if finish == "length" else len(chunks))
+    tokens = int(counted) if not error else 0
     if not error and tokens < wanted:  # a stream cut short is a failed request, not a short success
         error, tokens = f"the stream ended after {tokens} of {wanted} tokens", 0
     return RequestTiming(sent, tuple(chunks), done, tokens, int(usage.get("prompt_tokens") or 0), "".join(texts), error)
