@@ -14,6 +14,7 @@ pages = [
     st.Page("pages/moe.py", title="Mixture of experts", icon=":material/hub:"),
     st.Page("pages/tradeoff_map.py", title="Trade-off Map", icon=":material/scatter_plot:"),
     st.Page("pages/arena.py", title="Arena", icon=":material/sports_score:"),
+    st.Page("pages/serve.py", title="Serve", icon=":material/dns:"),
     st.Page("pages/decide.py", title="Decide", icon=":material/task_alt:"),
     st.Page("pages/report.py", title="Report", icon=":material/description:"),
 ]

@@ -10,6 +10,8 @@
     python -m core speculate --model smollm2-135m-instruct --draft PATH --json speculate.json
     python -m core worker                      # runs queued dashboard jobs, one at a time (one per machine)
     python -m core serve --host 0.0.0.0        # worker + dashboard; prints the presenter link for a classroom
+    python -m core serve-bench --model smollm2-135m-instruct --techniques fp32,gguf-q4_1 --concurrency 1,4,16 \
+        --prompt-tokens 128,1024 --new-tokens 64 --json serve.json
 """
 
 from __future__ import annotations
@@ -295,6 +297,44 @@ def cmd_serve(args: argparse.Namespace) -> None:
     os.execvpe(command[0], command, env)
 
 
+def cmd_serve_bench(args: argparse.Namespace) -> None:
+    """Start each variant's server on 127.0.0.1, load it at each concurrency, one record per point."""
+    from core import serving
+
+    keys = [k.strip() for k in args.techniques.split(",") if k.strip()]
+    if not keys:
+        raise CliError("--techniques: no techniques given, e.g. fp32,gguf-q4_1")
+    gguf = {}
+    if args.gguf:
+        path = Path(_existing_file("--gguf", args.gguf))
+        gguf = {serving.GGUF_PREFIX + serving.gguf_quant(path): path}
+        keys += [k for k in gguf if k not in keys]
+    settings = serving.ServeSettings(
+        concurrency=tuple(_int_list("--concurrency", args.concurrency)),
+        prompt_tokens=tuple(_int_list("--prompt-tokens", args.prompt_tokens)), new_tokens=args.new_tokens,
+        repeats=args.repeats, device=args.device, threads=args.threads, hardware_preset=args.hardware,
+        usd_per_hour=args.usd_per_hour, port=args.port)
+    _json_folder(args.json)
+    store = None if args.no_store else open_store(args.store_url)
+    t0 = time.perf_counter()
+    records = serving.serve_bench(args.model, keys, settings, store=store, gguf_files=gguf,
+                                  report=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr, flush=True))
+    print(f"serve-bench wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    _write_json(args.json, [r.to_dict() for r in records])
+
+
+def cmd_serve_context(args: argparse.Namespace) -> None:
+    """KV cache measured vs estimated, and decode speed, as the context grows (in process, one sequence)."""
+    from core import serving
+
+    run = serving.measure_context(args.model, _int_list("--contexts", args.contexts), args.decode_tokens,
+                                  report=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr, flush=True))
+    out = run.to_dict()
+    for p in out["points"]:
+        p["kv_error_pct"] = 100 * (p["kv_cache_mb_measured"] / p["kv_cache_mb_estimated"] - 1)
+    _write_json(args.json, out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="LLM Trade-off Lab, headless.")
     parser.add_argument("--store", dest="store_url", metavar="URL",
@@ -373,6 +413,32 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8501)
     sv.add_argument("--classroom", action="store_true", help="roles and a presenter link even on 127.0.0.1")
     sv.set_defaults(func=cmd_serve)
+    from core import serving
+
+    sv = sub.add_parser("serve-bench", help="load a real server on 127.0.0.1 with concurrent streams; TTFT, ITL, "
+                        "throughput and $ per 1M tokens per concurrency")
+    sv.add_argument("--model", default=models.DEFAULT_MODEL)
+    sv.add_argument("--techniques", default="fp32", help="comma-separated: fp32, bf16, fp16, nf4-dq, int8 "
+                    "(transformers serve) or gguf-<quant> (llama.cpp)")
+    sv.add_argument("--gguf", help="a GGUF file to serve on llama.cpp as well (technique gguf-<its quant>)")
+    sv.add_argument("--concurrency", default="1,2,4,8,16", help=f"comma-separated, each 1..{serving.MAX_CONCURRENCY}")
+    sv.add_argument("--prompt-tokens", default="128", help="comma-separated prompt lengths, cut from real text")
+    sv.add_argument("--new-tokens", type=int, default=64)
+    sv.add_argument("--repeats", type=int, default=2, help="waves per point (the error bars)")
+    sv.add_argument("--threads", type=int, default=2, help="the server's compute threads")
+    sv.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    sv.add_argument("--port", type=int, help="serve on this 127.0.0.1 port (default: a free one)")
+    sv.add_argument("--hardware", choices=list(cost.HARDWARE_PRESETS), default="laptop-cpu")
+    sv.add_argument("--usd-per-hour", type=float)
+    sv.add_argument("--json", help="write the records here (else to stdout)")
+    sv.add_argument("--no-store", action="store_true", help="do not write to the results store")
+    sv.set_defaults(func=cmd_serve_bench)
+    sc = sub.add_parser("serve-context", help="KV cache measured vs estimated and decode speed as the context grows")
+    sc.add_argument("--model", default=models.DEFAULT_MODEL)
+    sc.add_argument("--contexts", default="128,512,2048", help="comma-separated context lengths, tokens")
+    sc.add_argument("--decode-tokens", type=int, default=16)
+    sc.add_argument("--json", help="write the points here (else to stdout)")
+    sc.set_defaults(func=cmd_serve_context)
     return parser
 
 

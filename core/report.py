@@ -89,8 +89,11 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def records_json(records: Sequence[VariantRecord], manifest_: dict[str, Any]) -> str:
-    return json.dumps(_json_safe({"manifest": manifest_, "results": [r.to_dict() for r in records]}), indent=2)
+def records_json(records: Sequence[VariantRecord], manifest_: dict[str, Any], serving: Sequence = ()) -> str:
+    body = {"manifest": manifest_, "results": [r.to_dict() for r in records]}
+    if serving:
+        body["serving"] = [r.to_dict() for r in serving]
+    return json.dumps(_json_safe(body), indent=2)
 
 
 CSV_SKIP = ("mc_per_item", "ttft_ms_samples", "decode_tokens_per_s_samples")  # long lists: they are in the JSON
@@ -142,6 +145,24 @@ def variants_table_html(records: Sequence[VariantRecord]) -> str:
     return f'<table id="variants"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
+SERVING_COLUMNS: tuple[tuple[str, str, str], ...] = (  # (field, heading, format)
+    ("label", "Variant", ""), ("runtime", "Runtime", ""), ("concurrency", "Concurrency", "d"),
+    ("prompt_tokens", "Prompt tokens", "d"), ("new_tokens", "New tokens", "d"),
+    ("throughput_tokens_per_s", "Throughput tok/s", ".1f"), ("per_user_tokens_per_s_median", "Per user tok/s", ".1f"),
+    ("ttft_ms_p50", "TTFT p50 ms", ".0f"), ("ttft_ms_p90", "TTFT p90 ms", ".0f"), ("itl_ms_p90", "ITL p90 ms", ".0f"),
+    ("e2e_ms_p90", "E2E p90 ms", ".0f"), ("kv_cache_mb_measured", "KV MB measured", ".2f"),
+    ("kv_cache_mb_estimated", "KV MB estimated", ".2f"), ("peak_mem_mb", "Server peak MB", ".0f"),
+    ("usd_per_1m_tokens", "$ / 1M tokens", ".4f"), ("server", "Server", ""), ("created_at", "Measured (UTC)", ""),
+)
+
+
+def serving_table_html(serving: Sequence) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in SERVING_COLUMNS)
+    rows = "".join("<tr>" + "".join(_cell(getattr(r, f), spec) for f, _, spec in SERVING_COLUMNS) + "</tr>"
+                   for r in serving)
+    return f'<table id="serving"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
 def figures_html(figures: Sequence[tuple[str, go.Figure]]) -> str:
     # plotly.js goes inline once, with the first figure, so the file opens with no network at all.
     parts = []
@@ -152,12 +173,14 @@ def figures_html(figures: Sequence[tuple[str, go.Figure]]) -> str:
 
 
 def html_report(title: str, records: Sequence[VariantRecord], figures: Sequence[tuple[str, go.Figure]],
-                summary_lines: Sequence[str], manifest_: dict[str, Any]) -> str:
+                summary_lines: Sequence[str], manifest_: dict[str, Any], serving: Sequence = ()) -> str:
     lines = "".join(f"<p>{html.escape(line)}</p>" for line in summary_lines)
+    served = (f"<h2>Serving at load</h2><p class=\"note\">Concurrent streaming requests against a server on 127.0.0.1, "
+              f"timed at the client.</p>{serving_table_html(serving)}") if serving else ""
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{lines}"
-        f"{figures_html(figures)}<h2>Every variant</h2>{variants_table_html(records)}"
+        f"{figures_html(figures)}<h2>Every variant</h2>{variants_table_html(records)}{served}"
         f"<h2>Manifest</h2><p class=\"note\">Versions, hardware, seeds and settings that produced these numbers."
         f"</p><pre>{html.escape(json.dumps(_json_safe(manifest_), indent=2))}</pre></body></html>"
     )
@@ -172,8 +195,11 @@ class ReportBundle:
 
 
 def build_report(records: Sequence[VariantRecord], model_label: str, metric_key: str, settings: dict[str, Any],
-                 commit: str | None = None) -> ReportBundle:
-    """Every export of one model on one machine, built from the records the Trade-off Map shows."""
+                 commit: str | None = None, serving: Sequence = ()) -> ReportBundle:
+    """Every export of one model on one machine, built from the records the Trade-off Map shows.
+
+    `serving`: load-benchmark points (ServingRecord) of the same model and machine, if any were measured.
+    """
     if not records:
         raise ValueError("nothing to report: measure some variants first")
     figures = [
@@ -184,6 +210,15 @@ def build_report(records: Sequence[VariantRecord], model_label: str, metric_key:
     summary = [plots.what_you_give_up(records, metric_key, "latency"), plots.what_you_give_up(records, metric_key, "cost"),
                f"Hardware: {records[0].hardware}. Priced at ${records[0].usd_per_hour:.4f}/hour "
                f"({records[0].hardware_preset})."]
+    if serving:
+        from core import capacity, serving_plots
+
+        for n in sorted({r.prompt_tokens for r in serving}):
+            figures.append((f"Serving frontier, {n}-token prompts", serving_plots.frontier_figure(serving, n)))
+        curves: dict[tuple, list] = {}
+        for r in serving:
+            curves.setdefault((r.technique, r.runtime, r.prompt_tokens), []).append(r)
+        summary += [story.sentence() for story in map(capacity.scaling_story, curves.values()) if story]
     meta = manifest(records, settings, commit if commit is not None else git_commit())
-    page = html_report(f"LLM Trade-off Lab report: {model_label}", records, figures, summary, meta)
-    return ReportBundle(page, records_csv(records), records_json(records, meta), meta)
+    page = html_report(f"LLM Trade-off Lab report: {model_label}", records, figures, summary, meta, serving)
+    return ReportBundle(page, records_csv(records), records_json(records, meta, serving), meta)

@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-from core import cost, fit, models, recommend
-from pages.common import choice, measured_set, show_error, visible
+from core import capacity, cost, fit, models, recommend
+from pages import serve_view
+from pages.common import choice, measured_set, show_error, store, visible
 
 st.title("Decide")
 st.write("State what you need, and get the measured variant that meets it best, with the reason and what you "
@@ -21,7 +22,12 @@ except (OSError, ValueError) as e:
 st.caption(f"Speeds measured on: {machine}. Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour "
            "(change it in the sidebar).")
 
-recommend_tab, cost_tab, fit_tab = st.tabs(["Recommend", "Monthly cost", "Device fit"])
+recommend_tab, traffic_tab, cost_tab, fit_tab = st.tabs(["Recommend", "Traffic at load", "Monthly cost", "Device fit"])
+
+with traffic_tab:
+    results = store()
+    served = results.serving(spec.key, machine) if results else []
+    serve_view.traffic_section(capacity.reprice(capacity.latest_points(served), picked.preset))
 
 with recommend_tab:
     objective = st.radio("I want the", recommend.OBJECTIVES, horizontal=True,

@@ -4,8 +4,8 @@ import json
 
 import streamlit as st
 
-from core import plots, report
-from pages.common import choice, measured_set, visible
+from core import capacity, plots, report
+from pages.common import choice, measured_set, store, visible
 
 st.title("Report")
 st.write("One click gives a report you can send to someone who has not seen this app: the Trade-off Map, every "
@@ -20,7 +20,9 @@ records = measured.records
 settings = {"model": spec.key, "machine": machine, "quality_metric": metric, "hardware_preset": picked.preset.key,
             "usd_per_hour": picked.preset.usd_per_hour, "price_source": picked.preset.source,
             "price_as_of": picked.preset.as_of, "selection": "newest record per technique on this machine"}
-bundle = report.build_report(records, spec.label, metric, settings)
+results = store()
+serving = capacity.reprice(capacity.latest_points(results.serving(spec.key, machine)), picked.preset) if results else []
+bundle = report.build_report(records, spec.label, metric, settings, serving=serving)
 
 stem = f"tradeoff-report-{spec.key.replace('/', '--')}"
 a, b, c = st.columns(3)
@@ -29,7 +31,7 @@ a.download_button("Download HTML report", bundle.html, f"{stem}.html", "text/htm
 b.download_button("Download results CSV", visible(bundle.csv), f"{stem}.csv", "text/csv", icon=":material/table:")
 c.download_button("Download results + manifest JSON", visible(bundle.json), f"{stem}.json", "application/json",
                   icon=":material/data_object:")
-st.caption(f"{len(records)} variants; HTML {len(bundle.html) / 1e6:.1f} MB (plotly.js is embedded so it needs no network).")
+st.caption(f"{len(records)} variants, {len(serving)} serving points; HTML {len(bundle.html) / 1e6:.1f} MB (plotly.js is embedded so it needs no network).")
 
 st.subheader("What the report contains")
 st.plotly_chart(plots.tradeoff_figure(records, metric, "latency"), width="stretch")

@@ -49,3 +49,21 @@ def make_record(**overrides: Any) -> VariantRecord:
     )
     fields.update(overrides)
     return VariantRecord(**fields)
+
+
+def make_serving_record(**overrides: Any):
+    """A complete ServingRecord (one load point of fp32 on a CPU); pass field=value to change any of them."""
+    from core.records import ServingRecord
+
+    fields: dict[str, Any] = dict(
+        model="smollm2-135m-instruct", technique="fp32", runtime="transformers", label="FP32 (reference)",
+        concurrency=1, prompt_tokens=128, new_tokens=64, requests=2, errors=0, throughput_tokens_per_s=10.0,
+        per_user_tokens_per_s_median=10.0, ttft_ms_p50=100.0, ttft_ms_p90=120.0, itl_ms_p50=95.0, itl_ms_p90=110.0,
+        e2e_ms_p50=6500.0, e2e_ms_p90=6600.0, kv_cache_mb_measured=1.8, kv_cache_mb_estimated=1.8, peak_mem_mb=900.0,
+        hardware_preset="laptop-cpu", usd_per_hour=0.08, usd_per_1m_tokens=0.08 / (10.0 * 3600) * 1e6,
+        server="transformers serve (continuous batching)", device="cpu", threads=2, hardware="Test CPU, 2 cores",
+        versions={"transformers": "5.24.0"}, settings={}, run_id="run-1", created_at="2025-06-01T12:00:00+00:00",
+        throughput_tokens_per_s_samples=[9.5, 10.5],
+    )
+    fields.update(overrides)
+    return ServingRecord(**fields)

@@ -1,0 +1,96 @@
+"""Serve: many users at once. Load a real server on 127.0.0.1 with concurrent streams and see what batching buys."""
+
+import streamlit as st
+
+from core import benchmark, capacity, models, serving, serving_plots, techniques
+from core.jobs import BusyError
+from pages import serve_view
+from pages.common import choice, job_panel, job_slot, store
+
+st.title("Serve")
+st.write("A service answers many people at once. Each decoding step reads the weights once however many requests "
+         "share it, so the machine makes more tokens per second, and per dollar, as more users arrive, while each "
+         "user waits a little longer. Here the lab starts a real server on this machine (127.0.0.1 only), sends it "
+         "concurrent streaming requests, and times every token as it arrives.")
+picked = choice()
+try:
+    spec = models.resolve(picked.model)
+except models.ModelError as e:
+    st.info(str(e))
+    st.stop()
+
+bundled_gguf = models.gguf_path(spec) if spec.source == "bundled-gguf" else None
+options = ["fp32", "bf16", "nf4-dq", "int8"] + ([serving.GGUF_PREFIX + serving.gguf_quant(bundled_gguf)]
+                                                  if bundled_gguf else [])
+
+
+def label(key: str) -> str:
+    if key.startswith(serving.GGUF_PREFIX):
+        return f"GGUF {key[len(serving.GGUF_PREFIX):].upper()} on llama.cpp (the file the model ships as)"
+    return f"{techniques.get(key).label} on transformers serve"
+
+
+keys = st.multiselect("Variants to serve", options, default=options[:1] + options[-1:] if bundled_gguf else ["fp32"],
+                      format_func=label)
+a, b, c = st.columns(3)
+conc = a.multiselect("Concurrent requests", [1, 2, 4, 8, 16, 32], default=[1, 2, 4, 8, 16])
+prompts = b.multiselect("Prompt lengths, tokens (cut from real text)", [128, 512, 1024, 2048], default=[128])
+new_tokens = c.number_input("New tokens per request", 8, 1024, 64, step=8)
+repeats = c.number_input("Waves per point (error bars)", 1, 10, 2)
+st.caption(f"Every request is bounded ({serving.REQUEST_TIMEOUT_S:.0f} s), each point sends exactly concurrency x "
+           f"waves requests, at most {serving.MAX_CONCURRENCY} at once, and the server is stopped when the run ends "
+           "or you press Stop.")
+
+what = st.radio("Measure", ["load", "context"], horizontal=True, format_func={
+    "load": "Load: throughput, latency and cost at each concurrency",
+    "context": "Context: KV cache and decode speed as the context grows (in process, fp32)"}.get)
+if st.button("Measure", type="primary", disabled=not picked.model or (what == "load" and not (keys and conc and prompts))):
+    try:
+        if what == "load":
+            settings = serving.ServeSettings(
+                concurrency=tuple(conc), prompt_tokens=tuple(sorted(prompts)), new_tokens=int(new_tokens),
+                repeats=int(repeats), hardware_preset=picked.preset.key, usd_per_hour=picked.preset.usd_per_hour)
+            target = store()
+            name = f"Serving load of {spec.label}"
+
+            def work(report, stop):
+                return serving.serve_bench(picked.model, keys, settings, store=target, report=report, should_stop=stop)
+        else:
+            name = f"Context sweep of {spec.label}"
+
+            def work(report, stop):
+                return serving.measure_context(picked.model, report=report, should_stop=stop)
+        job_slot().start(name, work)
+    except (ValueError, BusyError) as e:
+        st.error(str(e))
+
+job_panel("Each point is saved as soon as it is measured; Stop ends the server and keeps them.")
+
+results = store()
+here = benchmark.hardware_fingerprint("cpu")
+records = capacity.reprice(capacity.latest_points(results.serving(spec.key, here)), picked.preset) if results else []
+if not records:
+    st.info("No load points for this model on this machine yet: pick variants and press **Measure**.")
+else:
+    st.subheader("What batching buys")
+    serve_view.stories(records)
+    st.caption(f"Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour (the sidebar's price). "
+               f"Measured on {here}.")
+    serve_view.frontier(records)
+    st.caption("Each point is one concurrency; error bars span the waves. Up is cheaper per token, right is faster "
+               "for each user. The star marks the knee: past it, another step of concurrency adds less than "
+               f"{serving_plots.KNEE_GAIN:.0%} throughput, so users mostly wait longer.")
+    serve_view.points_table(records)
+    first = records[0].settings
+    st.caption(f"End of sequence: {first.get('eos', '?')}. ITL: {first.get('itl', '')}. Peak memory: "
+               f"{first.get('peak_mem', '')}. KV measured as: {first.get('kv_measured_how', '')}.")
+
+st.subheader("Context length")
+run = serving.saved_context(spec.key)
+if run is None or run.hardware != here:
+    st.info("Not measured on this machine yet: choose **Context** above and press **Measure**.")
+else:
+    st.plotly_chart(serving_plots.context_figure(run.points, spec.label), width="stretch")
+    st.caption(f"One sequence, fp32, in process, {run.threads} threads, measured {run.created_at}. Measured: bytes "
+               "of the key/value tensors in the model's cache after reading the context. Estimated: 2 x layers x KV "
+               "heads x head width x context x 4 bytes, from config.json.")

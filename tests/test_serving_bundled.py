@@ -1,0 +1,59 @@
+"""Serving the real bundled model: batching correctness on transformers serve, and the llama.cpp server.
+
+Slow (loads SmolLM2-135M and starts real servers on 127.0.0.1); run under `flock /tmp/lab-heavy.lock`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from core import models, serving
+from core.serving import ServeSettings
+from core.store import ResultStore
+from tests.conftest import needs_bundled
+
+pytestmark = [pytest.mark.slow, needs_bundled]
+SPEC = models.BUNDLED["smollm2-135m-instruct"]
+
+
+@pytest.fixture(scope="module")
+def bundled_dir(tmp_path_factory):
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LAB_DATA_DIR", str(tmp_path_factory.mktemp("bundled-data")))
+    yield models.prepare(SPEC)
+    patch.undo()
+
+
+def test_batched_greedy_equals_alone_on_the_bundled_model_except_near_ties(bundled_dir, capsys):
+    from core.models import load_model, load_tokenizer
+
+    model, tokenizer = load_model(bundled_dir), load_tokenizer(bundled_dir)
+    prompts = serving.prompts_from_text(serving.corpus_token_ids(tokenizer), tokenizer, 32, 64)
+    engine = serving.transformers_engine(bundled_dir, "fp32", threads=2)
+    checks = serving.check_batching(engine, model, tokenizer, prompts, [2, 4, 8, 16, 32], new_tokens=24,
+                                      timeout_s=300)
+    with capsys.disabled():
+        for c in checks:
+            print(f"\nconcurrency {c.concurrency}: {c.same_as_alone}/{c.requests} same as alone, {c.near_ties} "
+                  f"near-ties (top-2 gap <= {c.tolerance}), {c.mismatches} mismatches {list(c.details)}")
+    for c in checks:
+        assert c.passed, c.details
+        assert c.same_as_alone + c.near_ties == c.requests
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+def test_llamacpp_server_on_the_bundled_gguf(bundled_dir):
+    store = ResultStore()
+    key = serving.GGUF_PREFIX + serving.gguf_quant(models.gguf_path(SPEC))
+    settings = ServeSettings(concurrency=(1, 2), prompt_tokens=(32,), new_tokens=8, repeats=1, start_timeout_s=120,
+                             request_timeout_s=120)
+    records = serving.serve_bench(SPEC.key, [key], settings, store=store)
+    assert [r.concurrency for r in records] == [1, 2]
+    for r in records:
+        assert r.runtime == "llama.cpp" and r.errors == 0 and r.requests == r.concurrency
+        assert r.throughput_tokens_per_s > 0
+        # llama.cpp's own report of its KV buffer against 2 x layers x kv heads x head dim x n_ctx x 2 bytes
+        assert r.kv_cache_mb_measured == pytest.approx(r.kv_cache_mb_estimated, rel=0.15)
+    assert len(store.serving()) == 2
