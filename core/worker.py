@@ -114,12 +114,34 @@ def run_speculate_job(args: dict, ctx: JobContext) -> None:
     speculative.save_result(result)
 
 
+def run_serve_bench_job(args: dict, ctx: JobContext) -> None:
+    from core import serving
+
+    raw = args["settings"]
+    settings = serving.ServeSettings(**raw | {"concurrency": tuple(raw["concurrency"]),
+                                              "prompt_tokens": tuple(raw["prompt_tokens"])})
+    serving.serve_bench(args["model"], list(args["techniques"]), settings, store=ctx.store, report=ctx.report,
+                        should_stop=ctx.should_stop)
+
+
+def run_serve_context_job(args: dict, ctx: JobContext) -> None:
+    from core import serving
+
+    serving.measure_context(args["model"], report=ctx.report, should_stop=ctx.should_stop)
+
+
 def _settings_key(args: dict, *names: str) -> str:
     s = args.get("settings", {})
     return ",".join(f"{n}={s.get(n)}" for n in names)
 
 
 JOB_KINDS: dict[str, JobKind] = {
+    "serve-bench": JobKind(run_serve_bench_job,
+                           lambda a: f"serve|{a['model']}|{','.join(sorted(a['techniques']))}|"
+                                     f"{a['settings']['concurrency']}|{a['settings']['prompt_tokens']}|"
+                                     f"{a['settings']['new_tokens']}|{a['settings']['repeats']}",
+                           models=lambda a: [a["model"]]),
+    "serve-context": JobKind(run_serve_context_job, lambda a: f"context|{a['model']}", models=lambda a: [a["model"]]),
     "sweep": JobKind(run_sweep_job,
                      lambda a: f"sweep|{a['model']}|{','.join(sorted(a['techniques']))}|"
                                + _settings_key(a, "new_tokens", "repeats", "mc_max_items"),

@@ -1,11 +1,12 @@
 """Serve: many users at once. Load a real server on 127.0.0.1 with concurrent streams and see what batching buys."""
 
+from dataclasses import asdict
+
 import streamlit as st
 
 from core import benchmark, capacity, models, serving, serving_plots, techniques
-from core.jobs import BusyError
 from pages import serve_view
-from pages.common import choice, job_panel, job_slot, store
+from pages.common import choice, job_panel, show_error, store, submit_job
 
 st.title("Serve")
 st.write("A service answers many people at once. Each decoding step reads the weights once however many requests "
@@ -46,23 +47,17 @@ what = st.radio("Measure", ["load", "context"], horizontal=True, format_func={
     "context": "Context: KV cache and decode speed as the context grows (in process, fp32)"}.get)
 if st.button("Measure", type="primary", disabled=not picked.model or (what == "load" and not (keys and conc and prompts))):
     try:
+        # Measured by the worker process, never in this web server (core/worker.py).
         if what == "load":
             settings = serving.ServeSettings(
                 concurrency=tuple(conc), prompt_tokens=tuple(sorted(prompts)), new_tokens=int(new_tokens),
                 repeats=int(repeats), hardware_preset=picked.preset.key, usd_per_hour=picked.preset.usd_per_hour)
-            target = store()
-            name = f"Serving load of {spec.label}"
-
-            def work(report, stop):
-                return serving.serve_bench(picked.model, keys, settings, store=target, report=report, should_stop=stop)
+            submit_job("serve-bench", {"model": picked.model, "techniques": keys, "settings": asdict(settings)},
+                       f"Serving load of {spec.label}")
         else:
-            name = f"Context sweep of {spec.label}"
-
-            def work(report, stop):
-                return serving.measure_context(picked.model, report=report, should_stop=stop)
-        job_slot().start(name, work)
-    except (ValueError, BusyError) as e:
-        st.error(str(e))
+            submit_job("serve-context", {"model": picked.model}, f"Context sweep of {spec.label}")
+    except ValueError as e:
+        show_error(e)
 
 job_panel("Each point is saved as soon as it is measured; Stop ends the server and keeps them.")
 
