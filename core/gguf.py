@@ -15,6 +15,7 @@ import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -34,6 +35,7 @@ FTYPES: dict[str, int] = {
 # and metadata; SmolLM, Llama and the students the lab distils from them are all "llama".
 EXPORTABLE = ("llama",)
 SIDECAR = ".lab.json"
+EXPORTER_VERSION = 2  # part of every cache folder's name: files written by an older exporter are never reused
 
 
 class GGUFError(ValueError):
@@ -138,9 +140,10 @@ def _write_vocab(writer, checkpoint: Path, vocab_size: int) -> None:
         if entry.get("special") and 0 <= entry["id"] < vocab_size:
             types[entry["id"]] = gguf.TokenType.CONTROL
     writer.add_tokenizer_model("gpt2")
-    # The pre-tokenizer name only matters when llama.cpp tokenizes text itself; the lab feeds it token ids
-    # made by the checkpoint's own tokenizer, so generation and scoring never depend on it.
-    writer.add_tokenizer_pre("default")
+    # The pre-tokenizer (how text is split before BPE) matters only when llama.cpp tokenizes text itself, as its
+    # server does; the lab's own runner feeds it token ids. A vocabulary the lab ships as GGUF keeps that file's
+    # name for it (SmolLM2: "smollm"), anything else gets llama.cpp's generic GPT-2 split.
+    writer.add_tokenizer_pre(_known_pre_tokenizer(tuple(tokens)) or "default")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = gguf.vocab.SpecialVocab(checkpoint, load_merges=True, n_vocab=vocab_size)
@@ -154,6 +157,31 @@ def _write_vocab(writer, checkpoint: Path, vocab_size: int) -> None:
         writer.add_token_merges([controls[0].decode() + " " + controls[1].decode()])
     special.load_merges = False  # written above when absent; no warning about it
     special.add_to_gguf(writer, quiet=True)
+
+
+def _known_pre_tokenizer(tokens: tuple[bytes, ...]) -> str | None:
+    """The pre-tokenizer name of a bundled GGUF file whose vocabulary is exactly `tokens`."""
+    from core import models
+
+    for spec in models.BUNDLED.values():
+        if spec.source != "bundled-gguf" or spec.chunked:
+            continue
+        path = models.gguf_path(spec)
+        if path is not None and (found := _vocab_of(str(path))) and found[0] == tokens:
+            return found[1]
+    return None
+
+
+@lru_cache(maxsize=4)
+def _vocab_of(path: str) -> tuple[tuple[bytes, ...], str] | None:
+    import gguf
+
+    fields = gguf.GGUFReader(path).fields
+    if "tokenizer.ggml.tokens" not in fields or "tokenizer.ggml.pre" not in fields:
+        return None
+    listed = fields["tokenizer.ggml.tokens"]
+    tokens = tuple(bytes(listed.parts[i]) for i in listed.data)
+    return tokens, str(fields["tokenizer.ggml.pre"].contents())
 
 
 def export_f32(checkpoint: Path, target: Path, progress: ProgressFn | None = None) -> Path:
@@ -373,7 +401,7 @@ def _discard(path: Path) -> None:
 def checkpoint_tag(checkpoint: Path) -> str:
     """Names the cache folder: the checkpoint's name plus a hash of where it is and which weights it holds."""
     checkpoint = Path(checkpoint).resolve()
-    stamp = [str(checkpoint)] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+    stamp = [str(checkpoint), f"exporter {EXPORTER_VERSION}"] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
                                  for p in sorted(checkpoint.glob("*.safetensors"))]
     return f"{checkpoint.name}-{hashlib.sha256('|'.join(stamp).encode()).hexdigest()[:10]}"
 

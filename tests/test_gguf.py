@@ -174,7 +174,9 @@ def test_bundled_f32_gguf_matches_transformers_fp32():
     ids = evaluate.token_windows(evaluate.tokenize_text(tokenizer, evaluate.read_text(evaluate.DEFAULT_PPL_TEXT)), 256, 256)[0]
     from core.runtimes.llamacpp import LlamaCppRunner
 
-    runner = LlamaCppRunner(gguf.ensure_file(checkpoint, gguf.GGUFConfig("f32")), threads=2)
+    path = gguf.ensure_file(checkpoint, gguf.GGUFConfig("f32"))
+    assert gguf._vocab_of(str(path))[1] == "smollm"  # llama.cpp's own text splitting, for its server
+    runner = LlamaCppRunner(path, threads=2)
     try:
         got = runner.window_logprobs(ids)
     finally:
