@@ -67,3 +67,13 @@ def no_worker_autostart(monkeypatch):
     monkeypatch.setenv("LAB_WORKER_AUTOSTART", "0")
     monkeypatch.delenv("LAB_CLASSROOM", raising=False)
     monkeypatch.delenv("LAB_PRESENTER_TOKEN", raising=False)
+
+
+@pytest.fixture
+def fresh_caches():
+    """An empty st.cache_resource before and after a page test (AppTest runs share one process)."""
+    import streamlit as st
+
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()

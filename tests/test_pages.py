@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core import benchmark
@@ -14,11 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = benchmark.hardware_fingerprint("cpu")
 
 
-@pytest.fixture(autouse=True)
-def fresh_caches():
-    st.cache_resource.clear()
-    yield
-    st.cache_resource.clear()
+# Streamlit's resource cache outlives one AppTest: every page test starts and ends with it empty.
+pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 
 def page(name: str) -> AppTest:
