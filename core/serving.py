@@ -224,6 +224,12 @@ def _offline_env(threads: int) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false", "HF_DEACTIVATE_ASYNC_LOAD": "1"}
 
 
+def _repo_pythonpath() -> str:
+    # The launcher is `python -m core.serve_attention`: the server process must find this repository's core package.
+    root = str(Path(__file__).resolve().parent.parent)
+    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+
+
 def transformers_engine(checkpoint: Path, technique: str, device: str = "cpu", threads: int = 2) -> Engine:
     """`transformers serve` with continuous batching (paged attention), pinned to one local checkpoint."""
     if technique not in _TRANSFORMERS_SERVE_ARGS:
@@ -234,8 +240,12 @@ def transformers_engine(checkpoint: Path, technique: str, device: str = "cpu", t
     extra, element_bytes = _TRANSFORMERS_SERVE_ARGS[technique]
     checkpoint = Path(checkpoint)
 
+    # On a CPU the lab's launcher adds per-sequence attention to transformers' own server (core/serve_attention.py
+    # says why); on a GPU transformers picks its flash kernels itself.
+    launcher = "core.serve_attention" if device == "cpu" else "transformers.cli.transformers"
+
     def argv(port: int) -> list[str]:
-        return [sys.executable, "-m", "transformers.cli.transformers", "serve", str(checkpoint),
+        return [sys.executable, "-m", launcher, "serve", str(checkpoint),
                 "--continuous-batching", "--device", device, *extra, "--host", HOST, "--port", str(port),
                 "--log-level", "warning"]
 
@@ -245,9 +255,11 @@ def transformers_engine(checkpoint: Path, technique: str, device: str = "cpu", t
         return {"model": str(checkpoint), "prompt": prompt, "stream": True, "temperature": 0.0,
                 "max_tokens": new_tokens, "generation_config": json.dumps(config)}
 
-    return Engine(technique, "transformers", "transformers serve (continuous batching)", argv, body,
+    server = ("transformers serve (continuous batching, per-sequence CPU attention)" if device == "cpu"
+              else "transformers serve (continuous batching)")
+    return Engine(technique, "transformers", server, argv, body,
                   "generation_config eos_token_id=-1 (end-of-sequence disabled), max_new_tokens=N",
-                  _offline_env(threads), element_bytes)
+                  _offline_env(threads) | {"PYTHONPATH": _repo_pythonpath()}, element_bytes)
 
 
 def llamacpp_engine(gguf: Path, technique: str, n_ctx: int, threads: int = 2, device: str = "cpu") -> Engine:
