@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages.common import sidebar
+from pages.common import page_turn, sidebar
 
 st.set_page_config(page_title="LLM Trade-off Lab", page_icon=":material/balance:", layout="wide")
 
@@ -19,5 +19,6 @@ pages = [
     st.Page("pages/report.py", title="Report", icon=":material/description:"),
 ]
 navigation = st.navigation(pages)
-sidebar()
-navigation.run()
+with page_turn():  # while the worker times a model, pages wait their turn
+    sidebar()
+    navigation.run()

@@ -9,6 +9,7 @@ the tokens timed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -58,6 +59,17 @@ class Spread:
 
 
 # ---------------------------------------------------------------- the timing primitive
+
+# Wraps every timed generation. The CLI leaves it a no-op; the worker sets it so that page runs pause while it
+# times (core/quiet.py says why).
+_timed_section: Callable[[], "contextlib.AbstractContextManager"] = contextlib.nullcontext
+
+
+def set_timed_section(factory: Callable[[], "contextlib.AbstractContextManager"] | None) -> None:
+    """Install a context manager factory held around each timed generation; None restores the no-op."""
+    global _timed_section
+    _timed_section = factory or contextlib.nullcontext
+
 
 
 def repeat(fn: Callable[[], T], warmup: int, repeats: int) -> list[T]:
@@ -130,7 +142,8 @@ def timed_generation(model, input_ids: torch.Tensor, new_tokens: int, device: st
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 to time decoding, got {new_tokens}")
     runner = as_runner(model, device)
-    steps = list(runner.stream(input_ids, new_tokens, clock))  # [(token_id, own_s)] * new_tokens
+    with _timed_section():
+        steps = list(runner.stream(input_ids, new_tokens, clock))  # [(token_id, own_s)] * new_tokens
     ttft_s, total_s = steps[0][1], steps[-1][1]
     return GenerationRun(ttft_s, total_s - ttft_s, new_tokens - 1, tuple(t for t, _ in steps))
 

@@ -764,7 +764,8 @@ def _record(variant: Variant, stats: LoadStats, wave_throughputs: list[float], c
         settings={
             "repeats": settings.repeats, "warmup_requests": settings.warmup_requests,
             "request_timeout_s": settings.request_timeout_s, "prompt_text": corpus_path().name,
-            "prompt_tokens_seen_by_server": stats.prompt_tokens_seen,
+            # None: this server's stream does not report usage (llama-cpp-python's does not)
+            "prompt_tokens_seen_by_server": stats.prompt_tokens_seen or None,
             "first_error": stats.first_error, "eos": variant.engine.eos_note,
             "server_command": argv, "server_idle_mem_mb": idle_bytes / fit.MB, "kv_measured_how": kv_how,
             "kv_estimate": "core/fit.py: 2 x layers x kv_heads x head_dim x context x bytes" +

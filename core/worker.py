@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from core import models
+from core import models, quiet
 from core.jobqueue import PRESENTER, JobQueue, NotAllowed, QueuedJob
 from core.jobs import Stopped
 from core.store import ResultStore, data_dir, repo_root
@@ -207,10 +207,11 @@ def submit(queue: JobQueue, kind: str, args: dict, label: str, owner: str, sessi
 
 class _SessionCountingStore:
     """Writes into each record how many browser sessions were connected while it was measured: the most seen
-    at once (sampled with each progress write, and when the record is stored), so page reloads are not summed."""
+    at once (sampled with each progress write, and when the record is stored), so page reloads are not summed;
+    and whether page runs were paused during its timed runs (core/quiet.py)."""
 
-    def __init__(self, store: ResultStore, queue: JobQueue):
-        self._store, self._queue = store, queue
+    def __init__(self, store: ResultStore, queue: JobQueue, gate: quiet.Gate):
+        self._store, self._queue, self._gate = store, queue, gate
         self.peak = queue.sessions_connected()
 
     def sample(self) -> None:
@@ -218,8 +219,9 @@ class _SessionCountingStore:
 
     def add(self, record) -> int:
         self.sample()
-        record.settings = dict(record.settings) | {"sessions_connected": self.peak}
+        record.settings = dict(record.settings) | {"sessions_connected": self.peak} | self._gate.stats.settings()
         self.peak = self._queue.sessions_connected()  # the next variant starts counting from now
+        self._gate.stats = quiet.GateStats()
         return self._store.add(record)
 
     def __getattr__(self, name: str):
@@ -232,6 +234,7 @@ def _live_json(live: Any) -> Any:
 
 def run_job(queue: JobQueue, job: QueuedJob) -> str:
     """Run one claimed job to its end; returns its final state. Failures end the job, never the worker."""
+    from core import benchmark  # torch: the web server imports this module too, and never needs it
     log: list[str] = []
     last_write = [0.0]
     last_check, stopped = [0.0], [False]
@@ -257,7 +260,9 @@ def run_job(queue: JobQueue, job: QueuedJob) -> str:
     ctx.report, ctx.should_stop = report, should_stop
     try:
         check_allowed(job.kind, job.args, job.owner == PRESENTER)  # again here: the queue file is only data
-        ctx.store = _SessionCountingStore(ResultStore(), queue)
+        gate = quiet.Gate(data_dir())
+        ctx.store = _SessionCountingStore(ResultStore(), queue, gate)
+        benchmark.set_timed_section(gate.timed_run)
         JOB_KINDS[job.kind].run(job.args, ctx)
         state, error = "done", ""
     except Stopped as e:
@@ -267,6 +272,8 @@ def run_job(queue: JobQueue, job: QueuedJob) -> str:
     except Exception as e:  # anything else: one line for the page, the traceback for the worker's log
         traceback.print_exc()
         state, error = "failed", f"{type(e).__name__}: {e}"
+    finally:
+        benchmark.set_timed_section(None)
     if state == "failed" and queue.stop_requested(job.id):
         state = "cancelled"
     queue.progress(job.id, 1.0 if state == "done" else 0.0, log[-1] if log else "", log, _live_json(ctx.live))

@@ -6,6 +6,7 @@ core call, render.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import cost, jobqueue, models, roles, worker
+from core import cost, jobqueue, models, quiet, roles, worker
 from core.jobqueue import PRESENTER, JobQueue, NotAllowed, QueueFull
-from core.store import ResultStore, StoreError, describe_configured
+from core.store import ResultStore, StoreError, data_dir, describe_configured
 
 CUSTOM = "Other: a Hugging Face id or local directory"
 
@@ -32,6 +33,23 @@ MAX_UPLOAD_BYTES = 5_000_000  # as .streamlit/config.toml's maxUploadSize
 HEARTBEAT_EVERY_S = 10.0  # a session checks in at most this often: one tiny row write
 PANEL_EVERY_S = 3.0  # the job panel redraws this often, from one snapshot that every session shares
 _PATH = re.compile(r"(?<![\w.])(?:/[\w.@+-]+){2,}/?")  # /a/b..., not the slashes of "fp32/bf16/nf4"
+
+
+# ---------------------------------------------------------------- taking turns with the worker's timed runs
+
+
+def page_turn():
+    """Held around every page run: pages wait while the worker times a model (core/quiet.py says why)."""
+    return quiet.Gate(data_dir()).page_run()
+
+
+def takes_turns(fragment):
+    """For fragment functions, whose reruns run without the page around them."""
+    @functools.wraps(fragment)
+    def run(*args, **kwargs):
+        with page_turn():
+            return fragment(*args, **kwargs)
+    return run
 
 
 # ---------------------------------------------------------------- who is looking
@@ -96,6 +114,7 @@ def heartbeat(force: bool = False) -> int:
 
 
 @st.fragment(run_every=20.0)
+@takes_turns
 def keep_alive() -> None:
     """Draws nothing: keeps an idle tab counted as connected."""
     heartbeat()
@@ -263,6 +282,7 @@ def _draw_ended(job: jobqueue.QueuedJob, kept_note: str) -> None:
 
 
 @st.fragment(run_every=PANEL_EVERY_S)
+@takes_turns
 def job_panel(kept_note: str, live_view=None) -> None:
     """The machine's queue: the running job (bar, times, who started it, Stop), the jobs waiting with their
     position and expected start, and how the last one ended. `live_view(live)` draws a running job's live data

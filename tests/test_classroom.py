@@ -12,10 +12,11 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from core import roles, worker
+from core import quiet, roles, worker
 from core.jobqueue import MAX_WAITING_PER_VIEWER, PRESENTER, JobQueue, NotAllowed, QueueFull
 from core.records import REQUIRED_FIELDS
 from core.store import ResultStore
+from core.store import data_dir as lab_data_dir
 from core.sweep import SweepSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,13 +65,15 @@ def test_a_record_counts_the_most_sessions_connected_at_once_not_every_reload():
 
     queue = JobQueue()
     queue.heartbeat("steady")
-    counting = _SessionCountingStore(ResultStore(), queue)
+    counting = _SessionCountingStore(ResultStore(), queue, quiet.Gate(lab_data_dir()))
     for i in range(5):  # one tab reloaded five times: five sessions, never more than one at once
         queue.heartbeat(f"reload-{i}")
         counting.sample()
         queue.mark_left([f"reload-{i}"])
     counting.add(make_record())
-    assert ResultStore().all()[0].settings["sessions_connected"] == 2  # the steady tab and one reload
+    settings = ResultStore().all()[0].settings
+    assert settings["sessions_connected"] == 2  # the steady tab and one reload
+    assert settings["timed_runs_with_pages_paused"] == 0  # this record timed nothing
 
 
 def test_per_viewer_and_queue_limits_say_what_to_do(monkeypatch):
@@ -265,6 +268,9 @@ def test_sigkill_mid_sweep_keeps_finished_variants_and_reports_the_job_lost(data
     assert 1 <= len(kept) < len(many)
     for record in kept:  # nothing half-written: every stored row is a whole record
         assert all(record.to_dict().get(f) is not None for f in REQUIRED_FIELDS)
+        assert record.settings["timed_runs_with_pages_paused"] >= 3  # warmup + repeats, pages paused for each
+    with quiet.Gate(data_dir).page_run(wait_s=5) as in_turn:  # the killed worker's locks went with it
+        assert in_turn
     assert queue.job(sweep).state == "running" and queue.job(later).state == "queued"
 
     restarted = worker_process(data_dir)  # a fresh worker: the lost job is reported, the waiting one runs

@@ -1,0 +1,122 @@
+"""Timed runs and page runs take turns, so that a room of viewers never slows what the worker measures.
+
+On a 2-core machine the dashboard's page runs and a timed decode share the same cores: with thirty viewers the
+web server kept one core busy and the dashboard's FP32 decode fell from 22 to 0.7 tokens/s (a decode step waits
+for its slowest thread). So the two take turns, as a readers-writer lock with the writer first:
+
+- a page run (the whole script, or one fragment rerun) holds `pages.lock` shared while it runs;
+- a timed run first closes `gate.lock` (exclusive), so that no new page run starts, then waits until the page runs
+  already going have finished (`pages.lock` exclusive), times, and opens both.
+
+A timed run is one generation of a few seconds; between runs (loading, quality scoring) pages run as usual, so a
+page waits at most about one timed run. Both sides give up waiting after a bound rather than hang: a page runs
+anyway after `PAGE_WAIT_S`, and a timed run starts anyway after `DRAIN_WAIT_S` and says so in its record.
+flock locks are released by the kernel when a process dies, so a killed worker never leaves pages waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+PAGE_WAIT_S = 20.0  # a page runs after this long even if the gate is still closed
+DRAIN_WAIT_S = 10.0  # a timed run starts after this long even if page runs are still going
+POLL_S = 0.02
+
+
+@dataclass
+class GateStats:
+    """What the worker's timed runs saw: how many, how long they waited for pages, how many could not wait."""
+    timed_runs: int = 0
+    drain_wait_s: list[float] = field(default_factory=list)
+    undrained_runs: int = 0
+
+    def settings(self) -> dict:
+        waits = sorted(self.drain_wait_s) or [0.0]
+        return {"timed_runs_with_pages_paused": self.timed_runs - self.undrained_runs,
+                "timed_runs_with_pages_running": self.undrained_runs,
+                "page_drain_wait_ms_max": round(1e3 * waits[-1], 1)}
+
+
+def _open(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+
+def _lock_within(fd: int, mode: int, wait_s: float) -> bool:
+    """flock with a deadline (flock itself has none); True once held."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_S)
+
+
+_held = threading.local()  # a fragment drawn inside its page's run is already inside that page's turn
+
+
+class Gate:
+    """The two lock files of one data folder."""
+
+    def __init__(self, folder: Path):
+        self.gate_path, self.pages_path = Path(folder) / "gate.lock", Path(folder) / "pages.lock"
+        self.stats = GateStats()
+
+    @contextlib.contextmanager
+    def page_run(self, wait_s: float = PAGE_WAIT_S) -> Iterator[bool]:
+        """Hold around one page run; yields False when the gate stayed closed past wait_s (the page ran anyway).
+        Re-entrant within a thread: a nested call (a fragment inside its page) holds nothing more."""
+        if getattr(_held, "depth", 0):
+            _held.depth += 1
+            try:
+                yield True
+            finally:
+                _held.depth -= 1
+            return
+        with self._page_locks(wait_s) as in_turn:
+            _held.depth = 1
+            try:
+                yield in_turn
+            finally:
+                _held.depth = 0
+
+    @contextlib.contextmanager
+    def _page_locks(self, wait_s: float) -> Iterator[bool]:
+        gate, pages = _open(self.gate_path), _open(self.pages_path)
+        try:
+            waited_out = not _lock_within(gate, fcntl.LOCK_SH, wait_s)
+            # Holding the gate shared, no timed run can be holding pages.lock: this returns at once.
+            _lock_within(pages, fcntl.LOCK_SH, 0.0 if waited_out else wait_s)
+            os.close(gate)
+            gate = -1
+            yield not waited_out
+        finally:
+            if gate >= 0:
+                os.close(gate)
+            os.close(pages)  # closing drops the lock
+
+    @contextlib.contextmanager
+    def timed_run(self, drain_s: float = DRAIN_WAIT_S) -> Iterator[None]:
+        """Hold around one timed run: no page starts, and the ones going finish first (up to drain_s)."""
+        gate, pages = _open(self.gate_path), _open(self.pages_path)
+        try:
+            fcntl.flock(gate, fcntl.LOCK_EX)  # one worker per data folder: nobody else ever holds it exclusive
+            t0 = time.monotonic()
+            drained = _lock_within(pages, fcntl.LOCK_EX, drain_s)
+            self.stats.timed_runs += 1
+            self.stats.drain_wait_s.append(time.monotonic() - t0)
+            self.stats.undrained_runs += not drained
+            yield
+        finally:
+            os.close(pages)
+            os.close(gate)

@@ -1,0 +1,141 @@
+"""Timed runs and page runs take turns through two lock files (core/quiet.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+from core import benchmark, quiet
+
+
+def _in_thread(fn) -> threading.Thread:
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_timed_run_waits_for_the_page_runs_already_going(tmp_path):
+    gate, events = quiet.Gate(tmp_path), []
+    page_started = threading.Event()
+
+    def page():
+        with gate.page_run():
+            page_started.set()
+            time.sleep(0.3)
+            events.append("page done")
+
+    t = _in_thread(page)
+    page_started.wait(5)
+    with gate.timed_run():
+        events.append("timing")
+    t.join(5)
+    assert events == ["page done", "timing"]
+    assert gate.stats.timed_runs == 1 and gate.stats.undrained_runs == 0
+    assert gate.stats.drain_wait_s[0] >= 0.2
+
+
+def test_no_page_starts_while_a_model_is_timed(tmp_path):
+    gate, events = quiet.Gate(tmp_path), []
+    timing = threading.Event()
+
+    def page():
+        timing.wait(5)
+        with gate.page_run() as in_turn:
+            events.append(("page", in_turn))
+
+    t = _in_thread(page)
+    with gate.timed_run():
+        timing.set()
+        time.sleep(0.3)
+        events.append("timed run over")
+    t.join(5)
+    assert events == ["timed run over", ("page", True)]
+
+
+def test_a_page_runs_anyway_when_the_gate_stays_closed_too_long(tmp_path):
+    gate = quiet.Gate(tmp_path)
+    outcome = []
+    with gate.timed_run():
+        t = _in_thread(lambda: outcome.append(gate.page_run(wait_s=0.1).__enter__()))
+        t.join(5)
+    assert outcome == [False]
+
+
+def test_a_timed_run_starts_anyway_after_its_drain_bound_and_says_so(tmp_path):
+    gate = quiet.Gate(tmp_path)
+    held, release = threading.Event(), threading.Event()
+
+    def stuck_page():
+        with gate.page_run():
+            held.set()
+            release.wait(5)
+
+    t = _in_thread(stuck_page)
+    held.wait(5)
+    with gate.timed_run(drain_s=0.1):
+        pass
+    release.set()
+    t.join(5)
+    assert gate.stats.undrained_runs == 1
+    assert gate.stats.settings()["timed_runs_with_pages_running"] == 1
+
+
+def test_a_fragment_inside_its_page_never_waits_on_the_gate(tmp_path):
+    """Page holds its turn, a timed run closes the gate and waits; the page's own fragment must not wait too."""
+    gate = quiet.Gate(tmp_path)
+    nested_s = []
+    closing = threading.Event()
+
+    def page():
+        with gate.page_run():
+            closing.wait(5)
+            time.sleep(0.1)  # the timed run below is now waiting for this page
+            t0 = time.monotonic()
+            with gate.page_run() as in_turn:
+                nested_s.append((time.monotonic() - t0, in_turn))
+
+    t = _in_thread(page)
+    time.sleep(0.1)
+    closing.set()
+    with gate.timed_run(drain_s=5):
+        pass
+    t.join(5)
+    assert nested_s and nested_s[0][1] is True and nested_s[0][0] < 0.05
+    assert gate.stats.undrained_runs == 0
+
+
+def test_a_killed_worker_leaves_no_page_waiting(tmp_path):
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "gate.lock")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    proc.kill()
+    proc.wait(5)
+    t0 = time.monotonic()
+    with quiet.Gate(tmp_path).page_run(wait_s=5) as in_turn:
+        assert in_turn
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_timed_generation_holds_the_installed_section(tiny):
+    model, tokenizer = tiny
+    entered = []
+
+    class Section:
+        def __enter__(self):
+            entered.append("in")
+
+        def __exit__(self, *exc):
+            entered.append("out")
+
+    benchmark.set_timed_section(Section)
+    try:
+        ids = tokenizer("hello there", return_tensors="pt")["input_ids"]
+        benchmark.timed_generation(model, ids, 4)
+    finally:
+        benchmark.set_timed_section(None)
+    assert entered == ["in", "out"]
+    benchmark.timed_generation(model, ids, 4)  # the no-op again
+    assert entered == ["in", "out"]
