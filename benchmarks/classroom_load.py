@@ -50,6 +50,8 @@ CHROMIUM = "/usr/bin/chromium"
 VIEWER_PAGES = ["", "quantize", "tradeoff_map", "arena", "decide", "report", "moe", "lora", "distill"]
 # Notices the lab is meant to give (queue limits, the Arena waiting for the queue) are not errors: counted apart.
 EXPECTED = re.compile(r"each viewer may have|queue is full|still running|Arena opens again|try again when", re.I)
+GATE_FIELDS = ("timed_runs_with_pages_paused", "timed_runs_with_pages_running", "timed_runs_disturbed_and_repeated",
+               "other_processes_cpu_pct_max", "page_drain_wait_ms_max")  # what core/quiet.py wrote in each record
 WIDGETS = ("button", "multiselect", "number_input", "selectbox", "radio", "slider", "text_area", "checkbox")
 
 
@@ -241,7 +243,7 @@ def browsers(url: str, count: int, stats: Stats, stop: threading.Event) -> None:
                             stats.errors.append(f"browser: {text[:160]}")
                 except Exception as e:  # a page that did not load in time is what this test looks for
                     stats.errors.append(f"browser: {type(e).__name__}: {str(e)[:120]}")
-                stop.wait(2.0)
+                stop.wait(rng.uniform(3, 8) / len(pages))  # each page dwells as long as a protocol viewer
         b.close()
 
 
@@ -415,7 +417,8 @@ def main() -> None:
                       if k in dash else None, "cli_decode_tok_s": round(cli[k], 2) if k in cli else None,
                       "dashboard_over_cli": round(dash[k]["decode_tokens_per_s_median"] / cli[k], 3)
                       if k in dash and cli.get(k) else None,
-                      "sessions_connected": dash[k]["settings"].get("sessions_connected") if k in dash else None}
+                      "sessions_connected": dash[k]["settings"].get("sessions_connected") if k in dash else None,
+                      "timed_runs": {n: dash[k]["settings"].get(n) for n in GATE_FIELDS} if k in dash else None}
                      for k in keys],
     }
     print(json.dumps(result, indent=2))

@@ -27,21 +27,96 @@ from typing import Iterator
 
 PAGE_WAIT_S = 20.0  # a page runs after this long even if the gate is still closed
 DRAIN_WAIT_S = 10.0  # a timed run starts after this long even if page runs are still going
-POLL_S = 0.02
+# Waiting is polling (flock has no timeout), backing off: thirty waiting pages polling every 20 ms would wake the
+# machine 1,500 times a second and pull the timed run's threads off their cores.
+POLL_FIRST_S, POLL_MAX_S = 0.01, 0.25
+
+
+# Pausing pages is not all: a viewer's browser on this machine, the web server sending a page's scripts, anything
+# else. So a timed run also waits (up to QUIET_WAIT_S) for a moment when the rest of the machine uses under
+# QUIET_SHARE of it, and a run during which the rest used more is reported disturbed, so that it is timed again.
+QUIET_SHARE = 0.03  # of all cores
+QUIET_WINDOW_S = 0.3
+QUIET_WAIT_ENV = "LAB_QUIET_WAIT_S"  # tests, which time nothing that matters, wait less
+QUIET_WAIT_S = float(os.environ.get(QUIET_WAIT_ENV, 10.0))
+
+
+def _machine_busy_s() -> float | None:
+    """CPU seconds all processes have used since boot (user, nice, system, irq, softirq), or None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_busy_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class OthersMeter:
+    """Share of the machine's CPU that other processes used since it was started (None where unknown)."""
+
+    def __init__(self):
+        self.t0, self.busy0, self.own0 = time.monotonic(), _machine_busy_s(), _own_busy_s()
+
+    def share(self) -> float | None:
+        busy = _machine_busy_s()
+        wall = time.monotonic() - self.t0
+        if busy is None or self.busy0 is None or wall <= 0:
+            return None
+        others = (busy - self.busy0) - (_own_busy_s() - self.own0)
+        return max(0.0, others) / (wall * (os.cpu_count() or 1))
+
+
+def wait_for_quiet(wait_s: float | None = None) -> float | None:
+    """Return once a QUIET_WINDOW_S window shows the rest of the machine under QUIET_SHARE (or after wait_s);
+    returns the last window's share."""
+    deadline = time.monotonic() + (QUIET_WAIT_S if wait_s is None else wait_s)
+    while True:
+        meter = OthersMeter()
+        time.sleep(QUIET_WINDOW_S)
+        share = meter.share()
+        if share is None or share < QUIET_SHARE or time.monotonic() >= deadline:
+            return share
+
+
+@dataclass
+class Turn:
+    """One timed run's turn; `others_share` is filled in when the run ends."""
+    others_share: float | None = None
+
+    @property
+    def disturbed(self) -> bool:
+        return self.others_share is not None and self.others_share >= QUIET_SHARE
 
 
 @dataclass
 class GateStats:
-    """What the worker's timed runs saw: how many, how long they waited for pages, how many could not wait."""
+    """What the worker's timed runs saw: how many, how long they waited for pages, how many could not wait,
+    how many were disturbed by other processes (and timed again), and the most others used in a kept run."""
     timed_runs: int = 0
     drain_wait_s: list[float] = field(default_factory=list)
     undrained_runs: int = 0
+    disturbed_runs: int = 0
+    others_share_kept: list[float] = field(default_factory=list)
+
+    def record(self, turn: Turn) -> None:
+        if turn.disturbed:
+            self.disturbed_runs += 1
+        elif turn.others_share is not None:
+            self.others_share_kept.append(turn.others_share)
 
     def settings(self) -> dict:
         waits = sorted(self.drain_wait_s) or [0.0]
+        kept = sorted(self.others_share_kept) or [0.0]
         return {"timed_runs_with_pages_paused": self.timed_runs - self.undrained_runs,
                 "timed_runs_with_pages_running": self.undrained_runs,
-                "page_drain_wait_ms_max": round(1e3 * waits[-1], 1)}
+                "page_drain_wait_ms_max": round(1e3 * waits[-1], 1),
+                "timed_runs_disturbed_and_repeated": self.disturbed_runs,
+                "other_processes_cpu_pct_max": round(100 * kept[-1], 2)}
 
 
 def _open(path: Path) -> int:
@@ -51,15 +126,17 @@ def _open(path: Path) -> int:
 
 def _lock_within(fd: int, mode: int, wait_s: float) -> bool:
     """flock with a deadline (flock itself has none); True once held."""
-    deadline = time.monotonic() + wait_s
+    deadline, pause = time.monotonic() + wait_s, POLL_FIRST_S
     while True:
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            time.sleep(POLL_S)
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, POLL_MAX_S)
 
 
 _held = threading.local()  # a fragment drawn inside its page's run is already inside that page's turn
@@ -106,8 +183,9 @@ class Gate:
             os.close(pages)  # closing drops the lock
 
     @contextlib.contextmanager
-    def timed_run(self, drain_s: float = DRAIN_WAIT_S) -> Iterator[None]:
-        """Hold around one timed run: no page starts, and the ones going finish first (up to drain_s)."""
+    def timed_run(self, drain_s: float = DRAIN_WAIT_S, quiet_s: float | None = None) -> Iterator[Turn]:
+        """Hold around one timed run: no page starts, the ones going finish first (up to drain_s), and the rest
+        of the machine is quiet (up to quiet_s). The Turn says afterwards whether others disturbed the run."""
         gate, pages = _open(self.gate_path), _open(self.pages_path)
         try:
             fcntl.flock(gate, fcntl.LOCK_EX)  # one worker per data folder: nobody else ever holds it exclusive
@@ -116,7 +194,11 @@ class Gate:
             self.stats.timed_runs += 1
             self.stats.drain_wait_s.append(time.monotonic() - t0)
             self.stats.undrained_runs += not drained
-            yield
+            wait_for_quiet(quiet_s)
+            turn, meter = Turn(), OthersMeter()
+            yield turn
+            turn.others_share = meter.share()
+            self.stats.record(turn)
         finally:
             os.close(pages)
             os.close(gate)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 import threading
@@ -139,3 +141,34 @@ def test_timed_generation_holds_the_installed_section(tiny):
     assert entered == ["in", "out"]
     benchmark.timed_generation(model, ids, 4)  # the no-op again
     assert entered == ["in", "out"]
+
+
+def test_a_run_while_other_processes_take_the_cores_is_reported_disturbed(tmp_path):
+    spin = "import time; end = time.monotonic() + 1.0\nwhile time.monotonic() < end: pass"
+    gate = quiet.Gate(tmp_path)
+    with gate.timed_run(quiet_s=0) as turn:
+        spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
+        for p in spinners:
+            p.wait(30)
+    assert turn.others_share is not None and turn.others_share > quiet.QUIET_SHARE
+    assert turn.disturbed and gate.stats.disturbed_runs == 1
+    assert gate.stats.settings()["timed_runs_disturbed_and_repeated"] == 1
+
+
+def test_a_disturbed_run_is_timed_again(tiny):
+    model, tokenizer = tiny
+    turns = iter([quiet.Turn(others_share=0.5), quiet.Turn(others_share=0.2), quiet.Turn(others_share=0.0)])
+    attempts = []
+
+    @contextlib.contextmanager
+    def section():
+        attempts.append(1)
+        yield next(turns)
+
+    benchmark.set_timed_section(section)
+    try:
+        ids = tokenizer("hello there", return_tensors="pt")["input_ids"]
+        run = benchmark.timed_generation(model, ids, 4)
+    finally:
+        benchmark.set_timed_section(None)
+    assert len(attempts) == 3 and len(run.token_ids) == 4
