@@ -250,12 +250,19 @@ def browsers(url: str, count: int, stats: Stats, stop: threading.Event) -> None:
 # ---------------------------------------------------------------- the lab under test, and the CLI reference
 
 
+LAB_LOG = Path(tempfile.gettempdir()) / "classroom-load-lab.log"
+cli_samples: dict[str, list[float]] = {}  # technique -> the CLI's timed runs, for the report
+
+
 def cli_sweep(python: str, env: dict, keys: str, mc_max: int, out: Path) -> dict[str, float]:
     cmd = [python, "-m", "core", "sweep", "--techniques", keys, "--no-store", "--json", str(out)]
     if mc_max:
         cmd += ["--mc-max-items", str(mc_max)]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stderr=subprocess.DEVNULL)
-    return {r["technique"]: r["decode_tokens_per_s_median"] for r in json.loads(out.read_text())}
+    records = json.loads(out.read_text())
+    for r in records:
+        cli_samples.setdefault(r["technique"], []).extend(r["decode_tokens_per_s_samples"])
+    return {r["technique"]: r["decode_tokens_per_s_median"] for r in records}
 
 
 def start_lab(app_dir: Path, python: str, env: dict, port: int) -> tuple[subprocess.Popen, str]:
@@ -265,7 +272,8 @@ def start_lab(app_dir: Path, python: str, env: dict, port: int) -> tuple[subproc
     else:
         cmd = [python, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
                "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
-    proc = subprocess.Popen(cmd, cwd=app_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = open(LAB_LOG, "w")  # the server's own log: a viewer's page shows no traceback, this file has it
+    proc = subprocess.Popen(cmd, cwd=app_dir, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     token = ""
     for _ in range(240):
         try:
@@ -395,6 +403,10 @@ def main() -> None:
                 os.kill(int(worker_pid), 15)
             except (ProcessLookupError, ValueError):
                 pass
+            time.sleep(3)  # the worker ends its job and exits; the CLI below must have the machine alone
+        if cli and not args.skip_cli:  # again after: the machine's own speed drifts within the hour
+            after = cli_sweep(python, env, ",".join(keys), args.mc_max_items, data / "cli-after.json")
+            cli = {k: (cli[k] + after[k]) / 2 for k in cli if k in after}
     finally:
         pass
     everyone = Stats(page_s=stats.page_s + bstats.page_s + pstats.page_s,
@@ -418,7 +430,11 @@ def main() -> None:
                       "dashboard_over_cli": round(dash[k]["decode_tokens_per_s_median"] / cli[k], 3)
                       if k in dash and cli.get(k) else None,
                       "sessions_connected": dash[k]["settings"].get("sessions_connected") if k in dash else None,
-                      "timed_runs": {n: dash[k]["settings"].get(n) for n in GATE_FIELDS} if k in dash else None}
+                      "timed_runs": {n: dash[k]["settings"].get(n) for n in GATE_FIELDS} if k in dash else None,
+                      "dashboard_samples": dash[k]["decode_tokens_per_s_samples"] if k in dash else None,
+                      "cli_samples": cli_samples.get(k),
+                      "settings": {n: dash[k]["settings"].get(n) for n in ("threads", "new_tokens", "prompt_tokens",
+                                                                         "repeats")} if k in dash else None}
                      for k in keys],
     }
     print(json.dumps(result, indent=2))
