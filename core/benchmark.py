@@ -65,7 +65,7 @@ class Spread:
 _timed_section: Callable[[], "contextlib.AbstractContextManager"] = contextlib.nullcontext
 
 
-DISTURBED_RETRIES = 3  # a run the section reports disturbed (other processes took the cores) is timed again
+DISTURBED_RETRIES = 1  # a run the section reports disturbed (other processes took the cores) is timed again
 
 
 def set_timed_section(factory: Callable[[], "contextlib.AbstractContextManager"] | None) -> None:

@@ -20,9 +20,6 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     # Never the team's shared store or cluster: a test that wants one sets it itself.
     monkeypatch.delenv("LAB_STORE_URL", raising=False)
     monkeypatch.delenv("LAB_RAY_ADDRESS", raising=False)
-    # Tests check what the worker does, not how fast: its timed runs wait less for a quiet machine.
-    monkeypatch.setenv("LAB_QUIET_WAIT_S", "0.3")
-    monkeypatch.setattr("core.quiet.QUIET_WAIT_S", 0.3)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     return tmp_path / "data"
 

@@ -158,6 +158,7 @@ def test_a_run_while_other_processes_take_the_cores_is_reported_disturbed(tmp_pa
 def test_a_disturbed_run_is_timed_again(tiny):
     model, tokenizer = tiny
     turns = iter([quiet.Turn(others_share=0.5), quiet.Turn(others_share=0.2), quiet.Turn(others_share=0.0)])
+    # one retry: the second run is kept even though it was disturbed too
     attempts = []
 
     @contextlib.contextmanager
@@ -171,4 +172,12 @@ def test_a_disturbed_run_is_timed_again(tiny):
         run = benchmark.timed_generation(model, ids, 4)
     finally:
         benchmark.set_timed_section(None)
-    assert len(attempts) == 3 and len(run.token_ids) == 4
+    assert len(attempts) == 1 + benchmark.DISTURBED_RETRIES and len(run.token_ids) == 4
+
+
+def test_waiting_for_a_quiet_machine_is_bounded():
+    t0 = time.monotonic()
+    share = quiet.wait_for_quiet(0.5)
+    assert time.monotonic() - t0 < 0.5 + 2 * quiet.QUIET_WINDOW_S
+    assert share is None or 0.0 <= share <= 1.0
+    assert quiet.wait_for_quiet(0) is None  # off: returns at once
