@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -20,6 +21,12 @@ CLASSROOM_ENV = "LAB_CLASSROOM"
 TOKEN_ENV = "LAB_PRESENTER_TOKEN"
 TOKEN_FILE = "presenter.token"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_PATH = re.compile(r"(?<![\w.])(?:/[\w.@+-]+){2,}/?")  # /a/b..., not the slashes of "fp32/bf16/nf4"
+
+
+def hide_paths(text: str) -> str:
+    """What a viewer may read of a message: server paths replaced (they name the server's disk)."""
+    return _PATH.sub("<server path>", text)
 
 
 def classroom() -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import cost, jobqueue, models, quiet, roles, worker
+from core import cost, jobqueue, models, quiet, roles, uploads, worker
+from core.uploads import fmt_seconds
 from core.jobqueue import PRESENTER, JobQueue, NotAllowed, QueueFull
 from core.store import ResultStore, StoreError, data_dir, describe_configured
 
@@ -29,10 +29,8 @@ class SidebarChoice:
     preset: cost.HardwarePreset  # with the user's price applied
 
 
-MAX_UPLOAD_BYTES = 5_000_000  # as .streamlit/config.toml's maxUploadSize
 HEARTBEAT_EVERY_S = 10.0  # a session checks in at most this often: one tiny row write
 PANEL_EVERY_S = 3.0  # the job panel redraws this often, from one snapshot that every session shares
-_PATH = re.compile(r"(?<![\w.])(?:/[\w.@+-]+){2,}/?")  # /a/b..., not the slashes of "fp32/bf16/nf4"
 
 
 # ---------------------------------------------------------------- taking turns with the worker's timed runs
@@ -122,7 +120,7 @@ def keep_alive() -> None:
 
 def visible(text: str) -> str:
     """What a viewer may read of a message: no server paths (the presenter sees everything)."""
-    return text if is_presenter() else _PATH.sub("<server path>", text)
+    return text if is_presenter() else roles.hide_paths(text)
 
 
 def show_error(error: Exception | str) -> None:
@@ -194,33 +192,9 @@ def choice() -> SidebarChoice:
     return SidebarChoice(models.DEFAULT_MODEL, cost.HARDWARE_PRESETS["laptop-cpu"])
 
 
-def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "estimating..."
-    m, sec = divmod(int(round(s)), 60)
-    return f"{m} min {sec:02d} s" if m else f"{sec} s"
-
-
 def save_upload(upload, validate) -> Path:
-    """Keep an uploaded file under the data dir (named by its hash) after `validate(path)` accepts it."""
-    import hashlib
-
-    from core.store import data_dir
-
-    body = upload.getvalue()
-    if len(body) > MAX_UPLOAD_BYTES:  # the server's own limit catches this first; this one holds in page tests too
-        raise ValueError(f"{upload.name}: {len(body) / 1e6:.1f} MB is more than the {MAX_UPLOAD_BYTES / 1e6:.0f} MB "
-                         "an eval or training file may have here. Use fewer lines.")
-    folder = data_dir() / "uploads"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(body).hexdigest()[:16]}{Path(upload.name).suffix}"
-    path.write_bytes(body)
-    try:
-        validate(path)
-    except ValueError as e:
-        path.unlink(missing_ok=True)
-        raise ValueError(f"{upload.name}: {e}") from None
-    return path
+    """Keep a Streamlit upload once `validate(path)` accepts it (core/uploads.py)."""
+    return uploads.keep_upload(upload.name, upload.getvalue(), validate)
 
 
 def submit_job(kind: str, args: dict, label: str) -> int | None:

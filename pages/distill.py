@@ -8,7 +8,8 @@ import streamlit as st
 from core import distillation, models, speculative
 from core.jobs import on_torch_thread
 from core.tables import distill_rows, speculative_rows
-from pages.common import choice, fmt_seconds, job_panel, save_upload, show_error, store, submit_job, visible
+from core.uploads import fmt_seconds
+from pages.common import choice, job_panel, save_upload, show_error, store, submit_job, visible
 
 st.title("Distill a smaller student")
 st.write("Knowledge distillation trains a small **student** to give the same next-token probabilities as a large "

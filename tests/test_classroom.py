@@ -404,3 +404,21 @@ def test_no_page_shows_a_viewer_a_server_path(monkeypatch, tiny_dir, name):
     assert len(shown) > 300  # the page drew its content, not just a guard
     for secret in (str(ROOT), str(tiny_dir), os.environ["LAB_DATA_DIR"], "/data/students"):
         assert secret not in shown, (name, secret)
+
+
+def test_viewer_text_hides_server_paths_but_not_technique_lists():
+    text = roles.hide_paths("could not read /home/lab/data/models/x.safetensors while measuring fp32/bf16/nf4")
+    assert "/home" not in text and "<server path>" in text and "fp32/bf16/nf4" in text
+
+
+def test_an_upload_that_fails_validation_is_not_kept():
+    from core import uploads
+
+    def refuse(path):
+        raise ValueError("line 1 is not JSON")
+
+    with pytest.raises(ValueError, match="eval.jsonl: line 1 is not JSON"):
+        uploads.keep_upload("eval.jsonl", b"nonsense", refuse)
+    assert list((lab_data_dir() / "uploads").iterdir()) == []
+    with pytest.raises(ValueError, match="more than the 5 MB"):
+        uploads.keep_upload("big.txt", b"x" * (uploads.MAX_UPLOAD_BYTES + 1), lambda p: None)
