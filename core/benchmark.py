@@ -63,8 +63,6 @@ class Spread:
 # Wraps every timed generation. The CLI leaves it a no-op; the worker sets it so that page runs pause while it
 # times (core/quiet.py says why).
 _timed_section: Callable[[], "contextlib.AbstractContextManager"] = contextlib.nullcontext
-
-
 DISTURBED_RETRIES = 1  # a run the section reports disturbed (other processes took the cores) is timed again
 
 
@@ -72,7 +70,6 @@ def set_timed_section(factory: Callable[[], "contextlib.AbstractContextManager"]
     """Install a context manager factory held around each timed generation; None restores the no-op."""
     global _timed_section
     _timed_section = factory or contextlib.nullcontext
-
 
 
 def repeat(fn: Callable[[], T], warmup: int, repeats: int) -> list[T]:

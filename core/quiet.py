@@ -35,13 +35,10 @@ POLL_FIRST_S, POLL_MAX_S = 0.01, 0.25
 # Pausing pages is not all: a viewer's browser on this machine, the web server sending a page's scripts, anything
 # else. So each timed run measures how much of the machine the other processes used meanwhile; a run during which
 # they used QUIET_SHARE or more is reported disturbed and timed once more (benchmark.DISTURBED_RETRIES), and the
-# record keeps the count. Waiting for a quiet moment before a run is possible (QUIET_WAIT_S) but off by default:
-# with thirty viewers the load generator alone used 12% of this machine, so the wait held every page back up to
-# its limit (page p90 20 s) for no better numbers.
+# record keeps the count. Waiting for a quiet moment before each run was tried and dropped: with thirty viewers
+# the load generator alone used 12% of this machine, so the wait held every page back to its limit (page p90 20 s)
+# for no better numbers.
 QUIET_SHARE = 0.05  # of all cores
-QUIET_WINDOW_S = 0.3
-QUIET_WAIT_ENV = "LAB_QUIET_WAIT_S"
-QUIET_WAIT_S = float(os.environ.get(QUIET_WAIT_ENV, 0.0))
 
 
 def _machine_busy_s() -> float | None:
@@ -72,21 +69,6 @@ class OthersMeter:
             return None
         others = (busy - self.busy0) - (_own_busy_s() - self.own0)
         return max(0.0, others) / (wall * (os.cpu_count() or 1))
-
-
-def wait_for_quiet(wait_s: float | None = None) -> float | None:
-    """Return once a QUIET_WINDOW_S window shows the rest of the machine under QUIET_SHARE (or after wait_s);
-    returns the last window's share."""
-    wait_s = QUIET_WAIT_S if wait_s is None else wait_s
-    if wait_s <= 0:
-        return None
-    deadline = time.monotonic() + wait_s
-    while True:
-        meter = OthersMeter()
-        time.sleep(QUIET_WINDOW_S)
-        share = meter.share()
-        if share is None or share < QUIET_SHARE or time.monotonic() >= deadline:
-            return share
 
 
 @dataclass
@@ -189,9 +171,9 @@ class Gate:
             os.close(pages)  # closing drops the lock
 
     @contextlib.contextmanager
-    def timed_run(self, drain_s: float = DRAIN_WAIT_S, quiet_s: float | None = None) -> Iterator[Turn]:
-        """Hold around one timed run: no page starts, the ones going finish first (up to drain_s), and the rest
-        of the machine is quiet (up to quiet_s). The Turn says afterwards whether others disturbed the run."""
+    def timed_run(self, drain_s: float = DRAIN_WAIT_S) -> Iterator[Turn]:
+        """Hold around one timed run: no page starts, and the ones going finish first (up to drain_s). The Turn
+        says afterwards whether other processes disturbed the run."""
         gate, pages = _open(self.gate_path), _open(self.pages_path)
         try:
             fcntl.flock(gate, fcntl.LOCK_EX)  # one worker per data folder: nobody else ever holds it exclusive
@@ -200,7 +182,6 @@ class Gate:
             self.stats.timed_runs += 1
             self.stats.drain_wait_s.append(time.monotonic() - t0)
             self.stats.undrained_runs += not drained
-            wait_for_quiet(quiet_s)
             turn, meter = Turn(), OthersMeter()
             yield turn
             turn.others_share = meter.share()
