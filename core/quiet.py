@@ -8,8 +8,11 @@ for its slowest thread). So the two take turns, as a readers-writer lock with th
 - a timed run first closes `gate.lock` (exclusive), so that no new page run starts, then waits until the page runs
   already going have finished (`pages.lock` exclusive), times, and opens both.
 
-A timed run is one generation of a few seconds; between runs (loading, quality scoring) pages run as usual, so a
-page waits at most about one timed run. Both sides give up waiting after a bound rather than hang: a page runs
+A timed run is one generation of a few seconds; between runs (loading, quality scoring) pages run as usual. A
+variant's timed runs come back to back (warm-up, then ten repeats), so before closing the gate a timed run first
+lets in the pages already waiting for it (`waiting.lock`, held shared by each waiting page): without that turn a
+page waited for all of a variant's runs, 20 s and more, and writer-first became writer-only. So a page waits at
+most about one timed run. Both sides give up waiting after a bound rather than hang: a page runs
 anyway after `PAGE_WAIT_S`, and a timed run starts anyway after `DRAIN_WAIT_S` and says so in its record.
 flock locks are released by the kernel when a process dies, so a killed worker never leaves pages waiting.
 """
@@ -30,6 +33,7 @@ DRAIN_WAIT_S = 10.0  # a timed run starts after this long even if page runs are 
 # Waiting is polling (flock has no timeout), backing off: thirty waiting pages polling every 20 ms would wake the
 # machine 1,500 times a second and pull the timed run's threads off their cores.
 POLL_FIRST_S, POLL_MAX_S = 0.01, 0.25
+LET_IN_S = 1.0  # a timed run waits at most this long for the waiting pages to get in (they poll every <= 0.25 s)
 
 
 # Pausing pages is not all: a viewer's browser on this machine, the web server sending a page's scripts, anything
@@ -135,6 +139,7 @@ class Gate:
 
     def __init__(self, folder: Path):
         self.gate_path, self.pages_path = Path(folder) / "gate.lock", Path(folder) / "pages.lock"
+        self.waiting_path = Path(folder) / "waiting.lock"
         self.stats = GateStats()
 
     @contextlib.contextmanager
@@ -157,23 +162,28 @@ class Gate:
 
     @contextlib.contextmanager
     def _page_locks(self, wait_s: float) -> Iterator[bool]:
-        gate, pages = _open(self.gate_path), _open(self.pages_path)
+        gate, pages, waiting = _open(self.gate_path), _open(self.pages_path), _open(self.waiting_path)
         try:
+            fcntl.flock(waiting, fcntl.LOCK_SH)  # "a page is waiting"; only ever held exclusive for an instant
             waited_out = not _lock_within(gate, fcntl.LOCK_SH, wait_s)
+            os.close(waiting)
+            waiting = -1
             # Holding the gate shared, no timed run can be holding pages.lock: this returns at once.
             _lock_within(pages, fcntl.LOCK_SH, 0.0 if waited_out else wait_s)
             os.close(gate)
             gate = -1
             yield not waited_out
         finally:
-            if gate >= 0:
-                os.close(gate)
+            for fd in (gate, waiting):
+                if fd >= 0:
+                    os.close(fd)
             os.close(pages)  # closing drops the lock
 
     @contextlib.contextmanager
     def timed_run(self, drain_s: float = DRAIN_WAIT_S) -> Iterator[Turn]:
         """Hold around one timed run: no page starts, and the ones going finish first (up to drain_s). The Turn
         says afterwards whether other processes disturbed the run."""
+        self._let_waiting_pages_in()
         gate, pages = _open(self.gate_path), _open(self.pages_path)
         try:
             fcntl.flock(gate, fcntl.LOCK_EX)  # one worker per data folder: nobody else ever holds it exclusive
@@ -189,3 +199,13 @@ class Gate:
         finally:
             os.close(pages)
             os.close(gate)
+
+    def _let_waiting_pages_in(self, wait_s: float = LET_IN_S) -> None:
+        """With the gate open, wait until no page is waiting for it (up to wait_s): the pages that waited for the
+        previous timed run get their turn before the next one."""
+        waiting = _open(self.waiting_path)
+        try:
+            if _lock_within(waiting, fcntl.LOCK_EX, wait_s):
+                fcntl.flock(waiting, fcntl.LOCK_UN)
+        finally:
+            os.close(waiting)

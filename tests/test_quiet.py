@@ -56,6 +56,35 @@ def test_no_page_starts_while_a_model_is_timed(tmp_path):
     assert events == ["timed run over", ("page", True)]
 
 
+def test_a_page_waiting_through_back_to_back_timed_runs_gets_in_between_them(tmp_path):
+    """A variant's repeats are timed back to back: a page that waited for one gets its turn before the next."""
+    gate, events = quiet.Gate(tmp_path), []
+    first_run = threading.Event()
+
+    def page():
+        first_run.wait(5)
+        with gate.page_run(wait_s=10) as in_turn:
+            events.append(("page", in_turn))
+
+    t = _in_thread(page)
+    for i in range(3):
+        with gate.timed_run():
+            first_run.set()
+            time.sleep(0.3)
+            events.append(f"run {i}")
+    t.join(5)
+    assert events == ["run 0", ("page", True), "run 1", "run 2"]
+
+
+def test_with_no_page_waiting_timed_runs_do_not_wait_to_let_pages_in(tmp_path):
+    gate = quiet.Gate(tmp_path)
+    t0 = time.monotonic()
+    for _ in range(5):
+        with gate.timed_run():
+            pass
+    assert time.monotonic() - t0 < quiet.LET_IN_S  # nobody waiting: no turn is held open
+
+
 def test_a_page_runs_anyway_when_the_gate_stays_closed_too_long(tmp_path):
     gate = quiet.Gate(tmp_path)
     outcome = []
