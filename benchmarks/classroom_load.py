@@ -254,6 +254,21 @@ def browsers(url: str, count: int, stats: Stats, stop: threading.Event) -> None:
         b.close()
 
 
+def presenter_tab(url: str, token: str, stats: Stats, stop: threading.Event) -> None:
+    """The presenter's own Chromium tab on the lab's machine, on the Quantize page, watching the job panel. It is
+    the one browser a single-machine demo really has, so it keeps normal priority."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run",
+                                                              "--disable-background-networking", "--disable-sync"])
+        page = b.new_context(viewport={"width": 1280, "height": 900}).new_page()
+        _browse(page, stats, lambda: page.goto(f"{url}/quantize?token={token}"))
+        while not stop.is_set():
+            page.wait_for_timeout(1000)
+        b.close()
+
+
 def _browse(page, stats: Stats, go) -> None:
     """One page visit: time until the new page's title is drawn, then look for errors on it."""
     t0 = time.perf_counter()
@@ -408,6 +423,7 @@ def one_round(args, python: str, env: dict, data: Path, labels: list[str], n_var
     stats, pstats, bstats = Stats(), Stats(), Stats()
     stop_browsers = threading.Event()
     thread = threading.Thread(target=browsers, args=(url, args.browsers, bstats, stop_browsers), daemon=True)
+    tab = threading.Thread(target=presenter_tab, args=(url, token, bstats, stop_browsers), daemon=True)
 
     def browser_tree_cpu() -> float:  # Playwright's driver and Chromium are this process's descendants
         total = 0.0
@@ -420,11 +436,15 @@ def one_round(args, python: str, env: dict, data: Path, labels: list[str], n_var
         return total
 
     thread.start()
+    if args.presenter_tab and Path(CHROMIUM).exists():
+        tab.start()
     try:
         elapsed = asyncio.run(drive(args, url, token, labels, stats, pstats, data, since, n_variants))
         browser_cpu = browser_tree_cpu()
         stop_browsers.set()
         thread.join(30)
+        if tab.is_alive():
+            tab.join(30)
         load_cpu = sum(me.cpu_times()[:2]) - cpu0 + browser_cpu
         wall = time.monotonic() - wall0
         jobs = queue_counts(data)
@@ -481,6 +501,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sessions", type=int, default=30, help="viewer sessions in all (browsers included)")
     ap.add_argument("--browsers", type=int, default=2, help="how many of them are real Chromium pages")
+    ap.add_argument("--presenter-tab", action="store_true",
+                    help="also open the presenter's own Chromium tab on the Quantize page (normal priority)")
     ap.add_argument("--viewer-jobs", type=int, default=3, help="viewers that queue a job on the Quantize page")
     ap.add_argument("--techniques", default="fp32,bf16,nf4")
     ap.add_argument("--rounds", type=int, default=2, help="presenter sweeps under load, with the CLI before, "

@@ -135,7 +135,7 @@ _held = threading.local()  # a fragment drawn inside its page's run is already i
 
 
 class Gate:
-    """The two lock files of one data folder."""
+    """The three lock files of one data folder."""
 
     def __init__(self, folder: Path):
         self.gate_path, self.pages_path = Path(folder) / "gate.lock", Path(folder) / "pages.lock"
