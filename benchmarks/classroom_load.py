@@ -132,7 +132,12 @@ class Session:
             elif fm.hash:
                 self.cache[fm.hash] = fm
             kind = fm.WhichOneof("type")
-            if kind == "navigation":
+            if kind == "new_session" and not fm.metadata.run.fragment_ids:
+                self.fragments = {}  # a whole page run: the browser drops every fragment timer, the run sets new ones
+            elif kind == "stop_auto_rerun":
+                for f in fm.stop_auto_rerun.fragment_ids:
+                    self.fragments.pop(f, None)
+            elif kind == "navigation":
                 self.pages = {p.url_pathname: p.page_script_hash for p in fm.navigation.app_pages}
             elif kind == "auto_rerun":
                 self.fragments[fm.auto_rerun.fragment_id] = fm.auto_rerun.interval
@@ -166,13 +171,15 @@ class Session:
     async def dwell(self, seconds: float) -> None:
         """Stay on the page as a browser would: its fragments rerun on their own timers."""
         end = time.monotonic() + seconds
-        due = {f: time.monotonic() + i for f, i in self.fragments.items()}
+        due: dict[str, float] = {}
         while (now := time.monotonic()) < end:
+            # A rerun may have set, changed or stopped timers (a paused job panel has none).
+            due = {f: due.get(f, now + i) for f, i in self.fragments.items()}
             ready = [f for f, t in due.items() if t <= now]
             for f in ready:
                 await self.run(fragment=f)
                 due[f] = time.monotonic() + self.fragments.get(f, 3.0)
-            await asyncio.sleep(min([end - now, *[t - now for t in due.values()], 0.5]) if due else end - now)
+            await asyncio.sleep(max(0.0, min([end - now, *[t - now for t in due.values()], 0.5])))
 
 
 async def viewer(url: str, stats: Stats, stop: asyncio.Event, queue_job: bool, seed: int) -> None:

@@ -66,10 +66,18 @@ _timed_section: Callable[[], "contextlib.AbstractContextManager"] = contextlib.n
 DISTURBED_RETRIES = 1  # a run the section reports disturbed (other processes took the cores) is timed again
 
 
-def set_timed_section(factory: Callable[[], "contextlib.AbstractContextManager"] | None) -> None:
-    """Install a context manager factory held around each timed generation; None restores the no-op."""
-    global _timed_section
+# Wraps each bench_generation (a warm-up and its repeats): the worker marks it a timing phase, during which open
+# pages stop redrawing on timers.
+_timed_phase: Callable[[], "contextlib.AbstractContextManager"] = contextlib.nullcontext
+
+
+def set_timed_section(factory: Callable[[], "contextlib.AbstractContextManager"] | None,
+                      phase: Callable[[], "contextlib.AbstractContextManager"] | None = None) -> None:
+    """Install context manager factories held around each timed generation and around each bench_generation;
+    None restores the no-ops."""
+    global _timed_section, _timed_phase
     _timed_section = factory or contextlib.nullcontext
+    _timed_phase = phase or contextlib.nullcontext
 
 
 def repeat(fn: Callable[[], T], warmup: int, repeats: int) -> list[T]:
@@ -164,7 +172,8 @@ class GenerationBench:
 
 def bench_generation(model, input_ids: torch.Tensor, new_tokens: int, warmup: int, repeats: int,
                      device: str = "cpu", clock: Clock = time.perf_counter) -> GenerationBench:
-    runs = repeat(lambda: timed_generation(model, input_ids, new_tokens, device, clock), warmup, repeats)
+    with _timed_phase():
+        runs = repeat(lambda: timed_generation(model, input_ids, new_tokens, device, clock), warmup, repeats)
     return GenerationBench(
         ttft_ms=Spread(tuple(r.ttft_s * 1e3 for r in runs)),
         decode_tokens_per_s=Spread(tuple(r.decode_tokens_per_s for r in runs)),

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import cost, jobqueue, models, quiet, roles, uploads, worker
-from core.uploads import fmt_seconds
-from core.jobqueue import PRESENTER, JobQueue, NotAllowed, QueueFull
+from core import cost, jobqueue, models, quiet, roles, uploads
+from core.jobqueue import PRESENTER, JobQueue
 from core.store import ResultStore, StoreError, data_dir, describe_configured
 
 CUSTOM = "Other: a Hugging Face id or local directory"
@@ -30,15 +29,18 @@ class SidebarChoice:
 
 
 HEARTBEAT_EVERY_S = 10.0  # a session checks in at most this often: one tiny row write
-PANEL_EVERY_S = 3.0  # the job panel redraws this often, from one snapshot that every session shares
 
 
 # ---------------------------------------------------------------- taking turns with the worker's timed runs
 
 
+def gate() -> quiet.Gate:
+    return quiet.Gate(data_dir())
+
+
 def page_turn():
     """Held around every page run: pages wait while the worker times a model (core/quiet.py says why)."""
-    return quiet.Gate(data_dir()).page_run()
+    return gate().page_run()
 
 
 def takes_turns(fragment):
@@ -114,8 +116,11 @@ def heartbeat(force: bool = False) -> int:
 @st.fragment(run_every=20.0)
 @takes_turns
 def keep_alive() -> None:
-    """Draws nothing: keeps an idle tab counted as connected."""
+    """Draws nothing: keeps an idle tab counted as connected, and restarts a job panel paused for a timing phase
+    once the phase is over (pages/panel.py)."""
     heartbeat()
+    if st.session_state.get("lab_panel_paused") and not gate().timing_now():
+        st.rerun()
 
 
 def visible(text: str) -> str:
@@ -153,6 +158,7 @@ def sidebar() -> SidebarChoice:
         if roles.classroom():
             st.caption("You are the **presenter**." if presenter else f"You are **viewer {heartbeat()}**: browse, "
                        "vote in the Arena, and queue a job; the presenter's jobs run first.")
+        st.session_state["lab_panel_paused"] = False  # until this page draws a paused job panel
         keep_alive()
         st.subheader("Model")
         options = model_options(presenter)
@@ -195,92 +201,6 @@ def choice() -> SidebarChoice:
 def save_upload(upload, validate) -> Path:
     """Keep a Streamlit upload once `validate(path)` accepts it (core/uploads.py)."""
     return uploads.keep_upload(upload.name, upload.getvalue(), validate)
-
-
-def submit_job(kind: str, args: dict, label: str) -> int | None:
-    """Queue a job for the worker; say where it stands, or why it was refused."""
-    try:
-        job_id = worker.submit(queue(), kind, args, label, owner_name(), session_id())
-    except (QueueFull, NotAllowed, ValueError) as e:
-        show_error(e)
-        return None
-    queue_snapshot.clear()  # this session sees its own job at once
-    return job_id
-
-
-@st.cache_data(ttl=2.0, show_spinner=False)
-def queue_snapshot(path: str) -> jobqueue.QueueSnapshot:
-    """One read of the queue, shared by every session for 2 s: many viewers cost the worker nothing extra."""
-    return JobQueue(path).snapshot()
-
-
-def _stop_button(job: jobqueue.QueuedJob, label: str) -> None:
-    mine = job.owner_session == session_id()
-    if (is_presenter() or (mine and job.state == "queued")) and st.button(label, key=f"job_stop_{job.id}"):
-        try:
-            queue().stop(job.id, session_id(), is_presenter())
-        except NotAllowed as e:
-            show_error(e)
-        queue_snapshot.clear()
-
-
-def _draw_running(job: jobqueue.QueuedJob, left_s: float | None, kept_note: str) -> None:
-    st.progress(job.fraction, text=f"{job.label} ({job.owner}): {visible(job.message)}")
-    stopping = " · stopping at the next safe point" if job.stop_requested else ""
-    st.caption(f"Elapsed {fmt_seconds(job.elapsed_s)} · remaining about {fmt_seconds(left_s)}{stopping}. {kept_note}")
-    _stop_button(job, "Stop")
-
-
-def _draw_waiting(waiting: tuple[jobqueue.Waiting, ...]) -> None:
-    if not waiting:
-        return
-    st.markdown(f"**Waiting: {len(waiting)}** (the presenter's jobs first, then in the order they were queued)")
-    for w in waiting:
-        start = "when the one before it ends (no similar job has finished yet to estimate from)" \
-            if w.starts_in_s is None else f"in about {fmt_seconds(w.starts_in_s)}"
-        mine = " · yours" if w.job.owner_session == session_id() else ""
-        left, right = st.columns([5, 1])
-        left.caption(f"{w.position}. {w.job.label} ({w.job.owner}{mine}): starts {start}")
-        with right:
-            _stop_button(w.job, "Cancel")
-
-
-def _draw_ended(job: jobqueue.QueuedJob, kept_note: str) -> None:
-    if time.time() - (job.ended_s or 0) > 600:
-        return
-    who = f"{job.label} ({job.owner})"
-    if job.state == "failed":
-        st.error(f"{who} stopped: {visible(job.error)}")
-    elif job.state in ("cancelled", "interrupted"):
-        st.warning(f"{who}: {visible(job.error)}. {kept_note}")
-
-
-@st.fragment(run_every=PANEL_EVERY_S)
-@takes_turns
-def job_panel(kept_note: str, live_view=None) -> None:
-    """The machine's queue: the running job (bar, times, who started it, Stop), the jobs waiting with their
-    position and expected start, and how the last one ended. `live_view(live)` draws a running job's live data
-    (a loss log as a dict) while it runs and after it ends."""
-    heartbeat()
-    snap = queue_snapshot(str(queue().path))
-    if snap.running is not None:
-        _draw_running(snap.running, snap.running_left_s, kept_note)
-    _draw_waiting(snap.waiting)
-    last = snap.recent[0] if snap.recent else None
-    if last is not None:
-        _draw_ended(last, kept_note)
-    shown = snap.running or last
-    if live_view is not None and shown is not None and shown.live:
-        live_view(shown.live)
-    if (snap.waiting or snap.running) and not worker.is_running():
-        worker.ensure_running()  # a worker that died (or never started) is started again; the queue is kept
-    seen = st.session_state.get("seen_ended")
-    st.session_state["seen_ended"] = last.id if last else None
-    if last is not None and seen is not None and seen != last.id:
-        st.rerun()  # a job just ended: redraw the whole page so the results include it
-    elif last is not None and seen is None and "seen_ended_init" in st.session_state:
-        st.rerun()
-    st.session_state["seen_ended_init"] = True
 
 
 def clear_results_control() -> None:

@@ -9,7 +9,8 @@ from core import distillation, models, speculative
 from core.jobs import on_torch_thread
 from core.tables import distill_rows, speculative_rows
 from core.uploads import fmt_seconds
-from pages.common import choice, job_panel, save_upload, show_error, store, submit_job, visible
+from pages.common import choice, save_upload, show_error, store, visible
+from pages.panel import job_panel, submit_job
 
 st.title("Distill a smaller student")
 st.write("Knowledge distillation trains a small **student** to give the same next-token probabilities as a large "

@@ -6,7 +6,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import benchmark, lora, models
-from pages.common import choice, job_panel, save_upload, show_error, store, submit_job
+from pages.common import choice, save_upload, show_error, store
+from pages.panel import job_panel, submit_job
 
 st.title("Fine-tune with LoRA")
 st.write("Teach the model a narrow task by training small low-rank adapters (LoRA) instead of every weight. "

@@ -8,7 +8,8 @@ import streamlit as st
 from core import benchmark, evaluate, models, moe, plots, techniques
 from core.sweep import SweepSettings
 from core.tables import moe_rows, moe_view
-from pages.common import choice, job_panel, show_error, store, submit_job, visible
+from pages.common import choice, show_error, store, visible
+from pages.panel import job_panel, submit_job
 
 PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
 EXPERT_CHOICES = [4, 8, 16]

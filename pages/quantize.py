@@ -9,7 +9,8 @@ from core import benchmark, cluster, evaluate, models, techniques
 from core.estimate import SweepPlan
 from core.sweep import SweepSettings
 from core.tables import provenance_lines, summary_rows
-from pages.common import choice, job_panel, save_upload, show_error, store, submit_job, visible
+from pages.common import choice, save_upload, show_error, store, visible
+from pages.panel import job_panel, submit_job
 from pages.estimates import show_estimate
 
 PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())

@@ -6,7 +6,8 @@ import streamlit as st
 
 from core import benchmark, capacity, models, serving, serving_plots, techniques
 from pages import serve_view
-from pages.common import choice, job_panel, show_error, store, submit_job
+from pages.common import choice, show_error, store
+from pages.panel import job_panel, submit_job
 
 st.title("Serve")
 st.write("A service answers many people at once. Each decoding step reads the weights once however many requests "

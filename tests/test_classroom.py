@@ -321,6 +321,23 @@ def test_a_viewer_sees_a_failed_job_without_server_paths_and_who_started_each_jo
     assert not any(b.label in ("Stop", "Cancel") for b in at.button)  # a viewer may stop neither
 
 
+def test_the_job_panel_pauses_while_the_worker_is_in_a_timing_phase_and_goes_live_after():
+    """A live panel redraws on a timer; during a timing phase the page draws it paused (no timer) and says why."""
+    queue = JobQueue()
+    queue.submit("sweep", sweep_args(), "Sweep A", "sweep", PRESENTER, "s-p")
+    queue.claim(os.getpid())
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("pages/quantize.py").run()
+    paused = lambda: any("timing a model now" in c.value for c in at.caption)  # noqa: E731
+    assert not at.exception and not paused() and at.session_state["lab_panel_paused"] is False
+    with quiet.Gate(lab_data_dir()).timing_phase():
+        at.run()
+        assert not at.exception and paused() and at.session_state["lab_panel_paused"] is True
+        assert "Sweep A (presenter)" in at.get("progress")[0].proto.text  # still shows where the job stands
+    at.run()
+    assert not paused() and at.session_state["lab_panel_paused"] is False
+
+
 def test_a_killed_server_does_not_stop_the_worker_it_started(data_dir):
     """The dashboard starts the worker in a session of its own, so SIGKILL of the server leaves the sweep running."""
     queue = JobQueue()

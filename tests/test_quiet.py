@@ -203,3 +203,59 @@ def test_a_disturbed_run_is_timed_again(tiny):
         benchmark.set_timed_section(None)
     assert len(attempts) == 1 + benchmark.DISTURBED_RETRIES and len(run.token_ids) == 4
 
+
+
+def test_a_timing_phase_is_seen_by_pages_and_announced_only_when_someone_watches(tmp_path, monkeypatch):
+    monkeypatch.setattr(quiet, "NOTICE_S", 0.3)
+    gate = quiet.Gate(tmp_path)
+    assert not gate.timing_now()
+    seen = []
+    t0 = time.monotonic()
+    with gate.timing_phase(watched=lambda: True):
+        waited_s = time.monotonic() - t0
+        seen.append(quiet.Gate(tmp_path).timing_now())  # as a page would ask: its own file descriptor
+    assert seen == [True] and waited_s >= 0.3
+    assert not gate.timing_now()
+    t0 = time.monotonic()
+    with gate.timing_phase(watched=lambda: False):
+        assert time.monotonic() - t0 < 0.2  # nobody watching: no notice
+        assert gate.timing_now()
+
+
+def test_a_timing_phase_is_over_when_the_worker_dies(tmp_path):
+    """flock is released by the kernel, so a killed worker never leaves panels paused."""
+    hold = ("import sys, time; from core import quiet; g = quiet.Gate(sys.argv[1])\n"
+            "with g.timing_phase():\n    print('in', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.PIPE,
+                             cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        assert child.stdout.readline().strip() == b"in"
+        assert quiet.Gate(tmp_path).timing_now()
+    finally:
+        child.kill()
+        child.wait(10)
+    assert not quiet.Gate(tmp_path).timing_now()
+
+
+def test_bench_generation_holds_one_phase_around_its_warmup_and_repeats(tiny):
+    model, tokenizer = tiny
+    events = []
+
+    @contextlib.contextmanager
+    def section():
+        events.append("run")
+        yield quiet.Turn(others_share=0.0)
+
+    @contextlib.contextmanager
+    def phase():
+        events.append("phase in")
+        yield
+        events.append("phase out")
+
+    benchmark.set_timed_section(section, phase)
+    try:
+        ids = tokenizer("hello there", return_tensors="pt")["input_ids"]
+        benchmark.bench_generation(model, ids, 4, warmup=1, repeats=2)
+    finally:
+        benchmark.set_timed_section(None)
+    assert events == ["phase in", "run", "run", "run", "phase out"]

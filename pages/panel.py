@@ -1,0 +1,125 @@
+"""The job panel every job page shows: the machine's queue, the running job's progress, and how the last one ended.
+
+An open panel redraws itself every `quiet.PANEL_EVERY_S` from one queue snapshot that all sessions share. While the
+worker is in a timing phase (a variant's warm-up and timed runs) the panel has no timer at all: each timed redraw
+is a round trip through the browser's whole app, and with one tab open that cost the timed decode about a tenth
+(core/quiet.py). The live panel's next tick sees the phase and redraws the page once with a paused panel; the
+sidebar's keep-alive (every 20 s) redraws it live again once the phase is over.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from core import jobqueue, quiet, worker
+from core.jobqueue import JobQueue, NotAllowed, QueueFull
+from core.uploads import fmt_seconds
+from pages.common import gate, heartbeat, is_presenter, owner_name, queue, session_id, show_error, takes_turns, visible
+
+
+def submit_job(kind: str, args: dict, label: str) -> int | None:
+    """Queue a job for the worker; say where it stands, or why it was refused."""
+    try:
+        job_id = worker.submit(queue(), kind, args, label, owner_name(), session_id())
+    except (QueueFull, NotAllowed, ValueError) as e:
+        show_error(e)
+        return None
+    queue_snapshot.clear()  # this session sees its own job at once
+    return job_id
+
+
+@st.cache_data(ttl=2.0, show_spinner=False)
+def queue_snapshot(path: str) -> jobqueue.QueueSnapshot:
+    """One read of the queue, shared by every session for 2 s: many viewers cost the worker nothing extra."""
+    return JobQueue(path).snapshot()
+
+
+def _stop_button(job: jobqueue.QueuedJob, label: str) -> None:
+    mine = job.owner_session == session_id()
+    if (is_presenter() or (mine and job.state == "queued")) and st.button(label, key=f"job_stop_{job.id}"):
+        try:
+            queue().stop(job.id, session_id(), is_presenter())
+        except NotAllowed as e:
+            show_error(e)
+        queue_snapshot.clear()
+
+
+def _draw_running(job: jobqueue.QueuedJob, left_s: float | None, kept_note: str) -> None:
+    st.progress(job.fraction, text=f"{job.label} ({job.owner}): {visible(job.message)}")
+    stopping = " · stopping at the next safe point" if job.stop_requested else ""
+    st.caption(f"Elapsed {fmt_seconds(job.elapsed_s)} · remaining about {fmt_seconds(left_s)}{stopping}. {kept_note}")
+    _stop_button(job, "Stop")
+
+
+def _draw_waiting(waiting: tuple[jobqueue.Waiting, ...]) -> None:
+    if not waiting:
+        return
+    st.markdown(f"**Waiting: {len(waiting)}** (the presenter's jobs first, then in the order they were queued)")
+    for w in waiting:
+        start = "when the one before it ends (no similar job has finished yet to estimate from)" \
+            if w.starts_in_s is None else f"in about {fmt_seconds(w.starts_in_s)}"
+        mine = " · yours" if w.job.owner_session == session_id() else ""
+        left, right = st.columns([5, 1])
+        left.caption(f"{w.position}. {w.job.label} ({w.job.owner}{mine}): starts {start}")
+        with right:
+            _stop_button(w.job, "Cancel")
+
+
+def _draw_ended(job: jobqueue.QueuedJob, kept_note: str) -> None:
+    if time.time() - (job.ended_s or 0) > 600:
+        return
+    who = f"{job.label} ({job.owner})"
+    if job.state == "failed":
+        st.error(f"{who} stopped: {visible(job.error)}")
+    elif job.state in ("cancelled", "interrupted"):
+        st.warning(f"{who}: {visible(job.error)}. {kept_note}")
+
+
+def _draw_panel(kept_note: str, live_view, in_fragment: bool) -> None:
+    heartbeat()
+    snap = queue_snapshot(str(queue().path))
+    if snap.running is not None:
+        _draw_running(snap.running, snap.running_left_s, kept_note)
+    _draw_waiting(snap.waiting)
+    last = snap.recent[0] if snap.recent else None
+    if last is not None:
+        _draw_ended(last, kept_note)
+    shown = snap.running or last
+    if live_view is not None and shown is not None and shown.live:
+        live_view(shown.live)
+    if (snap.waiting or snap.running) and not worker.is_running():
+        worker.ensure_running()  # a worker that died (or never started) is started again; the queue is kept
+    seen = st.session_state.get("seen_ended")
+    st.session_state["seen_ended"] = last.id if last else None
+    if not in_fragment:  # a whole page run already draws the results of the job that just ended
+        return
+    if last is not None and seen is not None and seen != last.id:
+        st.rerun()  # a job just ended: redraw the whole page so the results include it
+    elif last is not None and seen is None and "seen_ended_init" in st.session_state:
+        st.rerun()
+    st.session_state["seen_ended_init"] = True
+
+
+@st.fragment(run_every=quiet.PANEL_EVERY_S)
+@takes_turns
+def _live_panel(kept_note: str, live_view=None) -> None:
+    if gate().timing_now():
+        st.rerun()  # a whole page run draws the paused panel, and it clears this fragment's timer
+    _draw_panel(kept_note, live_view, in_fragment=True)
+
+
+def _paused_panel(kept_note: str, live_view=None) -> None:
+    st.caption(":material/pause_circle: The worker is timing a model now. This panel stays as it is until the "
+               "timed runs end, so that watching does not slow what is measured.")
+    _draw_panel(kept_note, live_view, in_fragment=False)
+
+
+def job_panel(kept_note: str, live_view=None) -> None:
+    """The machine's queue: the running job (bar, times, who started it, Stop), the jobs waiting with their
+    position and expected start, and how the last one ended. `live_view(live)` draws a running job's live data
+    (a loss log as a dict) while it runs and after it ends."""
+    paused = gate().timing_now()
+    st.session_state["lab_panel_paused"] = paused  # if paused, the sidebar's keep-alive restarts it after the phase
+    (_paused_panel if paused else _live_panel)(kept_note, live_view)
