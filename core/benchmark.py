@@ -80,6 +80,11 @@ def set_timed_section(factory: Callable[[], "contextlib.AbstractContextManager"]
     _timed_phase = phase or contextlib.nullcontext
 
 
+def timing_phase() -> "contextlib.AbstractContextManager":
+    """The installed phase, for timing loops of their own (serving points, speculative decoding)."""
+    return _timed_phase()
+
+
 def repeat(fn: Callable[[], T], warmup: int, repeats: int) -> list[T]:
     """Call fn warmup + repeats times; return the results of the timed calls only."""
     if warmup < 0 or repeats < 1:
@@ -172,7 +177,7 @@ class GenerationBench:
 
 def bench_generation(model, input_ids: torch.Tensor, new_tokens: int, warmup: int, repeats: int,
                      device: str = "cpu", clock: Clock = time.perf_counter) -> GenerationBench:
-    with _timed_phase():
+    with timing_phase():
         runs = repeat(lambda: timed_generation(model, input_ids, new_tokens, device, clock), warmup, repeats)
     return GenerationBench(
         ttft_ms=Spread(tuple(r.ttft_s * 1e3 for r in runs)),

@@ -823,7 +823,7 @@ def serve_bench(model: str, technique_keys: Sequence[str], settings: ServeSettin
                 for c in settings.concurrency:
                     report(len(done) / points, f"{variant.label}: {c} concurrent x {p}-token prompts")
                     timings, waves = [], []
-                    with MemoryWatch(server.proc.pid) as point_watch:
+                    with benchmark.timing_phase(), MemoryWatch(server.proc.pid) as point_watch:
                         for _ in range(settings.repeats):
                             bodies = [variant.engine.body(next(fresh), settings.new_tokens) for _ in range(c)]
                             wave = run_load(server.base_url, bodies, settings.request_timeout_s, should_stop)

@@ -115,26 +115,10 @@ def bundled_prompts() -> list[dict]:
     return json.loads((evaluate.ASSETS / "prompts.json").read_text())
 
 
-def run_speculate(model_name: str, draft_path: str, draft_tokens: int = 4, max_new_tokens: int = 64,
-                  prompts: list[dict] | None = None, report: Report | None = None,
-                  should_stop: Callable[[], bool] | None = None, device: str = "auto") -> SpeculativeResult:
-    """On each prompt: warm up, then time the model alone and with the draft; compare outputs token by token."""
-    from core.sweep import chat_prompt_ids
 
-    say = report or (lambda f, m: None)
-    stop = should_stop or (lambda: False)
-    if max_new_tokens < 2:
-        raise ValueError(f"max_new_tokens must be at least 2, got {max_new_tokens}")
-    device = benchmark.pick_device(device)
-    spec, draft_spec = models.resolve(model_name), models.resolve(draft_path)
-    checkpoint, draft_checkpoint = models.prepare(spec), models.prepare(draft_spec)
-    tokenizer = models.load_tokenizer(checkpoint)
-    check_same_tokenizer(tokenizer, models.load_tokenizer(draft_checkpoint), draft_spec.label)
-    model = models.load_model(checkpoint, torch.float32, device)
-    draft = models.load_model(draft_checkpoint, torch.float32, device)
-    configure_draft(draft, draft_tokens)
-    prompts = prompts if prompts is not None else bundled_prompts()[:10]
-    pad = tokenizer.pad_token_id
+def _time_prompts(model, draft, tokenizer, prompts, max_new_tokens: int, pad, device: str, say, stop) -> list[dict]:
+    """Each prompt generated plainly and with the draft, back to back, after one warm-up of each."""
+    from core.sweep import chat_prompt_ids
 
     warm = chat_prompt_ids(tokenizer, prompts[0]["prompt"])
     generate(model, warm, 8, pad, None, device)
@@ -156,6 +140,29 @@ def run_speculate(model_name: str, draft_path: str, draft_tokens: int = 4, max_n
             "text": tokenizer.decode(list(plain.tokens), skip_special_tokens=True),
             "assisted_text": tokenizer.decode(list(assisted.tokens), skip_special_tokens=True),
         })
+    return rows
+
+def run_speculate(model_name: str, draft_path: str, draft_tokens: int = 4, max_new_tokens: int = 64,
+                  prompts: list[dict] | None = None, report: Report | None = None,
+                  should_stop: Callable[[], bool] | None = None, device: str = "auto") -> SpeculativeResult:
+    """On each prompt: warm up, then time the model alone and with the draft; compare outputs token by token."""
+    say = report or (lambda f, m: None)
+    stop = should_stop or (lambda: False)
+    if max_new_tokens < 2:
+        raise ValueError(f"max_new_tokens must be at least 2, got {max_new_tokens}")
+    device = benchmark.pick_device(device)
+    spec, draft_spec = models.resolve(model_name), models.resolve(draft_path)
+    checkpoint, draft_checkpoint = models.prepare(spec), models.prepare(draft_spec)
+    tokenizer = models.load_tokenizer(checkpoint)
+    check_same_tokenizer(tokenizer, models.load_tokenizer(draft_checkpoint), draft_spec.label)
+    model = models.load_model(checkpoint, torch.float32, device)
+    draft = models.load_model(draft_checkpoint, torch.float32, device)
+    configure_draft(draft, draft_tokens)
+    prompts = prompts if prompts is not None else bundled_prompts()[:10]
+    pad = tokenizer.pad_token_id
+
+    with benchmark.timing_phase():  # the presenter's job panel pauses meanwhile (pages/panel.py)
+        rows = _time_prompts(model, draft, tokenizer, prompts, max_new_tokens, pad, device, say, stop)
     say(1.0, "done")
     drafted, accepted = sum(r["drafted"] for r in rows), sum(r["accepted"] for r in rows)
     plain_s, assisted_s = sum(r["plain_s"] for r in rows), sum(r["assisted_s"] for r in rows)

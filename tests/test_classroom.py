@@ -338,6 +338,19 @@ def test_the_job_panel_pauses_while_the_worker_is_in_a_timing_phase_and_goes_liv
     assert not paused() and at.session_state["lab_panel_paused"] is False
 
 
+def test_a_viewers_panel_keeps_ticking_through_a_timing_phase(monkeypatch):
+    """A viewer's browser is on the viewer's machine: its panel waits its turn instead of switching to paused."""
+    monkeypatch.setenv(roles.CLASSROOM_ENV, "1")
+    queue = JobQueue()
+    queue.submit("sweep", sweep_args(), "Sweep A", "sweep", PRESENTER, "s-p")
+    queue.claim(os.getpid())
+    at = AppTest.from_file(str(ROOT / "pages" / "quantize.py"), default_timeout=60)
+    with quiet.Gate(lab_data_dir()).timing_phase():
+        at.run()
+    assert not at.exception and at.session_state["lab_panel_paused"] is False
+    assert not any("timing a model now" in c.value for c in at.caption)
+
+
 def test_a_killed_server_does_not_stop_the_worker_it_started(data_dir):
     """The dashboard starts the worker in a session of its own, so SIGKILL of the server leaves the sweep running."""
     queue = JobQueue()
