@@ -6,9 +6,11 @@ the viewer's browser runs on the viewer's own machine. The presenter's tab (and 
 on the lab's machine, where each redraw is a round trip through the browser's whole app: with that tab open the
 timed decode lost about a tenth. So while the worker is in a timing phase (a variant's warm-up and timed runs) the
 presenter's panel has no timer at all: its next tick sees the phase and redraws the page once with a paused panel,
-and the sidebar's keep-alive (every 20 s) redraws it live once the phase is over. Viewers' panels keep ticking: with
-thirty of them, switching every panel to paused and back took whole-page runs in bursts, and page response p90
-rose from 2.3 to 3.8 s.
+and the sidebar's keep-alive (every 20 s) redraws it live once the phase is over. Viewers' panels keep ticking, so
+that thirty of them do not all switch to paused and back with whole-page runs. Whether that is better than pausing
+every panel is not settled: one load-test round with this rule (30 viewers) was no better than three rounds with
+every panel paused (medians 0.74-0.90 of the CLI's against 0.79-0.98, page p90 4.3 s against 3.8 s), and this
+machine's speed drifts by a third within minutes.
 """
 
 from __future__ import annotations
