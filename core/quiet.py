@@ -20,8 +20,8 @@ Pages that wait cost little; a page that keeps redrawing itself costs more. An o
 and each rerun is a round trip through the browser's whole app: with only the presenter's tab open, a running job
 and FP32 timed in alternating blocks, the tab on the page against on a blank page measured 0.895 as fast, and 1.013
 with the panel's timer off (1.029 with the pause below; the tab's Chromium took 2.8% of the machine, then 0.8%). So
-a variant's timed runs together make a timing phase (`timing.lock`, held by the worker for the phase): open panels
-stop their timers for the phase and start them again after it. When anyone is watching, the worker announces the
+a variant's timed runs together make a timing phase (`timing.lock`, held by the worker for the phase): the
+presenter's open panel stops its timer for the phase and starts it again after it (pages/panel.py says which panels). When anyone is watching, the worker announces the
 phase `NOTICE_S` before it starts, long enough for every live panel to tick once and see it.
 """
 

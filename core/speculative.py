@@ -115,7 +115,6 @@ def bundled_prompts() -> list[dict]:
     return json.loads((evaluate.ASSETS / "prompts.json").read_text())
 
 
-
 def _time_prompts(model, draft, tokenizer, prompts, max_new_tokens: int, pad, device: str, say, stop) -> list[dict]:
     """Each prompt generated plainly and with the draft, back to back, after one warm-up of each."""
     from core.sweep import chat_prompt_ids
