@@ -9,10 +9,11 @@ What it does, all on 127.0.0.1 and bounded in time, in `--rounds` rounds:
    machine's own speed drifts by up to 35% within minutes);
 2. starts the lab (`python -m core serve --classroom`, or plain `streamlit run` for a checkout without a worker)
    on a fresh data folder that reuses the prepared checkpoints;
-3. the presenter, a protocol-level client holding the presenter link, picks the variants on the Quantize page
-   and presses Measure, then keeps the tab open (its progress fragment reruns as a browser's would);
-4. N viewer sessions open pages, move widgets, queue a job on the Quantize page and open the Arena, until the
-   sweep ends: most speak Streamlit's websocket protocol (one light asyncio process), `--browsers` of them are
+3. the presenter, a protocol-level client holding the presenter link, picks the variants on the Quantize page;
+   N viewer sessions arrive and draw their first page; then the presenter presses Measure and keeps the tab open
+   (its progress fragment reruns as a browser's would), so every viewer is active for the whole sweep;
+4. the viewers open pages, move widgets, queue a job on the Quantize page (behind the presenter's) and open the
+   Arena, until the sweep ends: most speak Streamlit's websocket protocol (one light asyncio process), `--browsers` of them are
    real Chromium pages (Debian's /usr/bin/chromium through Playwright, at idle priority since they stand in for
    the viewers' own machines; no browser is downloaded); then the lab and its worker are stopped;
 5. reports page response p50/p90, errors shown, jobs queued/completed, each variant's decode tok/s from the
@@ -78,6 +79,7 @@ class Stats:
     refusals: int = 0
     jobs_queued: int = 0
     timeouts: int = 0
+    arrived: int = 0  # viewer sessions that have drawn their first page
 
 
 class Session:
@@ -182,11 +184,13 @@ class Session:
             await asyncio.sleep(max(0.0, min([end - now, *[t - now for t in due.values()], 0.5])))
 
 
-async def viewer(url: str, stats: Stats, stop: asyncio.Event, queue_job: bool, seed: int) -> None:
+async def viewer(url: str, stats: Stats, stop: asyncio.Event, sweeping: asyncio.Event, queue_job: bool,
+                 seed: int) -> None:
     rng = random.Random(seed)
     try:
         async with Session(url, stats) as s:
             await s.run()
+            stats.arrived += 1
             while not stop.is_set():
                 page = rng.choice(VIEWER_PAGES)
                 await s.run(page)
@@ -196,7 +200,7 @@ async def viewer(url: str, stats: Stats, stop: asyncio.Event, queue_job: bool, s
                 if radio is not None and len(radio.options) > 1 and s.set("radio", "Quality measure",
                                                                          string_value=rng.choice(radio.options[1:])):
                     await s.run()
-                if page == "quantize" and queue_job:
+                if page == "quantize" and queue_job and sweeping.is_set():  # queued behind the presenter's
                     await s.run(click="Measure")
                     stats.jobs_queued += 1
                     queue_job = False
@@ -205,8 +209,8 @@ async def viewer(url: str, stats: Stats, stop: asyncio.Event, queue_job: bool, s
         stats.errors.append(f"connection: {type(e).__name__}: {e}")
 
 
-async def presenter(url: str, stats: Stats, token: str, labels: list[str], args, started: asyncio.Event,
-                    stop: asyncio.Event) -> None:
+async def presenter(url: str, stats: Stats, token: str, labels: list[str], args, room_in: asyncio.Event,
+                    started: asyncio.Event, stop: asyncio.Event) -> None:
     async with Session(url, stats, f"token={token}" if token else "") as s:
         await s.run()
         s.query = ""  # the page strips the token from the address bar; later requests carry none, as a browser's
@@ -219,6 +223,7 @@ async def presenter(url: str, stats: Stats, token: str, labels: list[str], args,
         if args.mc_max_items:
             s.set("number_input", "Questions to score (0 = all)", double_value=args.mc_max_items)
         await s.run()
+        await room_in.wait()
         await s.run(click="Measure")
         started.set()
         while not stop.is_set():
@@ -373,13 +378,20 @@ def labels_for(keys: list[str]) -> list[str]:
 
 async def drive(args, url: str, token: str, labels: list[str], stats: Stats, pstats: Stats, data: Path,
                 since: str, n_variants: int) -> float:
-    stop, started = asyncio.Event(), asyncio.Event()
-    tasks = [asyncio.create_task(presenter(url, pstats, token, labels, args, started, stop))]
+    stop, room_in, started = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    tasks = [asyncio.create_task(presenter(url, pstats, token, labels, args, room_in, started, stop))]
+    viewers = args.sessions - args.browsers
+    for i in range(viewers):
+        tasks.append(asyncio.create_task(viewer(url, stats, stop, started, i < args.viewer_jobs, seed=i)))
+        await asyncio.sleep(0.2)  # people arrive over a few seconds, not in one instant
+    # The room is in before the presenter presses Measure, as in a class, so that every session is active for
+    # the whole sweep (with Measure first, the first variant was timed while thirty sessions were arriving).
+    arrival_deadline = time.monotonic() + 120
+    while stats.arrived < viewers and time.monotonic() < arrival_deadline:
+        await asyncio.sleep(0.5)
+    room_in.set()
     await asyncio.wait_for(started.wait(), 180)
     t0 = time.monotonic()
-    for i in range(args.sessions - args.browsers):
-        tasks.append(asyncio.create_task(viewer(url, stats, stop, i < args.viewer_jobs, seed=i)))
-        await asyncio.sleep(0.2)  # people arrive over a few seconds, not in one instant
     while time.monotonic() - t0 < args.max_s and len(dashboard_records(data, since)) < n_variants:
         await asyncio.sleep(2)
     stop.set()

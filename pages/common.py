@@ -13,7 +13,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas  # noqa: F401  (see below)
 import streamlit as st
+
+# plotly finds pandas through sys.modules, so while one first page run is still importing pandas another one
+# picked up the half-made module ("partially initialized module 'pandas' has no attribute 'Series'": 25 errors
+# when thirty viewers arrived at once). Imported here, before any page draws, it is whole by the time any page
+# can see it: every page run imports this module first, and Python makes the others wait until it is done.
 
 from core import cost, jobqueue, models, quiet, roles, uploads
 from core.jobqueue import PRESENTER, JobQueue

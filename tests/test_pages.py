@@ -1,5 +1,7 @@
 """Page tests: each page runs alone in AppTest with shared state seeded, core calls patched where slow."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -281,3 +283,12 @@ def test_distill_page_shows_the_last_speculative_comparison(tiny_teacher_everywh
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Output identical to the teacher's"] == "yes" and metrics["Drafted tokens accepted"] == "75%"
     assert at.selectbox[0].options[0].startswith("Student 1/2 layers")
+
+
+def test_the_shared_page_module_imports_pandas_whole_before_any_page_draws():
+    # Thirty first page runs at once raced on pandas' first import, through plotly's sys.modules lookup.
+    code = ("import sys; import pages.common; m = sys.modules.get('pandas'); "
+            "assert m is not None and hasattr(m, 'Series') and not m.__spec__._initializing, 'pandas not whole'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
