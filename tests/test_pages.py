@@ -286,9 +286,11 @@ def test_distill_page_shows_the_last_speculative_comparison(tiny_teacher_everywh
 
 
 def test_the_shared_page_module_imports_pandas_whole_before_any_page_draws():
-    # Thirty first page runs at once raced on pandas' first import, through plotly's sys.modules lookup.
+    # Thirty first page runs at once raced on pandas' first import (through plotly's sys.modules lookup) and on
+    # transformers' lazily resolved names.
     code = ("import sys; import pages.common; m = sys.modules.get('pandas'); "
-            "assert m is not None and hasattr(m, 'Series') and not m.__spec__._initializing, 'pandas not whole'")
+            "assert m is not None and hasattr(m, 'Series') and not m.__spec__._initializing, 'pandas not whole'; "
+            "t = sys.modules['transformers']; assert {'AutoConfig', 'AutoTokenizer'} <= set(vars(t)), 'lazy names'")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-500:]
