@@ -13,16 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas  # noqa: F401  (see below)
 import streamlit as st
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (see below)
 
-# First imports are not safe across page runs at once. plotly finds pandas through sys.modules, so one first page
-# run picked up the module another was still importing ("partially initialized module 'pandas' has no attribute
-# 'Series'": 25 errors when thirty viewers arrived together), and transformers resolves its names lazily
-# ("cannot import name 'AutoConfig'"). Imported here, before any page draws, both are whole by the time a page
-# can see them: every page run imports this module first, and Python makes the others wait until it is done.
-
+from core import preload  # noqa: F401  (before any page draws: core/preload.py says why)
 from core import cost, jobqueue, models, quiet, roles, uploads
 from core.jobqueue import PRESENTER, JobQueue
 from core.store import ResultStore, StoreError, data_dir, describe_configured
