@@ -18,7 +18,9 @@ What it does, all on 127.0.0.1 and bounded in time, in `--rounds` rounds:
    the viewers' own machines; no browser is downloaded); then the lab and its worker are stopped;
 5. reports page response p50/p90, errors shown, jobs queued/completed, each variant's decode tok/s from the
    dashboard against the CLI's (pooled over the rounds, and each round against the CLI runs around it), how
-   many sessions each record says were connected, and the load generator's CPU share.
+   many sessions each record says were connected, and the load generator's CPU share; the median of the rounds'
+   ratios with a bootstrap 95% interval (what says whether a 5% difference is shown at all); the tracebacks in
+   each round's server log (kept in /tmp/classroom-load-logs/); and the share the hypervisor stole meanwhile.
 
 Viewer jobs left waiting when the sweep ends are removed from the queue (the test is bounded); the presenter's
 sweep is the measurement. The Arena never generates during a timed job (by design), so viewers read its tally.
@@ -304,7 +306,31 @@ def _browse(page, stats: Stats, go) -> None:
 # ---------------------------------------------------------------- the lab under test, and the CLI reference
 
 
-LAB_LOG = Path(tempfile.gettempdir()) / "classroom-load-lab.log"
+LOGS = Path(tempfile.gettempdir()) / "classroom-load-logs"  # the server's log of each round, kept after the run
+
+
+def steal_s() -> float | None:
+    """CPU seconds the hypervisor has taken from this virtual machine since boot (the `steal` column of
+    /proc/stat), or None off Linux. Time stolen during a timed run slows it as another process would, but no
+    process on this machine shows it, so the lab's own check of other processes cannot see it."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else None
+
+
+class StealMeter:
+    """Share of the machine the hypervisor took while it ran (None where unknown)."""
+
+    def __init__(self):
+        self.t0, self.s0 = time.monotonic(), steal_s()
+
+    def pct(self) -> float | None:
+        s1, wall = steal_s(), time.monotonic() - self.t0
+        if s1 is None or self.s0 is None or wall <= 0:
+            return None
+        return round(100 * (s1 - self.s0) / (wall * psutil.cpu_count()), 2)
 
 
 def cli_sweep(python: str, env: dict, keys: list[str], args, out: Path) -> dict[str, dict]:
@@ -317,14 +343,16 @@ def cli_sweep(python: str, env: dict, keys: list[str], args, out: Path) -> dict[
     return {r["technique"]: r for r in json.loads(out.read_text())}
 
 
-def start_lab(app_dir: Path, python: str, env: dict, port: int) -> tuple[subprocess.Popen, str]:
+def start_lab(app_dir: Path, python: str, env: dict, port: int, log_path: Path) -> tuple[subprocess.Popen, str]:
     """The lab as its user starts it; returns the process and the presenter token (empty for an old checkout)."""
     if (app_dir / "core" / "worker.py").exists():
         cmd = [python, "-m", "core", "serve", "--host", "127.0.0.1", "--port", str(port), "--classroom"]
     else:
         cmd = [python, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
                "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
-    log = open(LAB_LOG, "w")  # the server's own log: a viewer's page shows no traceback, this file has it
+    # The server's own log: a viewer's page shows no traceback, this file has it. It also has the presenter link,
+    # whose token dies with the server, but the file is still the presenter's alone.
+    log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
     proc = subprocess.Popen(cmd, cwd=app_dir, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     token = ""
     for _ in range(240):
@@ -408,6 +436,9 @@ class Round:
     stats: Stats
     records: list[dict]
     queue: dict[str, int]
+    log: Path
+    tracebacks: int  # in the server's log of this round (a viewer's page shows none, by design)
+    steal_pct: float | None
 
 
 def idle_priority() -> None:
@@ -430,10 +461,13 @@ def stop_lab(lab: subprocess.Popen, data: Path) -> None:
         time.sleep(2)  # the CLI that follows must have the machine alone
 
 
-def one_round(args, python: str, env: dict, data: Path, labels: list[str], n_variants: int) -> Round:
+def one_round(args, python: str, env: dict, data: Path, labels: list[str], n_variants: int, index: int) -> Round:
     """Start the lab, let the room in while the presenter's sweep runs, stop everything."""
     port = free_port()
-    lab, token = start_lab(args.app_dir.resolve(), python, env, port)
+    LOGS.mkdir(exist_ok=True)
+    log = LOGS / f"round-{index}.log"
+    steal = StealMeter()
+    lab, token = start_lab(args.app_dir.resolve(), python, env, port, log)
     url = f"http://127.0.0.1:{port}"
     me = psutil.Process()
     cpu0, wall0 = sum(me.cpu_times()[:2]), time.monotonic()
@@ -475,11 +509,22 @@ def one_round(args, python: str, env: dict, data: Path, labels: list[str], n_var
                      errors=stats.errors + bstats.errors + pstats.errors,
                      refusals=stats.refusals + bstats.refusals + pstats.refusals,
                      timeouts=stats.timeouts + pstats.timeouts, jobs_queued=stats.jobs_queued)
-    return Round(elapsed, load_cpu, wall, everyone, records, jobs)
+    tracebacks = log.read_text(errors="replace").count("Traceback (most recent call last)")
+    return Round(elapsed, load_cpu, wall, everyone, records, jobs, log, tracebacks, steal.pct())
 
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def median_ci95(values: list[float], resamples: int = 4000) -> list[float] | None:
+    """Percentile-bootstrap 95% interval of the median (seeded, so a rerun on the same numbers prints the same).
+    With this machine's drift, the interval over rounds is what says whether "within 5%" is shown or not."""
+    if len(values) < 3:
+        return None
+    rng = random.Random(0)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return [round(meds[int(0.025 * resamples)], 3), round(meds[int(0.975 * resamples) - 1], 3)]
 
 
 def compare(keys: list[str], rounds: list[Round], cli_runs: list[dict[str, dict]]) -> list[dict]:
@@ -506,6 +551,8 @@ def compare(keys: list[str], rounds: list[Round], cli_runs: list[dict[str, dict]
             "technique": k, "dashboard_decode_tok_s": round(d, 2), "cli_decode_tok_s": round(c, 2),
             "dashboard_over_cli": round(d / c, 3) if dash_samples and cli_samples else None,
             "dashboard_over_cli_by_round": per_round,
+            "by_round_median": round(median(per_round), 3) if per_round else None,
+            "by_round_median_ci95": median_ci95(per_round),
             "sessions_connected": [r["settings"].get("sessions_connected") for r in dash],
             "timed_runs": [{n: r["settings"].get(n) for n in GATE_FIELDS} for r in dash],
             "dashboard_samples": [round(x, 2) for x in dash_samples],
@@ -547,14 +594,21 @@ def main() -> None:
     else:
         subprocess.run([python, "-m", "core", "prepare"], cwd=ROOT, env=env, check=True)
     cli_runs: list[dict[str, dict]] = []
+    cli_steal: list[float | None] = []
     rounds: list[Round] = []
+
+    def reference(name: str) -> None:
+        steal = StealMeter()
+        cli_runs.append(cli_sweep(python, env, keys, args, data / f"cli-{name}.json"))
+        cli_steal.append(steal.pct())
+
     try:
         for i in range(args.rounds):
             if not args.skip_cli:
-                cli_runs.append(cli_sweep(python, env, keys, args, data / f"cli-{i}.json"))
-            rounds.append(one_round(args, python, env, data, labels, len(keys)))
+                reference(str(i))
+            rounds.append(one_round(args, python, env, data, labels, len(keys), i))
         if not args.skip_cli:
-            cli_runs.append(cli_sweep(python, env, keys, args, data / "cli-last.json"))
+            reference("last")
     finally:
         shutil.rmtree(data, ignore_errors=True)
     page_s = [x for rd in rounds for x in rd.stats.page_s]
@@ -573,7 +627,13 @@ def main() -> None:
         "cpu": next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                      if l.startswith("model name")), "unknown"), "cores": psutil.cpu_count(),
         "variants": compare(keys, rounds, cli_runs),
+        "server_logs": [str(rd.log) for rd in rounds],
+        "server_tracebacks_by_round": [rd.tracebacks for rd in rounds],
+        "hypervisor_steal_pct": {"cli_runs": cli_steal, "rounds": [rd.steal_pct for rd in rounds]},
     }
+    ratios = [x for v in result["variants"] for x in v["dashboard_over_cli_by_round"]]
+    result["all_variants_by_round_median"] = round(median(ratios), 3) if ratios else None
+    result["all_variants_by_round_median_ci95"] = median_ci95(ratios)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
