@@ -385,3 +385,18 @@ def build_tiny_model(seed: int = 0, hidden_size: int = 64, intermediate_size: in
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
     return model, tokenizer
+
+
+CUSTOM_CHOICE = "Other: a Hugging Face id or local directory"
+
+
+def offered(presenter: bool = True) -> dict[str, str]:
+    """The models a session may pick (key -> label): the bundled ones, the students distilled here from them,
+    and, for the presenter only, a folder or hub id of their own (it reads the server's disk; check_allowed
+    refuses it for viewers too). The tiny random model is for tests: LAB_SHOW_TEST_MODELS=1 offers it."""
+    with_tests = os.environ.get("LAB_SHOW_TEST_MODELS") == "1"
+    shown = {s.key: s.label for s in BUNDLED.values() if with_tests or not s.for_tests}
+    from core.distillation import saved_students  # it imports this module
+
+    students = {str(s.path): s.label for s in saved_students() if with_tests or s.facts.get("teacher") in shown}
+    return shown | students | ({CUSTOM_CHOICE: CUSTOM_CHOICE} if presenter else {})

@@ -7,7 +7,6 @@ core call, render.
 from __future__ import annotations
 
 import functools
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from core import cost, jobqueue, models, quiet, roles, uploads
 from core.jobqueue import PRESENTER, JobQueue
 from core.store import ResultStore, StoreError, data_dir, describe_configured
 
-CUSTOM = "Other: a Hugging Face id or local directory"
+CUSTOM = models.CUSTOM_CHOICE
 
 
 @dataclass(frozen=True)
@@ -141,17 +140,6 @@ def store() -> ResultStore | None:
         return None
 
 
-def model_options(presenter: bool = True) -> dict[str, str]:
-    # The tiny random model is for tests; LAB_SHOW_TEST_MODELS=1 offers it (the browser test uses it).
-    with_tests = os.environ.get("LAB_SHOW_TEST_MODELS") == "1"
-    shown = {s.key: s.label for s in models.BUNDLED.values() if with_tests or not s.for_tests}
-    from core.distillation import saved_students
-
-    students = {str(s.path): s.label for s in saved_students() if with_tests or s.facts.get("teacher") in shown}
-    # Only the presenter may name a folder or hub id: it reads the server's disk (core refuses it for viewers too).
-    return shown | students | ({CUSTOM: CUSTOM} if presenter else {})
-
-
 def sidebar() -> SidebarChoice:
     presenter = is_presenter()
     heartbeat()
@@ -162,7 +150,7 @@ def sidebar() -> SidebarChoice:
         st.session_state["lab_panel_paused"] = False  # until this page draws a paused job panel
         keep_alive()
         st.subheader("Model")
-        options = model_options(presenter)
+        options = models.offered(presenter)
         key = st.selectbox("Model", list(options), format_func=options.get, key="model_key", label_visibility="collapsed")
         if key == CUSTOM:
             name = st.text_input("Hugging Face id or local directory", key="model_custom",

@@ -452,3 +452,16 @@ def test_an_upload_that_fails_validation_is_not_kept():
     assert list((lab_data_dir() / "uploads").iterdir()) == []
     with pytest.raises(ValueError, match="more than the 5 MB"):
         uploads.keep_upload("big.txt", b"x" * (uploads.MAX_UPLOAD_BYTES + 1), lambda p: None)
+
+
+def test_only_the_presenter_is_offered_a_folder_or_hub_id_and_test_models_need_asking_for(monkeypatch):
+    from core import models
+
+    monkeypatch.delenv("LAB_SHOW_TEST_MODELS", raising=False)
+    viewer, presenter = models.offered(presenter=False), models.offered(presenter=True)
+    assert models.CUSTOM_CHOICE not in viewer and models.CUSTOM_CHOICE in presenter
+    assert models.DEFAULT_MODEL in viewer
+    tests_only = {s.key for s in models.BUNDLED.values() if s.for_tests}
+    assert tests_only and not tests_only & viewer.keys()
+    monkeypatch.setenv("LAB_SHOW_TEST_MODELS", "1")
+    assert tests_only <= models.offered(presenter=False).keys()
