@@ -193,7 +193,9 @@ def test_batched_greedy_answers_equal_answers_alone_on_the_tiny_model(tiny, tiny
     model, tokenizer = tiny
     prompts = serving.prompts_from_text(serving.corpus_token_ids(tokenizer), tokenizer, 4, 24)
     engine = serving.transformers_engine(tiny_dir, "fp32", threads=1)
-    checks = serving.check_batching(engine, model, tokenizer, prompts, [2, 4], new_tokens=8, timeout_s=60)
+    # A correctness check, not a speed one: the bound only stops a hung server. 60 s timed out in 3 of 6 runs on
+    # one machine (the server's first answers there took most of a minute of system time).
+    checks = serving.check_batching(engine, model, tokenizer, prompts, [2, 4], new_tokens=8, timeout_s=240)
     assert [c.concurrency for c in checks] == [2, 4]
     for c in checks:
         assert c.passed, c.details
