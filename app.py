@@ -4,21 +4,24 @@ import streamlit as st
 
 from pages.common import page_turn, sidebar
 
-st.set_page_config(page_title="LLM Trade-off Lab", page_icon=":material/balance:", layout="wide")
-
-pages = [
-    st.Page("pages/home.py", title="Overview", icon=":material/home:", default=True),
-    st.Page("pages/quantize.py", title="Quantize", icon=":material/compress:"),
-    st.Page("pages/lora.py", title="Fine-tune (LoRA)", icon=":material/tune:"),
-    st.Page("pages/distill.py", title="Distill", icon=":material/school:"),
-    st.Page("pages/moe.py", title="Mixture of experts", icon=":material/hub:"),
-    st.Page("pages/tradeoff_map.py", title="Trade-off Map", icon=":material/scatter_plot:"),
-    st.Page("pages/arena.py", title="Arena", icon=":material/sports_score:"),
-    st.Page("pages/serve.py", title="Serve", icon=":material/dns:"),
-    st.Page("pages/decide.py", title="Decide", icon=":material/task_alt:"),
-    st.Page("pages/report.py", title="Report", icon=":material/description:"),
+PAGES = [  # (script, title, icon); the first is the default page
+    ("pages/home.py", "Overview", ":material/home:"),
+    ("pages/quantize.py", "Quantize", ":material/compress:"),
+    ("pages/lora.py", "Fine-tune (LoRA)", ":material/tune:"),
+    ("pages/distill.py", "Distill", ":material/school:"),
+    ("pages/moe.py", "Mixture of experts", ":material/hub:"),
+    ("pages/tradeoff_map.py", "Trade-off Map", ":material/scatter_plot:"),
+    ("pages/arena.py", "Arena", ":material/sports_score:"),
+    ("pages/serve.py", "Serve", ":material/dns:"),
+    ("pages/decide.py", "Decide", ":material/task_alt:"),
+    ("pages/report.py", "Report", ":material/description:"),
 ]
-navigation = st.navigation(pages)
-with page_turn():  # while the worker times a model, pages wait their turn
+
+# While the worker times a model, a page run waits here, before it does any work: a room of viewers whose page
+# runs each drew the frame first kept the web server busy on the cores being timed (core/quiet.py says more).
+with page_turn():
+    st.set_page_config(page_title="LLM Trade-off Lab", page_icon=":material/balance:", layout="wide")
+    navigation = st.navigation([st.Page(script, title=title, icon=icon, default=i == 0)
+                                for i, (script, title, icon) in enumerate(PAGES)])
     sidebar()
     navigation.run()

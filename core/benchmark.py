@@ -157,7 +157,13 @@ def timed_generation(model, input_ids: torch.Tensor, new_tokens: int, device: st
     runner = as_runner(model, device)
     for _ in range(1 + DISTURBED_RETRIES):
         with _timed_section() as turn:
-            steps = list(runner.stream(input_ids, new_tokens, clock))  # [(token_id, own_s)] * new_tokens
+            # Each step is timed on its own (own_s leaves out the time between steps), so the section may let
+            # waiting pages in between two of them.
+            between_steps = getattr(turn, "between_steps", None) or (lambda: None)
+            steps = []  # [(token_id, own_s)] * new_tokens
+            for step in runner.stream(input_ids, new_tokens, clock):
+                steps.append(step)
+                between_steps()
         if not getattr(turn, "disturbed", False):
             break
     ttft_s, total_s = steps[0][1], steps[-1][1]

@@ -12,8 +12,16 @@ A timed run is one generation of a few seconds; between runs (loading, quality s
 variant's timed runs come back to back (warm-up, then ten repeats), so before closing the gate a timed run first
 lets in the pages already waiting for it (`waiting.lock`, held shared by each waiting page): without that turn a
 page waited for all of a variant's runs, 20 s and more, and writer-first became writer-only. So a page waits at
-most about one timed run. Both sides give up waiting after a bound rather than hang: a page runs
-anyway after `PAGE_WAIT_S`, and a timed run starts anyway after `DRAIN_WAIT_S` and says so in its record.
+most about one timed run. A timed run longer than `TURN_S` (a slow variant on a slow CPU) also lets waiting pages
+in between two of its decode steps (`Turn.between_steps`): steps are timed one by one, so the pause is not counted,
+and on an AVX2-only 2-core machine this took the room's page p90 from 3.6 s to 2.3 s. Both sides give up waiting
+after a bound rather than hang: a page runs anyway after `PAGE_WAIT_S`, and a timed run starts anyway after
+`DRAIN_WAIT_S` and says so in its record.
+
+A page that waits at the gate has already cost the web server a thread, a message and the app's first lines. So
+the server also holds a browser's page requests at its door (`Door`, put in front of Streamlit by pages/common.py)
+while the gate is closed, and lets them in when it opens: the server's CPU during timed runs with thirty viewers
+fell from 5.3% to 1.3% of a core.
 flock locks are released by the kernel when a process dies, so a killed worker never leaves pages waiting.
 
 Pages that wait cost little; a page that keeps redrawing itself costs more. An open tab's job panel reran every 3 s,
@@ -41,6 +49,7 @@ DRAIN_WAIT_S = 10.0  # a timed run starts after this long even if page runs are 
 # Waiting is polling (flock has no timeout), backing off: thirty waiting pages polling every 20 ms would wake the
 # machine 1,500 times a second and pull the timed run's threads off their cores.
 POLL_FIRST_S, POLL_MAX_S = 0.01, 0.25
+TURN_S = 1.0  # a timed run closes the gate for about this long at a time (it lets waiting pages in between steps)
 LET_IN_S = 1.0  # a timed run waits at most this long for the waiting pages to get in (they poll every <= 0.25 s)
 PANEL_EVERY_S = 3.0  # an open page's job panel redraws this often, outside timing phases
 NOTICE_S = PANEL_EVERY_S + 1.0  # a timing phase starts this long after the worker announces it, if anyone watches
@@ -71,41 +80,50 @@ def _own_busy_s() -> float:
 
 
 class OthersMeter:
-    """Share of the machine's CPU that other processes used since it was started (None where unknown)."""
+    """Share of the machine's CPU that other processes used while it ran (None where unknown). It can pause, so
+    that a timed run that lets pages in between its steps counts only its own closed stretches."""
 
     def __init__(self):
-        self.t0, self.busy0, self.own0 = time.monotonic(), _machine_busy_s(), _own_busy_s()
+        self.others_s, self.wall_s, self._start = 0.0, 0.0, None
+        self.known = _machine_busy_s() is not None
+        self.resume()
+
+    def resume(self) -> None:
+        self._start = (time.monotonic(), _machine_busy_s(), _own_busy_s())
+
+    def pause(self) -> None:
+        if self._start is None:
+            return
+        t0, busy0, own0 = self._start
+        busy = _machine_busy_s()
+        self.wall_s += time.monotonic() - t0
+        if busy is not None and busy0 is not None:
+            self.others_s += max(0.0, (busy - busy0) - (_own_busy_s() - own0))
+        self._start = None
 
     def share(self) -> float | None:
-        busy = _machine_busy_s()
-        wall = time.monotonic() - self.t0
-        if busy is None or self.busy0 is None or wall <= 0:
+        self.pause()
+        if not self.known or self.wall_s <= 0:
             return None
-        others = (busy - self.busy0) - (_own_busy_s() - self.own0)
-        return max(0.0, others) / (wall * (os.cpu_count() or 1))
-
-
-@dataclass
-class Turn:
-    """One timed run's turn; `others_share` is filled in when the run ends."""
-    others_share: float | None = None
-
-    @property
-    def disturbed(self) -> bool:
-        return self.others_share is not None and self.others_share >= QUIET_SHARE
+        return self.others_s / (self.wall_s * (os.cpu_count() or 1))
 
 
 @dataclass
 class GateStats:
     """What the worker's timed runs saw: how many, how long they waited for pages, how many could not wait,
-    how many were disturbed by other processes (and timed again), and the most others used in a kept run."""
+    how often they let waiting pages in between their steps, how many were disturbed by other processes (and timed
+    again), and the most others used in a kept run."""
     timed_runs: int = 0
     drain_wait_s: list[float] = field(default_factory=list)
     undrained_runs: int = 0
+    turns_between_steps: int = 0
     disturbed_runs: int = 0
     others_share_kept: list[float] = field(default_factory=list)
 
-    def record(self, turn: Turn) -> None:
+    def record(self, turn: "Turn") -> None:
+        self.timed_runs += 1
+        self.undrained_runs += turn.undrained
+        self.turns_between_steps += turn.turns_between_steps
         if turn.disturbed:
             self.disturbed_runs += 1
         elif turn.others_share is not None:
@@ -116,8 +134,10 @@ class GateStats:
         kept = sorted(self.others_share_kept) or [0.0]
         return {"timed_runs_with_pages_paused": self.timed_runs - self.undrained_runs,
                 "timed_runs_with_pages_running": self.undrained_runs,
+                "page_turns_between_decode_steps": self.turns_between_steps,
                 "page_drain_wait_ms_max": round(1e3 * waits[-1], 1),
                 "timed_runs_disturbed_and_repeated": self.disturbed_runs,
+                "other_processes_cpu_pct_median": round(100 * kept[len(kept) // 2], 2),
                 "other_processes_cpu_pct_max": round(100 * kept[-1], 2)}
 
 
@@ -142,12 +162,25 @@ def _lock_within(fd: int, mode: int, wait_s: float) -> bool:
 
 
 _held = threading.local()  # a fragment drawn inside its page's run is already inside that page's turn
+_turns_lock = threading.Lock()
+_turns_taken: dict[Path, int] = {}  # page runs in this process that got their turn, per data folder
+
+
+def _took_turn(folder: Path) -> None:
+    with _turns_lock:
+        _turns_taken[folder] = _turns_taken.get(folder, 0) + 1
+
+
+def turns_taken(folder: Path) -> int:
+    with _turns_lock:
+        return _turns_taken.get(Path(folder), 0)
 
 
 class Gate:
     """The four lock files of one data folder."""
 
     def __init__(self, folder: Path):
+        self.folder = Path(folder)
         self.gate_path, self.pages_path = Path(folder) / "gate.lock", Path(folder) / "pages.lock"
         self.waiting_path, self.timing_path = Path(folder) / "waiting.lock", Path(folder) / "timing.lock"
         self.stats = GateStats()
@@ -180,6 +213,7 @@ class Gate:
             waiting = -1
             # Holding the gate shared, no timed run can be holding pages.lock: this returns at once.
             _lock_within(pages, fcntl.LOCK_SH, 0.0 if waited_out else wait_s)
+            _took_turn(self.folder)
             os.close(gate)
             gate = -1
             yield not waited_out
@@ -190,25 +224,29 @@ class Gate:
             os.close(pages)  # closing drops the lock
 
     @contextlib.contextmanager
-    def timed_run(self, drain_s: float = DRAIN_WAIT_S) -> Iterator[Turn]:
-        """Hold around one timed run: no page starts, and the ones going finish first (up to drain_s). The Turn
-        says afterwards whether other processes disturbed the run."""
-        self._let_waiting_pages_in()
-        gate, pages = _open(self.gate_path), _open(self.pages_path)
+    def timed_run(self, drain_s: float = DRAIN_WAIT_S) -> Iterator["Turn"]:
+        """Hold around one timed run: no page starts, and the ones going finish first (up to drain_s). Between its
+        steps the run may let waiting pages in (`Turn.between_steps`). The Turn says afterwards whether other
+        processes disturbed the run."""
+        turn = Turn(self, drain_s)
         try:
-            fcntl.flock(gate, fcntl.LOCK_EX)  # one worker per data folder: nobody else ever holds it exclusive
-            t0 = time.monotonic()
-            drained = _lock_within(pages, fcntl.LOCK_EX, drain_s)
-            self.stats.timed_runs += 1
-            self.stats.drain_wait_s.append(time.monotonic() - t0)
-            self.stats.undrained_runs += not drained
-            turn, meter = Turn(), OthersMeter()
+            turn.close()
             yield turn
-            turn.others_share = meter.share()
-            self.stats.record(turn)
         finally:
-            os.close(pages)
-            os.close(gate)
+            turn.open()
+        turn.others_share = turn.meter.share()
+        self.stats.record(turn)
+
+    def pages_waiting(self) -> bool:
+        """True while a page (or a request at the door) waits for the gate to open."""
+        waiting = _open(self.waiting_path)
+        try:
+            fcntl.flock(waiting, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(waiting)
 
     def _let_waiting_pages_in(self, wait_s: float = LET_IN_S) -> None:
         """With the gate open, wait until no page is waiting for it (up to wait_s): the pages that waited for the
@@ -234,6 +272,17 @@ class Gate:
         finally:
             os.close(phase)
 
+    def closed(self) -> bool:
+        """True while a timed run holds the gate (no page may start)."""
+        gate = _open(self.gate_path)
+        try:
+            fcntl.flock(gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(gate)
+
     def timing_now(self) -> bool:
         """True while the worker is in a timing phase (a page asks before it starts a panel's timer)."""
         phase = _open(self.timing_path)
@@ -244,3 +293,166 @@ class Gate:
             return True
         finally:
             os.close(phase)
+
+
+class Turn:
+    """One timed run's hold on the gate. A run longer than TURN_S (a slow variant, a long generation) lets the pages
+    waiting for it in between two of its steps, then closes again: the steps are timed one by one and the time
+    between them is not counted, so a page waits about TURN_S, not a whole generation (an int8 run on an AVX2-only
+    CPU took 50 s). The others' share counts only the closed stretches."""
+
+    def __init__(self, gate: Gate, drain_s: float):
+        self.gate, self.drain_s = gate, drain_s
+        self.undrained, self.turns_between_steps = False, 0
+        self.others_share: float | None = None
+        self.meter: OthersMeter | None = None
+        self._fds: tuple[int, int] | None = None
+        self._closed_at = 0.0
+
+    @property
+    def disturbed(self) -> bool:
+        return self.others_share is not None and self.others_share >= QUIET_SHARE
+
+    def close(self) -> None:
+        self.gate._let_waiting_pages_in()
+        gate, pages = _open(self.gate.gate_path), _open(self.gate.pages_path)
+        self._fds = (gate, pages)
+        fcntl.flock(gate, fcntl.LOCK_EX)  # one worker per data folder: nobody else ever holds it exclusive
+        t0 = time.monotonic()
+        drained = _lock_within(pages, fcntl.LOCK_EX, self.drain_s)
+        self.gate.stats.drain_wait_s.append(time.monotonic() - t0)
+        self.undrained = self.undrained or not drained
+        self._closed_at = time.monotonic()
+        if self.meter is None:
+            self.meter = OthersMeter()
+        else:
+            self.meter.resume()
+
+    def open(self) -> None:
+        if self._fds is None:
+            return
+        if self.meter is not None:
+            self.meter.pause()
+        gate, pages = self._fds
+        self._fds = None
+        os.close(pages)  # closing drops the lock
+        os.close(gate)
+
+    def between_steps(self) -> None:
+        """Called between two timed steps: after TURN_S closed, let the waiting pages in and close again."""
+        if time.monotonic() - self._closed_at < TURN_S or not self.gate.pages_waiting():
+            return
+        self.open()
+        self.turns_between_steps += 1
+        self.close()
+
+
+# ---------------------------------------------------------------- the web server's door
+
+
+DOOR_POLL_S = 0.05  # the door's one watcher looks at the gate this often while it holds requests
+
+
+@dataclass
+class _HeldSession:
+    since_s: float  # time.monotonic() when its first request was held
+    requests: list[Callable[[], None]] = field(default_factory=list)
+
+
+class Door:
+    """Holds a browser's page requests at the web server's door while the gate is closed, so that a timed run is
+    not slowed by the server starting page runs that would only wait at the gate.
+
+    A page run that waits at the gate has already cost the server a thread, a session message and the first lines
+    of the app before it waits (3% of a core with thirty viewers on a 2-core machine, by the server's own CPU time
+    with the gate held closed). A request held here costs nothing until the gate opens. Once a session has a held
+    request, every later message of that session queues behind it, so their order is kept.
+
+    While it holds anything, one watcher thread holds `waiting.lock` shared (held requests are pages waiting, and
+    the worker lets them in between timed runs, as it does pages waiting at the gate) and looks at the gate every
+    DOOR_POLL_S. When the gate opens it holds it open (shared) until the page runs it let in have got their turn,
+    for at most LET_IN_S; requests held longer than `wait_s` are let in anyway, as a page at the gate is.
+
+    `deliver(fn)` must run fn on the web server's event loop thread (Streamlit's requests are handled there).
+    """
+
+    def __init__(self, gate: Gate, deliver: Callable[[Callable[[], None]], None], wait_s: float = PAGE_WAIT_S):
+        self.gate, self._deliver, self.wait_s = gate, deliver, wait_s
+        self._lock = threading.Lock()
+        self._held: dict[str, _HeldSession] = {}
+        self._watcher: threading.Thread | None = None
+        self._waited_s: dict[str, tuple[float, float]] = {}  # session -> (waited s, when let in)
+        self.requests_held = 0  # since the door was made (for tests and probes)
+
+    def offer(self, session: str, request: Callable[[], None], starts_run: bool) -> bool:
+        """True if the request is held (the door calls it later), False if the caller should handle it now: nothing
+        of this session is held, and it either starts no page run or the gate is open."""
+        with self._lock:
+            held = self._held.get(session)
+            if held is None:
+                if not starts_run or not self.gate.closed():
+                    return False
+                held = self._held[session] = _HeldSession(time.monotonic())
+                if self._watcher is None:
+                    self._watcher = threading.Thread(target=self._watch, name="lab-door", daemon=True)
+                    self._watcher.start()
+            held.requests.append(request)
+            self.requests_held += 1
+            return True
+
+    def held_sessions(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def _watch(self) -> None:
+        waiting, gate = _open(self.gate.waiting_path), _open(self.gate.gate_path)
+        try:
+            fcntl.flock(waiting, fcntl.LOCK_SH)
+            while True:
+                with self._lock:
+                    if not self._held:
+                        self._watcher = None
+                        return
+                if _lock_within(gate, fcntl.LOCK_SH, 0.0):
+                    self._let_in(self._take(lambda held: True), hold_gate_open=True)
+                    fcntl.flock(gate, fcntl.LOCK_UN)
+                else:
+                    self._let_in(self._take(lambda held: time.monotonic() - held.since_s >= self.wait_s))
+                    time.sleep(DOOR_POLL_S)
+        except BaseException:  # the server is going away (its event loop closed): the next request starts a watcher
+            with self._lock:
+                self._watcher = None
+            raise
+        finally:
+            os.close(gate)
+            os.close(waiting)
+
+    def _take(self, which: Callable[[_HeldSession], bool]) -> dict[str, _HeldSession]:
+        with self._lock:
+            taken = [s for s, held in self._held.items() if which(held)]
+            return {s: self._held.pop(s) for s in taken}
+
+    def _let_in(self, sessions: dict[str, _HeldSession], hold_gate_open: bool = False) -> None:
+        """Hand the sessions' requests to the server, in order. With the gate open (and held open meanwhile), wait
+        up to LET_IN_S until each session's page run has got its turn, so that none of them waits for another timed
+        run; a session let in with the gate still closed has waited its share, and its page run does not wait again."""
+        if not sessions:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._waited_s = {s: w for s, w in self._waited_s.items() if now - w[1] < 60}  # page runs that never came
+            for s, held in sessions.items():
+                self._waited_s[s] = (now - held.since_s, now)
+        before = turns_taken(self.gate.folder)
+        for held in sessions.values():
+            for request in held.requests:
+                self._deliver(request)
+        deadline = now + LET_IN_S
+        while hold_gate_open and turns_taken(self.gate.folder) - before < len(sessions) and time.monotonic() < deadline:
+            time.sleep(POLL_FIRST_S)
+
+    def waited_s(self, session: str) -> float:
+        """How long this session's last held requests waited at the door (once; 0 if none): its page run waits at
+        the gate only for what is left of PAGE_WAIT_S."""
+        with self._lock:
+            return self._waited_s.pop(session, (0.0, 0.0))[0]

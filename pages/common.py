@@ -6,6 +6,7 @@ core call, render.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import secrets
 import time
@@ -39,8 +40,45 @@ def gate() -> quiet.Gate:
 
 
 def page_turn():
-    """Held around every page run: pages wait while the worker times a model (core/quiet.py says why)."""
-    return gate().page_run()
+    """Held around every page run: pages wait while the worker times a model (core/quiet.py says why). A request
+    the door held has waited already, so its run waits only for what is left of the bound."""
+    held = door()
+    waited_s = held.waited_s(_streamlit_session()) if held is not None else 0.0
+    return gate().page_run(max(0.0, quiet.PAGE_WAIT_S - waited_s))
+
+
+def _streamlit_session() -> str:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx else ""
+
+
+def door() -> quiet.Door | None:
+    """The web server's door (core/quiet.py, `Door`): put once in front of Streamlit's handling of browser messages,
+    so that a page request that arrives during a timed run is held before the server does any work for it. None
+    where there is no server (page tests)."""
+    from streamlit import runtime
+
+    server = runtime.get_instance() if runtime.exists() else None
+    if not issubclass(type(server), runtime.Runtime):  # page tests run pages on a stand-in (a mock)
+        return None
+    found = getattr(server, "lab_door", None)
+    if found is not None and found.gate.folder == data_dir():
+        return found
+    handle = type(server).handle_backmsg.__get__(server)  # Streamlit's own, not an earlier door's
+    loop: list[asyncio.AbstractEventLoop] = []
+
+    def handle_backmsg(session_id, msg, **kwargs):  # on the server's event loop thread
+        if not loop:
+            loop.append(asyncio.get_running_loop())
+        request = functools.partial(handle, session_id, msg, **kwargs)
+        if not found.offer(session_id, request, starts_run=msg.WhichOneof("type") == "rerun_script"):
+            request()
+
+    found = quiet.Door(gate(), deliver=lambda request: loop[0].call_soon_threadsafe(request))
+    server.lab_door, server.handle_backmsg = found, handle_backmsg
+    return found
 
 
 def takes_turns(fragment):

@@ -465,3 +465,64 @@ def test_only_the_presenter_is_offered_a_folder_or_hub_id_and_test_models_need_a
     assert tests_only and not tests_only & viewer.keys()
     monkeypatch.setenv("LAB_SHOW_TEST_MODELS", "1")
     assert tests_only <= models.offered(presenter=False).keys()
+
+
+def test_the_web_server_holds_a_page_request_at_its_door_while_a_model_is_timed(data_dir):
+    """A real dashboard server: a rerun sent while the gate is closed starts no page run (no new_session message)
+    until the gate opens; then it runs as usual."""
+    import asyncio
+    import socket
+    import urllib.request
+
+    import websockets
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"LAB_DATA_DIR": str(data_dir), "LAB_WORKER_AUTOSTART": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1",
+                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+
+        async def messages(ws, seconds: float) -> list[str]:
+            """The kinds of the messages that arrive within `seconds`, up to the end of a script run."""
+            kinds, end = [], time.monotonic() + seconds
+            while (left := end - time.monotonic()) > 0:
+                try:
+                    fm = ForwardMsg.FromString(await asyncio.wait_for(ws.recv(), left))
+                except asyncio.TimeoutError:
+                    break
+                kinds.append(fm.WhichOneof("type"))
+                if kinds[-1] == "script_finished":
+                    break
+            return kinds
+
+        async def session() -> tuple[list[str], list[str]]:
+            rerun = BackMsg()
+            rerun.rerun_script.query_string = ""
+            async with websockets.connect(f"ws://127.0.0.1:{port}/_stcore/stream", subprotocols=["streamlit"],
+                                          max_size=2**26) as ws:
+                await ws.send(rerun.SerializeToString())
+                assert "script_finished" in await messages(ws, 60)  # the first page run puts the door in place
+                gate = quiet.Gate(data_dir)
+                with gate.timed_run():
+                    await ws.send(rerun.SerializeToString())
+                    held = await messages(ws, 1.5)
+                return held, await messages(ws, 60)
+
+        held, after = asyncio.run(session())
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert "new_session" not in held  # no page run started while the model was timed
+    assert after[0] == "new_session" and after[-1] == "script_finished"

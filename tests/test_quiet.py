@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 from core import benchmark, quiet
 
@@ -16,6 +17,11 @@ def _in_thread(fn) -> threading.Thread:
     t = threading.Thread(target=fn, daemon=True)
     t.start()
     return t
+
+
+def settled(others_share: float) -> SimpleNamespace:
+    """What a timed section yields, as benchmark.timed_generation reads it."""
+    return SimpleNamespace(others_share=others_share, disturbed=others_share >= quiet.QUIET_SHARE)
 
 
 def test_a_timed_run_waits_for_the_page_runs_already_going(tmp_path):
@@ -186,7 +192,7 @@ def test_a_run_while_other_processes_take_the_cores_is_reported_disturbed(tmp_pa
 
 def test_a_disturbed_run_is_timed_again(tiny):
     model, tokenizer = tiny
-    turns = iter([quiet.Turn(others_share=0.5), quiet.Turn(others_share=0.2), quiet.Turn(others_share=0.0)])
+    turns = iter([settled(0.5), settled(0.2), settled(0.0)])
     # one retry: the second run is kept even though it was disturbed too
     attempts = []
 
@@ -244,7 +250,7 @@ def test_bench_generation_holds_one_phase_around_its_warmup_and_repeats(tiny):
     @contextlib.contextmanager
     def section():
         events.append("run")
-        yield quiet.Turn(others_share=0.0)
+        yield settled(0.0)
 
     @contextlib.contextmanager
     def phase():
@@ -259,3 +265,196 @@ def test_bench_generation_holds_one_phase_around_its_warmup_and_repeats(tiny):
     finally:
         benchmark.set_timed_section(None)
     assert events == ["phase in", "run", "run", "run", "phase out"]
+
+
+# ---------------------------------------------------------------- long runs let pages in between their steps
+
+
+def test_a_long_timed_run_lets_a_waiting_page_in_between_its_steps(tmp_path, monkeypatch):
+    """A generation longer than TURN_S (a slow variant) must not hold pages for all of it: they get in between two
+    steps, and no page runs while a step is timed."""
+    monkeypatch.setattr(quiet, "TURN_S", 0.3)
+    gate, events = quiet.Gate(tmp_path), []
+    stepping = threading.Event()
+
+    def page():
+        stepping.wait(5)
+        with gate.page_run(wait_s=10) as in_turn:
+            events.append(("page", in_turn))
+
+    t = _in_thread(page)
+    with gate.timed_run() as turn:
+        for i in range(8):
+            stepping.set()
+            events.append(f"step {i} in")
+            time.sleep(0.1)
+            events.append(f"step {i} out")
+            turn.between_steps()
+    t.join(5)
+    page_at = events.index(("page", True))
+    assert 0 < page_at < len(events) - 1  # in the middle of the run, not after it
+    assert events[page_at - 1].endswith(" out") and events[page_at + 1].endswith(" in")  # between two steps
+    assert turn.turns_between_steps == 1
+    assert gate.stats.settings()["page_turns_between_decode_steps"] == 1
+    assert gate.stats.timed_runs == 1 and gate.stats.undrained_runs == 0
+
+
+def test_with_no_page_waiting_a_long_run_keeps_the_gate_closed(tmp_path, monkeypatch):
+    monkeypatch.setattr(quiet, "TURN_S", 0.0)
+    gate = quiet.Gate(tmp_path)
+    with gate.timed_run() as turn:
+        for _ in range(5):
+            turn.between_steps()
+            assert gate.closed()
+    assert turn.turns_between_steps == 0 and not gate.closed()
+
+
+def test_timed_generation_offers_a_turn_after_every_step(tiny):
+    model, tokenizer = tiny
+    offered = []
+
+    @contextlib.contextmanager
+    def section():
+        yield SimpleNamespace(disturbed=False, between_steps=lambda: offered.append(1))
+
+    benchmark.set_timed_section(section)
+    try:
+        ids = tokenizer("hello there", return_tensors="pt")["input_ids"]
+        run = benchmark.timed_generation(model, ids, 6)
+    finally:
+        benchmark.set_timed_section(None)
+    assert len(offered) == 6 and run.decode_tokens == 5
+
+
+def test_time_between_steps_is_not_timed(tiny):
+    """Letting pages in between two steps must not show in the timing: a step's time is its own."""
+    model, tokenizer = tiny
+    ids = tokenizer("hello there", return_tensors="pt")["input_ids"]
+    plain = benchmark.timed_generation(model, ids, 6)
+
+    @contextlib.contextmanager
+    def section():
+        yield SimpleNamespace(disturbed=False, between_steps=lambda: time.sleep(0.2))
+
+    benchmark.set_timed_section(section)
+    try:
+        paused = benchmark.timed_generation(model, ids, 6)
+    finally:
+        benchmark.set_timed_section(None)
+    assert paused.token_ids == plain.token_ids
+    assert paused.ttft_s + paused.decode_s < 0.5  # six pauses of 0.2 s took 1.2 s of wall time, none of it timed
+
+
+def test_the_others_share_counts_only_the_closed_stretches(tmp_path, monkeypatch):
+    """Pages let in between steps use the cores meanwhile; that is their turn, not a disturbance of the run. The
+    machine's CPU counter is a stand-in here, so that the test does not depend on how busy this machine is."""
+    monkeypatch.setattr(quiet, "TURN_S", 0.0)
+    others_busy_s = [0.0]
+    monkeypatch.setattr(quiet, "_machine_busy_s", lambda: others_busy_s[0])
+    monkeypatch.setattr(quiet, "_own_busy_s", lambda: 0.0)
+    gate = quiet.Gate(tmp_path)
+
+    def page():
+        with gate.page_run(wait_s=10):
+            others_busy_s[0] += 100.0  # the page's turn keeps every core busy
+
+    def timed(page_in_closed_stretch: bool) -> quiet.Turn:
+        with gate.timed_run() as turn:
+            t = _in_thread(page)
+            while not gate.pages_waiting():
+                time.sleep(0.01)
+            turn.between_steps()  # the page gets its turn here
+            t.join(30)
+            if page_in_closed_stretch:
+                others_busy_s[0] += 100.0
+            time.sleep(0.05)
+        return turn
+
+    quiet_run = timed(page_in_closed_stretch=False)
+    assert quiet_run.turns_between_steps == 1
+    assert quiet_run.others_share == 0.0 and not quiet_run.disturbed
+    assert timed(page_in_closed_stretch=True).disturbed  # the same load while closed does count
+
+
+# ---------------------------------------------------------------- the web server's door
+
+
+class DoorServer:
+    """Stands in for the web server's event loop: delivered requests run on one thread, in order."""
+
+    def __init__(self):
+        import queue
+
+        self.inbox, self.done = queue.Queue(), []
+        self.thread = _in_thread(self._loop)
+
+    def _loop(self):
+        while (request := self.inbox.get()) is not None:
+            request()
+
+    def deliver(self, request):
+        self.inbox.put(request)
+
+    def stop(self):
+        self.inbox.put(None)
+        self.thread.join(5)
+
+
+def test_the_door_lets_requests_through_while_the_gate_is_open(tmp_path):
+    server = DoorServer()
+    door = quiet.Door(quiet.Gate(tmp_path), server.deliver)
+    assert door.offer("s1", lambda: None, starts_run=True) is False
+    server.stop()
+
+
+def test_the_door_holds_page_requests_while_a_model_is_timed_and_keeps_their_order(tmp_path):
+    gate, server = quiet.Gate(tmp_path), DoorServer()
+    door = quiet.Door(gate, server.deliver)
+    got = []
+    with gate.timed_run():
+        assert door.offer("s1", lambda: got.append("s1 rerun"), starts_run=True)
+        assert door.offer("s1", lambda: got.append("s1 heartbeat"), starts_run=False)  # behind its rerun
+        assert not door.offer("s2", lambda: None, starts_run=False)  # nothing of s2 held: not a page run
+        time.sleep(0.3)
+        assert got == [] and door.held_sessions() == 1
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.stop()
+    assert got == ["s1 rerun", "s1 heartbeat"]
+    assert door.held_sessions() == 0
+
+
+def test_requests_held_at_the_door_get_their_turn_between_back_to_back_timed_runs(tmp_path):
+    """The worker lets pages waiting at the door in between two timed runs, as it does pages waiting at the gate:
+    the page run a held request starts gets its turn before the next run closes the gate."""
+    gate, server, events = quiet.Gate(tmp_path), DoorServer(), []
+
+    def page_run():  # what Streamlit does with a delivered rerun: a page run in a thread of its own
+        def run():
+            with gate.page_run(wait_s=10) as in_turn:
+                events.append(("page", in_turn))
+        _in_thread(run)
+
+    door = quiet.Door(gate, server.deliver)
+    for i in range(3):
+        with gate.timed_run():
+            if i == 0:
+                assert door.offer("s1", page_run, starts_run=True)
+            time.sleep(0.3)
+            events.append(f"run {i}")
+    server.stop()
+    assert events == ["run 0", ("page", True), "run 1", "run 2"]
+
+
+def test_a_request_held_too_long_is_let_in_and_its_page_does_not_wait_again(tmp_path):
+    gate, server, got = quiet.Gate(tmp_path), DoorServer(), []
+    door = quiet.Door(gate, server.deliver, wait_s=0.3)
+    with gate.timed_run():
+        door.offer("s1", lambda: got.append(time.monotonic()), starts_run=True)
+        t0 = time.monotonic()
+        time.sleep(1.0)
+        assert got and 0.25 < got[0] - t0 < 0.9  # let in while the gate is still closed
+    server.stop()
+    assert 0.25 < door.waited_s("s1") < 0.9
+    assert door.waited_s("s1") == 0.0  # told once
