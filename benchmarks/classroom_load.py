@@ -59,8 +59,9 @@ CHROMIUM = "/usr/bin/chromium"
 VIEWER_PAGES = ["", "quantize", "tradeoff_map", "arena", "decide", "report", "moe", "lora", "distill"]
 # Notices the lab is meant to give (queue limits, the Arena waiting for the queue) are not errors: counted apart.
 EXPECTED = re.compile(r"each viewer may have|queue is full|still running|Arena opens again|try again when", re.I)
-GATE_FIELDS = ("timed_runs_with_pages_paused", "timed_runs_with_pages_running", "timed_runs_disturbed_and_repeated",
-               "other_processes_cpu_pct_max", "page_drain_wait_ms_max")  # what core/quiet.py wrote in each record
+GATE_FIELDS = ("timed_runs_with_pages_paused", "timed_runs_with_pages_running", "page_turns_between_decode_steps",
+               "timed_runs_disturbed_and_repeated", "other_processes_cpu_pct_median", "other_processes_cpu_pct_max",
+               "page_drain_wait_ms_max")  # what core/quiet.py wrote in each record
 WIDGETS = ("button", "multiselect", "number_input", "selectbox", "radio", "slider", "text_area", "checkbox")
 
 
@@ -87,8 +88,9 @@ class Stats:
 class Session:
     """Speaks the browser's protocol: BackMsg rerun requests out, ForwardMsg deltas in."""
 
-    def __init__(self, url: str, stats: Stats, query: str = ""):
+    def __init__(self, url: str, stats: Stats, query: str = "", active: asyncio.Event | None = None):
         self.url, self.stats, self.query = url, stats, query
+        self.active = active  # when given and clear, the session sends nothing until it is set again
         self.pages: dict[str, str] = {}  # url path -> page script hash
         self.page_hash = ""
         self.widgets: dict[tuple[str, str], object] = {}  # (type, label) -> element proto, current page
@@ -106,6 +108,8 @@ class Session:
 
     async def run(self, page: str | None = None, click: str | None = None, fragment: str = "",
                   timeout_s: float = 120.0) -> None:
+        if self.active is not None:
+            await self.active.wait()
         if page is not None:
             self.page_hash, self.states, self.fragments = self.pages.get(page, ""), {}, {}
         msg = BackMsg()
@@ -187,10 +191,10 @@ class Session:
 
 
 async def viewer(url: str, stats: Stats, stop: asyncio.Event, sweeping: asyncio.Event, queue_job: bool,
-                 seed: int) -> None:
+                 seed: int, active: asyncio.Event | None = None) -> None:
     rng = random.Random(seed)
     try:
-        async with Session(url, stats) as s:
+        async with Session(url, stats, active=active) as s:
             await s.run()
             stats.arrived += 1
             while not stop.is_set():
@@ -268,9 +272,11 @@ def browsers(url: str, count: int, stats: Stats, stop: threading.Event) -> None:
         b.close()
 
 
-def presenter_tab(url: str, token: str, stats: Stats, stop: threading.Event) -> None:
+def presenter_tab(url: str, token: str, stats: Stats, stop: threading.Event,
+                  away: threading.Event | None = None) -> None:
     """The presenter's own Chromium tab on the lab's machine, on the Quantize page, watching the job panel. It is
-    the one browser a single-machine demo really has, so it keeps normal priority."""
+    the one browser a single-machine demo really has, so it keeps normal priority. While `away` is set it shows a
+    blank page (the presenter looks elsewhere while the CLI measures), and comes back to the Quantize page."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -278,8 +284,15 @@ def presenter_tab(url: str, token: str, stats: Stats, stop: threading.Event) -> 
                                                               "--disable-background-networking", "--disable-sync"])
         page = b.new_context(viewport={"width": 1280, "height": 900}).new_page()
         _browse(page, stats, lambda: page.goto(f"{url}/quantize?token={token}"))
+        blank = False
         while not stop.is_set():
-            page.wait_for_timeout(1000)
+            if away is not None and away.is_set() != blank:
+                blank = away.is_set()
+                if blank:
+                    page.goto("about:blank")
+                else:  # the session keeps its presenter rights: the token went once, as a browser's history has it
+                    _browse(page, stats, lambda: page.goto(f"{url}/quantize?token={token}"))
+            page.wait_for_timeout(500)
         b.close()
 
 
@@ -563,6 +576,202 @@ def compare(keys: list[str], rounds: list[Round], cli_runs: list[dict[str, dict]
     return out
 
 
+# ---------------------------------------------------------------- paired mode: the CLI a minute away, not a round away
+
+
+CONDITIONS = ("cli", "room", "alone")  # the CLI alone; the dashboard with the room active; with only the presenter
+
+
+class Presenter:
+    """The presenter's protocol session on the Quantize page: it measures one variant at a time, and between
+    measurements it stays on the page as a browser would (its panel ticks), unless told to step away."""
+
+    def __init__(self, url: str, token: str, stats: Stats):
+        self.here = asyncio.Event()
+        self.here.set()
+        self.session = Session(url, stats, f"token={token}" if token else "", active=self.here)
+        self.turn = asyncio.Lock()  # one request at a time on the session's socket
+
+    async def open(self, args) -> None:
+        await self.session.__aenter__()
+        await self.session.run()
+        self.session.query = ""  # the page strips the token from the address bar
+        await self.session.run("quantize")
+        s = self.session
+        runs = next((label for kind, label in s.widgets if kind == "number_input" and label.startswith("Timed runs")),
+                    None)
+        if runs:
+            s.set("number_input", runs, double_value=args.repeats)
+        if args.mc_max_items:
+            s.set("number_input", "Questions to score (0 = all)", double_value=args.mc_max_items)
+        await s.run()
+
+    async def stay(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            async with self.turn:
+                await self.session.dwell(1.0)
+
+    async def measure(self, label: str, key: str, data: Path, max_s: float) -> dict | None:
+        """Press Measure with only `label` picked; the variant's record once the worker has stored it."""
+        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        await asyncio.sleep(1.1)  # records of an earlier measurement are strictly older than `since`
+        async with self.turn:
+            self.session.set("multiselect", "Variants to measure", string_array_value={"data": [label]})
+            await self.session.run()
+            await self.session.run(click="Measure")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < max_s:
+            found = [r for r in dashboard_records(data, since) if r["technique"] == key]
+            if found:
+                return found[0]
+            await asyncio.sleep(2)
+        return None
+
+
+def quiet_queue(data: Path, max_wait_s: float = 120) -> None:
+    """No viewer job runs into the next measurement: waiting ones are cancelled, a running one is stopped (as the
+    presenter's Stop does) and its end awaited."""
+    sys.path.insert(0, str(ROOT))
+    from core.jobqueue import JobQueue
+
+    queue = JobQueue(data / "queue.sqlite")
+    end = time.monotonic() + max_wait_s
+    while time.monotonic() < end:
+        snap = queue.snapshot()
+        for w in snap.waiting:
+            queue.stop(w.job.id, "", presenter=True)
+        if snap.running is None:
+            return
+        queue.stop(snap.running.id, "", presenter=True)
+        time.sleep(1)
+
+
+async def paired(args, url: str, token: str, keys: list[str], labels: list[str], data: Path, python: str,
+                 env: dict, stats: Stats, pstats: Stats, away: threading.Event) -> list[dict]:
+    """Every round measures each variant three times in a rotating order, about a minute apart: the CLI (the room
+    paused and the presenter's tab away), the dashboard with the room active, and the dashboard with only the
+    presenter. The room stays connected throughout; a paused session sends nothing, as a tab left open."""
+    stop, room_on, sweeping = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    viewers = args.sessions - args.browsers
+    tasks = []
+    room_on.set()
+    for i in range(viewers):
+        tasks.append(asyncio.create_task(viewer(url, stats, stop, sweeping, i < args.viewer_jobs, seed=i,
+                                                active=room_on)))
+        await asyncio.sleep(0.2)
+    deadline = time.monotonic() + 120
+    while stats.arrived < viewers and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    boss = Presenter(url, token, pstats)
+    await boss.open(args)
+    tasks.append(asyncio.create_task(boss.stay(stop)))
+    out, t_start = [], time.monotonic()
+    try:
+        for rnd in range(args.rounds):
+            for v, (key, label) in enumerate(zip(keys, labels)):
+                shift = (rnd + v) % len(CONDITIONS)
+                for condition in CONDITIONS[shift:] + CONDITIONS[:shift]:
+                    room = condition == "room"
+                    (room_on.set if room else room_on.clear)()
+                    (sweeping.set if room else sweeping.clear)()
+                    (boss.here.clear if condition == "cli" else boss.here.set)()
+                    (away.set if condition == "cli" else away.clear)()
+                    await asyncio.sleep(3)  # paused sessions finish what they had started; the tab goes blank
+                    t0 = time.monotonic() - t_start
+                    if condition == "cli":
+                        json_out = data / f"cli-{rnd}-{key}.json"
+                        record = (await asyncio.to_thread(cli_sweep, python, env, [key], args, json_out)).get(key)
+                    else:
+                        record = await boss.measure(label, key, data, args.max_s)
+                        room_on.clear()
+                        await asyncio.to_thread(quiet_queue, data)
+                    print(f"round {rnd} {key:6s} {condition:5s} " + (
+                        f"{record['decode_tokens_per_s_median']:.2f} tok/s" if record else "no record"),
+                        file=sys.stderr, flush=True)
+                    out.append({"round": rnd, "technique": key, "condition": condition, "at_s": round(t0, 1),
+                                "record": record})
+    finally:
+        stop.set()
+        room_on.set()
+        boss.here.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await boss.session.__aexit__(None, None, None)
+    return out
+
+
+def paired_summary(keys: list[str], measured: list[dict]) -> dict:
+    """Each dashboard measurement over the CLI measurement of the same variant in the same round."""
+    def decode(rnd: int, key: str, condition: str) -> float | None:
+        found = [m["record"] for m in measured if (m["round"], m["technique"], m["condition"]) == (rnd, key, condition)
+                 and m["record"]]
+        return found[0]["decode_tokens_per_s_median"] if found else None
+
+    rounds = sorted({m["round"] for m in measured})
+    out, all_ratios = {}, {"room": [], "alone": []}
+    for key in keys:
+        row = {"cli_decode_tok_s_by_round": [decode(r, key, "cli") for r in rounds]}
+        for condition in ("room", "alone"):
+            ratios = [round(d / c, 3) for r in rounds
+                      if (d := decode(r, key, condition)) and (c := decode(r, key, "cli"))]
+            all_ratios[condition] += ratios
+            row[f"{condition}_decode_tok_s_by_round"] = [decode(r, key, condition) for r in rounds]
+            row[f"{condition}_over_cli_by_round"] = ratios
+            row[f"{condition}_over_cli_median"] = round(median(ratios), 3) if ratios else None
+            row[f"{condition}_over_cli_median_ci95"] = median_ci95(ratios)
+        room = [m["record"] for m in measured if m["technique"] == key and m["condition"] == "room" and m["record"]]
+        row["sessions_connected"] = [r["settings"].get("sessions_connected") for r in room]
+        row["timed_runs"] = [{n: r["settings"].get(n) for n in GATE_FIELDS} for r in room]
+        out[key] = row
+    return {"variants": out, **{f"all_variants_{c}_over_cli_median": round(median(v), 3) if v else None
+                                for c, v in all_ratios.items()},
+            **{f"all_variants_{c}_over_cli_median_ci95": median_ci95(v) for c, v in all_ratios.items()}}
+
+
+def run_paired(args, keys: list[str], labels: list[str], python: str, env: dict, data: Path) -> dict:
+    LOGS.mkdir(exist_ok=True)
+    log = LOGS / "paired.log"
+    port = free_port()
+    steal = StealMeter()
+    lab, token = start_lab(args.app_dir.resolve(), python, env, port, log)
+    url = f"http://127.0.0.1:{port}"
+    stats, pstats, bstats = Stats(), Stats(), Stats()
+    stop_tab, away = threading.Event(), threading.Event()
+    tab = threading.Thread(target=presenter_tab, args=(url, token, bstats, stop_tab, away), daemon=True)
+    if args.presenter_tab and Path(CHROMIUM).exists():
+        tab.start()
+    me = psutil.Process()
+    cpu0, wall0 = sum(me.cpu_times()[:2]), time.monotonic()
+    try:
+        measured = asyncio.run(paired(args, f"http://127.0.0.1:{port}", token, keys, labels, data, python, env,
+                                      stats, pstats, away))
+        load_cpu = sum(me.cpu_times()[:2]) - cpu0
+        wall = time.monotonic() - wall0
+    finally:
+        stop_tab.set()
+        if tab.is_alive():
+            tab.join(30)
+        stop_lab(lab, data)
+    page_s = stats.page_s + pstats.page_s + bstats.page_s
+    errors = stats.errors + pstats.errors + bstats.errors
+    return {
+        "mode": "paired", "app": str(args.app_dir.resolve()), "sessions": args.sessions, "rounds": args.rounds,
+        "presenter_tab": args.presenter_tab, "wall_s": round(wall, 1), "page_runs": len(page_s),
+        "page_response_s_p50": round(pct(page_s, 0.5), 3), "page_response_s_p90": round(pct(page_s, 0.9), 3),
+        "fragment_rerun_s_p90": round(pct(stats.fragment_s + pstats.fragment_s, 0.9), 3),
+        "timeouts": stats.timeouts + pstats.timeouts, "errors_shown": len(errors),
+        "error_samples": sorted(set(errors))[:8], "viewer_jobs_queued": stats.jobs_queued,
+        "load_generator_cpu_pct_of_machine": round(100 * load_cpu / (wall * psutil.cpu_count()), 1),
+        "server_log": str(log), "server_tracebacks": log.read_text(errors="replace").count("Traceback (most recent"),
+        "hypervisor_steal_pct": steal.pct(), "cpu": cpu_name(), "cores": psutil.cpu_count(),
+        **paired_summary(keys, measured), "measurements": measured,
+    }
+
+
+def cpu_name() -> str:
+    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), "unknown")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sessions", type=int, default=30, help="viewer sessions in all (browsers included)")
@@ -581,6 +790,9 @@ def main() -> None:
     ap.add_argument("--models-from", type=Path, default=ROOT / "data" / "models",
                     help="prepared checkpoints to reuse (linked, never copied or changed)")
     ap.add_argument("--skip-cli", action="store_true", help="do not measure the CLI reference")
+    ap.add_argument("--paired", action="store_true",
+                    help="start the lab once; each round measures each variant from the CLI, from the dashboard with "
+                         "the room active, and with only the presenter, in a rotating order about a minute apart")
     ap.add_argument("--json", type=Path, help="write the numbers here too")
     args = ap.parse_args()
     args.browsers = min(args.browsers, args.sessions)
@@ -593,6 +805,15 @@ def main() -> None:
         (data / "models").symlink_to(args.models_from.resolve())
     else:
         subprocess.run([python, "-m", "core", "prepare"], cwd=ROOT, env=env, check=True)
+    if args.paired:
+        try:
+            result = run_paired(args, keys, labels, python, env, data)
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+        print(json.dumps({k: v for k, v in result.items() if k != "measurements"}, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return
     cli_runs: list[dict[str, dict]] = []
     cli_steal: list[float | None] = []
     rounds: list[Round] = []
@@ -624,8 +845,7 @@ def main() -> None:
         "viewer_jobs_queued": sum(rd.stats.jobs_queued for rd in rounds), "queue_by_round": [rd.queue for rd in rounds],
         "load_generator_cpu_pct_of_machine": round(100 * sum(rd.load_cpu_s for rd in rounds)
                                                    / (sum(rd.wall_s for rd in rounds) * psutil.cpu_count()), 1),
-        "cpu": next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                     if l.startswith("model name")), "unknown"), "cores": psutil.cpu_count(),
+        "cpu": cpu_name(), "cores": psutil.cpu_count(),
         "variants": compare(keys, rounds, cli_runs),
         "server_logs": [str(rd.log) for rd in rounds],
         "server_tracebacks_by_round": [rd.tracebacks for rd in rounds],
