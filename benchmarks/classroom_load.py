@@ -2,6 +2,7 @@
 
     flock /tmp/lab-heavy.lock .venv/bin/python benchmarks/classroom_load.py --sessions 30 --browsers 2
     flock /tmp/lab-heavy.lock .venv/bin/python benchmarks/classroom_load.py --app-dir /path/to/old/checkout  # baseline
+    flock /tmp/lab-heavy.lock .venv/bin/python benchmarks/classroom_load.py --paired --browsers 0 --presenter-tab
 
 What it does, all on 127.0.0.1 and bounded in time, in `--rounds` rounds:
 1. measures the same sweep from the CLI (`python -m core sweep`, the reference speeds), before every round and
@@ -22,6 +23,12 @@ What it does, all on 127.0.0.1 and bounded in time, in `--rounds` rounds:
    ratios with a bootstrap 95% interval (what says whether a 5% difference is shown at all); the tracebacks in
    each round's server log (kept in /tmp/classroom-load-logs/); and the share the hypervisor stole meanwhile.
 
+`--paired` answers the same question with less drift in it: the lab starts once and the room stays connected;
+each round measures every variant three times, a minute apart and in a rotating order (the CLI with the room paused
+and the presenter's tab blank, the dashboard with the room active, the dashboard with only the presenter), and
+each dashboard speed is divided by the CLI's of the same variant and round. It also reports how much of the machine
+the web server, the worker, the presenter's tab and the load generator used during each measurement.
+
 Viewer jobs left waiting when the sweep ends are removed from the queue (the test is bounded); the presenter's
 sweep is the measurement. The Arena never generates during a timed job (by design), so viewers read its tally.
 """
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -597,14 +605,20 @@ class Presenter:
         await self.session.run()
         self.session.query = ""  # the page strips the token from the address bar
         await self.session.run("quantize")
+        self.args = args
+        self._settings()
+        await self.session.run()
+
+    def _settings(self) -> None:
+        """The sweep's timed runs and questions, as the CLI's flags have them. Set again before every Measure: the
+        first measurement of a run once went out with the page's defaults."""
         s = self.session
         runs = next((label for kind, label in s.widgets if kind == "number_input" and label.startswith("Timed runs")),
                     None)
         if runs:
-            s.set("number_input", runs, double_value=args.repeats)
-        if args.mc_max_items:
-            s.set("number_input", "Questions to score (0 = all)", double_value=args.mc_max_items)
-        await s.run()
+            s.set("number_input", runs, double_value=self.args.repeats)
+        if self.args.mc_max_items:
+            s.set("number_input", "Questions to score (0 = all)", double_value=self.args.mc_max_items)
 
     async def stay(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -612,20 +626,60 @@ class Presenter:
                 await self.session.dwell(1.0)
 
     async def measure(self, label: str, key: str, data: Path, max_s: float) -> dict | None:
-        """Press Measure with only `label` picked; the variant's record once the worker has stored it."""
-        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        await asyncio.sleep(1.1)  # records of an earlier measurement are strictly older than `since`
+        """Press Measure with only `label` picked; the variant's record once the worker has stored it. Only the
+        presenter's job counts: a viewer's job of the same variant (the room queues some) may end first."""
+        before = last_presenter_job(data)
         async with self.turn:
             self.session.set("multiselect", "Variants to measure", string_array_value={"data": [label]})
+            await self.session.run()
+            self._settings()
             await self.session.run()
             await self.session.run(click="Measure")
         t0 = time.monotonic()
         while time.monotonic() - t0 < max_s:
-            found = [r for r in dashboard_records(data, since) if r["technique"] == key]
-            if found:
-                return found[0]
+            job = last_presenter_job(data)
+            if job and job["id"] != (before or {}).get("id") and job["ended_s"]:
+                since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(job["started_s"] - 1))
+                found = [r for r in dashboard_records(data, since) if r["technique"] == key
+                         and r["settings"].get("repeats") == self.args.repeats]
+                return found[-1] if found else None
             await asyncio.sleep(2)
         return None
+
+
+def last_presenter_job(data: Path) -> dict | None:
+    path = data / "queue.sqlite"
+    if not path.exists():
+        return None
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT id, started_s, ended_s FROM jobs WHERE owner = 'presenter' ORDER BY id DESC"
+                           " LIMIT 1").fetchone()
+    return dict(zip(("id", "started_s", "ended_s"), row)) if row else None
+
+
+def cpu_by_part(lab_pid: int) -> dict[str, float]:
+    """CPU seconds so far of each part on this machine: the lab's web server, its worker, the presenter's Chromium
+    tab (this process's Chromium children), this load generator, and the whole machine."""
+    def tree_s(procs) -> float:
+        total = 0.0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                total += sum(proc.cpu_times()[:2])
+        return total
+
+    me, lab = psutil.Process(), psutil.Process(lab_pid)
+    lab_kids = lab.children(recursive=True)
+    worker = [k for k in lab_kids if "worker" in " ".join(k.cmdline())]
+    browser = [k for k in me.children(recursive=True) if "chrom" in k.name().lower()]
+    machine = psutil.cpu_times()
+    return {"web_server": tree_s([lab]), "worker": tree_s(worker), "presenter_tab": tree_s(browser),
+            "load_generator": tree_s([me]), "machine": machine.user + machine.nice + machine.system
+            + getattr(machine, "irq", 0) + getattr(machine, "softirq", 0)}
+
+
+def cpu_pct_between(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+    """Each part's share of the machine (all cores) between two cpu_by_part readings."""
+    return {k: round(100 * (after[k] - before[k]) / (wall_s * psutil.cpu_count()), 2) for k in before}
 
 
 def quiet_queue(data: Path, max_wait_s: float = 120) -> None:
@@ -647,7 +701,7 @@ def quiet_queue(data: Path, max_wait_s: float = 120) -> None:
 
 
 async def paired(args, url: str, token: str, keys: list[str], labels: list[str], data: Path, python: str,
-                 env: dict, stats: Stats, pstats: Stats, away: threading.Event) -> list[dict]:
+                 env: dict, stats: Stats, pstats: Stats, away: threading.Event, lab_pid: int) -> list[dict]:
     """Every round measures each variant three times in a rotating order, about a minute apart: the CLI (the room
     paused and the presenter's tab away), the dashboard with the room active, and the dashboard with only the
     presenter. The room stays connected throughout; a paused session sends nothing, as a tab left open."""
@@ -678,18 +732,21 @@ async def paired(args, url: str, token: str, keys: list[str], labels: list[str],
                     (away.set if condition == "cli" else away.clear)()
                     await asyncio.sleep(3)  # paused sessions finish what they had started; the tab goes blank
                     t0 = time.monotonic() - t_start
+                    cpu0 = cpu_by_part(lab_pid)
                     if condition == "cli":
                         json_out = data / f"cli-{rnd}-{key}.json"
                         record = (await asyncio.to_thread(cli_sweep, python, env, [key], args, json_out)).get(key)
                     else:
                         record = await boss.measure(label, key, data, args.max_s)
+                    cpu_pct = cpu_pct_between(cpu0, cpu_by_part(lab_pid), time.monotonic() - t_start - t0)
+                    if condition != "cli":
                         room_on.clear()
                         await asyncio.to_thread(quiet_queue, data)
                     print(f"round {rnd} {key:6s} {condition:5s} " + (
-                        f"{record['decode_tokens_per_s_median']:.2f} tok/s" if record else "no record"),
+                        f"{record['decode_tokens_per_s_median']:.2f} tok/s" if record else "no record") + f"  cpu % {cpu_pct}",
                         file=sys.stderr, flush=True)
                     out.append({"round": rnd, "technique": key, "condition": condition, "at_s": round(t0, 1),
-                                "record": record})
+                                "cpu_pct_of_machine": cpu_pct, "record": record})
     finally:
         stop.set()
         room_on.set()
@@ -722,7 +779,10 @@ def paired_summary(keys: list[str], measured: list[dict]) -> dict:
         row["sessions_connected"] = [r["settings"].get("sessions_connected") for r in room]
         row["timed_runs"] = [{n: r["settings"].get(n) for n in GATE_FIELDS} for r in room]
         out[key] = row
-    return {"variants": out, **{f"all_variants_{c}_over_cli_median": round(median(v), 3) if v else None
+    cpu = {c: {part: round(median([m["cpu_pct_of_machine"][part] for m in measured if m["condition"] == c]), 2)
+               for part in measured[0]["cpu_pct_of_machine"]} for c in CONDITIONS} if measured else {}
+    return {"variants": out, "cpu_pct_of_machine_median_by_condition": cpu,
+            **{f"all_variants_{c}_over_cli_median": round(median(v), 3) if v else None
                                 for c, v in all_ratios.items()},
             **{f"all_variants_{c}_over_cli_median_ci95": median_ci95(v) for c, v in all_ratios.items()}}
 
@@ -743,7 +803,7 @@ def run_paired(args, keys: list[str], labels: list[str], python: str, env: dict,
     cpu0, wall0 = sum(me.cpu_times()[:2]), time.monotonic()
     try:
         measured = asyncio.run(paired(args, f"http://127.0.0.1:{port}", token, keys, labels, data, python, env,
-                                      stats, pstats, away))
+                                      stats, pstats, away, lab.pid))
         load_cpu = sum(me.cpu_times()[:2]) - cpu0
         wall = time.monotonic() - wall0
     finally:
@@ -763,6 +823,8 @@ def run_paired(args, keys: list[str], labels: list[str], python: str, env: dict,
         "load_generator_cpu_pct_of_machine": round(100 * load_cpu / (wall * psutil.cpu_count()), 1),
         "server_log": str(log), "server_tracebacks": log.read_text(errors="replace").count("Traceback (most recent"),
         "hypervisor_steal_pct": steal.pct(), "cpu": cpu_name(), "cores": psutil.cpu_count(),
+        "records_not_at_asked_repeats": [(m["round"], m["technique"], m["condition"]) for m in measured if m["record"]
+                                         and m["record"]["settings"].get("repeats") != args.repeats],
         **paired_summary(keys, measured), "measurements": measured,
     }
 
