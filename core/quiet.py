@@ -239,14 +239,7 @@ class Gate:
 
     def pages_waiting(self) -> bool:
         """True while a page (or a request at the door) waits for the gate to open."""
-        waiting = _open(self.waiting_path)
-        try:
-            fcntl.flock(waiting, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(waiting)
+        return _held_by_another(self.waiting_path, fcntl.LOCK_EX)
 
     def _let_waiting_pages_in(self, wait_s: float = LET_IN_S) -> None:
         """With the gate open, wait until no page is waiting for it (up to wait_s): the pages that waited for the
@@ -274,25 +267,23 @@ class Gate:
 
     def closed(self) -> bool:
         """True while a timed run holds the gate (no page may start)."""
-        gate = _open(self.gate_path)
-        try:
-            fcntl.flock(gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(gate)
+        return _held_by_another(self.gate_path, fcntl.LOCK_SH)
 
     def timing_now(self) -> bool:
         """True while the worker is in a timing phase (a page asks before it starts a panel's timer)."""
-        phase = _open(self.timing_path)
-        try:
-            fcntl.flock(phase, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(phase)
+        return _held_by_another(self.timing_path, fcntl.LOCK_SH)
+
+
+def _held_by_another(path: Path, mode: int) -> bool:
+    """True if someone holds `path` so that this process cannot take it in `mode` now (it is not kept)."""
+    fd = _open(path)
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 class Turn:
