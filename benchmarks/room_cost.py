@@ -79,17 +79,22 @@ def timer(key: str, minutes: float, repeats: int, gap_s: float, state_path: Path
 # ---------------------------------------------------------------- the room
 
 
-def cpu_s(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
+def cpu_s(procs: dict[str, list[psutil.Process]]) -> dict[str, float | None]:
+    """CPU seconds so far of each part; None for a part with a process gone (the timer ends inside the last block),
+    whose share of that block is then unknown rather than negative."""
     out = {}
     for name, group in procs.items():
-        total = 0.0
-        for proc in group:
-            try:
-                total += sum(proc.cpu_times()[:2])
-            except psutil.Error:
-                pass
-        out[name] = total
+        try:
+            out[name] = sum(sum(proc.cpu_times()[:2]) for proc in group)
+        except psutil.Error:
+            out[name] = None
     return out
+
+
+def share_pct(before: float | None, after: float | None, wall_s: float) -> float | None:
+    if before is None or after is None:
+        return None
+    return round(100 * (after - before) / (wall_s * psutil.cpu_count()), 2)
 
 
 def parts(lab: int, timer_pid: int) -> dict[str, list[psutil.Process]]:
@@ -133,8 +138,7 @@ async def alternate(args, url: str, token: str, key: str, data: Path, state_path
             wall = time.monotonic() - t0
             state_path.write_text(SWITCH)
             cpu1 = cpu_s(groups)
-            blocks.append({"state": state, "cpu_pct_of_machine": {
-                n: round(100 * (cpu1[n] - cpu0[n]) / (wall * psutil.cpu_count()), 2) for n in cpu0}})
+            blocks.append({"state": state, "cpu_pct_of_machine": {n: share_pct(cpu0[n], cpu1[n], wall) for n in cpu0}})
             print(f"{key} block {len(blocks)} {state}: cpu % {blocks[-1]['cpu_pct_of_machine']}", file=sys.stderr,
                   flush=True)
             on = not on
@@ -176,7 +180,8 @@ def summary(key: str, runs: list[dict], blocks: list[dict]) -> dict:
         **{f"{state}_other_processes_cpu_pct_median": cl.median([r["others_pct"] for r in runs if r["state"] == state
                                                                  and r["others_pct"] is not None]) for state in STATES},
         "cpu_pct_of_machine_median": {state: {part: cl.median([b["cpu_pct_of_machine"][part] for b in blocks
-                                                               if b["state"] == state])
+                                                               if b["state"] == state
+                                                               and b["cpu_pct_of_machine"][part] is not None])
                                               for part in (blocks[0]["cpu_pct_of_machine"] if blocks else {})}
                                       for state in STATES},
     }
@@ -203,6 +208,8 @@ def run(args) -> dict:
             blocks = asyncio.run(alternate(args, url, token, key, data, data / "room-state", out, stats, pstats,
                                            lab.pid))
             runs = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+            if args.json and out.exists():  # every timed run, for a closer look than the summary gives
+                shutil.copy(out, args.json.with_name(f"{args.json.stem}-{key}-runs.jsonl"))
             results.append(summary(key, runs, blocks))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     finally:
