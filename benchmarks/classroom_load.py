@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -657,29 +656,40 @@ def last_presenter_job(data: Path) -> dict | None:
     return dict(zip(("id", "started_s", "ended_s"), row)) if row else None
 
 
-def cpu_by_part(lab_pid: int) -> dict[str, float]:
+def processes_cpu_s(procs: list[psutil.Process]) -> float | None:
+    """User + system CPU seconds so far of these processes; None if one has gone, so that a share across its exit
+    is unknown rather than negative."""
+    try:
+        return sum(sum(proc.cpu_times()[:2]) for proc in procs)
+    except psutil.Error:
+        return None
+
+
+def share_pct(before: float | None, after: float | None, wall_s: float) -> float | None:
+    """CPU seconds between two readings as a share of the whole machine (all cores), in percent."""
+    if before is None or after is None:
+        return None
+    return round(100 * (after - before) / (wall_s * psutil.cpu_count()), 2)
+
+
+def cpu_by_part(lab_pid: int) -> dict[str, float | None]:
     """CPU seconds so far of each part on this machine: the lab's web server, its worker, the presenter's Chromium
     tab (this process's Chromium children), this load generator, and the whole machine."""
-    def tree_s(procs) -> float:
-        total = 0.0
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                total += sum(proc.cpu_times()[:2])
-        return total
-
     me, lab = psutil.Process(), psutil.Process(lab_pid)
     lab_kids = lab.children(recursive=True)
     worker = [k for k in lab_kids if "worker" in " ".join(k.cmdline())]
     browser = [k for k in me.children(recursive=True) if "chrom" in k.name().lower()]
     machine = psutil.cpu_times()
-    return {"web_server": tree_s([lab]), "worker": tree_s(worker), "presenter_tab": tree_s(browser),
-            "load_generator": tree_s([me]), "machine": machine.user + machine.nice + machine.system
-            + getattr(machine, "irq", 0) + getattr(machine, "softirq", 0)}
+    return {"web_server": processes_cpu_s([lab]), "worker": processes_cpu_s(worker),
+            "presenter_tab": processes_cpu_s(browser), "load_generator": processes_cpu_s([me]),
+            "machine": machine.user + machine.nice + machine.system + getattr(machine, "irq", 0)
+            + getattr(machine, "softirq", 0)}
 
 
-def cpu_pct_between(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+def cpu_pct_between(before: dict[str, float | None], after: dict[str, float | None],
+                    wall_s: float) -> dict[str, float | None]:
     """Each part's share of the machine (all cores) between two cpu_by_part readings."""
-    return {k: round(100 * (after[k] - before[k]) / (wall_s * psutil.cpu_count()), 2) for k in before}
+    return {k: share_pct(before[k], after[k], wall_s) for k in before}
 
 
 def quiet_queue(data: Path, max_wait_s: float = 120) -> None:
@@ -779,7 +789,8 @@ def paired_summary(keys: list[str], measured: list[dict]) -> dict:
         row["sessions_connected"] = [r["settings"].get("sessions_connected") for r in room]
         row["timed_runs"] = [{n: r["settings"].get(n) for n in GATE_FIELDS} for r in room]
         out[key] = row
-    cpu = {c: {part: round(median([m["cpu_pct_of_machine"][part] for m in measured if m["condition"] == c]), 2)
+    cpu = {c: {part: round(median([m["cpu_pct_of_machine"][part] for m in measured if m["condition"] == c
+                                   and m["cpu_pct_of_machine"][part] is not None]), 2)
                for part in measured[0]["cpu_pct_of_machine"]} for c in CONDITIONS} if measured else {}
     return {"variants": out, "cpu_pct_of_machine_median_by_condition": cpu,
             **{f"all_variants_{c}_over_cli_median": round(median(v), 3) if v else None

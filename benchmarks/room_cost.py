@@ -80,21 +80,8 @@ def timer(key: str, minutes: float, repeats: int, gap_s: float, state_path: Path
 
 
 def cpu_s(procs: dict[str, list[psutil.Process]]) -> dict[str, float | None]:
-    """CPU seconds so far of each part; None for a part with a process gone (the timer ends inside the last block),
-    whose share of that block is then unknown rather than negative."""
-    out = {}
-    for name, group in procs.items():
-        try:
-            out[name] = sum(sum(proc.cpu_times()[:2]) for proc in group)
-        except psutil.Error:
-            out[name] = None
-    return out
-
-
-def share_pct(before: float | None, after: float | None, wall_s: float) -> float | None:
-    if before is None or after is None:
-        return None
-    return round(100 * (after - before) / (wall_s * psutil.cpu_count()), 2)
+    """CPU seconds so far of each part (None for a part with a process gone: the timer ends inside its last block)."""
+    return {name: cl.processes_cpu_s(group) for name, group in procs.items()}
 
 
 def parts(lab: int, timer_pid: int) -> dict[str, list[psutil.Process]]:
@@ -138,7 +125,7 @@ async def alternate(args, url: str, token: str, key: str, data: Path, state_path
             wall = time.monotonic() - t0
             state_path.write_text(SWITCH)
             cpu1 = cpu_s(groups)
-            blocks.append({"state": state, "cpu_pct_of_machine": {n: share_pct(cpu0[n], cpu1[n], wall) for n in cpu0}})
+            blocks.append({"state": state, "cpu_pct_of_machine": {n: cl.share_pct(cpu0[n], cpu1[n], wall) for n in cpu0}})
             print(f"{key} block {len(blocks)} {state}: cpu % {blocks[-1]['cpu_pct_of_machine']}", file=sys.stderr,
                   flush=True)
             on = not on
