@@ -30,6 +30,23 @@ class SidebarChoice:
 
 
 HEARTBEAT_EVERY_S = 10.0  # a session checks in at most this often: one tiny row write
+CONFIG_POLL_S = 10.0  # how often Streamlit looks for edits of config.toml and secrets.toml
+
+
+def _slow_config_pollers() -> None:
+    """Streamlit polls each config.toml and secrets.toml path every 0.2 s, whatever `server.fileWatcherType` says:
+    about 65 thread wake-ups a second in the web server (counted per thread while the gate was held closed), all
+    landing on the cores a timed run uses. The lab restarts to take new settings anyway (.streamlit/config.toml), so
+    once in CONFIG_POLL_S is plenty. Its pollers read this module value before every sleep."""
+    try:
+        from streamlit.watcher import polling_path_watcher
+    except ImportError:
+        return
+    if hasattr(polling_path_watcher, "_POLLING_PERIOD_SECS"):
+        polling_path_watcher._POLLING_PERIOD_SECS = CONFIG_POLL_S
+
+
+_slow_config_pollers()
 
 
 # ---------------------------------------------------------------- taking turns with the worker's timed runs

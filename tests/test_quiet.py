@@ -458,3 +458,46 @@ def test_a_request_held_too_long_is_let_in_and_its_page_does_not_wait_again(tmp_
     server.stop()
     assert 0.25 < door.waited_s("s1") < 0.9
     assert door.waited_s("s1") == 0.0  # told once
+
+
+def test_after_pages_had_a_turn_the_timed_run_lets_their_aftermath_settle(tmp_path, monkeypatch):
+    """The web server still sends what a page drew, and a browser draws it, after the page run ends: a timed run that
+    let pages in waits SETTLE_S before its first step; one that let nobody in does not wait."""
+    gate, sleeps = quiet.Gate(tmp_path), []
+    monkeypatch.setattr(quiet, "SETTLE_S", 0.0123)  # a value nothing else sleeps for
+    real_sleep = time.sleep
+    monkeypatch.setattr(quiet.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+    with gate.timed_run():
+        pass
+    assert 0.0123 not in sleeps
+    page_started = threading.Event()
+
+    def page():
+        with gate.page_run():
+            page_started.set()
+            real_sleep(0.2)
+
+    t = _in_thread(page)
+    page_started.wait(5)
+    with gate.timed_run():
+        assert sleeps.count(0.0123) == 1
+    t.join(5)
+
+
+def test_the_doors_wait_for_the_gate_ends_when_the_gate_opens_and_lets_it_go_when_done(tmp_path):
+    gate = quiet.Gate(tmp_path)
+    with gate.timed_run():
+        opening = quiet._GateOpening(gate.gate_path)
+        assert not opening.wait(0.2)  # closed: no wake-up, no answer
+        abandoned = opening
+        abandoned.done()
+        opening = quiet._GateOpening(gate.gate_path)
+        t0 = time.monotonic()
+    assert opening.wait(5) and time.monotonic() - t0 < 1.0
+    assert gate.closed() is False
+    opening.done()
+    # Neither the done opening nor the one given up while the gate was closed keeps it: a timed run closes it at once.
+    t0 = time.monotonic()
+    with gate.timed_run():
+        assert gate.stats.undrained_runs == 0
+    assert time.monotonic() - t0 < quiet.LET_IN_S
