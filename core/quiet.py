@@ -323,8 +323,9 @@ class Turn:
         self._fds = (gate, pages)
         fcntl.flock(gate, fcntl.LOCK_EX)  # one worker per data folder: nobody else ever holds it exclusive
         t0 = time.monotonic()
-        pages_came = pages_came or not _lock_within(pages, fcntl.LOCK_EX, 0.0)
-        drained = _lock_within(pages, fcntl.LOCK_EX, self.drain_s)
+        at_once = _lock_within(pages, fcntl.LOCK_EX, 0.0)
+        drained = at_once or _lock_within(pages, fcntl.LOCK_EX, self.drain_s)
+        pages_came = pages_came or not at_once
         self.gate.stats.drain_wait_s.append(time.monotonic() - t0)
         self.undrained = self.undrained or not drained
         if pages_came:

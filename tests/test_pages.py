@@ -294,3 +294,13 @@ def test_the_shared_page_module_imports_pandas_whole_before_any_page_draws():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-500:]
+
+
+def test_the_lab_slows_streamlits_config_pollers():
+    """Streamlit polls config.toml and secrets.toml every 0.2 s on the timing cores; pages/common.py slows that. If a
+    Streamlit upgrade renames the setting, this fails instead of the slowdown quietly going away."""
+    from streamlit.watcher import polling_path_watcher
+
+    from pages import common
+
+    assert polling_path_watcher._POLLING_PERIOD_SECS == common.CONFIG_POLL_S >= 5
