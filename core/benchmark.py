@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import math
 import os
 import platform
 import statistics
@@ -145,14 +144,6 @@ def stream_tokens(model, input_ids: torch.Tensor, max_new_tokens: int, device: s
         yield token, own_s
 
 
-def _time_left_s(steps: list[tuple[int, float]], new_tokens: int) -> float:
-    """How long the rest of a generation will take at the decode steps' pace so far (inf before the first one)."""
-    decode_steps = len(steps) - 1
-    if decode_steps < 1:
-        return math.inf
-    return (steps[-1][1] - steps[0][1]) / decode_steps * (new_tokens - len(steps))
-
-
 def timed_generation(model, input_ids: torch.Tensor, new_tokens: int, device: str = "cpu",
                      clock: Clock = time.perf_counter) -> GenerationRun:
     """Greedy decode of exactly `new_tokens` tokens (EOS ignored, so every variant does the same work).
@@ -168,11 +159,11 @@ def timed_generation(model, input_ids: torch.Tensor, new_tokens: int, device: st
         with _timed_section() as turn:
             # Each step is timed on its own (own_s leaves out the time between steps), so the section may let
             # waiting pages in between two of them.
-            between_steps = getattr(turn, "between_steps", None) or (lambda left_s: None)
+            between_steps = getattr(turn, "between_steps", None) or (lambda: None)
             steps = []  # [(token_id, own_s)] * new_tokens
             for step in runner.stream(input_ids, new_tokens, clock):
                 steps.append(step)
-                between_steps(_time_left_s(steps, new_tokens))
+                between_steps()
         if not getattr(turn, "disturbed", False):
             break
     ttft_s, total_s = steps[0][1], steps[-1][1]

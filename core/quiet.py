@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import math
 import os
 import threading
 import time
@@ -51,10 +50,6 @@ DRAIN_WAIT_S = 10.0  # a timed run starts after this long even if page runs are 
 # machine 1,500 times a second and pull the timed run's threads off their cores.
 POLL_FIRST_S, POLL_MAX_S = 0.01, 0.25
 TURN_S = 1.0  # a timed run closes the gate for about this long at a time (it lets waiting pages in between steps)
-# ...unless it will end within FINISH_S: then the pages get in right after it, between two runs, where the pause
-# costs nothing timed (the next run starts with its prefill). A pause between two decode steps makes the next steps
-# slower (the first by 5-10%, the next three by 1-5%, on a 2-core AMD EPYC), about 10 ms a turn.
-FINISH_S = 0.75
 LET_IN_S = 1.0  # a timed run waits at most this long for the waiting pages to get in (they poll every <= 0.25 s)
 PANEL_EVERY_S = 3.0  # an open page's job panel redraws this often, outside timing phases
 # A page run is over for the gate when its script ends, but its work is not: the web server still sends what it drew
@@ -351,10 +346,9 @@ class Turn:
         os.close(pages)  # closing drops the lock
         os.close(gate)
 
-    def between_steps(self, left_s: float = math.inf) -> None:
-        """Called between two timed steps, with an estimate of how long the run has left: after TURN_S closed, let
-        the waiting pages in and close again, unless the run ends within FINISH_S anyway."""
-        if time.monotonic() - self._closed_at < TURN_S or left_s < FINISH_S or not self.gate.pages_waiting():
+    def between_steps(self) -> None:
+        """Called between two timed steps: after TURN_S closed, let the waiting pages in and close again."""
+        if time.monotonic() - self._closed_at < TURN_S or not self.gate.pages_waiting():
             return
         self.open()
         self.turns_between_steps += 1

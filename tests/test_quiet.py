@@ -299,27 +299,6 @@ def test_a_long_timed_run_lets_a_waiting_page_in_between_its_steps(tmp_path, mon
     assert gate.stats.timed_runs == 1 and gate.stats.undrained_runs == 0
 
 
-def test_a_run_about_to_end_lets_the_waiting_page_in_after_it(tmp_path, monkeypatch):
-    """A pause between two steps slows the next few; one that would come just before the end of the run is not
-    worth it, so the page gets in after the run instead."""
-    monkeypatch.setattr(quiet, "TURN_S", 0.0)
-    gate, ran = quiet.Gate(tmp_path), threading.Event()
-
-    def page():
-        with gate.page_run(wait_s=10):
-            ran.set()
-
-    t = _in_thread(page)
-    with gate.timed_run() as turn:
-        while not gate.pages_waiting():
-            time.sleep(0.01)
-        turn.between_steps(left_s=quiet.FINISH_S / 2)
-        assert turn.turns_between_steps == 0 and gate.pages_waiting() and not ran.is_set()
-        turn.between_steps(left_s=quiet.FINISH_S * 2)  # a longer way to go: the page has its turn now
-        assert turn.turns_between_steps == 1 and ran.is_set()
-    t.join(5)
-
-
 def test_with_no_page_waiting_a_long_run_keeps_the_gate_closed(tmp_path, monkeypatch):
     monkeypatch.setattr(quiet, "TURN_S", 0.0)
     gate = quiet.Gate(tmp_path)
@@ -336,7 +315,7 @@ def test_timed_generation_offers_a_turn_after_every_step(tiny):
 
     @contextlib.contextmanager
     def section():
-        yield SimpleNamespace(disturbed=False, between_steps=offered.append)
+        yield SimpleNamespace(disturbed=False, between_steps=lambda: offered.append(1))
 
     benchmark.set_timed_section(section)
     try:
@@ -345,9 +324,6 @@ def test_timed_generation_offers_a_turn_after_every_step(tiny):
     finally:
         benchmark.set_timed_section(None)
     assert len(offered) == 6 and run.decode_tokens == 5
-    # with each turn comes how long the run has left: unknown after the prefill, then falling to nothing
-    assert offered[0] == float("inf") and offered[-1] == 0.0
-    assert all(a > b for a, b in zip(offered[1:], offered[2:]))
 
 
 def test_time_between_steps_is_not_timed(tiny):
@@ -358,7 +334,7 @@ def test_time_between_steps_is_not_timed(tiny):
 
     @contextlib.contextmanager
     def section():
-        yield SimpleNamespace(disturbed=False, between_steps=lambda left_s: time.sleep(0.2))
+        yield SimpleNamespace(disturbed=False, between_steps=lambda: time.sleep(0.2))
 
     benchmark.set_timed_section(section)
     try:
