@@ -29,6 +29,9 @@ and the presenter's tab blank, the dashboard with the room active, the dashboard
 each dashboard speed is divided by the CLI's of the same variant and round. It also reports how much of the machine
 the web server, the worker, the presenter's tab and the load generator used during each measurement.
 
+On a machine whose speed drifts, a few rounds leave a 5% question open; `--pool A.json B.json ...` reads earlier
+`--paired --json` results and reports their rounds together (measuring nothing), with each file's CPU and page p90.
+
 Viewer jobs left waiting when the sweep ends are removed from the queue (the test is bounded); the presenter's
 sweep is the measurement. The Arena never generates during a timed job (by design), so viewers read its tally.
 """
@@ -847,6 +850,24 @@ def cpu_name() -> str:
                  if line.startswith("model name")), "unknown")
 
 
+def pool(paths: list[Path]) -> dict:
+    """The rounds of several --paired results as one: each round still pairs the dashboard with the CLI of the same
+    minutes; only the medians and intervals are taken over more of them."""
+    measured, sources = [], []
+    for i, path in enumerate(paths):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{path}: cannot read it as JSON ({e}); pass files written by --paired --json")
+        if result.get("mode") != "paired" or "measurements" not in result:
+            raise SystemExit(f"{path}: not a --paired result with its measurements; rerun with --paired --json")
+        measured += [m | {"round": (i, m["round"])} for m in result["measurements"]]
+        sources.append({"file": str(path), "cpu": result["cpu"], "rounds": result["rounds"],
+                        "page_response_s_p90": result["page_response_s_p90"], "errors_shown": result["errors_shown"]})
+    keys = list(dict.fromkeys(m["technique"] for m in measured))
+    return {"pooled": sources, "rounds": sum(s["rounds"] for s in sources), **paired_summary(keys, measured)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sessions", type=int, default=30, help="viewer sessions in all (browsers included)")
@@ -869,7 +890,12 @@ def main() -> None:
                     help="start the lab once; each round measures each variant from the CLI, from the dashboard with "
                          "the room active, and with only the presenter, in a rotating order about a minute apart")
     ap.add_argument("--json", type=Path, help="write the numbers here too")
+    ap.add_argument("--pool", type=Path, nargs="+", metavar="JSON",
+                    help="measure nothing: report the rounds of these --paired --json results together")
     args = ap.parse_args()
+    if args.pool:
+        print(json.dumps(pool(args.pool), indent=2))
+        return
     args.browsers = min(args.browsers, args.sessions)
     keys = [k.strip() for k in args.techniques.split(",") if k.strip()]
     labels = labels_for(keys)

@@ -1,0 +1,50 @@
+"""benchmarks/classroom_load.py --pool: earlier --paired results reported together. The benchmark prints numbers and
+asserts nothing; this checks that pooling keeps each round's pairing and refuses files it cannot pair."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+cl = pytest.importorskip("classroom_load", reason="benchmarks/classroom_load.py needs psutil and websockets")
+
+
+def measurement(rnd: int, condition: str, tok_s: float) -> dict:
+    return {"round": rnd, "technique": "fp32", "condition": condition,
+            "cpu_pct_of_machine": {"web_server": 1.0, "worker": 50.0},
+            "record": {"decode_tokens_per_s_median": tok_s, "settings": {"sessions_connected": 31}}}
+
+
+def paired_result(path: Path, speeds: list[tuple[float, float, float]]) -> Path:
+    """speeds: (cli, room, alone) decode tokens/s of each round."""
+    measured = [measurement(r, c, s) for r, trio in enumerate(speeds) for c, s in zip(("cli", "room", "alone"), trio)]
+    path.write_text(json.dumps({"mode": "paired", "cpu": "AMD EPYC", "rounds": len(speeds),
+                                "page_response_s_p90": 2.0, "errors_shown": 0, "measurements": measured}))
+    return path
+
+
+def test_pooling_keeps_each_round_paired_with_its_own_cli(tmp_path):
+    # Both files have a round 0; a machine twice as fast in the second must not pair its room with the first's CLI.
+    a = paired_result(tmp_path / "a.json", [(10.0, 9.0, 10.0), (12.0, 12.0, 11.4)])
+    b = paired_result(tmp_path / "b.json", [(20.0, 19.0, 19.0)])
+    pooled = cl.pool([a, b])
+    assert pooled["rounds"] == 3 and [s["file"] for s in pooled["pooled"]] == [str(a), str(b)]
+    fp32 = pooled["variants"]["fp32"]
+    assert fp32["room_over_cli_by_round"] == [0.9, 1.0, 0.95]
+    assert fp32["room_over_cli_median"] == 0.95
+    assert fp32["alone_over_cli_by_round"] == [1.0, 0.95, 0.95]
+
+
+def test_pooling_refuses_a_result_without_pairs(tmp_path):
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"rounds": 2, "variants": []}))  # a result without --paired
+    with pytest.raises(SystemExit, match="not a --paired result"):
+        cl.pool([plain])
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"mode": "paired", ')  # cut off while being written
+    with pytest.raises(SystemExit, match="cannot read it as JSON"):
+        cl.pool([broken])
