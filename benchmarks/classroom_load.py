@@ -865,7 +865,7 @@ def pool(paths: list[Path]) -> dict:
         sources.append({"file": str(path), "cpu": result["cpu"], "rounds": result["rounds"],
                         "page_response_s_p90": result["page_response_s_p90"], "errors_shown": result["errors_shown"]})
     keys = list(dict.fromkeys(m["technique"] for m in measured))
-    return {"pooled": sources, "rounds": sum(s["rounds"] for s in sources), **paired_summary(keys, measured)}
+    return {"pooled": sources, "rounds": len({m["round"] for m in measured}), **paired_summary(keys, measured)}
 
 
 def main() -> None:

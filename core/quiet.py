@@ -252,15 +252,10 @@ class Gate:
         previous timed run get their turn before the next one. True if any page was waiting."""
         waiting = _open(self.waiting_path)
         try:
-            try:
-                fcntl.flock(waiting, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            none_waiting = _lock_within(waiting, fcntl.LOCK_EX, 0.0)
+            if none_waiting or _lock_within(waiting, fcntl.LOCK_EX, wait_s):
                 fcntl.flock(waiting, fcntl.LOCK_UN)
-                return False
-            except BlockingIOError:
-                pass
-            if _lock_within(waiting, fcntl.LOCK_EX, wait_s):
-                fcntl.flock(waiting, fcntl.LOCK_UN)
-            return True
+            return not none_waiting
         finally:
             os.close(waiting)
 
