@@ -31,6 +31,8 @@ the web server, the worker, the presenter's tab and the load generator used duri
 
 On a machine whose speed drifts, a few rounds leave a 5% question open; `--pool A.json B.json ...` reads earlier
 `--paired --json` results and reports their rounds together (measuring nothing), with each file's CPU and page p90.
+A `--paired --json` run rewrites its file after every measurement (marked `"finished": false` until it ends), so a
+run stopped early still pools what it measured.
 
 Viewer jobs left waiting when the sweep ends are removed from the queue (the test is bounded); the presenter's
 sweep is the measurement. The Arena never generates during a timed job (by design), so viewers read its tally.
@@ -716,10 +718,12 @@ def quiet_queue(data: Path, max_wait_s: float = 120) -> None:
 
 
 async def paired(args, url: str, token: str, keys: list[str], labels: list[str], data: Path, python: str,
-                 env: dict, stats: Stats, pstats: Stats, away: threading.Event, lab_pid: int) -> list[dict]:
+                 env: dict, stats: Stats, pstats: Stats, away: threading.Event, lab_pid: int,
+                 keep=lambda measured: None) -> list[dict]:
     """Every round measures each variant three times in a rotating order, about a minute apart: the CLI (the room
     paused and the presenter's tab away), the dashboard with the room active, and the dashboard with only the
-    presenter. The room stays connected throughout; a paused session sends nothing, as a tab left open."""
+    presenter. The room stays connected throughout; a paused session sends nothing, as a tab left open.
+    `keep` is handed the measurements so far after each one, so that a long run stopped early keeps them."""
     stop, room_on, sweeping = asyncio.Event(), asyncio.Event(), asyncio.Event()
     viewers = args.sessions - args.browsers
     tasks = []
@@ -762,6 +766,7 @@ async def paired(args, url: str, token: str, keys: list[str], labels: list[str],
                         file=sys.stderr, flush=True)
                     out.append({"round": rnd, "technique": key, "condition": condition, "at_s": round(t0, 1),
                                 "cpu_pct_of_machine": cpu_pct, "record": record})
+                    keep(out)
     finally:
         stop.set()
         room_on.set()
@@ -817,9 +822,19 @@ def run_paired(args, keys: list[str], labels: list[str], python: str, env: dict,
         tab.start()
     me = psutil.Process()
     cpu0, wall0 = sum(me.cpu_times()[:2]), time.monotonic()
+
+    def keep(measured: list[dict]) -> None:  # what an interrupted run leaves for --pool: every measurement it finished
+        if args.json:
+            page_s = stats.page_s + pstats.page_s + bstats.page_s
+            write_json_atomically(args.json, {
+                "mode": "paired", "finished": False, "cpu": cpu_name(), "sessions": args.sessions,
+                "rounds": len({m["round"] for m in measured}), "page_runs": len(page_s),
+                "page_response_s_p90": round(pct(page_s, 0.9), 3) if page_s else None,
+                "errors_shown": len(stats.errors + pstats.errors + bstats.errors), "measurements": measured})
+
     try:
         measured = asyncio.run(paired(args, f"http://127.0.0.1:{port}", token, keys, labels, data, python, env,
-                                      stats, pstats, away, lab.pid))
+                                      stats, pstats, away, lab.pid, keep))
         load_cpu = sum(me.cpu_times()[:2]) - cpu0
         wall = time.monotonic() - wall0
     finally:
@@ -830,7 +845,8 @@ def run_paired(args, keys: list[str], labels: list[str], python: str, env: dict,
     page_s = stats.page_s + pstats.page_s + bstats.page_s
     errors = stats.errors + pstats.errors + bstats.errors
     return {
-        "mode": "paired", "app": str(args.app_dir.resolve()), "sessions": args.sessions, "rounds": args.rounds,
+        "mode": "paired", "finished": True, "app": str(args.app_dir.resolve()), "sessions": args.sessions,
+        "rounds": args.rounds,
         "presenter_tab": args.presenter_tab, "wall_s": round(wall, 1), "page_runs": len(page_s),
         "page_response_s_p50": round(pct(page_s, 0.5), 3), "page_response_s_p90": round(pct(page_s, 0.9), 3),
         "fragment_rerun_s_p90": round(pct(stats.fragment_s + pstats.fragment_s, 0.9), 3),
@@ -843,6 +859,13 @@ def run_paired(args, keys: list[str], labels: list[str], python: str, env: dict,
                                          and m["record"]["settings"].get("repeats") != args.repeats],
         **paired_summary(keys, measured), "measurements": measured,
     }
+
+
+def write_json_atomically(path: Path, obj: dict) -> None:
+    """A reader (or --pool) sees the previous whole file or the new whole file, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
 
 
 def cpu_name() -> str:
@@ -863,6 +886,7 @@ def pool(paths: list[Path]) -> dict:
             raise SystemExit(f"{path}: not a --paired result with its measurements; rerun with --paired --json")
         measured += [m | {"round": (i, m["round"])} for m in result["measurements"]]
         sources.append({"file": str(path), "cpu": result["cpu"], "rounds": result["rounds"],
+                        "finished": result.get("finished", True),
                         "page_response_s_p90": result["page_response_s_p90"], "errors_shown": result["errors_shown"]})
     keys = list(dict.fromkeys(m["technique"] for m in measured))
     return {"pooled": sources, "rounds": len({m["round"] for m in measured}), **paired_summary(keys, measured)}
@@ -913,7 +937,7 @@ def main() -> None:
             shutil.rmtree(data, ignore_errors=True)
         print(json.dumps({k: v for k, v in result.items() if k != "measurements"}, indent=2))
         if args.json:
-            args.json.write_text(json.dumps(result, indent=2))
+            write_json_atomically(args.json, result)
         return
     cli_runs: list[dict[str, dict]] = []
     cli_steal: list[float | None] = []
@@ -957,7 +981,7 @@ def main() -> None:
     result["all_variants_by_round_median_ci95"] = median_ci95(ratios)
     print(json.dumps(result, indent=2))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json_atomically(args.json, result)
 
 
 if __name__ == "__main__":

@@ -48,3 +48,17 @@ def test_pooling_refuses_a_result_without_pairs(tmp_path):
     broken.write_text('{"mode": "paired", ')  # cut off while being written
     with pytest.raises(SystemExit, match="cannot read it as JSON"):
         cl.pool([broken])
+
+
+def test_a_run_stopped_early_pools_what_it_finished(tmp_path):
+    # A --paired run rewrites its file after each measurement; stopped during round 1, that round has only its CLI.
+    path = paired_result(tmp_path / "cut.json", [(10.0, 9.5, 10.0)])
+    partial = json.loads(path.read_text()) | {"finished": False}
+    partial["measurements"].append(measurement(1, "cli", 12.0))
+    cl.write_json_atomically(path, partial)
+    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file became the result, nothing left beside it
+    pooled = cl.pool([path])
+    assert pooled["pooled"][0]["finished"] is False
+    fp32 = pooled["variants"]["fp32"]
+    assert fp32["room_over_cli_by_round"] == [0.95]  # round 1's CLI is paired with nothing, so it adds no ratio
+    assert fp32["cli_decode_tok_s_by_round"] == [10.0, 12.0]
