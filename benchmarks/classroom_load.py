@@ -846,7 +846,7 @@ def run_paired(args, keys: list[str], labels: list[str], python: str, env: dict,
     errors = stats.errors + pstats.errors + bstats.errors
     return {
         "mode": "paired", "finished": True, "app": str(args.app_dir.resolve()), "sessions": args.sessions,
-        "rounds": args.rounds,
+        "rounds": len({m["round"] for m in measured}),  # as the unfinished file counts them
         "presenter_tab": args.presenter_tab, "wall_s": round(wall, 1), "page_runs": len(page_s),
         "page_response_s_p50": round(pct(page_s, 0.5), 3), "page_response_s_p90": round(pct(page_s, 0.9), 3),
         "fragment_rerun_s_p90": round(pct(stats.fragment_s + pstats.fragment_s, 0.9), 3),
