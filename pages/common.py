@@ -10,15 +10,17 @@ import asyncio
 import functools
 import secrets
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import streamlit as st
 
 from core import preload  # noqa: F401  (before any page draws: core/preload.py says why)
 from core import cost, jobqueue, models, quiet, roles, uploads
 from core.jobqueue import PRESENTER, JobQueue
-from core.store import ResultStore, StoreError, data_dir, describe_configured
+from core.store import ResultStore, StoreError, configured_url, data_dir, describe_configured
 
 CUSTOM = models.CUSTOM_CHOICE
 
@@ -187,10 +189,22 @@ def show_error(error: Exception | str) -> None:
     st.error(visible(str(error)))
 
 
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _opened_store(url: str) -> ResultStore:
+    return ResultStore(url=url)
+
+
 def store() -> ResultStore | None:
+    """The configured store, opened (schema checked) once per server rather than once per page run."""
     try:
-        return ResultStore()
+        found = _opened_store(configured_url())
+        if found.path is not None and not found.path.exists():  # the file was moved away: open a fresh one
+            _opened_store.clear()
+            found = _opened_store(configured_url())
+        found.recheck()
+        return found
     except StoreError as e:
+        _opened_store.clear()  # opened afresh (and checked again) once someone has put it right
         st.error(str(e) if is_presenter() else "The results store cannot be opened; the presenter's terminal says why.")
         return None
 
@@ -256,6 +270,29 @@ def clear_results_control() -> None:
         if st.button("Clear results", disabled=not sure, key="clear_results") and (target := store()):
             roles.clear_results(target, presenter=True)
             st.rerun()
+
+
+Built = TypeVar("Built")
+
+
+@st.cache_resource(max_entries=48, show_spinner=False)
+def _built_once(kind: str, key: tuple, _build: Callable[[], object]) -> object:
+    return _build()
+
+
+def shared(kind: str, key: tuple, build: Callable[[], Built]) -> Built:
+    """What `build()` returns, built once for every session while `key` is unchanged, then reused as it is.
+
+    A room of viewers looks at the same results: each figure and report is built by the first page run that needs
+    it, not by thirty. `key` must name everything the result depends on (records_key for records); callers must
+    not change what they get back.
+    """
+    return _built_once(kind, key, build)
+
+
+def records_key(records: Sequence) -> tuple:
+    """Identifies a list of stored records as drawn: which records, and the price they were repriced at."""
+    return tuple((r.record_id, r.hardware_preset, r.usd_per_hour) for r in records)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ import json
 
 import streamlit as st
 
-from core import capacity, plots, report
-from pages.common import choice, measured_set, store, visible
+from core import capacity, plots, report, roles
+from pages.common import choice, is_presenter, measured_set, records_key, shared, store, visible
 
 st.title("Report")
 st.write("One click gives a report you can send to someone who has not seen this app: the Trade-off Map, every "
@@ -22,19 +22,23 @@ settings = {"model": spec.key, "machine": machine, "quality_metric": metric, "ha
             "price_as_of": picked.preset.as_of, "selection": "newest record per technique on this machine"}
 results = store()
 serving = capacity.reprice(capacity.latest_points(results.serving(spec.key, machine)), picked.preset) if results else []
-bundle = report.build_report(records, spec.label, metric, settings, serving=serving)
+# Built once per set of results and settings for every session; the files are made only when someone downloads.
+bundle = shared("report", (records_key(records), tuple(r.record_id for r in serving), *sorted(settings.items())),
+                lambda: report.build_report(records, spec.label, metric, settings, serving=serving))
+shown = (lambda text: text) if is_presenter() else roles.hide_paths  # a viewer never reads a server path
 
 stem = f"tradeoff-report-{spec.key.replace('/', '--')}"
 a, b, c = st.columns(3)
-a.download_button("Download HTML report", bundle.html, f"{stem}.html", "text/html", type="primary",
+a.download_button("Download HTML report", lambda: bundle.html, f"{stem}.html", "text/html", type="primary",
                   icon=":material/description:")
-b.download_button("Download results CSV", visible(bundle.csv), f"{stem}.csv", "text/csv", icon=":material/table:")
-c.download_button("Download results + manifest JSON", visible(bundle.json), f"{stem}.json", "application/json",
+b.download_button("Download results CSV", lambda: shown(bundle.csv), f"{stem}.csv", "text/csv", icon=":material/table:")
+c.download_button("Download results + manifest JSON", lambda: shown(bundle.json), f"{stem}.json", "application/json",
                   icon=":material/data_object:")
 st.caption(f"{len(records)} variants, {len(serving)} serving points; HTML {len(bundle.html) / 1e6:.1f} MB (plotly.js is embedded so it needs no network).")
 
 st.subheader("What the report contains")
-st.plotly_chart(plots.tradeoff_figure(records, metric, "latency"), width="stretch")
+st.plotly_chart(shared("tradeoff", (records_key(records), metric, True, "latency"),
+                       lambda: plots.tradeoff_figure(records, metric, "latency")), width="stretch")
 st.dataframe([{h: getattr(r, f) for f, h, _ in report.TABLE_COLUMNS} for r in records], hide_index=True)
 with st.expander("Manifest"):
     st.code(visible(json.dumps(bundle.manifest, indent=2, default=str)), language="json")

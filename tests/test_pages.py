@@ -153,6 +153,44 @@ def test_tradeoff_map_log_by_default_linear_on_toggle_and_a_row_per_point():
     assert '"type":"log"' not in at.get("plotly_chart")[0].proto.spec.replace(" ", "")
 
 
+def test_tradeoff_map_redraws_for_a_new_result_and_a_new_price():
+    # figures are built once for every session (pages/common.shared): a new result or price must still show
+    store = ResultStore()
+    seed_sweep(store)
+    at = page("pages/tradeoff_map.py").run()
+    assert "INT8 (new)" not in at.get("plotly_chart")[0].proto.spec
+    store.add(make_record(technique="int8", family="quantization", label="INT8 (new)", model="smollm2-135m-instruct",
+                          hardware=HERE, run_id="r2", decode_tokens_per_s_median=18.0))
+    at.run()
+    no_errors(at)
+    assert "INT8 (new)" in at.get("plotly_chart")[0].proto.spec
+    money = at.get("plotly_chart")[1].proto.spec
+    from core import cost
+    from pages.common import SidebarChoice
+
+    laptop = cost.HARDWARE_PRESETS["laptop-cpu"]
+    at.session_state["choice"] = SidebarChoice("smollm2-135m-instruct", cost.with_price(laptop, laptop.usd_per_hour * 3))
+    at.run()
+    no_errors(at)
+    assert at.get("plotly_chart")[1].proto.spec != money
+
+
+def test_a_store_file_replaced_while_the_lab_runs_gives_a_message_not_a_traceback():
+    store = ResultStore()
+    seed_sweep(store)
+    at = page("pages/tradeoff_map.py").run()  # the server now holds the store open
+    no_errors(at)
+    saved = store.path.read_bytes()
+    store.path.write_bytes(b"not a database at all" * 100)
+    at.run()
+    assert not at.exception
+    assert any("not an SQLite database" in e.value for e in at.error)
+    store.path.write_bytes(saved)  # put right: the next run reads it again
+    at.run()
+    no_errors(at)
+    assert len(at.get("plotly_chart")) == 3
+
+
 def test_tradeoff_map_switches_quality_metric():
     seed_sweep(ResultStore())
     at = page("pages/tradeoff_map.py").run()

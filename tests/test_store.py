@@ -199,6 +199,29 @@ def test_delete_run_and_clear(store):
     assert store.all() == [] and store.models_seen() == []
 
 
+def test_reads_reuse_parsed_records_but_always_follow_the_rows(store, monkeypatch):
+    first = make_record(technique="fp32")
+    store.add(first)
+    assert store.all() == [first]
+    parsed = []
+    monkeypatch.setattr(core.store.VariantRecord, "from_dict",
+                        classmethod(lambda cls, data: parsed.append(data["record_id"]) or cls(**data)))
+    store.all()[0].technique = "changed by a caller"  # a reader's change stays in its own copy
+    assert store.all() == [first] and parsed == []  # read again without parsing again
+    store.clear()
+    second = make_record(technique="nf4")  # may take the freed row id; it is another record all the same
+    store.add(second)
+    assert store.all() == [second] and parsed == [second.record_id]
+    assert store.all(model="other") == []
+
+
+def test_many_records_are_read_in_chunks(store, monkeypatch):
+    monkeypatch.setattr(core.store, "_IDS_PER_QUERY", 3)
+    records = [make_record(created_at=f"2025-06-01T00:00:{i:02d}+00:00") for i in range(8)]
+    store.add_many(records)
+    assert store.all() == records[::-1]
+
+
 def test_serving_records_round_trip_newest_first_and_once(store):
     old = make_serving(concurrency=1, created_at="2025-06-01T00:00:00+00:00")
     new = make_serving(concurrency=8, created_at="2025-06-02T00:00:00+00:00", hardware="gpu-box",
