@@ -10,6 +10,7 @@ is compared in constant time. It is printed once, on the presenter's terminal, a
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import re
 import secrets
@@ -27,6 +28,13 @@ _PATH = re.compile(r"(?<![\w.])(?:/[\w.@+-]+){2,}/?")  # /a/b..., not the slashe
 def hide_paths(text: str) -> str:
     """What a viewer may read of a message: server paths replaced (they name the server's disk)."""
     return _PATH.sub("<server path>", text)
+
+
+def without_paths(record):
+    """A copy of a stored record (VariantRecord or ServingRecord) with every server path in it replaced, for what
+    a viewer downloads: a record's settings name the eval files and texts it was measured on."""
+    # Replacing inside the JSON text keeps it valid: a path never spans a quote, and "<server path>" needs no escape.
+    return type(record).from_dict(json.loads(hide_paths(json.dumps(record.to_dict()))))
 
 
 def classroom() -> bool:

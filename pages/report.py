@@ -22,17 +22,27 @@ settings = {"model": spec.key, "machine": machine, "quality_metric": metric, "ha
             "price_as_of": picked.preset.as_of, "selection": "newest record per technique on this machine"}
 results = store()
 serving = capacity.reprice(capacity.latest_points(results.serving(spec.key, machine)), picked.preset) if results else []
-# Built once per set of results and settings for every session; the files are made only when someone downloads.
-bundle = shared("report", (records_key(records), tuple(r.record_id for r in serving), *sorted(settings.items())),
-                lambda: report.build_report(records, spec.label, metric, settings, serving=serving))
-shown = (lambda text: text) if is_presenter() else roles.hide_paths  # a viewer never reads a server path
+presenter = is_presenter()
+
+
+def build() -> report.ReportBundle:
+    if presenter:
+        return report.build_report(records, spec.label, metric, settings, serving=serving)
+    # a viewer's files carry no server path (records' settings name the eval files they were measured on)
+    return report.build_report([roles.without_paths(r) for r in records], spec.label, metric, settings,
+                               serving=[roles.without_paths(r) for r in serving])
+
+
+# Built once per set of results, settings and role for every session; the files are sent only when downloaded.
+bundle = shared("report", (records_key(records), tuple(r.record_id for r in serving), *sorted(settings.items()),
+                           presenter), build)
 
 stem = f"tradeoff-report-{spec.key.replace('/', '--')}"
 a, b, c = st.columns(3)
 a.download_button("Download HTML report", lambda: bundle.html, f"{stem}.html", "text/html", type="primary",
                   icon=":material/description:")
-b.download_button("Download results CSV", lambda: shown(bundle.csv), f"{stem}.csv", "text/csv", icon=":material/table:")
-c.download_button("Download results + manifest JSON", lambda: shown(bundle.json), f"{stem}.json", "application/json",
+b.download_button("Download results CSV", lambda: bundle.csv, f"{stem}.csv", "text/csv", icon=":material/table:")
+c.download_button("Download results + manifest JSON", lambda: bundle.json, f"{stem}.json", "application/json",
                   icon=":material/data_object:")
 st.caption(f"{len(records)} variants, {len(serving)} serving points; HTML {len(bundle.html) / 1e6:.1f} MB (plotly.js is embedded so it needs no network).")
 

@@ -441,6 +441,21 @@ def test_viewer_text_hides_server_paths_but_not_technique_lists():
     assert "/home" not in text and "<server path>" in text and "fp32/bf16/nf4" in text
 
 
+def test_a_viewers_report_files_carry_no_server_path_and_the_same_numbers():
+    from core import report
+    from tests.factories import make_record
+
+    record = make_record(settings={"eval_set": "/srv/lab/data/uploads/mc.jsonl", "seed": 0, "repeats": 10},
+                         notes="checkpoint in /srv/lab/data/models/student", decode_tokens_per_s_median=12.5)
+    seen = roles.without_paths(record)
+    assert seen.settings == {"eval_set": "<server path>", "seed": 0, "repeats": 10}
+    assert seen.decode_tokens_per_s_median == 12.5 and seen.record_id == record.record_id
+    bundle = report.build_report([seen], "SmolLM2", "kld_mean", {"model": "m"}, commit="abc")
+    for text in (bundle.html, bundle.csv, bundle.json):
+        assert "/srv/lab" not in text
+    assert "/srv/lab" in report.build_report([record], "SmolLM2", "kld_mean", {"model": "m"}, commit="abc").json
+
+
 def test_an_upload_that_fails_validation_is_not_kept():
     from core import uploads
 
