@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def drawn_key(records) -> tuple:
+    """Identifies a list of stored records as drawn: which records, and the price they were repriced at."""
+    return tuple((r.record_id, r.hardware_preset, r.usd_per_hour) for r in records)
+
+
 def new_record_id() -> str:
     # A record's own identity, made where it is measured: a retried write of the same record is the same row.
     return uuid.uuid4().hex

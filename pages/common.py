@@ -18,8 +18,9 @@ from typing import TypeVar
 import streamlit as st
 
 from core import preload  # noqa: F401  (before any page draws: core/preload.py says why)
-from core import cost, jobqueue, models, quiet, roles, uploads
+from core import cost, jobqueue, models, plots, quiet, roles, uploads
 from core.jobqueue import PRESENTER, JobQueue
+from core.records import drawn_key
 from core.store import ResultStore, StoreError, configured_url, data_dir, describe_configured
 
 CUSTOM = models.CUSTOM_CHOICE
@@ -276,23 +277,20 @@ Built = TypeVar("Built")
 
 
 @st.cache_resource(max_entries=48, show_spinner=False)
-def _built_once(kind: str, key: tuple, _build: Callable[[], object]) -> object:
+def shared(kind: str, key: tuple, _build: Callable[[], Built]) -> Built:
+    """What `_build()` returns, built once for every session while `key` is unchanged, then reused as it is.
+
+    A room of viewers looks at the same results: each figure and report is built by the first page run that needs
+    it, not by thirty. `key` must name everything the result depends on (records.drawn_key for records); callers
+    must not change what they get back.
+    """
     return _build()
 
 
-def shared(kind: str, key: tuple, build: Callable[[], Built]) -> Built:
-    """What `build()` returns, built once for every session while `key` is unchanged, then reused as it is.
-
-    A room of viewers looks at the same results: each figure and report is built by the first page run that needs
-    it, not by thirty. `key` must name everything the result depends on (records_key for records); callers must
-    not change what they get back.
-    """
-    return _built_once(kind, key, build)
-
-
-def records_key(records: Sequence) -> tuple:
-    """Identifies a list of stored records as drawn: which records, and the price they were repriced at."""
-    return tuple((r.record_id, r.hardware_preset, r.usd_per_hour) for r in records)
+def shared_tradeoff(records: Sequence, metric: str, axis: str, log: bool = True):
+    """The Trade-off Map's figure, one for the map page and the report alike."""
+    return shared("tradeoff", (drawn_key(records), metric, axis, log),
+                  lambda: plots.tradeoff_figure(records, metric, axis, log))
 
 
 @dataclass(frozen=True)

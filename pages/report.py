@@ -5,7 +5,8 @@ import json
 import streamlit as st
 
 from core import capacity, plots, report, roles
-from pages.common import choice, is_presenter, measured_set, records_key, shared, store, visible
+from core.records import drawn_key
+from pages.common import choice, is_presenter, measured_set, shared, shared_tradeoff, store, visible
 
 st.title("Report")
 st.write("One click gives a report you can send to someone who has not seen this app: the Trade-off Map, every "
@@ -34,8 +35,7 @@ def build() -> report.ReportBundle:
 
 
 # Built once per set of results, settings and role for every session; the files are sent only when downloaded.
-bundle = shared("report", (records_key(records), tuple(r.record_id for r in serving), *sorted(settings.items()),
-                           presenter), build)
+bundle = shared("report", (drawn_key(records), drawn_key(serving), *sorted(settings.items()), presenter), build)
 
 stem = f"tradeoff-report-{spec.key.replace('/', '--')}"
 a, b, c = st.columns(3)
@@ -47,8 +47,7 @@ c.download_button("Download results + manifest JSON", lambda: bundle.json, f"{st
 st.caption(f"{len(records)} variants, {len(serving)} serving points; HTML {len(bundle.html) / 1e6:.1f} MB (plotly.js is embedded so it needs no network).")
 
 st.subheader("What the report contains")
-st.plotly_chart(shared("tradeoff", (records_key(records), metric, True, "latency"),
-                       lambda: plots.tradeoff_figure(records, metric, "latency")), width="stretch")
+st.plotly_chart(shared_tradeoff(records, metric, "latency"), width="stretch")
 st.dataframe([{h: getattr(r, f) for f, h, _ in report.TABLE_COLUMNS} for r in records], hide_index=True)
 with st.expander("Manifest"):
     st.code(visible(json.dumps(bundle.manifest, indent=2, default=str)), language="json")

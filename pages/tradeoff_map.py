@@ -4,7 +4,8 @@ import streamlit as st
 
 from core import cost, plots
 from core.tables import provenance_lines
-from pages.common import choice, clear_results_control, measured_set, records_key, shared
+from core.records import drawn_key
+from pages.common import choice, clear_results_control, measured_set, shared, shared_tradeoff
 
 st.title("Trade-off Map")
 st.write("Each bubble is one variant of the model, measured on one machine. Up is better quality; left is "
@@ -22,17 +23,10 @@ scale = c2.radio("Axes", ["log", "linear"], horizontal=True,
                       f"the rest into a corner. On a log axis KL divergence is drawn as KLD + {plots.KLD_LOG_FLOOR:g} "
                       "nats so that the reference's 0 can be shown; hover and the table give the measured value.")
 log = scale == "log"
-drawn = records_key(records), metric, log
-
-
-def tradeoff(axis: str):
-    return shared("tradeoff", (*drawn, axis), lambda: plots.tradeoff_figure(records, metric, axis, log))
-
-
 # one map per row: with 25+ variants a half-width column is too narrow to tell them apart
-st.plotly_chart(tradeoff("latency"), width="stretch")
+st.plotly_chart(shared_tradeoff(records, metric, "latency", log), width="stretch")
 st.caption(plots.what_you_give_up(records, metric, "latency"))
-st.plotly_chart(tradeoff("cost"), width="stretch")
+st.plotly_chart(shared_tradeoff(records, metric, "cost", log), width="stretch")
 st.caption(plots.what_you_give_up(records, metric, "cost"))
 if caveat := cost.cost_caveat(picked.preset.kind, records[0].device):
     st.warning(caveat)
@@ -50,7 +44,7 @@ st.dataframe(plots.map_rows(records, metric, "latency"), hide_index=True, width=
                             "MB held": st.column_config.NumberColumn(format="%.1f")})
 
 st.subheader("How close each variant gets to the memory-bandwidth limit")
-st.plotly_chart(shared("speed bars", records_key(records), lambda: plots.speed_bars_figure(records)),
+st.plotly_chart(shared("speed bars", drawn_key(records), lambda: plots.speed_bars_figure(records)),
                 width="stretch")
 st.caption("Generating one token at a time reads every weight it uses once per token, so memory bandwidth ÷ bytes "
            "read per token caps tokens/s (bytes held for dense models; only the chosen experts for a mixture of "
