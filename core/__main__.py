@@ -266,6 +266,8 @@ def cmd_speculate(args: argparse.Namespace) -> None:
 def cmd_worker(args: argparse.Namespace) -> None:
     from core import worker
 
+    if args.job is not None:
+        raise SystemExit(worker.run_claimed(args.job))
     code = worker.serve(until_idle=args.until_idle, say=lambda m: print(m, file=sys.stderr, flush=True))
     if code:
         raise SystemExit(code)
@@ -407,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_speculate)
     w = sub.add_parser("worker", help="run the dashboard's queued jobs one at a time, apart from the web server")
     w.add_argument("--until-idle", action="store_true", help="exit once the queue is empty (tests, scripts)")
+    w.add_argument("--job", type=int, help=argparse.SUPPRESS)  # the worker's child process for one claimed job
     w.set_defaults(func=cmd_worker)
     sv = sub.add_parser("serve", help="start the worker and the dashboard (classroom mode off loopback)")
     sv.add_argument("--host", default="127.0.0.1")

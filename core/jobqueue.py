@@ -98,6 +98,7 @@ class QueuedJob:
     log: tuple[str, ...]
     live: Any
     error: str
+    worker_pid: int | None = None  # the worker that claimed it (its child process runs it)
 
     @property
     def elapsed_s(self) -> float:
@@ -134,7 +135,8 @@ def _row_to_job(row: sqlite3.Row) -> QueuedJob:
         owner=row["owner"], owner_session=row["owner_session"], priority=row["priority"], state=row["state"],
         created_s=row["created_s"], started_s=row["started_s"], ended_s=row["ended_s"],
         stop_requested=bool(row["stop_requested"]), fraction=row["fraction"], message=row["message"],
-        log=tuple(json.loads(row["log_json"])), live=json.loads(row["live_json"]), error=row["error"])
+        log=tuple(json.loads(row["log_json"])), live=json.loads(row["live_json"]), error=row["error"],
+        worker_pid=row["worker_pid"])
 
 
 class JobQueue:

@@ -5,7 +5,10 @@
 Why a process of its own: timing a model in the web server's process shares its GIL, thread pools and cores
 with every open browser tab, and one watching tab halved the measured decode speed. The worker runs the same
 core functions the CLI runs; the server only writes job specs and reads the progress the worker writes into
-the queue (core/jobqueue.py). Job kinds are one registry, `JOB_KINDS`: kind -> how to run it, what makes two
+the queue (core/jobqueue.py). Each job runs in a fresh child process (`python -m core worker --job ID`), as a
+CLI sweep does: a long-lived process carries its allocator's and thread pools' state from one measurement into
+the next (on an AVX2 EPYC the long-lived worker's BF16 decode ran about 10% below the CLI's while FP32 and NF4
+matched), and a job that crashes or runs out of memory takes only itself down. Job kinds are one registry, `JOB_KINDS`: kind -> how to run it, what makes two
 jobs alike (for start estimates) and which models and files it reads (checked for viewers).
 """
 
@@ -281,6 +284,51 @@ def run_job(queue: JobQueue, job: QueuedJob) -> str:
     return state
 
 
+# ---------------------------------------------------------------- a fresh process for each job
+
+
+def _run_apart(queue: JobQueue, job: QueuedJob, lock_fd: int) -> str:
+    """Run a claimed job in a child process and wait for it; a child that dies before writing the job's end
+    (a crash, the kernel's out-of-memory killer) has its job marked failed here. The child inherits the worker's
+    lock, so no second worker can start while it still measures."""
+    child = subprocess.Popen([sys.executable, "-m", "core", "worker", "--job", str(job.id)], cwd=repo_root(),
+                             stdin=subprocess.DEVNULL, pass_fds=(lock_fd,))
+    code = child.wait()
+    ended = queue.job(job.id)
+    if ended is None:
+        return "failed"
+    if ended.state == "running":
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        queue.finish(job.id, "failed", f"The measuring process {how} before the job ended (out of memory?); "
+                                       "every variant it finished is in the results store.")
+        return "failed"
+    return ended.state
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to kill this process when the worker that started it dies (Linux; elsewhere a no-op), so a
+    killed worker never leaves behind a measurement that goes on timing on the cores the next worker uses."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass
+
+
+def run_claimed(job_id: int) -> int:
+    """The child's side: run job `job_id`, which its parent worker claimed. Returns the exit code."""
+    _die_with_parent()
+    queue = JobQueue()
+    job = queue.job(job_id)
+    if job is None or job.state != "running" or job.worker_pid != os.getppid():
+        return 2  # not claimed by the worker that started us (or that worker is already gone)
+    models.quiet_library_output()
+    run_job(queue, job)
+    return 0
+
+
 # ---------------------------------------------------------------- the process
 
 
@@ -356,7 +404,7 @@ def serve(until_idle: bool = False, say: Callable[[str], None] = print) -> int:
                 time.sleep(IDLE_POLL_S)
                 continue
             say(f"job {job.id} ({job.kind}, {job.owner}) started")
-            state = run_job(queue, job)
+            state = _run_apart(queue, job, fd)
             say(f"job {job.id} {state}")
             idle_since = time.monotonic()
     finally:

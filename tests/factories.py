@@ -67,3 +67,16 @@ def make_serving_record(**overrides: Any):
     )
     fields.update(overrides)
     return ServingRecord(**fields)
+
+
+def run_queued_jobs_here() -> None:
+    """Run every waiting job in the test's own process, where its fakes apply (the worker runs each job in a
+    child process of its own, which a monkeypatch does not reach); the queue and store get what the child writes."""
+    import os
+
+    from core import worker
+    from core.jobqueue import JobQueue
+
+    queue = JobQueue()
+    while (job := queue.claim(os.getpid())) is not None:
+        worker.run_job(queue, job)

@@ -303,6 +303,35 @@ def test_one_worker_per_data_folder(data_dir):
         first.wait(10)
 
 
+def test_a_job_whose_process_dies_is_marked_failed_and_the_worker_goes_on():
+    """Each job runs in a child process of the worker; a child killed as the out-of-memory killer would kill it
+    takes only its own job down."""
+    import threading
+
+    import psutil
+
+    queue = JobQueue()
+    doomed = queue_sweep(queue, PRESENTER, "s-p", techniques=["fp32", "bf16", "fp16", "dyn-int8"], repeats=3)
+    after = queue_sweep(queue, PRESENTER, "s-p")
+    loop = threading.Thread(target=worker.serve, kwargs={"until_idle": True, "say": lambda m: None})
+    loop.start()
+    deadline = time.monotonic() + 240
+    children = []
+    while not children and time.monotonic() < deadline:
+        try:
+            children = [c for c in psutil.Process().children() if "--job" in c.cmdline()]
+        except psutil.Error:  # a child that ended between listing and reading its command line
+            children = []
+        time.sleep(0.05)
+    assert children, "the worker started no child process for the job"
+    assert queue.job(doomed).state == "running"
+    children[0].kill()
+    loop.join(600)
+    failed = queue.job(doomed)
+    assert failed.state == "failed" and "killed by signal 9" in failed.error and "/" not in failed.error
+    assert queue.job(after).state == "done"
+
+
 def test_a_viewer_sees_a_failed_job_without_server_paths_and_who_started_each_job(monkeypatch):
     monkeypatch.setenv(roles.CLASSROOM_ENV, "1")
     queue = JobQueue()

@@ -9,7 +9,7 @@ from core import benchmark, moe, plots, techniques
 from core.__main__ import main
 from core.tables import moe_rows, moe_view
 from tests.conftest import needs_bundled
-from tests.factories import make_record
+from tests.factories import make_record, run_queued_jobs_here
 
 IDS = torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79, 32, 38]])
 FAST = ["--new-tokens", "4", "--repeats", "2", "--warmup", "1", "--mc-max-items", "5"]
@@ -423,9 +423,7 @@ def test_page_button_queues_a_conversion_and_sweep_for_the_worker(monkeypatch):
     monkeypatch.setattr(moe, "run_moe_sweep", fake)
     at = page("pages/moe.py").run()
     at.button[0].click().run()
-    from core import worker
-
-    worker.serve(until_idle=True, say=lambda m: None)  # the worker process's loop, run here
+    run_queued_jobs_here()  # the job's body, in this process so that the fake applies
     assert calls["args"] == ("smollm2-135m-instruct", 8, [1, 2, 4, 8])
     assert len(ResultStore().all()) == 5
     no_errors(at)

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import benchmark
 from core.store import ResultStore
-from tests.factories import make_record
+from tests.factories import make_record, run_queued_jobs_here
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = benchmark.hardware_fingerprint("cpu")
@@ -99,13 +99,12 @@ def test_measure_button_starts_a_sweep_that_stores_results(monkeypatch):
     monkeypatch.setattr(core.sweep, "run_sweep", fake_sweep)
     at = page("pages/quantize.py").run()
     next(b for b in at.button if b.label == "Measure").click().run()  # the estimate's probe button comes first
-    from core import worker
     from core.jobqueue import JobQueue
 
     waiting = JobQueue().snapshot().waiting
     assert [w.job.kind for w in waiting] == ["sweep"] and waiting[0].job.owner == "presenter"
     assert any("Waiting: 1" in m.value for m in at.markdown)  # the page shows the queue
-    worker.serve(until_idle=True, say=lambda m: None)  # the worker process's loop, run here
+    run_queued_jobs_here()  # the job's body, in this process so that the fake applies
     assert calls["args"] == ("smollm2-135m-instruct", ["fp32", "bf16", "int8", "nf4", "dyn-int8", "gguf-q8_0",
                                                        "gguf-q4_k_m"], core.sweep.SweepSettings().new_tokens)
     assert len(ResultStore().all()) == 1
@@ -286,10 +285,9 @@ def test_distill_button_runs_training_then_measuring_in_the_background(tiny_teac
     at = page("pages/distill.py").run()
     at.button[0].click().run()
     no_errors(at)
-    from core import worker
     from core.jobqueue import JobQueue
 
-    worker.serve(until_idle=True, say=lambda m: None)
+    run_queued_jobs_here()  # the job's body, in this process so that the fake applies
     assert calls == ["train", "measure"] and JobQueue().snapshot().recent[0].state == "done"
 
 
