@@ -672,6 +672,22 @@ def processes_cpu_s(procs: list[psutil.Process]) -> float | None:
         return None
 
 
+def tree_cpu_s(proc: psutil.Process) -> float | None:
+    """User + system CPU seconds so far of a process and everything under it, the children it has already waited
+    for included: the worker runs each job in a child process that comes and goes between two readings."""
+    try:
+        own = proc.cpu_times()
+    except psutil.Error:
+        return None
+    live = 0.0
+    for kid in proc.children(recursive=True):
+        try:
+            live += sum(kid.cpu_times()[:2])
+        except psutil.Error:  # ended since the listing: its time is in its parent's children_* from now on
+            pass
+    return own.user + own.system + own.children_user + own.children_system + live
+
+
 def share_pct(before: float | None, after: float | None, wall_s: float) -> float | None:
     """CPU seconds between two readings as a share of the whole machine (all cores), in percent."""
     if before is None or after is None:
@@ -679,15 +695,22 @@ def share_pct(before: float | None, after: float | None, wall_s: float) -> float
     return round(100 * (after - before) / (wall_s * psutil.cpu_count()), 2)
 
 
+def command_line(proc: psutil.Process) -> str:
+    """'' for a process that has ended (a job's child the worker has not yet waited for is a zombie, with none)."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def cpu_by_part(lab_pid: int) -> dict[str, float | None]:
-    """CPU seconds so far of each part on this machine: the lab's web server, its worker, the presenter's Chromium
-    tab (this process's Chromium children), this load generator, and the whole machine."""
+    """CPU seconds so far of each part on this machine: the lab's web server, its worker with its job processes, the
+    presenter's Chromium tab (this process's Chromium children), this load generator, and the whole machine."""
     me, lab = psutil.Process(), psutil.Process(lab_pid)
-    lab_kids = lab.children(recursive=True)
-    worker = [k for k in lab_kids if "worker" in " ".join(k.cmdline())]
+    worker = [k for k in lab.children(recursive=True) if "worker" in (cmd := command_line(k)) and "--job" not in cmd]
     browser = [k for k in me.children(recursive=True) if "chrom" in k.name().lower()]
     machine = psutil.cpu_times()
-    return {"web_server": processes_cpu_s([lab]), "worker": processes_cpu_s(worker),
+    return {"web_server": processes_cpu_s([lab]), "worker": tree_cpu_s(worker[0]) if worker else None,
             "presenter_tab": processes_cpu_s(browser), "load_generator": processes_cpu_s([me]),
             "machine": machine.user + machine.nice + machine.system + getattr(machine, "irq", 0)
             + getattr(machine, "softirq", 0)}

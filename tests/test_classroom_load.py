@@ -62,3 +62,23 @@ def test_a_run_stopped_early_pools_what_it_finished(tmp_path):
     fp32 = pooled["variants"]["fp32"]
     assert fp32["room_over_cli_by_round"] == [0.95]  # round 1's CLI is paired with nothing, so it adds no ratio
     assert fp32["cli_decode_tok_s_by_round"] == [10.0, 12.0]
+
+
+def test_the_workers_cpu_share_counts_job_processes_that_have_ended():
+    """The worker runs each job in a child process; a reading taken after the child ended must still count it."""
+    import subprocess
+    import time
+
+    import psutil
+
+    me = psutil.Process()
+    tree0, own0 = cl.tree_cpu_s(me), cl.processes_cpu_s([me])
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass"
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    deadline = time.monotonic() + 60
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cl.command_line(psutil.Process(child.pid)) == ""  # ended, not yet waited for: no command line to read
+    child.wait()
+    children_s = (cl.tree_cpu_s(me) - tree0) - (cl.processes_cpu_s([me]) - own0)
+    assert children_s >= 0.3
