@@ -73,7 +73,7 @@ def test_the_workers_cpu_share_counts_job_processes_that_have_ended():
 
     me = psutil.Process()
     tree0, own0 = cl.tree_cpu_s(me), cl.processes_cpu_s([me])
-    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass"
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5:\n    pass"
     child = subprocess.Popen([sys.executable, "-c", spin])
     deadline = time.monotonic() + 60
     while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
@@ -81,4 +81,4 @@ def test_the_workers_cpu_share_counts_job_processes_that_have_ended():
     assert cl.command_line(psutil.Process(child.pid)) == ""  # ended, not yet waited for: no command line to read
     child.wait()
     children_s = (cl.tree_cpu_s(me) - tree0) - (cl.processes_cpu_s([me]) - own0)
-    assert children_s >= 0.3
+    assert children_s >= 0.3  # of the 0.5 s it spun: the kernel counts in clock ticks, rounding down
