@@ -56,8 +56,7 @@ def worker_once(args, env: dict, key: str) -> dict:
     from core.store import ResultStore
     from core.sweep import SweepSettings
 
-    os.environ.update(env)  # the queue and store of the throwaway folder
-    queue, store = JobQueue(), ResultStore()
+    queue, store = JobQueue(), ResultStore()  # of the throwaway folder: main() pointed LAB_DATA_DIR there
     before = {r.record_id for r in store.all()}
     spec = {"model": args.model, "techniques": [key], "settings": asdict(SweepSettings(**settings_args(args)))
             | {"launched_from": "dashboard"}}
@@ -83,6 +82,7 @@ def main() -> None:
     keys = [k.strip() for k in args.techniques.split(",") if k.strip()]
     data = Path(tempfile.mkdtemp(prefix="worker-vs-cli-"))
     env = os.environ | {"LAB_DATA_DIR": str(data), "LAB_WORKER_AUTOSTART": "0"}
+    os.environ.update(env)  # this process reads the same queue and store as the processes it starts
     if not Path(args.model).is_dir():  # a bundled model: dequantized into the throwaway folder once, untimed
         subprocess.run([sys.executable, "-m", "core", "prepare", "--model", args.model], cwd=ROOT, env=env,
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

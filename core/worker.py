@@ -6,10 +6,10 @@ Why a process of its own: timing a model in the web server's process shares its 
 with every open browser tab, and one watching tab halved the measured decode speed. The worker runs the same
 core functions the CLI runs; the server only writes job specs and reads the progress the worker writes into
 the queue (core/jobqueue.py). Each job runs in a fresh child process (`python -m core worker --job ID`), as a
-CLI sweep does: a long-lived process carries its allocator's and thread pools' state from one measurement into
-the next (on an AVX2 EPYC the long-lived worker's BF16 decode ran about 10% below the CLI's while FP32 and NF4
-matched), and a job that crashes or runs out of memory takes only itself down. Job kinds are one registry, `JOB_KINDS`: kind -> how to run it, what makes two
-jobs alike (for start estimates) and which models and files it reads (checked for viewers).
+CLI sweep does: a process kept from one measurement to the next carried state into it (its BF16 decode ran 7-11%
+below the CLI's on an AVX2 EPYC and on an AMX Xeon while FP32 and NF4 matched), and a job that crashes or runs
+out of memory takes only itself down. Job kinds are one registry, `JOB_KINDS`: kind -> how to run it, what makes
+two jobs alike (for start estimates) and which models and files it reads (checked for viewers).
 """
 
 from __future__ import annotations
@@ -388,7 +388,6 @@ def serve(until_idle: bool = False, say: Callable[[str], None] = print) -> int:
         pid_path().write_text(str(os.getpid()))
         idle_exit_s = float(os.environ.get(IDLE_EXIT_ENV, IDLE_EXIT_S))
         idle_since = time.monotonic()
-        models.quiet_library_output()
         queue = JobQueue()
         for job_id in queue.recover():
             say(f"job {job_id} was interrupted by the previous worker's end; what it finished is in the results store")
