@@ -18,7 +18,7 @@ PAGES = [  # (script, title, icon); the first is the default page
 ]
 
 # While the worker times a model, a page run waits here, before it does any work: a room of viewers whose page
-# runs each drew the frame first kept the web server busy on the cores being timed (core/quiet.py says more).
+# runs each drew the frame first kept the web server busy on the cores being timed (core/launch/quiet.py says more).
 with page_turn():
     st.set_page_config(page_title="LLM Trade-off Lab", page_icon=":material/balance:", layout="wide")
     navigation = st.navigation([st.Page(script, title=title, icon=icon, default=i == 0)

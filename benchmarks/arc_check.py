@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/arc_check.py                  # the first 300 items, bundled model
     .venv/bin/python benchmarks/arc_check.py --items 2376     # the whole test split
 
-Scores every item the way the sweep does (core.evaluate.mc_accuracy: prompt "Question: ...\\nAnswer:",
+Scores every item the way the sweep does (core.measure.evaluate.mc_accuracy: prompt "Question: ...\\nAnswer:",
 continuation " " + choice) and prints raw accuracy, acc_norm (log-prob / characters of the choice, as
 lm-evaluation-harness) and, for comparison, the per-byte-with-delimiter normalisation this project used
 before, so a change in either is visible. Reads ../shared/data/ARC-Easy-Test.jsonl unless --file is given.
@@ -23,7 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from core import evaluate, models  # noqa: E402
+from core import models  # noqa: E402
+from core.measure import evaluate
+from core.runtimes import eager
 
 DEFAULT_FILE = ROOT.parent / "shared" / "data" / "ARC-Easy-Test.jsonl"
 
@@ -44,7 +46,7 @@ def main() -> None:
     t0 = time.perf_counter()
     scores: list[list[float]] = []
     for start in range(0, len(items), 16):  # the batches mc_accuracy uses
-        scores += evaluate.batch_choice_logprobs(model, tokenizer, items[start : start + 16])
+        scores += eager.batch_choice_logprobs(model, tokenizer, items[start : start + 16])
     seconds = time.perf_counter() - t0
     picks = [evaluate.mc_picks(s, it.choices) for s, it in zip(scores, items)]  # what mc_accuracy records
     raw = [p[0] == it.answer for p, it in zip(picks, items)]

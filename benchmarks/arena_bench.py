@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core import benchmark, models  # noqa: E402
+from core import models  # noqa: E402
+from core.measure import benchmark
 from core.store import ResultStore  # noqa: E402
 
 HEADER = re.compile(r"^(.+?)\s*\nTTFT (\d+) ms · decode ([\d.]+) tok/s · (\d+) tokens", re.M)

@@ -73,7 +73,7 @@ VIEWER_PAGES = ["", "quantize", "tradeoff_map", "arena", "decide", "report", "mo
 EXPECTED = re.compile(r"each viewer may have|queue is full|still running|Arena opens again|try again when", re.I)
 GATE_FIELDS = ("timed_runs_with_pages_paused", "timed_runs_with_pages_running", "page_turns_between_decode_steps",
                "timed_runs_disturbed_and_repeated", "other_processes_cpu_pct_median", "other_processes_cpu_pct_max",
-               "page_drain_wait_ms_max")  # what core/quiet.py wrote in each record
+               "page_drain_wait_ms_max")  # what core/launch/quiet.py wrote in each record
 WIDGETS = ("button", "multiselect", "number_input", "selectbox", "radio", "slider", "text_area", "checkbox")
 
 
@@ -726,7 +726,7 @@ def quiet_queue(data: Path, max_wait_s: float = 120) -> None:
     """No viewer job runs into the next measurement: waiting ones are cancelled, a running one is stopped (as the
     presenter's Stop does) and its end awaited."""
     sys.path.insert(0, str(ROOT))
-    from core.jobqueue import JobQueue
+    from core.launch.jobqueue import JobQueue
 
     queue = JobQueue(data / "queue.sqlite")
     end = time.monotonic() + max_wait_s

@@ -5,11 +5,16 @@
 Then probes each variant (load + 3 decode steps) and prints what it took. Prints numbers; asserts nothing.
 Uses its own results store (set LAB_DATA_DIR to keep it away from data/).
 """
-import os, sys, time
+import sys
+import time
+
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
-from core import benchmark, estimate, models
+from core import models
+from core.experiments import estimate
+from core.experiments.sweep import SweepSettings, chat_prompt_ids, run_sweep
+from core.measure import benchmark
 from core.store import ResultStore
-from core.sweep import SweepSettings, run_sweep, chat_prompt_ids
+
 models.quiet_library_output()
 keys = ["fp32", "int8", "nf4"]
 store = ResultStore()

@@ -20,7 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import benchmark, techniques  # noqa: E402
+from core import techniques  # noqa: E402
+from core.measure import benchmark
+from core.runtimes import as_runner
 
 
 def smollm2_shaped(target: Path) -> Path:
@@ -57,7 +59,7 @@ def main() -> None:
             benchmark.release_memory()
             with benchmark.PeakMemory(device) as mem:
                 model = technique.make(checkpoint, device)
-                bench = benchmark.bench_generation(model, prompt, args.new_tokens, warmup=2, repeats=7, device=device)
+                bench = benchmark.bench_generation(as_runner(model, device), prompt, args.new_tokens, warmup=2, repeats=7, device=device)
             held = benchmark.bytes_held(model)
             roof = benchmark.roofline_tokens_per_s(max(bandwidth.samples), held)
             tps = bench.decode_tokens_per_s

@@ -59,7 +59,7 @@ VARIANTS = [
 
 def seed(data_dir: Path) -> None:
     os.environ["LAB_DATA_DIR"] = str(data_dir)
-    from core import benchmark
+    from core.measure import benchmark
     from core.store import ResultStore
     from tests.factories import make_record
 

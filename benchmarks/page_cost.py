@@ -45,9 +45,10 @@ def page_cpu_ms(n_records: int, records: list[dict], runs: int) -> dict[str, flo
     models = ROOT / "data" / "models"
     if models.is_dir():  # pages that look for prepared checkpoints find them, as in the lab
         (Path(os.environ["LAB_DATA_DIR"]) / "models").symlink_to(models)
-    from core.records import VariantRecord, new_record_id
-    from core.store import ResultStore
     from streamlit.testing.v1 import AppTest
+
+    from core.store import ResultStore
+    from core.store.records import VariantRecord, new_record_id
 
     ResultStore().add_many(VariantRecord.from_dict(records[i % len(records)] | {"record_id": new_record_id()})
                            for i in range(n_records))
@@ -75,7 +76,7 @@ def main() -> None:
     records = measured_records(args.source)
     if max(args.records) > 0 and not records:
         raise SystemExit("no measured results to copy: pass --from FILE.json, or measure a sweep first")
-    from core.benchmark import cpu_model
+    from core.measure.benchmark import cpu_model
 
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; median of {args.runs} runs")
     for n in args.records:

@@ -25,16 +25,14 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import psutil
-
 import classroom_load as cl
+import psutil
 
 STATES = ("room", "alone")
 SWITCH = "switch"  # the room is changing: runs that see it belong to neither state
@@ -46,9 +44,12 @@ SWITCH = "switch"  # the room is changing: runs that see it belong to neither st
 def timer(key: str, minutes: float, repeats: int, gap_s: float, state_path: Path, out_path: Path) -> None:
     """Time `key` through the lab's gate until `minutes` have passed; one JSON line per timed run."""
     sys.path.insert(0, str(cl.ROOT))
-    from core import benchmark, models, quiet, runtimes, sweep, techniques
-    from core.jobqueue import JobQueue
-    from core.store import data_dir
+    from core import models, runtimes, techniques
+    from core.experiments import sweep
+    from core.launch import quiet
+    from core.launch.jobqueue import JobQueue
+    from core.measure import benchmark
+    from core.paths import data_dir
 
     settings = sweep.SweepSettings(repeats=repeats)
     inputs = sweep.prepare_inputs(models.DEFAULT_MODEL, settings, lambda _msg: None)

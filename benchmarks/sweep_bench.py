@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import models, techniques  # noqa: E402
+from core.experiments.sweep import SweepSettings, run_sweep  # noqa: E402
 from core.store import ResultStore  # noqa: E402
-from core.sweep import SweepSettings, run_sweep  # noqa: E402
 
 TARGET_S = 300  # the sweep of all eight variants should finish within 5 minutes on a 2-core laptop-class CPU
 

@@ -52,9 +52,9 @@ def run(cmd: list[str], env: dict) -> None:
 
 def worker_once(args, env: dict, key: str) -> dict:
     """Queue the sweep as the presenter's Measure button does, and let a worker run it."""
-    from core.jobqueue import PRESENTER, JobQueue
+    from core.experiments.sweep import SweepSettings
+    from core.launch.jobqueue import PRESENTER, JobQueue
     from core.store import ResultStore
-    from core.sweep import SweepSettings
 
     queue, store = JobQueue(), ResultStore()  # of the throwaway folder: main() pointed LAB_DATA_DIR there
     before = {r.record_id for r in store.all()}

@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from core import cost, models, techniques
+from core import models, techniques
+from core.measure import cost
 from core.store import ResultStore, StoreError, open_store
 
 
@@ -55,7 +56,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def _sweep_settings(args: argparse.Namespace):
     """SweepSettings from the measurement flags that `sweep` and `moe` share (unset flags keep the defaults)."""
-    from core import sweep
+    from core.experiments import sweep
 
     overrides = {k: v for k, v in {
         "eval_set": _existing_file("--eval-set", args.eval_set),
@@ -75,7 +76,7 @@ def _show_progress(p) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from core import sweep
+    from core.experiments import sweep
 
     keys = techniques.parse_keys(args.techniques)
     settings = _sweep_settings(args)
@@ -98,7 +99,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def _refuse_unsupported(keys: list[str], device: str) -> None:
     """A variant asked for by name that cannot run here is an error on the command line, before anything loads."""
-    from core import benchmark, runtimes
+    from core import runtimes
+    from core.measure import benchmark
 
     here = benchmark.pick_device(device)
     problems = [f"{k}: {reason}" for k in keys
@@ -108,7 +110,7 @@ def _refuse_unsupported(keys: list[str], device: str) -> None:
 
 
 def cluster_address() -> str | None:
-    from core import cluster
+    from core.launch import cluster
 
     return cluster.configured_address()
 
@@ -120,7 +122,8 @@ def _show_cluster_progress(p) -> None:
 
 def _cluster_sweep(args: argparse.Namespace, keys: list[str], settings, store: ResultStore | None, address: str) -> None:
     """The same sweep as Ray tasks over the cluster at `address`, each worker writing into the shared store."""
-    from core import cluster, sweep
+    from core.experiments import sweep
+    from core.launch import cluster
 
     if store is None:
         raise CliError("--no-store: a cluster sweep's workers write straight into the shared store; drop --no-store")
@@ -155,7 +158,7 @@ def _int_list(flag: str, text: str) -> list[int]:
 
 def cmd_moe(args: argparse.Namespace) -> None:
     """Convert once, then measure the dense reference and each top-k with the sweep harness."""
-    from core import moe
+    from core.techniques import moe
 
     top_ks = _int_list("--top-k", args.top_k)
     settings = _sweep_settings(args)
@@ -188,7 +191,7 @@ def _add_measurement_args(s: argparse.ArgumentParser) -> None:
 
 
 def cmd_lora(args: argparse.Namespace) -> None:
-    from core import lora
+    from core.techniques import lora
 
     defaults = lora.FinetuneSettings()
     settings = lora.FinetuneSettings(
@@ -231,7 +234,7 @@ def _every_tenth_step(fraction: float, message: str) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     """Cut a student from the teacher's layers, distill it, save it, and measure teacher / pruned / distilled."""
-    from core import distillation
+    from core.techniques import distillation
 
     settings = distillation.DistillSettings(
         student_layers=args.layers, layer_choice=args.layer_choice, steps=args.steps, batch_size=args.batch_size,
@@ -251,7 +254,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def cmd_speculate(args: argparse.Namespace) -> None:
-    from core import speculative
+    from core.experiments import speculative
 
     if not (Path(args.draft) / "config.json").is_file():
         raise CliError(f"--draft: {args.draft} is not a saved model directory (no config.json); "
@@ -264,7 +267,7 @@ def cmd_speculate(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from core import worker
+    from core.launch import worker
 
     if args.job is not None:
         raise SystemExit(worker.run_claimed(args.job))
@@ -278,7 +281,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     on the presenter's terminal only; the browser pages never show it."""
     import os
 
-    from core import roles, worker
+    from core.launch import roles, worker
 
     env = dict(os.environ)
     extra = []
@@ -379,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", help="write the result here (else to stdout)")
     f.add_argument("--no-store", action="store_true", help="do not measure and store the result for the Trade-off Map")
     f.set_defaults(func=cmd_lora)
-    from core.distillation import LAYER_CHOICES, DistillSettings
+    from core.techniques.distillation import LAYER_CHOICES, DistillSettings
 
     dd = DistillSettings()
     d = sub.add_parser("distill", help="distill a student with fewer layers from the teacher; measure all three")

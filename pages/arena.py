@@ -9,24 +9,29 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from core import arena, benchmark, distillation, evaluate, models, runtimes, techniques
-from core.jobs import iterate_on_torch_thread, on_torch_thread
-from core.sweep import chat_prompt_ids
+from core import models, runtimes, techniques
+from core.experiments import arena
+from core.experiments.sweep import chat_prompt_ids
+from core.launch.jobs import iterate_on_torch_thread, on_torch_thread
+from core.measure import benchmark
+from core.models import saved
+from core.paths import ASSETS
+from core.techniques import distillation
 from pages.common import choice, is_presenter, queue, session_id, store, visible
 
-PROMPTS = {p["id"]: p for p in json.loads((evaluate.ASSETS / "prompts.json").read_text())}
+PROMPTS = {p["id"]: p for p in json.loads((ASSETS / "prompts.json").read_text())}
 OWN = "own"
 REDRAW_S = 0.5  # redraw a column at most this often: the browser and server draw on the same cores the models use
 DEFAULT_KEYS = ("fp32", "bf16", "dyn-int8")
 
 
-def saved_students(model_key: str) -> dict[str, distillation.SavedStudent]:
+def saved_students(model_key: str) -> dict[str, saved.SavedStudent]:
     """Finished students distilled from this model, by the technique key their measurements are stored under."""
     return {distillation.student_key(s.facts["student_layers"], s.facts["run"]): s
-            for s in distillation.saved_students() if s.facts.get("teacher") == model_key and s.facts.get("complete")}
+            for s in saved.saved_students() if s.facts.get("teacher") == model_key and s.facts.get("complete")}
 
 
-def variant_labels(students: dict[str, distillation.SavedStudent]) -> dict[str, str]:
+def variant_labels(students: dict[str, saved.SavedStudent]) -> dict[str, str]:
     """Every variant the arena can build, by key: the registry's, then this model's distilled students."""
     return {k: t.label for k, t in techniques.TECHNIQUES.items()} | {
         k: distillation.student_label(s.facts["student_layers"], s.facts["run"]) for k, s in students.items()}
@@ -124,7 +129,7 @@ if st.button("Generate", type="primary", disabled=busy or not prompt.strip()):
     checkpoint = str(models.prepare(spec))
     tokenizer = load_tokenizer(checkpoint)
     input_ids = chat_prompt_ids(tokenizer, prompt).to(device)
-    # Loading, warm-up and generation all run on the lab's one torch thread, as sweeps do (core/jobs.py).
+    # Loading, warm-up and generation all run on the lab's one torch thread, as sweeps do (core/launch/jobs.py).
     loaded = {k: load_variant(checkpoint, k, device, str(students[k].path) if k in students else "") for k in keys}
     reference = techniques.REFERENCE if techniques.REFERENCE in keys else keys[0]
     labels = (arena.blind_labels(keys, random.randrange(2**31)) if blind else {k: label(k) for k in keys})

@@ -17,11 +17,20 @@ from typing import TypeVar
 
 import streamlit as st
 
-from core import preload  # noqa: F401  (before any page draws: core/preload.py says why)
-from core import cost, jobqueue, models, plots, quiet, roles, uploads
-from core.jobqueue import PRESENTER, JobQueue
-from core.records import drawn_key
-from core.store import ResultStore, StoreError, configured_url, data_dir, describe_configured
+from core import models
+from core.launch import (
+    jobqueue,
+    preload,  # noqa: F401  (before any page draws: core/launch/preload.py says why)
+    quiet,
+    roles,
+    uploads,
+)
+from core.launch.jobqueue import PRESENTER, JobQueue
+from core.measure import cost
+from core.paths import data_dir
+from core.store import ResultStore, StoreError, configured_url, describe_configured
+from core.store.records import drawn_key
+from core.views import plots
 
 CUSTOM = models.CUSTOM_CHOICE
 
@@ -60,7 +69,7 @@ def gate() -> quiet.Gate:
 
 
 def page_turn():
-    """Held around every page run: pages wait while the worker times a model (core/quiet.py says why). A request
+    """Held around every page run: pages wait while the worker times a model (core/launch/quiet.py says why). A request
     the door held has waited already, so its run waits only for what is left of the bound."""
     held = door()
     waited_s = held.waited_s(_streamlit_session()) if held is not None else 0.0
@@ -75,7 +84,7 @@ def _streamlit_session() -> str:
 
 
 def door() -> quiet.Door | None:
-    """The web server's door (core/quiet.py, `Door`): put once in front of Streamlit's handling of browser messages,
+    """The web server's door (core/launch/quiet.py, `Door`): put once in front of Streamlit's handling of browser messages,
     so that a page request that arrives during a timed run is held before the server does any work for it. None
     where there is no server (page tests)."""
     from streamlit import runtime
@@ -258,7 +267,7 @@ def choice() -> SidebarChoice:
 
 
 def save_upload(upload, validate) -> Path:
-    """Keep a Streamlit upload once `validate(path)` accepts it (core/uploads.py)."""
+    """Keep a Streamlit upload once `validate(path)` accepts it (core/launch/uploads.py)."""
     return uploads.keep_upload(upload.name, upload.getvalue(), validate)
 
 
@@ -312,7 +321,7 @@ def measured_set(picked: SidebarChoice, empty_hint: str) -> MeasuredSet:
     if not machines:
         st.info(f"Nothing measured for {spec.label} yet. {empty_hint}")
         st.stop()
-    from core import benchmark
+    from core.measure import benchmark
 
     here = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
     machine = st.selectbox("Machine the numbers were measured on", machines,

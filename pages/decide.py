@@ -2,7 +2,9 @@
 
 import streamlit as st
 
-from core import capacity, cost, fit, models, recommend
+from core import models
+from core.measure import cost, fit
+from core.views import capacity, recommend
 from pages import serve_view
 from pages.common import choice, measured_set, show_error, store, visible
 

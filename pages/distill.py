@@ -5,10 +5,13 @@ from dataclasses import asdict
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import distillation, models, speculative
-from core.jobs import on_torch_thread
-from core.tables import distill_rows, speculative_rows
-from core.uploads import fmt_seconds
+from core import models
+from core.experiments import speculative
+from core.launch.jobs import on_torch_thread
+from core.launch.uploads import fmt_seconds
+from core.models import saved
+from core.techniques import distillation
+from core.views.tables import distill_rows, speculative_rows
 from pages.common import choice, save_upload, show_error, store, visible
 from pages.panel import job_panel, submit_job
 
@@ -159,7 +162,7 @@ st.write("The student drafts a few tokens; the teacher checks them all in one pa
          "speed can change. It pays off when the teacher's pass over several tokens costs about as much as over "
          "one (memory-bound, as on a GPU) and the draft is much cheaper and usually right. On a CPU the check "
          "costs nearly as much per token as generating, so expect little or no gain here.")
-drafts = [s for s in distillation.saved_students() if s.facts.get("teacher") == spec.key]
+drafts = [s for s in saved.saved_students() if s.facts.get("teacher") == spec.key]
 if not drafts:
     st.info("No saved student of this model yet: distill one above.")
 else:

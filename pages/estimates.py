@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import benchmark, estimate, models
-from core.sweep import chat_prompt_ids
+from core import models
+from core.experiments import estimate
+from core.experiments.sweep import chat_prompt_ids
+from core.measure import benchmark
 from pages.common import store
 
 PROBES = "estimate_probes"  # session_state: technique -> Probe, measured on this machine during this session

@@ -2,10 +2,13 @@
 
 import streamlit as st
 
-from core import benchmark, evaluate, fit, models, recommend, runtimes, techniques
+from core import models, runtimes, techniques
+from core.measure import benchmark, fit
+from core.paths import ASSETS
+from core.views import recommend
 from pages.common import choice, store
 
-TOUR = evaluate.ASSETS / "tour"
+TOUR = ASSETS / "tour"
 TECHNIQUE_TOUR = (
     ("Quantization", "quantization.svg", "Store each weight in fewer bits (16, 8 or 4 instead of 32). The model "
      "gets 2-8x smaller and may read memory faster; it answers a little differently because every number is rounded."),

@@ -5,7 +5,9 @@ from dataclasses import asdict
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import benchmark, lora, models
+from core import models
+from core.measure import benchmark
+from core.techniques import lora
 from pages.common import choice, save_upload, show_error, store
 from pages.panel import job_panel, submit_job
 

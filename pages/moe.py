@@ -5,13 +5,17 @@ from dataclasses import asdict
 
 import streamlit as st
 
-from core import benchmark, evaluate, models, moe, plots, techniques
-from core.sweep import SweepSettings
-from core.tables import moe_rows, moe_view
+from core import models, techniques
+from core.experiments.sweep import SweepSettings
+from core.measure import benchmark
+from core.paths import ASSETS
+from core.techniques import moe
+from core.views import plots
+from core.views.tables import moe_rows, moe_view
 from pages.common import choice, show_error, store, visible
 from pages.panel import job_panel, submit_job
 
-PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
+PROMPTS = json.loads((ASSETS / "prompts.json").read_text())
 EXPERT_CHOICES = [4, 8, 16]
 DEFAULTS = SweepSettings()
 

@@ -1,7 +1,7 @@
 """The job panel every job page shows: the machine's queue, the running job's progress, and how the last one ended.
 
 An open panel redraws itself every `quiet.PANEL_EVERY_S` from one queue snapshot that all sessions share. A viewer's
-redraw during a timed run waits for its turn (core/quiet.py) and costs the lab's machine only the server's part:
+redraw during a timed run waits for its turn (core/launch/quiet.py) and costs the lab's machine only the server's part:
 the viewer's browser runs on the viewer's own machine. The presenter's tab (and the one person's at 127.0.0.1) runs
 on the lab's machine, where each redraw is a round trip through the browser's whole app: with that tab open the
 timed decode lost about a tenth. So while the worker is in a timing phase (a variant's warm-up and timed runs) the
@@ -19,9 +19,9 @@ import time
 
 import streamlit as st
 
-from core import jobqueue, quiet, worker
-from core.jobqueue import JobQueue, NotAllowed, QueueFull
-from core.uploads import fmt_seconds
+from core.launch import jobqueue, quiet, worker
+from core.launch.jobqueue import JobQueue, NotAllowed, QueueFull
+from core.launch.uploads import fmt_seconds
 from pages.common import gate, heartbeat, is_presenter, owner_name, queue, session_id, show_error, takes_turns, visible
 
 

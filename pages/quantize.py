@@ -5,15 +5,18 @@ from dataclasses import asdict
 
 import streamlit as st
 
-from core import benchmark, cluster, evaluate, models, techniques
-from core.estimate import SweepPlan
-from core.sweep import SweepSettings
-from core.tables import provenance_lines, summary_rows
+from core import models, techniques
+from core.experiments.estimate import SweepPlan
+from core.experiments.sweep import SweepSettings
+from core.launch import cluster
+from core.measure import benchmark, evaluate
+from core.paths import ASSETS
+from core.views.tables import provenance_lines, summary_rows
 from pages.common import choice, save_upload, show_error, store, visible
-from pages.panel import job_panel, submit_job
 from pages.estimates import show_estimate
+from pages.panel import job_panel, submit_job
 
-PROMPTS = json.loads((evaluate.ASSETS / "prompts.json").read_text())
+PROMPTS = json.loads((ASSETS / "prompts.json").read_text())
 DEFAULT_PICK = ["fp32", "bf16", "int8", "nf4", "dyn-int8", "gguf-q8_0", "gguf-q4_k_m"]
 DEFAULTS = SweepSettings()
 
@@ -55,8 +58,8 @@ if st.button("Measure", type="primary", disabled=not keys or not picked.model):
             eval_set=str(save_upload(mc_file, evaluate.load_mc_jsonl) if mc_file else evaluate.DEFAULT_MC_SET),
             ppl_text=str(save_upload(text_file, evaluate.read_text) if text_file else evaluate.DEFAULT_PPL_TEXT),
         )
-        # Measured by the worker process, never in this web server (core/worker.py); the worker sends it to the
-        # Ray cluster when LAB_RAY_ADDRESS is set (core/cluster.py).
+        # Measured by the worker process, never in this web server (core/launch/worker.py); the worker sends it to the
+        # Ray cluster when LAB_RAY_ADDRESS is set (core/launch/cluster.py).
         submit_job("sweep", {"model": picked.model, "techniques": keys, "settings": asdict(settings)},
                    f"Quantization sweep of {picked.model}{cluster.where()}")
     except ValueError as e:

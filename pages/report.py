@@ -4,8 +4,9 @@ import json
 
 import streamlit as st
 
-from core import capacity, plots, report, roles
-from core.records import drawn_key
+from core.launch import roles
+from core.store.records import drawn_key
+from core.views import capacity, plots, report
 from pages.common import choice, is_presenter, measured_set, shared, shared_tradeoff, store, visible
 
 st.title("Report")

@@ -4,7 +4,9 @@ from dataclasses import asdict
 
 import streamlit as st
 
-from core import benchmark, capacity, models, serving, serving_plots, techniques
+from core import models, serving, techniques
+from core.measure import benchmark
+from core.views import capacity, serving_plots
 from pages import serve_view
 from pages.common import choice, show_error, store
 from pages.panel import job_panel, submit_job
@@ -48,7 +50,7 @@ what = st.radio("Measure", ["load", "context"], horizontal=True, format_func={
     "context": "Context: KV cache and decode speed as the context grows (in process, fp32)"}.get)
 if st.button("Measure", type="primary", disabled=not picked.model or (what == "load" and not (keys and conc and prompts))):
     try:
-        # Measured by the worker process, never in this web server (core/worker.py).
+        # Measured by the worker process, never in this web server (core/launch/worker.py).
         if what == "load":
             settings = serving.ServeSettings(
                 concurrency=tuple(conc), prompt_tokens=tuple(sorted(prompts)), new_tokens=int(new_tokens),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import capacity, serving_plots
-from core.records import ServingRecord
+from core.store.records import ServingRecord
+from core.views import capacity, serving_plots
 
 TABLE_COLUMNS = {  # field -> (heading, format)
     "label": ("variant", None), "runtime": ("runtime", None), "concurrency": ("concurrency", "%d"),

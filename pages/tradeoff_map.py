@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from core import cost, plots
-from core.tables import provenance_lines
-from core.records import drawn_key
+from core.measure import cost
+from core.store.records import drawn_key
+from core.views import plots
+from core.views.tables import provenance_lines
 from pages.common import choice, clear_results_control, measured_set, shared, shared_tradeoff
 
 st.title("Trade-off Map")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.records import VariantRecord
+from core.store.records import VariantRecord
 
 
 def make_record(**overrides: Any) -> VariantRecord:
@@ -53,7 +53,7 @@ def make_record(**overrides: Any) -> VariantRecord:
 
 def make_serving_record(**overrides: Any):
     """A complete ServingRecord (one load point of fp32 on a CPU); pass field=value to change any of them."""
-    from core.records import ServingRecord
+    from core.store.records import ServingRecord
 
     fields: dict[str, Any] = dict(
         model="smollm2-135m-instruct", technique="fp32", runtime="transformers", label="FP32 (reference)",
@@ -74,8 +74,8 @@ def run_queued_jobs_here() -> None:
     child process of its own, which a monkeypatch does not reach); the queue and store get what the child writes."""
     import os
 
-    from core import worker
-    from core.jobqueue import JobQueue
+    from core.launch import worker
+    from core.launch.jobqueue import JobQueue
 
     queue = JobQueue()
     while (job := queue.claim(os.getpid())) is not None:

@@ -7,8 +7,12 @@ import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
-from core import arena, benchmark, cost
+from core.experiments import arena
+from core.measure import benchmark, cost
+from core.models import saved
+from core.runtimes import eager
 from core.store import SCHEMA_VERSION, ResultStore, StoreError
+from core.runtimes import as_runner
 from tests.factories import make_record
 from tests.test_benchmark import CountingModel, FakeClock
 
@@ -22,14 +26,14 @@ HERE = benchmark.hardware_fingerprint("cpu")
 def test_stream_tokens_yields_own_cumulative_time_per_token():
     clock = FakeClock()
     model = CountingModel(clock)
-    steps = list(benchmark.stream_tokens(model, torch.ones(1, 5, dtype=torch.long), 4, clock=clock))
+    steps = list(eager.stream_tokens(model, torch.ones(1, 5, dtype=torch.long), 4, clock=clock))
     assert model.calls == 4
     assert [round(t, 6) for _, t in steps] == [0.5, 0.6, 0.7, 0.8]
 
 
 def test_stream_tokens_does_not_count_time_spent_outside_it():
     clock = FakeClock()
-    stream = benchmark.stream_tokens(CountingModel(clock), torch.ones(1, 3, dtype=torch.long), 3, clock=clock)
+    stream = eager.stream_tokens(CountingModel(clock), torch.ones(1, 3, dtype=torch.long), 3, clock=clock)
     times = []
     for _, t in stream:
         times.append(t)
@@ -40,10 +44,10 @@ def test_stream_tokens_does_not_count_time_spent_outside_it():
 def test_stream_tokens_matches_timed_generation_on_a_real_tiny_model(tiny):
     model, tokenizer = tiny
     ids = torch.tensor([tokenizer("hello there")["input_ids"]])
-    streamed = [t for t, _ in benchmark.stream_tokens(model, ids, 6)]
-    assert list(benchmark.timed_generation(model, ids, 6).token_ids) == streamed
+    streamed = [t for t, _ in eager.stream_tokens(model, ids, 6)]
+    assert list(benchmark.timed_generation(as_runner(model), ids, 6).token_ids) == streamed
     with pytest.raises(ValueError, match="max_new_tokens"):
-        next(benchmark.stream_tokens(model, ids, 0))
+        next(eager.stream_tokens(model, ids, 0))
 
 
 # --- racing, stats, highlights ---------------------------------------------------------------------
@@ -51,7 +55,7 @@ def test_stream_tokens_matches_timed_generation_on_a_real_tiny_model(tiny):
 
 def test_round_robin_interleaves_and_keeps_each_variants_own_time():
     clock = FakeClock()
-    streams = {k: benchmark.stream_tokens(CountingModel(clock), torch.ones(1, 2, dtype=torch.long), 3, clock=clock)
+    streams = {k: eager.stream_tokens(CountingModel(clock), torch.ones(1, 2, dtype=torch.long), 3, clock=clock)
                for k in ("a", "b")}
     steps = list(arena.race(streams))
     assert [(s.key, s.index) for s in steps] == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
@@ -245,12 +249,13 @@ def test_arena_page_needs_two_variants(arena_page):
 
 
 def test_arena_offers_a_distilled_student_and_streams_it(arena_page):
-    from core import distillation, models
+    from core import models
+    from core.techniques import distillation
 
     checkpoint = models.prepare(models.resolve("tiny-random-llama"))
     teacher, tokenizer = models.load_model(checkpoint), models.load_tokenizer(checkpoint)
     run = "tiny-random-llama-1L-20261126-120000"
-    distillation.save_checkpoint(distillation.make_student(teacher, [1]), tokenizer, distillation.students_dir() / run, 4,
+    distillation.save_checkpoint(distillation.make_student(teacher, [1]), tokenizer, saved.students_dir() / run, 4,
                                  {"teacher": "tiny-random-llama", "student_layers": 1, "teacher_layers": 2, "run": run,
                                   "complete": True, "steps": 4})
     key = distillation.student_key(1, run)
@@ -265,7 +270,7 @@ def test_arena_offers_a_distilled_student_and_streams_it(arena_page):
 
 
 def test_arena_waits_while_a_job_runs_and_caps_typed_prompts(arena_page):
-    from core.jobqueue import JobQueue
+    from core.launch.jobqueue import JobQueue
 
     queue = JobQueue()
     queue.submit("sweep", {"model": "tiny-random-llama", "techniques": ["fp32"]}, "sweep", "s", "presenter", "p")

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from core import benchmark
+from core.measure import benchmark
 from core.models import build_tiny_model
+from core.runtimes import as_runner
 
 
 class FakeClock:
@@ -45,7 +46,7 @@ def test_repeat_rejects_bad_counts(warmup, repeats):
 def test_timed_generation_splits_prefill_and_decode_with_fake_clock():
     clock = FakeClock()
     model = CountingModel(clock)
-    run = benchmark.timed_generation(model, torch.ones(1, 7, dtype=torch.long), new_tokens=5, clock=clock)
+    run = benchmark.timed_generation(as_runner(model), torch.ones(1, 7, dtype=torch.long), new_tokens=5, clock=clock)
     assert model.calls == 5  # one prefill + four decode steps, no hidden extra generate call
     assert run.ttft_s == pytest.approx(0.5)
     assert run.decode_s == pytest.approx(0.4)
@@ -57,7 +58,7 @@ def test_timed_generation_splits_prefill_and_decode_with_fake_clock():
 def test_bench_generation_keeps_only_timed_samples():
     clock = FakeClock()
     model = CountingModel(clock)
-    bench = benchmark.bench_generation(model, torch.ones(1, 3, dtype=torch.long), new_tokens=3, warmup=2,
+    bench = benchmark.bench_generation(as_runner(model), torch.ones(1, 3, dtype=torch.long), new_tokens=3, warmup=2,
                                        repeats=4, clock=clock)
     assert model.calls == (2 + 4) * 3
     assert len(bench.decode_tokens_per_s.samples) == 4

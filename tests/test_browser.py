@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core import quiet
+from core.launch import quiet
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core import capacity, serving_plots
+from core.measure.benchmark import Spread
 from core.serving import ContextPoint
-from core.benchmark import Spread
+from core.views import capacity, serving_plots
 from tests.factories import make_serving_record
 
 
@@ -98,7 +98,7 @@ def test_context_figure_draws_measured_estimated_and_speed():
 
 
 def test_report_includes_serving_points():
-    from core import report
+    from core.views import report
     from tests.factories import make_record
 
     bundle = report.build_report([make_record()], "SmolLM2", "kld_mean", {}, commit="abc", serving=_curve())

@@ -12,12 +12,12 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from core import quiet, roles, worker
-from core.jobqueue import MAX_WAITING_PER_VIEWER, PRESENTER, JobQueue, NotAllowed, QueueFull
-from core.records import REQUIRED_FIELDS
+from core.experiments.sweep import SweepSettings
+from core.launch import quiet, roles, worker
+from core.launch.jobqueue import MAX_WAITING_PER_VIEWER, PRESENTER, JobQueue, NotAllowed, QueueFull
+from core.paths import data_dir as lab_data_dir
 from core.store import ResultStore
-from core.store import data_dir as lab_data_dir
-from core.sweep import SweepSettings
+from core.store.records import REQUIRED_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = dict(new_tokens=4, repeats=2, warmup_runs=1, mc_max_items=6, ppl_window_tokens=64, ppl_max_tokens=256)
@@ -60,7 +60,7 @@ def test_two_viewers_jobs_run_in_order_after_the_presenters_and_land_in_the_stor
 
 
 def test_a_record_counts_the_most_sessions_connected_at_once_not_every_reload():
-    from core.worker import _SessionCountingStore
+    from core.launch.worker import _SessionCountingStore
     from tests.factories import make_record
 
     queue = JobQueue()
@@ -82,7 +82,7 @@ def test_per_viewer_and_queue_limits_say_what_to_do(monkeypatch):
         queue_sweep(queue, "viewer 1", "s-a")
     with pytest.raises(QueueFull, match="each viewer may have"):
         queue_sweep(queue, "viewer 1", "s-a")
-    monkeypatch.setattr("core.jobqueue.MAX_WAITING", 2)
+    monkeypatch.setattr("core.launch.jobqueue.MAX_WAITING", 2)
     queue_sweep(queue, "viewer 2", "s-b")
     with pytest.raises(QueueFull, match="queue is full"):
         queue_sweep(queue, "viewer 3", "s-c")
@@ -386,7 +386,7 @@ def test_a_killed_server_does_not_stop_the_worker_it_started(data_dir):
     job = queue_sweep(queue, PRESENTER, "s-p")
     env = os.environ | {"LAB_DATA_DIR": str(data_dir), "LAB_SHOW_TEST_MODELS": "1", "LAB_WORKER_AUTOSTART": "1",
                         "LAB_WORKER_IDLE_EXIT_S": "5"}
-    server = subprocess.Popen([sys.executable, "-c", "from core import worker; worker.ensure_running(); "
+    server = subprocess.Popen([sys.executable, "-c", "from core.launch import worker; worker.ensure_running(); "
                                "import time; time.sleep(120)"], cwd=ROOT, env=env)
     try:
         deadline = time.monotonic() + 60
@@ -471,7 +471,7 @@ def test_viewer_text_hides_server_paths_but_not_technique_lists():
 
 
 def test_a_viewers_report_files_carry_no_server_path_and_the_same_numbers():
-    from core import report
+    from core.views import report
     from tests.factories import make_record
 
     record = make_record(settings={"eval_set": "/srv/lab/data/uploads/mc.jsonl", "seed": 0, "repeats": 10},
@@ -486,7 +486,7 @@ def test_a_viewers_report_files_carry_no_server_path_and_the_same_numbers():
 
 
 def test_an_upload_that_fails_validation_is_not_kept():
-    from core import uploads
+    from core.launch import uploads
 
     def refuse(path):
         raise ValueError("line 1 is not JSON")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from core.__main__ import main
-from core.records import REQUIRED_FIELDS
+from core.store.records import REQUIRED_FIELDS
 
 FAST = ["--new-tokens", "4", "--repeats", "2", "--warmup", "1", "--mc-max-items", "5"]
 

@@ -15,11 +15,12 @@ import sqlalchemy as sa
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from core import benchmark, cluster  # noqa: E402
 from core.__main__ import main  # noqa: E402
-from core.records import REQUIRED_FIELDS  # noqa: E402
+from core.experiments.sweep import SweepSettings  # noqa: E402
+from core.launch import cluster  # noqa: E402
+from core.measure import benchmark
 from core.store import ResultStore  # noqa: E402
-from core.sweep import SweepSettings  # noqa: E402
+from core.store.records import REQUIRED_FIELDS  # noqa: E402
 
 FAST = dict(new_tokens=4, repeats=1, warmup_runs=0, mc_max_items=3, ppl_window_tokens=32, ppl_max_tokens=64)
 FAST_FLAGS = ["--new-tokens", "4", "--repeats", "1", "--warmup", "0", "--mc-max-items", "3"]

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from core.cost import (
+from core.measure.cost import (
     HARDWARE_PRESETS,
     HardwarePreset,
     cost_caveat,

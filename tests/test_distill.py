@@ -5,9 +5,11 @@ import json
 import pytest
 import torch
 
-from core import distillation as D
-from core import models, speculative
+from core import models
+from core.experiments import speculative
 from core.models import load_model, load_tokenizer
+from core.models import saved as saved_dirs
+from core.techniques import distillation as D
 
 FAST = dict(student_layers=1, steps=4, batch_size=2, seq_len_tokens=32, corpus_answer_tokens=8, checkpoints=2,
             warmup_steps=1)
@@ -41,7 +43,7 @@ def test_spread_keeps_first_and_last_layers_in_order():
 def test_student_must_be_smaller_than_teacher(layers, tiny_teacher, data_dir):
     with pytest.raises(ValueError, match="at least 1 layer|between 1 and 1 layers"):
         D.run_distill("tiny-random-llama", D.DistillSettings(**FAST | {"student_layers": layers}))
-    assert not D.students_dir().exists()
+    assert not saved_dirs.students_dir().exists()
 
 
 def test_student_is_the_teacher_minus_layers_and_generates(tiny):
@@ -96,7 +98,7 @@ def test_checkpoint_round_trip_gives_the_same_logits(tiny, tmp_path):
     teacher, tokenizer = tiny
     student = D.make_student(teacher, [1])
     saved = D.save_checkpoint(student, tokenizer, tmp_path / "run", 7, {"student_layers": 1})
-    assert saved.name == "step-000007" and D.latest_checkpoint(tmp_path / "run") == saved
+    assert saved.name == "step-000007" and saved_dirs.latest_checkpoint(tmp_path / "run") == saved
     again = load_model(saved)
     ids = torch.tensor([[3, 4, 5, 6]])
     with torch.no_grad():
@@ -124,7 +126,7 @@ def test_run_on_a_text_file_saves_the_student_and_reports_every_field(tiny_teach
     assert top1 == pytest.approx(result.heldout_top1_distilled, abs=0.02)
     facts = json.loads((D.Path(result.student_path) / "lab_student.json").read_text())
     assert facts["complete"] is True and facts["teacher"] == "tiny-random-llama"
-    assert [s.path for s in D.saved_students()] == [D.Path(result.student_path)]
+    assert [s.path for s in saved_dirs.saved_students()] == [D.Path(result.student_path)]
 
 
 def test_default_corpus_is_the_teachers_answers_cached_with_a_held_out_part(tiny_teacher, data_dir):
@@ -158,7 +160,7 @@ def test_cancel_before_the_first_checkpoint_leaves_nothing(tiny_teacher, corpus_
     with pytest.raises(D.Stopped):
         D.run_distill("tiny-random-llama", D.DistillSettings(**FAST | {"steps": 20}), corpus_file,
                       should_stop=lambda: len(log.losses) >= 3, log=(log := D.TrainLog()))
-    assert not any(D.students_dir().rglob("*"))
+    assert not any(saved_dirs.students_dir().rglob("*"))
 
 
 def test_cancel_after_a_checkpoint_keeps_only_that_complete_checkpoint(tiny_teacher, corpus_file, data_dir):
@@ -166,9 +168,9 @@ def test_cancel_after_a_checkpoint_keeps_only_that_complete_checkpoint(tiny_teac
     with pytest.raises(D.Stopped):
         D.run_distill("tiny-random-llama", D.DistillSettings(**FAST | {"steps": 8}), corpus_file,
                       should_stop=lambda: len(log.losses) >= 5, log=log)
-    (run,) = D.students_dir().iterdir()
+    (run,) = saved_dirs.students_dir().iterdir()
     assert [p.name for p in run.iterdir()] == ["step-000004"]  # checkpoints at 4 and 8: the one at 4 is complete
-    (saved,) = D.saved_students()
+    (saved,) = saved_dirs.saved_students()
     assert saved.facts["complete"] is False and "stopped at step 4 of 8" in saved.label
 
 
@@ -178,7 +180,7 @@ def test_empty_corpus_is_refused_before_anything_is_written(content, message, ti
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
         D.run_distill("tiny-random-llama", D.DistillSettings(**FAST), path)
-    assert not D.students_dir().exists()
+    assert not saved_dirs.students_dir().exists()
 
 
 @pytest.mark.parametrize("kwargs, message", [({"steps": 0}, "steps and batch_size must be positive"),

@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from core import models, sweep
+from core import models
 from core.__main__ import main
+from core.experiments import sweep
 from tests.conftest import needs_bundled, shared_file
 
 pytestmark = [pytest.mark.slow, needs_bundled]
@@ -26,7 +27,7 @@ def test_bundled_sweep_measures_real_quality_differences():
 
 
 def direct_perplexity(checkpoint, text: str, window: int, max_tokens: int) -> float:
-    """Written independently of core.evaluate: transformers' own loss over the same windows."""
+    """Written independently of core.measure.evaluate: transformers' own loss over the same windows."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(checkpoint)

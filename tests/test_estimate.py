@@ -2,8 +2,8 @@
 
 import pytest
 
-from core import estimate
-from core.estimate import Probe, SweepPlan, estimate_sweep
+from core.experiments import estimate
+from core.experiments.estimate import Probe, SweepPlan, estimate_sweep
 from tests.factories import make_record
 
 AMD = "AMD EPYC 7B13, 2 cores, 8 GiB RAM"

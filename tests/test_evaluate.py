@@ -4,7 +4,10 @@ import math
 import pytest
 import torch
 
-from core import evaluate
+from core.measure import evaluate
+from core.paths import ASSETS
+from core.runtimes import eager
+from core.runtimes import as_runner
 
 
 def test_token_windows_are_non_overlapping_and_drop_single_tokens():
@@ -31,7 +34,7 @@ def test_perplexity_matches_transformers_loss(tiny):
     model, tokenizer = tiny
     ids = evaluate.tokenize_text(tokenizer, "The quick brown fox jumps over the lazy dog. " * 20)
     windows = evaluate.token_windows(ids, 64)
-    quality, own = evaluate.text_quality(model, windows, None)
+    quality, own = evaluate.text_quality(as_runner(model), windows, None)
     assert quality.perplexity == pytest.approx(direct_perplexity(model, windows), rel=1e-4)
     assert quality.kld_mean == 0.0 and quality.top1_agreement == 1.0  # its own log-probs as reference: exact
     assert len(own) == len(windows)
@@ -42,12 +45,12 @@ def test_kld_positive_and_agreement_drops_for_a_perturbed_model(tiny):
 
     model, tokenizer = tiny
     windows = evaluate.token_windows(evaluate.tokenize_text(tokenizer, "Some plain words to score here. " * 10), 32)
-    _, reference = evaluate.text_quality(model, windows, None)
+    _, reference = evaluate.text_quality(as_runner(model), windows, None)
     other, _ = build_tiny_model(seed=1)
     torch.manual_seed(1)  # the random head below must not depend on which tests ran before
     # a tied random model predicts its input token; an untied random head makes it disagree for real
     other.lm_head.weight = torch.nn.Parameter(torch.randn_like(other.lm_head.weight))
-    quality, _ = evaluate.text_quality(other, windows, reference)
+    quality, _ = evaluate.text_quality(as_runner(other), windows, reference)
     assert quality.kld_mean > 0.0
     assert quality.top1_agreement < 1.0
     assert quality.kld_p99 >= quality.kld_mean
@@ -57,7 +60,7 @@ def test_choice_logprobs_batched_equals_one_at_a_time(tiny):
     """Left padding with explicit positions must not change any choice's score."""
     model, tokenizer = tiny
     item = evaluate.MCItem("What colour is the sky?", ("blue", "a very long green answer", "red"), 0)
-    batched = evaluate.choice_logprobs(model, tokenizer, item)
+    batched = eager.choice_logprobs(model, tokenizer, item)
     for choice, score in zip(item.choices, batched):
         ctx, cont = evaluate._continuation_ids(tokenizer, evaluate.mc_prompt(item), " " + choice)
         ids = torch.tensor([ctx + cont])
@@ -75,16 +78,16 @@ def test_batched_items_of_different_shapes_score_as_if_alone(tiny):
         evaluate.MCItem("A much longer question that pads the others on the left?", ("x y z", "w", "v v", "u"), 0),
         evaluate.MCItem("Middle sized question here?", ("one two three four five", "six", "seven"), 2),
     ]
-    together = evaluate.batch_choice_logprobs(model, tokenizer, items)
+    together = eager.batch_choice_logprobs(model, tokenizer, items)
     for item, scores in zip(items, together):
-        alone = evaluate.batch_choice_logprobs(model, tokenizer, [item])[0]
+        alone = eager.batch_choice_logprobs(model, tokenizer, [item])[0]
         assert scores == pytest.approx(alone, abs=1e-4)
 
 
 def test_mc_accuracy_reports_items_and_interval(tiny):
     model, tokenizer = tiny
     items = [evaluate.MCItem(f"Question {i}?", ("yes", "no", "maybe"), i % 3) for i in range(12)]
-    result = evaluate.mc_accuracy(model, tokenizer, items)
+    result = evaluate.mc_accuracy(as_runner(model), tokenizer, items)
     assert result.items == 12 and len(result.per_item) == 12
     assert sum(r["correct"] for r in result.per_item) / 12 == pytest.approx(result.accuracy)
     assert result.ci95[0] <= result.accuracy <= result.ci95[1]
@@ -166,7 +169,7 @@ def test_bundled_assets_are_valid():
     assert max(answers.count(k) for k in range(4)) / len(items) < 0.35  # no answer-position bias
     text = evaluate.read_text(evaluate.DEFAULT_PPL_TEXT)
     assert len(text.split()) > 2000
-    prompts = json.loads((evaluate.ASSETS / "prompts.json").read_text())
+    prompts = json.loads((ASSETS / "prompts.json").read_text())
     assert all(p["prompt"] for p in prompts)
 
 

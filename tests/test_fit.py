@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from core import cost, fit
+from core.measure import cost, fit
 from tests.factories import make_record
 
 SMOL = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "hidden_size": 576}

@@ -8,7 +8,9 @@ import sys
 import pytest
 import torch
 
-from core import gguf, runtimes, techniques
+from core import runtimes, techniques
+from core.runtimes import eager
+from core.techniques import gguf
 from tests.conftest import needs_bundled
 
 needs_llama = pytest.mark.skipif(gguf.llama_cpp_problem() is not None,
@@ -86,10 +88,8 @@ def test_f32_gguf_on_llama_cpp_computes_the_transformers_model(tiny_dir):
     assert _mean_kl(expected, got) < 1e-3
     torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)
     model = techniques.get("fp32").make(tiny_dir)
-    from core import benchmark
-
-    eager = [t for t, _ in benchmark.stream_tokens(model, ids, 6)]
-    assert streamed[0] == eager[0]  # the first greedy token (a near-tie later may differ on random weights)
+    eager_ids = [t for t, _ in eager.stream_tokens(model, ids, 6)]
+    assert streamed[0] == eager_ids[0]  # the first greedy token (a near-tie later may differ on random weights)
 
 
 @needs_llama
@@ -148,7 +148,8 @@ def test_importance_matrix_covers_every_block_linear(tiny_dir):
 
 @needs_llama
 def test_llama_cpp_scores_multiple_choice_like_transformers(tiny_dir):
-    from core import evaluate, models
+    from core import models
+    from core.measure import evaluate
 
     tokenizer = models.load_tokenizer(tiny_dir)
     items = evaluate.load_mc_jsonl(evaluate.DEFAULT_MC_SET)[:4]
@@ -157,7 +158,7 @@ def test_llama_cpp_scores_multiple_choice_like_transformers(tiny_dir):
         got = runner.choice_logprobs(tokenizer, items)
     finally:
         runner.close()
-    expected = evaluate.batch_choice_logprobs(techniques.get("fp32").make(tiny_dir), tokenizer, items)
+    expected = eager.batch_choice_logprobs(techniques.get("fp32").make(tiny_dir), tokenizer, items)
     for g, e in zip(got, expected):
         assert g == pytest.approx(e, abs=0.05)  # f16 weights: small rounding, same choices scored
 
@@ -167,7 +168,8 @@ def test_llama_cpp_scores_multiple_choice_like_transformers(tiny_dir):
 @pytest.mark.slow
 def test_bundled_f32_gguf_matches_transformers_fp32():
     """Both runtimes compute the same model: mean KL divergence below 1e-3 on real text."""
-    from core import evaluate, models
+    from core import models
+    from core.measure import evaluate
 
     checkpoint = models.prepare(models.BUNDLED[models.DEFAULT_MODEL])
     tokenizer = models.load_tokenizer(checkpoint)
@@ -189,9 +191,9 @@ def test_bundled_f32_gguf_matches_transformers_fp32():
 
 @needs_llama
 def test_a_merged_fine_tune_exports_to_gguf_and_is_measured_against_its_base(tiny_dir, data_dir):
-    from core import lora
+    from core.experiments.sweep import SweepSettings, run_sweep
     from core.store import ResultStore
-    from core.sweep import SweepSettings, run_sweep
+    from core.techniques import lora
 
     settings = lora.FinetuneSettings(method="lora", rank=4, steps=2, batch_size=4, eval_items=4)
     result, _ = lora.run_finetune(str(tiny_dir), settings, "support-routing")

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from core import benchmark, techniques
+from core import techniques
+from core.measure import benchmark
+from core.runtimes import as_runner
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no NVIDIA GPU visible")]
 
@@ -14,7 +16,7 @@ def test_variant_runs_on_cuda_and_reports_gpu_memory(key, tiny_dir):
     assert technique.why_not("cuda") is None
     with benchmark.PeakMemory("cuda") as mem:
         model = technique.make(tiny_dir, "cuda")
-        run = benchmark.timed_generation(model, torch.tensor([[5, 6, 7]], device="cuda"), 4, device="cuda")
+        run = benchmark.timed_generation(as_runner(model, "cuda"), torch.tensor([[5, 6, 7]], device="cuda"), 4, device="cuda")
     assert len(run.token_ids) == 4
     assert mem.delta_bytes > 0
     assert next(model.parameters()).device.type == "cuda"
@@ -25,8 +27,9 @@ def test_dynamic_int8_refuses_cuda_with_a_reason():
 
 
 def test_distillation_step_and_speculative_decoding_on_cuda(tiny_dir):
-    from core import distillation, speculative
+    from core.experiments import speculative
     from core.models import load_model
+    from core.techniques import distillation
 
     teacher = load_model(tiny_dir, device="cuda")
     student = distillation.make_student(teacher, [1])
@@ -45,7 +48,8 @@ def test_distillation_step_and_speculative_decoding_on_cuda(tiny_dir):
 def test_qlora_trains_adapters_on_a_4bit_base_on_cuda(tiny_dir, tmp_path, monkeypatch):
     import json
 
-    from core import lora, models
+    from core import models
+    from core.techniques import lora
 
     labels = ["billing", "shipping", "returns"]
     data = tmp_path / "task.jsonl"

@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from core.jobs import BusyError, JobSlot, Stopped
+from core.launch.jobs import BusyError, JobSlot, Stopped
 
 
 def test_job_reports_progress_and_result():

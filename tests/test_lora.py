@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from core import lora
 from core.models import load_model, load_tokenizer
+from core.techniques import lora
 
 LABELS = ["billing", "shipping", "technical", "returns", "account"]
 

@@ -1,4 +1,3 @@
-import json
 
 import pytest
 
@@ -98,7 +97,7 @@ def test_models_never_trust_remote_code():
 
 
 def test_weights_load_on_the_calling_thread(tiny_dir, monkeypatch):
-    """A loader thread pool would start extra OpenMP teams that slow every later decode (see core/models.py)."""
+    """A loader thread pool would start extra OpenMP teams that slow every later decode (see core/models/)."""
     import transformers.core_model_loading as loading
 
     from core.models import load_model

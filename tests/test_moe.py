@@ -5,9 +5,13 @@ import json
 import pytest
 import torch
 
-from core import benchmark, moe, plots, techniques
+from core import techniques
 from core.__main__ import main
-from core.tables import moe_rows, moe_view
+from core.measure import benchmark
+from core.techniques import moe
+from core.views import plots
+from core.views.tables import moe_rows, moe_view
+from core.runtimes import as_runner
 from tests.conftest import needs_bundled
 from tests.factories import make_record, run_queued_jobs_here
 
@@ -249,7 +253,7 @@ def test_registry_builds_any_experts_and_k_and_caches_the_conversion(tiny_dir, t
 
 
 def test_sweep_records_carry_moe_facts_and_roofline_uses_bytes_read(data_dir):
-    from core import sweep
+    from core.experiments import sweep
 
     settings = sweep.SweepSettings(new_tokens=4, repeats=1, warmup_runs=0, mc_max_items=4, ppl_window_tokens=64,
                                    ppl_max_tokens=128)
@@ -436,7 +440,7 @@ def test_page_button_queues_a_conversion_and_sweep_for_the_worker(monkeypatch):
 @needs_bundled
 def test_bundled_model_with_every_expert_matches_dense_logits():
     from core import models
-    from core.store import repo_root
+    from core.paths import repo_root
 
     shipped = repo_root() / "data" / "models" / "smollm2-135m-instruct"  # read only; prepared by `make model`
     checkpoint = shipped if (shipped / "config.json").is_file() else models.prepare(models.BUNDLED["smollm2-135m-instruct"])
@@ -455,7 +459,7 @@ def test_bundled_model_with_every_expert_matches_dense_logits():
 def test_moe_runs_on_cuda(tiny_dir, tiny):
     model = techniques.get("moe-8x2").make(tiny_dir, "cuda")
     assert next(model.parameters()).device.type == "cuda"
-    run = benchmark.timed_generation(model, IDS.cuda(), 4, device="cuda")
+    run = benchmark.timed_generation(as_runner(model, "cuda"), IDS.cuda(), 4, device="cuda")
     assert len(run.token_ids) == 4
     moe.set_top_k(model, 8)
     assert (logits(model, IDS.cuda()).cpu() - logits(tiny[0])).abs().max() < 1e-3

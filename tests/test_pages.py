@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import benchmark
+from core.measure import benchmark
+from core.models import saved
 from core.store import ResultStore
 from tests.factories import make_record, run_queued_jobs_here
 
@@ -86,27 +87,27 @@ def test_quantize_page_shows_results_and_side_by_side():
 
 
 def test_measure_button_starts_a_sweep_that_stores_results(monkeypatch):
-    import core.sweep
+    import core.experiments.sweep
 
     calls = {}
 
     def fake_sweep(model, keys, settings, store=None, progress=None, should_stop=None):
         calls["args"] = (model, keys, settings.new_tokens)
-        progress(core.sweep.Progress(1.0, "fp32", "done", "FP32 done"))
+        progress(core.experiments.sweep.Progress(1.0, "fp32", "done", "FP32 done"))
         store.add(make_record(model="smollm2-135m-instruct", hardware=HERE))
         return []
 
-    monkeypatch.setattr(core.sweep, "run_sweep", fake_sweep)
+    monkeypatch.setattr(core.experiments.sweep, "run_sweep", fake_sweep)
     at = page("pages/quantize.py").run()
     next(b for b in at.button if b.label == "Measure").click().run()  # the estimate's probe button comes first
-    from core.jobqueue import JobQueue
+    from core.launch.jobqueue import JobQueue
 
     waiting = JobQueue().snapshot().waiting
     assert [w.job.kind for w in waiting] == ["sweep"] and waiting[0].job.owner == "presenter"
     assert any("Waiting: 1" in m.value for m in at.markdown)  # the page shows the queue
     run_queued_jobs_here()  # the job's body, in this process so that the fake applies
     assert calls["args"] == ("smollm2-135m-instruct", ["fp32", "bf16", "int8", "nf4", "dyn-int8", "gguf-q8_0",
-                                                       "gguf-q4_k_m"], core.sweep.SweepSettings().new_tokens)
+                                                       "gguf-q4_k_m"], core.experiments.sweep.SweepSettings().new_tokens)
     assert len(ResultStore().all()) == 1
     no_errors(at)
 
@@ -121,7 +122,7 @@ def test_measure_refuses_a_bad_uploaded_eval_set_by_name(monkeypatch):
             return b'{"question": "q", "choices": ["only one"], "answer": 0}\n'
 
     with pytest.raises(ValueError, match="mine.jsonl: .*at least 2"):
-        common.save_upload(Upload(), __import__("core.evaluate", fromlist=["x"]).load_mc_jsonl)
+        common.save_upload(Upload(), __import__("core.measure.evaluate", fromlist=["x"]).load_mc_jsonl)
 
 
 def test_tradeoff_map_empty_store_says_what_to_do():
@@ -164,7 +165,7 @@ def test_tradeoff_map_redraws_for_a_new_result_and_a_new_price():
     no_errors(at)
     assert "INT8 (new)" in at.get("plotly_chart")[0].proto.spec
     money = at.get("plotly_chart")[1].proto.spec
-    from core import cost
+    from core.measure import cost
     from pages.common import SidebarChoice
 
     laptop = cost.HARDWARE_PRESETS["laptop-cpu"]
@@ -277,7 +278,7 @@ def test_distill_page_shows_teacher_pruned_and_distilled_side_by_side(tiny_teach
 
 
 def test_distill_button_runs_training_then_measuring_in_the_background(tiny_teacher_everywhere, monkeypatch):
-    from core import distillation
+    from core.techniques import distillation
 
     calls = []
     monkeypatch.setattr(distillation, "run_distill", lambda *a, **k: calls.append("train") or "result")
@@ -285,7 +286,7 @@ def test_distill_button_runs_training_then_measuring_in_the_background(tiny_teac
     at = page("pages/distill.py").run()
     at.button[0].click().run()
     no_errors(at)
-    from core.jobqueue import JobQueue
+    from core.launch.jobqueue import JobQueue
 
     run_queued_jobs_here()  # the job's body, in this process so that the fake applies
     assert calls == ["train", "measure"] and JobQueue().snapshot().recent[0].state == "done"
@@ -299,11 +300,12 @@ def test_distill_page_asks_for_a_file_before_training_on_own_text(tiny_teacher_e
 
 
 def test_distill_page_shows_the_last_speculative_comparison(tiny_teacher_everywhere, tiny):
-    from core import distillation, speculative
+    from core.experiments import speculative
+    from core.techniques import distillation
 
     teacher, tokenizer = tiny
     distillation.save_checkpoint(distillation.make_student(teacher, [1]), tokenizer,
-                                 distillation.students_dir() / "run", 3,
+                                 saved.students_dir() / "run", 3,
                                  {"teacher": "smollm2-135m-instruct", "student_layers": 1, "teacher_layers": 2,
                                   "run": "run", "complete": True, "steps": 3})
     row = {"title": "Sky", "prompt": "p", "identical": True, "tokens": 10, "plain_s": 1.0, "assisted_s": 1.25,

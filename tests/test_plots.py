@@ -3,8 +3,8 @@ import math
 import plotly.graph_objects as go
 import pytest
 
-from core import plots
-from core.plots import (
+from core.views import plots
+from core.views.plots import (
     COST_AXES,
     FRONTIER_NAME,
     QUALITY_METRICS,

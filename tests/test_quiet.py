@@ -1,4 +1,4 @@
-"""Timed runs and page runs take turns through two lock files (core/quiet.py)."""
+"""Timed runs and page runs take turns through two lock files (core/launch/quiet.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import threading
 import time
 from types import SimpleNamespace
 
-from core import benchmark, quiet
+from core.launch import quiet
+from core.measure import benchmark
+from core.runtimes import as_runner
 
 
 def _in_thread(fn) -> threading.Thread:
@@ -170,11 +172,11 @@ def test_timed_generation_holds_the_installed_section(tiny):
     benchmark.set_timed_section(Section)
     try:
         ids = tokenizer("hello there", return_tensors="pt")["input_ids"]
-        benchmark.timed_generation(model, ids, 4)
+        benchmark.timed_generation(as_runner(model), ids, 4)
     finally:
         benchmark.set_timed_section(None)
     assert entered == ["in", "out"]
-    benchmark.timed_generation(model, ids, 4)  # the no-op again
+    benchmark.timed_generation(as_runner(model), ids, 4)  # the no-op again
     assert entered == ["in", "out"]
 
 
@@ -204,7 +206,7 @@ def test_a_disturbed_run_is_timed_again(tiny):
     benchmark.set_timed_section(section)
     try:
         ids = tokenizer("hello there", return_tensors="pt")["input_ids"]
-        run = benchmark.timed_generation(model, ids, 4)
+        run = benchmark.timed_generation(as_runner(model), ids, 4)
     finally:
         benchmark.set_timed_section(None)
     assert len(attempts) == 1 + benchmark.DISTURBED_RETRIES and len(run.token_ids) == 4
@@ -230,7 +232,7 @@ def test_a_timing_phase_is_seen_by_pages_and_announced_only_when_someone_watches
 
 def test_a_timing_phase_is_over_when_the_worker_dies(tmp_path):
     """flock is released by the kernel, so a killed worker never leaves panels paused."""
-    hold = ("import sys, time; from core import quiet; g = quiet.Gate(sys.argv[1])\n"
+    hold = ("import sys, time; from core.launch import quiet; g = quiet.Gate(sys.argv[1])\n"
             "with g.timing_phase():\n    print('in', flush=True); time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.PIPE,
                              cwd=os.path.dirname(os.path.dirname(__file__)))
@@ -261,7 +263,7 @@ def test_bench_generation_holds_one_phase_around_its_warmup_and_repeats(tiny):
     benchmark.set_timed_section(section, phase)
     try:
         ids = tokenizer("hello there", return_tensors="pt")["input_ids"]
-        benchmark.bench_generation(model, ids, 4, warmup=1, repeats=2)
+        benchmark.bench_generation(as_runner(model), ids, 4, warmup=1, repeats=2)
     finally:
         benchmark.set_timed_section(None)
     assert events == ["phase in", "run", "run", "run", "phase out"]
@@ -320,7 +322,7 @@ def test_timed_generation_offers_a_turn_after_every_step(tiny):
     benchmark.set_timed_section(section)
     try:
         ids = tokenizer("hello there", return_tensors="pt")["input_ids"]
-        run = benchmark.timed_generation(model, ids, 6)
+        run = benchmark.timed_generation(as_runner(model), ids, 6)
     finally:
         benchmark.set_timed_section(None)
     assert len(offered) == 6 and run.decode_tokens == 5
@@ -330,7 +332,7 @@ def test_time_between_steps_is_not_timed(tiny):
     """Letting pages in between two steps must not show in the timing: a step's time is its own."""
     model, tokenizer = tiny
     ids = tokenizer("hello there", return_tensors="pt")["input_ids"]
-    plain = benchmark.timed_generation(model, ids, 6)
+    plain = benchmark.timed_generation(as_runner(model), ids, 6)
 
     @contextlib.contextmanager
     def section():
@@ -338,7 +340,7 @@ def test_time_between_steps_is_not_timed(tiny):
 
     benchmark.set_timed_section(section)
     try:
-        paused = benchmark.timed_generation(model, ids, 6)
+        paused = benchmark.timed_generation(as_runner(model), ids, 6)
     finally:
         benchmark.set_timed_section(None)
     assert paused.token_ids == plain.token_ids

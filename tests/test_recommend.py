@@ -2,8 +2,9 @@ import math
 
 import pytest
 
-from core import fit, recommend
-from core.recommend import Constraints
+from core.measure import fit
+from core.views import recommend
+from core.views.recommend import Constraints
 from tests.factories import make_record
 
 SHAPE = fit.KVShape(30, 3, 64)
@@ -141,7 +142,8 @@ import json  # noqa: E402
 import streamlit as st  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from core import benchmark, models  # noqa: E402
+from core import models  # noqa: E402
+from core.measure import benchmark
 from core.store import ResultStore  # noqa: E402
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent

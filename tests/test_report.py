@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core import report
+from core.views import report
 from tests.factories import make_record
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -131,7 +131,7 @@ def test_report_page_offers_three_downloads_for_the_stored_results():
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from core import benchmark
+    from core.measure import benchmark
     from core.store import ResultStore
 
     here = benchmark.hardware_fingerprint("cpu")

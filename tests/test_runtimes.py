@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core import benchmark, evaluate, models, runtimes, techniques
+from core.runtimes import eager
+from core import models, runtimes, techniques
+from core.measure import benchmark, evaluate
 
 
 def test_registry_lists_each_runtime_once_with_words():
@@ -64,7 +66,7 @@ def test_a_torch_model_passes_through_the_seam_as_an_eager_runner(tiny):
     items = evaluate.load_mc_jsonl(evaluate.DEFAULT_MC_SET)[:3]
     runner = runtimes.as_runner(model)
     assert runner.runtime == "transformers" and runtimes.as_runner(runner) is runner
-    assert runner.choice_logprobs(tokenizer, items) == evaluate.batch_choice_logprobs(model, tokenizer, items)
+    assert runner.choice_logprobs(tokenizer, items) == eager.batch_choice_logprobs(model, tokenizer, items)
     assert runner.bytes_held() == benchmark.bytes_held(model)
 
 
@@ -74,8 +76,8 @@ def test_bitsandbytes_variants_say_why_they_do_not_compile():
 
 
 def test_sweep_record_names_its_runtime(tiny_dir, data_dir):
+    from core.experiments.sweep import SweepSettings, run_sweep
     from core.store import ResultStore
-    from core.sweep import SweepSettings, run_sweep
 
     settings = SweepSettings(new_tokens=3, repeats=1, warmup_runs=0, mc_max_items=2, ppl_max_tokens=64,
                              ppl_window_tokens=32)

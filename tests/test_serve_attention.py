@@ -9,7 +9,7 @@ import torch
 from transformers.generation.continuous_batching.utils import build_attention_mask
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from core import serve_attention
+from core.serving import attention as serve_attention
 
 HEADS, KV_HEADS, DIM = 6, 2, 16
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import benchmark
+from core.measure import benchmark
 from core.store import ResultStore
 from tests.factories import make_record, make_serving_record
 

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from core import serving
-from core.jobs import Stopped
+from core.paths import Stopped
 from core.serving import RequestTiming, ServeSettings, ServingError
 from core.store import ResultStore
 from tests.factories import make_serving_record
@@ -89,7 +89,8 @@ def test_gguf_technique_without_a_file_says_how_to_give_one(tiny_dir):
 
 
 def test_the_labs_gguf_techniques_are_served_from_its_own_export(tiny_dir):
-    from core import gguf, models
+    from core import models
+    from core.techniques import gguf
 
     if gguf.llama_cpp_problem():
         pytest.skip(gguf.llama_cpp_problem())
@@ -98,7 +99,7 @@ def test_the_labs_gguf_techniques_are_served_from_its_own_export(tiny_dir):
 
 
 def test_kv_bytes_from_the_cache_object_match_the_config(tiny):
-    from core import fit
+    from core.measure import fit
 
     model, _ = tiny
     shape = fit.kv_shape_from_config(model.config.to_dict())

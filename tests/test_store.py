@@ -6,10 +6,11 @@ import threading
 import pytest
 import sqlalchemy as sa
 
+import core.paths
 import core.store
-from core.records import ServingRecord
-from core.store import (SCHEMA_VERSION, ResultStore, StoreError, data_dir, default_store_path, open_store,
-                        repo_root)
+from core.paths import data_dir, repo_root
+from core.store import SCHEMA_VERSION, ResultStore, StoreError, default_store_path, open_store
+from core.store.records import ServingRecord
 from tests.factories import make_record
 from tests.postgres import PASSWORD
 
@@ -50,13 +51,13 @@ def test_data_dir_follows_the_environment_and_is_created(tmp_path, monkeypatch):
 
 
 def test_repo_root_is_the_parent_of_core():
-    assert (repo_root() / "core" / "store.py").is_file()
+    assert (repo_root() / "core" / "paths.py").is_file()
 
 
 def test_data_dir_defaults_to_repo_data(tmp_path, monkeypatch):
     # A stand-in repo root, so the test does not create data/ in the real checkout.
     monkeypatch.delenv("LAB_DATA_DIR", raising=False)
-    monkeypatch.setattr(core.store, "repo_root", lambda: tmp_path)
+    monkeypatch.setattr(core.paths, "repo_root", lambda: tmp_path)
     assert data_dir() == tmp_path / "data" and (tmp_path / "data").is_dir()
 
 

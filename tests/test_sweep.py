@@ -1,8 +1,8 @@
 import pytest
 
-from core import sweep
-from core.records import REQUIRED_FIELDS
+from core.experiments import sweep
 from core.store import ResultStore
+from core.store.records import REQUIRED_FIELDS
 
 FAST = dict(new_tokens=4, repeats=2, warmup_runs=1, mc_max_items=6, ppl_window_tokens=64, ppl_max_tokens=256)
 

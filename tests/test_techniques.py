@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from core import benchmark, runtimes, techniques
-from core.quantization import QuantConfig
+from core import runtimes, techniques
+from core.measure import benchmark
+from core.techniques.quantization import QuantConfig
 
 
 @pytest.fixture(scope="module")

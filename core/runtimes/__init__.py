@@ -14,72 +14,20 @@ talk to a `Runner` and never ask which runtime is behind it.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-Clock = Callable[[], float]
+from core.runtimes import llamacpp, transformers_rt
+from core.runtimes.base import Clock, Runner, Runtime
 
+__all__ = ["Clock", "Runner", "Runtime", "all_runtimes", "as_runner", "get", "load", "why_not"]
 
-@runtime_checkable
-class Runner(Protocol):
-    runtime: str  # registry key of the runtime that runs it
-    device: str
-    dtype: str  # how the weights are stored, e.g. "float32", "q4_k_m"
-
-    def stream(self, prompt_ids: torch.Tensor, max_new_tokens: int,
-               clock: Clock = time.perf_counter) -> Iterator[tuple[int, float]]:
-        """Greedy decode of [1, T] prompt ids, EOS ignored: yields (token_id, own compute s so far) per token."""
-        ...
-
-    def window_logprobs(self, window: torch.Tensor) -> torch.Tensor:
-        """[W, V] float32 next-token log-probabilities at every position of a [1, W] window."""
-        ...
-
-    def choice_logprobs(self, tokenizer, items: Sequence[Any]) -> list[list[float]]:
-        """For each multiple-choice item, the summed log-probability of each choice after its question."""
-        ...
-
-    def bytes_held(self) -> int: ...
-
-    def bytes_read_per_token(self) -> int:
-        """Bytes one decoded token must read: the bandwidth roofline's denominator."""
-        ...
-
-    def facts(self) -> dict[str, Any]:
-        """Structure and runtime numbers stored with the record (e.g. compile_s, experts, gguf file size)."""
-        ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Runtime:
-    key: str
-    label: str
-    explanation: str  # one plain sentence for a newcomer
-    # (technique, device) -> why this runtime cannot run that technique here, or None
-    unsupported: Callable[[Any, str], str | None]
-    # (technique, checkpoint, device, threads, progress) -> Runner
-    load: Callable[..., Runner]
-
-
-def _registry() -> dict[str, Runtime]:
-    from core.runtimes import llamacpp, transformers_rt
-
-    return {r.key: r for r in (transformers_rt.EAGER, transformers_rt.COMPILED, llamacpp.RUNTIME)}
-
-
-RUNTIMES: dict[str, Runtime] = {}
+RUNTIMES: dict[str, Runtime] = {r.key: r for r in (transformers_rt.EAGER, transformers_rt.COMPILED, llamacpp.RUNTIME)}
 
 
 def all_runtimes() -> dict[str, Runtime]:
-    if not RUNTIMES:
-        RUNTIMES.update(_registry())
     return RUNTIMES
 
 
@@ -108,7 +56,5 @@ def load(technique, runtime: str, checkpoint: Path, device: str = "cpu", threads
 def as_runner(model_or_runner, device: str = "cpu") -> Runner:
     """A torch model becomes an eager transformers Runner; a Runner passes through unchanged."""
     if isinstance(model_or_runner, torch.nn.Module):
-        from core.runtimes.transformers_rt import TransformersRunner
-
-        return TransformersRunner(model_or_runner, device)
+        return transformers_rt.TransformersRunner(model_or_runner, device)
     return model_or_runner

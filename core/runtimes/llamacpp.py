@@ -2,7 +2,7 @@
 
 The runner feeds llama.cpp token ids made by the checkpoint's own tokenizer (so every runtime reads the
 same prompt and the same text windows) and decodes greedily from the logits llama.cpp returns, one token
-per step, the way `benchmark.stream_tokens` does for transformers. It drives the binding's context and
+per step, the way `eager.stream_tokens` does for transformers. It drives the binding's context and
 batch objects directly because the high-level `Llama.eval` either keeps every position's logits (slow
 decode) or none (no quality measurement); here each call asks for exactly the rows it needs.
 """
@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.runtimes import Clock, Runtime
+from core.measure.evaluate import continuation_pairs
+from core.runtimes.base import Clock, Runtime
 
 CONTEXT_TOKENS = 2048  # llama.cpp's KV cache length: windows, prompts and answers must fit
 BATCH_TOKENS = 512  # tokens per llama_decode call; a 512-token text window goes in one call
@@ -27,10 +28,11 @@ BATCH_TOKENS = 512  # tokens per llama_decode call; a 512-token text window goes
 class LlamaCppRunner:
     runtime = "llama.cpp"
 
-    def __init__(self, path: Path, threads: int, device: str = "cpu", quant: str = ""):
-        from llama_cpp import Llama
+    def __init__(self, path: Path, threads: int, device: str = "cpu", quant: str = "", file_facts: dict | None = None):
+        from llama_cpp import Llama  # lazily: the binding is optional, and loading it loads libllama
 
         self.path, self.device, self.dtype = Path(path), device, quant or "gguf"
+        self._file_facts = file_facts or {}  # what the technique recorded when it wrote the file
         t0 = time.perf_counter()
         self._llm = Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, n_batch=BATCH_TOKENS, n_ubatch=BATCH_TOKENS,
                           n_threads=threads, n_threads_batch=threads, n_gpu_layers=-1 if device.startswith("cuda") else 0,
@@ -86,7 +88,6 @@ class LlamaCppRunner:
 
     def choice_logprobs(self, tokenizer, items: Sequence[Any]) -> list[list[float]]:
         """Each question is read once; each choice continues from its cached KV entries."""
-        from core.evaluate import continuation_pairs
 
         out = []
         for item in items:
@@ -115,9 +116,7 @@ class LlamaCppRunner:
     def facts(self) -> dict[str, Any]:
         import llama_cpp
 
-        from core.gguf import file_facts
-
-        recorded = {k: v for k, v in file_facts(self.path).items() if k in ("fallback_tensors", "quantized_tensors")}
+        recorded = {k: v for k, v in self._file_facts.items() if k in ("fallback_tensors", "quantized_tensors")}
         return {**recorded, "gguf_file_bytes": self.path.stat().st_size, "gguf_file": self.path.name,
                 "gguf_params": int(llama_cpp.llama_model_n_params(self._llm.model)),
                 "load_s": self._load_s, "llama_cpp_version": _binding_version(),
@@ -138,9 +137,19 @@ def _binding_version() -> str:
 # ---------------------------------------------------------------- registry entry
 
 
-def _unsupported(technique, device: str) -> str | None:
-    from core.gguf import llama_cpp_problem
+def llama_cpp_problem() -> str | None:
+    """Why llama.cpp cannot run here, or None when the binding imports and its library loads."""
+    try:
+        import llama_cpp  # noqa: F401  (loads libllama: a broken build fails here, not at first use)
+    except ImportError:
+        return ("llama.cpp is not installed (the Python package llama-cpp-python). `make setup` compiles it; "
+                "if that failed on this machine, its log says why. The other runtimes work without it.")
+    except (OSError, RuntimeError) as e:
+        return f"llama.cpp is installed but its native library does not load here ({type(e).__name__}: {e})."
+    return None
 
+
+def _unsupported(technique, device: str) -> str | None:
     if technique.family != "gguf":
         return f"llama.cpp runs GGUF files; {technique.label} is a transformers variant."
     if device.startswith("cuda"):
@@ -149,12 +158,10 @@ def _unsupported(technique, device: str) -> str | None:
 
 
 def _load(technique, checkpoint: Path, device: str, threads: int, progress) -> LlamaCppRunner:
-    from core import gguf
-
-    source = Path(technique.config.source) if technique.config.source else checkpoint
-    path = gguf.ensure_file(source, technique.config, threads, progress)
+    # The technique builds (or finds) the file; this runtime only loads what it is handed.
+    path, recorded = technique.artifact(checkpoint, threads, progress)
     progress(f"Loading {path.name} into llama.cpp")
-    return LlamaCppRunner(path, threads, device, technique.config.file_stem)
+    return LlamaCppRunner(path, threads, device, technique.config.file_stem, recorded)
 
 
 RUNTIME = Runtime(

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from core import benchmark, evaluate
-from core.runtimes import Clock, Runtime
+from core.measure import benchmark
+from core.runtimes import eager
+from core.runtimes.base import Clock, Runtime
 
 
 class TransformersRunner:
@@ -29,13 +30,13 @@ class TransformersRunner:
 
     def stream(self, prompt_ids: torch.Tensor, max_new_tokens: int,
                clock: Clock = time.perf_counter) -> Iterator[tuple[int, float]]:
-        return benchmark.stream_tokens(self.model, prompt_ids.to(self.device), max_new_tokens, self.device, clock)
+        return eager.stream_tokens(self.model, prompt_ids.to(self.device), max_new_tokens, self.device, clock)
 
     def window_logprobs(self, window: torch.Tensor) -> torch.Tensor:
-        return evaluate.window_logprobs(self.model, window, self.device)
+        return eager.window_logprobs(self.model, window, self.device)
 
     def choice_logprobs(self, tokenizer, items: Sequence[Any]) -> list[list[float]]:
-        return evaluate.batch_choice_logprobs(self.model, tokenizer, list(items), self.device)
+        return eager.batch_choice_logprobs(self.model, tokenizer, list(items), self.device)
 
     def bytes_held(self) -> int:
         if self._held is None:

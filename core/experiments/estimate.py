@@ -1,0 +1,227 @@
+"""How long a sweep will take on this machine, per variant, before it starts, and which variants run far slower here.
+
+Estimates come from earlier records of the same model, technique and machine (hardware fingerprint):
+a record holds its decode tokens/s, time to first token, the settings it ran with and, since
+`measure_s` is stored, the wall seconds its whole measurement took. A variant never measured here
+has no estimate unless the user asks for a probe: load the real variant and time a 3-token
+generation with the one timing primitive (benchmark.bench_generation).
+
+A variant is flagged slow when it decodes at under SLOW_VS_REFERENCE of the fp32 reference's speed
+on this machine (or, with no reference here, under SLOW_ROOFLINE_PCT of its own bandwidth limit).
+A kernel that falls back to slow code shows up exactly like that: bitsandbytes int8 ran at 0.6
+tokens/s against 8-10 for fp32 on an AVX2-only AMD EPYC, but at 16 against 22-33 on an AVX-512 Xeon.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core import runtimes, techniques
+from core.measure import benchmark
+from core.store.records import VariantRecord
+
+SLOW_VS_REFERENCE = 0.25  # nf4 at 0.56-0.65x of fp32 is its normal speed; int8 at 0.06x is not
+SLOW_ROOFLINE_PCT = 2.0  # without a reference here: under 2% of what the memory bandwidth allows
+MC_TOKENS_PER_ITEM = 80  # question + choices read when scoring one multiple-choice item (no wall time known)
+PROBE_TOKENS = 4  # 1 prefill + 3 decode steps
+BNB_KEYS = ("int8", "nf4", "fp4")  # bitsandbytes kernels: their CPU speed depends on AVX-512
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What the next sweep will do per variant (the parts of SweepSettings that change its time)."""
+    new_tokens: int = 32
+    warmup_runs: int = 1
+    repeats: int = 5
+    mc_items: int | None = None  # None: as many as the earlier run scored
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A few-second measurement of one variant here: load it, generate PROBE_TOKENS tokens once."""
+    technique: str
+    hardware: str
+    load_s: float
+    ttft_ms: float
+    decode_tokens_per_s: float
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class VariantEstimate:
+    technique: str
+    label: str
+    seconds: float | None  # estimated wall seconds for this variant; None: never measured here, no probe
+    basis: str  # where the estimate comes from, in words
+    decode_tokens_per_s: float | None  # the speed the estimate and the flag use
+    slow: bool
+    why_slow: str  # plain words; "" when not slow
+
+
+@dataclass(frozen=True)
+class SweepEstimate:
+    hardware: str
+    variants: tuple[VariantEstimate, ...]
+
+    @property
+    def total_s(self) -> float:
+        """Seconds over the variants that have an estimate (see `unknown` for the rest)."""
+        return sum(v.seconds for v in self.variants if v.seconds is not None)
+
+    @property
+    def unknown(self) -> tuple[str, ...]:
+        return tuple(v.technique for v in self.variants if v.seconds is None)
+
+    @property
+    def slow(self) -> tuple[str, ...]:
+        return tuple(v.technique for v in self.variants if v.slow)
+
+
+# ---------------------------------------------------------------- time model
+
+
+def _generation_s(ttft_s: float, tokens_per_s: float, new_tokens: int, runs: int) -> float:
+    """One prefill plus new_tokens - 1 decode steps, per run (warm-up runs included)."""
+    return runs * (ttft_s + max(0, new_tokens - 1) / tokens_per_s)
+
+
+def _scoring_s(settings: dict, ttft_s: float, mc_items: int | None) -> float:
+    """Perplexity/KLD windows and multiple-choice items, read at the prefill rate the prompt showed."""
+    prompt_tokens = settings.get("prompt_tokens") or 0
+    if not prompt_tokens or ttft_s <= 0:
+        return 0.0
+    items = settings.get("mc_items", 0) if mc_items is None else mc_items
+    tokens = (settings.get("ppl_tokens") or 0) + items * MC_TOKENS_PER_ITEM
+    return tokens / (prompt_tokens / ttft_s)
+
+
+def _from_record(r: VariantRecord, plan: SweepPlan) -> tuple[float, str]:
+    s = r.settings
+    ttft_s, tps = r.ttft_ms_median / 1e3, r.decode_tokens_per_s_median
+    runs_new = plan.warmup_runs + plan.repeats
+    gen_new = _generation_s(ttft_s, tps, plan.new_tokens, runs_new)
+    when = r.created_at[:16].replace("T", " ")
+    measured = r.variant_facts.get("measure_s")
+    if isinstance(measured, (int, float)) and measured > 0:
+        runs_old = s.get("warmup_runs", 1) + s.get("repeats", 5)
+        gen_old = _generation_s(ttft_s, tps, s.get("new_tokens", plan.new_tokens), runs_old)
+        rest = max(0.0, measured - gen_old)  # loading and scoring: the same work next time
+        if plan.mc_items is not None and s.get("mc_items"):
+            rest *= 1 + (plan.mc_items - s["mc_items"]) * MC_TOKENS_PER_ITEM / max(1, _scoring_tokens(s))
+        return rest + gen_new, f"scaled from its {measured:.0f} s run here ({when} UTC)"
+    return gen_new + _scoring_s(s, ttft_s, plan.mc_items), f"from its speed here ({when} UTC); loading not counted"
+
+
+def _scoring_tokens(settings: dict) -> int:
+    return (settings.get("ppl_tokens") or 0) + (settings.get("mc_items") or 0) * MC_TOKENS_PER_ITEM
+
+
+def _from_probe(p: Probe, plan: SweepPlan, scoring_settings: dict) -> tuple[float, str]:
+    ttft_s = p.ttft_ms / 1e3
+    gen = _generation_s(ttft_s, p.decode_tokens_per_s, plan.new_tokens, plan.warmup_runs + plan.repeats)
+    settings = scoring_settings | {"prompt_tokens": p.prompt_tokens}
+    return p.load_s + gen + _scoring_s(settings, ttft_s, plan.mc_items), "probe: loaded and timed 3 decode steps just now"
+
+
+# ---------------------------------------------------------------- the slow flag
+
+
+def cpu_has_avx512() -> bool | None:
+    """True/False from /proc/cpuinfo's flags; None where that file does not exist (not Linux)."""
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        return None
+    return " avx512f" in info.read_text(errors="replace")
+
+
+def _usual_ratio(key: str, history: list[VariantRecord], hardware: str) -> float | None:
+    """This technique's speed relative to the reference on the other machines in the store (median)."""
+    ratios = []
+    for hw in {r.hardware for r in history if r.hardware != hardware}:
+        mine = [r for r in history if r.hardware == hw and r.technique == key]
+        ref = [r for r in history if r.hardware == hw and r.technique == techniques.REFERENCE]
+        if mine and ref and ref[0].decode_tokens_per_s_median > 0:
+            ratios.append(mine[0].decode_tokens_per_s_median / ref[0].decode_tokens_per_s_median)
+    return statistics.median(ratios) if ratios else None
+
+
+def _why_slow(key: str, tps: float, ref_tps: float | None, roofline_pct: float | None,
+              usual: float | None, avx512: bool | None) -> str:
+    if ref_tps:
+        words = (f"decodes at {tps:.1f} tokens/s here, {tps / ref_tps:.0%} of the fp32 reference's {ref_tps:.1f}: "
+                 "its kernels run far below their usual speed on this machine")
+    else:
+        words = (f"decodes at {tps:.1f} tokens/s here, {roofline_pct:.1f}% of what this machine's memory bandwidth "
+                 "allows for its size: its kernels, not memory, hold it back")
+    if usual is not None:
+        words += f" (on the other machines in the results it ran at {usual:.0%} of fp32)"
+    if key in BNB_KEYS and avx512 is False:
+        words += ". bitsandbytes' CPU kernels are fast only with AVX-512, and this CPU has none"
+    return words + "."
+
+
+def _is_slow(tps: float | None, ref_tps: float | None, roofline_pct: float | None) -> bool:
+    if tps is None:
+        return False
+    if ref_tps:
+        return tps < SLOW_VS_REFERENCE * ref_tps
+    return roofline_pct is not None and roofline_pct < SLOW_ROOFLINE_PCT
+
+
+# ---------------------------------------------------------------- the estimate
+
+
+def _newest(records: list[VariantRecord], key: str) -> VariantRecord | None:
+    mine = [r for r in records if r.technique == key]
+    return max(mine, key=lambda r: r.created_at) if mine else None
+
+
+def estimate_sweep(history: list[VariantRecord], keys: list[str], model: str, hardware: str,
+                   plan: SweepPlan = SweepPlan(), probes: dict[str, Probe] | None = None,
+                   avx512: bool | None = None) -> SweepEstimate:
+    """Per-variant seconds and slow flags for `keys` on `hardware`, from the store's records and any probes.
+
+    `history` may hold any records (other models and machines are used only for the 'usual speed' note).
+    """
+    history = [r for r in history if r.model == model]
+    here = [r for r in history if r.hardware == hardware]
+    probes = {k: p for k, p in (probes or {}).items() if p.hardware == hardware}
+    ref_record = _newest(here, techniques.REFERENCE)
+    ref_probe = probes.get(techniques.REFERENCE)
+    ref_tps = (ref_record.decode_tokens_per_s_median if ref_record else
+               ref_probe.decode_tokens_per_s if ref_probe else None)
+    scoring = dict(ref_record.settings) if ref_record else {}
+    out = []
+    for key in keys:
+        label = techniques.TECHNIQUES[key].label if key in techniques.TECHNIQUES else key
+        record, probe = _newest(here, key), probes.get(key)
+        if record is not None and record.decode_tokens_per_s_median > 0:
+            seconds, basis = _from_record(record, plan)
+            tps, roof = record.decode_tokens_per_s_median, record.roofline_pct
+        elif probe is not None and probe.decode_tokens_per_s > 0:
+            seconds, basis = _from_probe(probe, plan, scoring)
+            tps, roof = probe.decode_tokens_per_s, None
+        else:
+            out.append(VariantEstimate(key, label, None, "never measured here: probe it for an estimate", None,
+                                       False, ""))
+            continue
+        slow = key != techniques.REFERENCE and _is_slow(tps, ref_tps, roof)
+        why = _why_slow(key, tps, ref_tps, roof, _usual_ratio(key, history, hardware), avx512) if slow else ""
+        out.append(VariantEstimate(key, label, seconds, basis, tps, slow, why))
+    return SweepEstimate(hardware, tuple(out))
+
+
+def probe_variant(key: str, checkpoint: Path, prompt_ids, device: str = "cpu") -> Probe:
+    """Load the real variant and time one PROBE_TOKENS-token generation: a few seconds for a small model."""
+    benchmark.release_memory()
+    start = time.perf_counter()
+    model = techniques.get(key).make(checkpoint, device)
+    load_s = time.perf_counter() - start
+    bench = benchmark.bench_generation(runtimes.as_runner(model, device), prompt_ids.to(device), PROBE_TOKENS, 0, 1, device)
+    del model
+    benchmark.release_memory()
+    return Probe(key, benchmark.hardware_fingerprint(device), load_s, bench.ttft_ms.median,
+                 bench.decode_tokens_per_s.median, int(prompt_ids.shape[-1]))

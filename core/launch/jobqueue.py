@@ -1,0 +1,348 @@
+"""The job queue shared by the web server and the worker: one small SQLite file of its own (data/queue.sqlite).
+
+The server only writes job specs (a kind and JSON arguments), stop flags and session heartbeats, and reads one
+snapshot of the whole queue; the worker (core/launch/worker.py) claims jobs one at a time, in order, and writes their
+progress into the job's row. Nothing here imports torch, so reading the queue costs a page almost nothing.
+The queue is kept apart from the results store on purpose: it is machine-local scheduling state, the store is
+shared results.
+
+Order: the presenter's jobs go before every viewer's (priority 0 before 1), then first come, first served.
+A job killed with its worker (SIGKILL, power cut) is marked `interrupted` when the next worker starts; what
+it finished before is in the results store, and the jobs still waiting are run as before.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import statistics
+import time
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from core.paths import data_dir
+
+QUEUE_FILENAME = "queue.sqlite"
+PRESENTER = "presenter"
+MAX_WAITING = 12  # jobs waiting at once, all owners together
+MAX_WAITING_PER_VIEWER = 1  # a viewer may have this many jobs waiting or running
+SESSION_ALIVE_S = 45.0  # a browser session counts as connected if it checked in this recently
+LEASE_S = 90.0  # an interactive run (the Arena) holds the machine at most this long without renewing
+
+State = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+ACTIVE = ("queued", "running")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    args_json TEXT NOT NULL,
+    label TEXT NOT NULL,
+    similar TEXT NOT NULL,          -- jobs with the same value take about as long (for the start estimate)
+    owner TEXT NOT NULL,            -- "presenter" or "viewer 7": shown to everyone
+    owner_session TEXT NOT NULL,    -- the browser session that queued it: only it (or the presenter) may cancel
+    priority INTEGER NOT NULL,      -- 0 presenter, 1 viewer
+    state TEXT NOT NULL,
+    created_s REAL NOT NULL,
+    started_s REAL,
+    ended_s REAL,
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    fraction REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    log_json TEXT NOT NULL DEFAULT '[]',
+    live_json TEXT NOT NULL DEFAULT 'null',
+    error TEXT NOT NULL DEFAULT '',
+    worker_pid INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, priority, id);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    number INTEGER NOT NULL UNIQUE, -- "viewer 7"
+    last_seen_s REAL NOT NULL,
+    left_s REAL                     -- when the web server saw it disconnect (NULL: still connected or unknown)
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    until_s REAL NOT NULL
+);
+"""
+
+
+class QueueFull(ValueError):
+    """The queue, or this viewer's share of it, is full: the message says which and what to do."""
+
+
+class NotAllowed(PermissionError):
+    """This session may not do that (e.g. stop someone else's job)."""
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    id: int
+    kind: str
+    args: dict
+    label: str
+    similar: str
+    owner: str
+    owner_session: str
+    priority: int
+    state: State
+    created_s: float
+    started_s: float | None
+    ended_s: float | None
+    stop_requested: bool
+    fraction: float
+    message: str
+    log: tuple[str, ...]
+    live: Any
+    error: str
+    worker_pid: int | None = None  # the worker that claimed it (its child process runs it)
+
+    @property
+    def elapsed_s(self) -> float:
+        if self.started_s is None:
+            return 0.0
+        return (self.ended_s or time.time()) - self.started_s
+
+
+@dataclass(frozen=True)
+class Waiting:
+    job: QueuedJob
+    position: int  # 1 = next to start
+    starts_in_s: float | None  # None: no similar job has finished yet, so no honest estimate
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """Everything a page draws about the queue, read in one go and shared by every session."""
+    running: QueuedJob | None
+    running_left_s: float | None
+    waiting: tuple[Waiting, ...]
+    recent: tuple[QueuedJob, ...]  # ended, newest first
+    sessions_connected: int
+    read_at_s: float
+
+
+def queue_path() -> Path:
+    return data_dir() / QUEUE_FILENAME
+
+
+def _row_to_job(row: sqlite3.Row) -> QueuedJob:
+    return QueuedJob(
+        id=row["id"], kind=row["kind"], args=json.loads(row["args_json"]), label=row["label"], similar=row["similar"],
+        owner=row["owner"], owner_session=row["owner_session"], priority=row["priority"], state=row["state"],
+        created_s=row["created_s"], started_s=row["started_s"], ended_s=row["ended_s"],
+        stop_requested=bool(row["stop_requested"]), fraction=row["fraction"], message=row["message"],
+        log=tuple(json.loads(row["log_json"])), live=json.loads(row["live_json"]), error=row["error"],
+        worker_pid=row["worker_pid"])
+
+
+class JobQueue:
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else queue_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")  # readers (pages) never wait for the worker's writes
+            conn.executescript(_SCHEMA)
+            if "left_s" not in [r[1] for r in conn.execute("PRAGMA table_info(sessions)")]:
+                conn.execute("ALTER TABLE sessions ADD COLUMN left_s REAL")  # a queue file from before left_s
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # One connection per call: Streamlit runs sessions on many threads, and a connection must not cross them.
+        with closing(sqlite3.connect(self.path, timeout=30.0, isolation_level=None)) as conn:
+            conn.row_factory = sqlite3.Row
+            # WAL + NORMAL: a commit is a write, not an fsync; a killed process loses nothing, a power cut at
+            # most the last progress update. Keeps the worker's progress writes off the disk's critical path.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: checks and writes see the same queue (two sessions cannot both take the last place)."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    # --- the server's side -----------------------------------------------------------------------
+
+    def submit(self, kind: str, args: dict, label: str, similar: str, owner: str, owner_session: str) -> int:
+        """Queue a job; refuse with a clear message when the queue or this viewer's share is full."""
+        presenter = owner == PRESENTER
+        with self._write() as conn:
+            waiting = conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
+            if waiting >= MAX_WAITING and not presenter:
+                raise QueueFull(f"The queue is full ({MAX_WAITING} jobs waiting). Try again when some have run.")
+            mine = conn.execute("SELECT COUNT(*) FROM jobs WHERE owner_session = ? AND state IN ('queued', 'running')",
+                                (owner_session,)).fetchone()[0]
+            if not presenter and mine >= MAX_WAITING_PER_VIEWER:
+                raise QueueFull(f"You already have {mine} job in the queue; each viewer may have "
+                                f"{MAX_WAITING_PER_VIEWER} at a time. Cancel it or wait for it to finish.")
+            cursor = conn.execute(
+                "INSERT INTO jobs (kind, args_json, label, similar, owner, owner_session, priority, state, created_s) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+                (kind, json.dumps(args), label, similar, owner, owner_session, 0 if presenter else 1, time.time()))
+            return int(cursor.lastrowid)
+
+    def stop(self, job_id: int, session: str, presenter: bool) -> None:
+        """Presenter: stop or dequeue any job. Viewer: dequeue its own waiting job, nothing else."""
+        with self._write() as conn:
+            row = conn.execute("SELECT state, owner_session FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["state"] not in ACTIVE:
+                return  # already ended: nothing to stop
+            if not presenter and (row["owner_session"] != session or row["state"] != "queued"):
+                raise NotAllowed("Only the presenter can stop a running job or someone else's job.")
+            if row["state"] == "queued":
+                conn.execute("UPDATE jobs SET state = 'cancelled', ended_s = ?, error = 'removed from the queue' "
+                             "WHERE id = ?", (time.time(), job_id))
+            else:  # the worker sees the flag through the job's should_stop() and ends it, keeping what finished
+                conn.execute("UPDATE jobs SET stop_requested = 1 WHERE id = ?", (job_id,))
+
+    def job(self, job_id: int) -> QueuedJob | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _row_to_job(row) if row else None
+
+    def snapshot(self, recent: int = 5) -> QueueSnapshot:
+        now = time.time()
+        with self._connect() as conn:
+            running = conn.execute("SELECT * FROM jobs WHERE state = 'running' ORDER BY started_s LIMIT 1").fetchone()
+            queued = conn.execute("SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority, id").fetchall()
+            ended = conn.execute("SELECT * FROM jobs WHERE state NOT IN ('queued', 'running') "
+                                 "ORDER BY ended_s DESC LIMIT ?", (recent,)).fetchall()
+            durations = self._durations(conn)
+            sessions = conn.execute("SELECT COUNT(*) FROM sessions WHERE last_seen_s > ? AND left_s IS NULL",
+                                    (now - SESSION_ALIVE_S,)).fetchone()[0]
+        run = _row_to_job(running) if running else None
+        left = _time_left(run, durations)
+        waiting, clock = [], left if run is not None else 0.0
+        for position, row in enumerate(queued, start=1):
+            job = _row_to_job(row)
+            waiting.append(Waiting(job, position, clock))
+            typical = durations.get(job.similar) or durations.get(job.kind)
+            clock = None if clock is None or typical is None else clock + typical
+        return QueueSnapshot(run, left, tuple(waiting), tuple(_row_to_job(r) for r in ended), sessions, now)
+
+    @staticmethod
+    def _durations(conn: sqlite3.Connection) -> dict[str, float]:
+        """Median measured run time of finished jobs, by `similar` key and by kind (the fallback)."""
+        rows = conn.execute("SELECT kind, similar, ended_s - started_s FROM jobs WHERE state = 'done' "
+                            "ORDER BY id DESC LIMIT 500").fetchall()
+        by: dict[str, list[float]] = {}
+        for kind, similar, seconds in rows:
+            by.setdefault(similar, []).append(seconds)
+            by.setdefault(kind, []).append(seconds)
+        return {k: statistics.median(v) for k, v in by.items()}
+
+    # --- sessions and the Arena's lease ------------------------------------------------------------
+
+    def heartbeat(self, session: str) -> int:
+        """Note that a browser session is connected; returns its viewer number (stable for the session)."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute("SELECT number FROM sessions WHERE session_id = ?", (session,)).fetchone()
+            if row:
+                conn.execute("UPDATE sessions SET last_seen_s = ?, left_s = NULL WHERE session_id = ?", (now, session))
+                return int(row["number"])
+            number = conn.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM sessions").fetchone()[0]
+            conn.execute("INSERT INTO sessions VALUES (?, ?, ?, NULL)", (session, number, now))
+            return int(number)
+
+    def open_sessions(self) -> list[str]:
+        with self._connect() as conn:
+            return [r[0] for r in conn.execute("SELECT session_id FROM sessions WHERE left_s IS NULL AND last_seen_s > ?",
+                                               (time.time() - SESSION_ALIVE_S,))]
+
+    def mark_left(self, sessions: list[str]) -> None:
+        """The web server knows which sessions closed (a tab shut, a page reloaded): they stop counting at once."""
+        if sessions:
+            with self._write() as conn:
+                conn.executemany("UPDATE sessions SET left_s = ? WHERE session_id = ? AND left_s IS NULL",
+                                 [(time.time(), s) for s in sessions])
+
+    def sessions_connected(self, since_s: float | None = None) -> int:
+        """Sessions connected at some moment since `since_s` (default: now): seen lately and not known to have left."""
+        now = time.time()
+        since = now if since_s is None else since_s
+        with self._connect() as conn:
+            return conn.execute("SELECT COUNT(*) FROM sessions WHERE last_seen_s > ? AND (left_s IS NULL OR left_s > ?)",
+                                (since - SESSION_ALIVE_S, since)).fetchone()[0]
+
+    def hold(self, name: str, seconds: float = LEASE_S) -> bool:
+        """Take (or renew) the machine for an interactive run; False if a job is running. The worker starts
+        nothing while a lease is held, and a lease expires by itself if its holder dies."""
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM jobs WHERE state = 'running'").fetchone():
+                return False
+            if conn.execute("SELECT 1 FROM leases WHERE name != ? AND until_s > ?", (name, time.time())).fetchone():
+                return False  # another interactive run: two at once would disturb each other's timings
+            conn.execute("INSERT INTO leases VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET until_s = excluded.until_s",
+                         (name, time.time() + seconds))
+            return True
+
+    def release(self, name: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM leases WHERE name = ?", (name,))
+
+    # --- the worker's side -------------------------------------------------------------------------
+
+    def claim(self, worker_pid: int) -> QueuedJob | None:
+        """The next job in order, marked running; None when nothing waits or an interactive run holds the machine."""
+        now = time.time()
+        with self._connect() as conn:  # a plain read first: an idle worker polls without taking the write lock
+            if not conn.execute("SELECT 1 FROM jobs WHERE state = 'queued' LIMIT 1").fetchone():
+                return None
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM leases WHERE until_s > ?", (now,)).fetchone():
+                return None
+            row = conn.execute("SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority, id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE jobs SET state = 'running', started_s = ?, worker_pid = ?, message = 'starting' "
+                         "WHERE id = ?", (now, worker_pid, row["id"]))
+        return self.job(row["id"])
+
+    def progress(self, job_id: int, fraction: float, message: str, log: list[str], live: Any = None) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE jobs SET fraction = MAX(fraction, ?), message = ?, log_json = ?, live_json = ? "
+                         "WHERE id = ?", (min(1.0, fraction), message, json.dumps(log[-50:]), json.dumps(live), job_id))
+
+    def stop_requested(self, job_id: int) -> bool:
+        with self._connect() as conn:
+            row = conn.execute("SELECT stop_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def finish(self, job_id: int, state: State, error: str = "") -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE jobs SET state = ?, error = ?, ended_s = ?, "
+                         "fraction = CASE WHEN ? = 'done' THEN 1.0 ELSE fraction END WHERE id = ?",
+                         (state, error, time.time(), state, job_id))
+
+    def recover(self) -> list[int]:
+        """At worker start: jobs left 'running' by a dead worker are marked interrupted (the ids are returned)."""
+        with self._write() as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM jobs WHERE state = 'running'").fetchall()]
+            conn.execute("UPDATE jobs SET state = 'interrupted', ended_s = ?, error = 'the worker stopped in the "
+                         "middle of this job (killed or crashed); everything it finished before is in the results "
+                         "store, the rest was not saved. Queue it again to finish it.' WHERE state = 'running'",
+                         (time.time(),))
+        return ids
+
+
+def _time_left(job: QueuedJob | None, durations: dict[str, float]) -> float | None:
+    """From similar finished jobs if any; else from the share done so far once there is something to go on."""
+    if job is None:
+        return None
+    typical = durations.get(job.similar)
+    if typical is not None:
+        return max(0.0, typical - job.elapsed_s)
+    if job.fraction >= 0.05:
+        return job.elapsed_s * (1 - job.fraction) / job.fraction
+    return None

@@ -1,0 +1,208 @@
+"""Will it fit, and what will it cost: device memory presets, KV-cache arithmetic, monthly and one-off costs.
+
+A variant fits a device when the bytes its tensors hold, plus the KV cache at the chosen context length,
+plus a stated runtime overhead, stay within the memory an app may use there. Every function takes plain
+numbers or records and returns numbers or frozen dataclasses; the page formats them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.measure import cost
+from core.store.records import VariantRecord
+
+MB = 1e6  # the records' size_mb is bytes / 1e6, so everything here uses decimal megabytes
+GB = 1e9
+# Python + torch + allocator slack + activations at batch 1. Here fp32 SmolLM2-135M peaked about 100 MB above
+# the bytes it holds (636 vs 538 MB); a phone runtime such as llama.cpp needs less, a torch process more.
+RUNTIME_OVERHEAD_MB = 200.0
+DEFAULT_CONTEXT_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class DevicePreset:
+    key: str
+    label: str
+    memory_gb: float  # physical memory on the box (RAM, or GPU memory for a GPU)
+    reserved_gb: float  # what the OS, other apps or the CUDA context keep: not available to the model
+    source: str  # why these numbers
+
+    def __post_init__(self) -> None:
+        if not self.memory_gb > 0:
+            raise ValueError(f"memory_gb must be > 0, got {self.memory_gb!r}")
+        if not 0 <= self.reserved_gb < self.memory_gb:
+            raise ValueError(f"reserved_gb must be in [0, memory_gb), got {self.reserved_gb!r}")
+
+    @property
+    def usable_mb(self) -> float:
+        return (self.memory_gb - self.reserved_gb) * GB / MB
+
+
+DEVICE_PRESETS: dict[str, DevicePreset] = {
+    d.key: d
+    for d in (
+        DevicePreset("phone-4gb", "Phone, 4 GB", 4.0, 2.0,
+                     "Android keeps about half of a 4 GB phone's RAM for the system and background apps."),
+        DevicePreset("phone-8gb", "Phone, 8 GB", 8.0, 3.0,
+                     "A mid-range 8 GB phone: the system and background apps keep about 3 GB."),
+        DevicePreset("rpi-8gb", "Raspberry Pi 5, 8 GB", 8.0, 1.0,
+                     "Raspberry Pi OS Lite with nothing else running keeps well under 1 GB."),
+        DevicePreset("laptop-16gb", "Laptop, 16 GB", 16.0, 6.0,
+                     "A 16 GB laptop with a desktop session, browser and editor open keeps about 6 GB busy."),
+        DevicePreset("t4-16gb", "NVIDIA T4, 16 GB", 16.0, 1.0,
+                     "T4 spec sheet: 16 GB GDDR6 (about 15 GB visible); the CUDA context keeps a few hundred MB."),
+        DevicePreset("a100-80gb", "NVIDIA A100, 80 GB", 80.0, 1.0,
+                     "A100 80GB spec sheet; the CUDA context keeps a few hundred MB."),
+    )
+}
+
+
+def get_device(key: str) -> DevicePreset:
+    try:
+        return DEVICE_PRESETS[key]
+    except KeyError:
+        raise ValueError(f"unknown device preset {key!r}; choose one of {sorted(DEVICE_PRESETS)}") from None
+
+
+# --- the KV cache ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KVShape:
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "kv_heads", "head_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+
+
+def kv_shape_from_config(config: dict[str, Any]) -> KVShape:
+    """Layers, key/value heads and head width from a transformers config.json (Llama-style names)."""
+    try:
+        layers = int(config["num_hidden_layers"])
+        heads = int(config["num_attention_heads"])
+    except KeyError as missing:
+        raise ValueError(f"config.json has no {missing}; cannot size the KV cache") from None
+    kv_heads = int(config.get("num_key_value_heads") or heads)  # absent: classic multi-head attention
+    head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
+    return KVShape(layers, kv_heads, head_dim)
+
+
+def read_kv_shape(checkpoint: Path) -> KVShape:
+    return kv_shape_from_config(json.loads((Path(checkpoint) / "config.json").read_text()))
+
+
+# Bytes per cached key/value element follow the compute dtype (quantized weights still compute in it).
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+def kv_element_bytes(dtype: str) -> int:
+    return _DTYPE_BYTES.get(dtype.replace("torch.", ""), 4)  # unknown: assume float32, the larger
+
+
+def kv_cache_bytes(shape: KVShape, context_tokens: int, element_bytes: int, batch: int = 1) -> int:
+    """2 (key and value) x layers x kv_heads x head_dim x context x bytes per element, per sequence."""
+    if context_tokens < 0 or batch < 1 or element_bytes < 1:
+        raise ValueError(f"need context_tokens >= 0, batch >= 1, element_bytes >= 1; got "
+                         f"{context_tokens}, {batch}, {element_bytes}")
+    return 2 * shape.layers * shape.kv_heads * shape.head_dim * context_tokens * element_bytes * batch
+
+
+# --- fit -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fit:
+    technique: str
+    label: str
+    device: str  # DevicePreset key
+    weights_mb: float  # bytes held by the variant's tensors
+    kv_cache_mb: float
+    overhead_mb: float
+    usable_mb: float
+
+    @property
+    def need_mb(self) -> float:
+        return self.weights_mb + self.kv_cache_mb + self.overhead_mb
+
+    @property
+    def fits(self) -> bool:
+        return self.need_mb <= self.usable_mb
+
+    @property
+    def headroom_mb(self) -> float:
+        return self.usable_mb - self.need_mb
+
+
+def device_fit(record: VariantRecord, device: DevicePreset, shape: KVShape, context_tokens: int,
+               overhead_mb: float = RUNTIME_OVERHEAD_MB) -> Fit:
+    if overhead_mb < 0:
+        raise ValueError(f"overhead_mb must be >= 0, got {overhead_mb!r}")
+    kv = kv_cache_bytes(shape, context_tokens, kv_element_bytes(record.dtype))
+    return Fit(record.technique, record.label, device.key, record.size_mb, kv / MB, overhead_mb, device.usable_mb)
+
+
+def fit_table(records: Sequence[VariantRecord], devices: Sequence[DevicePreset], shape: KVShape,
+              context_tokens: int, overhead_mb: float = RUNTIME_OVERHEAD_MB) -> list[list[Fit]]:
+    """[variant][device] fits, in the order given."""
+    return [[device_fit(r, d, shape, context_tokens, overhead_mb) for d in devices] for r in records]
+
+
+def smallest_device_that_fits(record: VariantRecord, shape: KVShape, context_tokens: int,
+                              overhead_mb: float = RUNTIME_OVERHEAD_MB) -> DevicePreset | None:
+    fitting = [d for d in DEVICE_PRESETS.values() if device_fit(record, d, shape, context_tokens, overhead_mb).fits]
+    return min(fitting, key=lambda d: d.usable_mb, default=None)
+
+
+# --- money -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MonthlyCost:
+    technique: str
+    label: str
+    usd_per_month: float  # busy-time billing at the given price (see cost.monthly_cost_usd)
+    usd_per_1m_tokens: float
+    one_off_usd: float | None  # training cost (LoRA, distillation), None when the variant needed none
+    busy_hours_per_month: float
+
+
+def training_cost_usd(record: VariantRecord) -> float | None:
+    """One-off cost of making this variant, if a training run stored it (e.g. variant_facts["finetune"])."""
+    for facts in record.variant_facts.values():
+        if isinstance(facts, dict) and isinstance(facts.get("usd_cost"), (int, float)):
+            return float(facts["usd_cost"])
+    return None
+
+
+def monthly_costs(records: Sequence[VariantRecord], usd_per_hour: float, requests_per_day: float,
+                  tokens_per_request: float) -> list[MonthlyCost]:
+    out = []
+    for r in records:
+        speed = r.decode_tokens_per_s_median
+        if not (math.isfinite(speed) and speed > 0):
+            continue  # a variant with no measured speed has no cost to show
+        tokens = requests_per_day * tokens_per_request * cost.DAYS_PER_MONTH
+        out.append(MonthlyCost(
+            r.technique, r.label, cost.monthly_cost_usd(speed, usd_per_hour, requests_per_day, tokens_per_request),
+            cost.usd_per_1m_tokens(speed, usd_per_hour), training_cost_usd(r),
+            tokens / speed / cost.SECONDS_PER_HOUR))
+    return out
+
+
+def break_even_months(one_off_usd: float, monthly_saving_usd: float) -> float | None:
+    """Months of serving until a one-off cost is paid back by a monthly saving; None if it never is."""
+    if one_off_usd < 0:
+        raise ValueError(f"one_off_usd must be >= 0, got {one_off_usd!r}")
+    if monthly_saving_usd <= 0:
+        return None if one_off_usd > 0 else 0.0
+    return one_off_usd / monthly_saving_usd

@@ -1,0 +1,21 @@
+"""Techniques: what is done to a model. Each file builds its variants' artifacts and registers its entries.
+
+    techniques.get("nf4").make(checkpoint)        # a torch model, for a transformers runtime
+    techniques.get("gguf-q4_k_m").artifact(...)   # a GGUF file, for llama.cpp
+
+Pages, the CLI and the experiments iterate the registry (`TECHNIQUES`, `get`) and never branch on a key.
+"""
+
+from core.techniques.registry import TECHNIQUES, Technique, get, of_family, parse_keys, reference_key, register
+
+# Importing each family registers its entries (order: the order pages list them in).
+from core.techniques import quantization, gguf, moe  # noqa: E402,F401  isort: skip
+
+REFERENCE = reference_key()
+
+__all__ = ["REFERENCE", "TECHNIQUES", "Technique", "get", "of_family", "parse_keys", "register", "saved_checkpoints",
+           "gguf_of_saved", "moe_technique"]
+
+from core.models.saved import saved_checkpoints  # noqa: E402
+from core.techniques.gguf import gguf_of_saved  # noqa: E402
+from core.techniques.moe import moe_technique  # noqa: E402

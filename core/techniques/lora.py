@@ -1,0 +1,465 @@
+"""LoRA, QLoRA and full fine-tuning of a causal LM on a prompt -> completion task, measured side by side.
+
+Pure pieces first (settings, data, batching), then training and evaluation, then the run that ties
+them together. A run never touches a cached model: it loads its own copy of the base weights.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+from core.measure import benchmark, evaluate
+from core.models.saved import adapters_dir, merged_dir
+from core.paths import ASSETS, Stopped
+from core.runtimes import as_runner
+
+Method = Literal["lora", "qlora", "full"]
+METHODS: tuple[str, ...] = ("lora", "qlora", "full")
+TASKS_DIR = ASSETS / "tasks"
+BUNDLED_TASKS = {"support-routing": (TASKS_DIR / "support_routing_train.jsonl", TASKS_DIR / "support_routing_test.jsonl")}
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+Report = Callable[[float, str], None]
+# peft asks transformers a deprecated question on every wrap; the answer is right, the notice is noise.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+# ---------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    method: Method = "lora"
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ALL_LINEAR
+    learning_rate: float = 0.0  # 0 = the method's default (below)
+    steps: int = 80
+    batch_size: int = 8
+    seed: int = 0
+    eval_items: int = 0  # 0 = the whole held-out set
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method != "full" and self.rank < 1:
+            raise ValueError(f"LoRA rank must be at least 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise ValueError(f"steps and batch_size must be positive, got {self.steps} and {self.batch_size}")
+        if self.learning_rate < 0:
+            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        if self.method != "full" and not self.target_modules:
+            raise ValueError("name at least one target module for the LoRA adapters")
+
+    @property
+    def lr(self) -> float:
+        # Adapters start at zero and are small: they take a much larger step than full weights can.
+        return self.learning_rate or (2e-5 if self.method == "full" else 1e-3)
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    completion: str
+
+
+def load_examples(path: Path) -> list[Example]:
+    """Read {"prompt", "completion"} JSONL lines, naming the first bad line and what is wrong with it."""
+    out = []
+    for where, row in evaluate.jsonl_rows(path, '{"prompt": "...", "completion": "..."}'):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
+            raise ValueError(f'{where}: expected {{"prompt": str, "completion": str}}.')
+        if not row["prompt"].strip() or not row["completion"].strip():
+            raise ValueError(f"{where}: prompt and completion must not be empty.")
+        out.append(Example(row["prompt"], row["completion"].strip()))
+    return out
+
+
+def check_labels(examples: list[Example]) -> list[str]:
+    labels = sorted({e.completion for e in examples})
+    if len(labels) < 2:
+        raise ValueError(f"The data has a single answer ({labels[0]!r}) for every example: nothing to learn or measure. "
+                         "Give at least two different completions.")
+    return labels
+
+
+def load_task(task: str | None = None, data: Path | None = None, test_share: float = 0.2,
+              seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """A bundled task's train/test files, or a user file split into train and a held-out part."""
+    if data is not None:
+        examples = load_examples(data)
+        if len(examples) < 10:
+            raise ValueError(f"{Path(data).name} holds {len(examples)} examples; give at least 10 (some are held out).")
+        rng = random.Random(seed)
+        shuffled = examples[:]
+        rng.shuffle(shuffled)
+        cut = max(2, int(len(shuffled) * test_share))
+        train, test = shuffled[cut:], shuffled[:cut]
+    else:
+        if task not in BUNDLED_TASKS:
+            raise ValueError(f"Unknown task {task!r}; bundled tasks: {', '.join(BUNDLED_TASKS)}, or pass a data file.")
+        train_path, test_path = BUNDLED_TASKS[task]
+        train, test = load_examples(train_path), load_examples(test_path)
+    check_labels(train)
+    return train, test
+
+
+def encode(tokenizer, examples: list[Example]) -> dict[str, torch.Tensor]:
+    """Right-padded batch; the loss is computed on the completion and end-of-text tokens only."""
+    rows, labels = [], []
+    for e in examples:
+        p = tokenizer(e.prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(" " + e.completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(p + c)
+        labels.append([-100] * len(p) + c)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
+        "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+        "labels": torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels]),
+    }
+
+
+# ---------------------------------------------------------------- models
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    return sorted({name.split(".")[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
+def check_targets(model: torch.nn.Module, targets: tuple[str, ...]) -> None:
+    present = linear_module_names(model)
+    missing = [t for t in targets if t not in present]
+    if missing:
+        raise ValueError(f"Target modules {missing} are not in this model; its linear layers are: {', '.join(present)}.")
+
+
+def qlora_problem(device: str) -> str | None:
+    from core.techniques.quantization import bitsandbytes_problem
+
+    return bitsandbytes_problem(device)
+
+
+def attach(model: torch.nn.Module, settings: FinetuneSettings) -> torch.nn.Module:
+    """Wrap with LoRA adapters (peft), or mark every weight trainable for full fine-tuning."""
+    if settings.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if settings.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=list(settings.target_modules), task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, config)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total); for a peft model, peft's own count (4-bit weights counted as peft counts them)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- training and evaluation
+
+
+@dataclass
+class TrainLog:
+    losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    tokens_seen: int = 0
+
+
+def train(model, tokenizer, examples: list[Example], settings: FinetuneSettings, report: Report,
+          should_stop: Callable[[], bool], log: TrainLog | None = None) -> TrainLog:
+    """Plain AdamW loop over shuffled batches; `log` is filled as it goes so a page can draw the curve live."""
+    log = log if log is not None else TrainLog()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+    rng = random.Random(settings.seed)
+    torch.manual_seed(settings.seed)
+    order: list[int] = []
+    model.train()
+    for step in range(settings.steps):
+        if should_stop():
+            raise Stopped(f"Stopped at step {step} of {settings.steps}; nothing was saved.")
+        if len(order) < settings.batch_size:
+            order += rng.sample(range(len(examples)), len(examples))
+        batch = encode(tokenizer, [examples[order.pop()] for _ in range(settings.batch_size)])
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        t0 = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        log.step_seconds.append(time.perf_counter() - t0)
+        log.losses.append(loss.item())
+        log.tokens_seen += int(batch["attention_mask"].sum())
+        report((step + 1) / settings.steps, f"step {step + 1}/{settings.steps}: loss {loss.item():.3f}")
+    model.eval()
+    return log
+
+
+def normalise(text: str) -> str:
+    words = text.strip().split()
+    return words[0].strip(".,:;!?\"'").lower() if words else ""
+
+
+@torch.inference_mode()
+def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int = 16) -> list[str]:
+    """Greedy continuations, batched with left padding, as text."""
+    tokenizer.padding_side = "left"
+    out = []
+    for i in range(0, len(prompts), batch):
+        enc = tokenizer(prompts[i : i + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    tokenizer.padding_side = "right"
+    return out
+
+
+@dataclass(frozen=True)
+class TaskAccuracy:
+    accuracy: float
+    ci95: tuple[float, float]
+    outputs: list[str]
+
+
+def exact_match(model, tokenizer, examples: list[Example]) -> TaskAccuracy:
+    """Share of held-out prompts whose greedy answer's first word is the expected completion (case-insensitive)."""
+    longest = max(len(tokenizer(" " + e.completion, add_special_tokens=False)["input_ids"]) for e in examples)
+    outputs = greedy_answers(model, tokenizer, [e.prompt for e in examples], longest + 1)
+    correct = [normalise(o) == normalise(e.completion) for o, e in zip(outputs, examples)]
+    return TaskAccuracy(sum(correct) / len(correct), evaluate.bootstrap_ci(correct), outputs)
+
+
+# ---------------------------------------------------------------- saving
+
+
+def dir_size_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def ci_pair(ci: tuple[float, float]) -> list[float]:
+    return [round(ci[0], 4), round(ci[1], 4)]
+
+
+# ---------------------------------------------------------------- one run, end to end
+
+
+@dataclass
+class FinetuneResult(benchmark.Provenance):
+    method: str
+    model: str
+    task: str
+    trainable_params: int
+    total_params: int
+    trainable_pct: float
+    peak_mem_mb: float
+    train_seconds: float
+    seconds_per_step_median: float
+    usd_cost: float
+    usd_per_hour: float
+    adapter_mb: float
+    full_checkpoint_mb: float
+    adapter_pct_of_full: float
+    accuracy_before: float
+    accuracy_before_ci95: list[float]
+    accuracy_after: float
+    accuracy_after_ci95: list[float]
+    merged_decode_tokens_per_s: float
+    unmerged_decode_tokens_per_s: float
+    merged_equals_unmerged: bool | None  # None where there is nothing to merge (full fine-tuning)
+    tokens_seen: int
+    losses: list[float]
+    examples: list[dict]
+    saved_path: str
+    merged_path: str  # the fine-tuned weights merged into a plain checkpoint (LoRA and full), "" for QLoRA
+    settings: dict
+
+
+
+def _load_base(checkpoint: Path, settings: FinetuneSettings, device: str):
+    from core.models import load_model
+    from core.techniques.quantization import QuantConfig, bnb_config
+
+    if settings.method == "qlora":
+        if reason := qlora_problem(device):
+            raise ValueError(f"QLoRA is not available here: {reason} Use method 'lora' instead.")
+        return load_model(checkpoint, torch.float32, device, quantization_config=bnb_config(QuantConfig("nf4"), device))
+    return load_model(checkpoint, torch.float32, device)
+
+
+def _decode_speed(model, tokenizer, prompt: str, device: str) -> tuple[float, tuple[int, ...]]:
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=device)
+    bench = benchmark.bench_generation(as_runner(model, device), ids, new_tokens=16, warmup=1, repeats=3, device=device)
+    return bench.decode_tokens_per_s.median, bench.token_ids
+
+
+def run_finetune(model_name: str, settings: FinetuneSettings, task: str | None = "support-routing",
+                 data: Path | None = None, usd_per_hour: float = 0.0, report: Report | None = None,
+                 should_stop: Callable[[], bool] | None = None, log: TrainLog | None = None,
+                 device: str = "auto") -> tuple[FinetuneResult, torch.nn.Module]:
+    """Measure the base on the held-out set, train, measure again, save the adapter, compare merged vs unmerged.
+
+    Returns the result and the fine-tuned model (merged where LoRA allows it), for `store_record`.
+    """
+    from core import models
+
+    say = report or (lambda f, m: None)
+    stop = should_stop or (lambda: False)
+    device = benchmark.pick_device(device)
+    train_set, test_set = load_task(task, data, seed=settings.seed)  # bad data fails before anything is loaded
+    if settings.eval_items:
+        test_set = test_set[: settings.eval_items]
+    spec = models.resolve(model_name)
+    checkpoint = models.prepare(spec)
+    tokenizer = models.load_tokenizer(checkpoint)
+    torch.manual_seed(settings.seed)
+    base = _load_base(checkpoint, settings, device)
+    if settings.method != "full":
+        check_targets(base, settings.target_modules)
+
+    say(0.02, "measuring the base model on the held-out set")
+    before = exact_match(base, tokenizer, test_set)
+    benchmark.release_memory()
+    with benchmark.PeakMemory(device) as mem:
+        model = attach(base, settings)
+        trainable, total = count_parameters(model)
+        t0 = time.perf_counter()
+        log = train(model, tokenizer, train_set, settings,
+                    lambda f, m: say(0.1 + 0.7 * f, m), stop, log)
+        train_seconds = time.perf_counter() - t0
+    say(0.82, "measuring the fine-tuned model on the held-out set")
+    after = exact_match(model, tokenizer, test_set)
+
+    rank = "" if settings.method == "full" else f"-r{settings.rank}"
+    name = f"{spec.key.replace('/', '--')}-{task or Path(data).stem}-{settings.method}{rank}-{int(time.time())}"
+    run_facts = {"model": spec.key, "task": task or str(data), "settings": settings.__dict__ | {"lr": settings.lr}}
+    if stop():
+        raise Stopped("Stopped before saving; nothing was written.")
+    saved = models.save_atomically(adapters_dir() / name, model, facts=run_facts, facts_file="lab_run.json")
+
+    say(0.9, "timing decode with the adapter unmerged and merged")
+    unmerged_tps, _ = _decode_speed(model, tokenizer, test_set[0].prompt, device)
+    merged_tps, same, final = unmerged_tps, None, model
+    if settings.method == "lora":
+        unmerged_out = greedy_answers(model, tokenizer, [e.prompt for e in test_set[:20]], 6)
+        final = model.merge_and_unload()
+        merged_tps, _ = _decode_speed(final, tokenizer, test_set[0].prompt, device)
+        same = unmerged_out == greedy_answers(final, tokenizer, [e.prompt for e in test_set[:20]], 6)
+    merged_path = ""
+    if settings.method in ("lora", "full") and not stop():  # QLoRA's base is 4-bit: nothing plain to export
+        key = technique_key(settings.method, task or str(data), settings.rank)
+        merged_facts = run_facts | {"merged": True, "technique_key": key,
+                                    "label": technique_label(settings.method, task or str(data), settings.rank)}
+        merged_path = str(models.save_atomically(merged_dir() / name, final, tokenizer,
+                                                 facts=merged_facts, facts_file="lab_run.json"))
+    env = benchmark.environment(device, torch.get_num_threads())
+    full_mb = sum(f.stat().st_size for f in checkpoint.glob("*.safetensors")) / 1e6
+    adapter_mb = dir_size_bytes(saved) / 1e6
+    say(1.0, "done")
+    result = FinetuneResult(
+        method=settings.method, model=spec.key, task=task or str(data),
+        trainable_params=int(trainable), total_params=int(total), trainable_pct=100 * trainable / total,
+        peak_mem_mb=mem.delta_bytes / 1e6, train_seconds=train_seconds,
+        seconds_per_step_median=benchmark.Spread(tuple(log.step_seconds)).median,
+        usd_cost=train_seconds / 3600 * usd_per_hour, usd_per_hour=usd_per_hour,
+        adapter_mb=adapter_mb, full_checkpoint_mb=full_mb, adapter_pct_of_full=100 * adapter_mb / full_mb,
+        accuracy_before=before.accuracy, accuracy_before_ci95=ci_pair(before.ci95),
+        accuracy_after=after.accuracy, accuracy_after_ci95=ci_pair(after.ci95),
+        merged_decode_tokens_per_s=merged_tps, unmerged_decode_tokens_per_s=unmerged_tps, merged_equals_unmerged=same,
+        tokens_seen=log.tokens_seen, losses=list(log.losses),
+        examples=[{"prompt": e.prompt, "expected": e.completion, "before": b.strip(), "after": a.strip()}
+                  for e, b, a in list(zip(test_set, before.outputs, after.outputs))[:12]],
+        saved_path=str(saved), merged_path=merged_path,
+        settings=run_facts["settings"] | {"target_modules": list(settings.target_modules)},
+        **env.provenance(),
+    )
+    return result, final.eval()
+
+
+def technique_key(method: str, task: str, rank: int) -> str:
+    """The key a fine-tuned model is stored (and its merged checkpoint found) under."""
+    return f"{method}-{Path(task).stem}-r{rank}"
+
+
+def technique_label(method: str, task: str, rank: int) -> str:
+    return f"{method.upper()} r{rank} on {Path(task).stem}" if method != "full" else f"Full fine-tune on {Path(task).stem}"
+
+
+def store_record(model, result: FinetuneResult, store, usd_per_hour: float, hardware_preset: str = "laptop-cpu",
+                 report: Report | None = None, should_stop: Callable[[], bool] | None = None,
+                 launched_from: str = "cli"):
+    """Measure the fine-tuned (merged) model with the sweep's harness so it appears on the Trade-off Map.
+
+    Its KL divergence against the base on general prose shows what specialising cost the model elsewhere.
+    """
+    import uuid
+
+    from core import techniques
+    from core.experiments import sweep
+
+    say = report or (lambda f, m: None)
+    stop = should_stop or (lambda: False)
+    technique = techniques.Technique(
+        key=technique_key(result.method, result.task, result.settings["rank"]),
+        label=technique_label(result.method, result.task, result.settings["rank"]),
+        family="lora", config=None,
+        explanation="The base model fine-tuned on a task; its adapters merged into the weights where possible.",
+        surprise="Quality on general prose (KLD, perplexity) can get worse even as the task gets much better.",
+        build=lambda _ckpt, _cfg, _dev: model, unsupported=lambda _cfg, _dev: None,
+    )
+    settings = sweep.SweepSettings(hardware_preset=hardware_preset, usd_per_hour=usd_per_hour, launched_from=launched_from)
+    inputs = sweep.prepare_inputs(result.model, settings, lambda m: say(0.0, m))
+    reference = sweep.reference_pass(inputs, lambda f: say(0.3 * f, "reference pass"))
+
+    def step(name: str, frac: float) -> None:
+        if stop():
+            raise Stopped("Stopped while measuring for the Trade-off Map; the adapter is saved.")
+        say(0.3 + 0.7 * (sweep.STEPS.index(name) + frac) / len(sweep.STEPS) if name in sweep.STEPS else 0.3, f"measuring: {name}")
+
+    record = sweep.measure_variant(technique, inputs, settings, reference, uuid.uuid4().hex[:12], step)
+    record.variant_facts = {"finetune": {k: v for k, v in result.to_dict().items() if k not in ("versions",)}}
+    store.add(record)
+    return record
+
+
+def summary_row(result: dict) -> dict:
+    """One run as a table row: raw numbers, units in the column names (the page formats)."""
+    return {
+        "method": result["method"],
+        "rank": result["settings"].get("rank") if result["method"] != "full" else None,
+        "trainable params": result["trainable_params"],
+        "trainable %": result["trainable_pct"],
+        "accuracy before": result["accuracy_before"],
+        "accuracy after": result["accuracy_after"],
+        "after 95% CI": f"{result['accuracy_after_ci95'][0]:.2f}–{result['accuracy_after_ci95'][1]:.2f}",
+        "train s": result["train_seconds"],
+        "s/step": result["seconds_per_step_median"],
+        "peak RSS +MB": result["peak_mem_mb"],
+        "US$": result["usd_cost"],
+        "saved MB": result["adapter_mb"],
+        "% of full checkpoint": result["adapter_pct_of_full"],
+        "decode tok/s unmerged": result["unmerged_decode_tokens_per_s"],
+        "decode tok/s merged": result["merged_decode_tokens_per_s"],
+    }

@@ -1,0 +1,259 @@
+"""Budget recommender: constraints in, the best variant that meets them out, with the reason in plain words.
+
+Pure: records (one model, one machine, priced at the page's hardware price) and a `Constraints` go in; a
+`Recommendation` comes out. When nothing meets every constraint it says which one to relax and by how much:
+the smallest relaxation of a single constraint that admits a variant, or, when no single one does, every
+change the closest variant needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from core.measure import fit
+from core.store.records import VariantRecord
+from core.views.plots import decode_ms_per_token
+
+Objective = Literal["cheapest", "fastest", "best_quality"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+REFERENCE = "fp32"
+
+
+@dataclass(frozen=True)
+class Constraints:
+    max_ms_per_token: float | None = None  # decode latency per token
+    max_ttft_ms: float | None = None  # time to first token
+    max_usd_per_1m_tokens: float | None = None
+    min_top1_agreement: float | None = None  # share of next tokens equal to the reference's, 0..1
+    min_mc_share: float | None = None  # multiple-choice accuracy as a share of the reference's, e.g. 0.95
+    device: str | None = None  # a fit.DEVICE_PRESETS key the variant must fit in
+    context_tokens: int = fit.DEFAULT_CONTEXT_TOKENS  # KV cache sized for this context when checking the device
+    overhead_mb: float = fit.RUNTIME_OVERHEAD_MB
+    objective: Objective = "cheapest"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        for name in ("max_ms_per_token", "max_ttft_ms", "max_usd_per_1m_tokens", "min_top1_agreement", "min_mc_share"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0 or None, got {value!r}")
+        if self.device is not None:
+            fit.get_device(self.device)
+        if self.context_tokens < 0:
+            raise ValueError(f"context_tokens must be >= 0, got {self.context_tokens}")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One constraint on one variant. `relax_to` is the limit that would let this variant pass it."""
+    name: str  # a Constraints field name
+    value: float  # the variant's own number, in the constraint's unit
+    limit: float
+    ok: bool
+    relax_to: float  # == limit when ok
+    relative_change: float  # how far the limit must move, as a share of the limit (0 when ok)
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    changes: tuple[Check, ...]  # the failing checks of the variant they would admit
+    admits: str  # technique key of that variant
+    admits_label: str
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    constraints: Constraints
+    chosen: VariantRecord | None
+    reference: VariantRecord | None
+    checks: tuple[Check, ...]  # the chosen variant's checks (every one ok), or empty
+    candidates: tuple[str, ...]  # technique keys that meet every constraint, best first
+    relaxations: tuple[Relaxation, ...] = field(default_factory=tuple)  # smallest first; only when nothing fits
+
+    def summary(self) -> str:
+        return explain(self)
+
+
+# --- checks ----------------------------------------------------------------------------------------
+
+
+def _max_check(name: str, value: float, limit: float) -> Check:
+    ok = math.isfinite(value) and value <= limit
+    change = 0.0 if ok else ((value - limit) / limit if limit > 0 else math.inf)
+    return Check(name, value, limit, ok, limit if ok else value, change)
+
+
+def _min_check(name: str, value: float, limit: float) -> Check:
+    ok = math.isfinite(value) and value >= limit
+    change = 0.0 if ok else ((limit - value) / limit if limit > 0 else math.inf)
+    return Check(name, value, limit, ok, limit if ok else value, change)
+
+
+def mc_share(record: VariantRecord, reference: VariantRecord | None) -> float:
+    if reference is None or not reference.mc_accuracy > 0:
+        return math.nan
+    return record.mc_accuracy / reference.mc_accuracy
+
+
+def check_variant(record: VariantRecord, c: Constraints, reference: VariantRecord | None,
+                  shape: fit.KVShape | None) -> tuple[Check, ...]:
+    checks = []
+    if c.max_ms_per_token is not None:
+        checks.append(_max_check("max_ms_per_token", decode_ms_per_token(record.decode_tokens_per_s_median),
+                                 c.max_ms_per_token))
+    if c.max_ttft_ms is not None:
+        checks.append(_max_check("max_ttft_ms", record.ttft_ms_median, c.max_ttft_ms))
+    if c.max_usd_per_1m_tokens is not None:
+        checks.append(_max_check("max_usd_per_1m_tokens", record.usd_per_1m_tokens, c.max_usd_per_1m_tokens))
+    if c.min_top1_agreement is not None:
+        checks.append(_min_check("min_top1_agreement", record.top1_agreement, c.min_top1_agreement))
+    if c.min_mc_share is not None:
+        checks.append(_min_check("min_mc_share", mc_share(record, reference), c.min_mc_share))
+    if c.device is not None:
+        if shape is None:
+            raise ValueError("a device constraint needs the model's KV-cache shape (layers, kv heads, head width)")
+        f = fit.device_fit(record, fit.get_device(c.device), shape, c.context_tokens, c.overhead_mb)
+        # value and limit in MB of memory; relaxing means a device with more usable memory
+        checks.append(_max_check("device", f.need_mb, f.usable_mb))
+    return tuple(checks)
+
+
+# --- choosing --------------------------------------------------------------------------------------
+
+
+def _num(x: float, worst: float = math.inf) -> float:
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else worst
+
+
+def objective_key(record: VariantRecord, objective: Objective):
+    """Sort key, smaller is better; ties go to better quality, then to the smaller variant."""
+    quality = -_num(record.top1_agreement, -math.inf), _num(record.kld_mean)
+    if objective == "cheapest":
+        return (_num(record.usd_per_1m_tokens), *quality, _num(record.size_mb))
+    if objective == "fastest":
+        return (_num(decode_ms_per_token(record.decode_tokens_per_s_median)), *quality, _num(record.size_mb))
+    return (*quality, _num(record.usd_per_1m_tokens), _num(record.size_mb))
+
+
+def find_reference(records: Sequence[VariantRecord], reference_technique: str = REFERENCE) -> VariantRecord | None:
+    return next((r for r in records if r.technique == reference_technique), None)
+
+
+def relaxations(records: Sequence[VariantRecord], checks: Sequence[tuple[Check, ...]]) -> tuple[Relaxation, ...]:
+    """Per variant, the changes that would admit it; single-constraint changes first, then smallest change."""
+    options = []
+    for record, variant_checks in zip(records, checks):
+        failing = tuple(ch for ch in variant_checks if not ch.ok)
+        if failing and all(math.isfinite(ch.value) for ch in failing):
+            options.append(Relaxation(failing, record.technique, record.label))
+    options.sort(key=lambda o: (len(o.changes), sum(ch.relative_change for ch in o.changes), o.admits))
+    # keep the smallest change per constraint set: "relax X by 3%" beats "relax X by 40%"
+    seen, best = set(), []
+    for o in options:
+        names = tuple(sorted(ch.name for ch in o.changes))
+        if names not in seen:
+            seen.add(names)
+            best.append(o)
+    return tuple(best)
+
+
+def recommend(records: Sequence[VariantRecord], constraints: Constraints, shape: fit.KVShape | None = None,
+              reference_technique: str = REFERENCE) -> Recommendation:
+    """The best variant meeting every constraint, or, if none does, the smallest relaxations that admit one."""
+    if not records:
+        raise ValueError("no measured variants to choose from: measure some first")
+    machines = sorted({r.hardware for r in records})
+    if len(machines) > 1:
+        raise ValueError(f"records come from {len(machines)} machines ({machines}); recommend on one machine at a time")
+    reference = find_reference(records, reference_technique)
+    if constraints.min_mc_share is not None and reference is None:
+        raise ValueError(f"a quality share of the reference needs the {reference_technique} reference measured")
+    all_checks = [check_variant(r, constraints, reference, shape) for r in records]
+    passing = [(r, ch) for r, ch in zip(records, all_checks) if all(c.ok for c in ch)]
+    passing.sort(key=lambda pair: objective_key(pair[0], constraints.objective))
+    if passing:
+        chosen, checks = passing[0]
+        return Recommendation(constraints, chosen, reference, checks, tuple(r.technique for r, _ in passing))
+    return Recommendation(constraints, None, reference, (), (), relaxations(records, all_checks))
+
+
+# --- plain words -----------------------------------------------------------------------------------
+
+_NAMES = {
+    "max_ms_per_token": ("latency per token", "ms/token", ".1f"),
+    "max_ttft_ms": ("time to first token", "ms", ".0f"),
+    "max_usd_per_1m_tokens": ("cost", "$ per 1M tokens", ".4f"),
+    "min_top1_agreement": ("top-1 agreement with the reference", "", ".1%"),
+    "min_mc_share": ("multiple-choice accuracy as a share of the reference's", "", ".1%"),
+    "device": ("memory needed on the device", "MB", ",.0f"),
+}
+
+
+def _fmt(value: float, spec: str, unit: str = "") -> str:
+    text = format(value, spec) if math.isfinite(value) else "n/a"
+    return f"{text} {unit}".strip()
+
+
+def describe_check(ch: Check) -> str:
+    name, unit, spec = _NAMES[ch.name]
+    bound = "at least" if ch.name.startswith("min_") else "at most"
+    if ch.name == "device":
+        return f"needs {_fmt(ch.value, spec, unit)} of the {_fmt(ch.limit, spec, unit)} usable"
+    return f"{name} {_fmt(ch.value, spec, unit)} ({bound} {_fmt(ch.limit, spec, unit)} asked)"
+
+
+def describe_relaxation(r: Relaxation, constraints: Constraints) -> str:
+    parts = []
+    for ch in r.changes:
+        name, unit, spec = _NAMES[ch.name]
+        if ch.name == "device":
+            roomy = [d.label for d in fit.DEVICE_PRESETS.values() if d.usable_mb >= ch.value]
+            parts.append(f"a device with at least {_fmt(ch.value, spec, unit)} of usable memory"
+                         + (f" (such as {roomy[0]})" if roomy else "")
+                         + f" or a context shorter than {constraints.context_tokens:,} tokens")
+        else:
+            verb, bound = ("lower", "minimum") if ch.name.startswith("min_") else ("raise", "maximum")
+            parts.append(f"{verb} the {bound} {name} from {_fmt(ch.limit, spec, unit)} to "
+                         f"{_fmt(ch.relax_to, spec, unit)} ({ch.relative_change:.0%} looser)")
+    return f"{' and '.join(parts)}, which admits {r.admits_label}"
+
+
+def given_up(chosen: VariantRecord, reference: VariantRecord | None) -> str:
+    """What the chosen variant trades against the reference, in one sentence."""
+    if reference is None:
+        return "There is no reference measurement on this machine to compare with."
+    if chosen.technique == reference.technique:
+        return "It is the reference itself, so nothing is given up in quality."
+    speed = chosen.decode_tokens_per_s_median / reference.decode_tokens_per_s_median
+    memory = chosen.size_mb / reference.size_mb
+    return (f"Against {reference.label} it decodes at {speed:.2f}x the speed, holds {memory:.0%} of the memory, "
+            f"agrees on {_fmt(chosen.top1_agreement, '.1%')} of next tokens (KL divergence "
+            f"{_fmt(chosen.kld_mean, '.3f')} nats), has perplexity {_fmt(chosen.perplexity, '.1f')} against "
+            f"{_fmt(reference.perplexity, '.1f')} and multiple-choice accuracy {_fmt(chosen.mc_accuracy, '.0%')} "
+            f"against {_fmt(reference.mc_accuracy, '.0%')}.")
+
+
+_OBJECTIVE_WORDS = {"cheapest": "the cheapest per token", "fastest": "the fastest to decode",
+                    "best_quality": "the closest to the reference"}
+
+
+def explain(rec: Recommendation) -> str:
+    if rec.chosen is not None:
+        others = len(rec.candidates) - 1
+        met = "; ".join(describe_check(ch) for ch in rec.checks) or "no constraints were set"
+        return (f"{rec.chosen.label} is {_OBJECTIVE_WORDS[rec.constraints.objective]} of the "
+                f"{len(rec.candidates)} variant{'s' if len(rec.candidates) != 1 else ''} that meet every constraint "
+                f"({others} other{'s' if others != 1 else ''} also qualif{'y' if others != 1 else 'ies'}). "
+                f"It meets them with: {met}. {given_up(rec.chosen, rec.reference)}")
+    if not rec.relaxations:
+        return "No variant meets the constraints, and none can be admitted by relaxing them (their numbers are missing)."
+    first = rec.relaxations[0]
+    text = f"No variant meets every constraint. Smallest change: {describe_relaxation(first, rec.constraints)}."
+    alternatives = [describe_relaxation(r, rec.constraints) for r in rec.relaxations[1:3]]
+    if alternatives:
+        text += " Or: " + "; or ".join(alternatives) + "."
+    return text

@@ -1,0 +1,136 @@
+"""Records -> rows for a results table: raw numbers with units in the column names; the page formats them."""
+
+from __future__ import annotations
+
+from core.store.records import VariantRecord
+
+
+def summary_rows(records: list[VariantRecord]) -> list[dict]:
+    return [
+        {
+            "variant": r.label,
+            "technique": r.technique,
+            "runtime": r.runtime,
+            "MB held": r.size_mb,
+            "peak RSS +MB": r.peak_mem_mb,
+            "TTFT ms (median)": r.ttft_ms_median,
+            "decode tok/s (median)": r.decode_tokens_per_s_median,
+            "decode tok/s p10": r.decode_tokens_per_s_p10,
+            "decode tok/s p90": r.decode_tokens_per_s_p90,
+            "% of bandwidth limit": r.roofline_pct,
+            "perplexity": r.perplexity,
+            "KLD vs reference (nats)": r.kld_mean,
+            "top-1 agreement": r.top1_agreement,
+            "MC accuracy": r.mc_accuracy,
+            "MC 95% CI low": r.mc_accuracy_ci95[0],
+            "MC 95% CI high": r.mc_accuracy_ci95[1],
+            "$ per 1M tokens": r.usd_per_1m_tokens,
+            "measured": r.created_at,
+        }
+        for r in records
+    ]
+
+
+def provenance_lines(records: list[VariantRecord]) -> list[str]:
+    """The settings and hardware behind a set of records, one fact a line, for a caption."""
+    if not records:
+        return []
+    r = records[0]
+    s = r.settings
+    versions = ", ".join(f"{k} {v}" for k, v in r.versions.items())
+    return [
+        f"Hardware: {r.hardware}; device {r.device}; {r.threads} threads; started from the "
+        f"{s.get('launched_from', 'cli')}"
+        + (" (the dashboard's server and browser share the cores with the model, so speeds run lower than from "
+           "the CLI; `python -m core sweep` gives the cleanest numbers)." if s.get("launched_from") == "dashboard" else "."),
+        f"Decode: {s.get('decode', 'greedy')}; prompt {s.get('prompt_tokens', '?')} tokens, "
+        f"{s.get('new_tokens', '?')} new tokens, {s.get('warmup_runs', '?')} warm-up + {s.get('repeats', '?')} timed runs; "
+        "spread shown is the 10th-90th percentile of the timed runs.",
+        f"Quality: perplexity/KLD on {s.get('ppl_tokens', '?')} tokens of {s.get('ppl_text', '?').split('/')[-1]} "
+        f"in {s.get('ppl_window_tokens', '?')}-token windows; multiple choice on {s.get('mc_items', '?')} questions of "
+        f"{s.get('eval_set', '?').split('/')[-1]} (95% bootstrap CI).",
+        f"Memory read bandwidth measured here: {r.bandwidth_gb_s:.1f} GB/s (best of 10 reads of a 512 MB buffer); "
+        "the bandwidth limit on tokens/s is this divided by the bytes the model holds.",
+        f"Libraries: {versions}.",
+    ]
+
+
+def moe_view(records: list[VariantRecord], experts: int, dense_layers: int | None = None,
+             reference_technique: str = "fp32") -> tuple[VariantRecord | None, list[VariantRecord]]:
+    """From newest-first records: the newest MoE record per k for E experts (and, if given, that many MLP
+    layers left dense), sorted by k, and the dense reference, preferably from the same run as the newest."""
+    latest: dict[int, VariantRecord] = {}
+    for r in records:
+        facts = r.variant_facts
+        if dense_layers is not None and facts.get("dense_layers") != dense_layers:
+            continue
+        if r.family == "moe" and facts.get("experts") == experts and facts.get("top_k"):
+            latest.setdefault(r.variant_facts["top_k"], r)
+    chosen = [latest[k] for k in sorted(latest)]
+    references = [r for r in records if r.technique == reference_technique]
+    newest_run = max(chosen, key=lambda r: r.created_at).run_id if chosen else None
+    same_run = [r for r in references if r.run_id == newest_run]
+    return (same_run or references or [None])[0], chosen
+
+
+def moe_rows(records: list[VariantRecord], reference: VariantRecord | None) -> list[dict]:
+    """One row per k (and the dense reference first): structure, speed and quality with units in the names."""
+    base = reference.decode_tokens_per_s_median if reference else float("nan")
+    rows = []
+    for r in ([reference] if reference else []) + records:
+        facts = r.variant_facts
+        rows.append({
+            "variant": r.label,
+            "experts per token (k)": facts.get("top_k"),
+            "active params (M)": facts.get("active_params", float("nan")) / 1e6,
+            "active params %": facts.get("active_params_pct", float("nan")),
+            "GFLOPs per token": facts.get("flops_per_token", float("nan")) / 1e9,
+            "decode tok/s (median)": r.decode_tokens_per_s_median,
+            "speed-up vs dense": r.decode_tokens_per_s_median / base if base else float("nan"),
+            "TTFT ms (median)": r.ttft_ms_median,
+            "KLD vs dense (nats)": r.kld_mean,
+            "top-1 agreement": r.top1_agreement,
+            "perplexity": r.perplexity,
+            "MC accuracy": r.mc_accuracy,
+            "MC 95% CI low": r.mc_accuracy_ci95[0],
+            "MC 95% CI high": r.mc_accuracy_ci95[1],
+        })
+    return rows
+
+
+def distill_rows(records: list[VariantRecord], teacher: VariantRecord | None) -> list[dict]:
+    """Teacher, pruned and distilled student side by side; speed-up against the teacher where it was measured."""
+    return [
+        {
+            "model": r.label,
+            "MB held": r.size_mb,
+            "decode tok/s (median)": r.decode_tokens_per_s_median,
+            "decode tok/s p10–p90": f"{r.decode_tokens_per_s_p10:.1f}–{r.decode_tokens_per_s_p90:.1f}",
+            "speed-up vs teacher": r.decode_tokens_per_s_median / teacher.decode_tokens_per_s_median if teacher else None,
+            "TTFT ms (median)": r.ttft_ms_median,
+            "perplexity": r.perplexity,
+            "KLD vs teacher (nats)": r.kld_mean,
+            "top-1 agreement": r.top1_agreement,
+            "MC accuracy": r.mc_accuracy,
+            "MC 95% CI": f"{r.mc_accuracy_ci95[0]:.2f}–{r.mc_accuracy_ci95[1]:.2f}",
+            "$ per 1M tokens": r.usd_per_1m_tokens,
+        }
+        for r in records
+    ]
+
+
+def speculative_rows(result: dict) -> list[dict]:
+    return [
+        {
+            "prompt": p["title"] or p["prompt"][:40],
+            "identical": p["identical"],
+            "tokens": p["tokens"],
+            "drafted": p["drafted"],
+            "accepted": p["accepted"],
+            "teacher passes": p["target_passes"],
+            "alone s": p["plain_s"],
+            "with draft s": p["assisted_s"],
+            "speed-up": p["speedup"],
+        }
+        for p in result["prompts"]
+    ]
