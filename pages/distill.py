@@ -2,18 +2,20 @@
 
 from dataclasses import asdict
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from core import models
-from core.experiments import speculative
+from core.experiments import distill_run, speculative
 from core.launch.jobs import on_torch_thread
 from core.launch.uploads import fmt_seconds
 from core.models import saved
 from core.techniques import distillation
+from core.views import distill as distill_view
 from core.views.tables import distill_rows, speculative_rows
-from pages.common import choice, save_upload, show_error, store, visible
+from pages.common import choice, store
 from pages.panel import job_panel, submit_job
+from pages.roles_ui import show_error, visible
+from pages.uploads_ui import save_upload
 
 st.title("Distill a smaller student")
 st.write("Knowledge distillation trains a small **student** to give the same next-token probabilities as a large "
@@ -52,15 +54,8 @@ try:
 except ValueError as e:
     show_error(e)
     st.stop()
-m1, m2, m3, m4 = st.columns(4)
-m1.metric("Student parameters", f"{shape.student_params / 1e6:.1f} M", delta=f"{shape.params_pct - 100:.0f}% vs teacher",
-          delta_color="off")
-m2.metric("Size in float32", f"{shape.student_mb_fp32:.0f} MB", delta=f"teacher {shape.teacher_mb_fp32:.0f} MB", delta_color="off")
-m3.metric("Expected decode speed-up", f"{shape.expected_speedup:.2f}x",
-          help="Bytes read per decoded token, teacher over student: single-stream decoding is limited by memory "
-               "bandwidth, so this is the ceiling. The embedding table stays whole, so halving the layers gives "
-               "less than 2x. Measured after training.")
-m4.metric("Layers kept", f"{layers} of {teacher_layers}")
+for column, metric in zip(st.columns(4), distill_view.plan_metrics(shape, layers, teacher_layers)):
+    column.metric(**metric)
 st.caption(f"Kept teacher layers: {', '.join(map(str, shape.kept_layers))}. Estimated from the model's configuration, "
            "before anything is loaded.")
 
@@ -83,21 +78,10 @@ with st.expander("Training settings"):
 
 
 def live_curve(live: dict) -> None:
-    log = distillation.TrainLog(**live)
-    if not log.losses:
-        return
-    fig = go.Figure(go.Scatter(y=log.losses, mode="lines", name="training loss (KL, nats/token)"))
-    if log.heldout:
-        fig.add_trace(go.Scatter(x=[s - 1 for s, _, _ in log.heldout], y=[k for _, k, _ in log.heldout],
-                                 mode="markers+lines", name="held-out KL at checkpoints"))
-    fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), title="Distillation loss (live)",
-                      xaxis_title="step", yaxis_title="nats per token", legend=dict(orientation="h"))
-    st.plotly_chart(fig, width="stretch")
-    per_step = sorted(log.step_seconds)[len(log.step_seconds) // 2]
-    left = log.steps_total - len(log.losses)
-    if left > 0:
-        st.caption(f"Step {len(log.losses)} of {log.steps_total} · {per_step:.1f} s per step · training ends in about "
-                   f"{fmt_seconds(left * per_step)}, then the three models are measured.")
+    if (figure := distill_view.loss_figure(live)) is not None:
+        st.plotly_chart(figure, width="stretch")
+    if line := distill_view.progress_line(live, fmt_seconds):
+        st.caption(line)
 
 
 if st.button("Distill", type="primary"):
@@ -110,7 +94,7 @@ if st.button("Distill", type="primary"):
             if upload is None:
                 raise ValueError("Upload a text or JSONL file first, or train on the teacher's answers.")
             corpus = save_upload(upload, lambda p: distillation.corpus_from_file(p, models.load_tokenizer(checkpoint), 0.1))
-        distillation.prepare_run(picked.model, settings, corpus)  # refuse bad input before the job starts
+        distill_run.prepare_run(picked.model, settings, corpus)  # refuse bad input before the job starts
         submit_job("distill", {"teacher": picked.model, "settings": asdict(settings),
                                "corpus": str(corpus) if corpus else None, "usd_per_hour": picked.preset.usd_per_hour,
                                "hardware_preset": picked.preset.key}, f"Distilling a {layers}-layer student of {spec.label}")
@@ -121,35 +105,16 @@ job_panel("Checkpoints are written whole: a stopped run keeps its last complete 
 
 st.subheader("3 · Teacher, pruned student, distilled student")
 results = store()
-records = results.all(model=spec.key) if results else []
-students = [r for r in records if r.family == "distillation"]
-distilled = [r for r in students if r.variant_facts.get("distillation", {}).get("role") == "student_distilled"]
-if not distilled:
+run = distill_view.latest_run(results.all(model=spec.key) if results else [])
+if run is None:
     st.info("No distilled student of this model measured yet: press **Distill**. The run shows its progress and the "
             "time left as it goes; the teacher's answers are written once and reused by later runs.")
 else:
-    latest = distilled[0]
-    facts = latest.variant_facts["distillation"]
-    run_records = [r for r in records if r.run_id == latest.run_id]
-    teacher = next((r for r in run_records if r.family == "reference"), None)
-    pruned = next((r for r in run_records if r.variant_facts.get("distillation", {}).get("role") == "student_pruned"), None)
-    trio = [r for r in (teacher, pruned, latest) if r is not None]
-    st.dataframe(distill_rows(trio, teacher), hide_index=True)
-    dashboard_note = (f" Measured from the dashboard's worker process, apart from the web server, with "
-                      f"{latest.settings.get('sessions_connected', '?')} browser sessions connected."
-                      if latest.settings.get("launched_from") == "dashboard" else "")
-    st.caption(visible(f"Run {facts['student_path']}: {facts['student_layers']} of {facts['teacher_layers']} layers, "
-               f"{facts['settings']['steps']} steps, {facts['tokens_seen']:,} tokens seen, "
-               f"{fmt_seconds(facts['train_seconds'])} of training on {facts['device']} ({facts['hardware']}), "
-               f"{facts['threads']} threads; corpus: {facts['corpus']}. KL divergence and top-1 agreement are "
-               "against the teacher on general prose the student never trained on; MC accuracy has a 95% "
-               "bootstrap interval." + dashboard_note))
-    k1, k2 = st.columns(2)
-    k1.metric("Held-out KL divergence, pruned → distilled",
-              f"{facts['heldout_kld_pruned']:.2f} → {facts['heldout_kld_distilled']:.2f} nats",
-              help="Against the teacher, on the held-out tenth of the training text (never trained on).")
-    k2.metric("Training cost", f"US$ {facts['usd_cost']:.4f}", help=f"{fmt_seconds(facts['train_seconds'])} at "
-              f"US$ {facts['usd_per_hour']}/hour (the sidebar's price when the run started).")
+    latest, trio = run.latest, run.trio
+    st.dataframe(distill_rows(trio, run.teacher), hide_index=True)
+    st.caption(visible(distill_view.run_caption(run, fmt_seconds)))
+    for column, metric in zip(st.columns(2), distill_view.run_metrics(run, fmt_seconds)):
+        column.metric(**metric)
     st.markdown("**The same prompt, greedy decoding**")
     st.caption(f"Prompt: “{latest.sample_prompt}”")
     for column, record in zip(st.columns(len(trio)), trio):
@@ -176,15 +141,7 @@ else:
     saved = [r for r in speculative.saved_results() if r["model"] == spec.key]
     if saved:
         last = saved[0]
-        s1, s2, s3, s4 = st.columns(4)
-        s1.metric("Output identical to the teacher's", "yes" if last["identical_output"] else "NO",
-                  help="Token by token, on every prompt.")
-        s2.metric("Drafted tokens accepted", f"{last['acceptance_rate']:.0%}")
-        s3.metric("Tokens per teacher pass", f"{last['tokens_per_pass']:.2f}", help="1.00 means no gain is possible.")
-        s4.metric("Speed-up", f"{last['speedup']:.2f}x", help=f"Per prompt: median {last['speedup_per_prompt']['median']:.2f}x, "
-                  f"p10–p90 {last['speedup_per_prompt']['p10']:.2f}–{last['speedup_per_prompt']['p90']:.2f}x")
+        for column, metric in zip(st.columns(4), distill_view.speculative_metrics(last)):
+            column.metric(**metric)
         st.dataframe(speculative_rows(last), hide_index=True)
-        st.caption(f"{last['draft_tokens']} drafted tokens per pass, up to {last['max_new_tokens']} new tokens, greedy; "
-                   f"draft {last['draft']}; {last['device']} ({last['hardware']}), {last['threads']} threads; "
-                   f"{last['created_at']}. Speed-up = the teacher's time alone / its time with the draft, summed over "
-                   "the prompts, after one warm-up of each.")
+        st.caption(distill_view.speculative_caption(last))

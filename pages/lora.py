@@ -6,10 +6,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import models
+from core.experiments import finetune_run
 from core.measure import benchmark
 from core.techniques import lora
-from pages.common import choice, save_upload, show_error, store
+from pages.common import choice, store
 from pages.panel import job_panel, submit_job
+from pages.roles_ui import show_error
+from pages.uploads_ui import save_upload
 
 st.title("Fine-tune with LoRA")
 st.write("Teach the model a narrow task by training small low-rank adapters (LoRA) instead of every weight. "
@@ -72,7 +75,7 @@ if not runs:
     st.stop()
 
 st.subheader("Runs, newest first")
-rows = [lora.summary_row(r.variant_facts["finetune"]) for r in runs]
+rows = [finetune_run.summary_row(r.variant_facts["finetune"]) for r in runs]
 st.dataframe(rows, hide_index=True)
 latest = runs[0].variant_facts["finetune"]
 st.caption(f"Latest run: {latest['method']} on {latest['device']} ({latest['hardware']}), {latest['threads']} threads; "

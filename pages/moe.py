@@ -10,10 +10,11 @@ from core.experiments.sweep import SweepSettings
 from core.measure import benchmark
 from core.paths import ASSETS
 from core.techniques import moe
-from core.views import plots
+from core.views import figures, measures
 from core.views.tables import moe_rows, moe_view
-from pages.common import choice, show_error, store, visible
+from pages.common import choice, store
 from pages.panel import job_panel, submit_job
+from pages.roles_ui import show_error, visible
 
 PROMPTS = json.loads((ASSETS / "prompts.json").read_text())
 EXPERT_CHOICES = [4, 8, 16]
@@ -83,9 +84,9 @@ if not measured:
     st.stop()
 
 st.subheader("Quality against speed as k changes")
-metric = st.radio("Quality measure", list(plots.QUALITY_METRICS), horizontal=True,
-                  format_func=lambda k: plots.QUALITY_METRICS[k].label)
-st.plotly_chart(plots.moe_curve_figure([*measured, *([dense] if dense else [])], metric), width="stretch")
+metric = st.radio("Quality measure", list(measures.QUALITY_METRICS), horizontal=True,
+                  format_func=lambda k: measures.QUALITY_METRICS[k].label)
+st.plotly_chart(figures.moe_curve_figure([*measured, *([dense] if dense else [])], metric), width="stretch")
 if dense is None:
     st.warning("No dense reference measured on this machine: speed-ups cannot be computed.")
 

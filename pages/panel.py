@@ -22,7 +22,8 @@ import streamlit as st
 from core.launch import jobqueue, quiet, worker
 from core.launch.jobqueue import JobQueue, NotAllowed, QueueFull
 from core.launch.uploads import fmt_seconds
-from pages.common import gate, heartbeat, is_presenter, owner_name, queue, session_id, show_error, takes_turns, visible
+from pages.roles_ui import heartbeat, is_presenter, owner_name, queue, session_id, show_error, visible
+from pages.turns import gate, takes_turns
 
 
 def submit_job(kind: str, args: dict, label: str) -> int | None:

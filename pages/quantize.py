@@ -11,13 +11,16 @@ from core.experiments.sweep import SweepSettings
 from core.launch import cluster
 from core.measure import benchmark, evaluate
 from core.paths import ASSETS
+from core.techniques.gguf import saved_gguf_keys
 from core.views.tables import provenance_lines, summary_rows
-from pages.common import choice, save_upload, show_error, store, visible
+from pages.common import choice, store
 from pages.estimates import show_estimate
 from pages.panel import job_panel, submit_job
+from pages.roles_ui import show_error, visible
+from pages.uploads_ui import save_upload
 
 PROMPTS = json.loads((ASSETS / "prompts.json").read_text())
-DEFAULT_PICK = ["fp32", "bf16", "int8", "nf4", "dyn-int8", "gguf-q8_0", "gguf-q4_k_m"]
+DEFAULT_PICK = techniques.defaults_for("sweep")
 DEFAULTS = SweepSettings()
 
 st.title("Quantize")
@@ -28,8 +31,8 @@ device = benchmark.pick_device("auto")
 
 # Quantization on every runtime: bitsandbytes and torch in transformers, compiled decode, llama.cpp's GGUF files.
 # Students distilled here and merged fine-tunes can be exported to GGUF too, and measured against this model.
-QUANT_KEYS = [k for k, t in techniques.TECHNIQUES.items() if t.family in ("reference", "quantization", "gguf")] + [
-    f"{k}+gguf-{q}" for k in techniques.saved_checkpoints(picked.model) for q in ("q8_0", "q4_k_m")]
+QUANT_KEYS = [k for k, t in techniques.TECHNIQUES.items() if t.family in ("reference", "quantization", "gguf")] + \
+    saved_gguf_keys(picked.model)
 keys = st.multiselect("Variants to measure", QUANT_KEYS, default=DEFAULT_PICK, key="quantize_keys",
                       format_func=lambda k: techniques.get(k).label)
 for k in keys:

@@ -6,8 +6,10 @@ import streamlit as st
 
 from core.launch import roles
 from core.store.records import drawn_key
-from core.views import capacity, plots, report
-from pages.common import choice, is_presenter, measured_set, shared, shared_tradeoff, store, visible
+from core.views import capacity, measures, report
+from pages.common import choice, shared, shared_tradeoff, store
+from pages.results_ui import measured_set
+from pages.roles_ui import is_presenter, visible
 
 st.title("Report")
 st.write("One click gives a report you can send to someone who has not seen this app: the Trade-off Map, every "
@@ -16,8 +18,8 @@ st.write("One click gives a report you can send to someone who has not seen this
 picked = choice()
 measured = measured_set(picked, "Open **Quantize** and press **Measure** first.")
 spec, machine = measured.spec, measured.machine
-metric = st.radio("Quality measure on the map", list(plots.QUALITY_METRICS), horizontal=True,
-                  format_func=lambda k: plots.QUALITY_METRICS[k].label)
+metric = st.radio("Quality measure on the map", list(measures.QUALITY_METRICS), horizontal=True,
+                  format_func=lambda k: measures.QUALITY_METRICS[k].label)
 records = measured.records
 settings = {"model": spec.key, "machine": machine, "quality_metric": metric, "hardware_preset": picked.preset.key,
             "usd_per_hour": picked.preset.usd_per_hour, "price_source": picked.preset.source,

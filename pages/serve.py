@@ -4,8 +4,11 @@ from dataclasses import asdict
 
 import streamlit as st
 
-from core import models, serving, techniques
+from core import models, techniques
 from core.measure import benchmark
+from core.serving import engines, kv
+from core.serving.bench import ServeSettings
+from core.serving.limits import MAX_CONCURRENCY, REQUEST_TIMEOUT_S
 from core.views import capacity, serving_plots
 from pages import serve_view
 from pages.common import choice, show_error, store
@@ -23,26 +26,17 @@ except models.ModelError as e:
     st.info(str(e))
     st.stop()
 
-bundled_gguf = models.gguf_path(spec) if spec.source == "bundled-gguf" else None
-options = ["fp32", "bf16", "nf4-dq", "int8"] + ([serving.GGUF_PREFIX + serving.gguf_quant(bundled_gguf)]
-                                                  if bundled_gguf else [])
-
-
-def label(key: str) -> str:
-    if key.startswith(serving.GGUF_PREFIX):
-        return f"GGUF {key[len(serving.GGUF_PREFIX):].upper()} on llama.cpp (the file the model ships as)"
-    return f"{techniques.get(key).label} on transformers serve"
-
-
-keys = st.multiselect("Variants to serve", options, default=options[:1] + options[-1:] if bundled_gguf else ["fp32"],
-                      format_func=label)
+bundled_gguf = engines.bundled_gguf(spec)
+options = engines.servable(bundled_gguf)  # from the registries: every variant a server can serve, then the model's file
+default = [techniques.REFERENCE] + ([engines.gguf_key(bundled_gguf)] if bundled_gguf else [])
+keys = st.multiselect("Variants to serve", list(options), default=default, format_func=options.get)
 a, b, c = st.columns(3)
 conc = a.multiselect("Concurrent requests", [1, 2, 4, 8, 16, 32], default=[1, 2, 4, 8, 16])
 prompts = b.multiselect("Prompt lengths, tokens (cut from real text)", [128, 512, 1024, 2048], default=[128])
 new_tokens = c.number_input("New tokens per request", 8, 1024, 64, step=8)
 repeats = c.number_input("Waves per point (error bars)", 1, 10, 2)
-st.caption(f"Every request is bounded ({serving.REQUEST_TIMEOUT_S:.0f} s), each point sends exactly concurrency x "
-           f"waves requests, at most {serving.MAX_CONCURRENCY} at once, and the server is stopped when the run ends "
+st.caption(f"Every request is bounded ({REQUEST_TIMEOUT_S:.0f} s), each point sends exactly concurrency x "
+           f"waves requests, at most {MAX_CONCURRENCY} at once, and the server is stopped when the run ends "
            "or you press Stop.")
 
 what = st.radio("Measure", ["load", "context"], horizontal=True, format_func={
@@ -52,7 +46,7 @@ if st.button("Measure", type="primary", disabled=not picked.model or (what == "l
     try:
         # Measured by the worker process, never in this web server (core/launch/worker.py).
         if what == "load":
-            settings = serving.ServeSettings(
+            settings = ServeSettings(
                 concurrency=tuple(conc), prompt_tokens=tuple(sorted(prompts)), new_tokens=int(new_tokens),
                 repeats=int(repeats), hardware_preset=picked.preset.key, usd_per_hour=picked.preset.usd_per_hour)
             submit_job("serve-bench", {"model": picked.model, "techniques": keys, "settings": asdict(settings)},
@@ -84,7 +78,7 @@ else:
                f"{first.get('peak_mem', '')}. KV measured as: {first.get('kv_measured_how', '')}.")
 
 st.subheader("Context length")
-run = serving.saved_context(spec.key)
+run = kv.saved_context(spec.key)
 if run is None or run.hardware != here:
     st.info("Not measured on this machine yet: choose **Context** above and press **Measure**.")
 else:

@@ -4,9 +4,10 @@ import streamlit as st
 
 from core.measure import cost
 from core.store.records import drawn_key
-from core.views import plots
+from core.views import figures, measures, plots
 from core.views.tables import provenance_lines
-from pages.common import choice, clear_results_control, measured_set, shared, shared_tradeoff
+from pages.common import choice, shared, shared_tradeoff
+from pages.results_ui import clear_results_control, measured_set
 
 st.title("Trade-off Map")
 st.write("Each bubble is one variant of the model, measured on one machine. Up is better quality; left is "
@@ -17,8 +18,8 @@ measured = measured_set(picked, "Open **Quantize** and press **Measure**; the va
 spec, records = measured.spec, measured.records
 
 c1, c2 = st.columns([2, 1])
-metric = c1.radio("Quality measure", list(plots.QUALITY_METRICS), horizontal=True,
-                  format_func=lambda k: plots.QUALITY_METRICS[k].label)
+metric = c1.radio("Quality measure", list(measures.QUALITY_METRICS), horizontal=True,
+                  format_func=lambda k: measures.QUALITY_METRICS[k].label)
 scale = c2.radio("Axes", ["log", "linear"], horizontal=True,
                  help="Log axes keep a very slow variant, or KL divergences from 0.001 to 8 nats, from squeezing "
                       f"the rest into a corner. On a log axis KL divergence is drawn as KLD + {plots.KLD_LOG_FLOOR:g} "
@@ -45,7 +46,7 @@ st.dataframe(plots.map_rows(records, metric, "latency"), hide_index=True, width=
                             "MB held": st.column_config.NumberColumn(format="%.1f")})
 
 st.subheader("How close each variant gets to the memory-bandwidth limit")
-st.plotly_chart(shared("speed bars", drawn_key(records), lambda: plots.speed_bars_figure(records)),
+st.plotly_chart(shared("speed bars", drawn_key(records), lambda: figures.speed_bars_figure(records)),
                 width="stretch")
 st.caption("Generating one token at a time reads every weight it uses once per token, so memory bandwidth ÷ bytes "
            "read per token caps tokens/s (bytes held for dense models; only the chosen experts for a mixture of "

@@ -100,9 +100,9 @@ def pg_server():
     finally:
         import core.store
 
-        for engine in core.store._PG_ENGINES.values():
+        for engine in core.store.urls._PG_ENGINES.values():
             engine.dispose()
-        core.store._PG_ENGINES.clear()
+        core.store.urls._PG_ENGINES.clear()
         subprocess.run(run_as + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)

@@ -10,9 +10,8 @@ from streamlit.testing.v1 import AppTest
 from core.experiments import arena
 from core.measure import benchmark, cost
 from core.models import saved
-from core.runtimes import eager
+from core.runtimes import as_runner, eager
 from core.store import SCHEMA_VERSION, ResultStore, StoreError
-from core.runtimes import as_runner
 from tests.factories import make_record
 from tests.test_benchmark import CountingModel, FakeClock
 
@@ -258,15 +257,15 @@ def test_arena_offers_a_distilled_student_and_streams_it(arena_page):
     distillation.save_checkpoint(distillation.make_student(teacher, [1]), tokenizer, saved.students_dir() / run, 4,
                                  {"teacher": "tiny-random-llama", "student_layers": 1, "teacher_layers": 2, "run": run,
                                   "complete": True, "steps": 4})
-    key = distillation.student_key(1, run)
+    key = saved.student_key(1, run)
     at = arena_page.run()
-    assert at.multiselect[0].options[-1] == distillation.student_label(1, run)  # offered, under its stored label
+    assert at.multiselect[0].options[-1] == saved.student_label(1, run)  # offered, under its stored label
     at.multiselect[0].set_value(["fp32", key]).run()
     at.number_input[0].set_value(8).run()
     at.button[0].click().run()
     no_errors(at)
     heads = " ".join(m.value for m in at.markdown)
-    assert distillation.student_label(1, run) in heads and "tok/s" in heads
+    assert saved.student_label(1, run) in heads and "tok/s" in heads
 
 
 def test_arena_waits_while_a_job_runs_and_caps_typed_prompts(arena_page):

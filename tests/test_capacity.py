@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.measure.benchmark import Spread
-from core.serving import ContextPoint
+from core.serving.kv import ContextPoint
 from core.views import capacity, serving_plots
 from tests.factories import make_serving_record
 

@@ -149,3 +149,48 @@ def test_two_sweeping_processes_share_one_postgres_store(pg_url, tmp_path):
     by_id = {r["record_id"]: r for r in written}
     for record in stored:  # none partially written: every field as the sweep returned it
         assert json.dumps(record.to_dict(), sort_keys=True) == json.dumps(by_id[record.record_id], sort_keys=True)
+
+
+@pytest.mark.ray
+def test_every_worker_job_kind_runs_on_ray_through_launch(ray_cluster, pg_url):
+    """Each kind of the worker's JOB_KINDS, through the one launch() call, as Ray tasks on the local head: the
+    records land in the shared store, the result files on the node (its own data dir)."""
+    from core.launch.job import Job
+    from core.launch.launch import launch
+    from core.launch.worker import JOB_KINDS
+
+    store = ResultStore.from_url(pg_url)
+    tiny = "tiny-random-llama"
+
+    def on_ray(kind: str, args: dict, shared_store=store):
+        return launch(Job(kind, args), "ray", store=shared_store, address="auto")
+
+    ran: dict[str, object] = {}
+    ran["sweep"] = done = on_ray("sweep", {"model": tiny, "techniques": ["fp32"], "settings": FAST,
+                                           "devices": ["cpu"]})
+    assert [store.get(i).technique for i in done.record_ids] == ["fp32"]
+    ran["moe"] = done = on_ray("moe", {"model": tiny, "experts": 8, "top_ks": [1], "dense_layers": 0,
+                                       "settings": FAST})
+    assert len(done.record_ids) == 2 and all(store.get(i) is not None for i in done.record_ids)  # dense + top-1
+    lora_settings = {"steps": 1, "batch_size": 2, "eval_items": 2, "target_modules": ["q_proj", "v_proj"]}
+    ran["lora"] = done = on_ray("lora", {"model": tiny, "settings": lora_settings, "task": "support-routing",
+                                         "usd_per_hour": 0.1, "hardware_preset": "laptop-cpu"})
+    assert done.result["method"] == "lora" and len(done.record_ids) == 1 and store.get(done.record_ids[0]) is not None
+    distill_settings = dict(student_layers=1, steps=2, batch_size=2, seq_len_tokens=32, corpus_answer_tokens=8,
+                            checkpoints=1, warmup_steps=1)
+    ran["distill"] = done = on_ray("distill", {"teacher": tiny, "settings": distill_settings, "usd_per_hour": 0.1,
+                                               "hardware_preset": "laptop-cpu", "mc_max_items": 3})
+    assert len(done.record_ids) == 3 and all(store.get(i) is not None for i in done.record_ids)
+    student = done.result["student_path"]  # saved on the node: here the same disk
+    ran["speculate"] = done = on_ray("speculate", {"model": tiny, "draft": student, "draft_tokens": 2,
+                                                   "max_new_tokens": 4}, shared_store=None)
+    assert (ray_cluster / "distill" / "speculative.jsonl").is_file() and done.result["draft_tokens"] == 2
+    serve = {"concurrency": [1], "prompt_tokens": [16], "new_tokens": 4, "repeats": 1, "threads": 1}
+    ran["serve-bench"] = done = on_ray("serve-bench", {"model": tiny, "techniques": ["fp32"], "settings": serve})
+    assert len(done.record_ids) == 1 and done.result[0]["concurrency"] == 1
+    assert {r.settings["cluster_node"][:9] for r in store.serving(model=tiny)} == {"127.0.0.1"}
+    ran["serve-context"] = done = on_ray("serve-context", {"model": tiny, "contexts": [16, 32], "decode_tokens": 2},
+                                         shared_store=None)
+    assert [p["context_tokens"] for p in done.result["points"]][:2] == [16, 32]
+    assert set(ran) == set(JOB_KINDS)  # every kind the worker runs
+    assert all(d.node.startswith("127.0.0.1") for d in ran.values() if getattr(d, "node", ""))

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from core import models
-from core.experiments import speculative
-from core.models import load_model, load_tokenizer
-from core.models import saved as saved_dirs
+from core.experiments import distill_run, speculative
+from core.models import load_model, load_tokenizer, saved as saved_dirs
 from core.techniques import distillation as D
 
 FAST = dict(student_layers=1, steps=4, batch_size=2, seq_len_tokens=32, corpus_answer_tokens=8, checkpoints=2,
@@ -42,7 +41,7 @@ def test_spread_keeps_first_and_last_layers_in_order():
 @pytest.mark.parametrize("layers", [0, 2, 3])
 def test_student_must_be_smaller_than_teacher(layers, tiny_teacher, data_dir):
     with pytest.raises(ValueError, match="at least 1 layer|between 1 and 1 layers"):
-        D.run_distill("tiny-random-llama", D.DistillSettings(**FAST | {"student_layers": layers}))
+        distill_run.run_distill("tiny-random-llama", D.DistillSettings(**FAST | {"student_layers": layers}))
     assert not saved_dirs.students_dir().exists()
 
 
@@ -110,7 +109,7 @@ def test_checkpoint_round_trip_gives_the_same_logits(tiny, tmp_path):
 
 def test_run_on_a_text_file_saves_the_student_and_reports_every_field(tiny_teacher, corpus_file, data_dir):
     log = D.TrainLog()
-    result = D.run_distill("tiny-random-llama", D.DistillSettings(**FAST), corpus_file, usd_per_hour=1.0, log=log)
+    result = distill_run.run_distill("tiny-random-llama", D.DistillSettings(**FAST), corpus_file, usd_per_hour=1.0, log=log)
     assert result.student_layers == 1 and result.teacher_layers == 2
     assert len(result.losses) == 4 and result.tokens_seen == 4 * 2 * 32
     assert result.heldout_tokens > 0 and result.train_tokens > result.heldout_tokens
@@ -158,7 +157,7 @@ def test_stopped_corpus_keeps_finished_answers_for_next_time(tiny_teacher, data_
 
 def test_cancel_before_the_first_checkpoint_leaves_nothing(tiny_teacher, corpus_file, data_dir):
     with pytest.raises(D.Stopped):
-        D.run_distill("tiny-random-llama", D.DistillSettings(**FAST | {"steps": 20}), corpus_file,
+        distill_run.run_distill("tiny-random-llama", D.DistillSettings(**FAST | {"steps": 20}), corpus_file,
                       should_stop=lambda: len(log.losses) >= 3, log=(log := D.TrainLog()))
     assert not any(saved_dirs.students_dir().rglob("*"))
 
@@ -166,7 +165,7 @@ def test_cancel_before_the_first_checkpoint_leaves_nothing(tiny_teacher, corpus_
 def test_cancel_after_a_checkpoint_keeps_only_that_complete_checkpoint(tiny_teacher, corpus_file, data_dir):
     log = D.TrainLog()
     with pytest.raises(D.Stopped):
-        D.run_distill("tiny-random-llama", D.DistillSettings(**FAST | {"steps": 8}), corpus_file,
+        distill_run.run_distill("tiny-random-llama", D.DistillSettings(**FAST | {"steps": 8}), corpus_file,
                       should_stop=lambda: len(log.losses) >= 5, log=log)
     (run,) = saved_dirs.students_dir().iterdir()
     assert [p.name for p in run.iterdir()] == ["step-000004"]  # checkpoints at 4 and 8: the one at 4 is complete
@@ -179,7 +178,7 @@ def test_empty_corpus_is_refused_before_anything_is_written(content, message, ti
     path = tmp_path / "empty.txt"
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
-        D.run_distill("tiny-random-llama", D.DistillSettings(**FAST), path)
+        distill_run.run_distill("tiny-random-llama", D.DistillSettings(**FAST), path)
     assert not saved_dirs.students_dir().exists()
 
 

@@ -6,8 +6,7 @@ import torch
 
 from core.measure import evaluate
 from core.paths import ASSETS
-from core.runtimes import eager
-from core.runtimes import as_runner
+from core.runtimes import as_runner, eager
 
 
 def test_token_windows_are_non_overlapping_and_drop_single_tokens():

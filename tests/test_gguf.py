@@ -10,7 +10,7 @@ import torch
 
 from core import runtimes, techniques
 from core.runtimes import eager
-from core.techniques import gguf
+from core.techniques import gguf, gguf_export
 from tests.conftest import needs_bundled
 
 needs_llama = pytest.mark.skipif(gguf.llama_cpp_problem() is not None,
@@ -33,7 +33,7 @@ def test_rope_permutation_interleaves_each_heads_halves():
 
     # one head of dim 4, rows (a0, a1, b0, b1) in HF's half-split layout -> (a0, b0, a1, b1) interleaved
     w = np.arange(8, dtype=np.float32).reshape(4, 2)
-    out = gguf._permute_for_rope(w, heads=1)
+    out = gguf_export._permute_for_rope(w, heads=1)
     assert out[:, 0].tolist() == [0, 4, 2, 6]
 
 
@@ -177,7 +177,7 @@ def test_bundled_f32_gguf_matches_transformers_fp32():
     from core.runtimes.llamacpp import LlamaCppRunner
 
     path = gguf.ensure_file(checkpoint, gguf.GGUFConfig("f32"))
-    assert gguf._vocab_of(str(path))[1] == "smollm"  # llama.cpp's own text splitting, for its server
+    assert gguf_export._vocab_of(str(path))[1] == "smollm"  # llama.cpp's own text splitting, for its server
     runner = LlamaCppRunner(path, threads=2)
     try:
         got = runner.window_logprobs(ids)
@@ -191,12 +191,13 @@ def test_bundled_f32_gguf_matches_transformers_fp32():
 
 @needs_llama
 def test_a_merged_fine_tune_exports_to_gguf_and_is_measured_against_its_base(tiny_dir, data_dir):
+    from core.experiments import finetune_run
     from core.experiments.sweep import SweepSettings, run_sweep
     from core.store import ResultStore
     from core.techniques import lora
 
     settings = lora.FinetuneSettings(method="lora", rank=4, steps=2, batch_size=4, eval_items=4)
-    result, _ = lora.run_finetune(str(tiny_dir), settings, "support-routing")
+    result, _ = finetune_run.run_finetune(str(tiny_dir), settings, "support-routing")
     assert result.merged_path and (gguf.Path(result.merged_path) / "config.json").is_file()
     key = lora.technique_key("lora", "support-routing", 4) + "+gguf-q8_0"
     technique = techniques.get(key)

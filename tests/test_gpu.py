@@ -49,6 +49,7 @@ def test_qlora_trains_adapters_on_a_4bit_base_on_cuda(tiny_dir, tmp_path, monkey
     import json
 
     from core import models
+    from core.experiments import finetune_run
     from core.techniques import lora
 
     labels = ["billing", "shipping", "returns"]
@@ -56,8 +57,8 @@ def test_qlora_trains_adapters_on_a_4bit_base_on_cuda(tiny_dir, tmp_path, monkey
     data.write_text("".join(json.dumps({"prompt": f"Message {i} about {labels[i % 3]}\nTeam:", "completion": labels[i % 3]})
                             + "\n" for i in range(30)))
     monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)
-    result, _ = lora.run_finetune("tiny-random-llama", lora.FinetuneSettings(method="qlora", steps=3, batch_size=4,
-                                                                               eval_items=6), task=None, data=data,
-                                  device="cuda")
+    result, _ = finetune_run.run_finetune("tiny-random-llama", lora.FinetuneSettings(method="qlora", steps=3, batch_size=4,
+                                                                                       eval_items=6), task=None,
+                                          data=data, device="cuda")
     assert result.method == "qlora" and 0 < result.trainable_pct < 100 and len(result.losses) == 3
     assert result.device.startswith("cuda")

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from core.experiments import finetune_run
 from core.models import load_model, load_tokenizer
 from core.techniques import lora
 
@@ -57,7 +58,7 @@ def test_run_saves_adapter_and_reports_every_field(tiny_dir, data_file, data_dir
     from core import models
 
     monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)
-    result, model = lora.run_finetune("tiny-random-llama", lora.FinetuneSettings(**FAST), task=None, data=data_file)
+    result, model = finetune_run.run_finetune("tiny-random-llama", lora.FinetuneSettings(**FAST), task=None, data=data_file)
     d = result.to_dict()
     for key in ("method", "trainable_params", "total_params", "trainable_pct", "peak_mem_mb", "train_seconds", "usd_cost",
                 "adapter_mb", "accuracy_before", "accuracy_after", "accuracy_after_ci95", "merged_decode_tokens_per_s",
@@ -77,7 +78,7 @@ def test_cancel_leaves_no_partial_artifact(tiny_dir, data_file, data_dir, monkey
     monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)
     steps = []
     with pytest.raises(lora.Stopped):
-        lora.run_finetune("tiny-random-llama", lora.FinetuneSettings(steps=50, batch_size=2, eval_items=4), task=None,
+        finetune_run.run_finetune("tiny-random-llama", lora.FinetuneSettings(steps=50, batch_size=2, eval_items=4), task=None,
                           data=data_file, report=lambda f, m: steps.append(m), should_stop=lambda: len(steps) > 3)
     adapters = data_dir / "adapters"
     assert not adapters.exists() or not list(adapters.iterdir())
@@ -116,7 +117,7 @@ def test_missing_target_modules_are_named(tiny_dir, data_file, data_dir, monkeyp
 
     monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)
     with pytest.raises(ValueError, match=r"\['query_key_value'\] are not in this model"):
-        lora.run_finetune("tiny-random-llama", lora.FinetuneSettings(target_modules=("query_key_value",), **FAST),
+        finetune_run.run_finetune("tiny-random-llama", lora.FinetuneSettings(target_modules=("query_key_value",), **FAST),
                           task=None, data=data_file)
     assert not (data_dir / "adapters").exists()
 

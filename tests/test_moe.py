@@ -7,11 +7,12 @@ import torch
 
 from core import techniques
 from core.__main__ import main
+from core.experiments import moe_sweep
 from core.measure import benchmark
-from core.techniques import moe
-from core.views import plots
-from core.views.tables import moe_rows, moe_view
 from core.runtimes import as_runner
+from core.techniques import moe
+from core.views import figures
+from core.views.tables import moe_rows, moe_view
 from tests.conftest import needs_bundled
 from tests.factories import make_record, run_queued_jobs_here
 
@@ -359,15 +360,15 @@ def moe_records(hardware="cpu-box", run_id="r1"):
 
 def test_moe_curve_has_one_line_per_expert_count_and_the_dense_star():
     dense, ks = moe_records()
-    fig = plots.moe_curve_figure([*ks, dense])
+    fig = figures.moe_curve_figure([*ks, dense])
     names = [t.name for t in fig.data]
-    assert names == ["8 experts", plots.DENSE_NAME]
+    assert names == ["8 experts", figures.DENSE_NAME]
     assert list(fig.data[0].text) == ["k=1", "k=2", "k=4", "k=8"]
     assert fig.layout.yaxis.autorange == "reversed"  # KLD: lower is better, drawn up
     assert "Active parameters" in fig.data[0].customdata[0]
-    assert "No mixture-of-experts" in plots.moe_curve_figure([dense]).layout.annotations[0].text
+    assert "No mixture-of-experts" in figures.moe_curve_figure([dense]).layout.annotations[0].text
     with pytest.raises(ValueError, match="machines"):
-        plots.moe_curve_figure([*ks, make_record(hardware="other")])
+        figures.moe_curve_figure([*ks, make_record(hardware="other")])
 
 
 def test_moe_view_prefers_the_reference_of_the_same_run():
@@ -424,7 +425,7 @@ def test_page_button_queues_a_conversion_and_sweep_for_the_worker(monkeypatch):
             store.add(r)
         return []
 
-    monkeypatch.setattr(moe, "run_moe_sweep", fake)
+    monkeypatch.setattr(moe_sweep, "run_moe_sweep", fake)
     at = page("pages/moe.py").run()
     at.button[0].click().run()
     run_queued_jobs_here()  # the job's body, in this process so that the fake applies

@@ -113,7 +113,7 @@ def test_measure_button_starts_a_sweep_that_stores_results(monkeypatch):
 
 
 def test_measure_refuses_a_bad_uploaded_eval_set_by_name(monkeypatch):
-    from pages import common
+    from pages import uploads_ui
 
     class Upload:
         name = "mine.jsonl"
@@ -122,7 +122,7 @@ def test_measure_refuses_a_bad_uploaded_eval_set_by_name(monkeypatch):
             return b'{"question": "q", "choices": ["only one"], "answer": 0}\n'
 
     with pytest.raises(ValueError, match="mine.jsonl: .*at least 2"):
-        common.save_upload(Upload(), __import__("core.measure.evaluate", fromlist=["x"]).load_mc_jsonl)
+        uploads_ui.save_upload(Upload(), __import__("core.measure.evaluate", fromlist=["x"]).load_mc_jsonl)
 
 
 def test_tradeoff_map_empty_store_says_what_to_do():
@@ -278,11 +278,12 @@ def test_distill_page_shows_teacher_pruned_and_distilled_side_by_side(tiny_teach
 
 
 def test_distill_button_runs_training_then_measuring_in_the_background(tiny_teacher_everywhere, monkeypatch):
-    from core.techniques import distillation
+    from core.experiments import distill_run
 
     calls = []
-    monkeypatch.setattr(distillation, "run_distill", lambda *a, **k: calls.append("train") or "result")
-    monkeypatch.setattr(distillation, "measure", lambda *a, **k: calls.append("measure"))
+    monkeypatch.setattr(distill_run, "run_distill", lambda *a, **k: calls.append("train") or "result")
+    monkeypatch.setattr(distill_run, "measure", lambda *a, **k: calls.append("measure") or [])
+    monkeypatch.setattr(distill_run, "summary", lambda result, records: {})  # the job's result, for a Ray caller
     at = page("pages/distill.py").run()
     at.button[0].click().run()
     no_errors(at)
@@ -335,10 +336,10 @@ def test_the_shared_page_module_imports_pandas_whole_before_any_page_draws():
 
 
 def test_the_lab_slows_streamlits_config_pollers():
-    """Streamlit polls config.toml and secrets.toml every 0.2 s on the timing cores; pages/common.py slows that. If a
+    """Streamlit polls config.toml and secrets.toml every 0.2 s on the timing cores; pages/turns.py slows that. If a
     Streamlit upgrade renames the setting, this fails instead of the slowdown quietly going away."""
     from streamlit.watcher import polling_path_watcher
 
-    from pages import common
+    from pages import common, turns  # noqa: F401  (every page imports common, which brings turns)
 
-    assert polling_path_watcher._POLLING_PERIOD_SECS == common.CONFIG_POLL_S >= 5
+    assert polling_path_watcher._POLLING_PERIOD_SECS == turns.CONFIG_POLL_S >= 5

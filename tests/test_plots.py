@@ -3,19 +3,10 @@ import math
 import plotly.graph_objects as go
 import pytest
 
-from core.views import plots
-from core.views.plots import (
-    COST_AXES,
-    FRONTIER_NAME,
-    QUALITY_METRICS,
-    ROOFLINE_NAME,
-    cost_interval,
-    latency_interval,
-    pareto_front,
-    speed_bars_figure,
-    tradeoff_figure,
-    what_you_give_up,
-)
+from core.views import measures, plots
+from core.views.figures import ROOFLINE_NAME, speed_bars_figure
+from core.views.measures import COST_AXES, QUALITY_METRICS, cost_interval, latency_interval, pareto_front
+from core.views.plots import FRONTIER_NAME, tradeoff_figure, what_you_give_up
 from tests.factories import make_record
 
 
@@ -299,12 +290,12 @@ def test_an_outlier_stays_inside_the_range_without_squeezing_the_rest():
 
 def test_colour_by_family_and_symbol_by_runtime():
     fig = tradeoff_figure(many(), "top1_agreement", "latency")
-    assert trace_named(fig, "gguf").marker.color == plots.FAMILY_COLORS["gguf"]
-    assert trace_named(fig, "quantization").marker.color == plots.FAMILY_COLORS["quantization"]
+    assert trace_named(fig, "gguf").marker.color == measures.FAMILY_COLORS["gguf"]
+    assert trace_named(fig, "quantization").marker.color == measures.FAMILY_COLORS["quantization"]
     legend = {t.name: t.marker.symbol for t in fig.data if t.legendgroup == "runtime"}
-    assert legend == {rt: plots.RUNTIME_SYMBOLS[rt] for rt in RUNTIMES}
+    assert legend == {rt: measures.RUNTIME_SYMBOLS[rt] for rt in RUNTIMES}
     moe = trace_named(fig, "moe")
-    assert set(moe.marker.symbol) <= set(plots.RUNTIME_SYMBOLS.values()) and len(set(moe.marker.symbol)) > 1
+    assert set(moe.marker.symbol) <= set(measures.RUNTIME_SYMBOLS.values()) and len(set(moe.marker.symbol)) > 1
 
 
 def test_map_rows_list_every_point_frontier_first():

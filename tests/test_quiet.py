@@ -10,7 +10,10 @@ import threading
 import time
 from types import SimpleNamespace
 
-from core.launch import quiet
+from core.launch import (
+    gate as gate_module,  # where the gate's timings are looked up
+    quiet,
+)
 from core.measure import benchmark
 from core.runtimes import as_runner
 
@@ -214,7 +217,7 @@ def test_a_disturbed_run_is_timed_again(tiny):
 
 
 def test_a_timing_phase_is_seen_by_pages_and_announced_only_when_someone_watches(tmp_path, monkeypatch):
-    monkeypatch.setattr(quiet, "NOTICE_S", 0.3)
+    monkeypatch.setattr(gate_module, "NOTICE_S", 0.3)
     gate = quiet.Gate(tmp_path)
     assert not gate.timing_now()
     seen = []
@@ -275,7 +278,7 @@ def test_bench_generation_holds_one_phase_around_its_warmup_and_repeats(tiny):
 def test_a_long_timed_run_lets_a_waiting_page_in_between_its_steps(tmp_path, monkeypatch):
     """A generation longer than TURN_S (a slow variant) must not hold pages for all of it: they get in between two
     steps, and no page runs while a step is timed."""
-    monkeypatch.setattr(quiet, "TURN_S", 0.3)
+    monkeypatch.setattr(gate_module, "TURN_S", 0.3)
     gate, events = quiet.Gate(tmp_path), []
     stepping = threading.Event()
 
@@ -302,7 +305,7 @@ def test_a_long_timed_run_lets_a_waiting_page_in_between_its_steps(tmp_path, mon
 
 
 def test_with_no_page_waiting_a_long_run_keeps_the_gate_closed(tmp_path, monkeypatch):
-    monkeypatch.setattr(quiet, "TURN_S", 0.0)
+    monkeypatch.setattr(gate_module, "TURN_S", 0.0)
     gate = quiet.Gate(tmp_path)
     with gate.timed_run() as turn:
         for _ in range(5):
@@ -350,10 +353,10 @@ def test_time_between_steps_is_not_timed(tiny):
 def test_the_others_share_counts_only_the_closed_stretches(tmp_path, monkeypatch):
     """Pages let in between steps use the cores meanwhile; that is their turn, not a disturbance of the run. The
     machine's CPU counter is a stand-in here, so that the test does not depend on how busy this machine is."""
-    monkeypatch.setattr(quiet, "TURN_S", 0.0)
+    monkeypatch.setattr(gate_module, "TURN_S", 0.0)
     others_busy_s = [0.0]
-    monkeypatch.setattr(quiet, "_machine_busy_s", lambda: others_busy_s[0])
-    monkeypatch.setattr(quiet, "_own_busy_s", lambda: 0.0)
+    monkeypatch.setattr(gate_module, "_machine_busy_s", lambda: others_busy_s[0])
+    monkeypatch.setattr(gate_module, "_own_busy_s", lambda: 0.0)
     gate = quiet.Gate(tmp_path)
 
     def page():
@@ -466,9 +469,9 @@ def test_after_pages_had_a_turn_the_timed_run_lets_their_aftermath_settle(tmp_pa
     """The web server still sends what a page drew, and a browser draws it, after the page run ends: a timed run that
     let pages in waits SETTLE_S before its first step; one that let nobody in does not wait."""
     gate, sleeps = quiet.Gate(tmp_path), []
-    monkeypatch.setattr(quiet, "SETTLE_S", 0.0123)  # a value nothing else sleeps for
+    monkeypatch.setattr(gate_module, "SETTLE_S", 0.0123)  # a value nothing else sleeps for
     real_sleep = time.sleep
-    monkeypatch.setattr(quiet.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+    monkeypatch.setattr(gate_module.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
     with gate.timed_run():
         pass
     assert 0.0123 not in sleeps

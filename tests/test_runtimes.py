@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.runtimes import eager
 from core import models, runtimes, techniques
 from core.measure import benchmark, evaluate
+from core.runtimes import eager
 
 
 def test_registry_lists_each_runtime_once_with_words():

@@ -8,9 +8,12 @@ import socket
 import psutil
 import pytest
 
-from core import serving
 from core.paths import Stopped
-from core.serving import RequestTiming, ServeSettings, ServingError
+from core.serving import batching, bench, engines, kv, limits, server, stats
+from core.serving.bench import ServeSettings
+from core.serving.limits import ServingError
+from core.serving.prompts import corpus_token_ids, prompts_from_text
+from core.serving.stats import RequestTiming
 from core.store import ResultStore
 from tests.factories import make_serving_record
 
@@ -24,7 +27,7 @@ def _timing(sent, chunks, tokens=None, error=""):
 def test_summarize_percentiles_and_throughput():
     a = _timing(0.0, [0.1, 0.2, 0.3, 0.4])  # TTFT 100 ms, gaps 100 ms, 4 tokens
     b = _timing(0.0, [0.3, 0.5, 0.7, 0.9])  # TTFT 300 ms, gaps 200 ms
-    s = serving.summarize([a, b])
+    s = stats.summarize([a, b])
     assert s.requests == 2 and s.errors == 0 and s.output_tokens == 8
     assert s.wall_s == pytest.approx(0.9)
     assert s.throughput_tokens_per_s == pytest.approx(8 / 0.9)
@@ -37,33 +40,33 @@ def test_summarize_percentiles_and_throughput():
 def test_failed_requests_are_counted_not_averaged():
     good = _timing(0.0, [0.1, 0.2])
     bad = RequestTiming(0.0, (), 5.0, 0, 0, "", "timed out after 5 s")
-    s = serving.summarize([good, bad])
+    s = stats.summarize([good, bad])
     assert (s.requests, s.errors, s.output_tokens) == (1, 1, 2)
 
 
 def test_cost_falls_as_throughput_rises():
-    one, many = (serving.usd_per_1m_output_tokens(t, 0.5) for t in (10.0, 40.0))
+    one, many = (stats.usd_per_1m_output_tokens(t, 0.5) for t in (10.0, 40.0))
     assert one == pytest.approx(0.5 / (10 * 3600) * 1e6)
     assert one / many == pytest.approx(4.0)
-    assert serving.usd_per_1m_output_tokens(0.0, 0.5) != serving.usd_per_1m_output_tokens(0.0, 0.5)  # NaN: no tokens, no price
+    assert stats.usd_per_1m_output_tokens(0.0, 0.5) != stats.usd_per_1m_output_tokens(0.0, 0.5)  # NaN: no tokens, no price
 
 
-@pytest.mark.parametrize("bad", [(0,), (serving.MAX_CONCURRENCY + 1,), (1, -2)])
+@pytest.mark.parametrize("bad", [(0,), (limits.MAX_CONCURRENCY + 1,), (1, -2)])
 def test_concurrency_out_of_range_is_refused(bad):
-    with pytest.raises(ServingError, match=f"between 1 and {serving.MAX_CONCURRENCY}"):
+    with pytest.raises(ServingError, match=f"between 1 and {limits.MAX_CONCURRENCY}"):
         ServeSettings(concurrency=bad)
 
 
 def test_prompt_longer_than_context_is_refused():
     with pytest.raises(ServingError, match="longer than the model's context of 1024"):
-        serving.check_lengths([128, 1000], 64, 1024)
-    serving.check_lengths([128, 960], 64, 1024)  # exactly fits
+        limits.check_lengths([128, 1000], 64, 1024)
+    limits.check_lengths([128, 960], 64, 1024)  # exactly fits
 
 
 def test_prompts_are_different_and_of_the_asked_length(tiny):
     _, tokenizer = tiny
-    ids = serving.corpus_token_ids(tokenizer)
-    prompts = serving.prompts_from_text(ids, tokenizer, 4, 40)
+    ids = corpus_token_ids(tokenizer)
+    prompts = prompts_from_text(ids, tokenizer, 4, 40)
     assert len(set(prompts)) == 4
     assert all(len(tokenizer(p, add_special_tokens=False)["input_ids"]) == 40 for p in prompts)
 
@@ -73,19 +76,19 @@ def test_port_in_use_is_refused():
         s.bind(("127.0.0.1", 0))
         s.listen()
         with pytest.raises(ServingError, match=f"port {s.getsockname()[1]} .* already in use"):
-            serving.check_port_free(s.getsockname()[1])
+            server.check_port_free(s.getsockname()[1])
 
 
 def test_unservable_technique_names_what_can_be_served(tiny_dir):
     with pytest.raises(ServingError, match="cannot be served by transformers serve.*fp32"):
-        serving.transformers_engine(tiny_dir, "dyn-int8")
+        engines.transformers_engine(tiny_dir, "dyn-int8")
 
 
 def test_gguf_technique_without_a_file_says_how_to_give_one(tiny_dir):
     from core import models
 
     with pytest.raises(ServingError, match="--gguf PATH"):
-        serving.resolve_gguf(models.resolve(str(tiny_dir)), "gguf-iq2_xs")  # not a quant the lab builds
+        bench.resolve_gguf(models.resolve(str(tiny_dir)), "gguf-iq2_xs")  # not a quant the lab builds
 
 
 def test_the_labs_gguf_techniques_are_served_from_its_own_export(tiny_dir):
@@ -94,7 +97,7 @@ def test_the_labs_gguf_techniques_are_served_from_its_own_export(tiny_dir):
 
     if gguf.llama_cpp_problem():
         pytest.skip(gguf.llama_cpp_problem())
-    path = serving.resolve_gguf(models.resolve(str(tiny_dir)), "gguf-q8_0")
+    path = bench.resolve_gguf(models.resolve(str(tiny_dir)), "gguf-q8_0")
     assert path.name == "q8_0.gguf" and gguf.is_intact(path)
 
 
@@ -103,12 +106,12 @@ def test_kv_bytes_from_the_cache_object_match_the_config(tiny):
 
     model, _ = tiny
     shape = fit.kv_shape_from_config(model.config.to_dict())
-    assert serving.measure_kv_bytes(model, 100) == fit.kv_cache_bytes(shape, 100, 4)
+    assert kv.measure_kv_bytes(model, 100) == fit.kv_cache_bytes(shape, 100, 4)
 
 
 def test_paged_blocks_round_each_sequence_up():
-    assert serving.paged_blocks_needed(4, 192) == 4
-    assert serving.paged_blocks_needed(2, 257) == 4
+    assert engines.paged_blocks_needed(4, 192) == 4
+    assert engines.paged_blocks_needed(2, 257) == 4
 
 
 # --- store -----------------------------------------------------------------------------------------
@@ -146,14 +149,14 @@ def _servers_left() -> list[psutil.Process]:
 
 def test_serve_bench_measures_and_stores_each_point(tiny_dir):
     store = ResultStore()
-    records = serving.serve_bench(str(tiny_dir), ["fp32"], ServeSettings(**SMALL), store=store)
+    records = bench.serve_bench(str(tiny_dir), ["fp32"], ServeSettings(**SMALL), store=store)
     assert [(r.concurrency, r.prompt_tokens) for r in records] == [(1, 16), (2, 16)]
     for r in records:
         assert r.requests == r.concurrency and r.errors == 0
         assert r.throughput_tokens_per_s > 0 and r.ttft_ms_p90 >= r.ttft_ms_p50 > 0
         assert r.kv_cache_mb_measured == pytest.approx(r.kv_cache_mb_estimated, rel=0.01)
         assert r.peak_mem_mb > 50 and r.runtime == "transformers" and r.server.startswith("transformers serve")
-        assert r.usd_per_1m_tokens == pytest.approx(serving.usd_per_1m_output_tokens(r.throughput_tokens_per_s,
+        assert r.usd_per_1m_tokens == pytest.approx(stats.usd_per_1m_output_tokens(r.throughput_tokens_per_s,
                                                                                       r.usd_per_hour))
         assert r.settings["prompt_tokens_seen_by_server"] == 16
     assert len(store.serving()) == 2
@@ -163,7 +166,7 @@ def test_serve_bench_measures_and_stores_each_point(tiny_dir):
 def test_stop_mid_run_keeps_finished_points_and_leaves_no_server(tiny_dir):
     store = ResultStore()
     with pytest.raises(Stopped):
-        serving.serve_bench(str(tiny_dir), ["fp32"], ServeSettings(**SMALL), store=store,
+        bench.serve_bench(str(tiny_dir), ["fp32"], ServeSettings(**SMALL), store=store,
                             should_stop=lambda: len(store.serving()) >= 1)
     assert [r.concurrency for r in store.serving()] == [1]
     assert _servers_left() == []
@@ -175,7 +178,7 @@ def test_a_server_that_fails_to_start_reports_its_last_log_line(tiny_dir, tmp_pa
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     store = ResultStore()
     with pytest.raises(ServingError, match="exited while starting.*last log line: .*\\S"):
-        serving.serve_bench(str(broken), ["fp32"], ServeSettings(**SMALL), store=store)
+        bench.serve_bench(str(broken), ["fp32"], ServeSettings(**SMALL), store=store)
     assert store.serving() == []
     assert _servers_left() == []
 
@@ -186,17 +189,17 @@ def test_a_port_in_use_stores_nothing(tiny_dir):
         s.bind(("127.0.0.1", 0))
         s.listen()
         with pytest.raises(ServingError, match="already in use"):
-            serving.serve_bench(str(tiny_dir), ["fp32"], ServeSettings(**SMALL, port=s.getsockname()[1]), store=store)
+            bench.serve_bench(str(tiny_dir), ["fp32"], ServeSettings(**SMALL, port=s.getsockname()[1]), store=store)
     assert store.serving() == []
 
 
 def test_batched_greedy_answers_equal_answers_alone_on_the_tiny_model(tiny, tiny_dir):
     model, tokenizer = tiny
-    prompts = serving.prompts_from_text(serving.corpus_token_ids(tokenizer), tokenizer, 4, 24)
-    engine = serving.transformers_engine(tiny_dir, "fp32", threads=1)
+    prompts = prompts_from_text(corpus_token_ids(tokenizer), tokenizer, 4, 24)
+    engine = engines.transformers_engine(tiny_dir, "fp32", threads=1)
     # A correctness check, not a speed one: the bound only stops a hung server. 60 s timed out in 3 of 6 runs on
     # one machine (the server's first answers there took most of a minute of system time).
-    checks = serving.check_batching(engine, model, tokenizer, prompts, [2, 4], new_tokens=8, timeout_s=240)
+    checks = batching.check_batching(engine, model, tokenizer, prompts, [2, 4], new_tokens=8, timeout_s=240)
     assert [c.concurrency for c in checks] == [2, 4]
     for c in checks:
         assert c.passed, c.details

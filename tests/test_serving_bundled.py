@@ -9,8 +9,10 @@ import importlib.util
 
 import pytest
 
-from core import models, serving
-from core.serving import ServeSettings
+from core import models
+from core.serving import batching, bench, engines
+from core.serving.bench import ServeSettings
+from core.serving.prompts import corpus_token_ids, prompts_from_text
 from core.store import ResultStore
 from tests.conftest import needs_bundled
 
@@ -30,9 +32,9 @@ def test_batched_greedy_equals_alone_on_the_bundled_model_except_near_ties(bundl
     from core.models import load_model, load_tokenizer
 
     model, tokenizer = load_model(bundled_dir), load_tokenizer(bundled_dir)
-    prompts = serving.prompts_from_text(serving.corpus_token_ids(tokenizer), tokenizer, 32, 64)
-    engine = serving.transformers_engine(bundled_dir, "fp32", threads=2)
-    checks = serving.check_batching(engine, model, tokenizer, prompts, [2, 4, 8, 16, 32], new_tokens=24,
+    prompts = prompts_from_text(corpus_token_ids(tokenizer), tokenizer, 32, 64)
+    engine = engines.transformers_engine(bundled_dir, "fp32", threads=2)
+    checks = batching.check_batching(engine, model, tokenizer, prompts, [2, 4, 8, 16, 32], new_tokens=24,
                                       timeout_s=300)
     with capsys.disabled():
         for c in checks:
@@ -46,10 +48,10 @@ def test_batched_greedy_equals_alone_on_the_bundled_model_except_near_ties(bundl
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
 def test_llamacpp_server_on_the_bundled_gguf(bundled_dir):
     store = ResultStore()
-    key = serving.GGUF_PREFIX + serving.gguf_quant(models.gguf_path(SPEC))
+    key = engines.gguf_key(models.gguf_path(SPEC))
     settings = ServeSettings(concurrency=(1, 2), prompt_tokens=(32,), new_tokens=8, repeats=1, start_timeout_s=120,
                              request_timeout_s=120)
-    records = serving.serve_bench(SPEC.key, [key], settings, store=store)
+    records = bench.serve_bench(SPEC.key, [key], settings, store=store)
     assert [r.concurrency for r in records] == [1, 2]
     for r in records:
         assert r.runtime == "llama.cpp" and r.errors == 0 and r.requests == r.concurrency

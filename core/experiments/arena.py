@@ -3,7 +3,7 @@
 The decode loop is the variant's Runner.stream (the same loop the sweep times), so the arena's numbers are
 measured the way the sweep's are. On a small CPU the variants run one step each in turn (round robin), so
 they look live side by side; each stream's timings count only its own steps, never the others'.
-Everything here is pure except `warm_up`, which runs a model.
+Everything here is pure except `build_variant` and `warm_up`, which load and run a model.
 """
 
 from __future__ import annotations
@@ -12,19 +12,97 @@ import html
 import math
 import random
 import string
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, get_args
 
 import plotly.graph_objects as go
 import torch
 
+from core import models, runtimes, techniques
+from core.models import saved
+from core.runtimes import as_runner
 from core.store.records import VariantRecord
 
 Schedule = Literal["one after another", "round-robin"]  # the first is the default: on 2 cores it disturbs timings least
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 MIN_VARIANTS, MAX_VARIANTS = 2, 4
 MAX_PROMPT_CHARS = 1000  # a typed prompt longer than this is refused: prefill time grows with it, for everyone
+REDRAW_S = 0.5  # redraw a column at most this often: the browser and server draw on the same cores the models use
+RENEW_S = 20.0  # a long run renews its hold on the machine this often (it lapses by itself if the server dies)
+DEFAULT_KEYS = tuple(techniques.defaults_for("arena"))  # picked at first, where this device can run them
+
+
+def saved_students(model_key: str) -> dict[str, saved.SavedStudent]:
+    """Finished students distilled from this model, by the technique key their measurements are stored under."""
+    return {saved.student_key(s.facts["student_layers"], s.facts["run"]): s
+            for s in saved.saved_students() if s.facts.get("teacher") == model_key and s.facts.get("complete")}
+
+
+def variant_labels(students: Mapping[str, saved.SavedStudent]) -> dict[str, str]:
+    """Every variant the arena can build, by key: the registry's, then this model's distilled students."""
+    return {k: t.label for k, t in techniques.TECHNIQUES.items()} | {
+        k: saved.student_label(s.facts["student_layers"], s.facts["run"]) for k, s in students.items()}
+
+
+def offered(device: str, students: Mapping[str, saved.SavedStudent]) -> list[str]:
+    """The variants this device can run: the registry's, then the distilled students."""
+    return [k for k, t in techniques.TECHNIQUES.items() if not t.why_not(device)] + list(students)
+
+
+@dataclass(frozen=True)
+class Variants:
+    """What the Arena offers for one model on one device, read once per page run (labels would rescan the folder)."""
+    students: dict[str, saved.SavedStudent]
+    labels: dict[str, str]
+    options: list[str]
+
+    def label(self, key: str) -> str:
+        return self.labels.get(key, key)
+
+    def student_dir(self, key: str) -> str:
+        """Where a distilled student is saved; "" for a registry technique."""
+        return str(self.students[key].path) if key in self.students else ""
+
+
+def variants(model_key: str, device: str) -> Variants:
+    students = saved_students(model_key)
+    return Variants(students, variant_labels(students), offered(device, students))
+
+
+def must_wait(snapshot, presenter: bool) -> bool:
+    """Live runs happen in the web server, so they must never overlap a timed job: an Arena run starts only when the
+    worker is idle (for a viewer: also nothing waiting). `snapshot`: the job queue's (running, waiting)."""
+    return snapshot.running is not None or (bool(snapshot.waiting) and not presenter)
+
+
+def store_votes(results, model: str, prompt: str, keys: Sequence[str], winner: str | None, session: str) -> None:
+    """One verdict, stored as the pairwise votes it stands for (vote_pairs) in the results store."""
+    for pair, won in vote_pairs(keys, winner):
+        results.add_vote(model, prompt, pair, won, session)
+
+
+def reference_of(keys: Sequence[str]) -> str:
+    """The answer others are highlighted against: the registry's reference if it runs, else the first."""
+    return techniques.REFERENCE if techniques.REFERENCE in keys else keys[0]
+
+
+def answer_names(keys: Sequence[str], blind: bool, label: Callable[[str], str], seed: int) -> dict[str, str]:
+    """What each answer is called: "Answer A", "Answer B", ... in a shuffled order in blind mode, else its label."""
+    if not blind:
+        return {k: label(k) for k in keys}
+    letters = blind_labels(keys, seed)
+    return {k: f"Answer {letters[k]}" for k in keys}
+
+
+def build_variant(checkpoint: str, key: str, student_dir: str, device: str) -> runtimes.Runner:
+    """A registry technique on the model's checkpoint, or a distilled student from its own folder."""
+    if key in techniques.TECHNIQUES:
+        technique = techniques.get(key)
+        return runtimes.load(technique, technique.runtime, Path(checkpoint), device, torch.get_num_threads())
+    return runtimes.as_runner(models.load_model(Path(student_dir), torch.float32, device), device)
 
 
 def prompt_problem(prompt: str) -> str | None:
@@ -65,6 +143,26 @@ def race(streams: Mapping[str, Iterator[tuple[int, float]]], schedule: Schedule 
                 continue
             yield Step(key, counts[key], token, own_s)
             counts[key] += 1
+
+
+def run_race(streams: Mapping[str, Iterator[tuple[int, float]]], schedule: Schedule, log: RaceLog, new_tokens: int,
+             renew: Callable[[], object], redraw_s: float = REDRAW_S, renew_s: float = RENEW_S,
+             clock: Callable[[], float] = time.perf_counter) -> Iterator[Step]:
+    """Race the streams into `log`, yielding each step after which its variant's column should be redrawn: at most
+    every `redraw_s` per variant, and at its last token. A variant's clock starts at its first token instead of a
+    draw: a draw right after prefill slowed the next decode step 2x. `renew()` is called every `renew_s`."""
+    drawn, renewed = dict.fromkeys(streams, 0.0), clock()
+    for step in race(streams, schedule):
+        log.add(step)
+        now = clock()
+        if now - renewed > renew_s:
+            renew()
+            renewed = now
+        if step.index == 0:
+            drawn[step.key] = now
+        if now - drawn[step.key] > redraw_s or step.index == new_tokens - 1:
+            yield step
+            drawn[step.key] = now
 
 
 @dataclass(frozen=True)
@@ -154,6 +252,12 @@ class SweepComparison:
         return (self.live_new_tokens, self.live_prompt_tokens) == (self.sweep_new_tokens, self.sweep_prompt_tokens)
 
 
+def compare_all(keys: Sequence[str], log: RaceLog, prompt_tokens: int,
+                swept: Mapping[str, VariantRecord]) -> list[SweepComparison]:
+    """Each variant's live speed against its sweep record, for those the sweep measured."""
+    return [compare_with_sweep(k, log.stats(k), prompt_tokens, swept[k]) for k in keys if k in swept]
+
+
 def compare_with_sweep(technique: str, stats: LiveStats, prompt_tokens: int,
                        record: VariantRecord) -> SweepComparison:
     sweep = record.decode_tokens_per_s_median
@@ -177,6 +281,12 @@ class RaceLog:
         return live_stats(self.own_s.get(key, []))
 
 
+def stats_line(stats: LiveStats) -> str:
+    """One variant's live timings, in markdown."""
+    tps = "…" if stats.decode_tokens_per_s != stats.decode_tokens_per_s else f"{stats.decode_tokens_per_s:.1f}"
+    return f"TTFT **{stats.ttft_ms:.0f} ms** · decode **{tps} tok/s** · {stats.tokens} tokens"
+
+
 def timeline_figure(step_ms: Mapping[str, Sequence[float]]) -> go.Figure:
     """Per-token time of each variant (ms): token 1 is the time to first token, the rest decode steps."""
     fig = go.Figure()
@@ -194,7 +304,5 @@ def warm_up(model, input_ids: torch.Tensor, device: str = "cpu", tokens: int = W
     """One short untimed decode, as the sweep's warm-up run: later timed streams do not pay first-call costs.
 
     `model` is a Runner of any runtime, or a torch model (run eagerly)."""
-    from core.runtimes import as_runner
-
     for _ in as_runner(model, device).stream(input_ids, tokens):
         pass

@@ -22,12 +22,12 @@ from pathlib import Path
 from core import runtimes, techniques
 from core.measure import benchmark
 from core.store.records import VariantRecord
+from core.techniques.quantization import uses_bitsandbytes
 
 SLOW_VS_REFERENCE = 0.25  # nf4 at 0.56-0.65x of fp32 is its normal speed; int8 at 0.06x is not
 SLOW_ROOFLINE_PCT = 2.0  # without a reference here: under 2% of what the memory bandwidth allows
 MC_TOKENS_PER_ITEM = 80  # question + choices read when scoring one multiple-choice item (no wall time known)
 PROBE_TOKENS = 4  # 1 prefill + 3 decode steps
-BNB_KEYS = ("int8", "nf4", "fp4")  # bitsandbytes kernels: their CPU speed depends on AVX-512
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _why_slow(key: str, tps: float, ref_tps: float | None, roofline_pct: float |
                  "allows for its size: its kernels, not memory, hold it back")
     if usual is not None:
         words += f" (on the other machines in the results it ran at {usual:.0%} of fp32)"
-    if key in BNB_KEYS and avx512 is False:
+    if uses_bitsandbytes(techniques.get(key)) and avx512 is False:
         words += ". bitsandbytes' CPU kernels are fast only with AVX-512, and this CPU has none"
     return words + "."
 

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from core import models
+from core.experiments.sweep import chat_prompt_ids
 from core.measure import benchmark
 from core.paths import ASSETS, Stopped, data_dir
 
@@ -36,7 +37,6 @@ def check_same_tokenizer(tokenizer, draft_tokenizer, draft_name: str) -> None:
 
 class ForwardCounter:
     """Counts a module's forward calls (one per pass, whatever the number of tokens in it)."""
-
     def __init__(self, module: torch.nn.Module):
         self.calls = 0
         self._handle = module.register_forward_hook(self._hook)
@@ -117,8 +117,6 @@ def bundled_prompts() -> list[dict]:
 
 def _time_prompts(model, draft, tokenizer, prompts, max_new_tokens: int, pad, device: str, say, stop) -> list[dict]:
     """Each prompt generated plainly and with the draft, back to back, after one warm-up of each."""
-    from core.experiments.sweep import chat_prompt_ids
-
     warm = chat_prompt_ids(tokenizer, prompts[0]["prompt"])
     generate(model, warm, 8, pad, None, device)
     generate(model, warm, 8, pad, draft, device)

@@ -242,10 +242,73 @@ def _record(technique, inputs: _Inputs, settings: SweepSettings, run_id: str, si
     )
 
 
+Describe = Callable[[str, str], str]  # (variant name, step) -> progress message
+
+
+def _sweep_message(name: str, step: str) -> str:
+    return f"{name}: {step}"
+
+
+def _placed(span: tuple[float, float], fraction: float) -> float:
+    """A fraction of this work as a fraction of the caller's bar, where the work fills (start, width) of it."""
+    return span[0] + span[1] * fraction
+
+
+def step_reporter(report: ProgressFn, stop: Callable[[], bool], slot: int, slots: int, name: str,
+                  span: tuple[float, float] = (0.0, 1.0), describe: Describe = _sweep_message,
+                  stop_message: str | None = None) -> Callable[[str, float], None]:
+    """The `step(step_name, fraction)` callback for one variant filling slot `slot` of `slots` equal slots:
+    raises when asked to stop (Cancelled naming the step, or Stopped(stop_message)), else reports progress."""
+    def step(step_name: str, frac: float) -> None:
+        if stop():
+            raise Cancelled(f"Stopped during {name} ({step_name}).") if stop_message is None else Stopped(stop_message)
+        within = (STEPS.index(step_name) + frac) / len(STEPS) if step_name in STEPS else frac
+        report(Progress(_placed(span, (slot + within) / slots), name, step_name, describe(name, step_name)))
+    return step
+
+
+def measure_variants(variants: list[tuple[str, techniques.Technique]], inputs: _Inputs, settings: SweepSettings,
+                     reference: Reference, run_id: str, *, store: ResultStore | None = None,
+                     progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None,
+                     first_slot: int = 0, slots: int | None = None, span: tuple[float, float] = (0.0, 1.0),
+                     describe: Describe = _sweep_message, stop_message: str | None = None,
+                     announce: bool = True,
+                     annotate: Callable[[str, VariantRecord], None] | None = None) -> list[VariantRecord]:
+    """Measure each (name, technique) in turn with `measure_variant`; store and return the records in order.
+
+    Variant i fills progress slot first_slot + i of `slots` (default: one slot each), placed in `span` (start,
+    width) of the caller's bar, with messages from `describe(name, step)`. With `announce`, a variant the device
+    cannot run is skipped with its reason and each finished one is reported "done"; without it, none is skipped.
+    `annotate(name, record)` may amend a record before it is stored; stored at once, so a later stop keeps it.
+    """
+    report = progress or (lambda p: None)
+    stop = should_stop or (lambda: False)
+    slots = len(variants) if slots is None else slots
+    records: list[VariantRecord] = []
+    for slot, (name, technique) in enumerate(variants, start=first_slot):
+        reason = runtimes.why_not(technique, technique.runtime, inputs.env.device) if announce else None
+        if reason:
+            report(Progress(_placed(span, slot / slots), technique.key, "skipped", f"{technique.label} skipped: {reason}"))
+            continue
+        step = step_reporter(report, stop, slot, slots, name, span, describe, stop_message)
+        record = measure_variant(technique, inputs, settings, reference, run_id, step)
+        if annotate is not None:
+            annotate(name, record)
+        if store is not None:
+            store.add(record)
+        records.append(record)
+        if announce:
+            report(Progress(_placed(span, (slot + 1) / slots), technique.key, "done", f"{technique.label} done"))
+    return records
+
+
 def run_sweep(model_name: str, technique_keys: list[str], settings: SweepSettings,
               store: ResultStore | None = None, progress: ProgressFn | None = None,
-              should_stop: Callable[[], bool] | None = None) -> list[VariantRecord]:
-    """Measure each technique on `model_name`; store and return the records. Unsupported variants are skipped with a reason."""
+              should_stop: Callable[[], bool] | None = None,
+              span: tuple[float, float] = (0.0, 1.0)) -> list[VariantRecord]:
+    """Measure each technique on `model_name`; store and return the records. Unsupported variants are skipped with a reason.
+
+    `span` (start, width) places the whole sweep within a longer run's progress bar."""
     chosen = [techniques.get(k) for k in technique_keys]
     if not chosen:
         raise ValueError("Pick at least one technique to measure.")
@@ -254,29 +317,11 @@ def run_sweep(model_name: str, technique_keys: list[str], settings: SweepSetting
     run_id = uuid.uuid4().hex[:12]
     n = len(chosen) + 1  # +1: the reference pass
 
-    def step_fn(index: int, name: str):
-        def step(step_name: str, frac: float) -> None:
-            if stop():
-                raise Cancelled(f"Stopped during {name} ({step_name}).")
-            within = (STEPS.index(step_name) + frac) / len(STEPS) if step_name in STEPS else frac
-            report(Progress((index + within) / n, name, step_name, f"{name}: {step_name}"))
-        return step
-
-    inputs = prepare_inputs(model_name, settings, lambda msg: report(Progress(0.0, "", "prepare", msg)))
-    ref_step = step_fn(0, techniques.REFERENCE)
+    inputs = prepare_inputs(model_name, settings, lambda msg: report(Progress(_placed(span, 0.0), "", "prepare", msg)))
+    ref_step = step_reporter(report, stop, 0, n, techniques.REFERENCE, span)
     reference = reference_pass(inputs, lambda f: ref_step("reference", f))
-    records: list[VariantRecord] = []
-    for i, technique in enumerate(chosen, start=1):
-        reason = runtimes.why_not(technique, technique.runtime, inputs.env.device)
-        if reason:
-            report(Progress(i / n, technique.key, "skipped", f"{technique.label} skipped: {reason}"))
-            continue
-        record = measure_variant(technique, inputs, settings, reference, run_id, step_fn(i, technique.key))
-        if store is not None:
-            store.add(record)  # stored at once: a later cancel or crash keeps it
-        records.append(record)
-        report(Progress((i + 1) / n, technique.key, "done", f"{technique.label} done"))
-    return records
+    return measure_variants([(t.key, t) for t in chosen], inputs, settings, reference, run_id, store=store,
+                            progress=report, should_stop=stop, first_slot=1, slots=n, span=span)
 
 
 def records_json(records: list[VariantRecord], path: Path | None) -> str:

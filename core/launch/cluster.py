@@ -17,90 +17,38 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from core.paths import repo_root
+from core import models
+from core.experiments import sweep  # looked up at call time: tests replace sweep.run_sweep
+from core.launch.ray_tasks import (
+    BENCH_RESOURCE,
+    CONNECT_TIMEOUT_S,
+    MAX_ATTEMPTS,
+    POLL_S,
+    RAY_ADDRESS_ENV,
+    ClusterError,
+    ClusterProgress,
+    ClusterSweep,
+    JobOutcome,
+    Outcome,
+    ProgressFn,
+    Variant,
+    _Board,
+    _measure,
+    _probe,
+    _run_job,
+    plan,
+    record_id_for,
+)
+from core.paths import Stopped, repo_root
 from core.store import ResultStore
-from core.store.records import VariantRecord
-
-RAY_ADDRESS_ENV = "LAB_RAY_ADDRESS"
-BENCH_RESOURCE = "lab_bench"
-CONNECT_TIMEOUT_S = 5.0
-POLL_S = 0.5  # how often the driver collects progress and checks for a stop
-PROGRESS_EVERY_S = 1.0  # a worker reports its steps at most this often (plus every start, end and skip)
-MAX_ATTEMPTS = 2  # a variant whose worker died is measured once more
-_RECORD_NAMESPACE = uuid.UUID("5b1c9a1e-3d0f-4c55-9e43-0a7f1e6b2c11")
-
-
-class ClusterError(RuntimeError):
-    """The cluster sweep cannot start (or run): one readable sentence, and nothing was written."""
-
-
-@dataclass(frozen=True)
-class Variant:
-    model: str  # bundled key, or a folder every node reads
-    technique: str  # technique key as the sweep takes it (may name a runtime: "key@runtime")
-    device: str  # "cpu" or "cuda"
-
-    def label(self) -> str:
-        return f"{Path(self.model).name} · {self.technique} · {self.device}"
-
-
-@dataclass(frozen=True)
-class ClusterProgress:
-    fraction: float  # variants finished / all variants
-    node: str  # the node's address and host name
-    variant: str
-    attempt: int
-    step: str  # a sweep step ("load", "speed", ...), "start", "done", "skipped", "retry", "failed", "cancelled"
-    message: str
-    pid: int  # the worker process measuring it (0 for driver-side events)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    variant: Variant
-    status: str  # "stored", "skipped", "failed", "cancelled"
-    attempt: int
-    node: str
-    record_id: str  # "" unless stored
-    message: str
-
-
-@dataclass(frozen=True)
-class ClusterSweep:
-    run_id: str
-    store: str  # where the records went (password masked)
-    outcomes: list[Outcome]
-
-    def stored(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status == "stored"]
-
-
-ProgressFn = Callable[[ClusterProgress], None]
 
 
 def configured_address() -> str | None:
     return os.environ.get(RAY_ADDRESS_ENV, "").strip() or None
-
-
-def plan(model_names: list[str], technique_keys: list[str], devices: list[str]) -> list[Variant]:
-    """Every (model, technique, device), in that order, each once."""
-    if not model_names or not technique_keys or not devices:
-        raise ValueError("A cluster sweep needs at least one model, one technique and one device.")
-    variants = [Variant(m, t, d) for m in model_names for t in technique_keys for d in devices]
-    if len(set(variants)) != len(variants):
-        raise ValueError("A model, technique or device is listed twice.")
-    return variants
-
-
-def record_id_for(run_id: str, variant: Variant) -> str:
-    """The one id this variant's record has in this sweep, whichever attempt writes it."""
-    return uuid.uuid5(_RECORD_NAMESPACE, f"{run_id}|{variant.model}|{variant.technique}|{variant.device}").hex
 
 
 # --- connecting --------------------------------------------------------------------------------------
@@ -160,124 +108,6 @@ def _node_name(node: dict[str, Any]) -> str:
     return f"{node.get('NodeManagerAddress', '?')} ({node.get('NodeManagerHostname', '?')})"
 
 
-# --- the worker side ---------------------------------------------------------------------------------
-
-
-class _StampedStore:
-    """What run_sweep writes to on a worker: the shared store, with this sweep's id, attempt and record id."""
-
-    def __init__(self, store: ResultStore, run_id: str, variant: Variant, attempt: int):
-        self.store, self.run_id, self.variant, self.attempt = store, run_id, variant, attempt
-        self.record_id = ""
-
-    def add(self, record: VariantRecord) -> int:
-        record.run_id = self.run_id
-        record.attempt = self.attempt
-        record.record_id = record_id_for(self.run_id, self.variant)
-        record.settings = dict(record.settings) | {"cluster_node": _here()}
-        self.record_id = record.record_id
-        return self.store.add(record)
-
-
-def _here() -> str:
-    import ray
-
-    return f"{ray.util.get_node_ip_address()} ({socket.gethostname()})"
-
-
-def _materialize(key: str, files: dict[str, bytes]) -> None:
-    """Write a shipped checkpoint into this node's data dir, where `models.prepare` finds it ready."""
-    from core import models
-
-    if models.checkpoint_ready(key):
-        return
-    target = models.checkpoint_dir(key)
-    staging = target.with_name(f".{target.name}.{os.getpid()}.incoming")
-    for name, data in files.items():
-        path = staging / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    try:
-        os.replace(staging, target)  # whole folder at once: a half-written checkpoint is never "ready"
-    except OSError:
-        if not models.checkpoint_ready(key):
-            raise
-
-
-def _checkpoint_problem(model: str) -> str:
-    """Why this node cannot read the shared checkpoint folder `model` ("" when it can)."""
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        return f"{model} is not a folder on this node"
-    if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
-        return f"{model} holds no config.json and *.safetensors weights"
-    if not os.access(path / "config.json", os.R_OK):
-        return f"{model} is not readable here"
-    return ""
-
-
-def _probe(store_url: str, shared: list[str]) -> tuple[str, list[str]]:
-    """Run on each node before anything is measured: can it reach the store and every shared checkpoint?"""
-    problems = [p for p in (_checkpoint_problem(m) for m in shared) if p]
-    try:
-        ResultStore.from_url(store_url)
-    except ValueError as error:  # StoreError
-        problems.append(str(error))
-    return _here(), problems
-
-
-def _local_inputs(settings, inputs: dict[str, tuple[str, bytes]]):
-    """The settings with the eval set and text pointing at copies on this node (the driver's paths may not exist here)."""
-    import hashlib
-
-    from core.paths import data_dir
-
-    folder = data_dir() / "cluster-inputs"
-    folder.mkdir(parents=True, exist_ok=True)
-    moved = {}
-    for field, (name, data) in inputs.items():
-        path = folder / f"{hashlib.sha256(data).hexdigest()[:16]}-{name}"
-        if not path.is_file():
-            staging = path.with_name(f".{path.name}.{os.getpid()}")
-            staging.write_bytes(data)
-            os.replace(staging, path)
-        moved[field] = str(path)
-    return dataclasses.replace(settings, **moved)
-
-
-def _measure(variant: Variant, settings, store_url: str, run_id: str, attempt: int,
-             shipped: dict[str, bytes] | None, inputs: dict[str, tuple[str, bytes]], board) -> Outcome:
-    """One variant, measured on this node, its record written to the shared store."""
-    node, pid = _here(), os.getpid()
-    last = [0.0]
-
-    def tell(step: str, message: str, always: bool = False) -> None:
-        now = time.monotonic()
-        if always or now - last[0] >= PROGRESS_EVERY_S:
-            last[0] = now
-            board.report.remote(ClusterProgress(0.0, node, variant.label(), attempt, step, message, pid))
-
-    tell("start", f"{variant.label()}: attempt {attempt} on {node}", always=True)
-    from core import models
-    from core.experiments import sweep  # after "start": a fresh worker spends its first seconds importing these
-
-    if shipped is not None:
-        _materialize(models.resolve(variant.model).key, shipped)
-    store = _StampedStore(ResultStore.from_url(store_url), run_id, variant, attempt)
-    skipped: list[str] = []
-
-    def progress(p) -> None:
-        if p.step == "skipped":
-            skipped.append(p.message)
-        tell(p.step, p.message, always=p.step in ("skipped", "done"))
-
-    settings = dataclasses.replace(_local_inputs(settings, inputs), device=variant.device)
-    sweep.run_sweep(variant.model, [variant.technique], settings, store=store, progress=progress)
-    if store.record_id:
-        return Outcome(variant, "stored", attempt, node, store.record_id, f"{variant.label()} stored")
-    return Outcome(variant, "skipped", attempt, node, "", skipped[0] if skipped else "not measured")
-
-
 # --- the driver side ---------------------------------------------------------------------------------
 
 
@@ -289,8 +119,6 @@ def is_shared_path(name: str) -> bool:
 def _ship(model_names: list[str], progress: Callable[[str], None]) -> dict[str, Any]:
     """model -> ObjectRef of its checkpoint files; prepared here once, read by every worker from the object store."""
     import ray
-
-    from core import models
 
     shipped = {}
     for name in model_names:
@@ -309,7 +137,8 @@ def _ship(model_names: list[str], progress: Callable[[str], None]) -> dict[str, 
     return shipped
 
 
-def _preflight(store: ResultStore, variants: list[Variant], shared: list[str]) -> list[dict[str, Any]]:
+def _preflight(store: ResultStore | None, variants: list[Variant], shared: list[str], cuda: bool | None = None,
+               what: str = "sweep") -> list[dict[str, Any]]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -317,18 +146,20 @@ def _preflight(store: ResultStore, variants: list[Variant], shared: list[str]) -
     if not nodes:
         raise ClusterError(f"No node of the cluster offers the `{BENCH_RESOURCE}` resource, so nothing would run. "
                            f"Start each node with `ray start ... --resources '{{\"{BENCH_RESOURCE}\": 1}}'`.")
-    if any(v.device == "cuda" for v in variants) and not any(n["Resources"].get("GPU", 0) >= 1 for n in nodes):
-        raise ClusterError("The sweep asks for CUDA but no benchmark node of the cluster has a GPU. "
+    if cuda is None:
+        cuda = any(v.device == "cuda" for v in variants)
+    if cuda and not any(n["Resources"].get("GPU", 0) >= 1 for n in nodes):
+        raise ClusterError(f"The {what} asks for CUDA but no benchmark node of the cluster has a GPU. "
                            "Nothing was written.")
-    if store.backend == "sqlite" and len(nodes) > 1:
+    if store is not None and store.backend == "sqlite" and len(nodes) > 1:
         raise ClusterError(f"The results store is the local file {store.describe()}, which the other nodes "
                            "cannot write. Set LAB_STORE_URL to a PostgreSQL every node reaches. Nothing was written.")
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
     answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                       .remote(store.url_with_password(), shared) for n in nodes])
+                       .remote(store.url_with_password() if store is not None else "", shared) for n in nodes])
     problems = [f"{node}: {'; '.join(found)}" for node, found in answers if found]
     if problems:
-        raise ClusterError("A worker cannot reach what the sweep needs, so nothing was measured or written. "
+        raise ClusterError(f"A worker cannot reach what the {what} needs, so nothing was measured or written. "
                            + " | ".join(problems)
                            + ". Put the checkpoint on a path every node mounts, or name a bundled model to "
                              "ship it from this machine.")
@@ -442,18 +273,75 @@ def run_cluster_sweep(model_names: list[str], technique_keys: list[str], setting
     return ClusterSweep(run_id, store.describe(), outcomes)
 
 
-class _Board:
-    """A Ray actor that holds workers' progress until the driver collects it."""
+# --- one whole job as one task -----------------------------------------------------------------------
 
-    def __init__(self) -> None:
-        self.events: list[ClusterProgress] = []
 
-    def report(self, event: ClusterProgress) -> None:
-        self.events.append(event)
+def _job_inputs(args: dict, files: list[str]) -> dict[str, tuple[str, bytes]]:
+    """The files a job reads (its "data", "corpus", its settings' eval set and text), to be copied onto the node."""
+    inputs = {key: (Path(value).name, Path(value).read_bytes()) for key, value in args.items()
+              if isinstance(value, str) and value in files and Path(value).is_file()}
+    settings = args.get("settings")
+    for field in ("eval_set", "ppl_text"):
+        value = settings.get(field) if isinstance(settings, dict) else None
+        if value and Path(value).is_file():
+            inputs[f"settings.{field}"] = (Path(value).name, Path(value).read_bytes())
+    return inputs
 
-    def drain(self) -> list[ClusterProgress]:
-        events, self.events = self.events, []
-        return events
+
+def run_cluster_job(run: Callable, kind: str, args: dict, store: ResultStore | None, model_names: list[str],
+                    files: list[str], address: str | None = None, progress: ProgressFn | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> JobOutcome:
+    """One whole job (moe, lora, distill, speculate, serve-bench, serve-context) as one Ray task on a benchmark node,
+    through `run`, the runner the worker uses; its records go into `store`, the shared store. A sweep is fanned out
+    by `run_cluster_sweep` instead. A stop cancels the task (what it stored stays) and raises Stopped."""
+    import ray  # optional and heavy: only a cluster run needs it
+
+    report = progress or (lambda p: None)
+    stop = should_stop or (lambda: False)
+    connect(address or configured_address() or "auto")
+    say = lambda message: report(ClusterProgress(0.0, "driver", kind, 0, "prepare", message, 0))  # noqa: E731
+    shipped_by_name = _ship(model_names, say)
+    shared = [m for m in model_names if m not in shipped_by_name]
+    settings = args.get("settings") if isinstance(args.get("settings"), dict) else {}
+    cuda = settings.get("device") == "cuda"
+    nodes = _preflight(store, [], shared, cuda=cuda, what=f"{kind} job")
+    shipped = {models.resolve(name).key: ref for name, ref in shipped_by_name.items()}
+    board = ray.remote(num_cpus=0)(_Board).remote()
+    inputs = ray.put(_job_inputs(args, [f for f in files if f]))
+    options: dict[str, Any] = {"resources": {BENCH_RESOURCE: 1}}
+    if cuda:
+        options["num_gpus"] = 1
+    say(f"{kind}: one task on {len(nodes)} node(s): {', '.join(map(_node_name, nodes))}")
+    store_url = store.url_with_password() if store is not None else ""
+    ref = ray.remote(max_retries=0)(_run_job).options(**options).remote(run, kind, args, store_url, shipped, inputs,
+                                                                         board)
+
+    def relay() -> None:
+        for event in ray.get(board.drain.remote()):
+            report(event)
+
+    try:
+        while not ray.wait([ref], num_returns=1, timeout=POLL_S)[0]:
+            relay()
+            if stop():
+                ray.cancel(ref, force=True)  # what it stored stays
+                raise Stopped(f"Stopped; the {kind} job on the cluster was cancelled.")
+        relay()
+        return ray.get(ref)
+    except ray.exceptions.TaskCancelledError:
+        raise Stopped(f"Stopped; the {kind} job on the cluster was cancelled.") from None
+    except ray.exceptions.RayTaskError as error:  # the job itself raised: the same error it raises here
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, (ValueError, Stopped)):
+            raise cause from None
+        reason = str(cause) if cause else str(error).splitlines()[-1]
+        raise ClusterError(f"The {kind} job failed on the cluster: {reason}") from None
+    except ray.exceptions.RayError as error:  # its worker or node died
+        raise ClusterError(f"The {kind} job's worker died on the cluster ({type(error).__name__}); what it stored "
+                           "is in the results store.") from None
+    except KeyboardInterrupt:  # Ctrl-C on the driver stops the task too
+        ray.cancel(ref, force=True)
+        raise
 
 
 # --- the dashboard's entry point ---------------------------------------------------------------------
@@ -467,18 +355,16 @@ def where() -> str:
 
 def sweep_job(model: str, technique_keys: list[str], settings, store: ResultStore | None):
     """The Measure button's job: on the cluster when LAB_RAY_ADDRESS is set, else on this machine."""
-    from core.experiments.sweep import Cancelled, run_sweep
-
     def job(report: Callable[[float, str], None], stop: Callable[[], bool]):
         if configured_address() is None:
-            return run_sweep(model, technique_keys, settings, store=store, should_stop=stop,
-                             progress=lambda p: report(p.fraction, p.message))
+            return sweep.run_sweep(model, technique_keys, settings, store=store, should_stop=stop,
+                                   progress=lambda p: report(p.fraction, p.message))
         if store is None:
             raise ClusterError("The results store cannot be opened, so the cluster's workers have nowhere to write.")
         result = run_cluster_sweep([model], technique_keys, settings, store, progress=lambda p: report(
             p.fraction, f"[{p.node}] {p.message}"), should_stop=stop)
         if any(o.status == "cancelled" for o in result.outcomes):
-            raise Cancelled(f"Stopped; the {len(result.stored())} variants finished are stored.")
+            raise sweep.Cancelled(f"Stopped; the {len(result.stored())} variants finished are stored.")
         return [r for r in (store.get(o.record_id) for o in result.stored()) if r is not None]
 
     return job

@@ -16,6 +16,7 @@ import re
 import secrets
 from pathlib import Path
 
+from core.launch.jobqueue import NotAllowed
 from core.paths import data_dir
 
 CLASSROOM_ENV = "LAB_CLASSROOM"
@@ -85,8 +86,6 @@ def presenter_link(host: str, port: int, token: str) -> str:
 
 def clear_results(store, presenter: bool) -> None:
     """Only the presenter empties the shared results store: a viewer's click must not erase the room's work."""
-    from core.launch.jobqueue import NotAllowed
-
     if not presenter:
         raise NotAllowed("Only the presenter can clear the results.")
     store.clear()

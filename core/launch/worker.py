@@ -21,15 +21,20 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from core import models
-from core.launch import quiet
+from core.experiments import distill_run, finetune_run, moe_sweep, speculative
+from core.experiments.sweep import SweepSettings
+from core.launch import cluster, quiet
+from core.launch.job import JobContext, JobKind
 from core.launch.jobqueue import PRESENTER, JobQueue, NotAllowed, QueuedJob
+from core.measure import benchmark
 from core.paths import ASSETS, Stopped, data_dir, repo_root
+from core.serving import bench, kv
 from core.store import ResultStore
+from core.techniques import distillation, lora
 
 AUTOSTART_ENV = "LAB_WORKER_AUTOSTART"  # "0": pages never spawn a worker (tests start their own)
 PROGRESS_EVERY_S = 1.0  # the worker writes progress at most this often: one small row update
@@ -39,29 +44,10 @@ IDLE_EXIT_ENV = "LAB_WORKER_IDLE_EXIT_S"  # a worker with nothing to do for this
 IDLE_EXIT_S = 3600.0
 
 
-@dataclass
-class JobContext:
-    """What a runner gets: progress and stop callbacks wired to the queue, and the results store."""
-    report: Callable[[float, str], None]
-    should_stop: Callable[[], bool]
-    store: Any
-    live: Any = None  # a dataclass the runner fills as it goes (a loss log); written with the progress
-
-
-@dataclass(frozen=True)
-class JobKind:
-    run: Callable[[dict, JobContext], None]
-    similar: Callable[[dict], str]  # jobs with equal keys take about as long
-    models: Callable[[dict], list[str]] = lambda args: []  # model names the job loads
-    files: Callable[[dict], list[str]] = lambda args: []  # files the job reads
-
-
 # ---------------------------------------------------------------- runners: the same calls the CLI makes
 
 
 def _sweep_settings(args: dict):
-    from core.experiments.sweep import SweepSettings
-
     return SweepSettings(**args.get("settings", {}))
 
 
@@ -69,69 +55,64 @@ def _sweep_progress(ctx: JobContext):
     return lambda p: ctx.report(p.fraction, p.message)
 
 
-def run_sweep_job(args: dict, ctx: JobContext) -> None:
-    from core.launch import cluster
-
+def run_sweep_job(args: dict, ctx: JobContext):
     # Here, or as Ray tasks over the cluster when LAB_RAY_ADDRESS is set: the same measurement either way.
     job = cluster.sweep_job(args["model"], list(args["techniques"]), _sweep_settings(args), ctx.store)
-    job(ctx.report, ctx.should_stop)
+    return job(ctx.report, ctx.should_stop)
 
 
-def run_moe_job(args: dict, ctx: JobContext) -> None:
-    from core.techniques import moe
-
-    moe.run_moe_sweep(args["model"], int(args["experts"]), list(args["top_ks"]), _sweep_settings(args),
-                      store=ctx.store, should_stop=ctx.should_stop, dense_layers=int(args["dense_layers"]),
-                      progress=_sweep_progress(ctx))
+def run_moe_job(args: dict, ctx: JobContext):
+    return moe_sweep.run_moe_sweep(args["model"], int(args["experts"]), list(args["top_ks"]), _sweep_settings(args),
+                                   store=ctx.store, should_stop=ctx.should_stop,
+                                   dense_layers=int(args["dense_layers"]), progress=_sweep_progress(ctx))
 
 
-def run_lora_job(args: dict, ctx: JobContext) -> None:
-    from core.techniques import lora
-
+def run_lora_job(args: dict, ctx: JobContext):
     settings = lora.FinetuneSettings(**(args["settings"] | {"target_modules": tuple(args["settings"]["target_modules"])}))
     data = Path(args["data"]) if args.get("data") else None
     task = None if data else args.get("task", "support-routing")
     ctx.live = lora.TrainLog()
-    result, model = lora.run_finetune(args["model"], settings, task, data, args["usd_per_hour"],
-                                      lambda f, m: ctx.report(0.8 * f, m), ctx.should_stop, ctx.live)
-    lora.store_record(model, result, ctx.store, args["usd_per_hour"], args["hardware_preset"],
-                      lambda f, m: ctx.report(0.8 + 0.2 * f, m), ctx.should_stop, launched_from="dashboard")
+    result, model = finetune_run.run_finetune(args["model"], settings, task, data, args["usd_per_hour"],
+                                              lambda f, m: ctx.report(0.8 * f, m), ctx.should_stop, ctx.live)
+    if ctx.store is not None:  # None: the CLI's --no-store
+        finetune_run.store_record(model, result, ctx.store, args["usd_per_hour"], args["hardware_preset"],
+                                  lambda f, m: ctx.report(0.8 + 0.2 * f, m), ctx.should_stop,
+                                  launched_from=args.get("launched_from", "dashboard"))
+    return result
 
 
-def run_distill_job(args: dict, ctx: JobContext) -> None:
-    from core.techniques import distillation
-
+def run_distill_job(args: dict, ctx: JobContext):
     settings = distillation.DistillSettings(**args["settings"])
     corpus = Path(args["corpus"]) if args.get("corpus") else None
     ctx.live = distillation.TrainLog()
-    result = distillation.run_distill(args["teacher"], settings, corpus, args["usd_per_hour"],
-                                      lambda f, m: ctx.report(0.8 * f, m), ctx.should_stop, ctx.live)
-    distillation.measure(result, ctx.store, args["usd_per_hour"], args["hardware_preset"],
-                         lambda f, m: ctx.report(0.8 + 0.2 * f, m), ctx.should_stop, launched_from="dashboard")
+    result = distill_run.run_distill(args["teacher"], settings, corpus, args["usd_per_hour"],
+                                     lambda f, m: ctx.report(0.8 * f, m), ctx.should_stop, ctx.live)
+    records = distill_run.measure(result, ctx.store, args["usd_per_hour"], args["hardware_preset"],
+                                  lambda f, m: ctx.report(0.8 + 0.2 * f, m), ctx.should_stop,
+                                  launched_from=args.get("launched_from", "dashboard"),
+                                  mc_max_items=int(args.get("mc_max_items") or 0))
+    return distill_run.summary(result, records)
 
 
-def run_speculate_job(args: dict, ctx: JobContext) -> None:
-    from core.experiments import speculative
-
+def run_speculate_job(args: dict, ctx: JobContext):
     result = speculative.run_speculate(args["model"], args["draft"], int(args["draft_tokens"]),
                                        int(args["max_new_tokens"]), report=ctx.report, should_stop=ctx.should_stop)
     speculative.save_result(result)
+    return result
 
 
-def run_serve_bench_job(args: dict, ctx: JobContext) -> None:
-    from core import serving
-
+def run_serve_bench_job(args: dict, ctx: JobContext):
     raw = args["settings"]
-    settings = serving.ServeSettings(**raw | {"concurrency": tuple(raw["concurrency"]),
-                                              "prompt_tokens": tuple(raw["prompt_tokens"])})
-    serving.serve_bench(args["model"], list(args["techniques"]), settings, store=ctx.store, report=ctx.report,
-                        should_stop=ctx.should_stop)
+    settings = bench.ServeSettings(**raw | {"concurrency": tuple(raw["concurrency"]),
+                                            "prompt_tokens": tuple(raw["prompt_tokens"])})
+    return bench.serve_bench(args["model"], list(args["techniques"]), settings, store=ctx.store,
+                             report=ctx.report, should_stop=ctx.should_stop)
 
 
-def run_serve_context_job(args: dict, ctx: JobContext) -> None:
-    from core import serving
-
-    serving.measure_context(args["model"], report=ctx.report, should_stop=ctx.should_stop)
+def run_serve_context_job(args: dict, ctx: JobContext):
+    contexts = [int(c) for c in args["contexts"]] if args.get("contexts") else None
+    return kv.measure_context(args["model"], contexts, int(args.get("decode_tokens", 16)), report=ctx.report,
+                              should_stop=ctx.should_stop)
 
 
 def _settings_key(args: dict, *names: str) -> str:
@@ -237,7 +218,6 @@ def _live_json(live: Any) -> Any:
 
 def run_job(queue: JobQueue, job: QueuedJob) -> str:
     """Run one claimed job to its end; returns its final state. Failures end the job, never the worker."""
-    from core.measure import benchmark  # torch: the web server imports this module too, and never needs it
     log: list[str] = []
     last_write = [0.0]
     last_check, stopped = [0.0], [False]

@@ -19,6 +19,7 @@ from typing import Callable, Literal
 
 import torch
 
+from core.models.saved import saved_students
 from core.paths import data_dir
 
 # transformers loads weights on a pool of 4 threads by default, and each pool thread that converts a large
@@ -396,7 +397,6 @@ def offered(presenter: bool = True) -> dict[str, str]:
     refuses it for viewers too). The tiny random model is for tests: LAB_SHOW_TEST_MODELS=1 offers it."""
     with_tests = os.environ.get("LAB_SHOW_TEST_MODELS") == "1"
     shown = {s.key: s.label for s in BUNDLED.values() if with_tests or not s.for_tests}
-    from core.models.saved import saved_students  # a submodule of this package: imported when first needed
 
     students = {str(s.path): s.label for s in saved_students() if with_tests or s.facts.get("teacher") in shown}
     return shown | students | ({CUSTOM_CHOICE: CUSTOM_CHOICE} if presenter else {})

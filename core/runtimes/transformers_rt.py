@@ -7,6 +7,7 @@ changes how the arithmetic is scheduled, not what it computes.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -160,11 +161,9 @@ def _eager_ok(_technique, _device: str) -> str | None:
 
 
 def _compiled_ok(technique, device: str) -> str | None:
-    import shutil
-
     if technique.family not in ("reference", "quantization"):
         return f"compiled decode is offered for the quantization family only, not {technique.family}."
-    if getattr(technique.config, "weights", "") in ("int8", "nf4", "fp4", "dyn-int8"):
+    if COMPILED.key not in technique.runtimes:  # the technique says which runtimes run it (quantization.py)
         return ("torch.compile cannot trace bitsandbytes' and torch's dynamic-int8 custom kernels into one graph; "
                 "compile the 32- or 16-bit variants.")
     if device == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None:

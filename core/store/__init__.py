@@ -20,29 +20,36 @@ import json
 import os
 import sqlite3
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from threading import Lock
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.engine import Connection
 
-from core.paths import DATA_DIR_ENV, data_dir
+from core.paths import DATA_DIR_ENV, data_dir  # noqa: F401  (callers read data_dir through the store too)
 from core.store.migrations import VERSION_TABLE
+from core.store.parsed import ParsedRecords as _ParsedRecords
 from core.store.records import ServingRecord, VariantRecord
+from core.store.urls import (  # noqa: F401
+    STORE_FILENAME,
+    STORE_URL_ENV,
+    StoreError,
+    _pg_engine,
+    _sqlite_engine,
+    configured_url,
+    default_store_path,
+    describe_configured,
+    mask,
+    parse_url,
+)
 
 SCHEMA_VERSION = 3  # 1: results; 2: + votes (the arena's blind votes); 3: + record ids, serving
-STORE_URL_ENV = "LAB_STORE_URL"
-STORE_FILENAME = "results.sqlite"
 BUSY_TIMEOUT_S = 30.0  # a second writer waits this long for the first instead of failing at once
-CONNECT_TIMEOUT_S = 5  # an unreachable server fails within this, not after the OS's minutes
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK_ID = 0x1AB5_7031  # pg_advisory_xact_lock key: two first openers of one database take turns
@@ -71,35 +78,7 @@ SERVING = sa.Table(
     sa.Column("record_json", sa.Text),
 )
 _VOTE_KEY = ["model", "prompt_sha256", "variant_a", "variant_b", "session_id"]
-PARSED_KEPT = 20_000  # records kept parsed in memory per process (a few KB each)
 _IDS_PER_QUERY = 500  # stays under SQLite's bound-parameter limit
-
-
-class _ParsedRecords:
-    """Records already parsed from the store, by (store, table, record_id).
-
-    A stored row is written once and never changed (a record_id names one record for good; a retried write is
-    a no-op), so a record parsed once is valid for as long as its row exists. In a classroom every viewer's page
-    run reads the same results: they are parsed once, and a page run costs the same with 6 or 600 stored.
-    """
-
-    def __init__(self, kept: int = PARSED_KEPT):
-        self.kept = kept
-        self._items: OrderedDict[tuple[str, str, str], object] = OrderedDict()
-        self._lock = Lock()
-
-    def get(self, key: tuple[str, str, str]):
-        with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-            return found
-
-    def put(self, key: tuple[str, str, str], record: object) -> None:
-        with self._lock:
-            self._items[key] = record
-            while len(self._items) > self.kept:
-                self._items.popitem(last=False)
 
 
 _parsed = _ParsedRecords()
@@ -126,80 +105,6 @@ class Tally:
 
 def prompt_sha256(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
-
-
-class StoreError(ValueError):
-    """The store at the configured place cannot be used (unreachable, foreign, damaged or too new)."""
-
-
-def default_store_path() -> Path:
-    return data_dir() / STORE_FILENAME
-
-
-def configured_url() -> str:
-    """$LAB_STORE_URL, else the embedded SQLite file in the data dir."""
-    return os.environ.get(STORE_URL_ENV, "").strip() or f"sqlite:///{default_store_path()}"
-
-
-def parse_url(url: str | os.PathLike[str]) -> URL:
-    """A store URL (postgresql://..., sqlite:///path) or a plain file path, as SQLAlchemy's URL with our driver."""
-    text = str(url).strip()
-    if "://" not in text:
-        return URL.create("sqlite", database=str(Path(text).expanduser()))
-    try:
-        parsed = sa.make_url(text)
-    except sa.exc.ArgumentError:
-        raise StoreError(f"{STORE_URL_ENV} is not a database URL: {mask(text)!r}. "
-                         "Use postgresql://user:password@host:5432/dbname or sqlite:///path/to/results.sqlite.") from None
-    backend = parsed.get_backend_name()
-    if backend in ("postgresql", "postgres"):
-        return parsed.set(drivername="postgresql+psycopg")
-    if backend == "sqlite" and parsed.database:
-        return parsed.set(drivername="sqlite")
-    raise StoreError(f"Unsupported results store {parsed.render_as_string(hide_password=True)!r}: "
-                     "use postgresql://user:password@host:5432/dbname or sqlite:///path/to/results.sqlite.")
-
-
-def mask(url: str | URL) -> str:
-    """The URL as it may be shown: the password replaced by ***."""
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<unparseable URL>"
-
-
-def _sqlite_engine(path: Path, timeout_s: float) -> Engine:
-    engine = sa.create_engine(URL.create("sqlite", database=str(path)), poolclass=NullPool,
-                              connect_args={"timeout": timeout_s})
-
-    # Take transactions into our own hands (the sqlite3 module's implicit BEGIN skips DDL), and make
-    # writers take the write lock at BEGIN: in WAL mode a reader that later writes can fail at once
-    # with "database is locked" instead of waiting for the busy timeout.
-    @sa.event.listens_for(engine, "connect")
-    def _manual_transactions(dbapi_connection, _record) -> None:
-        dbapi_connection.isolation_level = None
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("lab_write") else "BEGIN")
-
-    return engine
-
-
-_PG_ENGINES: dict[str, Engine] = {}
-_PG_ENGINES_LOCK = Lock()
-
-
-def _pg_engine(url: URL) -> Engine:
-    # One pooled engine per URL and process: pages construct a ResultStore on every rerun.
-    key = url.render_as_string(hide_password=False)
-    with _PG_ENGINES_LOCK:
-        if key not in _PG_ENGINES:
-            _PG_ENGINES[key] = sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4,
-                                                connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
-        return _PG_ENGINES[key]
 
 
 def _record_row(record: VariantRecord) -> dict[str, str]:
@@ -521,14 +426,6 @@ class ResultStore:
                 wins_losses_ties[2 if winner == "" else 0 if winner == me else 1] += 1
         tallies = [Tally(k, *v) for k, v in counts.items()]
         return sorted(tallies, key=lambda t: (-t.wins, t.losses, t.technique))
-
-
-def describe_configured() -> str:
-    """Which store pages and commands use, safe to show, without connecting to it."""
-    try:
-        return mask(parse_url(configured_url()))
-    except StoreError as error:
-        return str(error)
 
 
 def open_store(url: str | None = None) -> ResultStore:

@@ -1,7 +1,7 @@
-"""GGUF files for llama.cpp: export a lab checkpoint to F32 GGUF, quantize it with llama.cpp's own quantizer.
+"""GGUF files for llama.cpp: export a lab checkpoint to F32 GGUF (gguf_export.py), quantize it with llama.cpp's own
+quantizer, and the registry's GGUF variants.
 
-Pure arithmetic and naming first, then the exporter (transformers safetensors -> GGUF via the `gguf`
-library's writer and tensor-name map), then the quantizer (llama.cpp's `llama_model_quantize` through the
+Pure naming first, then the quantizer (llama.cpp's `llama_model_quantize` through the
 binding), then the cache: every file is written to a temporary name and renamed into place, with a sidecar
 holding its size and sha256; a cached file that does not match its sidecar is rebuilt, never loaded.
 """
@@ -9,22 +9,22 @@ holding its size and sha256; a cached file that does not match its sidecar is re
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
 import torch
 
+from core.measure.evaluate import token_windows, tokenize_text
+from core.models import load_model, load_tokenizer
 from core.models.saved import saved_checkpoints
 from core.paths import ASSETS, data_dir
 from core.runtimes.llamacpp import llama_cpp_problem
+from core.techniques.gguf_cache import SIDECAR, _atomic_file, _discard, file_facts, is_intact  # noqa: F401
+from core.techniques.gguf_export import EXPORTER_VERSION, GGUFError, check_exportable, export_f32  # noqa: F401
 from core.techniques.registry import TECHNIQUES, Technique, get, register, register_resolver
 
 ProgressFn = Callable[[str], None]
@@ -34,15 +34,6 @@ QuantType = Literal["f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q
 FTYPES: dict[str, int] = {
     "f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q2_k": 10, "q3_k_m": 12, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18,
 }
-# Architectures this exporter writes. llama.cpp itself knows many more, but each needs its own tensor layout
-# and metadata; SmolLM, Llama and the students the lab distils from them are all "llama".
-EXPORTABLE = ("llama",)
-SIDECAR = ".lab.json"
-EXPORTER_VERSION = 2  # part of every cache folder's name: files written by an older exporter are never reused
-
-
-class GGUFError(ValueError):
-    """A GGUF variant that cannot be built or loaded, with what to do about it."""
 
 
 @dataclass(frozen=True)
@@ -62,158 +53,6 @@ class GGUFConfig:
     @property
     def file_stem(self) -> str:
         return self.quant + ("-imatrix" if self.imatrix else "")
-
-
-# ---------------------------------------------------------------- llama.cpp availability
-
-
-# ---------------------------------------------------------------- export: safetensors -> F32 GGUF
-
-
-def _permute_for_rope(weight: np.ndarray, heads: int) -> np.ndarray:
-    """HF Llama stores each head's rotary pairs as two halves; llama.cpp's "llama" rope expects them interleaved.
-
-    [out, in] with out = heads * head_dim: split each head's rows into (2, head_dim/2), swap to (head_dim/2, 2).
-    """
-    out, cols = weight.shape
-    return weight.reshape(heads, 2, out // heads // 2, cols).swapaxes(1, 2).reshape(out, cols)
-
-
-def check_exportable(config) -> None:
-    if config.model_type not in EXPORTABLE:
-        raise GGUFError(
-            f"The lab cannot convert a {config.model_type!r} model to GGUF: its exporter writes "
-            f"{', '.join(EXPORTABLE)}-architecture models (SmolLM, Llama and students distilled from them). "
-            "Measure this model on the transformers runtimes instead.")
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        raise GGUFError("This llama model has bias terms, which the lab's GGUF exporter does not write.")
-
-
-def _head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def _write_metadata(writer, config, name: str) -> None:
-    writer.add_name(name)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_dimension_count(_head_dim(config))
-    writer.add_key_length(_head_dim(config))
-    writer.add_value_length(_head_dim(config))
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    rope = getattr(config, "rope_parameters", None) or {}
-    writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(FTYPES["f32"])
-
-
-def _write_vocab(writer, checkpoint: Path, vocab_size: int) -> None:
-    """The tokenizer as llama.cpp reads it: GPT-2 style byte-level BPE from the checkpoint's tokenizer.json."""
-    import gguf
-
-    try:
-        vocab = gguf.vocab.BpeVocab(checkpoint)
-    except FileNotFoundError:
-        raise GGUFError("The GGUF exporter needs a byte-level BPE tokenizer (tokenizer.json), which this "
-                        "checkpoint does not have.") from None
-    tokens, types = [], []
-    for text, _score, kind in vocab.all_tokens():
-        tokens.append(text if isinstance(text, (bytes, bytearray)) else str(text).encode())
-        types.append(kind)
-    tokens += [f"[PAD{i}]".encode() for i in range(len(tokens), vocab_size)]  # the table may be padded wider
-    types += [gguf.TokenType.UNUSED] * (vocab_size - len(types))
-    added = json.loads((checkpoint / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens") or []
-    for entry in added:  # special tokens (chat markers, end of text) are control tokens to llama.cpp
-        if entry.get("special") and 0 <= entry["id"] < vocab_size:
-            types[entry["id"]] = gguf.TokenType.CONTROL
-    writer.add_tokenizer_model("gpt2")
-    # The pre-tokenizer (how text is split before BPE) matters only when llama.cpp tokenizes text itself, as its
-    # server does; the lab's own runner feeds it token ids. A vocabulary the lab ships as GGUF keeps that file's
-    # name for it (SmolLM2: "smollm"), anything else gets llama.cpp's generic GPT-2 split.
-    writer.add_tokenizer_pre(_known_pre_tokenizer(tuple(tokens)) or "default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    special = gguf.vocab.SpecialVocab(checkpoint, load_merges=True, n_vocab=vocab_size)
-    if not special.merges:
-        # A byte-level vocabulary with no merges (the tiny test model's) is valid BPE, but llama.cpp refuses a
-        # file without the merges key and the writer refuses an empty array. One merge of two control tokens is
-        # inert: BPE merges symbols built from the text's characters, which never form a control token.
-        controls = [t for t, k in zip(tokens, types) if k == gguf.TokenType.CONTROL]
-        if len(controls) < 2:
-            raise GGUFError("This tokenizer has no BPE merges, which llama.cpp cannot load.")
-        writer.add_token_merges([controls[0].decode() + " " + controls[1].decode()])
-    special.load_merges = False  # written above when absent; no warning about it
-    special.add_to_gguf(writer, quiet=True)
-
-
-def _known_pre_tokenizer(tokens: tuple[bytes, ...]) -> str | None:
-    """The pre-tokenizer name of a bundled GGUF file whose vocabulary is exactly `tokens`."""
-    from core import models
-
-    for spec in models.BUNDLED.values():
-        if spec.source != "bundled-gguf" or spec.chunked:
-            continue
-        path = models.gguf_path(spec)
-        if path is not None and (found := _vocab_of(str(path))) and found[0] == tokens:
-            return found[1]
-    return None
-
-
-@lru_cache(maxsize=4)
-def _vocab_of(path: str) -> tuple[tuple[bytes, ...], str] | None:
-    import gguf
-
-    fields = gguf.GGUFReader(path).fields
-    if "tokenizer.ggml.tokens" not in fields or "tokenizer.ggml.pre" not in fields:
-        return None
-    listed = fields["tokenizer.ggml.tokens"]
-    tokens = tuple(bytes(listed.parts[i]) for i in listed.data)
-    return tokens, str(fields["tokenizer.ggml.pre"].contents())
-
-
-def export_f32(checkpoint: Path, target: Path, progress: ProgressFn | None = None) -> Path:
-    """Write the checkpoint's weights, unchanged, as an F32 GGUF file (atomically)."""
-    import gguf
-    from safetensors.torch import load_file
-    from transformers import AutoConfig
-
-    say = progress or (lambda _m: None)
-    config = AutoConfig.from_pretrained(checkpoint)
-    check_exportable(config)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    state: dict[str, torch.Tensor] = {}
-    for shard in sorted(Path(checkpoint).glob("*.safetensors")):
-        state.update(load_file(shard))
-    if not state:
-        raise GGUFError(f"{Path(checkpoint).name} holds no safetensors weights to export.")
-    say(f"Exporting {Path(checkpoint).name} to an F32 GGUF file")
-
-    def write(tmp: Path) -> None:
-        writer = gguf.GGUFWriter(str(tmp), arch="llama")
-        _write_metadata(writer, config, Path(checkpoint).name)
-        _write_vocab(writer, Path(checkpoint), config.vocab_size)
-        for hf_name, tensor in state.items():
-            if hf_name == "lm_head.weight" and config.tie_word_embeddings:
-                continue  # llama.cpp reads the output projection from token_embd when output.weight is absent
-            gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-            if gguf_name is None:
-                raise GGUFError(f"The GGUF exporter does not know where tensor {hf_name!r} goes.")
-            data = tensor.to(torch.float32).numpy()
-            if hf_name.endswith("q_proj.weight"):
-                data = _permute_for_rope(data, config.num_attention_heads)
-            elif hf_name.endswith("k_proj.weight"):
-                data = _permute_for_rope(data, config.num_key_value_heads)
-            writer.add_tensor(gguf_name, np.ascontiguousarray(data))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-
-    return _atomic_file(target, write)
 
 
 # ---------------------------------------------------------------- quantize with llama.cpp
@@ -301,8 +140,6 @@ def importance_matrix(checkpoint: Path, text: str, max_tokens: int = 4096, windo
     import gguf
     from transformers import AutoConfig
 
-    from core.measure.evaluate import token_windows, tokenize_text
-    from core.models import load_model, load_tokenizer
 
     config = AutoConfig.from_pretrained(checkpoint)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
@@ -334,59 +171,6 @@ def importance_matrix(checkpoint: Path, text: str, max_tokens: int = 4096, windo
 
 
 # ---------------------------------------------------------------- the cache
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_file(target: Path, write: Callable[[Path], None], extra: Callable[[], dict] | None = None) -> Path:
-    """write(tmp) into a sibling temp file, record size and hash (and `extra()`) beside it, then rename into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        facts = {**(extra() if extra else {}), "size_bytes": tmp.stat().st_size, "sha256": _sha256(tmp)}
-        sidecar_tmp = tmp.with_name(tmp.name + SIDECAR)
-        sidecar_tmp.write_text(json.dumps(facts))
-        os.replace(tmp, target)  # the file first: a crash between the two renames leaves no valid sidecar
-        os.replace(sidecar_tmp, target.with_name(target.name + SIDECAR))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        tmp.with_name(tmp.name + SIDECAR).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def is_intact(path: Path) -> bool:
-    """The file exists and matches the size and sha256 recorded when it was written."""
-    sidecar = path.with_name(path.name + SIDECAR)
-    if not path.is_file() or not sidecar.is_file():
-        return False
-    try:
-        facts = json.loads(sidecar.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return path.stat().st_size == facts.get("size_bytes") and _sha256(path) == facts.get("sha256")
-
-
-def file_facts(path: Path) -> dict:
-    """What was recorded beside a cached file when it was written (size, sha256, quantizer facts)."""
-    try:
-        return json.loads(path.with_name(path.name + SIDECAR).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _discard(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    path.with_name(path.name + SIDECAR).unlink(missing_ok=True)
 
 
 def checkpoint_tag(checkpoint: Path) -> str:
@@ -454,10 +238,12 @@ def _unsupported(_config: GGUFConfig, device: str) -> str | None:
 PREFIX = "gguf-"  # every GGUF variant's key: gguf-<llama.cpp file type>[-imatrix]
 
 
-def _gguf(quant: str, label: str, explanation: str, surprise: str, imatrix: bool = False) -> Technique:
+def _gguf(quant: str, label: str, explanation: str, surprise: str, imatrix: bool = False,
+          default_for: tuple[str, ...] = ()) -> Technique:
     config = GGUFConfig(quant, imatrix=imatrix)  # type: ignore[arg-type]
     return Technique(f"{PREFIX}{config.file_stem}", label, "gguf", config, explanation, surprise,
-                     _no_torch_model, _unsupported, runtimes=("llama.cpp",), build_artifact=artifact)
+                     _no_torch_model, _unsupported, runtimes=("llama.cpp",), build_artifact=artifact,
+                     default_for=default_for)
 
 
 K_QUANTS = ("k-quants mix bit widths per tensor: the tensors that hurt most when rounded (attention values, "
@@ -474,7 +260,7 @@ register(
           "Weights as 8-bit integers with one scale per block of 32 (8.5 bits per weight), multiplied directly by "
           "llama.cpp's integer kernels.",
           "Near-lossless (KL divergence from FP32 usually below 0.01) and fast, unlike bitsandbytes INT8 on a CPU, "
-          "because the int8 blocks are multiplied as they are instead of being turned back into floats."),
+          "because the int8 blocks are multiplied as they are instead of being turned back into floats.", default_for=("sweep",)),
     _gguf("q6_k", "GGUF Q6_K", "6-bit k-quant: blocks of 16 weights with 8-bit scales inside super-blocks of 256 "
           "(6.56 bits per weight).", "Quality close to Q8_0 at three quarters of its size."),
     _gguf("q5_k_m", "GGUF Q5_K_M", "5-bit k-quant mix (the M recipe): most tensors 5-bit, the most sensitive ones 6-bit.",
@@ -482,7 +268,7 @@ register(
     _gguf("q4_k_m", "GGUF Q4_K_M", "4-bit k-quant mix (the M recipe): most tensors 4-bit in blocks with their own "
           "scales and minimums, the most sensitive ones 6-bit. The usual choice for laptops and phones.",
           K_QUANTS + " And unlike bitsandbytes 4-bit on a CPU, it decodes faster than FP32: the kernels read the packed "
-                     "4-bit blocks and never build a float copy of the weights."),
+                     "4-bit blocks and never build a float copy of the weights.", default_for=("sweep",)),
     _gguf("q4_0", "GGUF Q4_0 (legacy 4-bit)", "4-bit weights with one 16-bit scale per block of 32, every tensor alike "
           "(4.5 bits per weight).",
           "Often the fastest 4-bit file on a CPU (its simple blocks are repacked for the CPU's vector units at load), "
@@ -515,6 +301,14 @@ def gguf_of_saved(base_key: str, gguf_key: str) -> Technique:
                    explanation=f"{label}, exported to GGUF and quantized: {quant.explanation}")
 
 
+SAVED_QUANTS = ("q8_0", "q4_k_m")  # offered for a saved student or fine-tune: near-lossless, and the laptop choice
+
+
+def saved_gguf_keys(model_key: str | None = None) -> list[str]:
+    """The GGUF variants offered for each checkpoint the lab saved of this model: "<saved key>+gguf-<quant>"."""
+    quants = [t.key for t in TECHNIQUES.values()
+              if t.family == "gguf" and t.config.quant in SAVED_QUANTS and not t.config.imatrix]
+    return [f"{k}+{q}" for k in saved_checkpoints(model_key) for q in quants]
 
 
 def _resolve_gguf_of_saved(key: str) -> Technique | None:

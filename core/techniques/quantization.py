@@ -135,24 +135,33 @@ def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
 REFERENCE = "fp32"  # the unmodified weights: every other variant is compared against this one
 
 
-def _quant(key: str, label: str, config: QuantConfig, explanation: str, surprise: str = "") -> Technique:
+BITSANDBYTES_WEIGHTS = ("int8", "nf4", "fp4")  # formats run by bitsandbytes' kernels (fast on a CPU only with AVX-512)
+
+
+def uses_bitsandbytes(technique: Technique) -> bool:
+    return isinstance(technique.config, QuantConfig) and technique.config.weights in BITSANDBYTES_WEIGHTS
+
+
+def _quant(key: str, label: str, config: QuantConfig, explanation: str, surprise: str = "",
+           default_for: tuple[str, ...] = ()) -> Technique:
     family = "reference" if key == REFERENCE else "quantization"
     # The reference records its parameter count and FLOPs per token so that MoE variants can be drawn against it.
     facts = moe.dense_facts if key == REFERENCE else no_facts
-    # Only the 32- and 16-bit variants compile into one graph (core/runtimes/transformers_rt.py says why).
+    # Only the 32- and 16-bit variants compile into one graph: torch.compile cannot trace bitsandbytes' and torch's
+    # dynamic-int8 custom kernels.
     runs_on = ("transformers", "transformers-compiled") if config.weights in ("fp32", "bf16", "fp16") else ("transformers",)
     return Technique(key, label, family, config, explanation, surprise, load_quantized, unsupported_reason, facts=facts,
-                     runtimes=runs_on)
+                     runtimes=runs_on, default_for=default_for)
 
 
 ENTRIES = [
         _quant("fp32", "FP32 (reference)", QuantConfig("fp32"),
                "Every weight is a 32-bit float: the reference every other variant is compared against.",
-               "On a CPU it is often the fastest, because CPU kernels are most optimised for float32."),
+               "On a CPU it is often the fastest, because CPU kernels are most optimised for float32.", default_for=('sweep', 'arena')),
         _quant("bf16", "BF16", QuantConfig("bf16"),
                "Weights in 16-bit brain-float: half the memory, nearly the same numbers (same range, fewer digits).",
                "On CPUs without native bf16 instructions it is no faster than fp32 at decoding, and reading the "
-               "prompt (time to first token) is slower: every multiply converts back to fp32."),
+               "prompt (time to first token) is slower: every multiply converts back to fp32.", default_for=('sweep', 'arena')),
         _quant("fp16", "FP16", QuantConfig("fp16"),
                "Weights in 16-bit half precision: half the memory; fast on GPUs, often slow on CPUs.",
                "CPUs without fp16 arithmetic emulate it: decoding may keep pace with fp32 (it is memory-bound), "
@@ -160,10 +169,10 @@ ENTRIES = [
         _quant("int8", "INT8 (bitsandbytes LLM.int8)", QuantConfig("int8"),
                "Weights stored as 8-bit integers with a scale per row; rare large activations stay in 16-bit.",
                "At this size it decodes slower than fp32 on a CPU: every step converts int8 weights back to "
-               "16-bit floats, and that work costs more than the memory it saves for a model this small."),
+               "16-bit floats, and that work costs more than the memory it saves for a model this small.", default_for=('sweep',)),
         _quant("nf4", "NF4 (bitsandbytes 4-bit)", QuantConfig("nf4"),
                "Weights in 4 bits on a 'normal float' grid matched to how weights are distributed, one scale per 64 weights.",
-               "The embedding table stays in full precision, so the model shrinks less than 8x."),
+               "The embedding table stays in full precision, so the model shrinks less than 8x.", default_for=('sweep',)),
         _quant("fp4", "FP4 (bitsandbytes 4-bit float)", QuantConfig("fp4"),
                "Weights in a tiny 4-bit floating-point format, one scale per 64 weights.",
                "Usually a little worse than NF4 at the same size: its grid fits real weights less well."),
@@ -173,7 +182,7 @@ ENTRIES = [
         _quant("dyn-int8", "Dynamic INT8 (torch)", QuantConfig("dyn-int8"),
                "torch quantizes Linear weights to int8 once and activations to int8 at run time, then uses fast int8 kernels.",
                "It can be the fastest variant on a CPU and still damage quality badly: quantizing activations "
-               "of a model this small loses much more than quantizing weights alone."),
+               "of a model this small loses much more than quantizing weights alone.", default_for=('sweep', 'arena')),
 ]
 register(*ENTRIES)
 # The 32- and 16-bit variants with compiled decode (static KV cache + torch.compile): the GPU user's path.

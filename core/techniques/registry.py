@@ -46,6 +46,9 @@ class Technique:
     # (checkpoint, config, threads, progress) -> (file, facts recorded with it): for techniques whose runtime loads
     # a file (a GGUF) instead of a torch model. The technique builds the file; the runtime only loads it.
     build_artifact: Callable[[Path, Any, int, Callable[[str], None]], tuple[Path, dict]] | None = None
+    # Where this entry is ticked before the user picks ("sweep": the Quantize page's Measure, "arena"): a page asks
+    # the registry for its defaults instead of naming keys.
+    default_for: tuple[str, ...] = ()
 
     @property
     def runtime(self) -> str:
@@ -71,7 +74,7 @@ class Technique:
         # The reference is on the default runtime alone; the same weights elsewhere are a variant like any other.
         family = "quantization" if self.family == "reference" else self.family
         return replace(self, key=f"{self.key}@{runtime}", label=f"{self.label} · {runtimes.get(runtime).label}",
-                       family=family, runtimes=(runtime,))
+                       family=family, runtimes=(runtime,), default_for=())
 
 
 TECHNIQUES: dict[str, Technique] = {}
@@ -117,6 +120,11 @@ def get(key: str) -> Technique:
         base, runtime = key.split("@", 1)
         return get(base).on(runtime)
     raise ValueError(f"Unknown technique {key!r}; choose from {', '.join(TECHNIQUES)} (or moe-<experts>x<top_k>)")
+
+
+def defaults_for(place: str) -> list[str]:
+    """The keys ticked by default at `place` ("sweep", "arena"), in registry order."""
+    return [k for k, t in TECHNIQUES.items() if place in t.default_for]
 
 
 def of_family(family: str) -> list[Technique]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from core.measure import cost
+from core.serving.stats import usd_per_1m_output_tokens
 from core.store.records import ServingRecord
 
 SECONDS_PER_DAY = 86_400
@@ -127,8 +128,6 @@ def plan(records: Sequence[ServingRecord], profile: TrafficProfile) -> CapacityP
 
 def reprice(records: Sequence[ServingRecord], preset: cost.HardwarePreset) -> list[ServingRecord]:
     """The same load points priced at another hourly price (the sidebar's); speeds untouched."""
-    from core.serving import usd_per_1m_output_tokens
-
     return [replace(r, hardware_preset=preset.key, usd_per_hour=preset.usd_per_hour,
                     usd_per_1m_tokens=usd_per_1m_output_tokens(r.throughput_tokens_per_s, preset.usd_per_hour))
             for r in records]

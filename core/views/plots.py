@@ -1,259 +1,51 @@
-"""Pure plotly figure builders: records in, go.Figure out. No streamlit here, so figures are testable.
+"""The Trade-off Map: records in, the map's figure, its table and its one sentence out. No streamlit here.
 
 The trade-off map puts a cost on x (lower is better) and a quality on y, always drawn so that
 better is up and left. For lower-is-better qualities (KL divergence, perplexity) the axis is
-reversed rather than the numbers changed, so hover values stay the measured ones.
+reversed rather than the numbers changed, so hover values stay the measured ones. What can be plotted and the
+parts every chart shares are in measures.py; the other figure families (speed bars, the MoE curve) in figures.py.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 
 from core.store.records import VariantRecord
+from core.techniques import REFERENCE
+from core.views.measures import (
+    OTHER_SYMBOL,
+    RUNTIME_SYMBOLS,
+    CostAxis,
+    Interval,
+    QualityMetric,
+    _bubble_sizeref,
+    _empty_figure,
+    _error_bars,
+    _family_colors,
+    _finite,
+    _fmt,
+    _hover_text,
+    _require_one_machine,
+    _runtime,
+    get_cost_axis,
+    get_metric,
+    latency_interval,
+    pareto_front,
+    quality_interval,
+)
 
-MAX_BUBBLE_PX = 30  # diameter of the largest bubble: small enough that 30 variants stay apart
 # KL divergence is 0 for the reference and spans 1e-3 (bf16) to several nats: a log axis separates them,
 # and this floor, added to every value, puts the reference a decade below the best measured variant
 KLD_LOG_FLOOR = 1e-4
 LOG_PAD_DECADES = 0.15  # room around the outermost points on a log axis
 LABEL_MARGIN_PX = 190  # right margin that holds the frontier's labels
 LABEL_SLOT_PX = 22  # vertical room per label; the figure grows when the frontier needs more
-# fixed colours so a family looks the same on every chart and every page
-FAMILY_COLORS = {"reference": "#000000", "quantization": "#1f77b4", "gguf": "#d62728", "moe": "#2ca02c",
-                 "distillation": "#9467bd", "lora": "#ff7f0e", "speculative": "#8c564b"}
-RUNTIME_SYMBOLS = {"transformers": "circle", "transformers-compiled": "diamond", "llama.cpp": "square"}
-OTHER_SYMBOL = "triangle-up"
 FRONTIER_NAME = "Pareto frontier"
-ROOFLINE_NAME = "Memory-bandwidth limit"
 BUBBLE_NOTE = "bubble size = MB held"
-
-
-# --- what can be plotted ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QualityMetric:
-    key: str  # VariantRecord field
-    label: str
-    higher_is_better: bool
-    axis_title: str
-    error_fields: tuple[str, ...] | None  # field(s) holding a [low, high] interval; None: no error bars
-    value_format: str = ".3f"  # d3/Python format spec for hover and sentences
-
-
-QUALITY_METRICS: dict[str, QualityMetric] = {
-    m.key: m
-    for m in (
-        QualityMetric(
-            "kld_mean", "KL divergence", False,
-            "KLD vs reference, nats/token (axis reversed: ↑ better)", None,
-        ),
-        QualityMetric(
-            "top1_agreement", "Top-1 agreement", True,
-            "Top-1 agreement with reference (↑ better)", None, ".1%",
-        ),
-        QualityMetric(
-            "perplexity", "Perplexity", False,
-            "Perplexity (axis reversed: ↑ better)", None, ".2f",
-        ),
-        QualityMetric(
-            "mc_accuracy", "Multiple-choice accuracy", True,
-            "MC accuracy, 95% CI (↑ better)", ("mc_accuracy_ci95",), ".1%",
-        ),
-    )
-}
-
-
-@dataclass(frozen=True)
-class Interval:
-    value: float
-    low: float
-    high: float
-
-    @property
-    def minus(self) -> float:
-        return self.value - self.low
-
-    @property
-    def plus(self) -> float:
-        return self.high - self.value
-
-
-def _finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def decode_ms_per_token(tokens_per_s: float) -> float:
-    """Decode latency per token; NaN where the speed is unknown or zero."""
-    return 1000.0 / tokens_per_s if _finite(tokens_per_s) and tokens_per_s > 0 else math.nan
-
-
-def latency_interval(record: VariantRecord) -> Interval:
-    # The p90 speed is the fast end, so it gives the low latency: the bars are asymmetric.
-    return Interval(
-        value=decode_ms_per_token(record.decode_tokens_per_s_median),
-        low=decode_ms_per_token(record.decode_tokens_per_s_p90),
-        high=decode_ms_per_token(record.decode_tokens_per_s_p10),
-    )
-
-
-def cost_interval(record: VariantRecord) -> Interval:
-    # Cost per token is proportional to 1 / speed, so it has the same relative spread as latency.
-    latency = latency_interval(record)
-    scale = record.usd_per_1m_tokens / latency.value if _finite(latency.value) and latency.value > 0 else math.nan
-    return Interval(record.usd_per_1m_tokens, latency.low * scale, latency.high * scale)
-
-
-@dataclass(frozen=True)
-class CostAxis:
-    key: str
-    label: str
-    axis_title: str
-    unit: str
-    interval: Callable[[VariantRecord], Interval]
-    value_format: str
-
-
-COST_AXES: dict[str, CostAxis] = {
-    a.key: a
-    for a in (
-        CostAxis(
-            "latency", "Decode latency", "Decode latency, ms/token, p10–p90 (← better)",
-            "ms/token", latency_interval, ".1f",
-        ),
-        CostAxis(
-            "cost", "Cost", "USD per 1M generated tokens (← better)",
-            "USD per 1M tokens", cost_interval, ".4f",
-        ),
-    )
-}
-
-
-def get_metric(metric_key: str) -> QualityMetric:
-    if metric_key not in QUALITY_METRICS:
-        raise ValueError(f"unknown quality metric {metric_key!r}; choose one of {list(QUALITY_METRICS)}")
-    return QUALITY_METRICS[metric_key]
-
-
-def get_cost_axis(axis_key: str) -> CostAxis:
-    if axis_key not in COST_AXES:
-        raise ValueError(f"unknown cost axis {axis_key!r}; choose one of {list(COST_AXES)}")
-    return COST_AXES[axis_key]
-
-
-def quality_interval(record: VariantRecord, metric: QualityMetric) -> Interval:
-    value = getattr(record, metric.key)
-    if not metric.error_fields:
-        return Interval(value, value, value)
-    if len(metric.error_fields) == 1:  # one field holding [low, high]
-        bounds = getattr(record, metric.error_fields[0]) or [math.nan, math.nan]
-        low, high = bounds[0], bounds[1]
-    else:  # two fields: low, high
-        low, high = (getattr(record, name) for name in metric.error_fields[:2])
-    return Interval(value, low, high)
-
-
-# --- the Pareto frontier ---------------------------------------------------------------------------
-
-
-def _dominates(a: tuple[float, float], b: tuple[float, float], higher_is_better: bool) -> bool:
-    """a is at least as good as b on both axes and strictly better on one (x is a cost)."""
-    y_better_or_equal = a[1] >= b[1] if higher_is_better else a[1] <= b[1]
-    y_strictly_better = a[1] > b[1] if higher_is_better else a[1] < b[1]
-    return a[0] <= b[0] and y_better_or_equal and (a[0] < b[0] or y_strictly_better)
-
-
-def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool) -> list[int]:
-    """Indices of the non-dominated points, sorted by x (cost, lower is better) then by quality.
-
-    Points with a non-finite coordinate cannot be compared and are left out. Exact duplicates do not
-    dominate each other, so both stay on the front.
-    """
-    candidates = [i for i, (x, y) in enumerate(points) if _finite(x) and _finite(y)]
-    front = [
-        i for i in candidates
-        if not any(_dominates(points[j], points[i], higher_is_better) for j in candidates if j != i)
-    ]
-    quality_sign = -1 if higher_is_better else 1  # best quality first among equal x
-    return sorted(front, key=lambda i: (points[i][0], quality_sign * points[i][1], i))
-
-
-# --- shared helpers --------------------------------------------------------------------------------
-
-
-def _require_one_machine(records: Sequence[VariantRecord]) -> None:
-    machines = sorted({r.hardware for r in records})
-    if len(machines) > 1:
-        raise ValueError(
-            f"records come from {len(machines)} machines ({machines}); their speeds are not comparable, "
-            "so plot one machine at a time"
-        )
-
-
-def _family_colors(records: Sequence[VariantRecord]) -> dict[str, str]:
-    families = sorted({r.family for r in records})
-    unknown = [f for f in families if f not in FAMILY_COLORS]
-    palette = qualitative.Dark24
-    return {f: FAMILY_COLORS.get(f) or palette[unknown.index(f) % len(palette)] for f in families}
-
-
-def _runtime(record: VariantRecord) -> str:
-    return getattr(record, "runtime", None) or "transformers"
-
-
-def _fmt(value: float, spec: str) -> str:
-    return format(value, spec) if _finite(value) else "n/a"
-
-
-def _hover_text(record: VariantRecord) -> str:
-    ci = record.mc_accuracy_ci95 or [math.nan, math.nan]
-    lines = [
-        f"<b>{record.label}</b> ({record.technique}, {record.family}, runtime {_runtime(record)})",
-        f"Size held: {_fmt(record.size_mb, '.1f')} MB; peak memory: {_fmt(record.peak_mem_mb, '.1f')} MB",
-        f"Decode: {_fmt(record.decode_tokens_per_s_median, '.1f')} tokens/s "
-        f"(p10 {_fmt(record.decode_tokens_per_s_p10, '.1f')}, p90 {_fmt(record.decode_tokens_per_s_p90, '.1f')})"
-        f" = {_fmt(decode_ms_per_token(record.decode_tokens_per_s_median), '.1f')} ms/token",
-        f"Time to first token: {_fmt(record.ttft_ms_median, '.1f')} ms",
-        f"Roofline: {_fmt(record.roofline_tokens_per_s, '.1f')} tokens/s "
-        f"at {_fmt(record.bandwidth_gb_s, '.1f')} GB/s ({_fmt(record.roofline_pct, '.0f')}% reached)",
-        f"Cost: ${_fmt(record.usd_per_1m_tokens, '.4f')} per 1M tokens at ${_fmt(record.usd_per_hour, '.4f')}/h "
-        f"({record.hardware_preset})",
-        f"KL divergence: {_fmt(record.kld_mean, '.4f')} nats/token (p99 {_fmt(record.kld_p99, '.4f')})",
-        f"Top-1 agreement: {_fmt(record.top1_agreement, '.1%')}",
-        f"Perplexity: {_fmt(record.perplexity, '.2f')}",
-        f"MC accuracy: {_fmt(record.mc_accuracy, '.1%')} (95% CI {_fmt(ci[0], '.1%')}–{_fmt(ci[1], '.1%')}, "
-        f"{record.mc_items} items)",
-        f"Device: {record.device}, {record.dtype}, {record.threads} threads",
-    ]
-    return "<br>".join(lines)
-
-
-def _error_bars(intervals: Sequence[Interval]) -> dict | None:
-    """Asymmetric plotly error bars, or None where no interval is known."""
-    if not any(_finite(iv.low) and _finite(iv.high) and (iv.low != iv.high) for iv in intervals):
-        return None
-    plus = [iv.plus if _finite(iv.plus) else 0.0 for iv in intervals]
-    minus = [iv.minus if _finite(iv.minus) else 0.0 for iv in intervals]
-    return dict(type="data", symmetric=False, array=plus, arrayminus=minus, thickness=1)
-
-
-def _bubble_sizeref(records: Sequence[VariantRecord]) -> float:
-    # plotly's recipe for sizemode="area": the largest bubble gets MAX_BUBBLE_PX across.
-    largest_mb = max((r.size_mb for r in records if _finite(r.size_mb)), default=1.0)
-    return 2.0 * max(largest_mb, 1e-9) / MAX_BUBBLE_PX**2
-
-
-def _empty_figure(message: str) -> go.Figure:
-    fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return fig
 
 
 # --- the trade-off map -----------------------------------------------------------------------------
@@ -496,7 +288,7 @@ def _in_sentence(label: str) -> str:
 
 
 def what_you_give_up(
-    records: Sequence[VariantRecord], metric_key: str, axis_key: str, reference_technique: str = "fp32"
+    records: Sequence[VariantRecord], metric_key: str, axis_key: str, reference_technique: str = REFERENCE
 ) -> str:
     """One plain-language sentence: what the best-value frontier variant gains and loses against the reference."""
     metric, axis = get_metric(metric_key), get_cost_axis(axis_key)
@@ -527,98 +319,3 @@ def what_you_give_up(
     return (f"The {adjective} variant on the frontier, {best.label}{where}, {_gain_phrase(best, reference, axis)} "
             f"{_quality_phrase(best, reference, metric)}, using {_fmt(memory_share, '.0%')} of its memory.")
 
-
-# --- speed against the physical limit --------------------------------------------------------------
-
-
-def speed_bars_figure(records: Sequence[VariantRecord]) -> go.Figure:
-    """Decode tokens/s per variant (median, p10–p90 bars) next to the memory-bandwidth roofline."""
-    if not records:
-        return _empty_figure("No results yet: measure some variants first.")
-    _require_one_machine(records)
-    labels = [r.label for r in records]
-    speeds = [
-        Interval(r.decode_tokens_per_s_median, r.decode_tokens_per_s_p10, r.decode_tokens_per_s_p90) for r in records
-    ]
-    # Computed from the two speeds shown, so the label always matches the bars.
-    pct_of_limit = [
-        100 * r.decode_tokens_per_s_median / r.roofline_tokens_per_s
-        if _finite(r.roofline_tokens_per_s) and r.roofline_tokens_per_s > 0 else math.nan
-        for r in records
-    ]
-    colors = _family_colors(records)
-    fig = go.Figure()
-    fig.add_trace(go.Bar(
-        x=labels,
-        y=[iv.value for iv in speeds],
-        name="Measured decode speed (median)",
-        marker_color=[colors[r.family] for r in records],
-        error_y=_error_bars(speeds),
-        text=[f"{_fmt(p, '.0f')}% of limit" for p in pct_of_limit],
-        textposition="inside",
-        customdata=[_hover_text(r) for r in records],
-        hovertemplate="%{customdata}<extra></extra>",
-    ))
-    fig.add_trace(go.Scatter(
-        x=labels,
-        y=[r.roofline_tokens_per_s for r in records],
-        mode="markers",
-        name=f"{ROOFLINE_NAME} (bandwidth / bytes read per token)",
-        marker=dict(symbol="line-ew-open", size=36, line=dict(width=3, color="black")),
-        hovertemplate="%{x}: limit %{y:.1f} tokens/s<extra></extra>",
-    ))
-    fig.update_layout(title=dict(text="Decode speed against the memory-bandwidth limit"), bargap=0.35)
-    fig.update_yaxes(title_text="Decode speed (tokens/s, median with p10–p90; ↑ better)", rangemode="tozero")
-    fig.update_xaxes(title_text="Variant")
-    return fig
-
-
-# --- mixture of experts: quality against speed as k changes ----------------------------------------
-
-DENSE_NAME = "Dense model"
-
-
-def moe_curve_figure(records: Sequence[VariantRecord], metric_key: str = "kld_mean",
-                     reference_technique: str = "fp32") -> go.Figure:
-    """One line per expert count E through its k = 1..E points (decode tokens/s on x, quality on y), plus the
-    dense reference as a star. MoE records carry experts/top_k in `variant_facts`; others are ignored."""
-    metric = get_metric(metric_key)
-    moe_records = [r for r in records if r.family == "moe" and r.variant_facts.get("top_k")]
-    dense = [r for r in records if r.technique == reference_technique]
-    if not moe_records:
-        return _empty_figure("No mixture-of-experts results yet: convert and measure first.")
-    _require_one_machine([*moe_records, *dense])
-    fig = go.Figure()
-    for experts in sorted({r.variant_facts["experts"] for r in moe_records}):
-        line = sorted((r for r in moe_records if r.variant_facts["experts"] == experts), key=lambda r: r.variant_facts["top_k"])
-        speeds = [Interval(r.decode_tokens_per_s_median, r.decode_tokens_per_s_p10, r.decode_tokens_per_s_p90) for r in line]
-        ys = [quality_interval(r, metric) for r in line]
-        fig.add_trace(go.Scatter(
-            x=[iv.value for iv in speeds], y=[iv.value for iv in ys], mode="lines+markers+text",
-            name=f"{experts} experts", text=[f"k={r.variant_facts['top_k']}" for r in line], textposition="top center",
-            error_x=_error_bars(speeds), error_y=_error_bars(ys),
-            customdata=[_moe_hover(r) for r in line], hovertemplate="%{customdata}<extra></extra>",
-        ))
-    for r in dense[:1]:
-        speed = Interval(r.decode_tokens_per_s_median, r.decode_tokens_per_s_p10, r.decode_tokens_per_s_p90)
-        fig.add_trace(go.Scatter(
-            x=[speed.value], y=[getattr(r, metric.key)], mode="markers+text", name=DENSE_NAME, text=["dense"],
-            textposition="bottom center", marker=dict(symbol="star", size=16, color="black"),
-            error_x=_error_bars([speed]), customdata=[_hover_text(r)], hovertemplate="%{customdata}<extra></extra>",
-        ))
-    fig.update_layout(title=dict(text=f"{metric.label} vs decode speed as experts per token (k) change"),
-                      legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), height=480,
-                      margin=dict(l=10, r=10, t=50, b=10))
-    fig.update_xaxes(title_text="Decode tokens/s, p10–p90 (→ better)")
-    fig.update_yaxes(title_text=metric.axis_title, autorange=True if metric.higher_is_better else "reversed")
-    if metric.value_format.endswith("%"):
-        fig.update_yaxes(tickformat=".0%")
-    return fig
-
-
-def _moe_hover(record: VariantRecord) -> str:
-    facts = record.variant_facts
-    extra = (f"Active parameters: {_fmt(facts.get('active_params', math.nan) / 1e6, '.1f')}M "
-             f"({_fmt(facts.get('active_params_pct', math.nan), '.0f')}% of dense); "
-             f"{_fmt(facts.get('flops_per_token', math.nan) / 1e6, '.0f')} MFLOPs per token")
-    return _hover_text(record) + "<br>" + extra

@@ -15,11 +15,11 @@ from typing import Literal, get_args
 
 from core.measure import fit
 from core.store.records import VariantRecord
-from core.views.plots import decode_ms_per_token
+from core.techniques import REFERENCE
+from core.views.measures import decode_ms_per_token
 
 Objective = Literal["cheapest", "fastest", "best_quality"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
-REFERENCE = "fp32"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import plotly.graph_objects as go
 
 from core.paths import repo_root
 from core.store.records import VariantRecord
-from core.views import plots
+from core.views import capacity, plots, serving_plots
+from core.views.figures import speed_bars_figure
 
 MANIFEST_VERSION = 1
 
@@ -205,14 +206,12 @@ def build_report(records: Sequence[VariantRecord], model_label: str, metric_key:
     figures = [
         ("Trade-off Map: quality vs decode latency", plots.tradeoff_figure(records, metric_key, "latency")),
         ("Trade-off Map: quality vs cost", plots.tradeoff_figure(records, metric_key, "cost")),
-        ("Speed against the memory-bandwidth limit", plots.speed_bars_figure(records)),
+        ("Speed against the memory-bandwidth limit", speed_bars_figure(records)),
     ]
     summary = [plots.what_you_give_up(records, metric_key, "latency"), plots.what_you_give_up(records, metric_key, "cost"),
                f"Hardware: {records[0].hardware}. Priced at ${records[0].usd_per_hour:.4f}/hour "
                f"({records[0].hardware_preset})."]
     if serving:
-        from core.views import capacity, serving_plots
-
         for n in sorted({r.prompt_tokens for r in serving}):
             figures.append((f"Serving frontier, {n}-token prompts", serving_plots.frontier_figure(serving, n)))
         curves: dict[tuple, list] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from core.store.records import VariantRecord
+from core.techniques import REFERENCE
 
 
 def summary_rows(records: list[VariantRecord]) -> list[dict]:
@@ -56,7 +57,7 @@ def provenance_lines(records: list[VariantRecord]) -> list[str]:
 
 
 def moe_view(records: list[VariantRecord], experts: int, dense_layers: int | None = None,
-             reference_technique: str = "fp32") -> tuple[VariantRecord | None, list[VariantRecord]]:
+             reference_technique: str = REFERENCE) -> tuple[VariantRecord | None, list[VariantRecord]]:
     """From newest-first records: the newest MoE record per k for E experts (and, if given, that many MLP
     layers left dense), sorted by k, and the dense reference, preferably from the same run as the newest."""
     latest: dict[int, VariantRecord] = {}
@@ -134,3 +135,23 @@ def speculative_rows(result: dict) -> list[dict]:
         }
         for p in result["prompts"]
     ]
+
+
+def sweep_comparison_rows(compared: list, names: dict[str, str]) -> list[dict]:
+    """The Arena's live speeds against the sweep's medians (core/experiments/arena.py, SweepComparison)."""
+    return [{"variant": names[c.technique], "live decode tok/s": c.live_tokens_per_s,
+             "sweep median tok/s": c.sweep_tokens_per_s, "live / sweep": c.ratio,
+             "same prompt length and token count": c.like_for_like} for c in compared]
+
+
+def sweep_comparison_note(compared: list) -> str:
+    """What the live and sweep speeds each are, and when they should agree."""
+    return ("Live: one greedy run of this prompt (after one warm-up at load). Sweep: median of its timed runs "
+            f"on its own prompt ({compared[0].sweep_prompt_tokens} tokens, {compared[0].sweep_new_tokens} new). "
+            "The numbers agree closely only for the same prompt length and token count.")
+
+
+def tally_rows(tally: list, label) -> list[dict]:
+    """Blind-vote tallies (core/store, Tally), each variant under `label(technique key)`."""
+    return [{"variant": label(t.technique), "wins": t.wins, "losses": t.losses, "ties": t.ties,
+             "win rate": t.win_rate} for t in tally]
