@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 
-from core.launch import quiet
+from core.launch import door as lab_door, quiet
 from core.paths import data_dir
 
 CONFIG_POLL_S = 10.0  # how often Streamlit looks for edits of config.toml and secrets.toml
@@ -50,7 +50,7 @@ def _streamlit_session() -> str:
     return ctx.session_id if ctx else ""
 
 
-def door() -> quiet.Door | None:
+def door() -> lab_door.Door | None:
     """The web server's door (core/launch/quiet.py, `Door`): put once in front of Streamlit's handling of browser messages,
     so that a page request that arrives during a timed run is held before the server does any work for it. None
     where there is no server (page tests)."""
@@ -72,7 +72,7 @@ def door() -> quiet.Door | None:
         if not found.offer(session_id, request, starts_run=msg.WhichOneof("type") == "rerun_script"):
             request()
 
-    found = quiet.Door(gate(), deliver=lambda request: loop[0].call_soon_threadsafe(request))
+    found = lab_door.Door(gate(), deliver=lambda request: loop[0].call_soon_threadsafe(request))
     server.lab_door, server.handle_backmsg = found, handle_backmsg
     return found
 

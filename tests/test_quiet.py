@@ -10,10 +10,7 @@ import threading
 import time
 from types import SimpleNamespace
 
-from core.launch import (
-    gate as gate_module,  # where the gate's timings are looked up
-    quiet,
-)
+from core.launch import door as door_module, quiet
 from core.measure import benchmark
 from core.runtimes import as_runner
 
@@ -217,7 +214,7 @@ def test_a_disturbed_run_is_timed_again(tiny):
 
 
 def test_a_timing_phase_is_seen_by_pages_and_announced_only_when_someone_watches(tmp_path, monkeypatch):
-    monkeypatch.setattr(gate_module, "NOTICE_S", 0.3)
+    monkeypatch.setattr(quiet, "NOTICE_S", 0.3)
     gate = quiet.Gate(tmp_path)
     assert not gate.timing_now()
     seen = []
@@ -278,7 +275,7 @@ def test_bench_generation_holds_one_phase_around_its_warmup_and_repeats(tiny):
 def test_a_long_timed_run_lets_a_waiting_page_in_between_its_steps(tmp_path, monkeypatch):
     """A generation longer than TURN_S (a slow variant) must not hold pages for all of it: they get in between two
     steps, and no page runs while a step is timed."""
-    monkeypatch.setattr(gate_module, "TURN_S", 0.3)
+    monkeypatch.setattr(quiet, "TURN_S", 0.3)
     gate, events = quiet.Gate(tmp_path), []
     stepping = threading.Event()
 
@@ -305,7 +302,7 @@ def test_a_long_timed_run_lets_a_waiting_page_in_between_its_steps(tmp_path, mon
 
 
 def test_with_no_page_waiting_a_long_run_keeps_the_gate_closed(tmp_path, monkeypatch):
-    monkeypatch.setattr(gate_module, "TURN_S", 0.0)
+    monkeypatch.setattr(quiet, "TURN_S", 0.0)
     gate = quiet.Gate(tmp_path)
     with gate.timed_run() as turn:
         for _ in range(5):
@@ -353,10 +350,10 @@ def test_time_between_steps_is_not_timed(tiny):
 def test_the_others_share_counts_only_the_closed_stretches(tmp_path, monkeypatch):
     """Pages let in between steps use the cores meanwhile; that is their turn, not a disturbance of the run. The
     machine's CPU counter is a stand-in here, so that the test does not depend on how busy this machine is."""
-    monkeypatch.setattr(gate_module, "TURN_S", 0.0)
+    monkeypatch.setattr(quiet, "TURN_S", 0.0)
     others_busy_s = [0.0]
-    monkeypatch.setattr(gate_module, "_machine_busy_s", lambda: others_busy_s[0])
-    monkeypatch.setattr(gate_module, "_own_busy_s", lambda: 0.0)
+    monkeypatch.setattr(quiet, "_machine_busy_s", lambda: others_busy_s[0])
+    monkeypatch.setattr(quiet, "_own_busy_s", lambda: 0.0)
     gate = quiet.Gate(tmp_path)
 
     def page():
@@ -407,14 +404,14 @@ class DoorServer:
 
 def test_the_door_lets_requests_through_while_the_gate_is_open(tmp_path):
     server = DoorServer()
-    door = quiet.Door(quiet.Gate(tmp_path), server.deliver)
+    door = door_module.Door(quiet.Gate(tmp_path), server.deliver)
     assert door.offer("s1", lambda: None, starts_run=True) is False
     server.stop()
 
 
 def test_the_door_holds_page_requests_while_a_model_is_timed_and_keeps_their_order(tmp_path):
     gate, server = quiet.Gate(tmp_path), DoorServer()
-    door = quiet.Door(gate, server.deliver)
+    door = door_module.Door(gate, server.deliver)
     got = []
     with gate.timed_run():
         assert door.offer("s1", lambda: got.append("s1 rerun"), starts_run=True)
@@ -441,7 +438,7 @@ def test_requests_held_at_the_door_get_their_turn_between_back_to_back_timed_run
                 events.append(("page", in_turn))
         _in_thread(run)
 
-    door = quiet.Door(gate, server.deliver)
+    door = door_module.Door(gate, server.deliver)
     for i in range(3):
         with gate.timed_run():
             if i == 0:
@@ -454,7 +451,7 @@ def test_requests_held_at_the_door_get_their_turn_between_back_to_back_timed_run
 
 def test_a_request_held_too_long_is_let_in_and_its_page_does_not_wait_again(tmp_path):
     gate, server, got = quiet.Gate(tmp_path), DoorServer(), []
-    door = quiet.Door(gate, server.deliver, wait_s=0.3)
+    door = door_module.Door(gate, server.deliver, wait_s=0.3)
     with gate.timed_run():
         door.offer("s1", lambda: got.append(time.monotonic()), starts_run=True)
         t0 = time.monotonic()
@@ -469,9 +466,9 @@ def test_after_pages_had_a_turn_the_timed_run_lets_their_aftermath_settle(tmp_pa
     """The web server still sends what a page drew, and a browser draws it, after the page run ends: a timed run that
     let pages in waits SETTLE_S before its first step; one that let nobody in does not wait."""
     gate, sleeps = quiet.Gate(tmp_path), []
-    monkeypatch.setattr(gate_module, "SETTLE_S", 0.0123)  # a value nothing else sleeps for
+    monkeypatch.setattr(quiet, "SETTLE_S", 0.0123)  # a value nothing else sleeps for
     real_sleep = time.sleep
-    monkeypatch.setattr(gate_module.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+    monkeypatch.setattr(quiet.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
     with gate.timed_run():
         pass
     assert 0.0123 not in sleeps
@@ -492,11 +489,11 @@ def test_after_pages_had_a_turn_the_timed_run_lets_their_aftermath_settle(tmp_pa
 def test_the_doors_wait_for_the_gate_ends_when_the_gate_opens_and_lets_it_go_when_done(tmp_path):
     gate = quiet.Gate(tmp_path)
     with gate.timed_run():
-        opening = quiet._GateOpening(gate.gate_path)
+        opening = door_module._GateOpening(gate.gate_path)
         assert not opening.wait(0.2)  # closed: no wake-up, no answer
         abandoned = opening
         abandoned.done()
-        opening = quiet._GateOpening(gate.gate_path)
+        opening = door_module._GateOpening(gate.gate_path)
         t0 = time.monotonic()
     assert opening.wait(5) and time.monotonic() - t0 < 1.0
     assert gate.closed() is False

@@ -37,11 +37,11 @@ from core.launch.ray_tasks import (
     ProgressFn,
     Variant,
     _Board,
-    _measure,
-    _probe,
-    _run_job,
+    measure_on_node,
     plan,
+    probe_node,
     record_id_for,
+    run_job_on_node,
 )
 from core.paths import Stopped, repo_root
 from core.store import ResultStore
@@ -154,7 +154,7 @@ def _preflight(store: ResultStore | None, variants: list[Variant], shared: list[
     if store is not None and store.backend == "sqlite" and len(nodes) > 1:
         raise ClusterError(f"The results store is the local file {store.describe()}, which the other nodes "
                            "cannot write. Set LAB_STORE_URL to a PostgreSQL every node reaches. Nothing was written.")
-    probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+    probe = ray.remote(num_cpus=0, max_retries=0)(probe_node)
     answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                        .remote(store.url_with_password() if store is not None else "", shared) for n in nodes])
     problems = [f"{node}: {'; '.join(found)}" for node, found in answers if found]
@@ -201,7 +201,7 @@ def run_cluster_sweep(model_names: list[str], technique_keys: list[str], setting
     # The eval set and the text travel too: the driver's paths (and uploads) need not exist on a node.
     inputs = ray.put({field: (Path(getattr(settings, field)).name, Path(getattr(settings, field)).read_bytes())
                       for field in ("eval_set", "ppl_text")})
-    measure = ray.remote(max_retries=0)(_measure)
+    measure = ray.remote(max_retries=0)(measure_on_node)
     say(f"Sweep {run_id}: {len(variants)} variants on {len(nodes)} node(s): {', '.join(map(_node_name, nodes))}")
 
     last_node: dict[Variant, str] = {}  # node id a variant last ran on, to retry elsewhere
@@ -313,7 +313,7 @@ def run_cluster_job(run: Callable, kind: str, args: dict, store: ResultStore | N
         options["num_gpus"] = 1
     say(f"{kind}: one task on {len(nodes)} node(s): {', '.join(map(_node_name, nodes))}")
     store_url = store.url_with_password() if store is not None else ""
-    ref = ray.remote(max_retries=0)(_run_job).options(**options).remote(run, kind, args, store_url, shipped, inputs,
+    ref = ray.remote(max_retries=0)(run_job_on_node).options(**options).remote(run, kind, args, store_url, shipped, inputs,
                                                                          board)
 
     def relay() -> None:

@@ -1,4 +1,4 @@
-"""The web server's door: a browser's page requests held while the gate (core/launch/gate.py) is closed.
+"""The web server's door: a browser's page requests held while the gate (core/launch/quiet.py) is closed.
 
 A page that waits at the gate has already cost the web server a thread, a message and the app's first lines. So
 the server also holds a browser's page requests at its door (`Door`, put in front of Streamlit by pages/common.py)
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from core.launch.gate import LET_IN_S, PAGE_WAIT_S, POLL_FIRST_S, Gate, _open, turns_taken
+from core.launch.quiet import LET_IN_S, PAGE_WAIT_S, POLL_FIRST_S, Gate, open_lock_file, turns_taken
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Door:
             return len(self._held)
 
     def _watch(self) -> None:
-        waiting = _open(self.gate.waiting_path)
+        waiting = open_lock_file(self.gate.waiting_path)
         try:
             fcntl.flock(waiting, fcntl.LOCK_SH)
             while True:
@@ -133,7 +133,7 @@ class _GateOpening:
     it opened), the thread lets the lock go as soon as it gets it."""
 
     def __init__(self, path: Path):
-        self._fd, self._opened, self._lock, self._over = _open(path), threading.Event(), threading.Lock(), False
+        self._fd, self._opened, self._lock, self._over = open_lock_file(path), threading.Event(), threading.Lock(), False
         threading.Thread(target=self._take, name="lab-door-gate", daemon=True).start()
 
     def _take(self) -> None:

@@ -1,5 +1,5 @@
 """What runs on the cluster's nodes: the shared vocabulary of the cluster (variants, progress, outcomes) and the
-Ray tasks themselves, one per sweep variant (`_measure`) or one per whole job (`_run_job`).
+Ray tasks themselves, one per sweep variant (`measure_on_node`) or one per whole job (`run_job_on_node`).
 
 Each task asks for the benchmark slot (`lab_bench: 1`), so timings never overlap on one node. A task reads the
 checkpoint shipped through the object store (or a folder every node mounts), writes what it measures straight into
@@ -152,7 +152,7 @@ def _checkpoint_problem(model: str) -> str:
     return ""
 
 
-def _probe(store_url: str, shared: list[str]) -> tuple[str, list[str]]:
+def probe_node(store_url: str, shared: list[str]) -> tuple[str, list[str]]:
     """Run on each node before anything is measured: can it reach the store and every shared checkpoint?"""
     problems = [p for p in (_checkpoint_problem(m) for m in shared) if p]
     try:
@@ -180,7 +180,7 @@ def _local_inputs(settings, inputs: dict[str, tuple[str, bytes]]):
     return dataclasses.replace(settings, **{field: _local_file(name, data) for field, (name, data) in inputs.items()})
 
 
-def _measure(variant: Variant, settings, store_url: str, run_id: str, attempt: int,
+def measure_on_node(variant: Variant, settings, store_url: str, run_id: str, attempt: int,
              shipped: dict[str, bytes] | None, inputs: dict[str, tuple[str, bytes]], board) -> Outcome:
     """One variant, measured on this node, its record written to the shared store."""
     node, pid = _here(), os.getpid()
@@ -266,7 +266,7 @@ def _local_args(args: dict, inputs: dict[str, tuple[str, bytes]]) -> dict:
     return local
 
 
-def _run_job(run: Callable[[dict, JobContext], Any], kind: str, args: dict, store_url: str,
+def run_job_on_node(run: Callable[[dict, JobContext], Any], kind: str, args: dict, store_url: str,
              shipped: dict[str, Any], inputs: dict[str, tuple[str, bytes]], board) -> JobOutcome:
     """One whole job (moe, lora, distill, ...) on this node, through the runner the worker uses; its records are
     written to the shared store. `shipped`: checkpoint key -> ObjectRef of its files, materialized here first."""

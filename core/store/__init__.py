@@ -33,19 +33,19 @@ from sqlalchemy.engine import Connection
 
 from core.paths import DATA_DIR_ENV, data_dir  # noqa: F401  (callers read data_dir through the store too)
 from core.store.migrations import VERSION_TABLE
-from core.store.parsed import ParsedRecords as _ParsedRecords
+from core.store.parsed import ParsedRecords
 from core.store.records import ServingRecord, VariantRecord
 from core.store.urls import (  # noqa: F401
     STORE_FILENAME,
     STORE_URL_ENV,
     StoreError,
-    _pg_engine,
-    _sqlite_engine,
     configured_url,
     default_store_path,
     describe_configured,
     mask,
     parse_url,
+    pg_engine,
+    sqlite_engine,
 )
 
 SCHEMA_VERSION = 3  # 1: results; 2: + votes (the arena's blind votes); 3: + record ids, serving
@@ -81,7 +81,7 @@ _VOTE_KEY = ["model", "prompt_sha256", "variant_a", "variant_b", "session_id"]
 _IDS_PER_QUERY = 500  # stays under SQLite's bound-parameter limit
 
 
-_parsed = _ParsedRecords()
+_parsed = ParsedRecords()
 
 
 @dataclass(frozen=True)
@@ -140,10 +140,10 @@ class ResultStore:
             self.path: Path | None = Path(self.url.database)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._refuse_foreign_file()
-            self.engine = _sqlite_engine(self.path, timeout_s)
+            self.engine = sqlite_engine(self.path, timeout_s)
         else:
             self.path = None
-            self.engine = _pg_engine(self.url)
+            self.engine = pg_engine(self.url)
         self._ensure_schema()
 
     @classmethod
@@ -340,7 +340,7 @@ class ResultStore:
     # --- reads -----------------------------------------------------------------------------------
 
     def _parsed_rows(self, table: sa.Table, parse: Callable[[dict], object], **columns: str | None) -> list:
-        """The rows matching `columns`, newest first, each parsed once per process (see _ParsedRecords)."""
+        """The rows matching `columns`, newest first, each parsed once per process (see ParsedRecords)."""
         ids_query = sa.select(table.c.record_id).where(*_where(table, **columns)).order_by(*_newest_first(table))
         store = self.describe()
         with self._read() as conn:

@@ -61,7 +61,7 @@ def mask(url: str | URL) -> str:
         return "<unparseable URL>"
 
 
-def _sqlite_engine(path: Path, timeout_s: float) -> Engine:
+def sqlite_engine(path: Path, timeout_s: float) -> Engine:
     engine = sa.create_engine(URL.create("sqlite", database=str(path)), poolclass=NullPool,
                               connect_args={"timeout": timeout_s})
 
@@ -83,7 +83,7 @@ _PG_ENGINES: dict[str, Engine] = {}
 _PG_ENGINES_LOCK = Lock()
 
 
-def _pg_engine(url: URL) -> Engine:
+def pg_engine(url: URL) -> Engine:
     # One pooled engine per URL and process: pages construct a ResultStore on every rerun.
     key = url.render_as_string(hide_password=False)
     with _PG_ENGINES_LOCK:

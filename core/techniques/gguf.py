@@ -23,7 +23,7 @@ from core.models import load_model, load_tokenizer
 from core.models.saved import saved_checkpoints
 from core.paths import ASSETS, data_dir
 from core.runtimes.llamacpp import llama_cpp_problem
-from core.techniques.gguf_cache import SIDECAR, _atomic_file, _discard, file_facts, is_intact  # noqa: F401
+from core.techniques.gguf_cache import SIDECAR, atomic_file, discard, file_facts, is_intact  # noqa: F401
 from core.techniques.gguf_export import EXPORTER_VERSION, GGUFError, check_exportable, export_f32  # noqa: F401
 from core.techniques.registry import TECHNIQUES, Technique, get, register, register_resolver
 
@@ -91,7 +91,7 @@ def quantize(source: Path, target: Path, quant: str, threads: int = 0,
             tail = "".join(log).strip().splitlines()[-1:] or ["no log"]
             raise GGUFError(f"llama.cpp could not quantize {source.name} to {quant} (status {status}): {tail[0]}")
 
-    return _atomic_file(target, write, lambda: quantizer_facts("".join(log)))
+    return atomic_file(target, write, lambda: quantizer_facts("".join(log)))
 
 
 _FALLBACK = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback quantization")
@@ -207,10 +207,10 @@ def ensure_file(checkpoint: Path, config: GGUFConfig, threads: int = 0, progress
         return target
     if target.exists():
         say(f"{target.name} does not match its recorded size and hash; rebuilding it")
-        _discard(target)
+        discard(target)
     base = folder / "f32.gguf"
     if not is_intact(base):
-        _discard(base)
+        discard(base)
         export_f32(checkpoint, base, say)
     if config.quant == "f32":
         return base

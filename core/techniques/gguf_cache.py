@@ -22,7 +22,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_file(target: Path, write: Callable[[Path], None], extra: Callable[[], dict] | None = None) -> Path:
+def atomic_file(target: Path, write: Callable[[Path], None], extra: Callable[[], dict] | None = None) -> Path:
     """write(tmp) into a sibling temp file, record size and hash (and `extra()`) beside it, then rename into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
@@ -62,6 +62,6 @@ def file_facts(path: Path) -> dict:
         return {}
 
 
-def _discard(path: Path) -> None:
+def discard(path: Path) -> None:
     path.unlink(missing_ok=True)
     path.with_name(path.name + SIDECAR).unlink(missing_ok=True)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from core import models
-from core.techniques.gguf_cache import _atomic_file
+from core.techniques.gguf_cache import atomic_file
 
 ProgressFn = Callable[[str], None]
 # Architectures this exporter writes. llama.cpp itself knows many more, but each needs its own tensor layout
@@ -168,6 +168,6 @@ def export_f32(checkpoint: Path, target: Path, progress: ProgressFn | None = Non
         writer.write_tensors_to_file()
         writer.close()
 
-    return _atomic_file(target, write)
+    return atomic_file(target, write)
 
 

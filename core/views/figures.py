@@ -14,15 +14,15 @@ from core.store.records import VariantRecord
 from core.techniques import REFERENCE
 from core.views.measures import (
     Interval,
-    _empty_figure,
-    _error_bars,
-    _family_colors,
-    _finite,
-    _fmt,
-    _hover_text,
-    _require_one_machine,
+    empty_figure,
+    error_bars,
+    family_colors,
+    fmt_value,
     get_metric,
+    hover_text,
+    is_finite,
     quality_interval,
+    require_one_machine,
 )
 
 ROOFLINE_NAME = "Memory-bandwidth limit"
@@ -34,8 +34,8 @@ ROOFLINE_NAME = "Memory-bandwidth limit"
 def speed_bars_figure(records: Sequence[VariantRecord]) -> go.Figure:
     """Decode tokens/s per variant (median, p10–p90 bars) next to the memory-bandwidth roofline."""
     if not records:
-        return _empty_figure("No results yet: measure some variants first.")
-    _require_one_machine(records)
+        return empty_figure("No results yet: measure some variants first.")
+    require_one_machine(records)
     labels = [r.label for r in records]
     speeds = [
         Interval(r.decode_tokens_per_s_median, r.decode_tokens_per_s_p10, r.decode_tokens_per_s_p90) for r in records
@@ -43,20 +43,20 @@ def speed_bars_figure(records: Sequence[VariantRecord]) -> go.Figure:
     # Computed from the two speeds shown, so the label always matches the bars.
     pct_of_limit = [
         100 * r.decode_tokens_per_s_median / r.roofline_tokens_per_s
-        if _finite(r.roofline_tokens_per_s) and r.roofline_tokens_per_s > 0 else math.nan
+        if is_finite(r.roofline_tokens_per_s) and r.roofline_tokens_per_s > 0 else math.nan
         for r in records
     ]
-    colors = _family_colors(records)
+    colors = family_colors(records)
     fig = go.Figure()
     fig.add_trace(go.Bar(
         x=labels,
         y=[iv.value for iv in speeds],
         name="Measured decode speed (median)",
         marker_color=[colors[r.family] for r in records],
-        error_y=_error_bars(speeds),
-        text=[f"{_fmt(p, '.0f')}% of limit" for p in pct_of_limit],
+        error_y=error_bars(speeds),
+        text=[f"{fmt_value(p, '.0f')}% of limit" for p in pct_of_limit],
         textposition="inside",
-        customdata=[_hover_text(r) for r in records],
+        customdata=[hover_text(r) for r in records],
         hovertemplate="%{customdata}<extra></extra>",
     ))
     fig.add_trace(go.Scatter(
@@ -86,8 +86,8 @@ def moe_curve_figure(records: Sequence[VariantRecord], metric_key: str = "kld_me
     moe_records = [r for r in records if r.family == "moe" and r.variant_facts.get("top_k")]
     dense = [r for r in records if r.technique == reference_technique]
     if not moe_records:
-        return _empty_figure("No mixture-of-experts results yet: convert and measure first.")
-    _require_one_machine([*moe_records, *dense])
+        return empty_figure("No mixture-of-experts results yet: convert and measure first.")
+    require_one_machine([*moe_records, *dense])
     fig = go.Figure()
     for experts in sorted({r.variant_facts["experts"] for r in moe_records}):
         line = sorted((r for r in moe_records if r.variant_facts["experts"] == experts), key=lambda r: r.variant_facts["top_k"])
@@ -96,7 +96,7 @@ def moe_curve_figure(records: Sequence[VariantRecord], metric_key: str = "kld_me
         fig.add_trace(go.Scatter(
             x=[iv.value for iv in speeds], y=[iv.value for iv in ys], mode="lines+markers+text",
             name=f"{experts} experts", text=[f"k={r.variant_facts['top_k']}" for r in line], textposition="top center",
-            error_x=_error_bars(speeds), error_y=_error_bars(ys),
+            error_x=error_bars(speeds), error_y=error_bars(ys),
             customdata=[_moe_hover(r) for r in line], hovertemplate="%{customdata}<extra></extra>",
         ))
     for r in dense[:1]:
@@ -104,7 +104,7 @@ def moe_curve_figure(records: Sequence[VariantRecord], metric_key: str = "kld_me
         fig.add_trace(go.Scatter(
             x=[speed.value], y=[getattr(r, metric.key)], mode="markers+text", name=DENSE_NAME, text=["dense"],
             textposition="bottom center", marker=dict(symbol="star", size=16, color="black"),
-            error_x=_error_bars([speed]), customdata=[_hover_text(r)], hovertemplate="%{customdata}<extra></extra>",
+            error_x=error_bars([speed]), customdata=[hover_text(r)], hovertemplate="%{customdata}<extra></extra>",
         ))
     fig.update_layout(title=dict(text=f"{metric.label} vs decode speed as experts per token (k) change"),
                       legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), height=480,
@@ -118,7 +118,7 @@ def moe_curve_figure(records: Sequence[VariantRecord], metric_key: str = "kld_me
 
 def _moe_hover(record: VariantRecord) -> str:
     facts = record.variant_facts
-    extra = (f"Active parameters: {_fmt(facts.get('active_params', math.nan) / 1e6, '.1f')}M "
-             f"({_fmt(facts.get('active_params_pct', math.nan), '.0f')}% of dense); "
-             f"{_fmt(facts.get('flops_per_token', math.nan) / 1e6, '.0f')} MFLOPs per token")
-    return _hover_text(record) + "<br>" + extra
+    extra = (f"Active parameters: {fmt_value(facts.get('active_params', math.nan) / 1e6, '.1f')}M "
+             f"({fmt_value(facts.get('active_params_pct', math.nan), '.0f')}% of dense); "
+             f"{fmt_value(facts.get('flops_per_token', math.nan) / 1e6, '.0f')} MFLOPs per token")
+    return hover_text(record) + "<br>" + extra

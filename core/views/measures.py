@@ -74,13 +74,13 @@ class Interval:
         return self.high - self.value
 
 
-def _finite(x: float) -> bool:
+def is_finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def decode_ms_per_token(tokens_per_s: float) -> float:
     """Decode latency per token; NaN where the speed is unknown or zero."""
-    return 1000.0 / tokens_per_s if _finite(tokens_per_s) and tokens_per_s > 0 else math.nan
+    return 1000.0 / tokens_per_s if is_finite(tokens_per_s) and tokens_per_s > 0 else math.nan
 
 
 def latency_interval(record: VariantRecord) -> Interval:
@@ -95,7 +95,7 @@ def latency_interval(record: VariantRecord) -> Interval:
 def cost_interval(record: VariantRecord) -> Interval:
     # Cost per token is proportional to 1 / speed, so it has the same relative spread as latency.
     latency = latency_interval(record)
-    scale = record.usd_per_1m_tokens / latency.value if _finite(latency.value) and latency.value > 0 else math.nan
+    scale = record.usd_per_1m_tokens / latency.value if is_finite(latency.value) and latency.value > 0 else math.nan
     return Interval(record.usd_per_1m_tokens, latency.low * scale, latency.high * scale)
 
 
@@ -164,7 +164,7 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool) 
     Points with a non-finite coordinate cannot be compared and are left out. Exact duplicates do not
     dominate each other, so both stay on the front.
     """
-    candidates = [i for i, (x, y) in enumerate(points) if _finite(x) and _finite(y)]
+    candidates = [i for i, (x, y) in enumerate(points) if is_finite(x) and is_finite(y)]
     front = [
         i for i in candidates
         if not any(_dominates(points[j], points[i], higher_is_better) for j in candidates if j != i)
@@ -176,7 +176,7 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool) 
 # --- shared helpers --------------------------------------------------------------------------------
 
 
-def _require_one_machine(records: Sequence[VariantRecord]) -> None:
+def require_one_machine(records: Sequence[VariantRecord]) -> None:
     machines = sorted({r.hardware for r in records})
     if len(machines) > 1:
         raise ValueError(
@@ -185,60 +185,60 @@ def _require_one_machine(records: Sequence[VariantRecord]) -> None:
         )
 
 
-def _family_colors(records: Sequence[VariantRecord]) -> dict[str, str]:
+def family_colors(records: Sequence[VariantRecord]) -> dict[str, str]:
     families = sorted({r.family for r in records})
     unknown = [f for f in families if f not in FAMILY_COLORS]
     palette = qualitative.Dark24
     return {f: FAMILY_COLORS.get(f) or palette[unknown.index(f) % len(palette)] for f in families}
 
 
-def _runtime(record: VariantRecord) -> str:
+def runtime_of(record: VariantRecord) -> str:
     return getattr(record, "runtime", None) or "transformers"
 
 
-def _fmt(value: float, spec: str) -> str:
-    return format(value, spec) if _finite(value) else "n/a"
+def fmt_value(value: float, spec: str) -> str:
+    return format(value, spec) if is_finite(value) else "n/a"
 
 
-def _hover_text(record: VariantRecord) -> str:
+def hover_text(record: VariantRecord) -> str:
     ci = record.mc_accuracy_ci95 or [math.nan, math.nan]
     lines = [
-        f"<b>{record.label}</b> ({record.technique}, {record.family}, runtime {_runtime(record)})",
-        f"Size held: {_fmt(record.size_mb, '.1f')} MB; peak memory: {_fmt(record.peak_mem_mb, '.1f')} MB",
-        f"Decode: {_fmt(record.decode_tokens_per_s_median, '.1f')} tokens/s "
-        f"(p10 {_fmt(record.decode_tokens_per_s_p10, '.1f')}, p90 {_fmt(record.decode_tokens_per_s_p90, '.1f')})"
-        f" = {_fmt(decode_ms_per_token(record.decode_tokens_per_s_median), '.1f')} ms/token",
-        f"Time to first token: {_fmt(record.ttft_ms_median, '.1f')} ms",
-        f"Roofline: {_fmt(record.roofline_tokens_per_s, '.1f')} tokens/s "
-        f"at {_fmt(record.bandwidth_gb_s, '.1f')} GB/s ({_fmt(record.roofline_pct, '.0f')}% reached)",
-        f"Cost: ${_fmt(record.usd_per_1m_tokens, '.4f')} per 1M tokens at ${_fmt(record.usd_per_hour, '.4f')}/h "
+        f"<b>{record.label}</b> ({record.technique}, {record.family}, runtime {runtime_of(record)})",
+        f"Size held: {fmt_value(record.size_mb, '.1f')} MB; peak memory: {fmt_value(record.peak_mem_mb, '.1f')} MB",
+        f"Decode: {fmt_value(record.decode_tokens_per_s_median, '.1f')} tokens/s "
+        f"(p10 {fmt_value(record.decode_tokens_per_s_p10, '.1f')}, p90 {fmt_value(record.decode_tokens_per_s_p90, '.1f')})"
+        f" = {fmt_value(decode_ms_per_token(record.decode_tokens_per_s_median), '.1f')} ms/token",
+        f"Time to first token: {fmt_value(record.ttft_ms_median, '.1f')} ms",
+        f"Roofline: {fmt_value(record.roofline_tokens_per_s, '.1f')} tokens/s "
+        f"at {fmt_value(record.bandwidth_gb_s, '.1f')} GB/s ({fmt_value(record.roofline_pct, '.0f')}% reached)",
+        f"Cost: ${fmt_value(record.usd_per_1m_tokens, '.4f')} per 1M tokens at ${fmt_value(record.usd_per_hour, '.4f')}/h "
         f"({record.hardware_preset})",
-        f"KL divergence: {_fmt(record.kld_mean, '.4f')} nats/token (p99 {_fmt(record.kld_p99, '.4f')})",
-        f"Top-1 agreement: {_fmt(record.top1_agreement, '.1%')}",
-        f"Perplexity: {_fmt(record.perplexity, '.2f')}",
-        f"MC accuracy: {_fmt(record.mc_accuracy, '.1%')} (95% CI {_fmt(ci[0], '.1%')}–{_fmt(ci[1], '.1%')}, "
+        f"KL divergence: {fmt_value(record.kld_mean, '.4f')} nats/token (p99 {fmt_value(record.kld_p99, '.4f')})",
+        f"Top-1 agreement: {fmt_value(record.top1_agreement, '.1%')}",
+        f"Perplexity: {fmt_value(record.perplexity, '.2f')}",
+        f"MC accuracy: {fmt_value(record.mc_accuracy, '.1%')} (95% CI {fmt_value(ci[0], '.1%')}–{fmt_value(ci[1], '.1%')}, "
         f"{record.mc_items} items)",
         f"Device: {record.device}, {record.dtype}, {record.threads} threads",
     ]
     return "<br>".join(lines)
 
 
-def _error_bars(intervals: Sequence[Interval]) -> dict | None:
+def error_bars(intervals: Sequence[Interval]) -> dict | None:
     """Asymmetric plotly error bars, or None where no interval is known."""
-    if not any(_finite(iv.low) and _finite(iv.high) and (iv.low != iv.high) for iv in intervals):
+    if not any(is_finite(iv.low) and is_finite(iv.high) and (iv.low != iv.high) for iv in intervals):
         return None
-    plus = [iv.plus if _finite(iv.plus) else 0.0 for iv in intervals]
-    minus = [iv.minus if _finite(iv.minus) else 0.0 for iv in intervals]
+    plus = [iv.plus if is_finite(iv.plus) else 0.0 for iv in intervals]
+    minus = [iv.minus if is_finite(iv.minus) else 0.0 for iv in intervals]
     return dict(type="data", symmetric=False, array=plus, arrayminus=minus, thickness=1)
 
 
-def _bubble_sizeref(records: Sequence[VariantRecord]) -> float:
+def bubble_sizeref(records: Sequence[VariantRecord]) -> float:
     # plotly's recipe for sizemode="area": the largest bubble gets MAX_BUBBLE_PX across.
-    largest_mb = max((r.size_mb for r in records if _finite(r.size_mb)), default=1.0)
+    largest_mb = max((r.size_mb for r in records if is_finite(r.size_mb)), default=1.0)
     return 2.0 * max(largest_mb, 1e-9) / MAX_BUBBLE_PX**2
 
 
-def _empty_figure(message: str) -> go.Figure:
+def empty_figure(message: str) -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
     fig.update_xaxes(visible=False)

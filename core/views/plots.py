@@ -22,20 +22,20 @@ from core.views.measures import (
     CostAxis,
     Interval,
     QualityMetric,
-    _bubble_sizeref,
-    _empty_figure,
-    _error_bars,
-    _family_colors,
-    _finite,
-    _fmt,
-    _hover_text,
-    _require_one_machine,
-    _runtime,
+    bubble_sizeref,
+    empty_figure,
+    error_bars,
+    family_colors,
+    fmt_value,
     get_cost_axis,
     get_metric,
+    hover_text,
+    is_finite,
     latency_interval,
     pareto_front,
     quality_interval,
+    require_one_machine,
+    runtime_of,
 )
 
 # KL divergence is 0 for the reference and spans 1e-3 (bf16) to several nats: a log axis separates them,
@@ -58,7 +58,7 @@ class MapAxes:
 
     def y_value(self, value: float, metric: QualityMetric) -> float:
         # only KL divergence is shifted, and only on a log axis, where its zero could not be drawn
-        return value + KLD_LOG_FLOOR if self.log and metric.key == "kld_mean" and _finite(value) else value
+        return value + KLD_LOG_FLOOR if self.log and metric.key == "kld_mean" and is_finite(value) else value
 
     def y_is_log(self, metric: QualityMetric) -> bool:
         return self.log and metric.key in ("kld_mean", "perplexity")
@@ -93,25 +93,25 @@ def _family_trace(
         legendgroup="family",
         legendgrouptitle=dict(text="colour = family"),
         marker=dict(
-            size=[r.size_mb if _finite(r.size_mb) else 0.0 for r in records],
+            size=[r.size_mb if is_finite(r.size_mb) else 0.0 for r in records],
             sizemode="area",
             sizeref=sizeref,
             sizemin=7,
             color=color,
-            symbol=[RUNTIME_SYMBOLS.get(_runtime(r), OTHER_SYMBOL) for r in records],
+            symbol=[RUNTIME_SYMBOLS.get(runtime_of(r), OTHER_SYMBOL) for r in records],
             opacity=0.75,
             line=dict(width=1, color="DarkSlateGrey"),
         ),
-        error_x=_error_bars(xs),
-        error_y=_error_bars(shifted),
-        customdata=[_hover_text(r) for r in records],
+        error_x=error_bars(xs),
+        error_y=error_bars(shifted),
+        customdata=[hover_text(r) for r in records],
         hovertemplate="%{customdata}<extra></extra>",
     )
 
 
 def _runtime_legend(records: Sequence[VariantRecord]) -> list[go.Scatter]:
     """Legend-only entries (no points) that say which symbol is which runtime."""
-    runtimes = sorted({_runtime(r) for r in records})
+    runtimes = sorted({runtime_of(r) for r in records})
     return [go.Scatter(x=[None], y=[None], mode="markers", name=rt, legendgroup="runtime",
                        legendgrouptitle=dict(text="symbol = runtime"), hoverinfo="skip",
                        marker=dict(symbol=RUNTIME_SYMBOLS.get(rt, OTHER_SYMBOL), size=10, color="grey"))
@@ -164,7 +164,7 @@ def _frontier_labels(records: Sequence[VariantRecord], metric: QualityMetric, ax
 
 def _data_range(values: Sequence[float], log: bool) -> list[float] | None:
     """Axis range from the points themselves (not their error bars), so a wide p10–p90 bar cannot stretch it."""
-    finite = [v for v in values if _finite(v) and (v > 0 or not log)]
+    finite = [v for v in values if is_finite(v) and (v > 0 or not log)]
     if not finite:
         return None
     lo, hi = min(finite), max(finite)
@@ -184,10 +184,10 @@ def tradeoff_figure(records: Sequence[VariantRecord], metric_key: str, axis_key:
     """
     metric, axis = get_metric(metric_key), get_cost_axis(axis_key)
     if not records:
-        return _empty_figure("No results yet: measure some variants first.")
-    _require_one_machine(records)
+        return empty_figure("No results yet: measure some variants first.")
+    require_one_machine(records)
     axes = MapAxes(log=log)
-    colors, sizeref = _family_colors(records), _bubble_sizeref(records)
+    colors, sizeref = family_colors(records), bubble_sizeref(records)
     fig = go.Figure()
     for family, color in colors.items():
         members = [r for r in records if r.family == family]
@@ -233,7 +233,7 @@ def map_rows(records: Sequence[VariantRecord], metric_key: str, axis_key: str) -
             "variant": records[i].label,
             "technique": records[i].technique,
             "family": records[i].family,
-            "runtime": _runtime(records[i]),
+            "runtime": runtime_of(records[i]),
             "on frontier": i in front,
             "decode ms/token": latency_interval(records[i]).value,
             "USD per 1M tokens": records[i].usd_per_1m_tokens,
@@ -256,29 +256,29 @@ def _newest(records: Sequence[VariantRecord]) -> VariantRecord:
 
 def _quality_phrase(variant: VariantRecord, reference: VariantRecord, metric: QualityMetric) -> str:
     if metric.key == "kld_mean":
-        return (f"at {_fmt(variant.kld_mean, '.2f')} nats of KL divergence "
-                f"(top-1 agreement {_fmt(variant.top1_agreement, '.0%')})")
+        return (f"at {fmt_value(variant.kld_mean, '.2f')} nats of KL divergence "
+                f"(top-1 agreement {fmt_value(variant.top1_agreement, '.0%')})")
     if metric.key == "top1_agreement":
-        return (f"while agreeing with {reference.label} on {_fmt(variant.top1_agreement, '.0%')} of next tokens "
-                f"(KL divergence {_fmt(variant.kld_mean, '.2f')} nats)")
+        return (f"while agreeing with {reference.label} on {fmt_value(variant.top1_agreement, '.0%')} of next tokens "
+                f"(KL divergence {fmt_value(variant.kld_mean, '.2f')} nats)")
     if metric.key == "perplexity":
-        return f"at perplexity {_fmt(variant.perplexity, '.1f')} against {_fmt(reference.perplexity, '.1f')}"
-    return (f"at {_fmt(variant.mc_accuracy, '.0%')} multiple-choice accuracy "
-            f"against {_fmt(reference.mc_accuracy, '.0%')}")
+        return f"at perplexity {fmt_value(variant.perplexity, '.1f')} against {fmt_value(reference.perplexity, '.1f')}"
+    return (f"at {fmt_value(variant.mc_accuracy, '.0%')} multiple-choice accuracy "
+            f"against {fmt_value(reference.mc_accuracy, '.0%')}")
 
 
 def _ratio(numerator: float, denominator: float) -> float:
-    ok = _finite(numerator) and _finite(denominator) and denominator != 0
+    ok = is_finite(numerator) and is_finite(denominator) and denominator != 0
     return numerator / denominator if ok else math.nan
 
 
 def _gain_phrase(variant: VariantRecord, reference: VariantRecord, axis: CostAxis) -> str:
     if axis.key == "latency":
         speedup = _ratio(variant.decode_tokens_per_s_median, reference.decode_tokens_per_s_median)
-        return f"decodes {_fmt(speedup, '.1f')}x faster than {reference.label}"
+        return f"decodes {fmt_value(speedup, '.1f')}x faster than {reference.label}"
     share = _ratio(variant.usd_per_1m_tokens, reference.usd_per_1m_tokens)
-    return (f"costs {_fmt(share, '.0%')} of what {reference.label} costs per 1M tokens "
-            f"(${_fmt(variant.usd_per_1m_tokens, '.4f')} against ${_fmt(reference.usd_per_1m_tokens, '.4f')})")
+    return (f"costs {fmt_value(share, '.0%')} of what {reference.label} costs per 1M tokens "
+            f"(${fmt_value(variant.usd_per_1m_tokens, '.4f')} against ${fmt_value(reference.usd_per_1m_tokens, '.4f')})")
 
 
 def _in_sentence(label: str) -> str:
@@ -294,13 +294,13 @@ def what_you_give_up(
     metric, axis = get_metric(metric_key), get_cost_axis(axis_key)
     if not records:
         return "No results yet: measure at least one variant to see what it trades away."
-    _require_one_machine(records)
+    require_one_machine(records)
     references = [r for r in records if r.technique == reference_technique]
     if not references:
         return (f"There is no {reference_technique} reference result on this machine, so there is nothing "
                 "to compare against: measure the reference in the same run.")
     reference = _newest(references)
-    if not _finite(axis.interval(reference).value):
+    if not is_finite(axis.interval(reference).value):
         return f"{reference.label} has no {axis.label.lower()} measurement, so there is nothing to compare against."
     others = [r for r in records if r.technique != reference_technique]
     if not others:
@@ -315,7 +315,7 @@ def what_you_give_up(
         return (f"No variant is {'faster' if axis.key == 'latency' else 'cheaper'} than {reference.label}; "
                 f"the best alternative on the frontier, {best.label}, only trades {_in_sentence(metric.label)}.")
     memory_share = _ratio(best.size_mb, reference.size_mb)
-    where = f" (on {_runtime(best)})" if _runtime(best) != _runtime(reference) else ""
+    where = f" (on {runtime_of(best)})" if runtime_of(best) != runtime_of(reference) else ""
     return (f"The {adjective} variant on the frontier, {best.label}{where}, {_gain_phrase(best, reference, axis)} "
-            f"{_quality_phrase(best, reference, metric)}, using {_fmt(memory_share, '.0%')} of its memory.")
+            f"{_quality_phrase(best, reference, metric)}, using {fmt_value(memory_share, '.0%')} of its memory.")
 
