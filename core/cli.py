@@ -1,19 +1,6 @@
-"""The headless CLI's commands (run by `python -m core`, core/__main__.py): the same functions the dashboard
-pages call, JSON out. With --ray ADDRESS (or $LAB_RAY_ADDRESS) a command runs on a Ray cluster through
-core/launch/launch.py, as the worker's job of the same kind.
-
-    python -m core models
-    python -m core prepare --model smollm2-135m-instruct
-    python -m core sweep --model smollm2-135m-instruct --techniques fp32,bf16,int8,nf4 --json out.json
-    python -m core --store postgresql://lab@db:5432/lab sweep --ray auto --techniques fp32,nf4 --devices cpu,cuda
-    python -m core moe --model smollm2-135m-instruct --experts 8 --top-k 1,2,4,8 --json moe.json
-    python -m core lora --model smollm2-135m-instruct --task support-routing --rank 8 --steps 80
-    python -m core distill --teacher smollm2-135m-instruct --layers 15 --steps 150 --json distill.json
-    python -m core speculate --model smollm2-135m-instruct --draft PATH --json speculate.json
-    python -m core worker                      # runs queued dashboard jobs, one at a time (one per machine)
-    python -m core serve --host 0.0.0.0        # worker + dashboard; prints the presenter link for a classroom
-    python -m core serve-bench --model smollm2-135m-instruct --techniques fp32,gguf-q4_1 --concurrency 1,4,16 \
-        --prompt-tokens 128,1024 --new-tokens 64 --json serve.json
+"""The headless CLI's commands (`python -m core ...`; usage in core/__main__.py, arguments in core/cli_parser.py):
+the same functions the dashboard pages call, JSON out. With --ray ADDRESS (or $LAB_RAY_ADDRESS) a command runs on a
+Ray cluster through core/launch/launch.py, as the worker's job of the same kind.
 """
 
 from __future__ import annotations
