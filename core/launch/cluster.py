@@ -81,7 +81,7 @@ def connect(address: str) -> None:
             socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
         except OSError as error:
             raise _unreachable(address, error.strerror or str(error)) from None
-    import ray
+    import ray  # optional and heavy: only a cluster run needs it
 
     if ray.is_initialized():
         return
@@ -99,7 +99,7 @@ def connect(address: str) -> None:
 
 def bench_nodes() -> list[dict[str, Any]]:
     """Alive nodes that offer the benchmark slot."""
-    import ray
+    import ray  # optional and heavy: only a cluster run needs it
 
     return [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(BENCH_RESOURCE, 0) >= 1]
 
@@ -118,7 +118,7 @@ def is_shared_path(name: str) -> bool:
 
 def _ship(model_names: list[str], progress: Callable[[str], None]) -> dict[str, Any]:
     """model -> ObjectRef of its checkpoint files; prepared here once, read by every worker from the object store."""
-    import ray
+    import ray  # optional and heavy: only a cluster run needs it
 
     shipped = {}
     for name in model_names:
@@ -139,8 +139,8 @@ def _ship(model_names: list[str], progress: Callable[[str], None]) -> dict[str, 
 
 def _preflight(store: ResultStore | None, variants: list[Variant], shared: list[str], cuda: bool | None = None,
                what: str = "sweep") -> list[dict[str, Any]]:
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    import ray  # optional and heavy: only a cluster run needs it
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # with ray, lazily
 
     nodes = bench_nodes()
     if not nodes:
@@ -167,7 +167,7 @@ def _preflight(store: ResultStore | None, variants: list[Variant], shared: list[
 
 
 def _resolve_devices(devices: list[str]) -> list[str]:
-    import ray
+    import ray  # optional and heavy: only a cluster run needs it
 
     has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     resolved = [("cuda" if has_gpu else "cpu") if d == "auto" else d for d in devices]
@@ -184,8 +184,8 @@ def run_cluster_sweep(model_names: list[str], technique_keys: list[str], setting
 
     Finished variants stay stored when the sweep is stopped (`should_stop`) or a variant fails.
     """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    import ray  # optional and heavy: only a cluster run needs it
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # with ray, lazily
 
     report = progress or (lambda p: None)
     stop = should_stop or (lambda: False)

@@ -118,7 +118,7 @@ class _StampedStore:
 
 
 def _here() -> str:
-    import ray
+    import ray  # optional and heavy: only a cluster run needs it
 
     return f"{ray.util.get_node_ip_address()} ({socket.gethostname()})"
 

@@ -14,9 +14,11 @@ two jobs alike (for start estimates) and which models and files it reads (checke
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -289,8 +291,6 @@ def _die_with_parent() -> None:
     """Ask the kernel to kill this process when the worker that started it dies (Linux; elsewhere a no-op), so a
     killed worker never leaves behind a measurement that goes on timing on the cores the next worker uses."""
     try:
-        import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (AttributeError, OSError):

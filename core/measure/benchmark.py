@@ -17,7 +17,7 @@ import platform
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable, TypeVar
 
@@ -236,7 +236,6 @@ def release_memory() -> None:
 
 class PeakMemory:
     """Peak resident memory above the level at entry, sampled every few ms (and CUDA's own peak on GPU)."""
-
     def __init__(self, device: str = "cpu", interval_s: float = 0.005):
         self.device, self.interval_s = device, interval_s
         self.baseline = self.peak = 0
@@ -372,7 +371,6 @@ class Provenance:
     versions: dict
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
 
         return asdict(self)
 

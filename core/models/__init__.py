@@ -18,6 +18,19 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+from tokenizers import Tokenizer, decoders, models as tokenizer_models, pre_tokenizers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.utils import logging as hf_logging
 
 from core.models.saved import saved_students
 from core.paths import data_dir
@@ -213,8 +226,6 @@ def prepare(spec: ModelSpec, progress: ProgressFn | None = None) -> Path:
 
 
 def _convert_gguf(spec: ModelSpec, target: Path, progress: ProgressFn | None) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     source = gguf_path(spec)
     if source is None:
         raise ModelError(f"{spec.label} is not installed. Install it with: {spec.install_hint}.")
@@ -268,9 +279,6 @@ def save_atomically(target: Path, model, tokenizer=None, facts: dict | None = No
 
 
 def _hub_snapshot(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt"]
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
@@ -298,9 +306,6 @@ def _hub_snapshot(repo_id: str) -> Path:
 
 def check_loadable(checkpoint: Path, bytes_per_param: float = 4.0) -> int:
     """Refuse non-causal models and models too large for free RAM, from the config alone. Returns the parameter count."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     config = AutoConfig.from_pretrained(checkpoint)
     heads = config.architectures or []
     encoder_only = heads and not any(h.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for h in heads)
@@ -335,8 +340,6 @@ def available_memory_bytes() -> int:
 
 
 def load_tokenizer(checkpoint: Path):
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -345,8 +348,6 @@ def load_tokenizer(checkpoint: Path):
 
 def load_model(checkpoint: Path, dtype: torch.dtype = torch.float32, device: str = "cpu", **kwargs):
     """Load a causal LM from a safetensors checkpoint directory, never running remote code."""
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint, dtype=dtype, device_map=device, use_safetensors=True, trust_remote_code=False, **kwargs
     )
@@ -355,8 +356,6 @@ def load_model(checkpoint: Path, dtype: torch.dtype = torch.float32, device: str
 
 def quiet_library_output() -> None:
     """For headless runs: our own progress lines say what is happening; transformers' bars would bury them."""
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
 
@@ -366,14 +365,11 @@ def quiet_library_output() -> None:
 
 def build_tiny_model(seed: int = 0, hidden_size: int = 64, intermediate_size: int = 128):
     """A 2-layer Llama with a byte-level tokenizer: real code paths, random weights, loads in milliseconds."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     byte_vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
     specials = ["<|endoftext|>", "<|pad|>"]
     for s in specials:
         byte_vocab[s] = len(byte_vocab)
-    core_tok = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))
+    core_tok = Tokenizer(tokenizer_models.BPE(vocab=byte_vocab, merges=[]))
     core_tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core_tok.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core_tok, eos_token="<|endoftext|>", pad_token="<|pad|>")

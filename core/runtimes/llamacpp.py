@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ class LlamaCppRunner:
 
     def bytes_held(self) -> int:
         """Bytes of the GGUF file's tensors, as llama.cpp holds them (llama_model_size)."""
-        import llama_cpp
+        import llama_cpp  # optional: the binding loads libllama, which may be missing
 
         return int(llama_cpp.llama_model_size(self._llm.model))
 
@@ -114,7 +115,7 @@ class LlamaCppRunner:
         return self.bytes_held()
 
     def facts(self) -> dict[str, Any]:
-        import llama_cpp
+        import llama_cpp  # optional: the binding loads libllama, which may be missing
 
         recorded = {k: v for k, v in self._file_facts.items() if k in ("fallback_tensors", "quantized_tensors")}
         return {**recorded, "gguf_file_bytes": self.path.stat().st_size, "gguf_file": self.path.name,
@@ -129,8 +130,6 @@ class LlamaCppRunner:
 
 
 def _binding_version() -> str:
-    from importlib.metadata import version
-
     return version("llama_cpp_python")
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from transformers import StaticCache
 
 from core.measure import benchmark
 from core.runtimes import eager
@@ -88,7 +89,6 @@ class CompiledRunner(TransformersRunner):
         return out.logits[:, -1].argmax(-1, keepdim=True)  # [1, 1]
 
     def _new_cache(self):
-        from transformers import StaticCache
 
         return StaticCache(config=self.model.config, max_cache_len=self.CACHE_TOKENS)
 

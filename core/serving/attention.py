@@ -19,6 +19,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 # Keyword arguments whose presence means the layer needs more than plain causal attention: leave it to transformers.
 _UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks", "position_bias")
@@ -71,8 +73,6 @@ def per_sequence_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
 
 def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """transformers' attention-function signature; falls back to transformers' SDPA for what it does not cover."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if not covers(module, query, kwargs) or dropout:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -83,13 +83,12 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
 
 def register() -> None:
     """Install under "sdpa", the name continuous batching accepts on a machine without flash attention."""
-    from transformers import AttentionInterface
-
     AttentionInterface.register("sdpa", attention_forward)
 
 
 def main(argv: list[str]) -> None:
     register()
+    # Lazily: the CLI app pulls in transformers' whole serve stack, which only the server process needs.
     from transformers.cli.transformers import app
 
     app(args=argv, prog_name="transformers")

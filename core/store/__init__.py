@@ -27,6 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -279,8 +281,6 @@ class ResultStore:
                     time.sleep(0.05)
 
     def _migrate(self) -> None:
-        from alembic import command
-        from alembic.config import Config
 
         with self._write() as conn:
             if self.backend == "postgresql":

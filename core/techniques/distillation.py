@@ -23,6 +23,7 @@ from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from core import models
 from core.measure import benchmark, evaluate
@@ -148,7 +149,6 @@ class StudentPlan:
 def meta_model(checkpoint: Path) -> torch.nn.Module:
     """The model's structure from its config, with no memory behind the weights; built once per checkpoint
     (the Distill page asks for it on every slider move). Read it, never change it."""
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint))

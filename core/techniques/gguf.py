@@ -8,6 +8,7 @@ holding its size and sha256; a cached file that does not match its sidecar is re
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import re
 from contextlib import contextmanager
@@ -15,8 +16,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
+import gguf
 import numpy as np
 import torch
+from transformers import AutoConfig
 
 from core.measure.evaluate import token_windows, tokenize_text
 from core.models import load_model, load_tokenizer
@@ -61,9 +64,7 @@ class GGUFConfig:
 def quantize(source: Path, target: Path, quant: str, threads: int = 0,
              imatrix: dict[str, np.ndarray] | None = None) -> Path:
     """llama.cpp's quantizer, F32 GGUF in, `quant` GGUF out (atomically). imatrix: tensor name -> [in] floats."""
-    import ctypes
-
-    import llama_cpp
+    import llama_cpp  # optional: the binding loads libllama, which may be missing
 
     if quant not in FTYPES:
         raise GGUFError(f"Unknown GGUF quant type {quant!r}; choose from {', '.join(FTYPES)}")
@@ -112,10 +113,8 @@ def quantizer_facts(log: str) -> dict[str, int]:
 @contextmanager
 def _captured_llama_log(lines: list[str]):
     """Route llama.cpp's log lines into `lines` (not the terminal) for the duration, then restore the binding's."""
-    import ctypes
-
-    import llama_cpp
-    from llama_cpp import _logger
+    import llama_cpp  # optional: the binding loads libllama, which may be missing
+    from llama_cpp import _logger  # with llama_cpp, lazily
 
     @llama_cpp.llama_log_callback
     def keep(_level, text, _user):
@@ -137,8 +136,6 @@ def importance_matrix(checkpoint: Path, text: str, max_tokens: int = 4096, windo
     The quantizer then rounds the weights that meet large activations more carefully. The text must be
     calibration text, never the evaluation text, or the quality measured afterwards flatters the variant.
     """
-    import gguf
-    from transformers import AutoConfig
 
 
     config = AutoConfig.from_pretrained(checkpoint)

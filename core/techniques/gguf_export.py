@@ -10,8 +10,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+import gguf
 import numpy as np
 import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig
 
 from core import models
 from core.techniques.gguf_cache import atomic_file
@@ -70,8 +73,6 @@ def _write_metadata(writer, config, name: str) -> None:
 
 def _write_vocab(writer, checkpoint: Path, vocab_size: int) -> None:
     """The tokenizer as llama.cpp reads it: GPT-2 style byte-level BPE from the checkpoint's tokenizer.json."""
-    import gguf
-
     try:
         vocab = gguf.vocab.BpeVocab(checkpoint)
     except FileNotFoundError:
@@ -120,8 +121,6 @@ def _known_pre_tokenizer(tokens: tuple[bytes, ...]) -> str | None:
 
 @lru_cache(maxsize=4)
 def _vocab_of(path: str) -> tuple[tuple[bytes, ...], str] | None:
-    import gguf
-
     fields = gguf.GGUFReader(path).fields
     if "tokenizer.ggml.tokens" not in fields or "tokenizer.ggml.pre" not in fields:
         return None
@@ -132,10 +131,6 @@ def _vocab_of(path: str) -> tuple[tuple[bytes, ...], str] | None:
 
 def export_f32(checkpoint: Path, target: Path, progress: ProgressFn | None = None) -> Path:
     """Write the checkpoint's weights, unchanged, as an F32 GGUF file (atomically)."""
-    import gguf
-    from safetensors.torch import load_file
-    from transformers import AutoConfig
-
     say = progress or (lambda _m: None)
     config = AutoConfig.from_pretrained(checkpoint)
     check_exportable(config)

@@ -158,6 +158,7 @@ def attach(model: torch.nn.Module, settings: FinetuneSettings) -> torch.nn.Modul
         for p in model.parameters():
             p.requires_grad_(True)
         return model
+    # Lazily: peft imports bitsandbytes, which probes its CPU kernels and logs at import; only a fine-tune needs it.
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if settings.method == "qlora":

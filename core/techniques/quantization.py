@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch.ao.quantization import quantize_dynamic
+from transformers import BitsAndBytesConfig
 
 from core.models import load_model
 from core.techniques import moe
@@ -22,7 +24,6 @@ from core.techniques.registry import Technique, no_facts, register
 
 class _DropRepeatedCastNotice(logging.Filter):
     """bitsandbytes logs this on every int8 matmul on a CPU; the int8 explanation covers it once."""
-
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
 
@@ -91,8 +92,6 @@ def compute_dtype(device: str) -> torch.dtype:
 
 
 def bnb_config(config: QuantConfig, device: str):
-    from transformers import BitsAndBytesConfig
-
     if config.weights == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
@@ -120,8 +119,6 @@ def load_quantized(checkpoint: Path, config: QuantConfig, device: str = "cpu") -
 
 def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
     """int8 weights with per-token int8 activations, quantized at run time by torch's fbgemm kernels."""
-    from torch.ao.quantization import quantize_dynamic
-
     # The tied lm_head shares its weight with the embedding; quantizing it would untie and copy it.
     skip = {"lm_head"} if getattr(model.config, "tie_word_embeddings", False) else set()
     targets = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name not in skip}

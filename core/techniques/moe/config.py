@@ -9,6 +9,8 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
+from huggingface_hub import try_to_load_from_cache
+from transformers import AutoConfig
 
 from core import models
 from core.paths import Stopped
@@ -95,8 +97,6 @@ def native_moe(config) -> tuple[int, int] | None:
 
 
 def native_moe_of(checkpoint: Path) -> tuple[int, int] | None:
-    from transformers import AutoConfig
-
     return native_moe(AutoConfig.from_pretrained(checkpoint))
 
 
@@ -106,7 +106,6 @@ def native_moe_for_name(name: str) -> tuple[int, int] | None:
     if spec.source == "local":
         path: Path | None = Path(spec.location) / "config.json"
     elif spec.source == "hub":
-        from huggingface_hub import try_to_load_from_cache
 
         found = try_to_load_from_cache(spec.location, "config.json")
         path = Path(found) if isinstance(found, str) else None

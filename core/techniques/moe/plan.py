@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core import models
@@ -144,8 +146,6 @@ def expert_state(model: nn.Module, plan: MoEPlan) -> dict[str, torch.Tensor]:
 
 def save_plan(plan: MoEPlan, target: Path, experts: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the plan (and the stacked expert weights) atomically: temp dir, then rename."""
-    from safetensors.torch import save_file
-
     tensors = {}
     for name, layer in plan.layers.items():
         tensors |= {f"{name}.order": layer.order, f"{name}.router_w": layer.router_w, f"{name}.router_b": layer.router_b,
@@ -170,8 +170,6 @@ def save_plan(plan: MoEPlan, target: Path, experts: dict[str, torch.Tensor] | No
 
 
 def load_plan(target: Path) -> MoEPlan:
-    from safetensors.torch import load_file
-
     tensors = load_file(str(target / PLAN_FILE))
     info = json.loads((target / PLAN_INFO).read_text())
     layers = {name: LayerPlan(tensors[f"{name}.order"], tensors[f"{name}.router_w"], tensors[f"{name}.router_b"],
@@ -232,8 +230,6 @@ def load_moe(checkpoint: Path, config: MoEConfig, device: str = "cpu") -> nn.Mod
 def apply_saved_experts(model: nn.Module, plan: MoEPlan, target: Path, top_k: int, dense_layers: int,
                         device: str = "cpu") -> nn.Module:
     """Like apply_plan, but with the stacked expert weights read from the cache instead of the dense MLPs."""
-    from safetensors import safe_open
-
     mlps = check_convertible(model, plan.experts)
     if dense_layers >= len(mlps):
         raise ValueError(f"dense_layers={dense_layers} would leave none of the model's {len(mlps)} MLP layers to split")
