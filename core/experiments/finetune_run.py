@@ -15,7 +15,6 @@ import torch
 from core import models, techniques
 from core.experiments import sweep
 from core.measure import benchmark
-from core.models import load_model
 from core.models.saved import adapters_dir, merged_dir
 from core.paths import Stopped
 from core.runtimes import as_runner
@@ -29,13 +28,12 @@ from core.techniques.lora import (
     dir_size_bytes,
     exact_match,
     greedy_answers,
+    load_base,
     load_task,
-    qlora_problem,
     technique_key,
     technique_label,
     train,
 )
-from core.techniques.quantization import QuantConfig, bnb_config
 
 
 def ci_pair(ci: tuple[float, float]) -> list[float]:
@@ -78,14 +76,6 @@ class FinetuneResult(benchmark.Provenance):
 
 
 
-def _load_base(checkpoint: Path, settings: FinetuneSettings, device: str):
-    if settings.method == "qlora":
-        if reason := qlora_problem(device):
-            raise ValueError(f"QLoRA is not available here: {reason} Use method 'lora' instead.")
-        return load_model(checkpoint, torch.float32, device, quantization_config=bnb_config(QuantConfig("nf4"), device))
-    return load_model(checkpoint, torch.float32, device)
-
-
 def _decode_speed(model, tokenizer, prompt: str, device: str) -> tuple[float, tuple[int, ...]]:
     ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=device)
     bench = benchmark.bench_generation(as_runner(model, device), ids, new_tokens=16, warmup=1, repeats=3, device=device)
@@ -110,7 +100,7 @@ def run_finetune(model_name: str, settings: FinetuneSettings, task: str | None =
     checkpoint = models.prepare(spec)
     tokenizer = models.load_tokenizer(checkpoint)
     torch.manual_seed(settings.seed)
-    base = _load_base(checkpoint, settings, device)
+    base = load_base(checkpoint, settings.method, device)
     if settings.method != "full":
         check_targets(base, settings.target_modules)
 

@@ -16,8 +16,9 @@ from typing import Callable, Literal
 import torch
 
 from core.measure import evaluate
+from core.models import load_model
 from core.paths import ASSETS, Stopped
-from core.techniques.quantization import bitsandbytes_problem
+from core.techniques.quantization import QuantConfig, bitsandbytes_problem, bnb_config
 
 Method = Literal["lora", "qlora", "full"]
 METHODS: tuple[str, ...] = ("lora", "qlora", "full")
@@ -150,6 +151,15 @@ def check_targets(model: torch.nn.Module, targets: tuple[str, ...]) -> None:
 
 def qlora_problem(device: str) -> str | None:
     return bitsandbytes_problem(device)
+
+
+def load_base(checkpoint: Path, method: Method, device: str) -> torch.nn.Module:
+    """A fresh copy of the base weights to fine-tune; QLoRA's is quantized to NF4 at load (the QLoRA recipe)."""
+    if method == "qlora":
+        if reason := qlora_problem(device):
+            raise ValueError(f"QLoRA is not available here: {reason} Use method 'lora' instead.")
+        return load_model(checkpoint, torch.float32, device, quantization_config=bnb_config(QuantConfig("nf4"), device))
+    return load_model(checkpoint, torch.float32, device)
 
 
 def attach(model: torch.nn.Module, settings: FinetuneSettings) -> torch.nn.Module:
