@@ -15,6 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CORE_MAX_LINES = 450
 PAGE_MAX_LINES = 150
+# Modules that import the lab inside a function on purpose, and why (torch in a light module).
+LAZY_ON_PURPOSE = {
+    "core/launch/ray_tasks.py": "a Ray task says 'start' before it spends seconds importing torch and the lab",
+}
 
 
 def _core_modules() -> list[Path]:
@@ -83,7 +87,8 @@ def _function_level_imports_of_core(path: Path) -> list[str]:
 
 def test_no_core_module_imports_the_lab_inside_a_function():
     """Lazy imports are for heavy optional libraries (llama_cpp, ray, psycopg) only, never to dodge a circle."""
-    hidden = [hit for path in _core_modules() for hit in _function_level_imports_of_core(path)]
+    hidden = [hit for path in _core_modules() if str(path.relative_to(ROOT)) not in LAZY_ON_PURPOSE
+              for hit in _function_level_imports_of_core(path)]
     assert not hidden, "imports of core placed inside functions:\n" + "\n".join(hidden)
 
 

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from core import models
-from core.experiments import sweep
 from core.launch.job import JobContext
 from core.paths import data_dir
 from core.store import ResultStore
@@ -125,6 +123,8 @@ def _here() -> str:
 
 def _materialize(key: str, files: dict[str, bytes]) -> None:
     """Write a shipped checkpoint into this node's data dir, where `models.prepare` finds it ready."""
+    from core import models  # torch and transformers: see measure_on_node
+
     if models.checkpoint_ready(key):
         return
     target = models.checkpoint_dir(key)
@@ -193,6 +193,10 @@ def measure_on_node(variant: Variant, settings, store_url: str, run_id: str, att
             board.report.remote(ClusterProgress(0.0, node, variant.label(), attempt, step, message, pid))
 
     tell("start", f"{variant.label()}: attempt {attempt} on {node}", always=True)
+    # Lazily, after "start": a fresh Ray worker spends seconds importing torch and the lab, and this module stays
+    # light so that the driver hears where each variant runs at once (cluster.py imports it too).
+    from core import models
+    from core.experiments import sweep
 
     if shipped is not None:
         _materialize(models.resolve(variant.model).key, shipped)
