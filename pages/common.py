@@ -38,6 +38,15 @@ def _opened_store(url: str) -> ResultStore:
     return ResultStore(url=url)
 
 
+def resolve_or_stop(name: str) -> models.ModelSpec:
+    """The picked model's spec; a name the lab cannot resolve stops the page with the reason."""
+    try:
+        return models.resolve(name)
+    except models.ModelError as e:
+        st.info(str(e))
+        st.stop()
+
+
 def store() -> ResultStore | None:
     """The configured store, opened (schema checked) once per server rather than once per page run."""
     try:

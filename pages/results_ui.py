@@ -9,7 +9,7 @@ import streamlit as st
 from core import models
 from core.launch import roles
 from core.measure import benchmark, cost
-from pages.common import SidebarChoice, store
+from pages.common import SidebarChoice, resolve_or_stop, store
 from pages.roles_ui import is_presenter
 
 
@@ -23,11 +23,7 @@ class MeasuredSet:
 def measured_set(picked: SidebarChoice, empty_hint: str) -> MeasuredSet:
     """The chosen model's results on one machine (the user picks which); stops the page with a hint if none."""
     results = store()
-    try:
-        spec = models.resolve(picked.model)
-    except models.ModelError as e:
-        st.info(str(e))
-        st.stop()
+    spec = resolve_or_stop(picked.model)
     machines = results.hardware_seen(spec.key) if results else []
     if not machines:
         st.info(f"Nothing measured for {spec.label} yet. {empty_hint}")

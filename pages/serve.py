@@ -4,14 +4,14 @@ from dataclasses import asdict
 
 import streamlit as st
 
-from core import models, techniques
+from core import techniques
 from core.measure import benchmark
 from core.serving import engines, kv
 from core.serving.bench import ServeSettings
 from core.serving.limits import MAX_CONCURRENCY, REQUEST_TIMEOUT_S
 from core.views import capacity, serving_plots
 from pages import serve_view
-from pages.common import choice, show_error, store
+from pages.common import choice, resolve_or_stop, show_error, store
 from pages.panel import job_panel, submit_job
 
 st.title("Serve")
@@ -20,11 +20,7 @@ st.write("A service answers many people at once. Each decoding step reads the we
          "user waits a little longer. Here the lab starts a real server on this machine (127.0.0.1 only), sends it "
          "concurrent streaming requests, and times every token as it arrives.")
 picked = choice()
-try:
-    spec = models.resolve(picked.model)
-except models.ModelError as e:
-    st.info(str(e))
-    st.stop()
+spec = resolve_or_stop(picked.model)
 
 bundled_gguf = engines.bundled_gguf(spec)
 options = engines.servable(bundled_gguf)  # from the registries: every variant a server can serve, then the model's file

@@ -28,7 +28,7 @@ from core.paths import ASSETS, data_dir
 from core.runtimes.llamacpp import llama_cpp_problem
 from core.techniques.gguf_cache import SIDECAR, atomic_file, discard, file_facts, is_intact  # noqa: F401
 from core.techniques.gguf_export import EXPORTER_VERSION, GGUFError, check_exportable, export_f32  # noqa: F401
-from core.techniques.registry import TECHNIQUES, Technique, get, register, register_resolver
+from core.techniques.registry import TECHNIQUES, Technique, defaults_for, get, register, register_resolver
 
 ProgressFn = Callable[[str], None]
 QuantType = Literal["f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k"]
@@ -257,7 +257,7 @@ register(
           "Weights as 8-bit integers with one scale per block of 32 (8.5 bits per weight), multiplied directly by "
           "llama.cpp's integer kernels.",
           "Near-lossless (KL divergence from FP32 usually below 0.01) and fast, unlike bitsandbytes INT8 on a CPU, "
-          "because the int8 blocks are multiplied as they are instead of being turned back into floats.", default_for=("sweep",)),
+          "because the int8 blocks are multiplied as they are instead of being turned back into floats.", default_for=("sweep", "saved")),
     _gguf("q6_k", "GGUF Q6_K", "6-bit k-quant: blocks of 16 weights with 8-bit scales inside super-blocks of 256 "
           "(6.56 bits per weight).", "Quality close to Q8_0 at three quarters of its size."),
     _gguf("q5_k_m", "GGUF Q5_K_M", "5-bit k-quant mix (the M recipe): most tensors 5-bit, the most sensitive ones 6-bit.",
@@ -265,7 +265,7 @@ register(
     _gguf("q4_k_m", "GGUF Q4_K_M", "4-bit k-quant mix (the M recipe): most tensors 4-bit in blocks with their own "
           "scales and minimums, the most sensitive ones 6-bit. The usual choice for laptops and phones.",
           K_QUANTS + " And unlike bitsandbytes 4-bit on a CPU, it decodes faster than FP32: the kernels read the packed "
-                     "4-bit blocks and never build a float copy of the weights.", default_for=("sweep",)),
+                     "4-bit blocks and never build a float copy of the weights.", default_for=("sweep", "saved")),
     _gguf("q4_0", "GGUF Q4_0 (legacy 4-bit)", "4-bit weights with one 16-bit scale per block of 32, every tensor alike "
           "(4.5 bits per weight).",
           "Often the fastest 4-bit file on a CPU (its simple blocks are repacked for the CPU's vector units at load), "
@@ -298,13 +298,9 @@ def gguf_of_saved(base_key: str, gguf_key: str) -> Technique:
                    explanation=f"{label}, exported to GGUF and quantized: {quant.explanation}")
 
 
-SAVED_QUANTS = ("q8_0", "q4_k_m")  # offered for a saved student or fine-tune: near-lossless, and the laptop choice
-
-
 def saved_gguf_keys(model_key: str | None = None) -> list[str]:
     """The GGUF variants offered for each checkpoint the lab saved of this model: "<saved key>+gguf-<quant>"."""
-    quants = [t.key for t in TECHNIQUES.values()
-              if t.family == "gguf" and t.config.quant in SAVED_QUANTS and not t.config.imatrix]
+    quants = defaults_for("saved")  # near-lossless Q8_0 and the laptop's Q4_K_M, marked where they register
     return [f"{k}+{q}" for k in saved_checkpoints(model_key) for q in quants]
 
 

@@ -46,8 +46,8 @@ class Technique:
     # (checkpoint, config, threads, progress) -> (file, facts recorded with it): for techniques whose runtime loads
     # a file (a GGUF) instead of a torch model. The technique builds the file; the runtime only loads it.
     build_artifact: Callable[[Path, Any, int, Callable[[str], None]], tuple[Path, dict]] | None = None
-    # Where this entry is ticked before the user picks ("sweep": the Quantize page's Measure, "arena"): a page asks
-    # the registry for its defaults instead of naming keys.
+    # Where this entry is offered or ticked before the user picks ("sweep": the Quantize page's Measure, "arena",
+    # "saved": the GGUF files offered of a saved student or fine-tune): callers ask the registry, never name keys.
     default_for: tuple[str, ...] = ()
 
     @property
@@ -123,12 +123,8 @@ def get(key: str) -> Technique:
 
 
 def defaults_for(place: str) -> list[str]:
-    """The keys ticked by default at `place` ("sweep", "arena"), in registry order."""
+    """The keys marked for `place` ("sweep", "arena", "saved"), in registry order."""
     return [k for k, t in TECHNIQUES.items() if place in t.default_for]
-
-
-def of_family(family: str) -> list[Technique]:
-    return [t for t in TECHNIQUES.values() if t.family == family]
 
 
 def parse_keys(text: str) -> list[str]:
