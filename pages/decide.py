@@ -5,7 +5,7 @@ import streamlit as st
 from core import models
 from core.measure import fit
 from core.views import recommend
-from pages import decide_bills
+from pages import decide_bills, verdict_ui
 from pages.common import choice
 from pages.results_ui import measured_set
 from pages.roles_ui import show_error, visible
@@ -35,6 +35,7 @@ with recommend_tab:
     objective = st.radio("I want the", recommend.OBJECTIVES, horizontal=True,
                          format_func={"cheapest": "cheapest", "fastest": "fastest", "best_quality": "best quality"}.get)
     a, b, c = st.columns(3)
+    floor = verdict_ui.floor_input(a)
     use_top1 = a.checkbox("Minimum top-1 agreement", True, help="Share of next tokens equal to the reference's.")
     top1 = a.slider("Top-1 agreement at least", 0.5, 1.0, 0.95, 0.01, disabled=not use_top1)
     use_mc = a.checkbox("Minimum multiple-choice accuracy (share of the reference's)")
@@ -53,17 +54,14 @@ with recommend_tab:
         max_ms_per_token=ms if use_ms else None, max_ttft_ms=ttft if use_ttft else None,
         max_usd_per_1m_tokens=usd if use_usd else None, min_top1_agreement=top1 if use_top1 else None,
         min_mc_share=mc if use_mc else None, device=device if use_device and shape else None,
-        context_tokens=context, objective=objective)
+        context_tokens=context, objective=objective, floor_top1=floor)
     try:
-        rec = recommend.recommend(records, constraints, shape)
+        rec = recommend.recommend(records, constraints, shape, history=measured.history)
     except ValueError as e:
         show_error(e)
         st.stop()
-    if rec.chosen is not None:
-        st.success(f"**Deploy {rec.chosen.label}.**")
-    else:
-        st.warning("**Nothing meets every constraint.**")
-    st.write(rec.summary())
+    verdict_ui.show_verdict(rec)
+    verdict_ui.quality_scale(records, rec.reference)
     st.caption("Speeds and costs were measured on the machine above, not on the target device; the device "
                "constraint checks memory only.")
 

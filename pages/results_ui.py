@@ -18,6 +18,7 @@ class MeasuredSet:
     spec: models.ModelSpec
     machine: str  # hardware fingerprint the records were measured on
     records: list  # newest record per technique on that machine, priced at the sidebar's price
+    history: list  # every record of the model on that machine, newest first (for what a headline moved from)
 
 
 def measured_set(picked: SidebarChoice, empty_hint: str) -> MeasuredSet:
@@ -32,7 +33,9 @@ def measured_set(picked: SidebarChoice, empty_hint: str) -> MeasuredSet:
     machine = st.selectbox("Machine the numbers were measured on", machines,
                            index=machines.index(here) if here in machines else 0,
                            help="Numbers from different machines are never mixed on one chart.")
-    return MeasuredSet(spec, machine, cost.reprice(results.latest_per_technique(spec.key, machine), picked.preset))
+    history = results.all(model=spec.key, hardware=machine)
+    latest = list({r.technique: r for r in reversed(history)}.values())[::-1]  # newest per technique, newest first
+    return MeasuredSet(spec, machine, cost.reprice(latest, picked.preset), history)
 
 
 def clear_results_control() -> None:

@@ -47,6 +47,9 @@ def make_record(**overrides: Any) -> VariantRecord:
         versions={"torch": "2.13.0", "transformers": "5.24.0"},
         settings={"max_new_tokens": 64, "repeats": 5, "seed": 0},
     )
+    if "decode_tokens_per_s_median" in overrides and "decode_tokens_per_s_samples" not in overrides:
+        median = overrides["decode_tokens_per_s_median"]  # timed runs around the median asked for, as a sweep keeps
+        fields["decode_tokens_per_s_samples"] = [median * 0.8, median, median * 1.25]
     fields.update(overrides)
     return VariantRecord(**fields)
 

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from core.measure import fit
-from core.views import recommend
+from core.views import headline, recommend
 from core.views.recommend import Constraints
 from tests.factories import make_record
 
@@ -47,9 +47,9 @@ def test_reason_says_what_is_given_up_against_the_reference():
     assert rec.chosen.technique == "fp32"
     rec = recommend.recommend(records, Constraints(min_top1_agreement=0.95, max_ms_per_token=33.0, objective="best_quality"))
     assert rec.chosen.technique == "fp32"
-    text = recommend.given_up(sweep()[2], sweep()[0])
-    assert "0.97x the speed" in text and "50% of the memory" in text and "97.3%" in text
-    assert "perplexity" in text and "multiple-choice accuracy 75% against 75%" in text
+    text = headline.trade_sentence(headline.headline(sweep()[2], sweep()[0]))
+    assert "0.97x (" in text and "50% of the memory" in text and "97.3%" in text  # every number with its interval
+    assert "perplexity" in text and "multiple-choice accuracy 75% (30%–50%) against 75% (30%–50%)" in text
 
 
 def test_a_non_reference_choice_explains_the_trade():
@@ -60,7 +60,8 @@ def test_a_non_reference_choice_explains_the_trade():
     no_ref_cost = [r for r in records if r.technique != "fp32"]
     rec = recommend.recommend(no_ref_cost + [records[0]], Constraints(max_ms_per_token=30.0))
     assert rec.chosen.technique == "dyn-int8"
-    assert "Against FP32 (reference) it decodes at 1.31x the speed" in rec.summary()
+    assert "Against FP32 (reference) it decodes at 1.31x (" in rec.summary()
+    assert rec.warning is not None and "1 next token in 2" in rec.warning  # 43.8% top-1: under the floor
 
 
 def test_mc_share_constraint_is_relative_to_the_reference():
@@ -82,11 +83,63 @@ def test_impossible_constraints_say_which_to_relax_and_by_how_much():
     # fp32 (31.25 ms/token) and fp16 (31.6 ms) fail only on latency; fp32 needs the smallest change
     assert first.admits == "fp32" and [ch.name for ch in first.changes] == ["max_ms_per_token"]
     assert first.changes[0].relax_to == pytest.approx(1000 / 32.0)
-    assert first.changes[0].relative_change == pytest.approx((1000 / 32.0 - 25.0) / 25.0)
+    assert first.changes[0].relative_change == pytest.approx(math.log(1000 / 32.0 / 25.0))
     text = rec.summary()
     assert text.startswith("No variant meets every constraint.")
-    assert "raise the maximum latency per token from 25.0 ms/token to 31.2 ms/token (25% looser)" in text
+    assert "raise the maximum latency per token from 25.0 ms/token to 31.2 ms/token (25% higher)" in text
+    assert "looser" not in text
     assert "FP32 (reference)" in text
+
+
+def test_two_small_changes_rank_before_one_huge_one():
+    # the case: x11.6 on latency alone used to come first, ahead of +17% and +36% on two constraints
+    records = [make_record(technique="fp32", decode_tokens_per_s_median=1000 / 58.2, ttft_ms_median=50.0),
+               make_record(technique="q", label="Q", family="quantization", decode_tokens_per_s_median=1000 / 5.85,
+                           ttft_ms_median=136.0)]
+    rec = recommend.recommend(records, Constraints(max_ms_per_token=5.0, max_ttft_ms=100.0))
+    assert rec.relaxations[0].admits == "q" and len(rec.relaxations[0].changes) == 2
+    text = rec.summary()
+    assert text.index("admits Q") < text.index("admits FP32")
+    assert "(17% higher)" in text and "(36% higher)" in text and "11.6 times as much" in text
+
+
+def test_share_relaxations_speak_in_points_never_zero_percent():
+    records = [make_record(technique="fp32", top1_agreement=1.0, decode_tokens_per_s_median=10.0),
+               make_record(technique="q", label="Q", family="quantization", top1_agreement=0.996,
+                           decode_tokens_per_s_median=50.0)]
+    rec = recommend.recommend(records, Constraints(min_top1_agreement=1.0, max_ms_per_token=150.0))
+    assert rec.chosen is not None and rec.chosen.technique == "fp32"  # only the reference agrees on 100%
+    rec = recommend.recommend(records, Constraints(min_top1_agreement=1.0, max_ms_per_token=40.0))
+    text = rec.summary()
+    assert "from 100.0% to 99.6% (0.4 points lower)" in text and "0%" not in text.replace("100.0%", "")
+
+
+def test_a_variant_under_the_quality_floor_carries_a_warning_in_words():
+    q2 = make_record(technique="q2", label="GGUF Q2_K", family="gguf", top1_agreement=0.641,
+                     decode_tokens_per_s_median=90.0)
+    rec = recommend.recommend(sweep() + [q2], Constraints(max_ms_per_token=50.0, objective="fastest"))
+    assert rec.chosen.technique == "q2"
+    assert "below the quality floor (85% top-1 agreement)" in rec.warning
+    assert "1 next token in 3" in rec.warning and "often different" in rec.warning
+    lenient = recommend.recommend(sweep() + [q2], Constraints(max_ms_per_token=50.0, objective="fastest",
+                                                              floor_top1=0.6))
+    assert lenient.warning is None  # the floor is the user's to set
+    with pytest.raises(ValueError, match="quality floor"):
+        Constraints(floor_top1=1.5)
+
+
+def test_a_moved_headline_is_named_with_the_measurement_before_it():
+    def pair(run, when, fast):
+        return [make_record(run_id=run, created_at=when, decode_tokens_per_s_samples=[19.0, 20.0, 21.0]),
+                make_record(technique="q", label="Q", family="gguf", run_id=run, created_at=when,
+                            top1_agreement=0.96, decode_tokens_per_s_samples=[fast - 1, fast, fast + 1],
+                            decode_tokens_per_s_median=fast)]
+    old, new = pair("run-old", "2026-12-01T10:00:00+00:00", 152.0), pair("run-new", "2026-12-02T10:00:00+00:00", 119.0)
+    rec = recommend.recommend(new, Constraints(objective="fastest"), history=new + old)
+    assert "moved" in rec.headline.moved and "2026-12-01 10:00 UTC" in rec.headline.moved
+    assert rec.headline.sources[0].startswith("Q: 2026-12-02 10:00 UTC from the CLI, run run-new")
+    steady = recommend.recommend(new, Constraints(objective="fastest"), history=new + pair("run-old", "2026-12-01", 120.0))
+    assert steady.headline.moved is None
 
 
 def test_device_relaxation_names_a_bigger_device():
@@ -96,6 +149,10 @@ def test_device_relaxation_names_a_bigger_device():
     [relax] = rec.relaxations
     assert relax.changes[0].name == "device" and relax.changes[0].value > 2000
     assert "such as Raspberry Pi 5, 8 GB" in rec.summary() or "such as Phone, 8 GB" in rec.summary()
+    assert "a shorter context cannot help" in rec.summary()  # 3 GB of weights leave no room on a 4 GB phone
+    roomy = recommend.recommend([make_record(size_mb=1500.0)], Constraints(device="phone-4gb", context_tokens=131072),
+                                SHAPE)
+    assert "or a context of at most " in roomy.summary() and "tokens instead of 131,072" in roomy.summary()
     with pytest.raises(ValueError, match="KV-cache shape"):
         recommend.recommend(huge, Constraints(device="phone-4gb"))
 
@@ -176,19 +233,35 @@ def test_decide_page_recommends_prices_and_fits(seeded):
     no_errors(at)
     assert any("Deploy FP32 (reference)" in s.value for s in at.success)
     assert any("cheapest per token of the 3 variants" in m.value for m in at.markdown)
-    monthly, fits = at.dataframe[0].value, at.dataframe[1].value
-    assert len(monthly) == 5 and monthly["$ per month"].min() > 0
+    frames = [d.value for d in at.dataframe]
+    fits = next(f for f in frames if "Phone, 4 GB" in f.columns)
+    monthly = next(f for f in frames if any(str(c).startswith("$ per month") for c in f.columns))
+    bill = next(c for c in monthly.columns if str(c).startswith("$ per month"))
+    assert len(monthly) == 5 and monthly[bill].min() > 0
+    scale = next(f for f in frames if "band" in f.columns)  # the evidence for the quality words
+    assert list(scale["variant"])[0] == "FP32 (reference)" and scale["band"][0] == "indistinguishable"
     assert list(fits["Phone, 4 GB"]) == ["fits"] * 5 and fits["KV cache MB"][0] == pytest.approx(94.37184)
 
 
 def test_decide_page_says_what_to_relax(seeded):
     at = AppTest.from_file(str(ROOT / "pages" / "decide.py"), default_timeout=60).run()
-    at.slider[0].set_value(1.0).run()  # top-1 >= 100%: only the reference
+    next(s for s in at.slider if s.label.startswith("Top-1")).set_value(1.0).run()  # top-1 >= 100%: the reference
     at.checkbox[3].check().run()  # maximum latency per token
     at.number_input[1].set_value(20.0).run()
     no_errors(at)
     assert any("Nothing meets every constraint" in w.value for w in at.warning)
     assert any("raise the maximum latency per token from 20.0 ms/token to 31.2 ms/token" in m.value for m in at.markdown)
+
+
+def test_decide_page_never_gives_a_green_verdict_under_the_quality_floor(seeded):
+    at = AppTest.from_file(str(ROOT / "pages" / "decide.py"), default_timeout=60).run()
+    at.radio[0].set_value("fastest").run()
+    next(c for c in at.checkbox if c.label == "Minimum top-1 agreement").uncheck().run()
+    no_errors(at)
+    assert not any("Dynamic INT8" in s.value for s in at.success)  # 43.8% top-1: the fastest, and under the floor
+    assert any("below the quality floor" in w.value and "1 next token in 2" in w.value for w in at.warning)
+    next(s for s in at.slider if s.label.startswith("Quality floor")).set_value(0.5).run()  # under 50%: still amber
+    assert any("below the quality floor (50% top-1 agreement)" in w.value for w in at.warning)
 
 
 def test_decide_page_without_results_points_to_quantize():

@@ -16,6 +16,9 @@ from typing import Literal, get_args
 from core.measure import fit
 from core.store.records import VariantRecord
 from core.techniques import REFERENCE
+from core.views import quality
+from core.views.headline import Headline, trade_sentence
+from core.views.headline import headline as make_headline
 from core.views.measures import decode_ms_per_token
 
 Objective = Literal["cheapest", "fastest", "best_quality"]
@@ -33,6 +36,7 @@ class Constraints:
     context_tokens: int = fit.DEFAULT_CONTEXT_TOKENS  # KV cache sized for this context when checking the device
     overhead_mb: float = fit.RUNTIME_OVERHEAD_MB
     objective: Objective = "cheapest"
+    floor_top1: float = quality.DEFAULT_FLOOR_TOP1  # under it, a verdict carries a warning (it is not a filter)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -45,6 +49,8 @@ class Constraints:
             fit.get_device(self.device)
         if self.context_tokens < 0:
             raise ValueError(f"context_tokens must be >= 0, got {self.context_tokens}")
+        if not (math.isfinite(self.floor_top1) and 0 <= self.floor_top1 <= 1):
+            raise ValueError(f"the quality floor must be a share between 0 and 1, got {self.floor_top1!r}")
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,7 @@ class Check:
     limit: float
     ok: bool
     relax_to: float  # == limit when ok
-    relative_change: float  # how far the limit must move, as a share of the limit (0 when ok)
+    relative_change: float  # how far the limit must move: see `_effort` (0 when ok)
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,9 @@ class Recommendation:
     checks: tuple[Check, ...]  # the chosen variant's checks (every one ok), or empty
     candidates: tuple[str, ...]  # technique keys that meet every constraint, best first
     relaxations: tuple[Relaxation, ...] = field(default_factory=tuple)  # smallest first; only when nothing fits
+    headline: Headline | None = None  # the chosen variant's numbers with intervals and sources
+    warning: str | None = None  # amber words when the chosen variant is under the quality floor
+    max_context_tokens: dict[str, int] = field(default_factory=dict)  # per technique: the longest context that fits
 
     def summary(self) -> str:
         return explain(self)
@@ -81,16 +90,29 @@ class Recommendation:
 # --- checks ----------------------------------------------------------------------------------------
 
 
+# How far a limit must move, on one scale for every constraint so that changes can be added and ranked: the log of
+# the ratio. A maximum (ms, $, MB) moves by value / limit: 5 -> 58 ms is ln 11.6 = 2.45, while +17% and +36% on two
+# constraints add to 0.46. A minimum share (top-1, MC share) moves by the share of misses it lets in: 95% -> 93%
+# is 5% -> 7% misses, ln 1.4 = 0.34; a limit of 100% is taken as 99.9% (ln of 0 misses has no meaning).
+MIN_MISS_SHARE = 0.001
+
+
+def _effort_max(value: float, limit: float) -> float:
+    return math.log(value / limit) if limit > 0 and value > 0 else math.inf
+
+
+def _effort_min(value: float, limit: float) -> float:
+    return math.log(max(1 - value, MIN_MISS_SHARE) / max(1 - limit, MIN_MISS_SHARE))
+
+
 def _max_check(name: str, value: float, limit: float) -> Check:
     ok = math.isfinite(value) and value <= limit
-    change = 0.0 if ok else ((value - limit) / limit if limit > 0 else math.inf)
-    return Check(name, value, limit, ok, limit if ok else value, change)
+    return Check(name, value, limit, ok, limit if ok else value, 0.0 if ok else _effort_max(value, limit))
 
 
 def _min_check(name: str, value: float, limit: float) -> Check:
     ok = math.isfinite(value) and value >= limit
-    change = 0.0 if ok else ((limit - value) / limit if limit > 0 else math.inf)
-    return Check(name, value, limit, ok, limit if ok else value, change)
+    return Check(name, value, limit, ok, limit if ok else value, 0.0 if ok else _effort_min(value, limit))
 
 
 def mc_share(record: VariantRecord, reference: VariantRecord | None) -> float:
@@ -150,7 +172,8 @@ def relaxations(records: Sequence[VariantRecord], checks: Sequence[tuple[Check, 
         failing = tuple(ch for ch in variant_checks if not ch.ok)
         if failing and all(math.isfinite(ch.value) for ch in failing):
             options.append(Relaxation(failing, record.technique, record.label))
-    options.sort(key=lambda o: (len(o.changes), sum(ch.relative_change for ch in o.changes), o.admits))
+    # the smallest total change first, however many constraints it touches: +17% and +36% beat x11.6
+    options.sort(key=lambda o: (sum(ch.relative_change for ch in o.changes), len(o.changes), o.admits))
     # keep the smallest change per constraint set: "relax X by 3%" beats "relax X by 40%"
     seen, best = set(), []
     for o in options:
@@ -161,9 +184,19 @@ def relaxations(records: Sequence[VariantRecord], checks: Sequence[tuple[Check, 
     return tuple(best)
 
 
+def longest_context(record: VariantRecord, device: str, shape: fit.KVShape, overhead_mb: float) -> int:
+    """The most context tokens whose KV cache still fits beside the weights on `device` (0 when none does)."""
+    spare_mb = fit.get_device(device).usable_mb - record.size_mb - overhead_mb
+    per_token_mb = fit.kv_cache_bytes(shape, 1, fit.kv_element_bytes(record.dtype)) / fit.MB
+    return max(0, int(spare_mb / per_token_mb)) if per_token_mb > 0 and math.isfinite(spare_mb) else 0
+
+
 def recommend(records: Sequence[VariantRecord], constraints: Constraints, shape: fit.KVShape | None = None,
-              reference_technique: str = REFERENCE) -> Recommendation:
-    """The best variant meeting every constraint, or, if none does, the smallest relaxations that admit one."""
+              reference_technique: str = REFERENCE, history: Sequence[VariantRecord] = ()) -> Recommendation:
+    """The best variant meeting every constraint, or, if none does, the smallest relaxations that admit one.
+
+    `history`: every record of this model on this machine, for the headline's same-run reference and its note when a
+    newer measurement moved it; the choice itself uses `records` only."""
     if not records:
         raise ValueError("no measured variants to choose from: measure some first")
     machines = sorted({r.hardware for r in records})
@@ -177,8 +210,13 @@ def recommend(records: Sequence[VariantRecord], constraints: Constraints, shape:
     passing.sort(key=lambda pair: objective_key(pair[0], constraints.objective))
     if passing:
         chosen, checks = passing[0]
-        return Recommendation(constraints, chosen, reference, checks, tuple(r.technique for r, _ in passing))
-    return Recommendation(constraints, None, reference, (), (), relaxations(records, all_checks))
+        return Recommendation(constraints, chosen, reference, checks, tuple(r.technique for r, _ in passing),
+                              headline=make_headline(chosen, reference, history or records),
+                              warning=quality.floor_warning(chosen, reference, constraints.floor_top1))
+    contexts = {r.technique: longest_context(r, constraints.device, shape, constraints.overhead_mb)
+                for r in records} if constraints.device is not None and shape is not None else {}
+    return Recommendation(constraints, None, reference, (), (), relaxations(records, all_checks),
+                          max_context_tokens=contexts)
 
 
 # --- plain words -----------------------------------------------------------------------------------
@@ -206,35 +244,31 @@ def describe_check(ch: Check) -> str:
     return f"{name} {_fmt(ch.value, spec, unit)} ({bound} {_fmt(ch.limit, spec, unit)} asked)"
 
 
-def describe_relaxation(r: Relaxation, constraints: Constraints) -> str:
+def _how_far(ch: Check) -> str:
+    """The size of a change in the unit that reads naturally: points for a share; a percent or a factor for a
+    maximum."""
+    if ch.name.startswith("min_"):
+        return f"{(ch.limit - ch.relax_to) * 100:.1f} points lower"
+    ratio = ch.relax_to / ch.limit
+    return f"{ratio:.1f} times as much" if ratio >= 2 else f"{(ratio - 1) * 100:.1f}% higher".replace(".0%", "%")
+
+
+def describe_relaxation(r: Relaxation, rec: Recommendation) -> str:
     parts = []
     for ch in r.changes:
         name, unit, spec = _NAMES[ch.name]
         if ch.name == "device":
             roomy = [d.label for d in fit.DEVICE_PRESETS.values() if d.usable_mb >= ch.value]
+            context = rec.max_context_tokens.get(r.admits, 0)
+            shorter = (f" or a context of at most {context:,} tokens instead of {rec.constraints.context_tokens:,}"
+                       if context > 0 else " (its weights alone do not fit, so a shorter context cannot help)")
             parts.append(f"a device with at least {_fmt(ch.value, spec, unit)} of usable memory"
-                         + (f" (such as {roomy[0]})" if roomy else "")
-                         + f" or a context shorter than {constraints.context_tokens:,} tokens")
+                         + (f" (such as {roomy[0]})" if roomy else "") + shorter)
         else:
             verb, bound = ("lower", "minimum") if ch.name.startswith("min_") else ("raise", "maximum")
             parts.append(f"{verb} the {bound} {name} from {_fmt(ch.limit, spec, unit)} to "
-                         f"{_fmt(ch.relax_to, spec, unit)} ({ch.relative_change:.0%} looser)")
+                         f"{_fmt(ch.relax_to, spec, unit)} ({_how_far(ch)})")
     return f"{' and '.join(parts)}, which admits {r.admits_label}"
-
-
-def given_up(chosen: VariantRecord, reference: VariantRecord | None) -> str:
-    """What the chosen variant trades against the reference, in one sentence."""
-    if reference is None:
-        return "There is no reference measurement on this machine to compare with."
-    if chosen.technique == reference.technique:
-        return "It is the reference itself, so nothing is given up in quality."
-    speed = chosen.decode_tokens_per_s_median / reference.decode_tokens_per_s_median
-    memory = chosen.size_mb / reference.size_mb
-    return (f"Against {reference.label} it decodes at {speed:.2f}x the speed, holds {memory:.0%} of the memory, "
-            f"agrees on {_fmt(chosen.top1_agreement, '.1%')} of next tokens (KL divergence "
-            f"{_fmt(chosen.kld_mean, '.3f')} nats), has perplexity {_fmt(chosen.perplexity, '.1f')} against "
-            f"{_fmt(reference.perplexity, '.1f')} and multiple-choice accuracy {_fmt(chosen.mc_accuracy, '.0%')} "
-            f"against {_fmt(reference.mc_accuracy, '.0%')}.")
 
 
 _OBJECTIVE_WORDS = {"cheapest": "the cheapest per token", "fastest": "the fastest to decode",
@@ -245,15 +279,17 @@ def explain(rec: Recommendation) -> str:
     if rec.chosen is not None:
         others = len(rec.candidates) - 1
         met = "; ".join(describe_check(ch) for ch in rec.checks) or "no constraints were set"
+        trade = trade_sentence(rec.headline) if rec.headline else "There is no reference to compare with."
         return (f"{rec.chosen.label} is {_OBJECTIVE_WORDS[rec.constraints.objective]} of the "
                 f"{len(rec.candidates)} variant{'s' if len(rec.candidates) != 1 else ''} that meet every constraint "
                 f"({others} other{'s' if others != 1 else ''} also qualif{'y' if others != 1 else 'ies'}). "
-                f"It meets them with: {met}. {given_up(rec.chosen, rec.reference)}")
+                f"It meets them with: {met}. {trade}")
     if not rec.relaxations:
-        return "No variant meets the constraints, and none can be admitted by relaxing them (their numbers are missing)."
+        return ("No variant meets the constraints, and none can be admitted by relaxing them "
+                "(their numbers are missing).")
     first = rec.relaxations[0]
-    text = f"No variant meets every constraint. Smallest change: {describe_relaxation(first, rec.constraints)}."
-    alternatives = [describe_relaxation(r, rec.constraints) for r in rec.relaxations[1:3]]
+    text = f"No variant meets every constraint. Smallest change: {describe_relaxation(first, rec)}."
+    alternatives = [describe_relaxation(r, rec) for r in rec.relaxations[1:3]]
     if alternatives:
         text += " Or: " + "; or ".join(alternatives) + "."
     return text

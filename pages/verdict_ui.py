@@ -1,0 +1,52 @@
+"""Render helper (not a page): a recommendation as a verdict a non-expert can trust, with its warning, its
+numbers' intervals, the records it rests on, and what the quality words mean."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.views import quality
+from core.views.recommend import Recommendation
+
+
+def floor_input(container) -> float:
+    """The quality floor, a share of next tokens: under it a verdict carries a warning instead of a green light."""
+    return container.slider(
+        "Quality floor: top-1 agreement", 0.5, 1.0, quality.DEFAULT_FLOOR_TOP1, 0.01,
+        help="A variant under the floor is never shown as a plain 'Deploy': it comes with a warning in words. "
+             f"The default, {quality.DEFAULT_FLOOR_TOP1:.0%}, is where variants measured here began to change "
+             "multiple-choice answers beyond the accuracy interval (see 'What the quality words mean').")
+
+
+def show_verdict(rec: Recommendation) -> None:
+    """Green only for a variant at or above the floor; amber, with the reason, for one under it or for none."""
+    if rec.chosen is None:
+        st.warning("**Nothing meets every constraint.**")
+    elif rec.warning:
+        st.warning(f"**{rec.chosen.label} meets your constraints but is below the quality floor.** {rec.warning}")
+    else:
+        band = quality.band_of(rec.chosen.top1_agreement)
+        st.success(f"**Deploy {rec.chosen.label}.**" + (f" Quality: {band.name}." if band else ""))
+    st.write(rec.summary())
+    if rec.headline is None:
+        return
+    if rec.headline.moved:
+        st.info(rec.headline.moved)
+    st.caption("Measured: " + "; ".join(rec.headline.sources) + f". Intervals: speed-up, {rec.headline.speedup.how}; "
+               f"top-1, {rec.headline.top1_agreement.how}; multiple choice, {rec.headline.mc_accuracy.how}.")
+
+
+def quality_scale(records: list, reference) -> None:
+    """The bands in words, and the evidence for them from this store: top-1 next to the answers it changed."""
+    with st.expander("What the quality words mean"):
+        st.markdown("\n".join(f"- **{b.name}**: top-1 agreement of {b.min_top1_agreement:.0%} or more; {b.meaning}."
+                              for b in quality.BANDS))
+        st.caption("Top-1 agreement is the share of next tokens on which a variant picks the full model's most likely "
+                   "token. The bands were set from the lab's own sweeps of SmolLM2-135M: above 93% almost no "
+                   "multiple-choice answer changed; under 85% one in eight or more did and accuracy fell beyond its "
+                   "interval. The same evidence for the variants measured here:")
+        st.dataframe(quality.calibration_rows(records, reference), hide_index=True, column_config={
+            "top-1 agreement": st.column_config.NumberColumn(format="percent"),
+            "MC answers changed": st.column_config.NumberColumn(format="percent"),
+            "KLD nats": st.column_config.NumberColumn(format="%.4f"),
+            "MC accuracy change, points": st.column_config.NumberColumn(format="%+.1f")})
