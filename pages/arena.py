@@ -17,6 +17,7 @@ from core.paths import ASSETS
 from core.views.tables import sweep_comparison_note, sweep_comparison_rows, tally_rows
 from pages.common import choice, store
 from pages.roles_ui import is_presenter, queue, session_id, visible
+from pages.tables_ui import show_table
 
 PROMPTS = {p["id"]: p for p in json.loads((ASSETS / "prompts.json").read_text())}
 OWN = "own"
@@ -139,11 +140,9 @@ st.plotly_chart(arena.timeline_figure({names[k]: log.stats(k).step_ms for k in l
 compared = arena.compare_all(last["keys"], log, last["prompt_tokens"], swept)
 if compared:
     st.subheader("Live speed against the sweep's median")
-    number = st.column_config.NumberColumn
-    st.dataframe(sweep_comparison_rows(compared, names), hide_index=True, column_config={
-        "live / sweep": number(format="%.2f"), "live decode tok/s": number(format="%.1f"),
-        "sweep median tok/s": number(format="%.1f")})
+    show_table(sweep_comparison_rows(compared, names), {"live / sweep": "%.2f", "live decode tok/s": "%.1f",
+                                                        "sweep median tok/s": "%.1f"})
     st.caption(sweep_comparison_note(compared))
 if results and (tally := results.tally(model=last["model"])):
     st.subheader("Blind votes so far")
-    st.dataframe(tally_rows(tally, label), hide_index=True)
+    show_table(tally_rows(tally, label), {"win rate": "percent"})

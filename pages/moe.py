@@ -15,6 +15,7 @@ from core.views.tables import moe_rows, moe_view
 from pages.common import choice, store
 from pages.panel import job_panel, submit_job
 from pages.roles_ui import show_error, visible
+from pages.tables_ui import show_table
 
 PROMPTS = json.loads((ASSETS / "prompts.json").read_text())
 EXPERT_CHOICES = [4, 8, 16]
@@ -114,8 +115,7 @@ right.text(chosen.sample_generation)
 
 st.subheader("Every setting measured")
 rows = moe_rows(measured, dense)
-st.dataframe(rows, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3g")
-                                                   for c in rows[0] if c not in ("variant", "experts per token (k)")})
+show_table(rows, {c: "%.3g" for c in rows[0] if c not in ("variant", "experts per token (k)")})
 st.caption("Active parameters include the embeddings and attention, which every token uses; FLOPs count "
            "2 per weight multiplied (attention projections, router, chosen experts, output head), not the "
            "attention over the context. Bytes held do not shrink: every expert stays in memory.")

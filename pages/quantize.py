@@ -17,6 +17,7 @@ from pages.common import choice, store
 from pages.estimates import show_estimate
 from pages.panel import job_panel, submit_job
 from pages.roles_ui import show_error, visible
+from pages.tables_ui import show_table
 from pages.uploads_ui import save_upload
 
 PROMPTS = json.loads((ASSETS / "prompts.json").read_text())
@@ -84,9 +85,8 @@ if not records:
     st.stop()
 
 st.subheader("Results on this machine")
-st.dataframe(summary_rows(records), hide_index=True, column_config={
-    "measured": st.column_config.TextColumn(), **{c: st.column_config.NumberColumn(format="%.3g")
-                                                 for c in summary_rows(records)[0] if c not in ("variant", "technique", "runtime", "measured")}})
+show_table(summary_rows(records), {c: "%.3g" for c in summary_rows(records)[0]
+                                   if c not in ("variant", "technique", "runtime", "measured", "measured from")})
 for line in provenance_lines(records):
     st.caption(line)
 

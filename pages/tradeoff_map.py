@@ -8,6 +8,7 @@ from core.views import figures, measures, plots
 from core.views.tables import provenance_lines
 from pages.common import choice, shared, shared_tradeoff
 from pages.results_ui import clear_results_control, measured_set
+from pages.tables_ui import show_table
 
 st.title("Trade-off Map")
 st.write("Each bubble is one variant of the model, measured on one machine. Up is better quality; left is "
@@ -36,14 +37,9 @@ st.caption(f"Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f
            f"({picked.preset.source}, as of {picked.preset.as_of}). Change it in the sidebar.")
 st.caption("Colour is the technique family, symbol the runtime. Only the frontier is labelled; hover over any "
            "bubble for its numbers, or find it in the table.")
-st.dataframe(plots.map_rows(records, metric, "latency"), hide_index=True, width="stretch",
-             column_config={"decode ms/token": st.column_config.NumberColumn(format="%.1f"),
-                            "USD per 1M tokens": st.column_config.NumberColumn(format="%.4f"),
-                            "KLD (nats)": st.column_config.NumberColumn(format="%.4f"),
-                            "top-1 agreement": st.column_config.NumberColumn(format="percent"),
-                            "perplexity": st.column_config.NumberColumn(format="%.2f"),
-                            "MC accuracy": st.column_config.NumberColumn(format="percent"),
-                            "MB held": st.column_config.NumberColumn(format="%.1f")})
+show_table(plots.map_rows(records, metric, "latency"), {
+    "decode ms/token": "%.1f", "USD per 1M tokens": "%.4f", "KLD (nats)": "%.4f", "top-1 agreement": "percent",
+    "perplexity": "%.2f", "MC accuracy": "percent", "MB held": "%.1f"}, width="stretch")
 
 st.subheader("How close each variant gets to the memory-bandwidth limit")
 st.plotly_chart(shared("speed bars", drawn_key(records), lambda: figures.speed_bars_figure(records)),

@@ -7,6 +7,7 @@ import streamlit as st
 
 from core.views import quality
 from core.views.recommend import Recommendation
+from pages.tables_ui import show_table
 
 
 def floor_input(container) -> float:
@@ -45,8 +46,6 @@ def quality_scale(records: list, reference) -> None:
                    "token. The bands were set from the lab's own sweeps of SmolLM2-135M: above 93% almost no "
                    "multiple-choice answer changed; under 85% one in eight or more did and accuracy fell beyond its "
                    "interval. The same evidence for the variants measured here:")
-        st.dataframe(quality.calibration_rows(records, reference), hide_index=True, column_config={
-            "top-1 agreement": st.column_config.NumberColumn(format="percent"),
-            "MC answers changed": st.column_config.NumberColumn(format="percent"),
-            "KLD nats": st.column_config.NumberColumn(format="%.4f"),
-            "MC accuracy change, points": st.column_config.NumberColumn(format="%+.1f")})
+        show_table(quality.calibration_rows(records, reference), {
+            "top-1 agreement": "percent", "MC answers changed": "percent", "KLD nats": "%.4f",
+            "MC accuracy change, points": "%+.1f"}, blanks={"MC answers changed": "not scored"})

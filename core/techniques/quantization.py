@@ -154,19 +154,21 @@ def _quant(key: str, label: str, config: QuantConfig, explanation: str, surprise
 ENTRIES = [
         _quant("fp32", "FP32 (reference)", QuantConfig("fp32"),
                "Every weight is a 32-bit float: the reference every other variant is compared against.",
-               "On a CPU it is often the fastest, because CPU kernels are most optimised for float32.", default_for=('sweep', 'arena')),
+               "On a CPU whose kernels are best optimised for float32 it can be the fastest; the Trade-off Map shows "
+               "whether it is on this machine.", default_for=('sweep', 'arena')),
         _quant("bf16", "BF16", QuantConfig("bf16"),
                "Weights in 16-bit brain-float: half the memory, nearly the same numbers (same range, fewer digits).",
                "On CPUs without native bf16 instructions it is no faster than fp32 at decoding, and reading the "
                "prompt (time to first token) is slower: every multiply converts back to fp32.", default_for=('sweep', 'arena')),
         _quant("fp16", "FP16", QuantConfig("fp16"),
-               "Weights in 16-bit half precision: half the memory; fast on GPUs, often slow on CPUs.",
+               "Weights in 16-bit half precision: half the memory. Fast on GPUs; on a CPU it depends on the CPU's "
+               "half-precision support, so measure it here.",
                "CPUs without fp16 arithmetic emulate it: decoding may keep pace with fp32 (it is memory-bound), "
                "but reading a prompt, which is compute-bound, can take several times longer."),
         _quant("int8", "INT8 (bitsandbytes LLM.int8)", QuantConfig("int8"),
                "Weights stored as 8-bit integers with a scale per row; rare large activations stay in 16-bit.",
-               "At this size it decodes slower than fp32 on a CPU: every step converts int8 weights back to "
-               "16-bit floats, and that work costs more than the memory it saves for a model this small.", default_for=('sweep',)),
+               "At this size it can decode slower than fp32 on a CPU: every step converts int8 weights back to "
+               "16-bit floats, and that work can cost more than the memory it saves for a model this small.", default_for=('sweep',)),
         _quant("nf4", "NF4 (bitsandbytes 4-bit)", QuantConfig("nf4"),
                "Weights in 4 bits on a 'normal float' grid matched to how weights are distributed, one scale per 64 weights.",
                "The embedding table stays in full precision, so the model shrinks less than 8x.", default_for=('sweep',)),

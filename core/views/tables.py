@@ -27,9 +27,15 @@ def summary_rows(records: list[VariantRecord]) -> list[dict]:
             "MC 95% CI high": r.mc_accuracy_ci95[1],
             "$ per 1M tokens": r.usd_per_1m_tokens,
             "measured": r.created_at,
+            "measured from": launched_from(r),
         }
         for r in records
     ]
+
+
+def launched_from(record: VariantRecord) -> str:
+    """'CLI' or 'dashboard': where the run that measured this record was started (speeds differ between them)."""
+    return "dashboard" if record.settings.get("launched_from") == "dashboard" else "CLI"
 
 
 def provenance_lines(records: list[VariantRecord]) -> list[str]:
@@ -39,11 +45,14 @@ def provenance_lines(records: list[VariantRecord]) -> list[str]:
     r = records[0]
     s = r.settings
     versions = ", ".join(f"{k} {v}" for k, v in r.versions.items())
+    from_dashboard = [x.label for x in records if launched_from(x) == "dashboard"]
+    started = (f"all {len(records)} started from the CLI." if not from_dashboard else
+               f"{len(records) - len(from_dashboard)} started from the CLI, {len(from_dashboard)} from the dashboard "
+               f"({', '.join(from_dashboard)}): the dashboard's server and browser share the cores with the model, so "
+               "those speeds run lower than from the CLI; `python -m core sweep` gives the cleanest numbers.")
     return [
-        f"Hardware: {r.hardware}; device {r.device}; {r.threads} threads; started from the "
-        f"{s.get('launched_from', 'cli')}"
-        + (" (the dashboard's server and browser share the cores with the model, so speeds run lower than from "
-           "the CLI; `python -m core sweep` gives the cleanest numbers)." if s.get("launched_from") == "dashboard" else "."),
+        f"Hardware: {r.hardware}; device {r.device}; {r.threads} threads; of the {len(records)} results shown, "
+        + started,
         f"Decode: {s.get('decode', 'greedy')}; prompt {s.get('prompt_tokens', '?')} tokens, "
         f"{s.get('new_tokens', '?')} new tokens, {s.get('warmup_runs', '?')} warm-up + {s.get('repeats', '?')} timed runs; "
         "spread shown is the 10th-90th percentile of the timed runs.",
