@@ -55,6 +55,7 @@ with recommend_tab:
         max_usd_per_1m_tokens=usd if use_usd else None, min_top1_agreement=top1 if use_top1 else None,
         min_mc_share=mc if use_mc else None, device=device if use_device and shape else None,
         context_tokens=context, objective=objective, floor_top1=floor)
+    st.session_state["decide_question"] = constraints  # the Report answers the question last asked here
     try:
         rec = recommend.recommend(records, constraints, shape, history=measured.history)
     except ValueError as e:

@@ -74,8 +74,10 @@ if records:
     try:
         shape = fit.read_kv_shape(models.checkpoint_dir(spec.key))
         example = recommend.Constraints(min_top1_agreement=0.95, device="phone-4gb", objective="cheapest")
-        c3.caption("Example: “at least 95% top-1 agreement, fits a 4 GB phone, cheapest” → "
-                   + recommend.recommend(records, example, shape).summary())
+        answer = recommend.recommend(records, example, shape, history=results.all(model=spec.key, hardware=here))
+        c3.caption(f"Example: “{recommend.describe_constraints(example)}” → " + answer.summary())
+        if answer.warning:
+            c3.warning(answer.warning)
     except (OSError, ValueError) as e:
         c3.caption(f"No example recommendation yet: {e}")
 else:

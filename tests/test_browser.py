@@ -4,81 +4,29 @@ any exception or error box. The main path (measure -> see the map) is clicked th
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from core.launch import quiet
+from tests import dashboard
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PAGES = {"": "LLM Trade-off Lab", "quantize": "Quantize", "lora": "Fine-tune with LoRA", "distill": "Distill a smaller student",
          "moe": "Mixture of experts",
          "tradeoff_map": "Trade-off Map", "arena": "Arena", "decide": "Decide", "report": "Report"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (make test installs it as root)")
-    pytest.importorskip("playwright.sync_api")
-    port = free_port()
-    data = tmp_path_factory.mktemp("browser-data")
-    env = os.environ | {"LAB_DATA_DIR": str(data), "LAB_SHOW_TEST_MODELS": "1", "LAB_WORKER_AUTOSTART": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the dashboard did not start within 60 s:\n" + proc.stdout.read().decode()[-2000:])
-    yield url
-    proc.terminate()
-    try:  # a page run waiting at the gate while the worker times ends after up to quiet.PAGE_WAIT_S, then the server
-        proc.wait(quiet.PAGE_WAIT_S + 10)
-    except subprocess.TimeoutExpired:  # shutting down is not what this module tests; a stuck server must not hang it
-        proc.kill()
-        proc.wait(10)
-    pid = (data / "worker.pid").read_text() if (data / "worker.pid").exists() else ""
-    if pid:  # the measuring worker the dashboard started (its own session: it outlives the server on purpose)
-        try:
-            os.kill(int(pid), 15)
-        except ProcessLookupError:
-            pass
+    with dashboard.running(tmp_path_factory.mktemp("browser-data")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
+    with dashboard.chromium() as b:
         yield b
-        b.close()
 
 
 def assert_no_errors(page) -> None:

@@ -271,6 +271,24 @@ def describe_relaxation(r: Relaxation, rec: Recommendation) -> str:
     return f"{' and '.join(parts)}, which admits {r.admits_label}"
 
 
+def describe_constraints(c: Constraints) -> str:
+    """The question in words: 'at least 95% top-1 agreement, fits a Phone, 4 GB, cheapest'."""
+    parts = []
+    if c.min_top1_agreement is not None:
+        parts.append(f"at least {c.min_top1_agreement:.0%} top-1 agreement")
+    if c.min_mc_share is not None:
+        parts.append(f"at least {c.min_mc_share:.0%} of the reference's multiple-choice accuracy")
+    if c.device is not None:
+        parts.append(f"fits a {fit.get_device(c.device).label} at {c.context_tokens:,} tokens of context")
+    if c.max_ms_per_token is not None:
+        parts.append(f"under {c.max_ms_per_token:g} ms per token")
+    if c.max_ttft_ms is not None:
+        parts.append(f"first token within {c.max_ttft_ms:g} ms")
+    if c.max_usd_per_1m_tokens is not None:
+        parts.append(f"at most ${c.max_usd_per_1m_tokens:g} per 1M tokens")
+    return ", ".join(parts + [{"cheapest": "cheapest", "fastest": "fastest", "best_quality": "best quality"}[c.objective]])
+
+
 _OBJECTIVE_WORDS = {"cheapest": "the cheapest per token", "fastest": "the fastest to decode",
                     "best_quality": "the closest to the reference"}
 
