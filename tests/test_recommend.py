@@ -280,4 +280,4 @@ def test_home_tour_explains_four_techniques_and_shows_the_demo_recommendation(se
     assert len(at.get("image")) == 4
     assert "Glossary" in [e.label for e in at.expander]
     captions = " ".join(c.value for c in at.caption)
-    assert "fits a 4 GB phone, cheapest" in captions and "FP32 (reference) is the cheapest" in captions
+    assert "fits a Phone, 4 GB" in captions and "FP32 (reference) is the cheapest" in captions
