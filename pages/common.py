@@ -18,7 +18,7 @@ from core.launch import (
     preload,  # noqa: F401  (before any page draws: core/launch/preload.py says why)
     roles,
 )
-from core.measure import cost
+from core.measure import cost, fit
 from core.store import ResultStore, StoreError, configured_url, describe_configured
 from core.store.records import drawn_key
 from core.views import plots
@@ -127,3 +127,12 @@ def shared_tradeoff(records: Sequence, metric: str, axis: str, log: bool = True)
     """The Trade-off Map's figure, one for the map page and the report alike."""
     return shared("tradeoff", (drawn_key(records), metric, axis, log),
                   lambda: plots.tradeoff_figure(records, metric, axis, log))
+
+
+def kv_shape(spec: models.ModelSpec) -> tuple[fit.KVShape | None, str | None]:
+    """The model's KV-cache shape from its prepared checkpoint's config.json, or None and why not."""
+    checkpoint = spec.location if spec.source == "local" else models.checkpoint_dir(spec.key)
+    try:
+        return fit.read_kv_shape(checkpoint), None
+    except (OSError, ValueError) as e:
+        return None, f"Cannot size the KV cache ({e}); device fit is unavailable until the model is prepared."

@@ -2,11 +2,10 @@
 
 import streamlit as st
 
-from core import models
 from core.measure import fit
 from core.views import recommend
 from pages import decide_bills, verdict_ui
-from pages.common import choice
+from pages.common import choice, kv_shape
 from pages.results_ui import measured_set
 from pages.roles_ui import show_error, visible
 
@@ -17,12 +16,9 @@ st.write("State what you need, and get the measured variant that meets it best, 
 picked = choice()
 measured = measured_set(picked, "Open **Quantize** and press **Measure** first.")
 spec, machine, records = measured.spec, measured.machine, measured.records
-checkpoint = spec.location if spec.source == "local" else models.checkpoint_dir(spec.key)
-try:
-    shape = fit.read_kv_shape(checkpoint)
-except (OSError, ValueError) as e:
-    shape = None
-    st.warning(visible(f"Cannot size the KV cache ({e}); device fit is unavailable until the model is prepared."))
+shape, problem = kv_shape(spec)
+if problem:
+    st.warning(visible(problem))
 st.caption(f"Speeds measured on: {machine}. Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour "
            "(change it in the sidebar).")
 

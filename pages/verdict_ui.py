@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.views import quality
+from core.views import quality, recommend
 from core.views.recommend import Recommendation
 from pages.tables_ui import show_table
 
@@ -21,13 +21,13 @@ def floor_input(container) -> float:
 
 def show_verdict(rec: Recommendation) -> None:
     """Green only for a variant at or above the floor; amber, with the reason, for one under it or for none."""
+    words = recommend.verdict(rec)
     if rec.chosen is None:
-        st.warning("**Nothing meets every constraint.**")
+        st.warning(f"**{words}**")
     elif rec.warning:
-        st.warning(f"**{rec.chosen.label} meets your constraints but is below the quality floor.** {rec.warning}")
+        st.warning(f"**{words}** {rec.warning}")
     else:
-        band = quality.band_of(rec.chosen.top1_agreement)
-        st.success(f"**Deploy {rec.chosen.label}.**" + (f" Quality: {band.name}." if band else ""))
+        st.success(f"**{words}**")
     st.write(rec.summary())
     if rec.headline is None:
         return

@@ -289,6 +289,27 @@ def describe_constraints(c: Constraints) -> str:
     return ", ".join(parts + [{"cheapest": "cheapest", "fastest": "fastest", "best_quality": "best quality"}[c.objective]])
 
 
+def verdict(rec: Recommendation) -> str:
+    """The answer in one line: a plain 'Deploy X.' only for a variant at or above the quality floor."""
+    if rec.chosen is None:
+        return "Nothing meets every constraint."
+    if rec.warning:
+        return f"{rec.chosen.label} meets your constraints but is below the quality floor."
+    band = quality.band_of(rec.chosen.top1_agreement)
+    return f"Deploy {rec.chosen.label}." + (f" Quality: {band.name}." if band else "")
+
+
+def decision_lines(rec: Recommendation, asked_where: str) -> list[str]:
+    """The decision as a report opens with it: the question, the verdict, the reason, the records, any move."""
+    lines = [f"Question ({asked_where}): {describe_constraints(rec.constraints)}; quality floor "
+             f"{rec.constraints.floor_top1:.0%} top-1 agreement.", verdict(rec), explain(rec)]
+    if rec.headline is not None:
+        lines.append("Measured: " + "; ".join(rec.headline.sources) + ".")
+        if rec.headline.moved:
+            lines.append(rec.headline.moved)
+    return lines
+
+
 _OBJECTIVE_WORDS = {"cheapest": "the cheapest per token", "fastest": "the fastest to decode",
                     "best_quality": "the closest to the reference"}
 
