@@ -3,7 +3,7 @@ import math
 import plotly.graph_objects as go
 import pytest
 
-from core.views import measures, plots
+from core.views import axes, measures, plots
 from core.views.figures import ROOFLINE_NAME, speed_bars_figure
 from core.views.measures import COST_AXES, QUALITY_METRICS, cost_interval, latency_interval, pareto_front
 from core.views.plots import FRONTIER_NAME, tradeoff_figure, what_you_give_up
@@ -314,3 +314,90 @@ def test_the_sentence_names_the_runtime_when_the_best_variant_runs_elsewhere():
     sentence = what_you_give_up(records, "kld_mean", "latency")
     assert "GGUF Q4_K_M (on llama.cpp), decodes 3.5x faster than FP32" in sentence
     assert "(on " not in what_you_give_up(sweep(), "kld_mean", "latency")
+
+
+# --- axes that stay readable wherever they are drawn (issue #31) -----------------------------------
+
+def kld_wide():
+    """The case that broke: a reference at KLD 0 and variants from 0.0004 to 0.4 nats."""
+    return [make_record(technique="fp32", label="FP32", kld_mean=0.0)] + [
+        make_record(technique=f"q{i}", family="quantization", label=f"Q{i}", kld_mean=k,
+                    decode_tokens_per_s_median=20.0 + 5 * i, usd_per_1m_tokens=2.5 * 20 / (20.0 + 5 * i))
+        for i, k in enumerate((0.0004, 0.004, 0.04, 0.4), start=1)]
+
+
+@pytest.mark.parametrize("log_range", [(-4.15, -0.25), (1.15, 1.99), (-0.05, 0.55), (-4.15, -3.85), (1.69, 1.71),
+                                       (-0.3, 12.0), (3.0, 3.2)])
+def test_log_ticks_give_at_least_three_plain_labels_inside_the_range(log_range):
+    ticks = axes.log_ticks(log_range)
+    labels = [axes.plain_number(t) for t in ticks]
+    assert axes.MIN_TICKS <= len(ticks) <= axes.MAX_TICKS
+    assert all(log_range[0] <= math.log10(t) <= log_range[1] for t in ticks)
+    assert len(set(labels)) == len(labels) and all(labels)
+    assert not any("e" in label or "^" in label or "−" in label for label in labels)  # no exponents
+    assert axes.log_ticks(log_range[::-1]) == ticks  # a reversed axis gets the same ticks
+
+
+def test_plain_numbers():
+    assert [axes.plain_number(v) for v in (0.0001, 0.02, 1.5, 20.0, 12000.0, 0.1 * 3, 0.0)] == [
+        "0.0001", "0.02", "1.5", "20", "12,000", "0.3", "0"]
+
+
+def test_wrapped_titles_keep_their_phrases_whole():
+    title = "KLD + 0.0001 floor, nats/token, log (↑ better)"
+    wrapped = axes.wrap_title(title)
+    assert "<br>" in wrapped and wrapped.replace("<br>", " ").replace(",  ", ", ") == title
+    assert all(len(line) <= axes.TITLE_LINE_CHARS for line in wrapped.split("<br>"))
+    assert "(↑ better)" in wrapped and axes.wrap_title("Variant") == "Variant"
+
+
+def test_the_wide_kld_map_labels_its_log_axis_in_plain_decimals():
+    fig = tradeoff_figure(kld_wide(), "kld_mean", "latency")
+    y = fig.layout.yaxis
+    assert y.type == "log" and y.range[0] > y.range[1]  # still reversed: the smallest divergence on top
+    assert list(y.ticktext) == ["0.0001", "0.001", "0.01", "0.1"]
+    assert all(min(y.range) <= math.log10(v) <= max(y.range) for v in y.tickvals)
+    x = fig.layout.xaxis
+    assert len(x.tickvals) >= 3 and all(min(x.range) <= math.log10(v) <= max(x.range) for v in x.tickvals)
+    assert "+ 0.0001 floor" in y.title.text and "↑ better" in y.title.text
+
+
+def every_figure():
+    from core.views import serving_plots
+    from core.views.figures import moe_curve_figure
+    from tests.factories import make_serving_record
+
+    moe = [make_record(technique=f"moe-{k}", family="moe", label=f"MoE k={k}", variant_facts={"experts": 4, "top_k": k})
+           for k in (1, 2, 4)]
+    serving = [make_serving_record(concurrency=c, throughput_tokens_per_s=10.0 * c) for c in (1, 2, 4)]
+    return {
+        **{f"map {m} {a} log={log}": tradeoff_figure(kld_wide(), m, a, log=log)
+           for m in QUALITY_METRICS for a in COST_AXES for log in (True, False)},
+        "speed bars": speed_bars_figure(kld_wide()),
+        "moe curve": moe_curve_figure([*moe, kld_wide()[0]]),
+        "serving frontier": serving_plots.frontier_figure(serving, 128),
+    }
+
+
+@pytest.mark.parametrize("name", list(every_figure()))
+def test_every_axis_makes_room_for_its_labels_whatever_the_theme(name):
+    """automargin is set on the axes themselves: Streamlit's theme replaces plotly's template, which held it."""
+    fig = every_figure()[name]
+    for axis in (fig.layout.xaxis, fig.layout.yaxis):
+        assert axis.automargin is True
+        assert axis.exponentformat in (None, "none")  # never '10⁻⁴', whose base can be cut off
+    assert fig.layout.width is None  # the page sets the width, so the figure follows it
+    assert all(len(line) <= axes.TITLE_LINE_CHARS + 2 for line in (fig.layout.yaxis.title.text or "").split("<br>"))
+
+
+def test_the_context_axis_has_plain_ticks():
+    from types import SimpleNamespace
+
+    from core.views import serving_plots
+
+    points = [SimpleNamespace(context_tokens=c, kv_cache_mb_measured=c / 100, kv_cache_mb_estimated=c / 100,
+                              decode_tokens_per_s=SimpleNamespace(median=20.0, samples=[19.0, 21.0]))
+              for c in (128, 512, 2048)]
+    fig = serving_plots.context_figure(points)
+    assert list(fig.layout.xaxis.ticktext) == ["200", "500", "1,000", "2,000"]  # not 10^2.3 and unlabelled 2, 5
+    assert fig.layout.yaxis.automargin is True and fig.layout.yaxis2.automargin is True

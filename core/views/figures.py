@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 
 from core.store.records import VariantRecord
 from core.techniques import REFERENCE
+from core.views.axes import readable_axes, wrap_title
 from core.views.measures import (
     Interval,
     empty_figure,
@@ -67,10 +68,16 @@ def speed_bars_figure(records: Sequence[VariantRecord]) -> go.Figure:
         marker=dict(symbol="line-ew-open", size=36, line=dict(width=3, color="black")),
         hovertemplate="%{x}: limit %{y:.1f} tokens/s<extra></extra>",
     ))
-    fig.update_layout(title=dict(text="Decode speed against the memory-bandwidth limit"), bargap=0.35)
-    fig.update_yaxes(title_text="Decode speed (tokens/s, median with p10–p90; ↑ better)", rangemode="tozero")
+    # the legend under the whole figure (container), so it takes no width from the bars on a narrow page
+    fig.update_layout(title=dict(text="Decode speed against the memory-bandwidth limit"), bargap=0.35, height=520,
+                      legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0},
+                      margin={"l": 10, "r": 10, "t": 60, "b": 10})
+    # level text, mid-bar: plotly shrinks it to fit, and it stays clear of the whisker and the limit at the top
+    fig.update_traces(textangle=0, insidetextanchor="middle", selector={"type": "bar"})
+    fig.update_yaxes(title_text=wrap_title("Decode speed, tokens/s (median, p10–p90 bars; ↑ better)"),
+                     rangemode="tozero")
     fig.update_xaxes(title_text="Variant")
-    return fig
+    return readable_axes(fig)
 
 
 # --- mixture of experts: quality against speed as k changes ----------------------------------------
@@ -110,10 +117,11 @@ def moe_curve_figure(records: Sequence[VariantRecord], metric_key: str = "kld_me
                       legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), height=480,
                       margin=dict(l=10, r=10, t=50, b=10))
     fig.update_xaxes(title_text="Decode tokens/s, p10–p90 (→ better)")
-    fig.update_yaxes(title_text=metric.axis_title, autorange=True if metric.higher_is_better else "reversed")
+    fig.update_yaxes(title_text=wrap_title(metric.axis_title),
+                     autorange=True if metric.higher_is_better else "reversed")
     if metric.value_format.endswith("%"):
         fig.update_yaxes(tickformat=".0%")
-    return fig
+    return readable_axes(fig)
 
 
 def _moe_hover(record: VariantRecord) -> str:

@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 
 from core.store.records import VariantRecord
 from core.techniques import REFERENCE
+from core.views.axes import log_axis, readable_axes, wrap_title
 from core.views.measures import (
     OTHER_SYMBOL,
     RUNTIME_SYMBOLS,
@@ -206,21 +207,21 @@ def tradeoff_figure(records: Sequence[VariantRecord], metric_key: str, axis_key:
     )
     xs = [axis.interval(r).value for r in records]
     x_range = _data_range(xs, log)
-    fig.update_xaxes(title_text=axis.axis_title + (", log" if log else ""), type="log" if log else "linear",
-                     range=x_range, exponentformat="power")
+    fig.update_xaxes(title_text=wrap_title(axis.axis_title + (", log" if log else "")), type="log" if log else "linear",
+                     range=x_range, exponentformat="none", **(log_axis(x_range) if log else {}))
     y_log = axes.y_is_log(metric)
     y_range = _data_range([axes.y_value(getattr(r, metric.key), metric) for r in records], y_log)
     if y_range is not None and not metric.higher_is_better:
         y_range = y_range[::-1]  # reversed: lower (better) values at the top
-    fig.update_yaxes(title_text=axes.y_title(metric), type="log" if y_log else "linear", range=y_range,
-                     exponentformat="power")
+    fig.update_yaxes(title_text=wrap_title(axes.y_title(metric)), type="log" if y_log else "linear", range=y_range,
+                     exponentformat="none", **(log_axis(y_range) if y_log else {}))
     labels = _frontier_labels(records, metric, axis, axes, x_range, y_range, log, y_log)
     fig.update_layout(annotations=labels, height=max(560, 300 + LABEL_SLOT_PX * len(labels)))
     if y_range is None and not metric.higher_is_better:
         fig.update_yaxes(autorange="reversed")
     if metric.value_format.endswith("%"):
         fig.update_yaxes(tickformat=".0%")
-    return fig
+    return readable_axes(fig)
 
 
 def map_rows(records: Sequence[VariantRecord], metric_key: str, axis_key: str) -> list[dict]:

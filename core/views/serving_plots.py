@@ -15,6 +15,7 @@ from plotly.colors import qualitative
 
 from core.measure import cost
 from core.store.records import ServingRecord
+from core.views.axes import log_axis, readable_axes, wrap_title
 
 KNEE_GAIN = 0.15  # past the knee, the next concurrency step adds less than 15% throughput
 KNEE_NAME = "knee"
@@ -77,10 +78,13 @@ def frontier_figure(records: Sequence[ServingRecord], prompt_tokens: int) -> go.
             hovertemplate=f"knee at concurrency {rs[k].concurrency}<extra></extra>", showlegend=False))
     price = points[0].usd_per_hour if points else float("nan")
     fig.update_layout(
-        title=f"Serving frontier, {prompt_tokens}-token prompts (★ knee: more users past it mostly wait longer)",
+        title=(f"Serving frontier, {prompt_tokens}-token prompts"
+               "<br><sub>★ knee: more users past it mostly wait longer</sub>"),
         xaxis_title="Each user's speed, tok/s (→ better for users)",
-        yaxis_title=f"Output tokens per US$ at ${price:.4f}/h (↑ cheaper)", legend_title="variant · runtime")
-    return fig
+        yaxis_title=wrap_title(f"Output tokens per US$ at ${price:.4f}/h (↑ cheaper)"),
+        legend_title="variant · runtime",
+        legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0}, height=520)
+    return readable_axes(fig)
 
 
 def context_figure(points: Sequence, label: str = "") -> go.Figure:
@@ -99,6 +103,19 @@ def context_figure(points: Sequence, label: str = "") -> go.Figure:
                  "arrayminus": [s - min(p.decode_tokens_per_s.samples) for p, s in zip(points, speed)]}))
     fig.update_layout(
         title=f"Context length: KV cache and decode speed{' · ' + label if label else ''}",
-        xaxis_title="Context, tokens", xaxis_type="log", yaxis_title="KV cache, MB (one sequence)",
-        yaxis2={"title": "Decode, tok/s", "overlaying": "y", "side": "right", "rangemode": "tozero"})
-    return fig
+        xaxis_title="Context, tokens", xaxis_type="log", xaxis=_context_ticks(x),
+        yaxis_title="KV cache, MB (one sequence)",
+        # ticks of its own ('sync' would put the left axis's grid on it: 5.09, 10.16...), legend under the figure
+        yaxis2={"title": "Decode, tok/s", "overlaying": "y", "side": "right", "rangemode": "tozero",
+                "tickmode": "auto", "showgrid": False},
+        legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0})
+    return readable_axes(fig)
+
+
+def _context_ticks(contexts: Sequence[int]) -> dict:
+    """Plain-number ticks (200, 500, 1,000...) on the log context axis, with a little room around the points."""
+    positive = [math.log10(c) for c in contexts if c and c > 0]
+    if not positive:
+        return {}
+    span = [min(positive) - 0.1, max(positive) + 0.1]
+    return {"range": span, **log_axis(span)}
