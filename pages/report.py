@@ -6,10 +6,11 @@ import streamlit as st
 
 from core.launch import roles
 from core.store.records import drawn_key
-from core.views import capacity, measures, report
-from pages.common import choice, shared, shared_tradeoff, store
+from core.views import capacity, measures, recommend, report
+from pages.common import choice, kv_shape, shared, shared_tradeoff, store
 from pages.results_ui import measured_set
 from pages.roles_ui import is_presenter, visible
+from pages.tables_ui import show_table
 
 st.title("Report")
 st.write("One click gives a report you can send to someone who has not seen this app: the Trade-off Map, every "
@@ -27,18 +28,32 @@ settings = {"model": spec.key, "machine": machine, "quality_metric": metric, "ha
 results = store()
 serving = capacity.reprice(capacity.latest_points(results.serving(spec.key, machine)), picked.preset) if results else []
 presenter = is_presenter()
+asked = st.session_state.get("decide_question")
+question = asked or recommend.Constraints(min_top1_agreement=0.95, objective="cheapest")
+try:
+    answer = recommend.recommend(records, question, kv_shape(spec)[0], history=measured.history)
+    decision = recommend.decision_lines(answer, "asked on Decide" if asked else "the default; ask another on Decide")
+    warning = answer.warning
+except ValueError as e:  # e.g. a device question while the model's config is not on this machine
+    decision, warning = [f"No decision: the question cannot be answered here ({e}).", ""], None
+st.subheader("The decision the report opens with")
+st.markdown(f"**{decision[0]}** {decision[1]}")
+if warning:
+    st.warning(warning)
 
 
 def build() -> report.ReportBundle:
     if presenter:
-        return report.build_report(records, spec.label, metric, settings, serving=serving)
+        return report.build_report(records, spec.label, metric, settings, serving=serving, decision=decision,
+                                   warning=warning)
     # a viewer's files carry no server path (records' settings name the eval files they were measured on)
     return report.build_report([roles.without_paths(r) for r in records], spec.label, metric, settings,
-                               serving=[roles.without_paths(r) for r in serving])
+                               serving=[roles.without_paths(r) for r in serving], decision=decision, warning=warning)
 
 
-# Built once per set of results, settings and role for every session; the files are sent only when downloaded.
-bundle = shared("report", (drawn_key(records), drawn_key(serving), *sorted(settings.items()), presenter), build)
+# Built once per set of results, settings, question and role for every session; files are sent only when downloaded.
+bundle = shared("report", (drawn_key(records), drawn_key(serving), *sorted(settings.items()), presenter,
+                           *decision), build)
 
 stem = f"tradeoff-report-{spec.key.replace('/', '--')}"
 a, b, c = st.columns(3)
@@ -51,6 +66,6 @@ st.caption(f"{len(records)} variants, {len(serving)} serving points; HTML {len(b
 
 st.subheader("What the report contains")
 st.plotly_chart(shared_tradeoff(records, metric, "latency"), width="stretch")
-st.dataframe([{h: getattr(r, f) for f, h, _ in report.TABLE_COLUMNS} for r in records], hide_index=True)
+show_table([{h: cell(r)[0] for h, cell in report.VARIANT_COLUMNS} for r in records])  # as the HTML shows it
 with st.expander("Manifest"):
     st.code(visible(json.dumps(bundle.manifest, indent=2, default=str)), language="json")

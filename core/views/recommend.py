@@ -300,9 +300,9 @@ def verdict(rec: Recommendation) -> str:
 
 
 def decision_lines(rec: Recommendation, asked_where: str) -> list[str]:
-    """The decision as a report opens with it: the question, the verdict, the reason, the records, any move."""
-    lines = [f"Question ({asked_where}): {describe_constraints(rec.constraints)}; quality floor "
-             f"{rec.constraints.floor_top1:.0%} top-1 agreement.", verdict(rec), explain(rec)]
+    """The decision as a report opens with it: the verdict, the question, the reason, the records, any move."""
+    lines = [verdict(rec), f"Question ({asked_where}): {describe_constraints(rec.constraints)}; quality floor "
+             f"{rec.constraints.floor_top1:.0%} top-1 agreement.", explain(rec)]
     if rec.headline is not None:
         lines.append("Measured: " + "; ".join(rec.headline.sources) + ".")
         if rec.headline.moved:
