@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 
 from core.store.records import VariantRecord
 from core.techniques import REFERENCE
+from core.views import quality
 from core.views.axes import log_axis, readable_axes, wrap_title
 from core.views.measures import (
     OTHER_SYMBOL,
@@ -317,6 +318,11 @@ def what_you_give_up(
                 f"the best alternative on the frontier, {best.label}, only trades {_in_sentence(metric.label)}.")
     memory_share = _ratio(best.size_mb, reference.size_mb)
     where = f" (on {runtime_of(best)})" if runtime_of(best) != runtime_of(reference) else ""
-    return (f"The {adjective} variant on the frontier, {best.label}{where}, {_gain_phrase(best, reference, axis)} "
-            f"{_quality_phrase(best, reference, metric)}, using {fmt_value(memory_share, '.0%')} of its memory.")
+    text = (f"The {adjective} variant on the frontier, {best.label}{where}, {_gain_phrase(best, reference, axis)} "
+            f"{_quality_phrase(best, reference, metric)}, using {fmt_value(memory_share, '.0%')} of its memory. "
+            f"Its quality: {quality.scale_words(best.top1_agreement)}.")
+    if quality.below_floor(best, quality.DEFAULT_FLOOR_TOP1):  # being on the frontier is not being good enough
+        text += (f" That is under the default quality floor ({quality.DEFAULT_FLOOR_TOP1:.0%} top-1 agreement): "
+                 "check its answers before choosing it.")
+    return text
 
