@@ -13,12 +13,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from core.measure import fit
+from core.measure import fit, intervals
+from core.measure.intervals import Estimate
 from core.store.records import VariantRecord
 from core.techniques import REFERENCE
 from core.views import quality
-from core.views.headline import Headline, trade_sentence
-from core.views.headline import headline as make_headline
+from core.views.headline import (
+    Headline,
+    cost_estimate,
+    fmt as fmt_estimate,
+    headline as make_headline,
+    mc_estimate,
+    speed_estimate,
+    top1_estimate,
+    trade_sentence,
+)
 from core.views.measures import decode_ms_per_token
 
 Objective = Literal["cheapest", "fastest", "best_quality"]
@@ -236,12 +245,28 @@ def _fmt(value: float, spec: str, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
-def describe_check(ch: Check) -> str:
+def check_estimate(ch: Check, record: VariantRecord, reference: VariantRecord | None) -> Estimate | None:
+    """The checked number with its interval, from the same runs the headline uses; None for exact ones (bytes)."""
+    if ch.name == "max_ms_per_token":
+        return speed_estimate(record).inverted(1000.0)
+    if ch.name == "max_ttft_ms":
+        return intervals.median_of(record.ttft_ms_samples or [record.ttft_ms_median])
+    if ch.name == "max_usd_per_1m_tokens":
+        return cost_estimate(record)
+    if ch.name == "min_top1_agreement":
+        return top1_estimate(record)
+    if ch.name == "min_mc_share" and reference is not None and reference.mc_accuracy > 0:
+        return mc_estimate(record).scaled(1 / reference.mc_accuracy)
+    return None
+
+
+def describe_check(ch: Check, estimate: Estimate | None = None) -> str:
     name, unit, spec = _NAMES[ch.name]
     bound = "at least" if ch.name.startswith("min_") else "at most"
     if ch.name == "device":
         return f"needs {_fmt(ch.value, spec, unit)} of the {_fmt(ch.limit, spec, unit)} usable"
-    return f"{name} {_fmt(ch.value, spec, unit)} ({bound} {_fmt(ch.limit, spec, unit)} asked)"
+    value = fmt_estimate(estimate, spec, f" {unit}" if unit else "") if estimate else _fmt(ch.value, spec, unit)
+    return f"{name} {value} ({bound} {_fmt(ch.limit, spec, unit)} asked)"
 
 
 def _how_far(ch: Check) -> str:
@@ -317,7 +342,8 @@ _OBJECTIVE_WORDS = {"cheapest": "the cheapest per token", "fastest": "the fastes
 def explain(rec: Recommendation) -> str:
     if rec.chosen is not None:
         others = len(rec.candidates) - 1
-        met = "; ".join(describe_check(ch) for ch in rec.checks) or "no constraints were set"
+        met = "; ".join(describe_check(ch, check_estimate(ch, rec.chosen, rec.reference))
+                        for ch in rec.checks) or "no constraints were set"
         trade = trade_sentence(rec.headline) if rec.headline else "There is no reference to compare with."
         return (f"{rec.chosen.label} is {_OBJECTIVE_WORDS[rec.constraints.objective]} of the "
                 f"{len(rec.candidates)} variant{'s' if len(rec.candidates) != 1 else ''} that meet every constraint "
