@@ -7,7 +7,7 @@ import streamlit as st
 from core import models
 from core.experiments import distill_run, speculative
 from core.launch.jobs import on_torch_thread
-from core.launch.uploads import fmt_seconds
+from core.launch.uploads import distill_corpus, fmt_seconds
 from core.models import saved
 from core.techniques import distillation
 from core.views import distill as distill_view
@@ -15,7 +15,7 @@ from core.views.tables import distill_rows, speculative_rows
 from pages.common import choice, store
 from pages.panel import job_panel, submit_job
 from pages.roles_ui import show_error, visible
-from pages.uploads_ui import save_upload
+from pages.uploads_ui import blocked_by, checked_upload
 
 st.title("Distill a smaller student")
 st.write("Knowledge distillation trains a small **student** to give the same next-token probabilities as a large "
@@ -65,6 +65,7 @@ source = st.radio("Training text", ["teacher's answers to the bundled prompts", 
                        "the prompts is held out and never trained on.")
 upload = st.file_uploader("UTF-8 text (paragraphs split by blank lines) or JSONL of {\"text\": ...} lines",
                           type=["txt", "jsonl"]) if source == "your own text" else None
+mine = checked_upload(upload, "distill_corpus", distill_corpus(checkpoint), depends_on=str(checkpoint))  # on choosing
 with st.expander("Training settings"):
     a, b, c = st.columns(3)
     steps = a.number_input("Steps", 1, 5000, d.steps)
@@ -84,16 +85,14 @@ def live_curve(live: dict) -> None:
         st.caption(line)
 
 
-if st.button("Distill", type="primary"):
+if st.button("Distill", type="primary", disabled=mine.refused, help=blocked_by(mine)):
     try:
         settings = distillation.DistillSettings(student_layers=layers, layer_choice=how, steps=int(steps),
                                                 batch_size=int(batch), seq_len_tokens=int(seq_len), learning_rate=float(lr),
                                                 temperature=float(temperature), kd_weight=float(kd_weight))
-        corpus = None
-        if source == "your own text":
-            if upload is None:
-                raise ValueError("Upload a text or JSONL file first, or train on the teacher's answers.")
-            corpus = save_upload(upload, lambda p: distillation.corpus_from_file(p, models.load_tokenizer(checkpoint), 0.1))
+        corpus = mine.path
+        if source == "your own text" and corpus is None:
+            raise ValueError("Upload a text or JSONL file first, or train on the teacher's answers.")
         distill_run.prepare_run(picked.model, settings, corpus)  # refuse bad input before the job starts
         submit_job("distill", {"teacher": picked.model, "settings": asdict(settings),
                                "corpus": str(corpus) if corpus else None, "usd_per_hour": picked.preset.usd_per_hour,

@@ -7,12 +7,13 @@ import streamlit as st
 
 from core import models
 from core.experiments import finetune_run
+from core.launch import uploads
 from core.measure import benchmark
 from core.techniques import lora
 from pages.common import choice, store
 from pages.panel import job_panel, submit_job
 from pages.roles_ui import show_error
-from pages.uploads_ui import save_upload
+from pages.uploads_ui import blocked_by, checked_upload
 
 st.title("Fine-tune with LoRA")
 st.write("Teach the model a narrow task by training small low-rank adapters (LoRA) instead of every weight. "
@@ -25,6 +26,7 @@ c1, c2 = st.columns(2)
 source = c1.radio("Task", ["support-routing", "your own JSONL"], horizontal=True,
                   help="support-routing: send a shop's customer message to one of five teams, answered with the team's name.")
 upload = c1.file_uploader("Your {prompt, completion} JSONL", type=["jsonl"]) if source == "your own JSONL" else None
+mine = checked_upload(upload, "lora_data", uploads.lora_data, c1)  # checked when chosen, not when Train is pressed
 method = c2.radio("Method", lora.METHODS, horizontal=True, format_func={"lora": "LoRA", "qlora": "QLoRA", "full": "Full fine-tuning"}.get)
 if method == "qlora" and (reason := lora.qlora_problem(device)):
     st.warning(f"QLoRA is not available here: {reason}")
@@ -50,12 +52,12 @@ def live_loss(live: dict) -> None:
         st.plotly_chart(fig, width="stretch")
 
 
-if st.button("Train", type="primary"):
+if st.button("Train", type="primary", disabled=mine.refused, help=blocked_by(mine)):
     try:
         settings = lora.FinetuneSettings(method=method, rank=int(rank), alpha=int(alpha), dropout=float(dropout),
                                          target_modules=tuple(targets), learning_rate=float(lr), steps=int(steps),
                                          batch_size=int(batch))
-        data = save_upload(upload, lora.load_examples) if upload else None
+        data = mine.path
         if source == "your own JSONL" and data is None:
             raise ValueError("Upload a JSONL file of {\"prompt\": ..., \"completion\": ...} lines first.")
         lora.load_task(None if data else "support-routing", data)  # refuse bad data before the job starts

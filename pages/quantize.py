@@ -8,7 +8,7 @@ import streamlit as st
 from core import models, techniques
 from core.experiments.estimate import SweepPlan
 from core.experiments.sweep import SweepSettings
-from core.launch import cluster
+from core.launch import cluster, uploads
 from core.measure import benchmark, evaluate
 from core.paths import ASSETS
 from core.techniques.gguf import saved_gguf_keys
@@ -18,7 +18,7 @@ from pages.estimates import show_estimate
 from pages.panel import job_panel, submit_job
 from pages.roles_ui import show_error, visible
 from pages.tables_ui import show_table
-from pages.uploads_ui import save_upload
+from pages.uploads_ui import blocked_by, checked_upload
 
 PROMPTS = json.loads((ASSETS / "prompts.json").read_text())
 DEFAULT_PICK = techniques.defaults_for("sweep")
@@ -49,18 +49,21 @@ with st.expander("Measurement settings"):
     mc_file = c1.file_uploader("Your multiple-choice set (JSONL)", type=["jsonl"],
                                help='One {"question": str, "choices": [str, ...], "answer": int} per line.')
     text_file = c2.file_uploader("Your text for perplexity and KLD (.txt)", type=["txt"])
+    # Checked the moment a file is chosen, so that a bad one is refused here rather than after Measure.
+    mc_up = checked_upload(mc_file, "quantize_mc", uploads.mc_set, c1)
+    text_up = checked_upload(text_file, "quantize_text", uploads.ppl_text, c2)
+    blocked = blocked_by(mc_up, text_up)  # Measure stays off while a chosen file is refused
     mc_max = c3.number_input("Questions to score (0 = all)", 0, 10000, 0)
 
 show_estimate("quantize_keys", picked.model, keys,
               SweepPlan(int(new_tokens), DEFAULTS.warmup_runs, int(repeats), int(mc_max) or None), device)
-if st.button("Measure", type="primary", disabled=not keys or not picked.model):
+if st.button("Measure", type="primary", disabled=not keys or not picked.model or bool(blocked), help=blocked):
     try:
         settings = SweepSettings(
             prompt=next(p["prompt"] for p in PROMPTS if p["id"] == prompt_id), new_tokens=int(new_tokens),
             repeats=int(repeats), mc_max_items=int(mc_max), hardware_preset=picked.preset.key,
             usd_per_hour=picked.preset.usd_per_hour, launched_from="dashboard",
-            eval_set=str(save_upload(mc_file, evaluate.load_mc_jsonl) if mc_file else evaluate.DEFAULT_MC_SET),
-            ppl_text=str(save_upload(text_file, evaluate.read_text) if text_file else evaluate.DEFAULT_PPL_TEXT),
+            eval_set=str(mc_up.path or evaluate.DEFAULT_MC_SET), ppl_text=str(text_up.path or evaluate.DEFAULT_PPL_TEXT),
         )
         # Measured by the worker process, never in this web server (core/launch/worker.py); the worker sends it to the
         # Ray cluster when LAB_RAY_ADDRESS is set (core/launch/cluster.py).

@@ -115,7 +115,7 @@ def test_arc_loader_maps_the_answer_by_label_not_letter(tmp_path):
     assert first == evaluate.MCItem("Q1?", ("x", "y", "z"), 2) and second.answer == 1
     assert len(evaluate.load_arc_jsonl(path, limit=1)) == 1
     path.write_text(json.dumps(rows[0] | {"answerKey": "E"}) + "\n")
-    with pytest.raises(ValueError, match="arc.jsonl line 1: not an ARC item"):
+    with pytest.raises(ValueError, match="arc.jsonl, line 1: not an ARC item"):
         evaluate.load_arc_jsonl(path)
 
 
@@ -137,12 +137,12 @@ def test_bootstrap_ci_is_reproducible_and_sensible():
 
 
 @pytest.mark.parametrize("line,message", [
-    ("not json", "line 1 is not valid JSON"),
+    ("not json", "line 1: not valid JSON at character 1"),
     ('{"question": "", "choices": ["a", "b"], "answer": 0}', "'question' must be"),
     ('{"question": "q", "choices": ["a"], "answer": 0}', "at least 2"),
     ('{"question": "q", "choices": ["a", "b"], "answer": 2}', "from 0 to 1"),
-    ('{"question": "q", "choices": ["a", "b"], "answer": true}', "integer index"),
-    ("[1, 2]", "expected a JSON object"),
+    ('{"question": "q", "choices": ["a", "b"], "answer": true}', "a whole number"),
+    ("[1, 2]", "this is a list, not a JSON object"),
 ])
 def test_load_mc_jsonl_names_the_problem(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
@@ -154,7 +154,10 @@ def test_load_mc_jsonl_names_the_problem(tmp_path, line, message):
 def test_load_mc_jsonl_empty_and_missing(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
-    with pytest.raises(ValueError, match="no examples"):
+    with pytest.raises(ValueError, match="empty.jsonl is empty"):
+        evaluate.load_mc_jsonl(empty)
+    empty.write_bytes(b"\xef\xbb\xbf\n")  # a byte-order mark and nothing else
+    with pytest.raises(ValueError, match="holds no examples"):
         evaluate.load_mc_jsonl(empty)
     with pytest.raises(ValueError, match="not found"):
         evaluate.load_mc_jsonl(tmp_path / "missing.jsonl")

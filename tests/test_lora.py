@@ -85,9 +85,10 @@ def test_cancel_leaves_no_partial_artifact(tiny_dir, data_file, data_dir, monkey
 
 
 @pytest.mark.parametrize("content,message", [
-    ("", "holds no examples"),
+    ("", "is empty"),
+    ("\n\n", "is empty"),
     ("not json\n", "not valid JSON"),
-    ('{"prompt": "p"}\n', "expected"),
+    ('{"prompt": "p"}\n', "must both be texts"),
     ('{"prompt": "p", "completion": ""}\n', "must not be empty"),
 ])
 def test_bad_data_files_are_named(tmp_path, content, message):
@@ -168,5 +169,5 @@ def test_cli_empty_data_file(tmp_path, data_dir, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert main(["lora", "--data", str(empty), "--no-store"]) == 2
-    assert "no examples" in capsys.readouterr().err
+    assert f"{empty} is empty" in capsys.readouterr().err
     assert not (data_dir / "adapters").exists()

@@ -121,7 +121,7 @@ def test_measure_refuses_a_bad_uploaded_eval_set_by_name(monkeypatch):
         def getvalue(self):
             return b'{"question": "q", "choices": ["only one"], "answer": 0}\n'
 
-    with pytest.raises(ValueError, match="mine.jsonl: .*at least 2"):
+    with pytest.raises(ValueError, match="mine.jsonl, line 1: .*at least 2"):
         uploads_ui.save_upload(Upload(), __import__("core.measure.evaluate", fromlist=["x"]).load_mc_jsonl)
 
 

@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from core.measure import textfile
+from core.measure.textfile import FileProblem
 from core.paths import ASSETS
 
 DEFAULT_MC_SET = ASSETS / "eval" / "mc_general.jsonl"
@@ -36,15 +38,11 @@ def file_sha256(path: Path) -> str:
 
 
 def read_text(path: Path) -> str:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Text file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8.") from None
-    if len(text.split()) < 50:
-        raise ValueError(f"{path} holds {len(text.split())} words; perplexity needs at least 50 words of prose.")
+    """Prose for perplexity; a FileProblem names the path as given (an upload's caller renames it)."""
+    text = textfile.read(path, textfile.PLAIN)
+    if (words := len(text.split())) < 50:
+        raise FileProblem(f"holds only {words} words; perplexity needs at least 50 words of prose. Use a longer text.",
+                          str(path))
     return text
 
 
@@ -117,28 +115,12 @@ class MCItem:
     answer: int
 
 
-def jsonl_rows(path: Path, example: str) -> list[tuple[str, object]]:
-    """(where, row) for every non-blank line of a JSONL file; a missing file, bad JSON or no rows is named."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"File not found: {path}")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((f"{path.name} line {n}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path.name} line {n} is not valid JSON ({e.msg}).") from None
-    if not rows:
-        raise ValueError(f"{path} holds no examples; expected lines like {example}.")
-    return rows
+MC_EXAMPLE = '{"question": "...", "choices": ["...", "..."], "answer": <index of the right choice, from 0>}'
 
 
 def load_mc_jsonl(path: Path) -> list[MCItem]:
     """Read {"question", "choices", "answer"} lines, naming the first bad line and what is wrong with it."""
-    example = '{"question": "...", "choices": ["...", "..."], "answer": 0}'
-    return [_mc_item(row, where) for where, row in jsonl_rows(path, example)]
+    return [_mc_item(row, where) for where, row in textfile.jsonl_rows(path, MC_EXAMPLE)]
 
 
 def load_arc_jsonl(path: Path, limit: int | None = None) -> list[MCItem]:
@@ -146,28 +128,30 @@ def load_arc_jsonl(path: Path, limit: int | None = None) -> list[MCItem]:
     "label"}]}, "answerKey"}. The answer is found by label, never by letter position: some items use "1".."4"."""
     example = '{"question": {"stem": "...", "choices": [{"text": "...", "label": "A"}]}, "answerKey": "A"}'
     items = []
-    for where, row in jsonl_rows(path, example)[:limit]:
+    for where, row in textfile.jsonl_rows(path, example)[:limit]:
         try:
             q, choices = row["question"]["stem"], row["question"]["choices"]
             labels = [c["label"] for c in choices]
             answer = labels.index(row["answerKey"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{where}: not an ARC item with a question stem, labelled choices and an answerKey "
-                             f"among the labels; expected {example}.") from None
+            raise where.problem("not an ARC item with a question stem, labelled choices and an answerKey among the "
+                                f"labels. Each line needs {example}.") from None
         items.append(_mc_item({"question": q, "choices": [c["text"] for c in choices], "answer": answer}, where))
     return items
 
 
-def _mc_item(row: object, where: str) -> MCItem:
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}.")
+def _mc_item(row: object, where: textfile.Line) -> MCItem:
+    row = textfile.object_row(where, row, MC_EXAMPLE)
     q, choices, answer = row.get("question"), row.get("choices"), row.get("answer")
+    needs = f"Each line needs {MC_EXAMPLE}."
     if not isinstance(q, str) or not q.strip():
-        raise ValueError(f"{where}: 'question' must be a non-empty string.")
+        raise where.problem(f"'question' must be a non-empty string. {needs}")
     if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
-        raise ValueError(f"{where}: 'choices' must be a list of at least 2 non-empty strings.")
+        raise where.problem(f"'choices' must be a list of at least 2 non-empty strings. {needs}")
     if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
-        raise ValueError(f"{where}: 'answer' must be an integer index from 0 to {len(choices) - 1}, got {answer!r}.")
+        got = "is missing" if answer is None else f"is {json.dumps(answer)[:40]}"
+        raise where.problem(f"'answer' {got}; it must be the index of the right choice, a whole number from 0 to "
+                            f"{len(choices) - 1}. {needs}")
     return MCItem(q.strip(), tuple(c.strip() for c in choices), answer)
 
 

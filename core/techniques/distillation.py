@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from core import models
-from core.measure import benchmark, evaluate
+from core.measure import benchmark, evaluate, textfile
+from core.measure.textfile import FileProblem
 from core.models.saved import checkpoint_name
 from core.paths import ASSETS, Stopped, data_dir
 
@@ -177,7 +178,7 @@ def _read_bytes(model, per_layer: list[int], keep) -> float:
 
 
 def load_prompts(path: Path = PROMPTS) -> list[dict]:
-    rows = [row for _, row in evaluate.jsonl_rows(path, '{"id": "...", "prompt": "..."}')]
+    rows = [row for _, row in textfile.jsonl_rows(path, '{"id": "...", "prompt": "..."}')]
     if not rows or not all(isinstance(r, dict) and r.get("prompt") for r in rows):
         raise ValueError(f"{path} must hold JSON lines with a non-empty 'prompt'.")
     return rows
@@ -206,25 +207,18 @@ class Corpus:
 
 def corpus_from_file(path: Path, tokenizer, heldout_share: float) -> Corpus:
     """A .txt file (split at blank lines) or a .jsonl file of {"text": ...} lines; the held-out share is never trained on."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Corpus file not found: {path}")
+    path, example = Path(path), '{"text": "..."}'
     if path.suffix == ".jsonl":
-        texts = []
-        for where, row in evaluate.jsonl_rows(path, '{"text": "..."}'):
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise ValueError(f'{where}: expected {{"text": "..."}}.')
-            texts.append(row["text"])
+        rows = [(where, textfile.object_row(where, row, example)) for where, row in textfile.jsonl_rows(path, example)]
+        if bad := next((where for where, row in rows if not isinstance(row.get("text"), str)), None):
+            raise bad.problem(f"'text' is missing or is not in quotes. Each line needs {example}.")
+        texts = [row["text"] for _, row in rows]
     else:
-        try:
-            body = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8.") from None
-        texts = body.split("\n\n")
+        texts = textfile.read(path, f"{textfile.PLAIN}, paragraphs split by blank lines").split("\n\n")
     texts = [t.strip() for t in texts if t.strip()]
     if not texts:
-        raise ValueError(f"{path.name} is empty: give a UTF-8 text file (paragraphs split by blank lines) "
-                         'or JSONL of {"text": ...} lines.')
+        raise FileProblem('holds no text. Use UTF-8 text (paragraphs split by blank lines) or JSONL of {"text": ...} '
+                          "lines.", str(path))
     seqs = [(f"{i}:{t[:40]}", tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]) for i, t in enumerate(texts)]
     train = [s for k, s in seqs if not is_heldout(k, heldout_share)]
     heldout = [s for k, s in seqs if is_heldout(k, heldout_share)]
@@ -232,8 +226,8 @@ def corpus_from_file(path: Path, tokenizer, heldout_share: float) -> Corpus:
         train, heldout = train[:-1], train[-1:]
     corpus = Corpus(train, heldout, str(path), texts[:3])
     if corpus.train_tokens < 256 or not heldout:
-        raise ValueError(f"{path.name} holds {sum(len(s) for _, s in seqs)} tokens in {len(texts)} texts; give at least "
-                         "two texts and a few hundred words so that some can be held out.")
+        raise FileProblem(f"holds {sum(len(s) for _, s in seqs)} tokens in {len(texts)} texts; give at least two texts "
+                          "and a few hundred words so that some can be held out.", str(path))
     return corpus
 
 

@@ -15,7 +15,8 @@ from typing import Callable, Literal
 
 import torch
 
-from core.measure import evaluate
+from core.measure import evaluate, textfile
+from core.measure.textfile import FileProblem
 from core.models import load_model
 from core.paths import ASSETS, Stopped
 from core.techniques.quantization import QuantConfig, bitsandbytes_problem, bnb_config
@@ -77,14 +78,18 @@ class Example:
     completion: str
 
 
+EXAMPLE = '{"prompt": "...", "completion": "..."}'
+
+
 def load_examples(path: Path) -> list[Example]:
     """Read {"prompt", "completion"} JSONL lines, naming the first bad line and what is wrong with it."""
     out = []
-    for where, row in evaluate.jsonl_rows(path, '{"prompt": "...", "completion": "..."}'):
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
-            raise ValueError(f'{where}: expected {{"prompt": str, "completion": str}}.')
+    for where, row in textfile.jsonl_rows(path, EXAMPLE):
+        row = textfile.object_row(where, row, EXAMPLE)
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
+            raise where.problem(f"'prompt' and 'completion' must both be texts in quotes. Each line needs {EXAMPLE}.")
         if not row["prompt"].strip() or not row["completion"].strip():
-            raise ValueError(f"{where}: prompt and completion must not be empty.")
+            raise where.problem(f"'prompt' and 'completion' must not be empty. Each line needs {EXAMPLE}.")
         out.append(Example(row["prompt"], row["completion"].strip()))
     return out
 
@@ -103,7 +108,8 @@ def load_task(task: str | None = None, data: Path | None = None, test_share: flo
     if data is not None:
         examples = load_examples(data)
         if len(examples) < 10:
-            raise ValueError(f"{Path(data).name} holds {len(examples)} examples; give at least 10 (some are held out).")
+            raise FileProblem(f"holds {len(examples)} examples; give at least 10 (some are held out to test on).",
+                              str(data))
         rng = random.Random(seed)
         shuffled = examples[:]
         rng.shuffle(shuffled)
