@@ -1,14 +1,17 @@
-"""Render helper (not a page): how long the chosen variants will take here, which run far slower, drop them in one click."""
+"""Render helper (not a page): how long the chosen variants will take here, which run far slower, drop them in one click,
+and how far the last estimates here were off (which corrects this one)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from core import models
+from core import models, techniques
 from core.experiments import estimate
 from core.experiments.sweep import chat_prompt_ids
+from core.launch.jobqueue import JobEstimate
 from core.measure import benchmark
 from pages.common import store
+from pages.roles_ui import queue
 
 PROBES = "estimate_probes"  # session_state: technique -> Probe, measured on this machine during this session
 
@@ -34,18 +37,41 @@ def _probe(model: str, keys: tuple[str, ...], device: str) -> None:
             probes[key] = estimate.probe_variant(key, checkpoint, prompt_ids, device)
 
 
-def show_estimate(widget_key: str, model: str, keys: list[str], plan: estimate.SweepPlan, device: str) -> None:
-    """A table per chosen variant (estimated time, basis, flag), the total, a probe button and a drop button."""
-    results = store()
-    if not keys or results is None:
+def _show_past(est: estimate.SweepEstimate, past: list[estimate.PastRun]) -> None:
+    """The last sweeps here, estimate against time taken: what the correction of this estimate learned from."""
+    if not est.correction.runs:
         return
+    st.caption(f"This estimate is {est.correction.words}. Recent sweeps on this machine (error %: negative when "
+               "it took longer than estimated):")
+    st.dataframe(estimate.past_rows(past, est.hardware), hide_index=True, column_config={
+        "estimated s": st.column_config.NumberColumn(format="%.0f s"),
+        "actual s": st.column_config.NumberColumn(format="%.0f s"),
+        "error %": st.column_config.NumberColumn(format="%+.0f%%")})
+
+
+def _for_the_queue(est: estimate.SweepEstimate) -> JobEstimate | None:
+    """Stored with the job only when every variant has one: a partial sum would teach the correction nonsense."""
+    if est.unknown or est.total_s <= 0:
+        return None
+    return JobEstimate(est.total_s, est.uncorrected_s, est.hardware)
+
+
+def show_estimate(widget_key: str, model: str, keys: list[str], plan: estimate.SweepPlan,
+                  device: str) -> JobEstimate | None:
+    """A table per chosen variant (estimated time, basis, flag), the total, a probe button and a drop button;
+    returns the estimate to queue with the sweep (None when some variant has none)."""
+    results = store()
+    keys = [k for k in keys if not techniques.get(k).why_not(device)]  # the sweep skips these: no time to count
+    if not keys or results is None:
+        return None
     try:
         spec = models.resolve(model)
     except models.ModelError:
-        return  # the page already says what is wrong with the model
+        return None  # the page already says what is wrong with the model
     hardware = benchmark.hardware_fingerprint(device)
+    past = estimate.past_runs(queue().estimated_jobs("sweep", hardware, estimate.LEARN_FROM_LAST))
     est = estimate.estimate_sweep(results.all(model=spec.key), keys, spec.key, hardware, plan,
-                                  st.session_state.get(PROBES), estimate.cpu_has_avx512())
+                                  st.session_state.get(PROBES), estimate.cpu_has_avx512(), past)
     with st.expander(f"Estimated time here: {_fmt_s(est.total_s)}"
                      + (f" plus {len(est.unknown)} never measured here" if est.unknown else "")
                      + (f"; {len(est.slow)} variant(s) run far slower than usual" if est.slow else ""),
@@ -54,7 +80,9 @@ def show_estimate(widget_key: str, model: str, keys: list[str], plan: estimate.S
                        "decode tok/s here": v.decode_tokens_per_s, "based on": v.basis,
                        "flag": "slow here" if v.slow else ""} for v in est.variants],
                      hide_index=True, column_config={"decode tok/s here": st.column_config.NumberColumn(format="%.1f")})
-        st.caption(f"Machine: {hardware}. The reference pass and the bandwidth measurement add a little on top.")
+        st.caption(f"Machine: {hardware}. The reference pass and the bandwidth measurement add a little on top"
+                   + (", which the correction below counts." if est.correction.runs else "."))
+        _show_past(est, past)
         for v in est.variants:
             if v.slow:
                 st.warning(f"**{v.label}** {v.why_slow}")
@@ -67,3 +95,4 @@ def show_estimate(widget_key: str, model: str, keys: list[str], plan: estimate.S
             except (ValueError, RuntimeError, OSError) as e:
                 st.error(f"The probe could not run: {e}")
             st.rerun()
+    return _for_the_queue(est)

@@ -10,26 +10,25 @@ and the sidebar's keep-alive (every 20 s) redraws it live once the phase is over
 that thirty of them do not all switch to paused and back with whole-page runs. Whether that is better than pausing
 every panel is not settled: one load-test round with this rule (30 viewers) was no better than three rounds with
 every panel paused (medians 0.74-0.90 of the CLI's against 0.79-0.98, page p90 4.3 s against 3.8 s), and this
-machine's speed drifts by a third within minutes.
+machine's speed drifts by a third within minutes. A paused panel says so where the remaining time would be.
 """
 
 from __future__ import annotations
 
-import time
-
 import streamlit as st
 
-from core.launch import jobqueue, quiet, worker
-from core.launch.jobqueue import JobQueue, NotAllowed, QueueFull
+from core.launch import jobqueue, jobs, quiet, worker
+from core.launch.jobqueue import JobEstimate, JobQueue, NotAllowed, QueueFull
 from core.launch.uploads import fmt_seconds
+from pages.ended_ui import draw_ended, ended_to_show
 from pages.roles_ui import heartbeat, is_presenter, owner_name, queue, session_id, show_error, visible
 from pages.turns import gate, takes_turns
 
 
-def submit_job(kind: str, args: dict, label: str) -> int | None:
-    """Queue a job for the worker; say where it stands, or why it was refused."""
+def submit_job(kind: str, args: dict, label: str, estimate: JobEstimate | None = None) -> int | None:
+    """Queue a job for the worker, with the estimate the page showed if any; say where it stands, or why not."""
     try:
-        job_id = worker.submit(queue(), kind, args, label, owner_name(), session_id())
+        job_id = worker.submit(queue(), kind, args, label, owner_name(), session_id(), estimate)
     except (QueueFull, NotAllowed, ValueError) as e:
         show_error(e)
         return None
@@ -53,10 +52,11 @@ def _stop_button(job: jobqueue.QueuedJob, label: str) -> None:
         queue_snapshot.clear()
 
 
-def _draw_running(job: jobqueue.QueuedJob, left_s: float | None, kept_note: str) -> None:
+def _draw_running(job: jobqueue.QueuedJob, expected_s: float | None, kept_note: str, paused: bool) -> None:
     st.progress(job.fraction, text=f"{job.label} ({job.owner}): {visible(job.message)}")
     stopping = " · stopping at the next safe point" if job.stop_requested else ""
-    st.caption(f"Elapsed {fmt_seconds(job.elapsed_s)} · remaining about {fmt_seconds(left_s)}{stopping}. {kept_note}")
+    times = jobs.time_words(job.elapsed_s, expected_s, job.fraction, visible(job.message), paused)
+    st.caption(f"{times}{stopping}. {kept_note}")
     _stop_button(job, "Stop")
 
 
@@ -74,25 +74,15 @@ def _draw_waiting(waiting: tuple[jobqueue.Waiting, ...]) -> None:
             _stop_button(w.job, "Cancel")
 
 
-def _draw_ended(job: jobqueue.QueuedJob, kept_note: str) -> None:
-    if time.time() - (job.ended_s or 0) > 600:
-        return
-    who = f"{job.label} ({job.owner})"
-    if job.state == "failed":
-        st.error(f"{who} stopped: {visible(job.error)}")
-    elif job.state in ("cancelled", "interrupted"):
-        st.warning(f"{who}: {visible(job.error)}. {kept_note}")
-
-
-def _draw_panel(kept_note: str, live_view, in_fragment: bool) -> None:
+def _draw_panel(kept_note: str, live_view, in_fragment: bool, paused: bool = False) -> None:
     heartbeat()
     snap = queue_snapshot(str(queue().path))
     if snap.running is not None:
-        _draw_running(snap.running, snap.running_left_s, kept_note)
+        _draw_running(snap.running, snap.running_expected_s, kept_note, paused)
     _draw_waiting(snap.waiting)
     last = snap.recent[0] if snap.recent else None
-    if last is not None:
-        _draw_ended(last, kept_note)
+    if (ended := ended_to_show(snap.recent)) is not None:
+        draw_ended(ended, kept_note)
     shown = snap.running or last
     if live_view is not None and shown is not None and shown.live:
         live_view(shown.live)
@@ -125,7 +115,7 @@ def _live_panel(kept_note: str, live_view=None) -> None:
 def _paused_panel(kept_note: str, live_view=None) -> None:
     st.caption(":material/pause_circle: The worker is timing a model now. This panel stays as it is until the "
                "timed runs end, so that watching does not slow what is measured.")
-    _draw_panel(kept_note, live_view, in_fragment=False)
+    _draw_panel(kept_note, live_view, in_fragment=False, paused=True)
 
 
 def job_panel(kept_note: str, live_view=None) -> None:

@@ -55,8 +55,8 @@ with st.expander("Measurement settings"):
     blocked = blocked_by(mc_up, text_up)  # Measure stays off while a chosen file is refused
     mc_max = c3.number_input("Questions to score (0 = all)", 0, 10000, 0)
 
-show_estimate("quantize_keys", picked.model, keys,
-              SweepPlan(int(new_tokens), DEFAULTS.warmup_runs, int(repeats), int(mc_max) or None), device)
+sweep_estimate = show_estimate("quantize_keys", picked.model, keys,
+                               SweepPlan(int(new_tokens), DEFAULTS.warmup_runs, int(repeats), int(mc_max) or None), device)
 if st.button("Measure", type="primary", disabled=not keys or not picked.model or bool(blocked), help=blocked):
     try:
         settings = SweepSettings(
@@ -68,7 +68,8 @@ if st.button("Measure", type="primary", disabled=not keys or not picked.model or
         # Measured by the worker process, never in this web server (core/launch/worker.py); the worker sends it to the
         # Ray cluster when LAB_RAY_ADDRESS is set (core/launch/cluster.py).
         submit_job("sweep", {"model": picked.model, "techniques": keys, "settings": asdict(settings)},
-                   f"Quantization sweep of {picked.model}{cluster.where()}")
+                   f"Quantization sweep of {picked.model}{cluster.where()}",
+                   None if cluster.where() else sweep_estimate)  # the estimate is for this machine, kept to compare
     except ValueError as e:
         show_error(e)
 

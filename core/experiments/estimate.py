@@ -10,12 +10,20 @@ A variant is flagged slow when it decodes at under SLOW_VS_REFERENCE of the fp32
 on this machine (or, with no reference here, under SLOW_ROOFLINE_PCT of its own bandwidth limit).
 A kernel that falls back to slow code shows up exactly like that: bitsandbytes int8 ran at 0.6
 tokens/s against 8-10 for fp32 on an AVX2-only AMD EPYC, but at 16 against 22-33 on an AVX-512 Xeon.
+
+The estimate learns: the records leave out what a sweep does besides its variants (starting a process, the
+reference pass, the bandwidth measurement), and a machine's speed drifts. So each new estimate is multiplied by
+the median of actual / estimated over the last LEARN_FROM_LAST sweeps that ended here (`learned_correction`), kept
+within CORRECTION_MIN..CORRECTION_MAX so that one odd run (a sweep slowed by a busy machine) cannot make the next
+estimate absurd. A dashboard estimate of 61 s for a sweep that took 95 s is what this corrects.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +36,9 @@ SLOW_VS_REFERENCE = 0.25  # nf4 at 0.56-0.65x of fp32 is its normal speed; int8 
 SLOW_ROOFLINE_PCT = 2.0  # without a reference here: under 2% of what the memory bandwidth allows
 MC_TOKENS_PER_ITEM = 80  # question + choices read when scoring one multiple-choice item (no wall time known)
 PROBE_TOKENS = 4  # 1 prefill + 3 decode steps
+LEARN_FROM_LAST = 5  # sweeps that ended here, newest first: enough for a median, recent enough to follow drift
+CORRECTION_MIN, CORRECTION_MAX = 0.5, 3.0  # a sane range: beyond it the records, not the correction, are wrong
+ABOUT_RIGHT = 0.10  # a median within 10% of the estimate is left alone: that is run-to-run noise here
 
 
 @dataclass(frozen=True)
@@ -59,17 +70,43 @@ class VariantEstimate:
     decode_tokens_per_s: float | None  # the speed the estimate and the flag use
     slow: bool
     why_slow: str  # plain words; "" when not slow
+    uncorrected_s: float | None = None  # `seconds` before the learned correction
+
+
+@dataclass(frozen=True)
+class PastRun:
+    """One job that ended done after an estimate: what was estimated before it started and what it took."""
+    label: str
+    hardware: str
+    estimated_s: float  # shown before it ran (with the correction of its day)
+    uncorrected_s: float  # from the records alone: what a correction compares with
+    actual_s: float  # wall seconds from its start to its end
+    ended_s: float  # time.time() at its end
+
+
+@dataclass(frozen=True)
+class Correction:
+    """What the last sweeps here teach the next estimate: multiply by `factor`."""
+    factor: float = 1.0
+    runs: int = 0  # sweeps it learned from (0: none ended here yet)
+    median_ratio: float | None = None  # actual / uncorrected estimate, median over those runs
+    words: str = ""  # for people; "" with no runs
 
 
 @dataclass(frozen=True)
 class SweepEstimate:
     hardware: str
     variants: tuple[VariantEstimate, ...]
+    correction: Correction = Correction()
 
     @property
     def total_s(self) -> float:
-        """Seconds over the variants that have an estimate (see `unknown` for the rest)."""
+        """Seconds over the variants that have an estimate (see `unknown` for the rest), corrected."""
         return sum(v.seconds for v in self.variants if v.seconds is not None)
+
+    @property
+    def uncorrected_s(self) -> float:
+        return sum(v.uncorrected_s for v in self.variants if v.uncorrected_s is not None)
 
     @property
     def unknown(self) -> tuple[str, ...]:
@@ -171,6 +208,53 @@ def _is_slow(tps: float | None, ref_tps: float | None, roofline_pct: float | Non
     return roofline_pct is not None and roofline_pct < SLOW_ROOFLINE_PCT
 
 
+# ---------------------------------------------------------------- learning from the sweeps that ended here
+
+
+def past_runs(jobs: Iterable) -> list[PastRun]:
+    """PastRuns from the queue's ended jobs (core/launch/jobqueue.py `estimated_jobs`; read by attribute, since
+    the queue's layer sits above this one)."""
+    return [PastRun(j.label, j.estimate_hardware, j.estimated_s, j.uncorrected_s, j.elapsed_s, j.ended_s)
+            for j in jobs if j.uncorrected_s and j.ended_s is not None]
+
+
+def _recent_here(past: Iterable[PastRun], hardware: str, last: int) -> list[PastRun]:
+    here = [p for p in past if p.hardware == hardware and p.uncorrected_s > 0 and p.actual_s > 0]
+    return sorted(here, key=lambda p: p.ended_s, reverse=True)[:last]
+
+
+def learned_correction(past: Iterable[PastRun], hardware: str, last: int = LEARN_FROM_LAST) -> Correction:
+    """The median of actual / uncorrected estimate over the last `last` sweeps on `hardware`, within
+    CORRECTION_MIN..CORRECTION_MAX; 1 when none ended here or they were within ABOUT_RIGHT of their estimate."""
+    runs = _recent_here(past, hardware, last)
+    if not runs:
+        return Correction()
+    ratio = statistics.median(p.actual_s / p.uncorrected_s for p in runs)
+    which = f"the last {len(runs)} sweeps here" if len(runs) > 1 else "the last sweep here"
+    if abs(ratio - 1) <= ABOUT_RIGHT:
+        return Correction(1.0, len(runs), ratio,
+                          f"not corrected: {which} took about as long as estimated (within {ABOUT_RIGHT:.0%})")
+    factor = min(CORRECTION_MAX, max(CORRECTION_MIN, ratio))
+    how = "longer" if ratio > 1 else "less time"
+    words = f"corrected ×{factor:.2g} from {which}, which took {how} than estimated"
+    if factor != ratio:
+        words += f" (×{ratio:.2g} as long; the correction stops at ×{factor:g})"
+    return Correction(factor, len(runs), ratio, words)
+
+
+def past_rows(past: Iterable[PastRun], hardware: str, last: int = LEARN_FROM_LAST) -> list[dict]:
+    """The estimate-versus-actual table: one row per recent sweep here, newest first. error % is
+    (estimated - actual) / actual: negative when the sweep took longer than estimated."""
+    return [{"job": p.label, "estimated s": p.estimated_s, "actual s": p.actual_s,
+             "error %": 100 * (p.estimated_s - p.actual_s) / p.actual_s}
+            for p in _recent_here(past, hardware, last)]
+
+
+def _corrected(variants: list[VariantEstimate], factor: float) -> list[VariantEstimate]:
+    return [dataclasses.replace(v, seconds=None if v.seconds is None else v.seconds * factor, uncorrected_s=v.seconds)
+            for v in variants]
+
+
 # ---------------------------------------------------------------- the estimate
 
 
@@ -181,8 +265,9 @@ def _newest(records: list[VariantRecord], key: str) -> VariantRecord | None:
 
 def estimate_sweep(history: list[VariantRecord], keys: list[str], model: str, hardware: str,
                    plan: SweepPlan = SweepPlan(), probes: dict[str, Probe] | None = None,
-                   avx512: bool | None = None) -> SweepEstimate:
-    """Per-variant seconds and slow flags for `keys` on `hardware`, from the store's records and any probes.
+                   avx512: bool | None = None, past: Sequence[PastRun] = ()) -> SweepEstimate:
+    """Per-variant seconds and slow flags for `keys` on `hardware`, from the store's records and any probes,
+    corrected by how long the sweeps that ended here (`past`) took against their estimates.
 
     `history` may hold any records (other models and machines are used only for the 'usual speed' note).
     """
@@ -211,7 +296,8 @@ def estimate_sweep(history: list[VariantRecord], keys: list[str], model: str, ha
         slow = key != techniques.REFERENCE and _is_slow(tps, ref_tps, roof)
         why = _why_slow(key, tps, ref_tps, roof, _usual_ratio(key, history, hardware), avx512) if slow else ""
         out.append(VariantEstimate(key, label, seconds, basis, tps, slow, why))
-    return SweepEstimate(hardware, tuple(out))
+    correction = learned_correction(past, hardware)
+    return SweepEstimate(hardware, tuple(_corrected(out, correction.factor)), correction)
 
 
 def probe_variant(key: str, checkpoint: Path, prompt_ids, device: str = "cpu") -> Probe:

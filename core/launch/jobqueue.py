@@ -9,6 +9,10 @@ shared results.
 Order: the presenter's jobs go before every viewer's (priority 0 before 1), then first come, first served.
 A job killed with its worker (SIGKILL, power cut) is marked `interrupted` when the next worker starts; what
 it finished before is in the results store, and the jobs still waiting are run as before.
+
+A job may carry the estimate its page showed before it was queued (`JobEstimate`): the panel counts down from that
+figure, the ended job says "done in 1 min 35 s (estimated 1 min 01 s)", and the next estimate on the same machine
+learns from how far off it was (core/experiments/estimate.py `learned_correction`).
 """
 
 from __future__ import annotations
@@ -54,7 +58,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     log_json TEXT NOT NULL DEFAULT '[]',
     live_json TEXT NOT NULL DEFAULT 'null',
     error TEXT NOT NULL DEFAULT '',
-    worker_pid INTEGER
+    worker_pid INTEGER,
+    estimated_s REAL,               -- the estimate shown before it was queued (NULL: none)
+    uncorrected_s REAL,             -- the same before the learned correction: what the next correction learns from
+    estimate_hardware TEXT NOT NULL DEFAULT '' -- the machine it was estimated for (hardware fingerprint)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, priority, id);
 CREATE TABLE IF NOT EXISTS sessions (
@@ -68,6 +75,21 @@ CREATE TABLE IF NOT EXISTS leases (
     until_s REAL NOT NULL
 );
 """
+# Columns added after queue files were first written, as (table, column, type): an older file gets them on open.
+_ADDED_COLUMNS = (
+    ("sessions", "left_s", "REAL"),
+    ("jobs", "estimated_s", "REAL"),
+    ("jobs", "uncorrected_s", "REAL"),
+    ("jobs", "estimate_hardware", "TEXT NOT NULL DEFAULT ''"),
+)
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    """What the page estimated for a job before it was queued."""
+    estimated_s: float  # the figure shown (with the learned correction)
+    uncorrected_s: float  # from the records alone: the next correction compares the time taken with this
+    hardware: str  # the machine it was estimated for (hardware fingerprint)
 
 
 class QueueFull(ValueError):
@@ -99,9 +121,13 @@ class QueuedJob:
     live: Any
     error: str
     worker_pid: int | None = None  # the worker that claimed it (its child process runs it)
+    estimated_s: float | None = None  # the estimate shown before it was queued; None: its page had none
+    uncorrected_s: float | None = None
+    estimate_hardware: str = ""
 
     @property
     def elapsed_s(self) -> float:
+        """Wall seconds from its start to its end (to now while it runs): for an ended job, the time it took."""
         if self.started_s is None:
             return 0.0
         return (self.ended_s or time.time()) - self.started_s
@@ -123,6 +149,7 @@ class QueueSnapshot:
     recent: tuple[QueuedJob, ...]  # ended, newest first
     sessions_connected: int
     read_at_s: float
+    running_expected_s: float | None = None  # how long the running job should take in all; None: nothing to go on
 
 
 def queue_path() -> Path:
@@ -136,7 +163,13 @@ def _row_to_job(row: sqlite3.Row) -> QueuedJob:
         created_s=row["created_s"], started_s=row["started_s"], ended_s=row["ended_s"],
         stop_requested=bool(row["stop_requested"]), fraction=row["fraction"], message=row["message"],
         log=tuple(json.loads(row["log_json"])), live=json.loads(row["live_json"]), error=row["error"],
-        worker_pid=row["worker_pid"])
+        worker_pid=row["worker_pid"], estimated_s=row["estimated_s"], uncorrected_s=row["uncorrected_s"],
+        estimate_hardware=row["estimate_hardware"])
+
+
+def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    have = {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in {t for t, _, _ in _ADDED_COLUMNS}}
+    return [(t, c, kind) for t, c, kind in _ADDED_COLUMNS if c not in have[t]]
 
 
 class JobQueue:
@@ -146,8 +179,11 @@ class JobQueue:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")  # readers (pages) never wait for the worker's writes
             conn.executescript(_SCHEMA)
-            if "left_s" not in [r[1] for r in conn.execute("PRAGMA table_info(sessions)")]:
-                conn.execute("ALTER TABLE sessions ADD COLUMN left_s REAL")  # a queue file from before left_s
+            missing = _missing_columns(conn)
+        if missing:  # a queue file from before these columns: add them, its jobs and sessions stay as they are
+            with self._write() as conn:  # checked again under the lock: two processes may open it at once
+                for table, column, kind in _missing_columns(conn):
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -173,8 +209,10 @@ class JobQueue:
 
     # --- the server's side -----------------------------------------------------------------------
 
-    def submit(self, kind: str, args: dict, label: str, similar: str, owner: str, owner_session: str) -> int:
-        """Queue a job; refuse with a clear message when the queue or this viewer's share is full."""
+    def submit(self, kind: str, args: dict, label: str, similar: str, owner: str, owner_session: str,
+               estimate: JobEstimate | None = None) -> int:
+        """Queue a job (with the estimate its page showed, if any); refuse with a clear message when the queue or
+        this viewer's share is full."""
         presenter = owner == PRESENTER
         with self._write() as conn:
             waiting = conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
@@ -186,10 +224,33 @@ class JobQueue:
                 raise QueueFull(f"You already have {mine} job in the queue; each viewer may have "
                                 f"{MAX_WAITING_PER_VIEWER} at a time. Cancel it or wait for it to finish.")
             cursor = conn.execute(
-                "INSERT INTO jobs (kind, args_json, label, similar, owner, owner_session, priority, state, created_s) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
-                (kind, json.dumps(args), label, similar, owner, owner_session, 0 if presenter else 1, time.time()))
+                "INSERT INTO jobs (kind, args_json, label, similar, owner, owner_session, priority, state, created_s, "
+                "estimated_s, uncorrected_s, estimate_hardware) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                (kind, json.dumps(args), label, similar, owner, owner_session, 0 if presenter else 1, time.time(),
+                 *_estimate_values(estimate)))
             return int(cursor.lastrowid)
+
+    def record_ended(self, kind: str, args: dict, label: str, similar: str, owner: str, started_s: float,
+                     ended_s: float, estimate: JobEstimate | None) -> int:
+        """Enter a job that ran outside the queue (a CLI sweep a benchmark timed) as done, so that the next estimate
+        learns from its time as from a dashboard job's."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO jobs (kind, args_json, label, similar, owner, owner_session, priority, state, created_s, "
+                "started_s, ended_s, fraction, message, estimated_s, uncorrected_s, estimate_hardware) "
+                "VALUES (?, ?, ?, ?, ?, 'cli', 0, 'done', ?, ?, ?, 1.0, 'ran outside the queue', ?, ?, ?)",
+                (kind, json.dumps(args), label, similar, owner, started_s, started_s, ended_s,
+                 *_estimate_values(estimate)))
+            return int(cursor.lastrowid)
+
+    def estimated_jobs(self, kind: str, hardware: str, limit: int = 5) -> list[QueuedJob]:
+        """The last `limit` jobs of `kind` that ended done on `hardware` with an estimate, newest first: how
+        far the estimates here were off. Stopped or failed jobs say nothing about how long a whole job takes."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM jobs WHERE kind = ? AND state = 'done' AND estimate_hardware = ? "
+                                "AND uncorrected_s > 0 AND started_s IS NOT NULL ORDER BY ended_s DESC LIMIT ?",
+                                (kind, hardware, limit)).fetchall()
+        return [_row_to_job(r) for r in rows]
 
     def stop(self, job_id: int, session: str, presenter: bool) -> None:
         """Presenter: stop or dequeue any job. Viewer: dequeue its own waiting job, nothing else."""
@@ -221,14 +282,15 @@ class JobQueue:
             sessions = conn.execute("SELECT COUNT(*) FROM sessions WHERE last_seen_s > ? AND left_s IS NULL",
                                     (now - SESSION_ALIVE_S,)).fetchone()[0]
         run = _row_to_job(running) if running else None
-        left = _time_left(run, durations)
+        expected = _expected_s(run, durations) if run is not None else None
+        left = None if run is None else time_left_s(run.elapsed_s, expected, run.fraction)
         waiting, clock = [], left if run is not None else 0.0
         for position, row in enumerate(queued, start=1):
             job = _row_to_job(row)
             waiting.append(Waiting(job, position, clock))
-            typical = durations.get(job.similar) or durations.get(job.kind)
+            typical = _expected_s(job, durations) or durations.get(job.kind)
             clock = None if clock is None or typical is None else clock + typical
-        return QueueSnapshot(run, left, tuple(waiting), tuple(_row_to_job(r) for r in ended), sessions, now)
+        return QueueSnapshot(run, left, tuple(waiting), tuple(_row_to_job(r) for r in ended), sessions, now, expected)
 
     @staticmethod
     def _durations(conn: sqlite3.Connection) -> dict[str, float]:
@@ -336,13 +398,28 @@ class JobQueue:
         return ids
 
 
-def _time_left(job: QueuedJob | None, durations: dict[str, float]) -> float | None:
-    """From similar finished jobs if any; else from the share done so far once there is something to go on."""
-    if job is None:
+def _estimate_values(estimate: JobEstimate | None) -> tuple:
+    if estimate is None:
+        return None, None, ""
+    return estimate.estimated_s, estimate.uncorrected_s, estimate.hardware
+
+
+def _expected_s(job: QueuedJob, durations: dict[str, float]) -> float | None:
+    """How long a job should take in all: the estimate its page showed (so the panel never contradicts the figure
+    its owner saw before pressing the button), else the median of similar jobs that finished."""
+    return job.estimated_s if job.estimated_s is not None else durations.get(job.similar)
+
+
+def share_left_s(elapsed_s: float, fraction: float) -> float | None:
+    """Seconds left if the rest goes at the pace so far; None until there is something to go on (5% done)."""
+    if not 0.05 <= fraction < 1.0:
         return None
-    typical = durations.get(job.similar)
-    if typical is not None:
-        return max(0.0, typical - job.elapsed_s)
-    if job.fraction >= 0.05:
-        return job.elapsed_s * (1 - job.fraction) / job.fraction
-    return None
+    return elapsed_s * (1 - fraction) / fraction
+
+
+def time_left_s(elapsed_s: float, expected_s: float | None, fraction: float) -> float | None:
+    """Seconds left for a running job: the expected total less the time so far; once past it (or with no expected
+    total), the pace of the share done so far, never a count stuck at 0."""
+    if expected_s is not None and elapsed_s < expected_s:
+        return expected_s - elapsed_s
+    return share_left_s(elapsed_s, fraction)

@@ -8,6 +8,8 @@ The machine this lab runs on may have two cores: two timing jobs at once would s
 `JobSlot` refuses to start a job while another is running. A job's work function receives a
 `report(fraction, message)` callback and a `should_stop()` callback; what it finished before a cancel
 is its own business to keep (the sweep stores each variant as soon as it is measured).
+
+Last, what a page says about a job's time (`time_words`, `done_words`), in one place so every page says it alike.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+from core.launch.jobqueue import share_left_s, time_left_s
+from core.launch.uploads import fmt_seconds
 from core.paths import Report, Stopped
 
 Status = Literal["running", "done", "cancelled", "failed"]
@@ -153,3 +157,31 @@ def iterate_on_torch_thread(generator):
     """Drive a generator step by step on the torch thread, yielding its items here (for live pages)."""
     while (item := on_torch_thread(next, generator, _END)) is not _END:
         yield item
+
+
+# ---------------------------------------------------------------- a job's time, in words
+
+PAUSED_WORDS = "paused while the worker times the model (it resumes after the timed runs)"
+
+
+def time_words(elapsed_s: float, expected_s: float | None, fraction: float, message: str, paused: bool) -> str:
+    """The line under a running job's bar. A figure that cannot move is never shown as if live: a paused panel
+    says it is paused, and a job past its estimate says so (with the pace of the share done so far, when there
+    is one) instead of "remaining about 0 s"."""
+    elapsed = f"Elapsed {fmt_seconds(elapsed_s)}"
+    if paused:
+        return f"{elapsed} · {PAUSED_WORDS}"
+    if expected_s is not None and expected_s - elapsed_s < 1:  # under a second left would read "0 s": it is late
+        words = f"{elapsed} · taking longer than estimated (estimated {fmt_seconds(expected_s)}): {message}"
+        more = share_left_s(elapsed_s, fraction)
+        return words if more is None else f"{words} · about {fmt_seconds(max(1.0, more))} more at the pace so far"
+    left = time_left_s(elapsed_s, expected_s, fraction)
+    if left is None:
+        return f"{elapsed} · remaining: estimating..."
+    return f"{elapsed} · remaining about {fmt_seconds(max(1.0, left))}"
+
+
+def done_words(label: str, took_s: float, estimated_s: float | None) -> str:
+    """E.g. "Sweep done in 1 min 35 s (estimated 1 min 01 s).": the estimate only where the job had one."""
+    estimated = "" if estimated_s is None else f" (estimated {fmt_seconds(estimated_s)})"
+    return f"{label} done in {fmt_seconds(took_s)}{estimated}."

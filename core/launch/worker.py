@@ -31,7 +31,7 @@ from core.experiments import distill_run, finetune_run, moe_sweep, speculative
 from core.experiments.sweep import SweepSettings
 from core.launch import cluster, quiet
 from core.launch.job import JobContext, JobKind
-from core.launch.jobqueue import PRESENTER, JobQueue, NotAllowed, QueuedJob
+from core.launch.jobqueue import PRESENTER, JobEstimate, JobQueue, NotAllowed, QueuedJob
 from core.measure import benchmark
 from core.paths import ASSETS, Stopped, data_dir, repo_root
 from core.serving import bench, kv
@@ -180,10 +180,12 @@ def check_allowed(kind: str, args: dict, presenter: bool) -> None:
             raise NotAllowed("A viewer's job can read only files uploaded through the page or shipped with the lab.")
 
 
-def submit(queue: JobQueue, kind: str, args: dict, label: str, owner: str, session: str) -> int:
-    """Check, then queue; the worker is started if none runs (and autostart is not switched off)."""
+def submit(queue: JobQueue, kind: str, args: dict, label: str, owner: str, session: str,
+           estimate: JobEstimate | None = None) -> int:
+    """Check, then queue (with the estimate the page showed, which the job's time is later compared with); the
+    worker is started if none runs (and autostart is not switched off)."""
     check_allowed(kind, args, owner == PRESENTER)
-    job_id = queue.submit(kind, args, label, JOB_KINDS[kind].similar(args), owner, session)
+    job_id = queue.submit(kind, args, label, JOB_KINDS[kind].similar(args), owner, session, estimate)
     ensure_running()
     return job_id
 

@@ -1,0 +1,52 @@
+"""Render helper (not a page): how the last job ended, on the job panel. A finished job says how long it took
+against its estimate and links to the page that shows what it made; a failed or stopped one says why."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+from streamlit.errors import StreamlitAPIException
+
+from core.launch import jobs
+from core.launch.jobqueue import QueuedJob
+from pages.roles_ui import session_id, visible
+
+ENDED_SHOWN_S = 600  # anyone's ended job stays on the panel this long; this session's own stays until its next
+RESULTS_AT = {  # job kind (core/launch/worker.py JOB_KINDS) -> the page that shows what it made, and the link's words
+    "sweep": ("pages/tradeoff_map.py", "See it on the Trade-off Map"),
+    "moe": ("pages/moe.py", "See it on Mixture of experts"),
+    "lora": ("pages/lora.py", "See it on Fine-tune (LoRA)"),
+    "distill": ("pages/distill.py", "See it on Distill"),
+    "speculate": ("pages/distill.py", "See it on Distill"),
+    "serve-bench": ("pages/serve.py", "See it on Serve"),
+    "serve-context": ("pages/serve.py", "See it on Serve"),
+}
+
+
+def ended_to_show(recent: tuple[QueuedJob, ...]) -> QueuedJob | None:
+    """This session's last ended job, else the machine's last one if it ended within ENDED_SHOWN_S."""
+    mine = next((j for j in recent if j.owner_session == session_id()), None)
+    last = recent[0] if recent else None
+    return mine or (last if last and time.time() - (last.ended_s or 0) <= ENDED_SHOWN_S else None)
+
+
+def _results_link(kind: str) -> None:
+    if kind not in RESULTS_AT:
+        return
+    page, words = RESULTS_AT[kind]
+    try:
+        st.page_link(page, label=words, icon=":material/arrow_forward:")
+    except StreamlitAPIException:  # a page run on its own (no app.py navigation) cannot link: say where instead
+        st.caption(f"{words.replace('See it on', 'Open')} from the menu to see it.")
+
+
+def draw_ended(job: QueuedJob, kept_note: str) -> None:
+    who = f"{job.label} ({job.owner})"
+    if job.state == "done":
+        st.success(jobs.done_words(who, job.elapsed_s, job.estimated_s))
+        _results_link(job.kind)
+    elif job.state == "failed":
+        st.error(f"{who} stopped: {visible(job.error)}")
+    elif job.state in ("cancelled", "interrupted"):
+        st.warning(f"{who}: {visible(job.error)}. {kept_note}")
