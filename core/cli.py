@@ -18,7 +18,7 @@ from core.experiments import distill_run, finetune_run, moe_sweep, speculative, 
 from core.launch import cluster, roles, worker
 from core.launch.job import Job
 from core.launch.launch import launch
-from core.measure import benchmark, cost
+from core.measure import benchmark, bill, cost
 from core.serving import bench, engines, kv
 from core.store import ResultStore, open_store
 from core.techniques import distillation, lora
@@ -334,3 +334,41 @@ def cmd_serve_context(args: argparse.Namespace) -> None:
     for p in out["points"]:
         p["kv_error_pct"] = 100 * (p["kv_cache_mb_measured"] / p["kv_cache_mb_estimated"] - 1)
     _write_json(args.json, out)
+
+
+def _bill_text(bills: list[bill.VariantBill]) -> str:
+    """The bill table in plain text, one variant a line: the same numbers as Decide's tabs."""
+    head = f"{'variant':<28} {'machines':>8} {'req/s/machine':>13} {'busy h/machine':>14} {'$/month':>10} {'interval':>21}  source"
+    lines = [head]
+    for b in bills:
+        x, (low, high) = b.bill, b.bill.usd_per_month_range
+        lines.append(f"{b.label[:28]:<28} {x.machines:>8} {x.requests_per_s_per_machine:>13.3f} "
+                     f"{x.busy_hours_per_machine_per_month:>14.1f} {x.usd_per_month:>10,.2f} "
+                     f"{f'{low:,.2f}-{high:,.2f}':>21}  {b.source}{'' if b.meets_target else ' (misses the target)'}")
+    return "\n".join(lines)
+
+
+def cmd_bill(args: argparse.Namespace) -> None:
+    """One bill per measured variant of a model on one machine, from the results store (the Decide page's bills)."""
+    spec = models.resolve(args.model)
+    store = open_store(args.store_url)
+    machine = args.machine or benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
+    records = store.latest_per_technique(spec.key, machine)
+    if not records:
+        seen = store.hardware_seen(spec.key)
+        raise CliError(f"nothing measured for {spec.key} on {machine!r}; "
+                       + (f"--machine one of {seen}" if seen else "run `python -m core sweep` first"))
+    price = args.usd_per_hour if args.usd_per_hour is not None else cost.get_preset(args.hardware).usd_per_hour
+    traffic = bill.Traffic(args.requests_per_day, args.answer_tokens, args.prompt_tokens, args.peak_to_average,
+                           args.peak_requests_per_s)
+    target = bill.LatencyTarget(args.max_ttft_ms_p90, args.min_user_tokens_per_s)
+    billing = args.billing.replace("-", "_")
+    bills = bill.variant_bills(records, store.serving(spec.key, machine), traffic, price, billing, target)
+    if args.json is None:
+        print(f"{spec.key} on {machine}: {traffic.requests_per_day:,.0f} requests a day, {traffic.answer_tokens}-token "
+              f"answers, peak {traffic.peak_rps:.3f} requests/s, ${price:.4f}/h, billed {bill.BILLING_WORDS[billing]}")
+        print(f"{bill.FORMULA}; machines = max(1, ceil(peak / that), ceil(busy hours / {bill.HOURS_PER_MONTH}))")
+        print(_bill_text(bills))
+        return
+    _json_folder(None if args.json == "-" else args.json)
+    _write_json(None if args.json == "-" else args.json, bill.bill_rows(bills))

@@ -8,6 +8,7 @@ import sys
 from core import models, techniques
 from core.cli import (
     CliError,
+    cmd_bill,
     cmd_distill,
     cmd_lora,
     cmd_models,
@@ -20,7 +21,7 @@ from core.cli import (
     cmd_sweep,
     cmd_worker,
 )
-from core.measure import cost
+from core.measure import bill, cost
 from core.serving.limits import MAX_CONCURRENCY
 from core.store import StoreError
 from core.techniques.distillation import LAYER_CHOICES, DistillSettings
@@ -160,7 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", help="write the points here (else to stdout)")
     _add_ray_arg(sc)
     sc.set_defaults(func=cmd_serve_context)
+    _add_bill(sub)
     return parser
+
+
+def _add_bill(sub) -> None:
+    b = sub.add_parser("bill", help="machines, busy hours and the monthly bill per measured variant for a traffic "
+                       "profile, from the results store (the Decide page's numbers)")
+    b.add_argument("--model", default=models.DEFAULT_MODEL)
+    b.add_argument("--machine", help="hardware fingerprint the results were measured on (default: this machine)")
+    b.add_argument("--requests-per-day", type=float, required=True)
+    b.add_argument("--answer-tokens", type=int, default=200, help="typical answer length")
+    b.add_argument("--prompt-tokens", type=int, default=128, help="typical prompt length (picks the load points)")
+    b.add_argument("--peak-to-average", type=float, default=bill.PEAK_TO_AVERAGE,
+                   help="busiest hour vs the day's average")
+    b.add_argument("--peak-requests-per-s", type=float, help="the peak itself, instead of --peak-to-average")
+    b.add_argument("--max-ttft-ms-p90", type=float, help="latency target: p90 time to first token at most")
+    b.add_argument("--min-user-tokens-per-s", type=float, help="latency target: each user gets at least")
+    b.add_argument("--hardware", choices=list(cost.HARDWARE_PRESETS), default="laptop-cpu", help="price preset")
+    b.add_argument("--usd-per-hour", type=float, help="override the preset's price")
+    b.add_argument("--billing", choices=[k.replace("_", "-") for k in bill.BILLINGS], default="always-on",
+                   help="the headline bill: always on (live traffic) or busy only (per-second billing, scale to zero)")
+    b.add_argument("--json", nargs="?", const="-", help="JSON rows instead of the table: to this file, or stdout")
+    b.set_defaults(func=cmd_bill)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,10 +22,11 @@ if problem:
 st.caption(f"Speeds measured on: {machine}. Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour "
            "(change it in the sidebar).")
 
+money = decide_bills.traffic_inputs(spec, machine, records, picked)  # one traffic profile, one bill per variant
 recommend_tab, traffic_tab, cost_tab, fit_tab = st.tabs(["Recommend", "Traffic at load", "Monthly cost", "Device fit"])
 
 with traffic_tab:
-    decide_bills.traffic_tab(spec, machine, picked)
+    decide_bills.traffic_tab(money)
 
 with recommend_tab:
     objective = st.radio("I want the", recommend.OBJECTIVES, horizontal=True,
@@ -63,7 +64,7 @@ with recommend_tab:
                "constraint checks memory only.")
 
 with cost_tab:
-    decide_bills.cost_tab(records, picked)
+    decide_bills.cost_tab(money)
 
 with fit_tab:
     if shape is None:

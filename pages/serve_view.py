@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.measure import bill
 from core.store.records import ServingRecord
 from core.views import capacity, serving_plots
 
@@ -39,40 +40,34 @@ def frontier(records: list[ServingRecord]) -> None:
         st.plotly_chart(serving_plots.frontier_figure(records, n), width="stretch")
 
 
-def traffic_section(records: list[ServingRecord]) -> None:
-    """Decide for a traffic profile: cheapest variant and concurrency that meets a latency target."""
+def traffic_section(records: list[ServingRecord], traffic: bill.Traffic, usd_per_hour: float, billing: bill.Billing,
+                    target: bill.LatencyTarget) -> None:
+    """The cheapest variant and concurrency that meets the latency target at load, billed by the one cost model."""
     if not records:
         st.info("No load-benchmark points for this model on this machine yet: open **Serve** and press **Measure**.")
         return
-    a, b, c = st.columns(3)
-    per_day = a.number_input("Requests per day", 0, 1_000_000_000, 100_000, step=10_000, key="cap_day")
-    peak = a.number_input("Peak requests per second (0 = from the daily count)", 0.0, 1e6, 0.0, key="cap_peak",
-                          help=f"0 takes the daily average x {capacity.PEAK_TO_AVERAGE:g} as the busiest hour.")
-    prompt = b.number_input("Typical prompt, tokens", 1, 131072, 128, key="cap_prompt")
-    answer = b.number_input("Typical answer, tokens", 1, 100_000, 200, key="cap_answer")
-    ttft = c.number_input("p90 time to first token at most, ms", 1.0, 1e6, 2000.0, key="cap_ttft")
-    speed = c.number_input("Each user gets at least, tok/s", 0.0, 1e4, 5.0, key="cap_speed")
-    try:
-        profile = capacity.TrafficProfile(per_day, int(prompt), int(answer), ttft, speed, peak or None)
-    except ValueError as e:
-        st.error(str(e))
-        return
-    result = capacity.plan(records, profile)
+    result = capacity.plan(records, traffic, usd_per_hour, billing, target)
     if result.chosen is None:
         st.warning("**Nothing measured meets this target.**")
     elif result.one_machine_enough:
-        st.success(f"**{result.chosen.record.label} at concurrency {result.chosen.record.concurrency}, one machine.**")
+        st.success(f"**{result.chosen.label} at concurrency {result.chosen.bill.rate.concurrency}, one machine.**")
     else:
-        st.warning(f"**One machine is not enough: {result.chosen.machines} machines.**")
+        st.warning(f"**One machine is not enough: {result.chosen.bill.machines} machines.**")
     st.write(result.summary())
-    st.caption(f"From load points at {result.prompt_tokens_used}-token prompts (the measured length nearest yours). "
-               "Requests per second per machine = measured output tok/s / your answer length. Machines serving live "
-               f"traffic are billed always on ({capacity.HOURS_PER_MONTH} h a month) at the sidebar's price.")
-    st.dataframe([{"variant": o.record.label, "runtime": o.record.runtime, "concurrency": o.record.concurrency,
-                   "p90 TTFT ms": o.record.ttft_ms_p90, "tok/s per user": o.record.per_user_tokens_per_s_median,
-                   "requests/s per machine": o.requests_per_s_per_machine, "machines": o.machines,
-                   "$ per month": o.usd_per_month, "meets target": o.meets_latency} for o in result.options],
-                 hide_index=True, column_config={"$ per month": st.column_config.NumberColumn(format="$%.0f"),
-                                                 "p90 TTFT ms": st.column_config.NumberColumn(format="%.0f"),
-                                                 "tok/s per user": st.column_config.NumberColumn(format="%.1f"),
-                                                 "requests/s per machine": st.column_config.NumberColumn(format="%.2f")})
+    st.caption(f"From load points at {result.prompt_tokens_used}-token prompts (the measured length nearest yours), "
+               "newest of each. Each point is billed as in the Monthly cost tab.")
+    st.dataframe(bill_table(result.options, training=False), hide_index=True, column_config=BILL_COLUMNS)
+
+
+BILL_COLUMNS = {heading: st.column_config.NumberColumn(format=fmt) for heading, fmt in (
+    ("tok/s per user", "%.1f"), ("TTFT s", "%.2f"), ("requests/s per machine", "%.3f"), ("tokens/s per machine", "%.1f"),
+    ("busy hours per machine per month", "%.0f"), ("$ per month (always on)", "$%.2f"),
+    ("$ per month (busy only)", "$%.2f"), ("one-off training $", "$%.4f"))}
+
+
+def bill_table(bills: list[bill.VariantBill], training: bool = True) -> list[dict]:
+    """bill.bill_rows without the interval's ends (the words carry them), the technique key and, for load points,
+    the training cost (a load point has none of its own)."""
+    drop = {"technique", "$ per month (always on), low", "$ per month (always on), high",
+            "$ per month (busy only), low", "$ per month (busy only), high"} | (set() if training else {"one-off training $"})
+    return [{k: v for k, v in row.items() if k not in drop} for row in bill.bill_rows(bills)]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from core.measure import bill
 from core.measure.benchmark import Spread
 from core.serving.kv import ContextPoint
 from core.views import capacity, serving_plots
-from tests.factories import make_serving_record
+from tests.factories import make_record, make_serving_record
 
 
 def _curve(technique="fp32", label="FP32", price=0.1, speeds=((1, 10.0, 10.0, 100), (4, 36.0, 9.0, 150),
@@ -17,45 +18,54 @@ def _curve(technique="fp32", label="FP32", price=0.1, speeds=((1, 10.0, 10.0, 10
                                 throughput_tokens_per_s_samples=[t * 0.95, t * 1.05]) for c, t, u, ttft in speeds]
 
 
-def _profile(**kw):
-    base = dict(requests_per_day=0, prompt_tokens=128, answer_tokens=100, max_ttft_ms_p90=1000.0,
-                min_user_tokens_per_s=5.0, peak_requests_per_s=0.3)
-    return capacity.TrafficProfile(**base | kw)
+def _plan(records, per_day=0, prompt=128, answer=100, ttft=1000.0, speed=5.0, peak=0.3, price=0.1, billing="always_on"):
+    traffic = bill.Traffic(per_day, answer, prompt, peak_requests_per_s=peak)
+    return capacity.plan(records, traffic, price, billing, bill.LatencyTarget(ttft, speed))
 
 
 def test_the_cheapest_point_meeting_the_target_wins_and_machines_follow_the_peak():
-    plan = capacity.plan(_curve(), _profile())
-    # C=16 is the cheapest per token but too slow per user (3.8 < 5); C=4 makes 0.36 req/s >= 0.3: one machine.
-    assert plan.chosen.record.concurrency == 4 and plan.chosen.machines == 1
-    assert plan.one_machine_enough and "1 machine," in plan.summary()
-    assert plan.chosen.usd_per_month == pytest.approx(0.1 * 24 * 30)
+    plan = _plan(_curve())
+    # Little's law with TTFT p50 100 ms and 100-token answers: C=4 at 9 tok/s each answers 4 / (0.1 + 100 / 9)
+    # = 0.357 req/s >= 0.3: one machine. C=16 would be cheaper per token but is too slow per user (3.8 < 5).
+    assert plan.chosen.bill.rate.concurrency == 4 and plan.chosen.bill.machines == 1
+    assert plan.chosen.bill.requests_per_s_per_machine == pytest.approx(4 / (0.1 + 100 / 9))
+    assert plan.one_machine_enough and "1 machine, $72.00 a month ($72.00–$72.00) always on" in plan.summary()
+    assert plan.chosen.bill.usd_per_month == pytest.approx(0.1 * 24 * 30)
+
+
+def test_the_plan_states_the_formula_with_its_numbers():
+    text = _plan(_curve()).summary()
+    # each user's 9.0 tok/s and the machine's 0.36 requests/s are tied by the one formula, on screen
+    assert "each user gets 9.0 tok/s" in text and "4 / (0.10 s + 100 tokens / 9.0 tok/s) = 0.36 requests/s" in text
 
 
 def test_one_machine_not_enough_is_said_plainly():
-    plan = capacity.plan(_curve(), _profile(peak_requests_per_s=1.0))
-    assert plan.chosen.machines == 3  # 1.0 / 0.36 rounded up
+    plan = _plan(_curve(), peak=1.0)
+    assert plan.chosen.bill.machines == 3  # 1.0 / 0.357 rounded up
     assert not plan.one_machine_enough and "One machine is not enough" in plan.summary()
 
 
 def test_nothing_meets_the_target_says_which_limit_to_relax():
-    plan = capacity.plan(_curve(), _profile(max_ttft_ms_p90=50.0, min_user_tokens_per_s=5.0))
+    plan = _plan(_curve(), ttft=50.0, speed=5.0)
     assert plan.chosen is None
     assert plan.relax_ttft_ms_p90 == 100  # the fastest-TTFT point that still gives 5 tok/s per user
     assert plan.relax_user_tokens_per_s is None  # no point reaches 50 ms whatever the speed
     assert "Relax the TTFT target to 100 ms" in plan.summary()
 
 
-def test_peak_from_daily_requests():
-    assert _profile(requests_per_day=86_400, peak_requests_per_s=None).peak_rps == pytest.approx(
-        capacity.PEAK_TO_AVERAGE)
-    with pytest.raises(ValueError, match="answer"):
-        _profile(answer_tokens=0)
+def test_the_plan_bills_a_variant_as_the_monthly_cost_does():
+    curve = _curve()
+    traffic = bill.Traffic(10_000, 100, peak_requests_per_s=0.3)
+    target = bill.LatencyTarget(1000.0, 5.0)
+    plan = capacity.plan(curve, traffic, 0.1, "always_on", target)
+    [same] = bill.variant_bills([make_record(technique="fp32")], curve, traffic, 0.1, "always_on", target)
+    assert same.bill == plan.chosen.bill
 
 
 def test_nearest_longer_prompt_length_is_used():
     recs = _curve() + [make_serving_record(prompt_tokens=1024, concurrency=1)]
-    assert capacity.plan(recs, _profile(prompt_tokens=500)).prompt_tokens_used == 1024
-    assert capacity.plan(recs, _profile(prompt_tokens=4000)).prompt_tokens_used == 1024
+    assert _plan(recs, prompt=500).prompt_tokens_used == 1024
+    assert _plan(recs, prompt=4000).prompt_tokens_used == 1024
 
 
 def test_scaling_story_numbers():
@@ -99,7 +109,6 @@ def test_context_figure_draws_measured_estimated_and_speed():
 
 def test_report_includes_serving_points():
     from core.views import report
-    from tests.factories import make_record
 
     bundle = report.build_report([make_record()], "SmolLM2", "kld_mean", {}, commit="abc", serving=_curve())
     assert 'id="serving"' in bundle.html and "Serving frontier, 128-token prompts" in bundle.html
@@ -109,3 +118,9 @@ def test_report_includes_serving_points():
 def test_scaling_story_says_when_more_users_made_it_slower():
     story = capacity.scaling_story(_curve(speeds=((1, 50.0, 50.0, 30), (8, 7.0, 45.0, 8000))))
     assert "only 0.14 times as many tokens per dollar" in story.sentence()
+
+
+def test_bill_note_says_what_the_bills_assume():
+    note = capacity.bill_note(bill.Traffic(10_000, 200), bill.LatencyTarget(2000.0, None), 0.5, "busy_only")
+    assert note.startswith("For 10,000 requests a day (0.231 requests/s at peak), 200-token answers")
+    assert "p90 TTFT ≤ 2000 ms" in note and "billed busy only at $0.5000/h" in note and bill.FORMULA in note

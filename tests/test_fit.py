@@ -1,8 +1,7 @@
-import math
 
 import pytest
 
-from core.measure import cost, fit
+from core.measure import fit
 from tests.factories import make_record
 
 SMOL = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "hidden_size": 576}
@@ -69,33 +68,3 @@ def test_fit_table_and_smallest_device():
     assert fit.smallest_device_that_fits(records[0], shape, 2048).key == "phone-4gb"
     assert fit.smallest_device_that_fits(records[1], shape, 2048).key == "a100-80gb"
     assert fit.smallest_device_that_fits(make_record(size_mb=1e6), shape, 2048) is None
-
-
-def test_monthly_costs_match_cost_module_and_hand_arithmetic():
-    record = make_record(decode_tokens_per_s_median=20.0)
-    [m] = fit.monthly_costs([record], usd_per_hour=3.6, requests_per_day=1000, tokens_per_request=100)
-    # 1000 x 100 x 30 = 3M tokens; at 20 tok/s that is 150,000 s = 41.67 h; at $3.6/h = $150
-    assert m.usd_per_month == pytest.approx(150.0)
-    assert m.busy_hours_per_month == pytest.approx(150_000 / 3600)
-    assert m.usd_per_month == pytest.approx(cost.monthly_cost_usd(20.0, 3.6, 1000, 100))
-    assert m.usd_per_1m_tokens == pytest.approx(50.0)
-    assert m.one_off_usd is None
-
-
-def test_monthly_costs_skip_variants_without_speed():
-    assert fit.monthly_costs([make_record(decode_tokens_per_s_median=math.nan)], 1.0, 10, 10) == []
-
-
-def test_training_cost_from_variant_facts_and_break_even():
-    lora = make_record(technique="lora-x", family="lora", variant_facts={"finetune": {"usd_cost": 0.5, "train_seconds": 10}})
-    assert fit.training_cost_usd(lora) == 0.5
-    assert fit.training_cost_usd(make_record()) is None
-    assert fit.training_cost_usd(make_record(variant_facts={"finetune": {"usd_cost": "n/a"}})) is None
-    [m] = fit.monthly_costs([lora], 1.0, 10, 10)
-    assert m.one_off_usd == 0.5
-    assert fit.break_even_months(12.0, 4.0) == pytest.approx(3.0)
-    assert fit.break_even_months(12.0, 0.0) is None  # never paid back by serving
-    assert fit.break_even_months(12.0, -1.0) is None
-    assert fit.break_even_months(0.0, 0.0) == 0.0
-    with pytest.raises(ValueError):
-        fit.break_even_months(-1.0, 1.0)

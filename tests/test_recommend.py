@@ -247,7 +247,7 @@ def test_decide_page_says_what_to_relax(seeded):
     at = AppTest.from_file(str(ROOT / "pages" / "decide.py"), default_timeout=60).run()
     next(s for s in at.slider if s.label.startswith("Top-1")).set_value(1.0).run()  # top-1 >= 100%: the reference
     at.checkbox[3].check().run()  # maximum latency per token
-    at.number_input[1].set_value(20.0).run()
+    next(n for n in at.number_input if n.label == "ms per token at most").set_value(20.0).run()
     no_errors(at)
     assert any("Nothing meets every constraint" in w.value for w in at.warning)
     assert any("raise the maximum latency per token from 20.0 ms/token to 31.2 ms/token" in m.value for m in at.markdown)

@@ -2,7 +2,8 @@
 
 Prices are public on-demand list prices (or, for a laptop, an amortised purchase), each with its
 source and the month it is from, because cloud prices change and a number without a date misleads.
-Every function here takes plain numbers and returns plain numbers; formatting belongs to the page.
+Every function here takes plain numbers and returns plain numbers; formatting belongs to the page. Monthly bills
+(machines, busy hours, always on or busy only) are core/measure/bill.py's, the one cost model.
 """
 
 from __future__ import annotations
@@ -197,22 +198,6 @@ def usd_per_1m_tokens(tokens_per_s: float, usd_per_hour: float) -> float:
     _check_price(usd_per_hour)
     usd_per_token = usd_per_hour / (tokens_per_s * SECONDS_PER_HOUR)
     return usd_per_token * TOKENS_PER_MILLION
-
-
-def monthly_cost_usd(
-    tokens_per_s: float, usd_per_hour: float, requests_per_day: float, tokens_per_request: float
-) -> float:
-    """Hardware cost of serving a month (30 days) of traffic, one request at a time.
-
-    Assumes the hardware is billed only while it is generating (busy time), as with per-second
-    billing and scale-to-zero; an always-on machine costs usd_per_hour * 24 * 30 whatever the load.
-    """
-    if not requests_per_day >= 0:
-        raise ValueError(f"requests_per_day must be >= 0, got {requests_per_day!r}")
-    if not tokens_per_request >= 0:
-        raise ValueError(f"tokens_per_request must be >= 0, got {tokens_per_request!r}")
-    tokens_per_month = requests_per_day * tokens_per_request * DAYS_PER_MONTH
-    return usd_per_1m_tokens(tokens_per_s, usd_per_hour) * tokens_per_month / TOKENS_PER_MILLION
 
 
 def measured_device_kind(measured_device: str) -> DeviceKind | None:

@@ -1,4 +1,4 @@
-"""Will it fit, and what will it cost: device memory presets, KV-cache arithmetic, monthly and one-off costs.
+"""Will it fit: device memory presets and KV-cache arithmetic (what it costs to serve: core/measure/bill.py).
 
 A variant fits a device when the bytes its tensors hold, plus the KV cache at the chosen context length,
 plus a stated runtime overhead, stay within the memory an app may use there. Every function takes plain
@@ -8,13 +8,11 @@ numbers or records and returns numbers or frozen dataclasses; the page formats t
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.measure import cost
 from core.store.records import VariantRecord
 
 MB = 1e6  # the records' size_mb is bytes / 1e6, so everything here uses decimal megabytes
@@ -161,48 +159,3 @@ def smallest_device_that_fits(record: VariantRecord, shape: KVShape, context_tok
                               overhead_mb: float = RUNTIME_OVERHEAD_MB) -> DevicePreset | None:
     fitting = [d for d in DEVICE_PRESETS.values() if device_fit(record, d, shape, context_tokens, overhead_mb).fits]
     return min(fitting, key=lambda d: d.usable_mb, default=None)
-
-
-# --- money -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MonthlyCost:
-    technique: str
-    label: str
-    usd_per_month: float  # busy-time billing at the given price (see cost.monthly_cost_usd)
-    usd_per_1m_tokens: float
-    one_off_usd: float | None  # training cost (LoRA, distillation), None when the variant needed none
-    busy_hours_per_month: float
-
-
-def training_cost_usd(record: VariantRecord) -> float | None:
-    """One-off cost of making this variant, if a training run stored it (e.g. variant_facts["finetune"])."""
-    for facts in record.variant_facts.values():
-        if isinstance(facts, dict) and isinstance(facts.get("usd_cost"), (int, float)):
-            return float(facts["usd_cost"])
-    return None
-
-
-def monthly_costs(records: Sequence[VariantRecord], usd_per_hour: float, requests_per_day: float,
-                  tokens_per_request: float) -> list[MonthlyCost]:
-    out = []
-    for r in records:
-        speed = r.decode_tokens_per_s_median
-        if not (math.isfinite(speed) and speed > 0):
-            continue  # a variant with no measured speed has no cost to show
-        tokens = requests_per_day * tokens_per_request * cost.DAYS_PER_MONTH
-        out.append(MonthlyCost(
-            r.technique, r.label, cost.monthly_cost_usd(speed, usd_per_hour, requests_per_day, tokens_per_request),
-            cost.usd_per_1m_tokens(speed, usd_per_hour), training_cost_usd(r),
-            tokens / speed / cost.SECONDS_PER_HOUR))
-    return out
-
-
-def break_even_months(one_off_usd: float, monthly_saving_usd: float) -> float | None:
-    """Months of serving until a one-off cost is paid back by a monthly saving; None if it never is."""
-    if one_off_usd < 0:
-        raise ValueError(f"one_off_usd must be >= 0, got {one_off_usd!r}")
-    if monthly_saving_usd <= 0:
-        return None if one_off_usd > 0 else 0.0
-    return one_off_usd / monthly_saving_usd

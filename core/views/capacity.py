@@ -1,129 +1,120 @@
-"""How many machines a traffic profile needs, from measured load-benchmark points (ServingRecord).
+"""How many machines a traffic profile needs at load, from measured load-benchmark points (ServingRecord).
 
-A machine serving at concurrency C makes `throughput` output tokens per second in all, so it finishes
-throughput / answer_tokens requests per second. Peak traffic over that is the number of machines. A point is
-usable only if its measured p90 time to first token and its per-user speed meet the latency target. The
-cheapest usable point wins. Machines serving live traffic are billed around the clock, not per busy second.
+Every point is billed by the one cost model (core/measure/bill.py): requests/s per machine = concurrency / (TTFT s +
+answer tokens / tok/s per user), machines cover the peak. A point is usable when its measured p90 time to first token
+and its per-user speed meet the latency target; the cheapest usable point wins. The plan is the same bill the Monthly
+cost tab shows for that variant, because both come from `bill.load_point_bills`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from core.measure import cost
+from core.measure import bill, cost
 from core.serving.stats import usd_per_1m_output_tokens
 from core.store.records import ServingRecord
 
-SECONDS_PER_DAY = 86_400
-PEAK_TO_AVERAGE = 2.0  # traffic in the busiest hour vs the day's average, when only requests per day are known
-HOURS_PER_MONTH = 24 * cost.DAYS_PER_MONTH  # always on
+
+def usd_text(usd: float) -> str:
+    """$1,234 from $100 up, $12.34 below: a small bill rounded to whole dollars would read $0."""
+    return f"${usd:,.0f}" if usd >= 100 else f"${usd:,.2f}"
 
 
-@dataclass(frozen=True)
-class TrafficProfile:
-    requests_per_day: float
-    prompt_tokens: int
-    answer_tokens: int
-    max_ttft_ms_p90: float
-    min_user_tokens_per_s: float
-    peak_requests_per_s: float | None = None  # None: requests_per_day / 86400 x PEAK_TO_AVERAGE
-
-    def __post_init__(self) -> None:
-        for name in ("requests_per_day", "max_ttft_ms_p90", "min_user_tokens_per_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.prompt_tokens < 1 or self.answer_tokens < 1:
-            raise ValueError(f"prompt and answer must be >= 1 token, got {self.prompt_tokens}, {self.answer_tokens}")
-        if self.peak_requests_per_s is not None and not self.peak_requests_per_s > 0:
-            raise ValueError(f"peak_requests_per_s must be > 0, got {self.peak_requests_per_s!r}")
-
-    @property
-    def peak_rps(self) -> float:
-        if self.peak_requests_per_s is not None:
-            return self.peak_requests_per_s
-        return self.requests_per_day / SECONDS_PER_DAY * PEAK_TO_AVERAGE
+def bill_words(b: bill.Bill) -> str:
+    """'3 machines, $386 a month ($322–$451) always on': the same words wherever a bill is shown."""
+    low, high = b.usd_per_month_range
+    return (f"{b.machines} machine{'s' if b.machines != 1 else ''}, {usd_text(b.usd_per_month)} a month "
+            f"({usd_text(low)}–{usd_text(high)}) {bill.BILLING_WORDS[b.billing]}")
 
 
-@dataclass(frozen=True)
-class Option:
-    record: ServingRecord
-    requests_per_s_per_machine: float
-    machines: int
-    usd_per_month: float
-    meets_latency: bool
+def rate_words(b: bill.Bill) -> str:
+    """The formula with this bill's numbers in it."""
+    r, answer = b.rate, b.traffic.answer_tokens
+    return (f"{r.concurrency} / ({r.ttft_s:.2f} s + {answer} tokens / {r.per_user_tokens_per_s:.1f} tok/s) = "
+            f"{b.requests_per_s_per_machine:.2f} requests/s ({b.tokens_per_s_per_machine:.0f} tok/s in all)")
+
+
+def target_words(target: bill.LatencyTarget) -> str:
+    parts = []
+    if target.max_ttft_ms_p90 is not None:
+        parts.append(f"p90 TTFT ≤ {target.max_ttft_ms_p90:.0f} ms")
+    if target.min_user_tokens_per_s is not None:
+        parts.append(f"≥ {target.min_user_tokens_per_s:.1f} tok/s per user")
+    return " and ".join(parts) or "no latency target"
+
+
+def bill_note(traffic: bill.Traffic, target: bill.LatencyTarget, usd_per_hour: float, billing: bill.Billing) -> str:
+    """What a table of bills assumes, in one paragraph (the Decide page's caption, the Report's note)."""
+    t = traffic
+    return (f"For {t.requests_per_day:,.0f} requests a day ({t.peak_rps:.3f} requests/s at peak), {t.answer_tokens}-token "
+            f"answers to {t.prompt_tokens}-token prompts, {target_words(target)}, billed "
+            f"{bill.BILLING_WORDS[billing]} at ${usd_per_hour:.4f}/h. {bill.FORMULA}; machines cover the peak and no "
+            f"machine is busy longer than the {bill.HOURS_PER_MONTH} hours of a month.")
 
 
 @dataclass(frozen=True)
 class CapacityPlan:
-    profile: TrafficProfile
-    chosen: Option | None
-    options: tuple[Option, ...]  # every point at the prompt length used, cheapest first
-    prompt_tokens_used: int  # the measured prompt length nearest the profile's (>= when there is one)
+    traffic: bill.Traffic
+    target: bill.LatencyTarget
+    chosen: bill.VariantBill | None
+    options: tuple[bill.VariantBill, ...]  # every point at its variant's prompt length used, cheapest first
+    prompt_tokens_used: int  # the chosen's measured prompt length (nearest the traffic's, >= when there is one)
     relax_ttft_ms_p90: float | None  # the p90 TTFT target that would let some point pass (speed target kept)
     relax_user_tokens_per_s: float | None  # the per-user speed target that would let some point pass (TTFT kept)
 
     @property
     def one_machine_enough(self) -> bool:
-        return self.chosen is not None and self.chosen.machines <= 1
+        return self.chosen is not None and self.chosen.bill.machines <= 1
 
     def summary(self) -> str:
-        p = self.profile
+        t = self.traffic
         if not self.options:
             return "No load-benchmark points for this model on this machine yet: run one on the Serve page."
         if self.chosen is None:
-            parts = [f"No measured point gives p90 TTFT ≤ {p.max_ttft_ms_p90:.0f} ms and ≥ "
-                     f"{p.min_user_tokens_per_s:.1f} tok/s per user at {self.prompt_tokens_used}-token prompts."]
-            if self.relax_ttft_ms_p90 is not None:
-                parts.append(f"Relax the TTFT target to {self.relax_ttft_ms_p90:.0f} ms "
-                             f"(+{self.relax_ttft_ms_p90 - p.max_ttft_ms_p90:.0f} ms), or")
-            if self.relax_user_tokens_per_s is not None:
-                parts.append(f"accept {self.relax_user_tokens_per_s:.1f} tok/s per user "
-                             f"(-{p.min_user_tokens_per_s - self.relax_user_tokens_per_s:.1f}).")
-            return " ".join(parts)
-        c = self.chosen
-        r = c.record
-        text = (f"Serve {r.label} on {r.runtime} at {r.concurrency} concurrent requests: each user gets "
-                f"{r.per_user_tokens_per_s_median:.1f} tok/s with p90 TTFT {r.ttft_ms_p90:.0f} ms, and one machine "
-                f"answers {c.requests_per_s_per_machine:.2f} requests/s of {p.answer_tokens} tokens. Peak traffic of "
-                f"{p.peak_rps:.2f} requests/s needs {c.machines} machine{'s' if c.machines != 1 else ''}, "
-                f"${c.usd_per_month:,.0f} a month always on. It is the cheapest measured point that meets the target.")
-        if c.machines > 1:
-            text += f" One machine is not enough: it handles {c.requests_per_s_per_machine / p.peak_rps:.0%} of the peak."
+            return self._nothing_meets()
+        c, x = self.chosen, self.chosen.bill
+        point = c.load_point
+        text = (f"Serve {c.label} on {c.runtime} at {x.rate.concurrency} concurrent requests: each user gets "
+                f"{x.rate.per_user_tokens_per_s:.1f} tok/s after a first token in {x.rate.ttft_s:.2f} s (p90 "
+                f"{point.ttft_ms_p90:.0f} ms), so one machine answers {rate_words(x)}. "
+                f"Peak traffic of {t.peak_rps:.2f} requests/s needs {bill_words(x)}; each machine is busy "
+                f"{x.busy_hours_per_machine_per_month:.0f} of {bill.HOURS_PER_MONTH} hours a month. It is the cheapest "
+                "measured point that meets the target.")
+        if x.machines > 1 and t.peak_rps > 0:
+            text += f" One machine is not enough: it handles {x.requests_per_s_per_machine / t.peak_rps:.0%} of the peak."
         return text
 
-
-def _nearest_prompt(records: Sequence[ServingRecord], prompt_tokens: int) -> int:
-    lengths = sorted({r.prompt_tokens for r in records})
-    longer = [n for n in lengths if n >= prompt_tokens]
-    return longer[0] if longer else lengths[-1]
-
-
-def _option(record: ServingRecord, profile: TrafficProfile) -> Option | None:
-    if not (math.isfinite(record.throughput_tokens_per_s) and record.throughput_tokens_per_s > 0):
-        return None
-    # Throughput was measured at record.new_tokens per request; the profile's answers may be longer or shorter.
-    rps = record.throughput_tokens_per_s / profile.answer_tokens
-    machines = max(1, math.ceil(profile.peak_rps / rps)) if profile.peak_rps > 0 else 1
-    meets = record.ttft_ms_p90 <= profile.max_ttft_ms_p90 and \
-        record.per_user_tokens_per_s_median >= profile.min_user_tokens_per_s
-    return Option(record, rps, machines, machines * record.usd_per_hour * HOURS_PER_MONTH, meets)
+    def _nothing_meets(self) -> str:
+        target = self.target
+        parts = [f"No measured point gives {target_words(target)} at {self.prompt_tokens_used}-token prompts."]
+        if self.relax_ttft_ms_p90 is not None and target.max_ttft_ms_p90 is not None:
+            parts.append(f"Relax the TTFT target to {self.relax_ttft_ms_p90:.0f} ms "
+                         f"(+{self.relax_ttft_ms_p90 - target.max_ttft_ms_p90:.0f} ms), or")
+        if self.relax_user_tokens_per_s is not None and target.min_user_tokens_per_s is not None:
+            parts.append(f"accept {self.relax_user_tokens_per_s:.1f} tok/s per user "
+                         f"(-{target.min_user_tokens_per_s - self.relax_user_tokens_per_s:.1f}).")
+        return " ".join(parts)
 
 
-def plan(records: Sequence[ServingRecord], profile: TrafficProfile) -> CapacityPlan:
-    if not records:
-        return CapacityPlan(profile, None, (), profile.prompt_tokens, None, None)
-    used = _nearest_prompt(records, profile.prompt_tokens)
-    options = [o for o in (_option(r, profile) for r in records if r.prompt_tokens == used) if o is not None]
-    options.sort(key=lambda o: (o.usd_per_month, -o.record.per_user_tokens_per_s_median))
-    chosen = next((o for o in options if o.meets_latency), None)
-    fast = [o.record for o in options if o.record.per_user_tokens_per_s_median >= profile.min_user_tokens_per_s]
-    quick = [o.record for o in options if o.record.ttft_ms_p90 <= profile.max_ttft_ms_p90]
-    relax_ttft = min((r.ttft_ms_p90 for r in fast), default=None) if chosen is None else None
-    relax_speed = max((r.per_user_tokens_per_s_median for r in quick), default=None) if chosen is None else None
-    return CapacityPlan(profile, chosen, tuple(options), used, relax_ttft, relax_speed)
+def plan(records: Sequence[ServingRecord], traffic: bill.Traffic, usd_per_hour: float,
+         billing: bill.Billing = "always_on", target: bill.LatencyTarget | None = None) -> CapacityPlan:
+    target = target or bill.LatencyTarget()
+    options = bill.load_point_bills(records, traffic, usd_per_hour, billing, target)
+    chosen = next((o for o in options if o.meets_target), None)
+    first = chosen or (options[0] if options else None)
+    used = first.load_point.prompt_tokens if first else traffic.prompt_tokens
+    if chosen is not None:
+        return CapacityPlan(traffic, target, chosen, tuple(options), used, None, None)
+    # Which single limit to move: keep one target, find the least the other must give for some point to pass.
+    points = [o.load_point for o in options]
+    fast = [r for r in points if bill.LatencyTarget(None, target.min_user_tokens_per_s).met_by(
+        r.ttft_ms_p90, r.per_user_tokens_per_s_median)]
+    quick = [r for r in points if bill.LatencyTarget(target.max_ttft_ms_p90, None).met_by(
+        r.ttft_ms_p90, r.per_user_tokens_per_s_median)]
+    return CapacityPlan(traffic, target, None, tuple(options), used,
+                        min((r.ttft_ms_p90 for r in fast), default=None),
+                        max((r.per_user_tokens_per_s_median for r in quick), default=None))
 
 
 def reprice(records: Sequence[ServingRecord], preset: cost.HardwarePreset) -> list[ServingRecord]:
