@@ -5,6 +5,7 @@ import json
 import streamlit as st
 
 from core.launch import roles
+from core.measure import bill
 from core.store.records import drawn_key
 from core.views import capacity, measures, recommend, report
 from pages.common import choice, kv_shape, shared, shared_tradeoff, store
@@ -36,6 +37,13 @@ try:
     warning = answer.warning
 except ValueError as e:  # e.g. a device question while the model's config is not on this machine
     decision, warning = [f"No decision: the question cannot be answered here ({e}).", ""], None
+if "decide_bill" in st.session_state:  # the bill last shown on Decide, for the traffic asked there
+    bill_rows, bill_note = st.session_state["decide_bill"]
+else:  # the default traffic, said as such
+    default = bill.Traffic(10_000, 200)
+    bill_rows = bill.bill_rows(bill.variant_bills(records, serving, default, picked.preset.usd_per_hour))
+    bill_note = "The default traffic (ask for yours on Decide): " + capacity.bill_note(
+        default, bill.LatencyTarget(), picked.preset.usd_per_hour, "always_on")
 st.subheader("The decision the report opens with")
 st.markdown(f"**{decision[0]}** {decision[1]}")
 if warning:
@@ -45,15 +53,16 @@ if warning:
 def build() -> report.ReportBundle:
     if presenter:
         return report.build_report(records, spec.label, metric, settings, serving=serving, decision=decision,
-                                   warning=warning)
+                                   warning=warning, bill_rows=bill_rows, bill_note=bill_note)
     # a viewer's files carry no server path (records' settings name the eval files they were measured on)
     return report.build_report([roles.without_paths(r) for r in records], spec.label, metric, settings,
-                               serving=[roles.without_paths(r) for r in serving], decision=decision, warning=warning)
+                               serving=[roles.without_paths(r) for r in serving], decision=decision, warning=warning,
+                               bill_rows=bill_rows, bill_note=bill_note)
 
 
 # Built once per set of results, settings, question and role for every session; files are sent only when downloaded.
 bundle = shared("report", (drawn_key(records), drawn_key(serving), *sorted(settings.items()), presenter,
-                           *decision), build)
+                           *decision, bill_note, str(bill_rows)), build)
 
 stem = f"tradeoff-report-{spec.key.replace('/', '--')}"
 a, b, c = st.columns(3)
