@@ -52,6 +52,7 @@ def seed(data: Path) -> None:
         for c in (1, 2, 4):
             store.add_serving(make_serving_record(
                 technique=key, label=techniques.get(key).label, model=MODEL, hardware=here, concurrency=c,
+                runtime="llama.cpp" if key.startswith("gguf") else "transformers",
                 prompt_tokens=128, new_tokens=64, per_user_tokens_per_s_median=per_user / c ** 0.5,
                 throughput_tokens_per_s=per_user * c ** 0.5 * 0.9, ttft_ms_p50=100.0 * c, ttft_ms_p90=150.0 * c))
     target = data / "models" / models.checkpoint_dir(MODEL).name
