@@ -75,7 +75,7 @@ class CapacityPlan:
             return self._nothing_meets()
         c, x = self.chosen, self.chosen.bill
         point = c.load_point
-        text = (f"Serve {c.label} on {c.runtime} at {x.rate.concurrency} concurrent requests: each user gets "
+        text = (f"Serve {c.label} on {c.runtime} at {x.rate.concurrency} concurrent request{'s' if x.rate.concurrency != 1 else ''}: each user gets "
                 f"{x.rate.per_user_tokens_per_s:.1f} tok/s after a first token in {x.rate.ttft_s:.2f} s (p90 "
                 f"{point.ttft_ms_p90:.0f} ms), so one machine answers {rate_words(x)}. "
                 f"Peak traffic of {t.peak_rps:.2f} requests/s needs {bill_words(x)}; each machine is busy "

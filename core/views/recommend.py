@@ -275,7 +275,10 @@ def _how_far(ch: Check) -> str:
     if ch.name.startswith("min_"):
         return f"{(ch.limit - ch.relax_to) * 100:.1f} points lower"
     ratio = ch.relax_to / ch.limit
-    return f"{ratio:.1f} times as much" if ratio >= 2 else f"{(ratio - 1) * 100:.1f}% higher".replace(".0%", "%")
+    if ratio >= 2:
+        return f"{ratio:.1f} times as much"
+    percent = (ratio - 1) * 100
+    return f"{percent:.0f}% higher" if round(percent, 1) == round(percent) else f"{percent:.1f}% higher"
 
 
 def describe_relaxation(r: Relaxation, rec: Recommendation) -> str:
