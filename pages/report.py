@@ -61,16 +61,18 @@ def build() -> report.ReportBundle:
 
 
 # Built once per set of results, settings, question and role for every session; files are sent only when downloaded.
+# on_click="ignore": a click that also reran the page could drop the deferred file before the browser fetched it.
 bundle = shared("report", (drawn_key(records), drawn_key(serving), *sorted(settings.items()), presenter,
                            *decision, bill_note, str(bill_rows)), build)
 
 stem = f"tradeoff-report-{spec.key.replace('/', '--')}"
 a, b, c = st.columns(3)
 a.download_button("Download HTML report", lambda: bundle.html, f"{stem}.html", "text/html", type="primary",
-                  icon=":material/description:")
-b.download_button("Download results CSV", lambda: bundle.csv, f"{stem}.csv", "text/csv", icon=":material/table:")
+                  icon=":material/description:", on_click="ignore")
+b.download_button("Download results CSV", lambda: bundle.csv, f"{stem}.csv", "text/csv", icon=":material/table:",
+                  on_click="ignore")
 c.download_button("Download results + manifest JSON", lambda: bundle.json, f"{stem}.json", "application/json",
-                  icon=":material/data_object:")
+                  icon=":material/data_object:", on_click="ignore")
 st.caption(f"{len(records)} variants, {len(serving)} serving points; HTML {len(bundle.html) / 1e6:.1f} MB (plotly.js is embedded so it needs no network).")
 
 st.subheader("What the report contains")

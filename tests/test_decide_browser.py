@@ -137,6 +137,7 @@ def test_the_offline_report_keeps_its_axes(decide, tmp_path):
     page, url = decide
     page.goto(f"{url}/report")
     page.get_by_role("heading", name="Report").first.wait_for(timeout=120_000)
+    page.get_by_text("plotly.js is embedded", exact=False).wait_for(timeout=120_000)  # the run has passed the buttons
     with page.expect_download(timeout=120_000) as download:
         page.get_by_role("button", name="Download HTML report").click()
     report = tmp_path / "report.html"
