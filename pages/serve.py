@@ -69,6 +69,7 @@ else:
                "for each user. The star marks the knee: past it, another step of concurrency adds less than "
                f"{serving_plots.KNEE_GAIN:.0%} throughput, so users mostly wait longer.")
     serve_view.points_table(records)
+    serve_view.servers_and_disagreements(records)
     first = records[0].settings
     st.caption(f"End of sequence: {first.get('eos', '?')}. ITL: {first.get('itl', '')}. Peak memory: "
                f"{first.get('peak_mem', '')}. KV measured as: {first.get('kv_measured_how', '')}.")

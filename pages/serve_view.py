@@ -26,6 +26,20 @@ def points_table(records: list[ServingRecord]) -> None:
         heading: st.column_config.NumberColumn(format=fmt) for heading, fmt in TABLE_COLUMNS.values() if fmt})
 
 
+def servers_and_disagreements(records: list[ServingRecord]) -> None:
+    """Which server served each variant (slots, context per slot), and where its own figures and the client's
+    differ by more than 5%."""
+    servers = {}
+    for r in records:
+        per_slot = r.settings.get("ctx_per_slot_tokens")
+        servers[r.label] = r.server + (f", {per_slot} tokens of context per slot" if per_slot else "")
+    st.caption("Served by: " + "; ".join(f"{label} on {server}" for label, server in sorted(servers.items())) + ".")
+    apart = [f"{r.label} at {r.concurrency} concurrent: {note}" for r in records
+             for note in r.settings.get("server_vs_client") or []]
+    if apart:
+        st.warning("**The server's own timings and the client's differ by more than 5%:**\n\n- " + "\n- ".join(apart))
+
+
 def stories(records: list[ServingRecord]) -> None:
     curves: dict[tuple, list[ServingRecord]] = {}
     for r in records:

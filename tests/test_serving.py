@@ -172,12 +172,12 @@ def test_stop_mid_run_keeps_finished_points_and_leaves_no_server(tiny_dir):
     assert _servers_left() == []
 
 
-def test_a_server_that_fails_to_start_reports_its_last_log_line(tiny_dir, tmp_path):
+def test_a_server_that_fails_to_start_reports_its_last_log_lines(tiny_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dir, broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     store = ResultStore()
-    with pytest.raises(ServingError, match="exited while starting.*last log line: .*\\S"):
+    with pytest.raises(ServingError, match="(?s)exited while starting.*last log lines:\n.*\\S"):
         bench.serve_bench(str(broken), ["fp32"], ServeSettings(**SMALL), store=store)
     assert store.serving() == []
     assert _servers_left() == []

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from core.measure.evaluate import continuation_pairs
+from core.runtimes import llamacpp_build
 from core.runtimes.base import Clock, Runtime
 
 CONTEXT_TOKENS = 2048  # llama.cpp's KV cache length: windows, prompts and answers must fit
@@ -138,6 +139,9 @@ def _binding_version() -> str:
 
 def llama_cpp_problem() -> str | None:
     """Why llama.cpp cannot run here, or None when the binding imports and its library loads."""
+    # before the import: a library compiled for another CPU's instructions can crash the process as it loads
+    if (other_cpu := llamacpp_build.why_not_binding()) is not None:
+        return other_cpu
     try:
         import llama_cpp  # noqa: F401  (loads libllama: a broken build fails here, not at first use)
     except ImportError:

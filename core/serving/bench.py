@@ -26,7 +26,7 @@ from core.serving.engines import (
     bundled_gguf,
     gguf_key,
     gguf_quant,
-    llamacpp_engine,
+    llama_server_engine,
     servable_techniques,
     served_by_llamacpp,
     transformers_engine,
@@ -43,8 +43,15 @@ from core.serving.limits import (
     check_lengths,
 )
 from core.serving.prompts import corpus_path, corpus_token_ids, prompts_from_text
-from core.serving.server import MemoryWatch, Server, check_port_free, last_log_line
-from core.serving.stats import LoadStats, summarize, usd_per_1m_output_tokens
+from core.serving.server import MemoryWatch, Server, check_port_free
+from core.serving.stats import (
+    LoadStats,
+    ServerAccount,
+    disagreements,
+    server_account,
+    summarize,
+    usd_per_1m_output_tokens,
+)
 from core.store.records import ServingRecord, new_record_id
 
 
@@ -104,6 +111,9 @@ def resolve_gguf(spec: models.ModelSpec, technique: str, extra: dict[str, Path] 
                        f"{', '.join(t.key for t in servable_techniques())}, or pass your own GGUF file with --gguf PATH.")
 
 
+SLOT_CONTEXT_ROOM_TOKENS = 16
+
+
 @dataclass(frozen=True)
 class Variant:
     engine: Engine
@@ -124,11 +134,14 @@ def plan_variants(model: str, technique_keys: Sequence[str], settings: ServeSett
     max_ctx = int(config.get("max_position_embeddings") or 2048)
     check_lengths(settings.prompt_tokens, settings.new_tokens, max_ctx)
     n_ctx = max(settings.prompt_tokens) + settings.new_tokens
+    # llama-server reads the prompt text with its own tokenizer (plus a BOS token): a little room per slot
+    slot_ctx = n_ctx + SLOT_CONTEXT_ROOM_TOKENS
     out = []
     for key in technique_keys:
         path = resolve_gguf(spec, key, gguf_files, checkpoint)
         if path is not None:
-            engine = llamacpp_engine(path, key, n_ctx, settings.threads, settings.device)
+            engine = llama_server_engine(path, key, max(settings.concurrency), slot_ctx, settings.threads,
+                                         settings.device)
             label = f"GGUF {gguf_quant(path).upper()} (llama.cpp)"
         else:
             label = techniques.get(key).label
@@ -165,11 +178,11 @@ def _measure_transformers_kv(variant: Variant, context_tokens: int) -> int:
 
 def _record(variant: Variant, stats: LoadStats, wave_throughputs: list[float], concurrency: int, prompt_tokens: int,
             settings: ServeSettings, env, peak_bytes: int, idle_bytes: int, kv_bytes: float, kv_how: str,
-            run_id: str, model_key: str, server: Server) -> ServingRecord:
+            run_id: str, model_key: str, server: Server, account: ServerAccount | None = None) -> ServingRecord:
     price = settings.price
     context = prompt_tokens + settings.new_tokens
     if variant.engine.kv_from_log:  # llama.cpp holds n_ctx cells whatever the load, n_ctx as it rounded it
-        n_ctx = server.kv_cells_reported() or max(settings.prompt_tokens) + settings.new_tokens
+        n_ctx = server.kv_cells_reported() or (variant.engine.slots or 1) * variant.engine.ctx_per_slot
         estimated = fit.kv_cache_bytes(variant.kv_shape, n_ctx, variant.engine.kv_element_bytes)
     else:
         estimated = fit.kv_cache_bytes(variant.kv_shape, context, variant.engine.kv_element_bytes, batch=concurrency)
@@ -192,8 +205,13 @@ def _record(variant: Variant, stats: LoadStats, wave_throughputs: list[float], c
         settings={
             "repeats": settings.repeats, "warmup_requests": settings.warmup_requests,
             "request_timeout_s": settings.request_timeout_s, "prompt_text": corpus_path().name,
-            # None: this server's stream does not report usage (llama-cpp-python's does not)
+            # None: this server's stream does not report usage
             "prompt_tokens_seen_by_server": stats.prompt_tokens_seen or None,
+            "slots": variant.engine.slots or None,
+            "ctx_per_slot_tokens": (server.slot_context_reported() or variant.engine.ctx_per_slot) or None,
+            "server_account": account.to_dict() if account else None,
+            # where the client's figures and the server's own differ by more than 5%, in words
+            "server_vs_client": disagreements(stats, account) if account else [],
             "first_error": stats.first_error, "eos": variant.engine.eos_note,
             "server_command": argv, "server_idle_mem_mb": idle_bytes / fit.MB, "kv_measured_how": kv_how,
             "kv_estimate": "core/measure/fit.py: 2 x layers x kv_heads x head_dim x context x bytes" +
@@ -206,7 +224,7 @@ def _record(variant: Variant, stats: LoadStats, wave_throughputs: list[float], c
 
 def _server_versions() -> dict[str, str]:
     out = {}
-    for name in ("llama_cpp_python", "fastapi", "uvicorn", "httpx2"):
+    for name in ("llama_cpp_python", "httpx2"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -246,19 +264,22 @@ def serve_bench(model: str, technique_keys: Sequence[str], settings: ServeSettin
                 for c in settings.concurrency:
                     report(len(done) / points, f"{variant.label}: {c} concurrent x {p}-token prompts")
                     timings, waves = [], []
+                    before = server.metrics()
                     with benchmark.timing_phase(), MemoryWatch(server.proc.pid) as point_watch:
                         for _ in range(settings.repeats):
                             bodies = [variant.engine.body(next(fresh), settings.new_tokens) for _ in range(c)]
                             wave = run_load(server.base_url, bodies, settings.request_timeout_s, should_stop)
+                            server.check_alive()
                             waves.append(summarize(wave).throughput_tokens_per_s)
                             timings += wave
                     stats = summarize(timings)
+                    account = server_account(timings, before, server.metrics())
                     if stats.requests == 0:
                         raise ServingError(f"every request to the {variant.engine.server} failed ({stats.first_error}); "
-                                           f"its last log line: {last_log_line(server.log_path)}")
+                                           f"its last log lines:\n{server.last_log_lines()}")
                     kv, how = _kv_measured_bytes(variant, server, p + settings.new_tokens, c, kv_cache)
                     record = _record(variant, stats, waves, c, p, settings, env, point_watch.peak_bytes, idle,
-                                     kv, how, run_id, model_key, server)
+                                     kv, how, run_id, model_key, server, account)
                     if store is not None:
                         store.add_serving(record)
                     done.append(record)

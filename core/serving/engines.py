@@ -19,7 +19,7 @@ import torch
 
 from core import models, techniques
 from core.paths import repo_root
-from core.runtimes import llamacpp, transformers_rt
+from core.runtimes import llamacpp, llamacpp_build, transformers_rt
 from core.serving.limits import HOST, ServingError
 from core.techniques import gguf as gguf_techniques
 from core.techniques.quantization import QuantConfig
@@ -45,6 +45,11 @@ class Engine:
     env: dict[str, str] = field(default_factory=dict)
     kv_dtype: str = "float32"  # torch dtype of one cached key/value element on this engine
     kv_from_log: bool = False  # the server prints its own KV cache size at start (llama.cpp)
+    ready_path: str = "/v1/models"  # answers 200 once the model is loaded
+    metrics_path: str = ""  # a Prometheus /metrics endpoint of the server's own counters, when it has one
+    slots: int = 0  # parallel sequences the server holds (llama-server's --parallel); 0: it decides
+    ctx_per_slot: int = 0  # tokens of KV cache each slot holds; 0: it decides
+    token_logprobs: bool = False  # streams each token's id and top log-probs when a request asks ("logprobs": n)
 
     @property
     def kv_element_bytes(self) -> int:
@@ -113,7 +118,7 @@ def bundled_gguf(spec: models.ModelSpec) -> Path | None:
 
 def servable(bundled: Path | None = None) -> dict[str, str]:
     """What a page offers to serve: technique key -> what serves it, in words; then a model's own GGUF file."""
-    out = {t.key: f"{t.label} on {'the llama.cpp server' if served_by_llamacpp(t) else 'transformers serve'}"
+    out = {t.key: f"{t.label} on {'llama-server' if served_by_llamacpp(t) else 'transformers serve'}"
            for t in servable_techniques()}
     if bundled is not None:
         out[gguf_key(bundled)] = f"GGUF {gguf_quant(bundled).upper()} on llama.cpp (the file the model ships as)"
@@ -169,29 +174,38 @@ def transformers_engine(checkpoint: Path, technique: str, device: str = "cpu", t
                   _offline_env(threads) | {"PYTHONPATH": _repo_pythonpath()}, dtype)
 
 
-def llamacpp_engine(gguf: Path, technique: str, n_ctx: int, threads: int = 2, device: str = "cpu") -> Engine:
-    """llama.cpp's server from llama-cpp-python, on one GGUF file; its KV cache holds n_ctx tokens in f16."""
+def llama_server_engine(gguf: Path, technique: str, slots: int, ctx_per_slot: int, threads: int = 2,
+                        device: str = "cpu") -> Engine:
+    """llama.cpp's own `llama-server` on one GGUF file: `slots` parallel sequences with continuous batching, each
+    slot's KV cache holding `ctx_per_slot` tokens (f16), the same threads for prompts and decode."""
     gguf = Path(gguf)
     if not gguf.is_file():
         raise ServingError(f"GGUF file {gguf} does not exist")
+    if slots < 1 or ctx_per_slot < 1:
+        raise ServingError(f"llama-server needs at least one slot and one token of context, got {slots}, {ctx_per_slot}")
+    try:
+        binary = llamacpp_build.tool("llama-server")
+    except FileNotFoundError as e:
+        raise ServingError(f"GGUF variants cannot be served: {e}") from None
 
     def argv(port: int) -> list[str]:
-        return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", HOST,
-                "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-                "--n_threads_batch", str(threads), "--n_gpu_layers", "-1" if device.startswith("cuda") else "0",
-                "--verbose", "True",
-                # by default a new request cuts the one streaming short; here every request runs to its N tokens
-                "--interrupt_requests", "False"]
+        # -c is the whole cache: with --no-kv-unified every slot gets c / slots cells of its own
+        return [str(binary), "--model", str(gguf), "--host", HOST, "--port", str(port),
+                "--ctx-size", str(slots * ctx_per_slot), "--parallel", str(slots), "--no-kv-unified",
+                "--cont-batching", "--threads", str(threads), "--threads-batch", str(threads),
+                "--n-gpu-layers", "999" if device.startswith("cuda") else "0", "--metrics", "--no-webui",
+                "--seed", "0", "--verbosity", "4"]  # 4: the log states the KV buffer and each slot's context
 
     def body(prompt: str, new_tokens: int) -> dict:
-        # min_tokens = max_tokens = N: the server masks end-of-sequence until N tokens, so every request does N.
-        return {"model": str(gguf), "prompt": prompt, "stream": True, "temperature": 0.0, "top_k": 1,
-                "max_tokens": new_tokens, "min_tokens": new_tokens, "seed": 0}
+        # ignore_eos: the server never stops at end-of-sequence, so every request does exactly N tokens
+        return {"model": gguf.name, "prompt": prompt, "stream": True, "temperature": 0.0, "top_k": 1,
+                "max_tokens": new_tokens, "ignore_eos": True, "seed": 0,
+                "stream_options": {"include_usage": True}}
 
-    # llama-cpp-python's server holds one lock around its model: it answers one request at a time, in order.
-    return Engine(technique, LLAMA_CPP, "llama.cpp server (llama-cpp-python, one request at a time)", argv, body,
-                  "min_tokens=max_tokens=N (end-of-sequence masked until N tokens)", _offline_env(threads), "float16",
-                  kv_from_log=True)
+    return Engine(technique, LLAMA_CPP, f"llama-server (llama.cpp, {slots} slots, continuous batching)", argv, body,
+                  "ignore_eos=true (end-of-sequence ignored), max_tokens=N", _offline_env(threads), "float16",
+                  kv_from_log=True, ready_path="/health", metrics_path="/metrics", slots=slots,
+                  ctx_per_slot=ctx_per_slot, token_logprobs=True)
 
 
 # --- transformers' paged cache, sized to the load -----------------------------------------------------

@@ -45,6 +45,19 @@ def last_log_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
+def parse_prometheus(text: str) -> dict[str, float]:
+    """'name value' lines of a Prometheus text exposition; comments and labelled series are skipped."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and not line.startswith("#") and "{" not in parts[0]:
+            try:
+                out[parts[0]] = float(parts[1])
+            except ValueError:
+                pass
+    return out
+
+
 class MemoryWatch:
     """Peak resident memory of a process and all its children, sampled on a thread."""
 
@@ -124,9 +137,9 @@ class Server:
                 raise Stopped("stopped while the server was starting; nothing was measured")
             if self.proc.poll() is not None:
                 raise ServingError(f"the {self.engine.server} exited while starting (status {self.proc.returncode}); "
-                                   f"its last log line: {last_log_line(self.log_path) or '(empty log)'}")
+                                   f"its last log lines:\n{self.last_log_lines() or '(empty log)'}")
             try:
-                if httpx2.get(f"{self.base_url}/v1/models", timeout=2.0).status_code == 200:
+                if httpx2.get(f"{self.base_url}{self.engine.ready_path}", timeout=2.0).status_code == 200:
                     return
             except httpx2.HTTPError:
                 pass
@@ -157,11 +170,41 @@ class Server:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def check_alive(self) -> None:
+        """A clear error, with the server's last words, when it died during a load."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise ServingError(f"the {self.engine.server} exited during the load (status {self.proc.returncode}); "
+                               f"the points measured before it are kept. Its last log lines:\n"
+                               f"{self.last_log_lines() or '(empty log)'}")
+
+    def metrics(self) -> dict[str, float]:
+        """The server's own Prometheus counters ("llamacpp:tokens_predicted_total" -> value); {} when it has none."""
+        if not self.engine.metrics_path:
+            return {}
+        try:
+            text = httpx2.get(f"{self.base_url}{self.engine.metrics_path}", timeout=5.0).text
+        except httpx2.HTTPError:
+            return {}
+        return parse_prometheus(text)
+
+    def last_log_lines(self, n: int = 5) -> str:
+        """The server's last n log lines: what a crash mid-run said."""
+        try:
+            lines = [ln.rstrip() for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
     def kv_cache_bytes_reported(self) -> int | None:
         """llama.cpp prints its KV cache size at start ("... KV buffer size = 12.00 MiB"); None if absent."""
         text = self.log_path.read_text(errors="replace")
         sizes = [float(m) for m in re.findall(r"KV (?:self )?buffer size\s*=\s*([\d.]+)\s*MiB", text)]
         return int(sum(sizes) * 2**20) if sizes else None
+
+    def slot_context_reported(self) -> int | None:
+        """Tokens of context each llama-server slot really holds ("n_ctx_slot = 256"): it rounds up to 256."""
+        found = re.findall(r"n_ctx_slot\s*=\s*(\d+)", self.log_path.read_text(errors="replace"))
+        return int(found[0]) if found else None
 
     def kv_cells_reported(self) -> int | None:
         """The context llama.cpp really allocated ("llama_context: n_ctx = 512"): it rounds n_ctx up."""

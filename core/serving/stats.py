@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.measure import cost
 from core.measure.benchmark import percentile
@@ -26,6 +26,8 @@ class RequestTiming:
     prompt_tokens: int  # the server's count of the prompt, 0 when it does not say
     text: str = ""
     error: str = ""
+    server_timings: dict = field(default_factory=dict)  # the server's own account of this request, when it gives one
+    token_gaps: tuple[tuple[int, float], ...] = ()  # (token id, top-1 minus top-2 log-prob) when logprobs were asked
 
     @property
     def ok(self) -> bool:
@@ -98,3 +100,69 @@ def usd_per_1m_output_tokens(throughput_tokens_per_s: float, usd_per_hour: float
     if not (math.isfinite(throughput_tokens_per_s) and throughput_tokens_per_s > 0):
         return float("nan")
     return cost.usd_per_1m_tokens(throughput_tokens_per_s, usd_per_hour)
+
+
+# --- the server's own account, beside the client's ------------------------------------------------
+
+AGREEMENT_TOLERANCE = 0.05  # client and server figures further apart than this are reported, not averaged away
+
+
+@dataclass(frozen=True)
+class ServerAccount:
+    """What llama-server says about one load point: its per-request timings and its /metrics counters."""
+    requests_reporting: int  # requests whose last chunk carried the server's timings
+    output_tokens: int  # sum of the server's predicted_n
+    decode_tokens_per_s_median: float  # median of the server's predicted_per_second, one per request
+    prompt_ms_p50: float  # the server's time to read each prompt (its TTFT without queueing and transport)
+    metrics_tokens_predicted: float  # /metrics tokens_predicted_total, after minus before; NaN without /metrics
+    metrics_prompt_tokens: float  # /metrics prompt_tokens_total, after minus before
+    busy_slots_per_decode: float  # /metrics n_busy_slots_per_decode over the server's life so far
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _delta(before: dict[str, float], after: dict[str, float], name: str) -> float:
+    key = f"llamacpp:{name}"
+    return after[key] - before.get(key, 0.0) if key in after else float("nan")
+
+
+def server_account(timings: Sequence[RequestTiming], metrics_before: dict[str, float],
+                   metrics_after: dict[str, float]) -> ServerAccount | None:
+    """The server's figures for these requests; None when the server reports none."""
+    reported = [t.server_timings for t in timings if t.ok and t.server_timings]
+    if not reported and not metrics_after:
+        return None
+    return ServerAccount(
+        requests_reporting=len(reported),
+        output_tokens=int(sum(r.get("predicted_n", 0) for r in reported)),
+        decode_tokens_per_s_median=_p([float(r["predicted_per_second"]) for r in reported
+                                       if r.get("predicted_per_second")], 50),
+        prompt_ms_p50=_p([float(r["prompt_ms"]) for r in reported if "prompt_ms" in r], 50),
+        metrics_tokens_predicted=_delta(metrics_before, metrics_after, "tokens_predicted_total"),
+        metrics_prompt_tokens=_delta(metrics_before, metrics_after, "prompt_tokens_total"),
+        busy_slots_per_decode=metrics_after.get("llamacpp:n_busy_slots_per_decode", float("nan")),
+    )
+
+
+def _apart(a: float, b: float) -> bool:
+    return math.isfinite(a) and math.isfinite(b) and max(a, b) > 0 and abs(a - b) / max(a, b) > AGREEMENT_TOLERANCE
+
+
+def disagreements(stats: LoadStats, account: ServerAccount) -> list[str]:
+    """Where the client's figures and the server's own differ by more than 5%, in words (empty when they agree).
+
+    The server times each request from its first decoded token to its last; the client from the first streamed
+    chunk to the last, so transport and chunking sit between them. Output tokens must match exactly."""
+    out = []
+    if _apart(stats.per_user_tokens_per_s_median, account.decode_tokens_per_s_median):
+        out.append(f"decode speed per user: the client measured {stats.per_user_tokens_per_s_median:.1f} tok/s, "
+                   f"the server reports {account.decode_tokens_per_s_median:.1f} tok/s (median of its per-request "
+                   "timings)")
+    if account.requests_reporting and account.output_tokens != stats.output_tokens:
+        out.append(f"output tokens: the client counted {stats.output_tokens}, the server's timings "
+                   f"{account.output_tokens}")
+    if _apart(float(stats.output_tokens), account.metrics_tokens_predicted):
+        out.append(f"output tokens: the client counted {stats.output_tokens}, the server's /metrics "
+                   f"{account.metrics_tokens_predicted:.0f}")
+    return out

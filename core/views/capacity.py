@@ -157,8 +157,19 @@ def scaling_story(records: Sequence[ServingRecord]) -> ScalingStory | None:
 
 
 def latest_points(records: Sequence[ServingRecord]) -> list[ServingRecord]:
-    """Newest point per (technique, runtime, concurrency, prompt length); records come newest first."""
+    """Newest point per (technique, runtime, concurrency, prompt length); records come newest first.
+
+    One server per variant: the newest record's. A curve never mixes llama-server's continuous batching with the
+    one-at-a-time server GGUF variants were once measured on (or any two servers), whatever the dates."""
+    newest_server: dict[tuple, str] = {}
     seen: dict[tuple, ServingRecord] = {}
     for r in records:
-        seen.setdefault((r.technique, r.runtime, r.concurrency, r.prompt_tokens), r)
+        kind = newest_server.setdefault((r.technique, r.runtime), server_kind(r))
+        if server_kind(r) == kind:
+            seen.setdefault((r.technique, r.runtime, r.concurrency, r.prompt_tokens), r)
     return list(seen.values())
+
+
+def server_kind(record: ServingRecord) -> str:
+    """'llama-server', 'transformers serve', 'llama.cpp server': the server without its settings."""
+    return record.server.split(" (")[0].strip()
