@@ -152,10 +152,11 @@ def test_batching_on_llama_server_is_explained_request_by_request(bundled_dir, c
     from core.models import load_tokenizer
 
     tokenizer = load_tokenizer(bundled_dir)
-    prompts = prompts_from_text(corpus_token_ids(tokenizer), tokenizer, 8, 48)
+    prompts = prompts_from_text(corpus_token_ids(tokenizer), tokenizer, 32, 48)
     engine = engines.llama_server_engine(models.gguf_path(SPEC), engines.gguf_key(models.gguf_path(SPEC)),
-                                         slots=8, ctx_per_slot=96)
-    checks = batching.check_batching(engine, None, tokenizer, prompts, [2, 8], new_tokens=16, timeout_s=120)
+                                         slots=32, ctx_per_slot=96)
+    checks = batching.check_batching(engine, None, tokenizer, prompts, [2, 4, 8, 16, 32], new_tokens=24,
+                                      timeout_s=240)
     with capsys.disabled():
         for c in checks:
             print(f"\nllama-server, concurrency {c.concurrency}: {c.same_as_alone}/{c.requests} same as alone, "
