@@ -19,7 +19,7 @@ from core.launch import cluster, roles, worker
 from core.launch.job import Job
 from core.launch.launch import launch
 from core.measure import benchmark, bill, cost
-from core.serving import bench, engines, kv
+from core.serving import batching, bench, engines, kv
 from core.store import ResultStore, open_store
 from core.techniques import distillation, lora
 from core.views import capacity
@@ -321,6 +321,20 @@ def cmd_serve_bench(args: argparse.Namespace) -> None:
                                   report=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr, flush=True))
     print(f"serve-bench wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     _write_json(args.json, [r.to_dict() for r in records])
+
+
+def cmd_serve_check(args: argparse.Namespace) -> None:
+    """Greedy answers alone and in batches on the server that serves the variant; every difference explained."""
+    checks = batching.check_variant(args.model, args.technique, _int_list("--concurrency", args.concurrency),
+                                    args.new_tokens, args.prompt_tokens, args.threads)
+    for c in checks:
+        print(f"{c.runtime}, {c.concurrency} at once: {c.same_as_alone}/{c.requests} same as alone, {c.near_ties} "
+              f"near-ties (top-2 gap <= {c.tolerance}), {c.drift_explained} within the batched kernels' measured "
+              f"drift, {c.mismatches} unexplained")
+        for line in c.details:
+            print(f"    {line}")
+    if args.json:
+        _write_json(args.json, [dataclasses.asdict(c) for c in checks])
 
 
 def cmd_serve_context(args: argparse.Namespace) -> None:

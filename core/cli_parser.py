@@ -16,6 +16,7 @@ from core.cli import (
     cmd_prepare,
     cmd_serve,
     cmd_serve_bench,
+    cmd_serve_check,
     cmd_serve_context,
     cmd_speculate,
     cmd_sweep,
@@ -154,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--no-store", action="store_true", help="do not write to the results store")
     _add_ray_arg(sv)
     sv.set_defaults(func=cmd_serve_bench)
+    ck = sub.add_parser("serve-check", help="does batching change answers? greedy answers alone and in batches on the "
+                        "variant's server, every difference explained")
+    ck.add_argument("--model", default=models.DEFAULT_MODEL)
+    ck.add_argument("--technique", default=techniques.REFERENCE, help="fp32, bf16, fp16 or gguf-<quant>")
+    ck.add_argument("--concurrency", default="2,4,8,16,32", help=f"comma-separated, each 1..{MAX_CONCURRENCY}")
+    ck.add_argument("--new-tokens", type=int, default=24)
+    ck.add_argument("--prompt-tokens", type=int, default=64)
+    ck.add_argument("--threads", type=int, default=2)
+    ck.add_argument("--json", help="also write the checks here as JSON")
+    ck.set_defaults(func=cmd_serve_check)
     sc = sub.add_parser("serve-context", help="KV cache measured vs estimated and decode speed as the context grows")
     sc.add_argument("--model", default=models.DEFAULT_MODEL)
     sc.add_argument("--contexts", default="128,512,2048", help="comma-separated context lengths, tokens")

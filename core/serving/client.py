@@ -11,7 +11,7 @@ import httpx2
 
 from core.paths import Stopped
 from core.serving.limits import HOST, REQUEST_TIMEOUT_S, ServingError, ShouldStop
-from core.serving.stats import RequestTiming
+from core.serving.stats import RequestTiming, TokenTop
 
 
 def _parse_sse(line: str) -> dict | None:
@@ -23,17 +23,18 @@ def _parse_sse(line: str) -> dict | None:
     return json.loads(payload)
 
 
-def _token_gaps(event: dict) -> list[tuple[int, float]]:
-    """(token id, top-1 minus top-2 log-prob) for each token of a chunk whose request asked for logprobs >= 2.
+def _token_tops(event: dict) -> list[TokenTop]:
+    """The top two tokens and their log-probs at each token of a chunk whose request asked for logprobs >= 2.
 
     llama-server puts them under choices[0].logprobs.content, computed from the full distribution before sampling.
     """
     out = []
     for choice in event.get("choices") or []:
         for tok in (choice.get("logprobs") or {}).get("content") or []:
-            top = sorted((t.get("logprob") for t in tok.get("top_logprobs") or [] if t.get("logprob") is not None),
-                         reverse=True)
-            out.append((int(tok.get("id", -1)), top[0] - top[1] if len(top) >= 2 else float("nan")))
+            top = sorted(((t.get("logprob"), t.get("id", -1)) for t in tok.get("top_logprobs") or []
+                          if t.get("logprob") is not None), reverse=True)
+            if len(top) >= 2:
+                out.append(TokenTop(int(top[0][1]), float(top[0][0]), int(top[1][1]), float(top[1][0])))
     return out
 
 
@@ -46,7 +47,7 @@ async def one_request(client, url: str, body: dict, timeout_s: float) -> Request
     finish = ""
     error = ""
     server_timings: dict = {}
-    token_gaps: list[tuple[int, float]] = []  # (token id, top-1 minus top-2 log-prob), when logprobs were asked
+    token_tops: list[TokenTop] = []  # each token's top two, when the request asked for logprobs
     try:
         async with asyncio.timeout(timeout_s):
             async with client.stream("POST", url, json=body) as response:
@@ -63,7 +64,7 @@ async def one_request(client, url: str, body: dict, timeout_s: float) -> Request
                     if text:
                         chunks.append(time.perf_counter())
                         texts.append(text)
-                    token_gaps += _token_gaps(event)
+                    token_tops += _token_tops(event)
                     usage = event.get("usage") or usage
                     server_timings = event.get("timings") or server_timings  # llama-server's, on the last chunk
                     finish = next((c.get("finish_reason") for c in event.get("choices") or []
@@ -81,7 +82,7 @@ async def one_request(client, url: str, body: dict, timeout_s: float) -> Request
     if not error and tokens < wanted:  # a stream cut short is a failed request, not a short success
         error, tokens = f"the stream ended after {tokens} of {wanted} tokens", 0
     return RequestTiming(sent, tuple(chunks), done, tokens, int(usage.get("prompt_tokens") or 0), "".join(texts), error,
-                         server_timings if not error else {}, tuple(token_gaps) if not error else ())
+                         server_timings if not error else {}, tuple(token_tops) if not error else ())
 
 
 async def _load(base_url: str, bodies: Sequence[dict], timeout_s: float, should_stop: ShouldStop) -> list[RequestTiming]:

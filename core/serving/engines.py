@@ -198,8 +198,9 @@ def llama_server_engine(gguf: Path, technique: str, slots: int, ctx_per_slot: in
 
     def body(prompt: str, new_tokens: int) -> dict:
         # ignore_eos: the server never stops at end-of-sequence, so every request does exactly N tokens
+        # cache_prompt off: every prompt is read fresh, so an answer never depends on which slot last held it
         return {"model": gguf.name, "prompt": prompt, "stream": True, "temperature": 0.0, "top_k": 1,
-                "max_tokens": new_tokens, "ignore_eos": True, "seed": 0,
+                "max_tokens": new_tokens, "ignore_eos": True, "seed": 0, "cache_prompt": False,
                 "stream_options": {"include_usage": True}}
 
     return Engine(technique, LLAMA_CPP, f"llama-server (llama.cpp, {slots} slots, continuous batching)", argv, body,

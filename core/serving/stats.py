@@ -17,6 +17,22 @@ from core.measure.benchmark import percentile
 
 
 @dataclass(frozen=True)
+class TokenTop:
+    """The two likeliest tokens at one position of an answer, with their log-probs (nats), as the server saw them."""
+    first_id: int
+    first_logprob: float
+    second_id: int
+    second_logprob: float
+
+    @property
+    def gap(self) -> float:
+        return self.first_logprob - self.second_logprob
+
+    def logprob_of(self, token: int) -> float | None:
+        return {self.first_id: self.first_logprob, self.second_id: self.second_logprob}.get(token)
+
+
+@dataclass(frozen=True)
 class RequestTiming:
     """One streamed request as the client saw it. Times are the client's perf_counter, seconds."""
     sent_s: float
@@ -27,7 +43,7 @@ class RequestTiming:
     text: str = ""
     error: str = ""
     server_timings: dict = field(default_factory=dict)  # the server's own account of this request, when it gives one
-    token_gaps: tuple[tuple[int, float], ...] = ()  # (token id, top-1 minus top-2 log-prob) when logprobs were asked
+    token_tops: tuple[TokenTop, ...] = ()  # each token's top two as the server computed them, when it was asked
 
     @property
     def ok(self) -> bool:
