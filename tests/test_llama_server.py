@@ -224,3 +224,19 @@ def test_a_server_dying_mid_run_keeps_what_was_measured_and_shows_its_last_words
         bench.serve_bench(SPEC.key, [key], settings, store=store)
     killer.join()
     assert [r.concurrency for r in store.serving()] == [1]
+
+
+def test_a_gguf_curve_never_mixes_llama_server_with_the_old_one_at_a_time_server():
+    from core.views import capacity
+    from tests.factories import make_serving_record
+
+    def point(c, server, when):
+        return make_serving_record(technique="gguf-q4_k_m", runtime="llama.cpp", concurrency=c, server=server,
+                                   created_at=when)
+
+    old = "llama.cpp server (llama-cpp-python, one request at a time)"
+    new = "llama-server (llama.cpp, 16 slots, continuous batching)"
+    newest_first = [point(16, new, "2026-12-05T11:00"), point(1, new, "2026-12-05T10:59"),
+                    point(8, old, "2026-12-01T10:00"), point(1, old, "2026-12-01T09:59")]
+    kept = capacity.latest_points(newest_first)
+    assert sorted(r.concurrency for r in kept) == [1, 16] and {r.server for r in kept} == {new}

@@ -1,15 +1,14 @@
-"""Serving the real bundled model: batching correctness on transformers serve, and the llama.cpp server.
+"""Serving the real bundled model: batching correctness on transformers serve, and llama.cpp's llama-server.
 
 Slow (loads SmolLM2-135M and starts real servers on 127.0.0.1); run under `flock /tmp/lab-heavy.lock`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from core import models
+from core.runtimes import llamacpp_build
 from core.serving import batching, bench, engines
 from core.serving.bench import ServeSettings
 from core.serving.prompts import corpus_token_ids, prompts_from_text
@@ -45,8 +44,8 @@ def test_batched_greedy_equals_alone_on_the_bundled_model_except_near_ties(bundl
         assert c.same_as_alone + c.near_ties == c.requests
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
-def test_llamacpp_server_on_the_bundled_gguf(bundled_dir):
+@pytest.mark.skipif(llamacpp_build.why_not_tools() is not None, reason=f"{llamacpp_build.why_not_tools()}")
+def test_llama_server_on_the_bundled_gguf(bundled_dir):
     store = ResultStore()
     key = engines.gguf_key(models.gguf_path(SPEC))
     settings = ServeSettings(concurrency=(1, 2), prompt_tokens=(32,), new_tokens=8, repeats=1, start_timeout_s=120,
