@@ -63,9 +63,10 @@ def traffic_inputs(spec, machine: str, records: list, picked) -> Money | None:
     except ValueError as e:
         show_error(e)
         return None
-    # for the Report page: the bill last shown here, as rows with units in the headings and the note on what it assumes
-    st.session_state["decide_bill"] = (bill.bill_rows(bills), capacity.bill_note(traffic, target, picked.preset.usd_per_hour,
-                                                                                  billing))
+    # for the Report page: the bill last shown here, as rows with units in the headings and the note on what it assumes,
+    # with the model and machine it prices, so that a report of another model or machine never borrows it
+    st.session_state["decide_bill"] = ((spec.key, machine), bill.bill_rows(bills),
+                                       capacity.bill_note(traffic, target, picked.preset.usd_per_hour, billing))
     return Money(traffic, target, billing, picked.preset.usd_per_hour, served, bills, picked.preset.kind,
                  records[0].device if records else "")
 

@@ -37,8 +37,9 @@ try:
     warning = answer.warning
 except ValueError as e:  # e.g. a device question while the model's config is not on this machine
     decision, warning = [f"No decision: the question cannot be answered here ({e}).", ""], None
-if "decide_bill" in st.session_state:  # the bill last shown on Decide, for the traffic asked there
-    bill_rows, bill_note = st.session_state["decide_bill"]
+decided = st.session_state.get("decide_bill")
+if decided and decided[0] == (spec.key, machine):  # the bill last shown on Decide, for the traffic asked there
+    _, bill_rows, bill_note = decided
 else:  # the default traffic, said as such
     default = bill.Traffic(10_000, 200)
     bill_rows = bill.bill_rows(bill.variant_bills(records, serving, default, picked.preset.usd_per_hour))

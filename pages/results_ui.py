@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import streamlit as st
@@ -29,13 +30,31 @@ def measured_set(picked: SidebarChoice, empty_hint: str) -> MeasuredSet:
     if not machines:
         st.info(f"Nothing measured for {spec.label} yet. {empty_hint}")
         st.stop()
-    here = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
-    machine = st.selectbox("Machine the numbers were measured on", machines,
-                           index=machines.index(here) if here in machines else 0,
+    device = benchmark.pick_device("auto")
+    here = benchmark.hardware_fingerprint(device)
+    shown = here
+    if here not in machines:  # say so, rather than show another machine's numbers as if they were this one's
+        newest_first = results.all(model=spec.key)
+        shown = newest_first[0].hardware
+        _say_measured_elsewhere(spec.label, here, Counter(r.hardware for r in newest_first),
+                                benchmark.old_style_fingerprint(device))
+    machine = st.selectbox("Machine the numbers were measured on", machines, index=machines.index(shown),
                            help="Numbers from different machines are never mixed on one chart.")
     history = results.all(model=spec.key, hardware=machine)
     latest = list({r.technique: r for r in reversed(history)}.values())[::-1]  # newest per technique, newest first
     return MeasuredSet(spec, machine, cost.reprice(latest, picked.preset), history)
+
+
+def _say_measured_elsewhere(label: str, here: str, counts: Counter, old_name_here: str) -> None:
+    def line(machine: str, n: int) -> str:
+        older = (" (named before the lab told CPUs apart by family and instruction sets: this machine's, or another's "
+                 "with the same CPU name, cores and RAM)" if machine == old_name_here else "")
+        return f"- {machine}: {n} record{'s' * (n != 1)}{older}"
+
+    st.info(f"{label} was never measured on this machine ({here}). Its records were measured on other machines:\n"
+            + "\n".join(line(m, n) for m, n in sorted(counts.items()))
+            + "\n\nPick one below to view its numbers (the one measured most recently is selected); machines are "
+              "shown one at a time, as their speeds are not comparable.")
 
 
 def clear_results_control() -> None:

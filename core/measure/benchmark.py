@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import os
 import platform
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable, TypeVar
 
 import torch
+
+from core.measure import cpu
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -313,13 +316,13 @@ def pick_device(requested: str = "auto") -> str:
 
 
 def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's marketing name ("AMD EPYC 7B13"): what benchmarks print, not what tells machines apart."""
+    return _cpu().model_name
+
+
+@functools.cache
+def _cpu() -> cpu.CpuFacts:
+    return cpu.this_cpu()  # the CPU does not change while the process runs: read /proc/cpuinfo once
 
 
 def describe_device(device: str) -> str:
@@ -328,13 +331,40 @@ def describe_device(device: str) -> str:
     return "cpu"
 
 
+# Every AVX2 chip (Intel Haswell, AMD Zen onwards) also has FMA and F16C: naming them would only lengthen the line.
+_IMPLIED_BY_AVX2 = ("FMA", "F16C")
+
+
+def fingerprint_of(facts: cpu.CpuFacts, cores: int, ram_gib: float, gpu: str | None = None) -> str:
+    """The machine in one readable line, a pure function of its parts: the same parts give the same string.
+
+    The model name alone is not enough (an AVX2-only EPYC and an AVX-512 one share it and differ 2-8x in speed), so
+    the line names vendor, family, model and stepping and the instruction sets the kernels use."""
+    shown = [f for f in facts.speed_features if not ("AVX2" in facts.speed_features and f in _IMPLIED_BY_AVX2)]
+    if facts.vendor == "?":  # no /proc/cpuinfo (not Linux): the name is all there is to say
+        chip = facts.model_name
+    else:
+        features = ", ".join(shown) or "none of the vector extensions the kernels use"
+        chip = f"{facts.model_name} ({facts.vendor} {facts.identity}; {features})"
+    base = f"{chip}, {cores} cores, {ram_gib:.0f} GiB RAM"
+    return f"{gpu} + {base}" if gpu else base
+
+
+def _machine_parts(device: str) -> tuple[int, float, str | None]:
+    """This machine's cores, RAM in GiB and GPU name (None on the CPU), the fingerprint's parts besides the CPU."""
+    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return os.cpu_count() or 1, ram_gib, torch.cuda.get_device_name(device) if device.startswith("cuda") else None
+
+
 def hardware_fingerprint(device: str) -> str:
     """A stable description of the machine: results with different fingerprints are not comparable."""
-    total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    base = f"{cpu_model()}, {os.cpu_count()} cores, {total_gb:.0f} GiB RAM"
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(device)} + {base}"
-    return base
+    return fingerprint_of(_cpu(), *_machine_parts(device))
+
+
+def old_style_fingerprint(device: str) -> str:
+    """What records measured before the fingerprint named CPU family and features call this machine ("AMD EPYC,
+    2 cores, 24 GiB RAM"): every machine with the same CPU name, cores and RAM was called the same then."""
+    return fingerprint_of(replace(_cpu(), vendor="?"), *_machine_parts(device))  # "?": the CPU's name only
 
 
 def library_versions() -> dict[str, str]:

@@ -72,7 +72,8 @@ def parse_cpuinfo(text: str, arch: str | None = None) -> CpuFacts:
         vendor = f"ARM implementer {block.get('cpu implementer', '?')}"
         family, model, stepping = (block.get("cpu architecture", "?"), block.get("cpu part", "?"),
                                    block.get("cpu variant", "?") + "r" + block.get("cpu revision", "?"))
-    name = block.get("model name") or block.get("hardware") or platform.processor() or (arch or platform.machine())
+    # ARM texts often name no model: say the architecture, not platform.processor(), as the text may be another's
+    name = block.get("model name") or block.get("hardware") or (arch or platform.machine())
     return CpuFacts(name, vendor, family, model, stepping, flags, arch or platform.machine())
 
 

@@ -208,7 +208,7 @@ def recommend(records: Sequence[VariantRecord], constraints: Constraints, shape:
     newer measurement moved it; the choice itself uses `records` only."""
     if not records:
         raise ValueError("no measured variants to choose from: measure some first")
-    machines = sorted({r.hardware for r in records})
+    machines = sorted({r.hardware for r in (*records, *history)})  # the headline's history too: same machine only
     if len(machines) > 1:
         raise ValueError(f"records come from {len(machines)} machines ({machines}); recommend on one machine at a time")
     reference = find_reference(records, reference_technique)
