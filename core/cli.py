@@ -76,12 +76,14 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     keys = techniques.parse_keys(args.techniques)
     settings = _sweep_settings(args)
     _refuse_unsupported(keys, settings.device)
-    store = None if args.no_store else open_store(args.store_url)
     address = args.ray or cluster_address()
+    if not address:
+        if "," in args.model:
+            raise CliError("--model: several models need a cluster sweep (--ray); measure one at a time here")
+        models.resolve(args.model)  # a folder that cannot load is refused before the store is opened or created
+    store = None if args.no_store else open_store(args.store_url)
     if address:
         return _cluster_sweep(args, keys, settings, store, address)
-    if "," in args.model:
-        raise CliError("--model: several models need a cluster sweep (--ray); measure one at a time here")
     show = _show_progress
 
     t0 = time.perf_counter()

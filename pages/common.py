@@ -77,6 +77,11 @@ def sidebar() -> SidebarChoice:
         if key == CUSTOM:
             name = st.text_input("Hugging Face id or local directory", key="model_custom",
                                  placeholder="org/name or /path/to/model")
+            if name:  # checked as typed: a folder that cannot load says why here, before any page measures it
+                try:
+                    models.resolve(name)
+                except models.ModelError as e:
+                    st.warning(visible(str(e)))
         elif key in models.BUNDLED:
             name = key
             spec = models.BUNDLED[key]

@@ -7,7 +7,9 @@ from core import models
 def test_resolve_bundled_local_and_hub(tmp_path):
     assert models.resolve("smollm2-135m-instruct").source == "bundled-gguf"
     assert models.resolve("org/some-model").source == "hub"
-    (tmp_path / "config.json").write_text("{}")
+    for name in ("config.json", "tokenizer.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")  # resolve looks at file names only; loading reads them
     assert models.resolve(str(tmp_path)).source == "local"
 
 

@@ -69,6 +69,35 @@ def refuse_own_code(folder: Path, name: str) -> None:
                          "Gemma or SmolLM, or convert it to one of those and save it with save_pretrained().")
 
 
+# Files AutoTokenizer builds a tokenizer from: a fast tokenizer, a sentencepiece model, or BPE/WordPiece vocabularies.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+PICKLE_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def checkpoint_problems(folder: Path) -> list[str]:
+    """What keeps a local folder from loading, from its file names alone (nothing is read or loaded).
+
+    Without these checks transformers answers a folder with no tokenizer by asking for sentencepiece or tiktoken,
+    and the lab loads weights with use_safetensors=True only, because unpickling a .bin file can run any code."""
+    problems = []
+    present = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
+    if not present:
+        problems.append("it holds no tokenizer files (tokenizer.json and tokenizer_config.json, or a vocabulary such "
+                        "as tokenizer.model or vocab.json): save them beside the weights with "
+                        "tokenizer.save_pretrained(folder)")
+    elif set(present) <= {"tokenizer.model", "spiece.model"} and importlib.util.find_spec("sentencepiece") is None:
+        problems.append(f"its only tokenizer is a sentencepiece {present[0]}, and sentencepiece is not installed here: "
+                        "save the fast tokenizer (tokenizer.json) with tokenizer.save_pretrained(folder)")
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
+        problems.append(
+            f"its weights are pickle files ({', '.join(pickles)}), which the lab never loads because unpickling can "
+            "run code: save them with model.save_pretrained(folder, safe_serialization=True) or convert them to "
+            "model.safetensors" if pickles else
+            "it holds no weights (model.safetensors): save them with model.save_pretrained(folder)")
+    return problems
+
+
 def viewer_may_load(name: str) -> bool:
     """A classroom viewer may name only the lab's own models: a bundled key or a student this lab distilled.
     A folder or hub id would read the server's disk or reach the network on anyone's say-so."""
@@ -160,6 +189,8 @@ def resolve(name: str) -> ModelSpec:
         if not (path / "config.json").is_file():
             raise ModelError(f"'{name}' is a path but holds no config.json: point at a directory saved with save_pretrained().")
         refuse_own_code(path, name)
+        if problems := checkpoint_problems(path):
+            raise ModelError(f"'{name}' cannot be used: {'; '.join(problems)}.")
         return ModelSpec(key=str(path.resolve()), label=path.name, source="local", location=str(path.resolve()),
                          weights_note=f"Weights from the local directory {path.resolve()}.")
     if name.count("/") == 1 and " " not in name:
