@@ -4,6 +4,7 @@ process), or a difference no near-tie explains."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -99,7 +100,7 @@ def _verdict(gap_alone: float, gap_batched: float, drift: float, tolerance: floa
     sum is at most 2 x drift (the batched kernels compute differently). Anything else is unexplained."""
     if max(gap_alone, gap_batched) <= tolerance:
         return "tie", f"a near-tie (both gaps <= {tolerance})"
-    if drift == drift and gap_alone + gap_batched <= 2 * drift:  # drift is NaN where it was not measured
+    if not math.isnan(drift) and gap_alone + gap_batched <= 2 * drift:  # NaN: drift was not measured
         return "drift", (f"not a near-tie, but within how far the batched run moved the same tokens' log-probs "
                          f"(the gaps sum to {gap_alone + gap_batched:.2e} <= 2 x {drift:.2e}): the batched kernels "
                          "compute differently")
