@@ -61,6 +61,7 @@ def _sweep_settings(args: argparse.Namespace):
         "new_tokens": args.new_tokens, "repeats": args.repeats, "warmup_runs": args.warmup,
         "threads": args.threads, "device": args.device, "hardware_preset": args.hardware,
         "usd_per_hour": args.usd_per_hour, "mc_max_items": args.mc_max_items, "seed": args.seed,
+        "kld_rule": args.kld_rule,
     }.items() if v is not None}
     settings = sweep.SweepSettings(**overrides)
     _json_folder(args.json)

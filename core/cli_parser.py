@@ -22,7 +22,7 @@ from core.cli import (
     cmd_sweep,
     cmd_worker,
 )
-from core.measure import bill, cost
+from core.measure import bill, cost, evaluate
 from core.serving.limits import MAX_CONCURRENCY
 from core.store import StoreError
 from core.techniques.distillation import LAYER_CHOICES, DistillSettings
@@ -32,6 +32,9 @@ def _add_measurement_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--model", default=models.DEFAULT_MODEL, help="bundled key, local directory or Hugging Face id")
     s.add_argument("--eval-set", help='JSONL of {"question", "choices", "answer"} lines')
     s.add_argument("--ppl-text", help="UTF-8 text file for perplexity and KL divergence")
+    s.add_argument("--kld-rule", choices=list(evaluate.KLD_RULES),
+                   help="which positions score KLD, top-1 and perplexity: llama-perplexity (default; comparable with "
+                        "llama.cpp's `llama-perplexity --kl-divergence`) or every-position")
     s.add_argument("--json", help="write the records to this file (else to stdout)")
     s.add_argument("--new-tokens", type=int)
     s.add_argument("--repeats", type=int)

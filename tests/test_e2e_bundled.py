@@ -26,22 +26,29 @@ def test_bundled_sweep_measures_real_quality_differences():
     assert any(w in words for w in ("blue", "light", "scatter")), fp32.sample_generation
 
 
-def direct_perplexity(checkpoint, text: str, window: int, max_tokens: int) -> float:
-    """Written independently of core.measure.evaluate: transformers' own loss over the same windows."""
+def direct_perplexity(checkpoint, text: str, window: int, max_tokens: int, second_half: bool = False) -> float:
+    """Written independently of core.measure.evaluate: transformers' own loss over the same windows.
+
+    second_half: llama-perplexity's rule, whole windows only, the predictions from position window/2 on counted
+    (the bundled tokenizer adds no BOS, so llama.cpp would write none over the chunks' first tokens).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids[:, :max_tokens]
+    first = window // 2 if second_half else 0
     nll, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, ids.shape[1], window):
             chunk = ids[:, start : start + window]
-            if chunk.shape[1] < 2:
+            if chunk.shape[1] < 2 or (second_half and chunk.shape[1] < window):
                 continue
-            loss = model(input_ids=chunk, labels=chunk).loss  # mean over chunk_len - 1 predictions
-            nll += loss.item() * (chunk.shape[1] - 1)
-            count += chunk.shape[1] - 1
+            labels = chunk.clone()
+            labels[:, : first + 1] = -100  # label j is predicted at position j - 1: keep positions first.. only
+            loss = model(input_ids=chunk, labels=labels).loss  # mean over the predictions kept
+            nll += loss.item() * (chunk.shape[1] - 1 - first)
+            count += chunk.shape[1] - 1 - first
     return math.exp(nll / count)
 
 
@@ -57,5 +64,6 @@ def test_cli_perplexity_on_wikitext_matches_direct_transformers(tmp_path):
     ours = json.loads(out.read_text())[0]["perplexity"]
     checkpoint = models.prepare(models.BUNDLED["smollm2-135m-instruct"])
     settings = sweep.SweepSettings()
-    direct = direct_perplexity(checkpoint, text, settings.ppl_window_tokens, settings.ppl_max_tokens)
+    direct = direct_perplexity(checkpoint, text, settings.ppl_window_tokens, settings.ppl_max_tokens,
+                               second_half=settings.kld_rule == "llama-perplexity")
     assert ours == pytest.approx(direct, rel=0.01)

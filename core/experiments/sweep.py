@@ -41,6 +41,10 @@ class SweepSettings:
     ppl_text: str = str(evaluate.DEFAULT_PPL_TEXT)
     ppl_window_tokens: int = 512
     ppl_max_tokens: int = 4096
+    # Which positions text quality scores (evaluate.KLD_RULES). "llama-perplexity" makes KLD, its percentiles,
+    # top-1 agreement ("same top p") and perplexity comparable with llama.cpp's `llama-perplexity --kl-divergence`
+    # scoreboard at -c ppl_window_tokens; "every-position" is the lab's first rule (7-10% higher KLD on prose).
+    kld_rule: evaluate.KldRule = "llama-perplexity"
     eval_set: str = str(evaluate.DEFAULT_MC_SET)
     mc_max_items: int = 0  # 0 = every question
     hardware_preset: str = "laptop-cpu"
@@ -56,6 +60,8 @@ class SweepSettings:
             raise ValueError(f"need repeats >= 1 and warmup_runs >= 0, got {self.repeats}, {self.warmup_runs}")
         if self.ppl_window_tokens < 16:
             raise ValueError(f"ppl_window_tokens must be at least 16, got {self.ppl_window_tokens}")
+        if self.kld_rule not in evaluate.KLD_RULES:
+            raise ValueError(f"Unknown kld_rule {self.kld_rule!r}; choose from {', '.join(evaluate.KLD_RULES)}")
         if self.hardware_preset not in cost.HARDWARE_PRESETS:
             raise ValueError(f"Unknown hardware preset {self.hardware_preset!r}; choose from {', '.join(cost.HARDWARE_PRESETS)}")
         if self.usd_per_hour is not None and self.usd_per_hour < 0:
@@ -121,7 +127,7 @@ def prepare_inputs(model_name: str, settings: SweepSettings, say: Callable[[str]
     tokenizer = models.load_tokenizer(checkpoint)
     device = benchmark.pick_device(settings.device)
     text = evaluate.read_text(Path(settings.ppl_text))
-    windows = evaluate.token_windows(evaluate.tokenize_text(tokenizer, text), settings.ppl_window_tokens, settings.ppl_max_tokens)
+    windows, rule, bos = text_windows(tokenizer, text, settings)
     mc_items = evaluate.load_mc_jsonl(Path(settings.eval_set))
     if settings.mc_max_items:
         mc_items = mc_items[: settings.mc_max_items]
@@ -136,6 +142,9 @@ def prepare_inputs(model_name: str, settings: SweepSettings, say: Callable[[str]
         "prompt_tokens": int(prompt_ids.shape[-1]),
         "ppl_text_sha256": evaluate.file_sha256(Path(settings.ppl_text)),
         "ppl_tokens": sum(int(w.shape[-1]) for w in windows),
+        "kld_rule": rule,  # the rule that produced the text-quality numbers (may differ from the one asked for)
+        "kld_positions": sum(_scored(int(w.shape[-1]), rule) for w in windows),
+        "bos_per_chunk": bos is not None,
         "eval_set_sha256": evaluate.file_sha256(Path(settings.eval_set)),
         "mc_items": len(mc_items),
         "bandwidth_gb_s_samples": list(bandwidth.samples),
@@ -143,8 +152,31 @@ def prepare_inputs(model_name: str, settings: SweepSettings, say: Callable[[str]
         "weights_note": spec.weights_note,
         "decode": "greedy, batch 1, exactly new_tokens tokens (EOS ignored), KV cache",
     }
+    if rule != settings.kld_rule:
+        settings_record["kld_rule_note"] = (f"{settings.kld_rule} asked for, but the text is shorter than one "
+                                            f"{settings.ppl_window_tokens}-token chunk: every position scored")
     return _Inputs(checkpoint, spec, tokenizer, prompt_ids, windows, mc_items,
                    benchmark.environment(device, threads), bandwidth, settings_record)
+
+
+def text_windows(tokenizer, text: str, settings: SweepSettings) -> tuple[list[torch.Tensor], str, int | None]:
+    """(windows, the rule they are scored by, the BOS id written at each chunk's start or None).
+
+    A text shorter than one ppl_window_tokens chunk has no position the llama-perplexity rule would score: it is
+    scored by every position instead, and the record's settings say so.
+    """
+    ids = evaluate.tokenize_text(tokenizer, text)
+    bos = evaluate.bos_per_chunk(tokenizer) if settings.kld_rule == "llama-perplexity" else None
+    windows = evaluate.text_windows(ids, settings.ppl_window_tokens, settings.ppl_max_tokens, settings.kld_rule, bos)
+    if windows:
+        return windows, settings.kld_rule, bos
+    fallback = "every-position"
+    return evaluate.text_windows(ids, settings.ppl_window_tokens, settings.ppl_max_tokens, fallback), fallback, None
+
+
+def _scored(window_tokens: int, rule: str) -> int:
+    rows = evaluate.scored_rows(window_tokens, rule)
+    return rows.stop - rows.start
 
 
 @dataclass(frozen=True)
@@ -160,15 +192,20 @@ _REFERENCE_CACHE: dict[tuple, Reference] = {}
 def reference_pass(inputs: _Inputs, tick: evaluate.Tick) -> Reference:
     """Computed once per (model, text, windows, device) and kept in memory for the next sweep of the same text."""
     key = (str(inputs.checkpoint), inputs.settings_record["ppl_text_sha256"], inputs.settings_record["ppl_window_tokens"],
-           inputs.settings_record["ppl_max_tokens"], inputs.env.device)
+           inputs.settings_record["ppl_max_tokens"], _rule(inputs), inputs.env.device)
     if key not in _REFERENCE_CACHE:
         model = techniques.get(techniques.REFERENCE).make(inputs.checkpoint, inputs.env.device)
-        quality, own = evaluate.text_quality(runtimes.as_runner(model, inputs.env.device), inputs.windows, None, inputs.env.device, tick)
+        quality, own = evaluate.text_quality(runtimes.as_runner(model, inputs.env.device), inputs.windows, None,
+                                             inputs.env.device, tick, _rule(inputs))
         del model
         benchmark.release_memory()
         _REFERENCE_CACHE.clear()  # keep one text's reference at a time: [T, V] float32 is large
         _REFERENCE_CACHE[key] = Reference(quality, own)
     return _REFERENCE_CACHE[key]
+
+
+def _rule(inputs: _Inputs) -> str:
+    return inputs.settings_record.get("kld_rule", "every-position")
 
 
 def measure_variant(technique: techniques.Technique, inputs: _Inputs, settings: SweepSettings,
@@ -193,7 +230,7 @@ def measure_variant(technique: techniques.Technique, inputs: _Inputs, settings: 
                 quality = reference.quality
             else:
                 quality, _ = evaluate.text_quality(runner, inputs.windows, reference.logprobs, device,
-                                                   lambda f: step("text", f))
+                                                   lambda f: step("text", f), _rule(inputs))
             step("choices", 0.0)
             mc = evaluate.mc_accuracy(runner, inputs.tokenizer, inputs.mc_items, device, lambda f: step("choices", f),
                                       settings.seed)
@@ -230,7 +267,8 @@ def _record(technique, inputs: _Inputs, settings: SweepSettings, run_id: str, si
         ttft_ms_samples=list(bench.ttft_ms.samples), decode_tokens_per_s_samples=list(tps.samples),
         bandwidth_gb_s=bandwidth, roofline_tokens_per_s=roof, roofline_pct=100 * tps.median / roof,
         perplexity=quality.perplexity, kld_mean=quality.kld_mean, kld_p99=quality.kld_p99,
-        top1_agreement=quality.top1_agreement,
+        top1_agreement=quality.top1_agreement, kld_median=quality.kld_median, kld_p999=quality.kld_p999,
+        kld_max=quality.kld_max, delta_p_mean=quality.delta_p_mean, delta_p_rms=quality.delta_p_rms,
         mc_accuracy=mc.accuracy, mc_accuracy_norm=mc.accuracy_norm, mc_accuracy_ci95=list(mc.ci95), mc_items=mc.items,
         hardware_preset=settings.hardware_preset, usd_per_hour=price,
         usd_per_1m_tokens=cost.usd_per_1m_tokens(tps.median, price),

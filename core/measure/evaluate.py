@@ -13,7 +13,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import torch
 
@@ -59,48 +59,162 @@ def tokenize_text(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+# Which positions of the text are scored, and how:
+#   "llama-perplexity": the rule of llama.cpp's `llama-perplexity --kl-divergence`, the field's scoreboard for GGUF
+#       quants: the text (after a BOS token when the model wants one) cut into n_ctx-token chunks, the remainder
+#       dropped, each chunk starting with BOS, and only the second half of each chunk scored (positions n_ctx/2 ..
+#       n_ctx-2, each predicting the next token of the text), so every scored prediction has at least n_ctx/2
+#       tokens of context. KLD counts the reference's tokens above log-prob -16, as llama-perplexity does.
+#   "every-position": every position of non-overlapping windows (the lab's first rule): short-context positions
+#       count too, so KLD runs 7-10% above llama-perplexity's on the same text.
+KldRule = Literal["llama-perplexity", "every-position"]
+KLD_RULES: tuple[str, ...] = get_args(KldRule)
+LLAMA_LOG_PROB_FLOOR = -16.0  # llama-perplexity keeps the base's log-probs within 16 nats of its top token
+
+
+def bos_per_chunk(tokenizer) -> int | None:
+    """The BOS id that llama-perplexity puts at the start of every chunk, or None when the model wants none.
+
+    llama.cpp adds BOS when the vocabulary says so; the checkpoint's tokenizer says the same by adding one itself.
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos if with_special[:1] == [bos] and with_special != tokenize_text(tokenizer, "a") else None
+
+
+def perplexity_chunks(token_ids: list[int], n_ctx: int, max_tokens: int | None = None,
+                      bos_id: int | None = None) -> list[torch.Tensor]:
+    """llama-perplexity's chunks ([1, n_ctx] each): BOS + text cut every n_ctx tokens, the short remainder dropped.
+
+    As llama-perplexity does, the BOS (when there is one) is written over each chunk's first token: the text
+    token there is neither read nor predicted. `max_tokens` caps the tokens read (BOS included), as --chunks does.
+    """
+    if n_ctx < 4:
+        raise ValueError(f"chunks must be at least 4 tokens, got {n_ctx}")
+    ids = ([bos_id] if bos_id is not None else []) + list(token_ids)
+    ids = ids[:max_tokens] if max_tokens else ids
+    chunks = []
+    for start in range(0, len(ids) - n_ctx + 1, n_ctx):
+        chunk = ids[start : start + n_ctx]
+        if bos_id is not None:
+            chunk[0] = bos_id
+        chunks.append(torch.tensor([chunk]))
+    return chunks
+
+
+def text_windows(token_ids: list[int], window: int, max_tokens: int | None, rule: KldRule,
+                 bos_id: int | None = None) -> list[torch.Tensor]:
+    """The windows `text_quality` reads under `rule` (an empty list: the text is shorter than one chunk)."""
+    if rule == "llama-perplexity":
+        return perplexity_chunks(token_ids, window, max_tokens, bos_id)
+    return token_windows(token_ids, window, max_tokens)
+
+
+def scored_rows(window_tokens: int, rule: KldRule) -> slice:
+    """Rows of a window's [W, V] log-probs that are compared with the reference under `rule`."""
+    if rule == "llama-perplexity":
+        return slice(window_tokens // 2, window_tokens - 1)
+    return slice(0, window_tokens)
+
+
 # ---------------------------------------------------------------- perplexity and divergence
 
 
 @dataclass(frozen=True)
 class TextQuality:
     perplexity: float
-    nll_tokens: int  # tokens predicted (W - 1 per window)
+    nll_tokens: int  # tokens predicted (W - 1 per window; W - 1 - W/2 under the llama-perplexity rule)
     kld_mean: float  # nats/token, KL(reference || variant)
     kld_p99: float
-    top1_agreement: float
+    top1_agreement: float  # llama-perplexity's "same top p" under its rule
     positions: int  # positions compared against the reference
+    kld_median: float = math.nan
+    kld_p999: float = math.nan
+    kld_max: float = math.nan
+    # p_variant(next text token) - p_reference(next text token), as llama-perplexity's Δp (a fraction, not %)
+    delta_p_mean: float = math.nan
+    delta_p_rms: float = math.nan
+    rule: str = "every-position"
+
+
+@dataclass(frozen=True)
+class KldStats:
+    """The scoreboard's numbers from per-position values (percentiles interpolate as llama-perplexity's do)."""
+    kld_mean: float
+    kld_median: float
+    kld_p99: float
+    kld_p999: float
+    kld_max: float
+    same_top: float
+    delta_p_mean: float
+    delta_p_rms: float
+    positions: int
+
+
+def kld_stats(kld: torch.Tensor, same_top: torch.Tensor, delta_p: torch.Tensor) -> KldStats:
+    """[N] KL divergences, [N] bools (same argmax), [M] Δp values -> the statistics llama-perplexity prints."""
+    kld = kld.double()
+    q = torch.quantile(kld, torch.tensor([0.5, 0.99, 0.999], dtype=torch.float64))  # linear, as its percentile()
+    delta_p = delta_p.double()
+    return KldStats(float(kld.mean()), float(q[0]), float(q[1]), float(q[2]), float(kld.max()),
+                    float(same_top.double().mean()),
+                    float(delta_p.mean()) if len(delta_p) else math.nan,
+                    float(delta_p.square().mean().sqrt()) if len(delta_p) else math.nan, len(kld))
+
+
+def position_kld(reference: torch.Tensor, variant: torch.Tensor, rule: KldRule) -> torch.Tensor:
+    """[N] KL(reference || variant) from [N, V] log-probs, as `rule` counts it."""
+    terms = reference.exp() * (reference - variant)
+    if rule == "llama-perplexity":  # the base's tokens below -16 nats are not stored, so they count nothing
+        return torch.where(reference > LLAMA_LOG_PROB_FLOOR, terms, torch.zeros(())).sum(-1)
+    return terms.sum(-1).clamp_min(0)  # tiny negatives are float noise
 
 
 def text_quality(runner, windows: list[torch.Tensor], reference: list[torch.Tensor] | None,
-                 device: str = "cpu", tick: Tick = _noop) -> tuple[TextQuality, list[torch.Tensor]]:
-    """Perplexity of `model` on the windows and its divergence from `reference` (per-window log-probs).
+                 device: str = "cpu", tick: Tick = _noop,
+                 rule: KldRule = "every-position") -> tuple[TextQuality, list[torch.Tensor]]:
+    """Perplexity of `runner` on the windows and its divergence from `reference` (per-window log-probs).
 
-    With reference=None the model is its own reference (KLD 0, agreement 1) and its log-probs are
-    returned so that later variants can be compared against them.
+    `rule` says which positions count (see KLD_RULES); perplexity counts the same positions' next tokens.
+    With reference=None the model is its own reference (KLD 0, agreement 1) and its log-probs at the scored
+    rows are returned so that later variants can be compared against them.
     """
+    if rule not in KLD_RULES:
+        raise ValueError(f"Unknown scoring rule {rule!r}; choose from {', '.join(KLD_RULES)}")
+    if not windows:
+        raise ValueError("no text windows to score: the text is shorter than one window")
     nll_sum, nll_n = 0.0, 0
     klds: list[torch.Tensor] = []
-    agree, positions = 0, 0
+    same: list[torch.Tensor] = []
+    dps: list[torch.Tensor] = []
     own: list[torch.Tensor] = []
     for i, window in enumerate(windows):
-        lp = runner.window_logprobs(window)  # [W, V]
-        targets = window[0, 1:]
-        nll_sum += -lp[:-1].gather(1, targets[:, None]).sum().item()
-        nll_n += len(targets)
-        ref = reference[i] if reference is not None else lp
+        lp_all = runner.window_logprobs(window)  # [W, V]
+        rows = scored_rows(lp_all.shape[0], rule)
+        lp = lp_all[rows]
+        start = rows.start
+        targets = window[0, start + 1 : start + 1 + lp.shape[0]]  # the text's next tokens (none after the last)
+        n = len(targets)
+        lp_target = lp[:n].gather(1, targets[:, None])[:, 0]
+        nll_sum += -lp_target.sum().item()
+        nll_n += n
         if reference is None:
-            own.append(lp)
-        kl = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0)  # [W]; tiny negatives are float noise
-        klds.append(kl)
-        agree += int((ref.argmax(-1) == lp.argmax(-1)).sum())
-        positions += lp.shape[0]
+            ref = lp
+            own.append(lp.clone() if rows != slice(0, lp_all.shape[0]) else lp)  # a copy drops the unscored rows
+        else:
+            ref = reference[i]
+        klds.append(torch.zeros(lp.shape[0]) if reference is None else position_kld(ref, lp, rule))
+        same.append(ref.argmax(-1) == lp.argmax(-1))
+        dps.append(lp_target.exp() - ref[:n].gather(1, targets[:, None])[:, 0].exp())
         tick((i + 1) / len(windows))
-    kl_all = torch.cat(klds)
+    stats = kld_stats(torch.cat(klds), torch.cat(same), torch.cat(dps))
     quality = TextQuality(
         perplexity=math.exp(nll_sum / nll_n), nll_tokens=nll_n,
-        kld_mean=float(kl_all.mean()), kld_p99=float(torch.quantile(kl_all, 0.99)),
-        top1_agreement=agree / positions, positions=positions,
+        kld_mean=stats.kld_mean, kld_p99=stats.kld_p99, top1_agreement=stats.same_top, positions=stats.positions,
+        kld_median=stats.kld_median, kld_p999=stats.kld_p999, kld_max=stats.kld_max,
+        delta_p_mean=stats.delta_p_mean, delta_p_rms=stats.delta_p_rms, rule=rule,
     )
     return quality, own
 

@@ -80,6 +80,13 @@ class VariantRecord:
     record_id: str = field(default_factory=new_record_id)
     started_at: str = ""  # ISO-8601 UTC: when this variant's measurement began (created_at is when it ended)
     attempt: int = 1  # 2 when a worker died measuring it and it was measured again
+    # llama-perplexity's scoreboard beside kld_mean and kld_p99 (None in records from before it); which positions
+    # were scored is settings["kld_rule"] ("llama-perplexity" or "every-position"; absent: every-position)
+    kld_median: float | None = None
+    kld_p999: float | None = None  # 99.9th percentile of the per-position KLD
+    kld_max: float | None = None
+    delta_p_mean: float | None = None  # mean of p_variant - p_reference of the text's next token (a fraction)
+    delta_p_rms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

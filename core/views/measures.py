@@ -200,6 +200,19 @@ def fmt_value(value: float, spec: str) -> str:
     return format(value, spec) if is_finite(value) else "n/a"
 
 
+def kld_rule(record: VariantRecord) -> str:
+    """Which positions produced the record's text-quality numbers; records from before the choice scored all."""
+    return (record.settings or {}).get("kld_rule", "every-position")
+
+
+def kld_line(record: VariantRecord) -> str:
+    """Mean KLD with its tail beside it (p99, and p99.9 where measured) and the rule that scored it."""
+    tail = f"p99 {fmt_value(record.kld_p99, '.4f')}"
+    if is_finite(record.kld_p999):
+        tail += f", p99.9 {fmt_value(record.kld_p999, '.4f')}"
+    return f"KL divergence: {fmt_value(record.kld_mean, '.4f')} nats/token ({tail}; {kld_rule(record)} rule)"
+
+
 def hover_text(record: VariantRecord) -> str:
     ci = record.mc_accuracy_ci95 or [math.nan, math.nan]
     lines = [
@@ -213,7 +226,7 @@ def hover_text(record: VariantRecord) -> str:
         f"at {fmt_value(record.bandwidth_gb_s, '.1f')} GB/s ({fmt_value(record.roofline_pct, '.0f')}% reached)",
         f"Cost: ${fmt_value(record.usd_per_1m_tokens, '.4f')} per 1M tokens at ${fmt_value(record.usd_per_hour, '.4f')}/h "
         f"({record.hardware_preset})",
-        f"KL divergence: {fmt_value(record.kld_mean, '.4f')} nats/token (p99 {fmt_value(record.kld_p99, '.4f')})",
+        kld_line(record),
         f"Top-1 agreement: {fmt_value(record.top1_agreement, '.1%')}",
         f"Perplexity: {fmt_value(record.perplexity, '.2f')}",
         f"MC accuracy: {fmt_value(record.mc_accuracy, '.1%')} (95% CI {fmt_value(ci[0], '.1%')}–{fmt_value(ci[1], '.1%')}, "

@@ -240,6 +240,7 @@ def map_rows(records: Sequence[VariantRecord], metric_key: str, axis_key: str) -
             "decode ms/token": latency_interval(records[i]).value,
             "USD per 1M tokens": records[i].usd_per_1m_tokens,
             "KLD (nats)": records[i].kld_mean,
+            "KLD p99 (nats)": records[i].kld_p99,
             "top-1 agreement": records[i].top1_agreement,
             "perplexity": records[i].perplexity,
             "MC accuracy": records[i].mc_accuracy,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from core.store.records import VariantRecord
 from core.techniques import REFERENCE
+from core.views.measures import kld_rule
 
 
 def summary_rows(records: list[VariantRecord]) -> list[dict]:
@@ -21,6 +22,7 @@ def summary_rows(records: list[VariantRecord]) -> list[dict]:
             "% of bandwidth limit": r.roofline_pct,
             "perplexity": r.perplexity,
             "KLD vs reference (nats)": r.kld_mean,
+            "KLD p99 (nats)": r.kld_p99,
             "top-1 agreement": r.top1_agreement,
             "MC accuracy": r.mc_accuracy,
             "MC 95% CI low": r.mc_accuracy_ci95[0],
@@ -36,6 +38,21 @@ def summary_rows(records: list[VariantRecord]) -> list[dict]:
 def launched_from(record: VariantRecord) -> str:
     """'CLI' or 'dashboard': where the run that measured this record was started (speeds differ between them)."""
     return "dashboard" if record.settings.get("launched_from") == "dashboard" else "CLI"
+
+
+RULE_PHRASES = {
+    "llama-perplexity": "scored as llama.cpp's llama-perplexity --kl-divergence scores them (the second half of each "
+                        "window), so KLD and same-top agreement compare with its published numbers",
+    "every-position": "every position scored (KLD runs several percent above llama-perplexity's on the same text)",
+}
+
+
+def rule_phrase(records: list[VariantRecord]) -> str:
+    rules = sorted({kld_rule(r) for r in records})
+    if len(rules) == 1:
+        return RULE_PHRASES.get(rules[0], rules[0])
+    counts = ", ".join(f"{rule}: {sum(kld_rule(r) == rule for r in records)}" for rule in rules)
+    return f"mixed scoring rules ({counts}): KLD from different rules differs by several percent"
 
 
 def provenance_lines(records: list[VariantRecord]) -> list[str]:
@@ -57,8 +74,8 @@ def provenance_lines(records: list[VariantRecord]) -> list[str]:
         f"{s.get('new_tokens', '?')} new tokens, {s.get('warmup_runs', '?')} warm-up + {s.get('repeats', '?')} timed runs; "
         "spread shown is the 10th-90th percentile of the timed runs.",
         f"Quality: perplexity/KLD on {s.get('ppl_tokens', '?')} tokens of {s.get('ppl_text', '?').split('/')[-1]} "
-        f"in {s.get('ppl_window_tokens', '?')}-token windows; multiple choice on {s.get('mc_items', '?')} questions of "
-        f"{s.get('eval_set', '?').split('/')[-1]} (95% bootstrap CI).",
+        f"in {s.get('ppl_window_tokens', '?')}-token windows, {rule_phrase(records)}; multiple choice on "
+        f"{s.get('mc_items', '?')} questions of {s.get('eval_set', '?').split('/')[-1]} (95% bootstrap CI).",
         f"Memory read bandwidth measured here: {r.bandwidth_gb_s:.1f} GB/s (best of 10 reads of a 512 MB buffer); "
         "the bandwidth limit on tokens/s is this divided by the bytes the model holds.",
         f"Libraries: {versions}.",
@@ -99,6 +116,7 @@ def moe_rows(records: list[VariantRecord], reference: VariantRecord | None) -> l
             "speed-up vs dense": r.decode_tokens_per_s_median / base if base else float("nan"),
             "TTFT ms (median)": r.ttft_ms_median,
             "KLD vs dense (nats)": r.kld_mean,
+            "KLD p99 (nats)": r.kld_p99,
             "top-1 agreement": r.top1_agreement,
             "perplexity": r.perplexity,
             "MC accuracy": r.mc_accuracy,
@@ -120,6 +138,7 @@ def distill_rows(records: list[VariantRecord], teacher: VariantRecord | None) ->
             "TTFT ms (median)": r.ttft_ms_median,
             "perplexity": r.perplexity,
             "KLD vs teacher (nats)": r.kld_mean,
+            "KLD p99 (nats)": r.kld_p99,
             "top-1 agreement": r.top1_agreement,
             "MC accuracy": r.mc_accuracy,
             "MC 95% CI": f"{r.mc_accuracy_ci95[0]:.2f}–{r.mc_accuracy_ci95[1]:.2f}",
