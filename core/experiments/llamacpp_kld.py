@@ -94,40 +94,41 @@ def compare(model_name: str = models.DEFAULT_MODEL, quants: tuple[str, ...] = ("
     windows = evaluate.perplexity_chunks(ids, n_ctx, max_tokens, bos)
     if len(windows) < 2:
         raise ValueError(f"{text} gives {len(windows)} chunk(s) of {n_ctx} tokens; llama-perplexity needs at least 2")
-    work = Path(work_dir or tempfile.mkdtemp(prefix="llama-kld-"))
-    work.mkdir(parents=True, exist_ok=True)
-    base = work / f"base-{n_ctx}-{len(windows)}.kld"
-    say("Exporting the F32 GGUF base")
-    f32 = gguf.ensure_file(checkpoint, gguf.GGUFConfig("f32"), threads, say)
-    say(f"{TOOL} --kl-divergence-base on {f32.name}")
-    tool_base(f32, text, n_ctx, threads, len(windows), base, flash_attn)
-    saved = read_base_tokens(base)
-    ours = [t for w in windows for t in w[0].tolist()]
-    if bos is not None:  # llama.cpp stores each chunk's own first token and writes BOS over it only to read it
-        saved_tokens = [bos if i % n_ctx == 0 else t for i, t in enumerate(saved.tokens)]
-    else:
-        saved_tokens = saved.tokens
-    same_tokens = saved.n_chunk == len(windows) and saved_tokens == ours
+    with tempfile.TemporaryDirectory(prefix="llama-kld-") as scratch:  # the base file is ~150 MB: not kept
+        work = Path(work_dir or scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        base = work / f"base-{n_ctx}-{len(windows)}.kld"
+        say("Exporting the F32 GGUF base")
+        f32 = gguf.ensure_file(checkpoint, gguf.GGUFConfig("f32"), threads, say)
+        say(f"{TOOL} --kl-divergence-base on {f32.name}")
+        tool_base(f32, text, n_ctx, threads, len(windows), base, flash_attn)
+        saved = read_base_tokens(base)
+        ours = [t for w in windows for t in w[0].tolist()]
+        if bos is not None:  # llama.cpp stores each chunk's own first token and writes BOS over it only to read it
+            saved_tokens = [bos if i % n_ctx == 0 else t for i, t in enumerate(saved.tokens)]
+        else:
+            saved_tokens = saved.tokens
+        same_tokens = saved.n_chunk == len(windows) and saved_tokens == ours
 
-    say("Reference pass (FP32, transformers)")
-    model = techniques.get(techniques.REFERENCE).make(checkpoint, "cpu")
-    _, reference = evaluate.text_quality(runtimes.as_runner(model), windows, None, rule="llama-perplexity")
-    del model
-    benchmark.release_memory()
-    out = []
-    for quant in quants:
-        technique = techniques.get(f"{gguf.PREFIX}{quant}")
-        path, _ = technique.artifact(checkpoint, threads, say)  # the file the runner loads, built once
-        runner = runtimes.load(technique, "llama.cpp", checkpoint, "cpu", threads, say)
-        try:
-            say(f"Lab's {quant} pass")
-            lab, _ = evaluate.text_quality(runner, windows, reference, rule="llama-perplexity")
-        finally:
-            runner.close()
-        say(f"{TOOL} --kl-divergence on {path.name}")
-        tool, _ = tool_kld(path, base, n_ctx, threads, flash_attn)
-        out.append(Agreement(quant, lab, tool, same_tokens))
-    return out
+        say("Reference pass (FP32, transformers)")
+        model = techniques.get(techniques.REFERENCE).make(checkpoint, "cpu")
+        _, reference = evaluate.text_quality(runtimes.as_runner(model), windows, None, rule="llama-perplexity")
+        del model
+        benchmark.release_memory()
+        out = []
+        for quant in quants:
+            technique = techniques.get(f"{gguf.PREFIX}{quant}")
+            path, _ = technique.artifact(checkpoint, threads, say)  # the file the runner loads, built once
+            runner = runtimes.load(technique, "llama.cpp", checkpoint, "cpu", threads, say)
+            try:
+                say(f"Lab's {quant} pass")
+                lab, _ = evaluate.text_quality(runner, windows, reference, rule="llama-perplexity")
+            finally:
+                runner.close()
+            say(f"{TOOL} --kl-divergence on {path.name}")
+            tool, _ = tool_kld(path, base, n_ctx, threads, flash_attn)
+            out.append(Agreement(quant, lab, tool, same_tokens))
+        return out
 
 
 def table(agreements: list[Agreement]) -> str:
