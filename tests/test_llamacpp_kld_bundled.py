@@ -2,7 +2,8 @@
 
 The bundled model's F32 GGUF export is the tool's base; the lab's Q8_0 and Q4_K_M files are the quants, scored by
 the tool and by the lab (its llama.cpp runner against its transformers FP32 reference) on the same text and chunks.
-Both run without flash attention, as the lab's runner does (core.experiments.llamacpp_kld.LAB_FLASH_ATTN).
+Both run with flash attention, the lab's runner as llama.cpp's tools do by default
+(core.experiments.llamacpp_kld.LAB_FLASH_ATTN).
 """
 
 from __future__ import annotations

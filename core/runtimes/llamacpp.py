@@ -38,7 +38,10 @@ class LlamaCppRunner:
         t0 = time.perf_counter()
         self._llm = Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, n_batch=BATCH_TOKENS, n_ubatch=BATCH_TOKENS,
                           n_threads=threads, n_threads_batch=threads, n_gpu_layers=-1 if device.startswith("cuda") else 0,
-                          logits_all=False, verbose=False)
+                          logits_all=False, verbose=False,
+                          # as llama-server and llama-perplexity run by default (-fa auto is on for a CPU): the same
+                          # numbers in process, at load and on llama.cpp's own scoreboard
+                          flash_attn=True)
         self._load_s = time.perf_counter() - t0
         self._n_vocab = self._llm.n_vocab()
         self.threads = threads
