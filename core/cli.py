@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core import models, runtimes, techniques
 from core.experiments import distill_run, finetune_run, moe_sweep, speculative, sweep
+from core.hybrids import prompt_lookup
 from core.launch import cluster, roles, worker
 from core.launch.job import Job
 from core.launch.launch import launch
@@ -265,6 +266,26 @@ def cmd_speculate(args: argparse.Namespace) -> None:
                                        report=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr, flush=True))
     speculative.save_result(result)
     _write_json(args.json, result.to_dict())
+
+
+def cmd_prompt_lookup(args: argparse.Namespace) -> None:
+    """Prompt-lookup decoding against plain greedy, per runtime and prompt set; stored, then a table on stdout."""
+    settings = prompt_lookup.LookupSettings(
+        runtimes=tuple(r.strip() for r in args.runtime.split(",") if r.strip()), technique=args.technique,
+        draft_tokens=args.draft_tokens, new_tokens=args.new_tokens, repeats=args.repeats, threads=args.threads,
+        prompt_files=tuple(args.prompts.split(",")) if args.prompts else prompt_lookup.LookupSettings.prompt_files)
+    _json_folder(args.json)
+    prompt_lookup.check_request(settings)  # refuse bad input before a model loads or anything is written
+    results = prompt_lookup.run_prompt_lookup(args.model, settings, report=lambda f, m: print(
+        f"[{f:4.0%}] {m}", file=sys.stderr, flush=True))
+    prompt_lookup.save_results(results)
+    print(f"{'runtime':<13}{'prompt set':<12}{'acceptance':>11}{'plain tok/s':>13}{'lookup tok/s':>14}"
+          f"{'speed-up':>10}{'identical':>11}")
+    for r in results:
+        print(f"{r.runtime:<13}{r.prompt_set:<12}{r.acceptance_rate:>11.1%}{r.plain_decode_tokens_per_s:>13.1f}"
+              f"{r.lookup_decode_tokens_per_s:>14.1f}{r.speedup:>9.2f}x{r.identical_outputs:>8}/{r.prompts_total}")
+    if args.json:
+        _write_json(args.json, [r.to_dict() for r in results])
 
 
 def cmd_worker(args: argparse.Namespace) -> None:

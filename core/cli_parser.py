@@ -14,6 +14,7 @@ from core.cli import (
     cmd_models,
     cmd_moe,
     cmd_prepare,
+    cmd_prompt_lookup,
     cmd_serve,
     cmd_serve_bench,
     cmd_serve_check,
@@ -128,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", help="write the result here (else to stdout)")
     _add_ray_arg(sp)
     sp.set_defaults(func=cmd_speculate)
+    pl = sub.add_parser("prompt-lookup", help="prompt-lookup decoding (n-gram drafts from the prompt) against plain "
+                        "greedy on transformers and llama.cpp: acceptance, decode speed-up, same output?")
+    pl.add_argument("--model", default=models.DEFAULT_MODEL)
+    pl.add_argument("--runtime", default="transformers,llama.cpp", help="comma-separated: transformers, llama.cpp")
+    pl.add_argument("--technique", default="gguf-q4_k_m", help="the GGUF file llama.cpp runs (gguf-<quant>)")
+    pl.add_argument("--draft-tokens", type=int, default=10, help="tokens copied from the prompt per verifying pass")
+    pl.add_argument("--new-tokens", type=int, default=64, help="at most, per answer (both modes stop at end of turn)")
+    pl.add_argument("--repeats", type=int, default=3, help="timed runs of each mode per prompt; the median is kept")
+    pl.add_argument("--threads", type=int, default=2)
+    pl.add_argument("--prompts", help="comma-separated prompt set files (default: the bundled grounded and open sets)")
+    pl.add_argument("--json", help="also write the results here as JSON")
+    pl.set_defaults(func=cmd_prompt_lookup)
     w = sub.add_parser("worker", help="run the dashboard's queued jobs one at a time, apart from the web server")
     w.add_argument("--until-idle", action="store_true", help="exit once the queue is empty (tests, scripts)")
     w.add_argument("--job", type=int, help=argparse.SUPPRESS)  # the worker's child process for one claimed job
