@@ -203,7 +203,8 @@ def llama_server_engine(gguf: Path, technique: str, slots: int, ctx_per_slot: in
                 "max_tokens": new_tokens, "ignore_eos": True, "seed": 0, "cache_prompt": False,
                 "stream_options": {"include_usage": True}}
 
-    return Engine(technique, LLAMA_CPP, f"llama-server (llama.cpp, {slots} slots, continuous batching)", argv, body,
+    server = f"llama-server (llama.cpp, {slots} slot{'s' if slots != 1 else ''}, continuous batching)"
+    return Engine(technique, LLAMA_CPP, server, argv, body,
                   "ignore_eos=true (end-of-sequence ignored), max_tokens=N", _offline_env(threads), "float16",
                   kv_from_log=True, ready_path="/health", metrics_path="/metrics", slots=slots,
                   ctx_per_slot=ctx_per_slot, token_logprobs=True)
