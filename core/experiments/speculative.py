@@ -10,7 +10,6 @@ generation and count forward passes to get the acceptance rate.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from core import models
 from core.experiments.sweep import chat_prompt_ids
 from core.measure import benchmark
 from core.paths import ASSETS, Stopped, data_dir
+from core.store import jsonl
 
 Report = Callable[[float, str], None]
 
@@ -188,21 +188,9 @@ def results_path() -> Path:
 
 def save_result(result: SpeculativeResult) -> None:
     """Appended as one line: earlier results are never rewritten, so a crash cannot lose them."""
-    path = results_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(result.to_dict()) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    jsonl.append(results_path(), [result.to_dict()])
 
 
 def saved_results() -> list[dict]:
     """Newest first; a line cut short by a crash is skipped."""
-    path = results_path()
-    out = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out[::-1]
+    return jsonl.read_newest_first(results_path())

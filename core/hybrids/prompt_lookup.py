@@ -15,7 +15,6 @@ decoding on the same runtime and the same model file, prompt by prompt, with the
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from core import models, techniques
 from core.measure import benchmark
 from core.paths import ASSETS, Stopped, data_dir
 from core.runtimes.llamacpp import BATCH_TOKENS, CONTEXT_TOKENS, llama_cpp_problem
+from core.store import jsonl
 
 Report = Callable[[float, str], None]
 RUNTIMES = ("transformers", "llama.cpp")
@@ -381,22 +381,9 @@ def results_path() -> Path:
 
 def save_results(results: list[PromptLookupResult]) -> None:
     """Appended, one line per result, as speculative decoding's results are: earlier lines are never rewritten."""
-    path = results_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        for r in results:
-            f.write(json.dumps(r.to_dict()) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    jsonl.append(results_path(), [r.to_dict() for r in results])
 
 
 def saved_results() -> list[dict]:
     """Newest first; a line cut short by a crash is skipped."""
-    path = results_path()
-    out = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out[::-1]
+    return jsonl.read_newest_first(results_path())
