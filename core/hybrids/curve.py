@@ -161,6 +161,7 @@ class CascadeResult(benchmark.Provenance):
     points: list[dict]
     settings: dict = field(default_factory=dict)
     run_id: str = ""
+    model: str = ""  # the lab's key of the model whose variant(s) the LLM stage(s) run
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def curve_points(self) -> list[CascadePoint]:
@@ -169,12 +170,12 @@ class CascadeResult(benchmark.Provenance):
 
 def build_result(kind: Kind, task: str, first: str, second: str, confidence: str, outcomes: Sequence[ItemOutcome],
                  usd_per_hour: float, hardware_preset: str, provenance: dict, settings: dict | None = None,
-                 run_id: str = "") -> CascadeResult:
+                 run_id: str = "", model: str = "") -> CascadeResult:
     points = curve(outcomes, usd_per_hour)
     return CascadeResult(**provenance, kind=kind, task=task, first=first, second=second, confidence=confidence,
                          usd_per_hour=usd_per_hour, hardware_preset=hardware_preset, n_items=len(outcomes),
                          outcomes=[asdict(o) for o in outcomes], points=[asdict(p) for p in points],
-                         settings=dict(settings or {}), run_id=run_id)
+                         settings=dict(settings or {}), run_id=run_id, model=model)
 
 
 def repriced(result: dict, usd_per_hour: float) -> list[CascadePoint]:
