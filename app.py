@@ -14,6 +14,7 @@ PAGES = [  # (script, title, icon); the first is the default page
     ("pages/tradeoff_map.py", "Trade-off Map", ":material/scatter_plot:"),
     ("pages/arena.py", "Arena", ":material/sports_score:"),
     ("pages/serve.py", "Serve", ":material/dns:"),
+    ("pages/hybrids.py", "Hybrids", ":material/call_split:"),
     ("pages/decide.py", "Decide", ":material/task_alt:"),
     ("pages/report.py", "Report", ":material/description:"),
 ]

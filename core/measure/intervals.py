@@ -96,3 +96,23 @@ def share(share_value: float, count: int, z: float = Z_95) -> Estimate:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), f"95% Wilson interval over {n:,} tokens")
+
+
+def ratio_of_sums(pairs: Sequence[tuple[float, float]], seed: int = 0, draws: int = BOOTSTRAP_DRAWS,
+                  level: float = LEVEL, unit: str = "prompts") -> Estimate:
+    """sum(a) / sum(b) over items (a speed-up: tokens per second with a trick over without, summed over prompts),
+    with a percentile bootstrap that resamples the items, so a few prompts that gain a lot cannot hide the rest."""
+    items = [(float(a), float(b)) for a, b in pairs if math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0]
+    if not items:
+        return Estimate(math.nan, math.nan, math.nan, f"no timed {unit}")
+    value = sum(a for a, _ in items) / sum(b for _, b in items)
+    if len(items) < 2:
+        return Estimate(value, math.nan, math.nan, f"one timed item of {unit}: no interval")
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(draws):
+        sample = rng.choices(items, k=len(items))
+        ratios.append(sum(a for a, _ in sample) / sum(b for _, b in sample))
+    ratios.sort()
+    return Estimate(value, ratios[int((1 - level) / 2 * draws)], ratios[min(draws - 1, int((1 + level) / 2 * draws))],
+                    f"{level:.0%} bootstrap over {len(items)} {unit}")

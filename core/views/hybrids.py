@@ -1,0 +1,150 @@
+"""Decoding hybrids as deployable options: a variant run with a trick that keeps its answers and changes its speed.
+
+Prompt lookup, a GGUF draft on llama.cpp and a draft model on transformers all verify drafted tokens with the model
+itself, so under greedy decoding they give the model's own answers; what they change is how fast the answers come.
+Where a measurement on this machine showed identical answers on every prompt and a speed-up whose whole interval is
+above 1, the variant with that trick becomes one more option for Decide: the same quality numbers as the variant,
+its decode speed (and so its cost per token) multiplied by the measured speed-up. The speed-up holds for prompts like
+the ones it was measured on, which Decide asks about.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Literal, Sequence
+
+from core.hybrids import prompt_lookup
+from core.measure import intervals
+from core.measure.intervals import Estimate
+from core.store.records import VariantRecord
+
+PromptKind = Literal["open", "grounded"]
+PROMPT_KINDS: dict[str, str] = {
+    "open": "open-ended (new text: answers, explanations, chat)",
+    "grounded": "input-grounded (extract, quote or lightly rewrite a passage in the prompt)",
+}
+HYBRID_FAMILY = "hybrid"
+
+
+@dataclass(frozen=True)
+class SpeedHybrid:
+    """One decoding trick measured on one variant, runtime and prompt set."""
+    trick: str  # in words: "prompt lookup", "GGUF draft model"
+    key: str  # short id used in the option's technique key: "lookup", "gguf-draft"
+    technique: str  # the variant it ran on (registry key)
+    runtime: str  # "transformers" or "llama.cpp"
+    prompt_set: str  # "grounded", "open" or another set's name
+    speedup: Estimate  # decode tokens/s with the trick over without
+    identical: int  # prompts whose answer was the same token for token
+    prompts: int
+    acceptance_rate: float  # accepted drafted tokens / drafted tokens
+    hardware: str
+    created_at: str
+    settings: str  # the settings in words
+
+    @property
+    def keeps_answers(self) -> bool:
+        return self.prompts > 0 and self.identical == self.prompts
+
+    @property
+    def clearly_faster(self) -> bool:
+        return self.speedup.known and self.speedup.low > 1.0
+
+
+def _lookup_speedup(row: dict) -> Estimate:
+    pairs = [(p.get("plain_decode_s", math.nan), p.get("lookup_decode_s", math.nan)) for p in row.get("prompts", [])
+             if p.get("plain_decode_tokens") == p.get("lookup_decode_tokens")]
+    estimate = intervals.ratio_of_sums(pairs)
+    return estimate if estimate.known else Estimate(row["speedup"], math.nan, math.nan, estimate.how)
+
+
+def from_prompt_lookup(row: dict) -> SpeedHybrid:
+    return SpeedHybrid(
+        "prompt lookup", "lookup", row["technique"], row["runtime"], row["prompt_set"], _lookup_speedup(row),
+        int(row["identical_outputs"]), int(row["prompts_total"]), float(row["acceptance_rate"]), row["hardware"],
+        row["created_at"], f"up to {row['draft_tokens']} tokens copied from the prompt per pass, {row['new_tokens']} "
+        f"new tokens, median of {row['repeats']} runs per prompt")
+
+
+def measured_hybrids(hardware: str, rows: Sequence[dict] | None = None) -> list[SpeedHybrid]:
+    """This machine's decoding-hybrid measurements, the newest per (trick, variant, runtime, prompt set)."""
+    rows = prompt_lookup.saved_results() if rows is None else rows
+    newest: dict[tuple, SpeedHybrid] = {}
+    for row in rows:  # newest first
+        if row.get("hardware") != hardware:
+            continue
+        h = from_prompt_lookup(row)
+        newest.setdefault((h.key, h.technique, h.runtime, h.prompt_set), h)
+    return list(newest.values())
+
+
+def _runs_on(record: VariantRecord, h: SpeedHybrid) -> bool:
+    runtime = "llama.cpp" if record.runtime == "llama.cpp" else "transformers"
+    return record.technique == h.technique and runtime == h.runtime
+
+
+def as_option(record: VariantRecord, h: SpeedHybrid) -> VariantRecord:
+    """The variant with the trick: its quality as measured, its speeds and cost per token scaled by the speed-up."""
+    s = h.speedup.value
+    return replace(
+        record, technique=f"{record.technique}+{h.key}", family=HYBRID_FAMILY, label=f"{record.label} + {h.trick}",
+        decode_tokens_per_s_median=record.decode_tokens_per_s_median * s,
+        decode_tokens_per_s_p10=record.decode_tokens_per_s_p10 * s,
+        decode_tokens_per_s_p90=record.decode_tokens_per_s_p90 * s,
+        decode_tokens_per_s_samples=[x * s for x in record.decode_tokens_per_s_samples],
+        usd_per_1m_tokens=record.usd_per_1m_tokens / s,
+        notes=f"{record.notes} Speed from its sweep times the {h.trick} speed-up measured on "
+              f"{h.prompt_set} prompts ({h.created_at}).".strip())
+
+
+def options(records: Sequence[VariantRecord], hybrids: Sequence[SpeedHybrid], prompt_kind: str
+            ) -> list[tuple[VariantRecord, SpeedHybrid]]:
+    """Each variant with each trick that kept every answer and was clearly faster on prompts of this kind."""
+    out = []
+    for h in hybrids:
+        if h.prompt_set != prompt_kind or not (h.keeps_answers and h.clearly_faster):
+            continue
+        for r in records:
+            if r.hardware == h.hardware and r.family != HYBRID_FAMILY and _runs_on(r, h):
+                out.append((as_option(r, h), h))
+    return out
+
+
+def _times(x: float) -> str:
+    return f"{x:.2f}x" if math.isfinite(x) else "n/a"
+
+
+def reason(h: SpeedHybrid) -> str:
+    """Why the hybrid may be deployed, and the condition it holds under."""
+    s = h.speedup
+    interval = f" (95%: {_times(s.low)} to {_times(s.high)}, {s.how})" if s.known else ""
+    return (f"With {h.trick} on {h.runtime}, its answers were identical to plain greedy decoding on {h.identical} of "
+            f"{h.prompts} {PROMPT_KINDS.get(h.prompt_set, h.prompt_set)} prompts, and it decoded {_times(s.value)} as "
+            f"fast{interval}; {h.acceptance_rate:.0%} of drafted tokens were kept ({h.settings}; measured "
+            f"{h.created_at}). The gain holds only for prompts like these.")
+
+
+def why_not(hybrids: Sequence[SpeedHybrid], prompt_kind: str) -> list[str]:
+    """Measured tricks that Decide does not offer for this prompt kind, each with the reason."""
+    lines = []
+    for h in hybrids:
+        if h.prompt_set != prompt_kind:
+            continue
+        where = f"{h.trick} on {h.technique} ({h.runtime})"
+        if not h.keeps_answers:
+            lines.append(f"{where}: answers differed from plain greedy on {h.prompts - h.identical} of {h.prompts} "
+                         "prompts, so it is not the same model's output.")
+        elif not h.clearly_faster:
+            lines.append(f"{where}: {_times(h.speedup.value)} as fast (95% down to {_times(h.speedup.low)}): no clear "
+                         "gain on these prompts.")
+    return lines
+
+
+def speed_rows(hybrids: Sequence[SpeedHybrid]) -> list[dict]:
+    """One row per measured decoding trick, for a table."""
+    return [{"trick": h.trick, "variant": h.technique, "runtime": h.runtime, "prompts": h.prompt_set,
+             "speed-up": h.speedup.value,
+             "95% interval": f"{_times(h.speedup.low)} to {_times(h.speedup.high)}" if h.speedup.known else "n/a",
+             "identical answers": f"{h.identical}/{h.prompts}", "drafts kept": h.acceptance_rate,
+             "measured": h.created_at[:16].replace("T", " ")} for h in hybrids]

@@ -1,0 +1,100 @@
+"""The Hybrids page and the views behind it: measured cascades with a threshold slider over measured points, and
+decoding tricks offered only where they kept every answer and were clearly faster."""
+
+import math
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.hybrids import curve, prompt_lookup
+from core.hybrids.curve import ItemOutcome
+from core.measure import benchmark
+from core.views import cascades, hybrids
+from tests.factories import make_record
+from tests.test_pages import ROOT, no_errors
+
+HERE = benchmark.hardware_fingerprint("cpu")
+pytestmark = pytest.mark.usefixtures("fresh_caches")
+
+
+def outcomes(n=40):
+    # the first stage is sure and right on 3 of 4 items, unsure and wrong on the 4th; the second is right on all
+    return [ItemOutcome("a", "a" if i % 4 else "b", 0.9 if i % 4 else 0.3, 2.0, "a", 200.0) for i in range(n)]
+
+
+def seed_cascade(hardware=HERE):
+    prov = {"device": "cpu", "threads": 2, "hardware": hardware, "versions": {}}
+    curve.save_result(curve.build_result("classical", "support-routing", "TF-IDF + logistic regression",
+                                         "SmolLM2-135M few-shot", "the classifier's probability for its answer",
+                                         outcomes(), 3.6, "cloud-cpu", prov))
+
+
+def lookup_row(prompt_set="grounded", identical=4, lookup_s=0.5, hardware=HERE):
+    prompts = [{"plain_decode_s": 1.0, "lookup_decode_s": lookup_s * (1 + i / 20), "plain_decode_tokens": 30,
+                "lookup_decode_tokens": 30} for i in range(4)]
+    return {"hardware": hardware, "technique": "gguf-q4_k_m", "runtime": "llama.cpp", "prompt_set": prompt_set,
+            "identical_outputs": identical, "prompts_total": 4, "acceptance_rate": 0.4, "speedup": 1 / lookup_s,
+            "created_at": "2026-12-05T15:00:00+0000", "draft_tokens": 4, "new_tokens": 32, "repeats": 3,
+            "prompts": prompts}
+
+
+def test_the_page_says_how_to_measure_when_nothing_is_stored():
+    at = AppTest.from_file(str(ROOT / "pages/hybrids.py"), default_timeout=60).run()
+    no_errors(at)
+    text = " ".join(i.value for i in at.info)
+    assert "python -m core cascade" in text and "python -m core prompt-lookup" in text
+
+
+def test_the_page_draws_a_cascade_and_its_slider_moves_over_measured_points():
+    seed_cascade()
+    seed_cascade(hardware="another machine")  # never shown here
+    at = AppTest.from_file(str(ROOT / "pages/hybrids.py"), default_timeout=60).run()
+    no_errors(at)
+    assert len(at.selectbox[0].options) == 1
+    metrics = {m.label: m.value for m in at.metric}
+    # the best point: every unsure item escalated (25%), accuracy 100% like the second stage alone
+    assert metrics["Sent to the second stage"] == "25%" and metrics["Accuracy"] == "100.0%"
+    at.select_slider[0].set_value(0.0).run()  # threshold 0: nothing escalated
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Sent to the second stage"] == "0%" and metrics["Accuracy"] == "75.0%"
+    assert "costs" in " ".join(m.value for m in at.markdown)
+
+
+def test_decoding_tricks_are_listed_with_their_reason(monkeypatch):
+    prompt_lookup.save_results.__globals__["jsonl"].append(prompt_lookup.results_path(), [lookup_row()])
+    at = AppTest.from_file(str(ROOT / "pages/hybrids.py"), default_timeout=60).run()
+    no_errors(at)
+    assert any("identical to plain greedy decoding on 4 of 4" in m.value for m in at.markdown)
+
+
+def test_a_trick_becomes_a_decide_option_only_when_it_kept_every_answer_and_is_clearly_faster():
+    record = make_record(technique="gguf-q4_k_m", runtime="llama.cpp", hardware=HERE, usd_per_1m_tokens=2.0,
+                         decode_tokens_per_s_median=100.0)
+    good = hybrids.from_prompt_lookup(lookup_row())
+    assert good.speedup.low > 1 and good.keeps_answers
+    [(option, h)] = hybrids.options([record], [good], "grounded")
+    assert option.technique == "gguf-q4_k_m+lookup" and option.family == "hybrid"
+    assert option.decode_tokens_per_s_median == pytest.approx(100.0 * good.speedup.value)
+    assert option.usd_per_1m_tokens == pytest.approx(2.0 / good.speedup.value)
+    assert option.top1_agreement == record.top1_agreement  # the same answers: the same quality numbers
+    assert hybrids.options([record], [good], "open") == []  # measured on grounded prompts only
+    changed = hybrids.from_prompt_lookup(lookup_row(identical=3))
+    slower = hybrids.from_prompt_lookup(lookup_row(lookup_s=1.1))
+    assert hybrids.options([record], [changed, slower], "grounded") == []
+    reasons = " ".join(hybrids.why_not([changed, slower], "grounded"))
+    assert "differed from plain greedy on 1 of 4" in reasons and "no clear gain" in reasons
+
+
+def test_the_narrow_task_choice_is_the_cheapest_point_that_meets_both_limits():
+    points = curve.curve(outcomes(), usd_per_hour=3.6)
+    result = {"first": "clf", "second": "llm", "task": "t", "confidence": "p", "points": [vars(p) for p in points]}
+    choice = cascades.choose(points, min_accuracy=0.99)
+    assert choice.chosen.role == "cascade" and choice.chosen.share_escalated == 0.25
+    assert "Deploy the cascade" in cascades.verdict(choice, result)
+    assert "74% less than llm alone" in cascades.explain(choice, result)
+    assert cascades.choose(points, 0.5).chosen.role == "first alone"
+    none = cascades.choose(points, 0.99, max_usd_per_1k=0.0001)
+    assert none.chosen is None and "No point" in cascades.explain(none, result)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        cascades.choose(points, 1.5)
+    assert math.isfinite(choice.chosen.usd_per_1k_requests)
