@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.measure import fit
 from core.views import recommend
-from pages import decide_bills, verdict_ui
+from pages import decide_bills, decide_task, verdict_ui
 from pages.common import choice, kv_shape
 from pages.results_ui import measured_set
 from pages.roles_ui import show_error, visible
@@ -23,7 +23,8 @@ st.caption(f"Speeds measured on: {machine}. Priced at {picked.preset.label}, US$
            "(change it in the sidebar).")
 
 money = decide_bills.traffic_inputs(spec, machine, records, picked)  # one traffic profile, one bill per variant
-recommend_tab, traffic_tab, cost_tab, fit_tab = st.tabs(["Recommend", "Traffic at load", "Monthly cost", "Device fit"])
+recommend_tab, traffic_tab, cost_tab, fit_tab, task_tab = st.tabs(
+    ["Recommend", "Traffic at load", "Monthly cost", "Device fit", "Narrow task"])
 
 with traffic_tab:
     decide_bills.traffic_tab(money)
@@ -45,6 +46,7 @@ with recommend_tab:
     ms = c.number_input("ms per token at most", 1.0, 10000.0, 50.0, disabled=not use_ms)
     use_ttft = c.checkbox("Maximum time to first token")
     ttft = c.number_input("TTFT ms at most", 1.0, 100000.0, 200.0, disabled=not use_ttft)
+    kind = decide_task.prompt_kind(b)
     use_usd = c.checkbox("Maximum $ per 1M tokens")
     usd = c.number_input("$ per 1M tokens at most", 0.0, 10000.0, 2.0, format="%.4f", disabled=not use_usd)
     constraints = recommend.Constraints(
@@ -54,14 +56,19 @@ with recommend_tab:
         context_tokens=context, objective=objective, floor_top1=floor)
     st.session_state["decide_question"] = constraints  # the Report answers the question last asked here
     try:
-        rec = recommend.recommend(records, constraints, shape, history=measured.history)
+        options, tricks = decide_task.with_tricks(records, machine, kind)
+        rec = recommend.recommend(options, constraints, shape, history=measured.history)
     except ValueError as e:
         show_error(e)
         st.stop()
     verdict_ui.show_verdict(rec)
+    decide_task.trick_notes(rec, tricks)
     verdict_ui.quality_scale(records, rec.reference)
     st.caption("Speeds and costs were measured on the machine above, not on the target device; the device "
                "constraint checks memory only.")
+
+with task_tab:
+    decide_task.narrow_task_tab(machine, picked.preset.usd_per_hour)
 
 with cost_tab:
     decide_bills.cost_tab(money)

@@ -12,6 +12,7 @@ from core.measure import benchmark
 from core.views import cascades, hybrids
 from tests.factories import make_record
 from tests.test_pages import ROOT, no_errors
+from tests.test_recommend import seeded  # noqa: F401  (a fixture)
 
 HERE = benchmark.hardware_fingerprint("cpu")
 pytestmark = pytest.mark.usefixtures("fresh_caches")
@@ -72,7 +73,7 @@ def test_a_trick_becomes_a_decide_option_only_when_it_kept_every_answer_and_is_c
                          decode_tokens_per_s_median=100.0)
     good = hybrids.from_prompt_lookup(lookup_row())
     assert good.speedup.low > 1 and good.keeps_answers
-    [(option, h)] = hybrids.options([record], [good], "grounded")
+    [(option, _)] = hybrids.options([record], [good], "grounded")
     assert option.technique == "gguf-q4_k_m+lookup" and option.family == "hybrid"
     assert option.decode_tokens_per_s_median == pytest.approx(100.0 * good.speedup.value)
     assert option.usd_per_1m_tokens == pytest.approx(2.0 / good.speedup.value)
@@ -98,3 +99,26 @@ def test_the_narrow_task_choice_is_the_cheapest_point_that_meets_both_limits():
     with pytest.raises(ValueError, match="between 0 and 1"):
         cascades.choose(points, 1.5)
     assert math.isfinite(choice.chosen.usd_per_1k_requests)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_decide_recommends_a_decoding_trick_for_prompts_like_the_measured_ones_with_its_reason():
+    row = {**lookup_row(lookup_s=0.5), "technique": "fp32", "runtime": "transformers"}
+    prompt_lookup.save_results.__globals__["jsonl"].append(prompt_lookup.results_path(), [row])
+    at = AppTest.from_file(str(ROOT / "pages/decide.py"), default_timeout=60).run()
+    no_errors(at)
+    assert any("Deploy FP32 (reference)." in s.value for s in at.success)  # open-ended prompts: no trick applies
+    next(r for r in at.radio if r.label == "My prompts are mostly").set_value("grounded").run()
+    no_errors(at)
+    assert any("Deploy FP32 (reference) + prompt lookup." in s.value for s in at.success)
+    assert any("identical to plain greedy decoding on 4 of 4" in i.value for i in at.info)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_decides_narrow_task_tab_picks_a_cascade_point():
+    seed_cascade()
+    at = AppTest.from_file(str(ROOT / "pages/decide.py"), default_timeout=60).run()
+    no_errors(at)
+    assert any("Deploy the cascade: TF-IDF + logistic regression first" in s.value for s in at.success)
+    next(s for s in at.slider if s.label == "Accuracy at least, %").set_value(70.0).run()
+    assert any("Deploy TF-IDF + logistic regression alone." in s.value for s in at.success)

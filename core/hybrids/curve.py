@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from core.measure import benchmark, intervals
 from core.paths import data_dir

@@ -8,8 +8,8 @@ within the user's budget; ties go to the more accurate point.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import plotly.graph_objects as go
 
@@ -96,7 +96,7 @@ def explain(choice: CascadeChoice, result: dict) -> str:
 def one_sentence(result: dict) -> str:
     """What the cascade routes, and when it pays, from its own measured curve."""
     points = [CascadePoint(**p) for p in result["points"]]
-    first, second = curve.ends(points)
+    _, second = curve.ends(points)
     best = curve.best_point(points)
     route = (f"{result['first']} answers every {result['task']} request; those it is unsure of "
              f"({result['confidence']}) go to {result['second']}.")

@@ -11,8 +11,9 @@ the ones it was measured on, which Decide asks about.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Sequence
+from typing import Literal
 
 from core.hybrids import prompt_lookup
 from core.measure import intervals
@@ -148,3 +149,17 @@ def speed_rows(hybrids: Sequence[SpeedHybrid]) -> list[dict]:
              "95% interval": f"{_times(h.speedup.low)} to {_times(h.speedup.high)}" if h.speedup.known else "n/a",
              "identical answers": f"{h.identical}/{h.prompts}", "drafts kept": h.acceptance_rate,
              "measured": h.created_at[:16].replace("T", " ")} for h in hybrids]
+
+
+@dataclass(frozen=True)
+class TrickOptions:
+    """What Decide adds for one prompt kind: the options, the trick behind each, and the tricks left out (why)."""
+    records: tuple[VariantRecord, ...]
+    by_key: dict[str, SpeedHybrid]
+    left_out: tuple[str, ...]
+
+
+def trick_options(records: Sequence[VariantRecord], measured: Sequence[SpeedHybrid], prompt_kind: str) -> TrickOptions:
+    found = options(records, measured, prompt_kind)
+    return TrickOptions(tuple(o for o, _ in found), {o.technique: h for o, h in found},
+                        tuple(why_not(measured, prompt_kind)))
