@@ -55,6 +55,7 @@ with recommend_tab:
         min_mc_share=mc if use_mc else None, device=device if use_device and shape else None,
         context_tokens=context, objective=objective, floor_top1=floor)
     st.session_state["decide_question"] = constraints  # the Report answers the question last asked here
+    st.session_state["decide_prompt_kind"] = kind
     try:
         options, tricks = decide_task.with_tricks(records, machine, kind)
         rec = recommend.recommend(options, constraints, shape, history=measured.history)

@@ -7,7 +7,8 @@ import streamlit as st
 from core.launch import roles
 from core.measure import bill
 from core.store.records import drawn_key
-from core.views import capacity, measures, recommend, report
+from core.views import capacity, hybrids, measures, recommend, report
+from pages import decide_task
 from pages.common import choice, kv_shape, shared, shared_tradeoff, store
 from pages.results_ui import measured_set
 from pages.roles_ui import is_presenter, visible
@@ -31,9 +32,13 @@ serving = capacity.reprice(capacity.latest_points(results.serving(spec.key, mach
 presenter = is_presenter()
 asked = st.session_state.get("decide_question")
 question = asked or recommend.Constraints(min_top1_agreement=0.95, objective="cheapest")
+kind = st.session_state.get("decide_prompt_kind", "open")  # decoding tricks count only for the prompts asked about
+options, tricks = decide_task.with_tricks(records, machine, kind)
 try:
-    answer = recommend.recommend(records, question, kv_shape(spec)[0], history=measured.history)
+    answer = recommend.recommend(options, question, kv_shape(spec)[0], history=measured.history)
     decision = recommend.decision_lines(answer, "asked on Decide" if asked else "the default; ask another on Decide")
+    if answer.chosen is not None and answer.chosen.technique in tricks.by_key:
+        decision.append(hybrids.reason(tricks.by_key[answer.chosen.technique]))
     warning = answer.warning
 except ValueError as e:  # e.g. a device question while the model's config is not on this machine
     decision, warning = [f"No decision: the question cannot be answered here ({e}).", ""], None
@@ -51,20 +56,24 @@ if warning:
     st.warning(warning)
 
 
+hybrid_lines, hybrid_figures = hybrids.report_parts(machine, spec.key, picked.preset.usd_per_hour)
+
+
 def build() -> report.ReportBundle:
+    extra = {"hybrid_lines": hybrid_lines, "hybrid_figures": hybrid_figures}
     if presenter:
         return report.build_report(records, spec.label, metric, settings, serving=serving, decision=decision,
-                                   warning=warning, bill_rows=bill_rows, bill_note=bill_note)
+                                   warning=warning, bill_rows=bill_rows, bill_note=bill_note, **extra)
     # a viewer's files carry no server path (records' settings name the eval files they were measured on)
     return report.build_report([roles.without_paths(r) for r in records], spec.label, metric, settings,
                                serving=[roles.without_paths(r) for r in serving], decision=decision, warning=warning,
-                               bill_rows=bill_rows, bill_note=bill_note)
+                               bill_rows=bill_rows, bill_note=bill_note, **extra)
 
 
 # Built once per set of results, settings, question and role for every session; files are sent only when downloaded.
 # on_click="ignore": a click that also reran the page could drop the deferred file before the browser fetched it.
 bundle = shared("report", (drawn_key(records), drawn_key(serving), *sorted(settings.items()), presenter,
-                           *decision, bill_note, str(bill_rows)), build)
+                           *decision, bill_note, str(bill_rows), *hybrid_lines), build)
 
 stem = f"tradeoff-report-{spec.key.replace('/', '--')}"
 a, b, c = st.columns(3)

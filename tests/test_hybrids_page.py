@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 from core.hybrids import curve, prompt_lookup
 from core.hybrids.curve import ItemOutcome
 from core.measure import benchmark
-from core.views import cascades, hybrids
+from core.views import cascades, hybrids, report
 from tests.factories import make_record
 from tests.test_pages import ROOT, no_errors
 from tests.test_recommend import seeded  # noqa: F401  (a fixture)
@@ -33,7 +33,8 @@ def seed_cascade(hardware=HERE):
 def lookup_row(prompt_set="grounded", identical=4, lookup_s=0.5, hardware=HERE):
     prompts = [{"plain_decode_s": 1.0, "lookup_decode_s": lookup_s * (1 + i / 20), "plain_decode_tokens": 30,
                 "lookup_decode_tokens": 30} for i in range(4)]
-    return {"hardware": hardware, "technique": "gguf-q4_k_m", "runtime": "llama.cpp", "prompt_set": prompt_set,
+    return {"hardware": hardware, "model": "smollm2-135m-instruct", "technique": "gguf-q4_k_m", "runtime": "llama.cpp",
+            "prompt_set": prompt_set,
             "identical_outputs": identical, "prompts_total": 4, "acceptance_rate": 0.4, "speedup": 1 / lookup_s,
             "created_at": "2026-12-05T15:00:00+0000", "draft_tokens": 4, "new_tokens": 32, "repeats": 3,
             "prompts": prompts}
@@ -122,3 +123,21 @@ def test_decides_narrow_task_tab_picks_a_cascade_point():
     assert any("Deploy the cascade: TF-IDF + logistic regression first" in s.value for s in at.success)
     next(s for s in at.slider if s.label == "Accuracy at least, %").set_value(70.0).run()
     assert any("Deploy TF-IDF + logistic regression alone." in s.value for s in at.success)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_the_report_answers_with_the_trick_decide_offered_and_lists_the_hybrids():
+    row = {**lookup_row(lookup_s=0.5), "technique": "fp32", "runtime": "transformers"}
+    prompt_lookup.save_results.__globals__["jsonl"].append(prompt_lookup.results_path(), [row])
+    seed_cascade()
+    at = AppTest.from_file(str(ROOT / "pages/report.py"), default_timeout=60)
+    at.session_state["decide_prompt_kind"] = "grounded"
+    at.run()
+    no_errors(at)
+    assert any("Deploy FP32 (reference) + prompt lookup." in m.value for m in at.markdown)
+    lines, figs = hybrids.report_parts(HERE, "smollm2-135m-instruct", 3.6)
+    assert len(figs) == 1 and any(line.startswith("TF-IDF + logistic regression answers every") for line in lines)
+    assert any(line.startswith("Prompt lookup on fp32") for line in lines)
+    records = [make_record(hardware=HERE)]
+    page = report.build_report(records, "m", "kld_mean", {}, commit="x", hybrid_lines=lines, hybrid_figures=figs).html
+    assert '<section id="hybrids">' in page and "Cascade: support-routing" in page

@@ -15,10 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from core.hybrids import prompt_lookup
+import plotly.graph_objects as go
+
+from core.hybrids import curve, prompt_lookup
 from core.measure import intervals
 from core.measure.intervals import Estimate
 from core.store.records import VariantRecord
+from core.views import cascades
 
 PromptKind = Literal["open", "grounded"]
 PROMPT_KINDS: dict[str, str] = {
@@ -31,6 +34,7 @@ HYBRID_FAMILY = "hybrid"
 @dataclass(frozen=True)
 class SpeedHybrid:
     """One decoding trick measured on one variant, runtime and prompt set."""
+    model: str  # the lab's model key
     trick: str  # in words: "prompt lookup", "GGUF draft model"
     key: str  # short id used in the option's technique key: "lookup", "gguf-draft"
     technique: str  # the variant it ran on (registry key)
@@ -62,7 +66,7 @@ def _lookup_speedup(row: dict) -> Estimate:
 
 def from_prompt_lookup(row: dict) -> SpeedHybrid:
     return SpeedHybrid(
-        "prompt lookup", "lookup", row["technique"], row["runtime"], row["prompt_set"], _lookup_speedup(row),
+        row.get("model", ""), "prompt lookup", "lookup", row["technique"], row["runtime"], row["prompt_set"], _lookup_speedup(row),
         int(row["identical_outputs"]), int(row["prompts_total"]), float(row["acceptance_rate"]), row["hardware"],
         row["created_at"], f"up to {row['draft_tokens']} tokens copied from the prompt per pass, {row['new_tokens']} "
         f"new tokens, median of {row['repeats']} runs per prompt")
@@ -107,7 +111,7 @@ def options(records: Sequence[VariantRecord], hybrids: Sequence[SpeedHybrid], pr
         if h.prompt_set != prompt_kind or not (h.keeps_answers and h.clearly_faster):
             continue
         for r in records:
-            if r.hardware == h.hardware and r.family != HYBRID_FAMILY and _runs_on(r, h):
+            if r.hardware == h.hardware and r.model == h.model and r.family != HYBRID_FAMILY and _runs_on(r, h):
                 out.append((as_option(r, h), h))
     return out
 
@@ -163,3 +167,26 @@ def trick_options(records: Sequence[VariantRecord], measured: Sequence[SpeedHybr
     found = options(records, measured, prompt_kind)
     return TrickOptions(tuple(o for o, _ in found), {o.technique: h for o, h in found},
                         tuple(why_not(measured, prompt_kind)))
+
+
+def _repriced(result: dict, usd_per_hour: float) -> dict:
+    points = curve.repriced(result, usd_per_hour)
+    return {**result, "usd_per_hour": usd_per_hour, "points": [vars(p) for p in points]}
+
+
+def report_parts(hardware: str, model: str, usd_per_hour: float, cascade_rows: Sequence[dict] | None = None,
+                 trick_rows: Sequence[dict] | None = None) -> tuple[list[str], list[tuple[str, go.Figure]]]:
+    """The Report's hybrids: one sentence per measured cascade (newest per task and stages) and decoding trick of
+    this model on this machine, and each cascade's curve at the report's price."""
+    rows = curve.saved_results() if cascade_rows is None else cascade_rows
+    newest: dict[tuple, dict] = {}
+    for r in cascades.on_machine(rows, hardware):
+        if r.get("model") in ("", None, model):  # a result that names no model is shown with every model
+            newest.setdefault((r["task"], r["first"], r["second"]), _repriced(r, usd_per_hour))
+    lines = [cascades.one_sentence(r) for r in newest.values()]
+    figs = [(f"Cascade: {cascades.result_label(r)}", cascades.figure(r, curve.repriced(r, usd_per_hour)))
+            for r in newest.values()]
+    for h in measured_hybrids(hardware, trick_rows):
+        if h.model == model:
+            lines.append(f"{h.trick.capitalize()} on {h.technique}: {reason(h)}")
+    return lines, figs

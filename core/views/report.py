@@ -286,9 +286,19 @@ SPREAD_NOTE = ("Spreads are the 10th to 90th percentile of the timed runs (the c
                "measured. On a narrow screen the table scrolls sideways.")
 
 
+def hybrids_html(lines: Sequence[str]) -> str:
+    """The hybrids measured on this machine, one sentence each (what they route or speed up, and when they pay)."""
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return (f'<section id="hybrids"><h2>Hybrids</h2><p class="note">Cascades are judged on task accuracy, not on '
+            f"agreement with the reference; decoding tricks keep the model's answers and change its speed.</p>"
+            f"<ul>{items}</ul></section>")
+
+
 def html_report(title: str, records: Sequence[VariantRecord], figures: Sequence[tuple[str, go.Figure]],
                 summary_lines: Sequence[str], manifest_: dict[str, Any], serving: Sequence = (),
-                verdict: Verdict = Verdict()) -> str:
+                verdict: Verdict = Verdict(), hybrid_lines: Sequence[str] = ()) -> str:
     served = (f"<h2>Serving at load</h2><p class=\"note\">Concurrent streaming requests against a server on "
               f"127.0.0.1, timed at the client.</p>{serving_table_html(serving)}") if serving else ""
     return (
@@ -296,7 +306,7 @@ def html_report(title: str, records: Sequence[VariantRecord], figures: Sequence[
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
         f"{decision_html(verdict.decision, verdict.warning, summary_lines)}"
-        f"{bill_html(verdict.bill_rows, verdict.bill_note)}{figures_html(figures)}"
+        f"{bill_html(verdict.bill_rows, verdict.bill_note)}{figures_html(figures)}{hybrids_html(hybrid_lines)}"
         f'<h2>Every variant</h2><p class="note">{html.escape(SPREAD_NOTE)}</p>{variants_table_html(records)}{served}'
         f"<h2>Manifest</h2><p class=\"note\">Versions, hardware, seeds and settings that produced these numbers."
         f"</p><pre>{html.escape(json.dumps(_json_safe(manifest_), indent=2))}</pre></body></html>"
@@ -313,12 +323,15 @@ class ReportBundle:
 
 def build_report(records: Sequence[VariantRecord], model_label: str, metric_key: str, settings: dict[str, Any],
                  commit: str | None = None, serving: Sequence = (), *, decision: Sequence[str] = (),
-                 warning: str | None = None, bill_rows: Sequence[dict] = (), bill_note: str = "") -> ReportBundle:
+                 warning: str | None = None, bill_rows: Sequence[dict] = (), bill_note: str = "",
+                 hybrid_lines: Sequence[str] = (), hybrid_figures: Sequence[tuple[str, go.Figure]] = ()
+                 ) -> ReportBundle:
     """Every export of one model on one machine, built from the records the Trade-off Map shows.
 
     `serving`: load-benchmark points (ServingRecord) of the same model and machine, if any were measured.
     `decision`: the verdict sentence, then its reasons, in plain words; `warning`: shown in amber under the verdict;
-    `bill_rows`/`bill_note`: the monthly bill (keys are headings with units) and what it assumes. The caller decides
+    `bill_rows`/`bill_note`: the monthly bill (keys are headings with units) and what it assumes; `hybrid_lines` and
+    `hybrid_figures`: the hybrids measured on this machine, in words and as curves. The caller decides
     (see recommend.py); the report only lays out what it is given, and says so when no decision was asked for.
     """
     if not records:
@@ -327,6 +340,7 @@ def build_report(records: Sequence[VariantRecord], model_label: str, metric_key:
         ("Trade-off Map: quality vs decode latency", plots.tradeoff_figure(records, metric_key, "latency")),
         ("Trade-off Map: quality vs cost", plots.tradeoff_figure(records, metric_key, "cost")),
         ("Speed against the memory-bandwidth limit", speed_bars_figure(records)),
+        *hybrid_figures,
     ]
     summary = [plots.what_you_give_up(records, metric_key, "latency"), plots.what_you_give_up(records, metric_key, "cost"),
                (f"Hardware: {records[0].hardware}. Priced at ${records[0].usd_per_hour:.4f}/hour "
@@ -340,5 +354,6 @@ def build_report(records: Sequence[VariantRecord], model_label: str, metric_key:
         summary += [story.sentence() for story in map(capacity.scaling_story, curves.values()) if story]
     meta = manifest(records, settings, commit if commit is not None else git_commit())
     verdict = Verdict(tuple(decision), warning, tuple(bill_rows), bill_note)
-    page = html_report(f"LLM Trade-off Lab report: {model_label}", records, figures, summary, meta, serving, verdict)
+    page = html_report(f"LLM Trade-off Lab report: {model_label}", records, figures, summary, meta, serving, verdict,
+                       hybrid_lines)
     return ReportBundle(page, records_csv(records), records_json(records, meta, serving), meta)
