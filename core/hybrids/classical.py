@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import sklearn
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -75,10 +76,9 @@ class ClassicalSettings:
             raise ValueError("Give either --data (split into train and test) or --train and --test, not both.")
         if self.threshold is not None:
             curve.check_threshold(self.threshold)
-        price = self.usd_per_hour
         preset = cost.get_preset(self.hardware_preset)  # a ValueError naming the presets there are
-        if price is not None:
-            cost.with_price(preset, price)  # a ValueError for a negative or non-finite price
+        if self.usd_per_hour is not None:
+            cost.with_price(preset, self.usd_per_hour)  # a ValueError for a negative or non-finite price
 
     @property
     def price_usd_per_hour(self) -> float:
@@ -161,15 +161,15 @@ def plan_second(settings: ClassicalSettings) -> SecondPlan:
         merged = find_lora(settings, spec.key)
         return SecondPlan(techniques.REFERENCE, f"{merged.facts.get('label', 'LoRA')} ({spec.label}), zero-shot", 0,
                           merged)
-    if settings.second != "fp32":
-        technique = techniques.get(settings.second)  # a ValueError naming the techniques there are
-        if technique.family != "gguf":
-            raise ValueError(f"{settings.second!r} is not a GGUF variant; choose fp32, lora or a gguf-* technique.")
-        if (problem := llama_cpp_problem()) is not None:
-            raise ValueError(problem)
-    variant = "fp32" if settings.second == "fp32" else settings.second
-    return SecondPlan(settings.second if settings.second != "fp32" else techniques.REFERENCE,
-                      f"{spec.label} {variant}, {settings.shots}-shot", settings.shots, None)
+    if settings.second == "fp32":
+        return SecondPlan(techniques.REFERENCE, f"{spec.label} fp32, {settings.shots}-shot", settings.shots, None)
+    technique = techniques.get(settings.second)  # a ValueError naming the techniques there are
+    if technique.family != "gguf":
+        raise ValueError(f"{settings.second!r} is not a GGUF variant; choose fp32, lora or a gguf-* technique.")
+    if (problem := llama_cpp_problem()) is not None:
+        raise ValueError(problem)
+    return SecondPlan(technique.key, f"{spec.label} {technique.key} on llama.cpp, {settings.shots}-shot",
+                      settings.shots, None)
 
 
 def check_request(settings: ClassicalSettings) -> tuple[Task, SecondPlan]:
@@ -324,7 +324,7 @@ def run_classical(settings: ClassicalSettings, report: Report | None = None,
         settings={**asdict(settings), "second_technique": plan.key, "shots_used": len(shots),
                   "shot_labels": [s.completion for s in shots], "classifier_train_s": train_s,
                   "lora_checkpoint": str(plan.merged.path) if plan.merged else "",
-                  "labels": list(task.labels), "n_train": len(task.train),
+                  "labels": list(task.labels), "n_train": len(task.train), "sklearn_version": sklearn.__version__,
                   "timing": "wall ms per request, one at a time, after one warm-up request per stage; the LLM "
                             "stops at end of text or once its first word is complete",
                   "decoding": "greedy"})
