@@ -184,8 +184,9 @@ def _student(base_model: str) -> Stage:
                          "with `python -m core distill` (it saves under data/students/), then run this again, or "
                          "name another first stage (e.g. --first gguf-q2_k).")
     base = models.resolve(base_model).key
-    of_base = [s for s in saved if s.facts.get("teacher") in (base, base_model)]
-    student = (of_base or saved)[0]  # newest first
+    of_base = [s for s in saved if s.facts.get("teacher") in (base, base_model)] or saved
+    # newest first; a finished run before one stopped part-way (or still training)
+    student = sorted(of_base, key=lambda s: not s.facts.get("complete"))[0]
     return Stage(STUDENT, student.label, str(student.path), techniques.REFERENCE)
 
 
