@@ -4,8 +4,9 @@ import streamlit as st
 
 from core.measure import cost
 from core.store.records import drawn_key
-from core.views import figures, measures, plots
+from core.views import figures, hybrids, measures, plots
 from core.views.tables import provenance_lines
+from pages import decide_task
 from pages.common import choice, shared, shared_tradeoff
 from pages.results_ui import clear_results_control, measured_set
 from pages.tables_ui import show_table
@@ -26,6 +27,15 @@ scale = c2.radio("Axes", ["log", "linear"], horizontal=True,
                       f"the rest into a corner. On a log axis KL divergence is drawn as KLD + {plots.KLD_LOG_FLOOR:g} "
                       "nats so that the reference's 0 can be shown; hover and the table give the measured value.")
 log = scale == "log"
+tricks_for = st.selectbox("Decoding tricks on the map", ["none", *hybrids.PROMPT_KINDS],
+                          format_func=lambda k: "none" if k == "none" else f"for {hybrids.PROMPT_KINDS[k]} prompts",
+                          help="A variant with prompt lookup or a draft model gives its own answers (the same quality) "
+                               "at another speed. Shown where it kept every answer and was clearly faster on prompts "
+                               "of that kind, measured on this machine (see **Hybrids**).")
+if tricks_for != "none":
+    records, tricks = decide_task.with_tricks(records, measured.machine, tricks_for)
+    for line in tricks.left_out:
+        st.caption(f"Not drawn: {line}")
 # one map per row: with 25+ variants a half-width column is too narrow to tell them apart
 st.plotly_chart(shared_tradeoff(records, metric, "latency", log), width="stretch")
 st.caption(plots.what_you_give_up(records, metric, "latency"))

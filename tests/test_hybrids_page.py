@@ -141,3 +141,17 @@ def test_the_report_answers_with_the_trick_decide_offered_and_lists_the_hybrids(
     records = [make_record(hardware=HERE)]
     page = report.build_report(records, "m", "kld_mean", {}, commit="x", hybrid_lines=lines, hybrid_figures=figs).html
     assert '<section id="hybrids">' in page and "Cascade: support-routing" in page
+
+
+@pytest.mark.usefixtures("seeded")
+def test_the_map_draws_a_trick_as_its_own_bubble_for_the_prompts_it_was_measured_on():
+    row = {**lookup_row(lookup_s=0.5), "technique": "fp32", "runtime": "transformers"}
+    prompt_lookup.save_results.__globals__["jsonl"].append(prompt_lookup.results_path(), [row])
+    at = AppTest.from_file(str(ROOT / "pages/tradeoff_map.py"), default_timeout=60).run()
+    no_errors(at)
+    table = at.dataframe[0].value
+    assert not any("prompt lookup" in str(v) for v in table.iloc[:, 0])
+    next(s for s in at.selectbox if s.label == "Decoding tricks on the map").set_value("grounded").run()
+    no_errors(at)
+    labels = [str(v) for v in at.dataframe[0].value.iloc[:, 0]]
+    assert "FP32 (reference) + prompt lookup" in labels
