@@ -155,3 +155,13 @@ def test_the_map_draws_a_trick_as_its_own_bubble_for_the_prompts_it_was_measured
     no_errors(at)
     labels = [str(v) for v in at.dataframe[0].value.iloc[:, 0]]
     assert "FP32 (reference) + prompt lookup" in labels
+
+
+def test_a_transformers_draft_result_reads_as_a_trick_on_open_prompts():
+    row = {"model": "smollm2-135m-instruct", "hardware": HERE, "created_at": "2026-12-05T10:00:00+0000",
+           "draft_tokens": 4, "max_new_tokens": 64, "acceptance_rate": 0.5, "draft_facts": {"run": "run-1"},
+           "prompts": [{"plain_s": 1.0, "assisted_s": 2.0, "tokens": 64, "identical": True},
+                       {"plain_s": 1.0, "assisted_s": 3.0, "tokens": 64, "identical": True}]}
+    h = hybrids.from_speculative(row)
+    assert h.prompt_set == "open" and h.keeps_answers and h.speedup.value == pytest.approx(0.4)
+    assert not h.clearly_faster and "no clear gain" in hybrids.why_not([h], "open")[0]

@@ -17,6 +17,7 @@ from typing import Literal
 
 import plotly.graph_objects as go
 
+from core.experiments import speculative
 from core.hybrids import curve, prompt_lookup
 from core.measure import intervals
 from core.measure.intervals import Estimate
@@ -72,15 +73,29 @@ def from_prompt_lookup(row: dict) -> SpeedHybrid:
         f"new tokens, median of {row['repeats']} runs per prompt")
 
 
+def from_speculative(row: dict) -> SpeedHybrid:
+    """A draft model on transformers (core/experiments/speculative.py), timed over whole generations of the bundled
+    open-ended prompts."""
+    pairs = [(p["plain_s"], p["assisted_s"]) for p in row.get("prompts", []) if p.get("tokens")]
+    draft = row.get("draft_facts", {}).get("run") or row.get("draft", "")
+    return SpeedHybrid(
+        row.get("model", ""), "a draft model", "draft", "fp32", "transformers", "open", intervals.ratio_of_sums(pairs),
+        sum(bool(p.get("identical")) for p in row.get("prompts", [])), len(row.get("prompts", [])),
+        float(row.get("acceptance_rate", math.nan)), row.get("hardware", ""), row.get("created_at", ""),
+        f"draft {draft}, {row.get('draft_tokens')} tokens drafted per pass, {row.get('max_new_tokens')} new tokens, "
+        "whole generations timed")
+
+
 def measured_hybrids(hardware: str, rows: Sequence[dict] | None = None) -> list[SpeedHybrid]:
     """This machine's decoding-hybrid measurements, the newest per (trick, variant, runtime, prompt set)."""
-    rows = prompt_lookup.saved_results() if rows is None else rows
+    found = ([from_prompt_lookup(r) for r in prompt_lookup.saved_results()]
+             + [from_speculative(r) for r in speculative.saved_results()]) if rows is None \
+        else [from_prompt_lookup(r) for r in rows]
+    found.sort(key=lambda h: h.created_at, reverse=True)
     newest: dict[tuple, SpeedHybrid] = {}
-    for row in rows:  # newest first
-        if row.get("hardware") != hardware:
-            continue
-        h = from_prompt_lookup(row)
-        newest.setdefault((h.key, h.technique, h.runtime, h.prompt_set), h)
+    for h in found:
+        if h.hardware == hardware:
+            newest.setdefault((h.key, h.technique, h.runtime, h.prompt_set), h)
     return list(newest.values())
 
 
