@@ -100,8 +100,13 @@ def why_not(v: mc.Verdict) -> str:
 
 
 def _thresholds_words(points: Sequence[CascadePoint]) -> str:
-    ts = [f"{p.threshold:.3f}" for p in points]
-    return ", ".join(ts) if len(ts) <= 8 else f"{', '.join(ts[:4])}, ..., {', '.join(ts[-2:])} ({len(ts)} points)"
+    """A few thresholds by name; many as their range, with the accuracy and the share escalated over it."""
+    if len(points) <= 6:
+        return "thresholds " + ", ".join(f"{p.threshold:.4f}" for p in points)
+    lo, hi = min(points, key=lambda p: p.threshold), max(points, key=lambda p: p.threshold)
+    accs, shares = [p.accuracy for p in points], [p.share_escalated for p in points]
+    return (f"{len(points)} thresholds from {lo.threshold:.4f} to {hi.threshold:.4f} (accuracy {min(accs):.1%} to "
+            f"{max(accs):.1%}, {min(shares):.0%} to {max(shares):.0%} escalated)")
 
 
 def print_result(result: curve.CascadeResult, all_points: bool = False) -> None:
@@ -126,6 +131,6 @@ def print_result(result: curve.CascadeResult, all_points: bool = False) -> None:
     else:
         print(f"best: none within {curve.MAX_ACCURACY_DROP_POINTS:g} point of the second alone's accuracy")
     if v.beats_both_ends:
-        print(f"beats both ends: yes at thresholds {_thresholds_words(v.winners)}")
+        print(f"beats both ends: yes at {_thresholds_words(v.winners)}")
     else:
         print(f"beats both ends: no, because {why_not(v)}")
