@@ -221,3 +221,35 @@ def test_a_gguf_first_stage_runs_on_llama_cpp(capsys):
     assert _cli("--first", "gguf-q8_0", "--second", "fp32", "--task", "support-routing", "--max-items", "3") == 0
     saved = curve.saved_results()[0]
     assert saved["settings"]["first_stage"]["technique"] == "gguf-q8_0" and saved["n_items"] == 3
+
+
+# ---------------------------------------------------------------- the verdict in words
+
+
+def _o(label, first, conf, second):
+    return curve.ItemOutcome(label, first, conf, 10.0, second, 100.0)
+
+
+@pytest.mark.parametrize("outcomes, words", [
+    # the small model is right where it is sure, the large one fixes the unsure item: a threshold wins
+    ([_o("a", "a", 0.9, "a"), _o("b", "x", 0.3, "b"), _o("c", "c", 0.8, "x")], "yes at 11 thresholds from 0.3000 to 0.8000"),
+    # the small model is as good as the large one, and cheaper
+    ([_o("a", "a", 0.9, "a"), _o("b", "b", 0.3, "x")], "no, because the small model alone is already"),
+    # the small model is sure exactly where it is wrong: only escalating (nearly) everything catches up, and then
+    # the small model's time is paid on top
+    ([_o("a", "x", 0.95, "a"), _o("b", "b", 0.3, "b"), _o("c", "c", 0.4, "c")], "not less than its $0.10000"),
+])
+def test_the_verdict_in_words(capsys, outcomes, words):
+    from core.cli_model_cascade import print_result
+
+    prov = {"device": "cpu", "threads": 2, "hardware": "h", "versions": {}}
+    print_result(curve.build_result("model", "t", "small", "large", "p", outcomes, 3.6, "laptop-cpu", prov))
+    assert words in capsys.readouterr().out
+
+
+def test_with_thresholds_that_never_escalate_enough_the_reason_is_the_confidence():
+    from core.cli_model_cascade import why_not
+
+    outcomes = [_o("a", "x", 0.95, "a"), _o("b", "b", 0.3, "b"), _o("c", "c", 0.4, "c")]
+    v = mc.verdict(curve.curve(outcomes, 3.6, thresholds=[0.5]))
+    assert not v.beats_both_ends and "does not single out the items it gets wrong" in why_not(v)
