@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core import cli_cascade, cli_gguf_draft, cli_model_cascade, models, techniques
+from core import cli_budget, cli_cascade, cli_gguf_draft, cli_model_cascade, models, techniques
 from core.cli import (
     CliError,
     cmd_bill,
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray_arg(sc)
     sc.set_defaults(func=cmd_serve_context)
     _add_bill(sub)
-    for hybrid in (cli_cascade, cli_model_cascade, cli_gguf_draft):
+    for hybrid in (cli_cascade, cli_model_cascade, cli_gguf_draft, cli_budget):
         hybrid.add_parser(sub)
     return parser
 
