@@ -6,6 +6,8 @@ from core.hybrids import curve
 from core.measure import benchmark
 from core.views import cascades, hybrids
 from pages.common import choice
+from pages.hybrids_measure import measure_forms
+from pages.panel import job_panel
 from pages.tables_ui import show_table
 
 st.title("Hybrids")
@@ -17,6 +19,10 @@ picked = choice()
 here = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
 st.caption(f"This machine: {here}. Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour "
            "(change it in the sidebar).")
+
+measure_forms(picked.model, picked.preset.key, picked.preset.usd_per_hour)
+job_panel("A cascade is stored when both stages have answered every item; prompt lookup stores each runtime's "
+          "result as it ends.")
 
 st.subheader("Cascades")
 saved = cascades.on_machine(curve.saved_results(), here)

@@ -6,11 +6,12 @@ import math
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.hybrids import curve, prompt_lookup
+from core.hybrids import classical, curve, prompt_lookup
 from core.hybrids.curve import ItemOutcome
+from core.launch.jobqueue import JobQueue
 from core.measure import benchmark
 from core.views import cascades, hybrids, report
-from tests.factories import make_record
+from tests.factories import make_record, run_queued_jobs_here
 from tests.test_pages import ROOT, no_errors
 from tests.test_recommend import seeded  # noqa: F401  (a fixture)
 
@@ -52,7 +53,7 @@ def test_the_page_draws_a_cascade_and_its_slider_moves_over_measured_points():
     seed_cascade(hardware="another machine")  # never shown here
     at = AppTest.from_file(str(ROOT / "pages/hybrids.py"), default_timeout=60).run()
     no_errors(at)
-    assert len(at.selectbox[0].options) == 1
+    assert len(next(s for s in at.selectbox if s.label == "Measured cascade").options) == 1
     metrics = {m.label: m.value for m in at.metric}
     # the best point: every unsure item escalated (25%), accuracy 100% like the second stage alone
     assert metrics["Sent to the second stage"] == "25%" and metrics["Accuracy"] == "100.0%"
@@ -165,3 +166,27 @@ def test_a_transformers_draft_result_reads_as_a_trick_on_open_prompts():
     h = hybrids.from_speculative(row)
     assert h.prompt_set == "open" and h.keeps_answers and h.speedup.value == pytest.approx(0.4)
     assert not h.clearly_faster and "no clear gain" in hybrids.why_not([h], "open")[0]
+
+
+def test_the_page_queues_a_cascade_and_the_worker_stores_it(monkeypatch):
+    def fake_run(settings, report=None, should_stop=None):
+        report(0.5, "half way")
+        prov = {"device": "cpu", "threads": 2, "hardware": HERE, "versions": {}}
+        return curve.build_result("classical", settings.task, "clf", settings.second, "p", outcomes(), 3.6,
+                                  "cloud-cpu", prov)
+
+    monkeypatch.setattr(classical, "run_classical", fake_run)
+    at = AppTest.from_file(str(ROOT / "pages/hybrids.py"), default_timeout=60).run()
+    next(b for b in at.button if b.label == "Measure the cascade").click().run()
+    no_errors(at)
+    assert [w.job.kind for w in JobQueue().snapshot().waiting] == ["cascade"]
+    run_queued_jobs_here()
+    assert len(curve.saved_results()) == 1
+
+
+def test_a_bad_hybrid_request_is_refused_on_the_page_with_nothing_queued():
+    at = AppTest.from_file(str(ROOT / "pages/hybrids.py"), default_timeout=60).run()
+    next(s for s in at.selectbox if s.label == "Small model first").set_value("student").run()
+    next(b for b in at.button if b.label == "Measure the model cascade").click().run()
+    assert any("No distilled student is saved here yet" in e.value for e in at.error)
+    assert not JobQueue().snapshot().waiting and curve.saved_results() == []

@@ -30,6 +30,7 @@ from core import models
 from core.experiments import distill_run, finetune_run, moe_sweep, speculative
 from core.experiments.sweep import SweepSettings
 from core.launch import cluster, quiet
+from core.launch.hybrid_jobs import HYBRID_JOB_KINDS
 from core.launch.job import JobContext, JobKind
 from core.launch.jobqueue import PRESENTER, JobEstimate, JobQueue, NotAllowed, QueuedJob
 from core.measure import benchmark
@@ -149,6 +150,7 @@ JOB_KINDS: dict[str, JobKind] = {
     "speculate": JobKind(run_speculate_job,
                          lambda a: f"speculate|{a['model']}|{a['draft_tokens']}|{a['max_new_tokens']}",
                          models=lambda a: [a["model"], a["draft"]]),
+    **HYBRID_JOB_KINDS,
 }
 
 

@@ -1,0 +1,47 @@
+"""The hybrids' job kinds: the dashboard queues a cascade or a prompt-lookup comparison for the worker as it
+queues a sweep, with progress, a stop button, and the result appended to its JSONL store when it ends."""
+
+from __future__ import annotations
+
+from core.hybrids import classical, curve, model_cascade, prompt_lookup
+from core.launch.job import JobContext, JobKind
+
+
+def run_cascade_job(args: dict, ctx: JobContext) -> dict:
+    result = classical.run_classical(classical.ClassicalSettings(**args["settings"]), ctx.report, ctx.should_stop)
+    curve.save_result(result)
+    return result.to_dict()
+
+
+def run_model_cascade_job(args: dict, ctx: JobContext) -> dict:
+    raw = args["settings"]
+    settings = model_cascade.ModelCascadeSettings(**raw | {"thresholds": tuple(raw.get("thresholds", ()))})
+    result = model_cascade.run_model_cascade(settings, ctx.report, ctx.should_stop)
+    curve.save_result(result)
+    return result.to_dict()
+
+
+def run_prompt_lookup_job(args: dict, ctx: JobContext) -> list[dict]:
+    raw = args["settings"]
+    settings = prompt_lookup.LookupSettings(**raw | {k: tuple(raw[k]) for k in ("runtimes", "prompt_files") if k in raw})
+    results = prompt_lookup.run_prompt_lookup(args["model"], settings, ctx.report, ctx.should_stop)
+    prompt_lookup.save_results(results)
+    return [r.to_dict() for r in results]
+
+
+def _key(kind: str, args: dict, *names: str) -> str:
+    s = args.get("settings", {})
+    return "|".join([kind, *(str(s.get(n)) for n in names)])
+
+
+HYBRID_JOB_KINDS: dict[str, JobKind] = {
+    "cascade": JobKind(run_cascade_job, lambda a: _key("cascade", a, "model", "second", "task", "shots"),
+                       models=lambda a: [a["settings"].get("model")]),
+    "model-cascade": JobKind(run_model_cascade_job,
+                             lambda a: _key("model-cascade", a, "model", "first", "second", "task", "max_items"),
+                             models=lambda a: [a["settings"].get("model")]),
+    "prompt-lookup": JobKind(run_prompt_lookup_job,
+                             lambda a: _key("prompt-lookup", a, "runtimes", "technique", "draft_tokens", "new_tokens",
+                                            "repeats"),
+                             models=lambda a: [a["model"]]),
+}

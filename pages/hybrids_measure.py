@@ -1,0 +1,70 @@
+"""Render helper (not a page): the Hybrids page's forms that queue a measurement for the worker."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import streamlit as st
+
+from core import techniques
+from core.hybrids import classical, model_cascade, prompt_lookup
+from pages.panel import submit_job
+from pages.roles_ui import show_error
+
+GGUF = [k for k in techniques.TECHNIQUES if k.startswith("gguf-")]  # the registry's GGUF variants, best first
+
+
+def _queue(kind: str, check, settings, args: dict, label: str) -> None:
+    """Refuse bad settings before anything is queued (nothing is written), else queue the job."""
+    try:
+        check(settings)
+    except ValueError as e:
+        show_error(e)
+        return
+    submit_job(kind, args, label)
+
+
+def classical_form(model: str, hardware_preset: str, usd_per_hour: float) -> None:
+    a, b, c = st.columns([2, 1, 1])
+    second = a.selectbox("LLM behind the classifier", ["fp32", "lora", *GGUF],
+                         format_func=lambda k: {"fp32": "the base model, few-shot",
+                                                "lora": "the LoRA-tuned model (Fine-tune page)"}.get(k, k))
+    shots = int(b.number_input("Worked examples (few-shot)", 0, 20, 5))
+    if c.button("Measure the cascade", help="Trains the classifier (seconds), then the LLM answers all 100 test "
+                                             "messages once; every threshold's point follows from those answers."):
+        settings = classical.ClassicalSettings(second=second, shots=shots, model=model,
+                                               hardware_preset=hardware_preset, usd_per_hour=usd_per_hour)
+        _queue("cascade", classical.check_request, settings, {"settings": asdict(settings)},
+               f"Classifier → {second} cascade on support-routing")
+
+
+def model_form(model: str, hardware_preset: str, usd_per_hour: float) -> None:
+    a, b, c = st.columns([2, 1, 1])
+    first = a.selectbox("Small model first", ["student", "gguf-q2_k", "gguf-q4_k_m"],
+                        format_func=lambda k: "the newest distilled student" if k == "student" else k)
+    task = b.selectbox("Task", list(model_cascade.TASKS))
+    if c.button("Measure the model cascade"):
+        settings = model_cascade.ModelCascadeSettings(first=first, task=task, model=model, hardware=hardware_preset,
+                                                      usd_per_hour=usd_per_hour)
+        _queue("model-cascade", model_cascade.check_request, settings, {"settings": asdict(settings)},
+               f"{first} → fp32 cascade on {task}")
+
+
+def lookup_form(model: str) -> None:
+    a, b, c = st.columns([2, 1, 1])
+    technique = a.selectbox("GGUF file for llama.cpp", GGUF, index=GGUF.index("gguf-q8_0"))
+    draft = int(b.number_input("Tokens copied per pass", 1, 64, 3))
+    if c.button("Compare prompt lookup"):
+        settings = prompt_lookup.LookupSettings(technique=technique, draft_tokens=draft, new_tokens=48)
+        _queue("prompt-lookup", prompt_lookup.check_request, settings, {"model": model, "settings": asdict(settings)},
+               f"Prompt lookup ({technique}, {draft} tokens)")
+
+
+def measure_forms(model: str, hardware_preset: str, usd_per_hour: float) -> None:
+    with st.expander("Measure a hybrid"):
+        st.markdown("**A classifier in front of the LLM** (support-routing, 100 test messages)")
+        classical_form(model, hardware_preset, usd_per_hour)
+        st.markdown("**A small model first, the full model when unsure**")
+        model_form(model, hardware_preset, usd_per_hour)
+        st.markdown("**Prompt lookup** (both runtimes, the bundled input-grounded and open-ended prompts)")
+        lookup_form(model)
