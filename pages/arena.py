@@ -10,7 +10,6 @@ import torch
 
 from core import models, runtimes
 from core.experiments import arena
-from core.experiments.sweep import chat_prompt_ids
 from core.launch.jobs import iterate_on_torch_thread, on_torch_thread
 from core.measure import benchmark
 from core.paths import ASSETS
@@ -93,7 +92,7 @@ if st.button("Generate", type="primary", disabled=busy or not prompt.strip()):
         st.stop()
     checkpoint = str(models.prepare(spec))
     tokenizer = load_tokenizer(checkpoint)
-    input_ids = chat_prompt_ids(tokenizer, prompt).to(device)
+    input_ids = models.chat_prompt_ids(tokenizer, prompt).to(device)
     # Loading, warm-up and generation all run on the lab's one torch thread, as sweeps do (core/launch/jobs.py).
     loaded = {k: load_variant(checkpoint, k, device, variants.student_dir(k)) for k in keys}
     reference, names = arena.reference_of(keys), arena.answer_names(keys, blind, label, random.randrange(2**31))

@@ -7,7 +7,6 @@ import streamlit as st
 
 from core import models, techniques
 from core.experiments import estimate
-from core.experiments.sweep import chat_prompt_ids
 from core.launch.jobqueue import JobEstimate
 from core.measure import benchmark
 from pages.common import store
@@ -30,7 +29,7 @@ def _drop(widget_key: str, slow: tuple[str, ...]) -> None:
 def _probe(model: str, keys: tuple[str, ...], device: str) -> None:
     spec = models.resolve(model)
     checkpoint = models.prepare(spec)
-    prompt_ids = chat_prompt_ids(models.load_tokenizer(checkpoint), "Explain in two sentences why the sky is blue.")
+    prompt_ids = models.chat_prompt_ids(models.load_tokenizer(checkpoint), "Explain in two sentences why the sky is blue.")
     probes = st.session_state.setdefault(PROBES, {})
     for key in keys:
         with st.spinner(f"Probing {key}: loading it and timing 3 decode steps"):

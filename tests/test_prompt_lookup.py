@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from core import cli_parser
+from core import cli_parser, models
 from core.hybrids import prompt_lookup as pl
 
 FAST = dict(runtimes=("transformers",), draft_tokens=4, new_tokens=12, repeats=1)
@@ -43,7 +43,7 @@ def test_lookup_keeps_greedy_output_on_a_tiny_model(tiny):
 def test_plain_generation_drafts_nothing(tiny):
     model, tokenizer = tiny
     decoder = pl.TransformersDecoder(model, tokenizer, pl.LookupSettings(**FAST), "tiny")
-    ids = pl.chat_prompt_ids(tokenizer, "Repeat: the cat sat on the mat. the cat sat on the mat.")
+    ids = models.chat_prompt_ids(tokenizer, "Repeat: the cat sat on the mat. the cat sat on the mat.")
     plain, look = decoder.generate(ids, 10, False), decoder.generate(ids, 10, True)
     assert plain.drafted == plain.accepted == 0 and plain.first_tokens == 1
     assert plain.tokens == look.tokens and len(plain.tokens) <= 10

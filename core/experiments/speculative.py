@@ -18,7 +18,6 @@ from typing import Callable
 import torch
 
 from core import models
-from core.experiments.sweep import chat_prompt_ids
 from core.measure import benchmark
 from core.paths import ASSETS, Stopped, data_dir
 from core.store import jsonl
@@ -117,7 +116,7 @@ def bundled_prompts() -> list[dict]:
 
 def _time_prompts(model, draft, tokenizer, prompts, max_new_tokens: int, pad, device: str, say, stop) -> list[dict]:
     """Each prompt generated plainly and with the draft, back to back, after one warm-up of each."""
-    warm = chat_prompt_ids(tokenizer, prompts[0]["prompt"])
+    warm = models.chat_prompt_ids(tokenizer, prompts[0]["prompt"])
     generate(model, warm, 8, pad, None, device)
     generate(model, warm, 8, pad, draft, device)
     rows = []
@@ -125,7 +124,7 @@ def _time_prompts(model, draft, tokenizer, prompts, max_new_tokens: int, pad, de
         if stop():
             raise Stopped(f"Stopped after {i} of {len(prompts)} prompts.")
         say(i / len(prompts), f"prompt {i + 1}/{len(prompts)}: {p.get('title', p['prompt'][:30])}")
-        ids = chat_prompt_ids(tokenizer, p["prompt"])
+        ids = models.chat_prompt_ids(tokenizer, p["prompt"])
         plain = generate(model, ids, max_new_tokens, pad, None, device)
         assisted = generate(model, ids, max_new_tokens, pad, draft, device)
         rows.append({

@@ -101,15 +101,6 @@ class _Inputs:
     settings_record: dict = field(default_factory=dict)
 
 
-def chat_prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
-    """The user prompt as the model would see it in a chat (instruct models), else as plain text."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    else:
-        text = prompt
-    return torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
-
-
 _BANDWIDTH: dict[str, benchmark.Spread] = {}
 
 
@@ -135,7 +126,7 @@ def prepare_inputs(model_name: str, settings: SweepSettings, say: Callable[[str]
     torch.set_num_threads(threads)
     say("Measuring memory bandwidth")
     bandwidth = machine_bandwidth(device)
-    prompt_ids = chat_prompt_ids(tokenizer, settings.prompt)
+    prompt_ids = models.chat_prompt_ids(tokenizer, settings.prompt)
     settings_record = asdict(settings) | {
         "threads": threads,
         "device": device,

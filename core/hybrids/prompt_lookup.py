@@ -102,15 +102,6 @@ def check_request(settings: LookupSettings) -> list[tuple[str, list[dict]]]:
 # ---------------------------------------------------------------- one generation, timed and counted
 
 
-def chat_prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
-    """[1, T] the user prompt in the model's chat template (instruct models), else plain text: the same ids as
-    core.experiments.sweep.chat_prompt_ids gives (a sibling layer, so not imported), fed to both runtimes."""
-    if getattr(tokenizer, "chat_template", None):
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                               add_generation_prompt=True)
-    return torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
-
-
 @dataclass(frozen=True)
 class Decode:
     tokens: tuple[int, ...]
@@ -272,7 +263,7 @@ def _median_run(runs: list[Decode]) -> Decode:
 
 def measure_set(decoder, prompts: list[dict], settings: LookupSettings, say: Report, stop) -> list[dict]:
     """Per prompt: `repeats` plain and lookup runs, interleaved; the median decode time of each is kept."""
-    ids_of = [chat_prompt_ids(decoder.tokenizer, p["prompt"]) for p in prompts]
+    ids_of = [models.chat_prompt_ids(decoder.tokenizer, p["prompt"]) for p in prompts]
     decoder.generate(ids_of[0], 8, False)  # warm-up of each mode
     decoder.generate(ids_of[0], 8, True)
     rows = []

@@ -370,6 +370,14 @@ def available_memory_bytes() -> int:
 # ---------------------------------------------------------------- loading
 
 
+def chat_prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
+    """[1, T]: the user prompt as the model would see it in a chat (instruct models), else as plain text."""
+    if getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                               add_generation_prompt=True)
+    return torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+
+
 def load_tokenizer(checkpoint: Path):
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     if tokenizer.pad_token is None:
