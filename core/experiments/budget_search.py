@@ -141,12 +141,16 @@ def preset_file(checkpoint: Path, quant: str, threads: int, imatrix: bool = Fals
     return gguf.ensure_file(checkpoint, gguf.GGUFConfig(quant, imatrix=imatrix), threads)  # type: ignore[arg-type]
 
 
-def budgets_of_presets(checkpoint: Path, presets: list[str], threads: int) -> list[int]:
-    """The byte sizes of the named presets' files (each built once if missing)."""
+def check_presets(presets: list[str]) -> None:
     unknown = [p for p in presets if p not in gguf.FTYPES or p in ("f32", "f16")]
     if unknown:
         raise ValueError(f"unknown preset(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(q for q in gguf.FTYPES if q not in ('f32', 'f16'))}")
+
+
+def budgets_of_presets(checkpoint: Path, presets: list[str], threads: int) -> list[int]:
+    """The byte sizes of the named presets' files (each built once if missing)."""
+    check_presets(presets)
     return [preset_file(checkpoint, p, threads).stat().st_size for p in presets]
 
 
@@ -157,6 +161,7 @@ def run(budgets_bytes: list[int] | None = None, presets: list[str] | None = None
         raise ValueError("give either budgets (bytes) or presets to match, not both and not neither")
     if (problem := llamacpp_build.why_not_tools()) is not None:
         raise FileNotFoundError(problem)
+    check_presets(presets or [])  # before the model is prepared: a typo costs nothing
     t0 = time.monotonic()
     checkpoint = models.prepare(models.resolve(model_name), progress=say)
     gguf_budget.check_model(checkpoint)  # before anything is written

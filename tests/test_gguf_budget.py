@@ -1,0 +1,151 @@
+"""The budget search: the error estimate, the solver, the recipe in llama.cpp's terms, bad input, and a real file."""
+
+from __future__ import annotations
+
+import re
+
+import gguf as gguflib
+import numpy as np
+import pytest
+
+from core import cli_parser
+from core.experiments import budget_search
+from core.measure import quant_error
+from core.measure.quant_error import Option
+from core.techniques import gguf, gguf_budget
+from core.techniques.gguf_budget import Choice, SensitivityTable, TensorRow
+
+needs_llama = pytest.mark.skipif(gguf.llama_cpp_problem() is not None,
+                                 reason=f"llama.cpp unavailable here: {gguf.llama_cpp_problem()}")
+
+
+def _synthetic(n: int = 12, seed: int = 0) -> dict[str, list[Option]]:
+    """n tensors of different sizes and sensitivities; each type halves bytes-per-weight and multiplies error."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n):
+        weights, sensitivity = int(rng.integers(1_000, 10_000)), float(rng.lognormal(0, 1.5))
+        out[f"blk.{i}.attn_q.weight"] = [Option(t, int(weights * bpw / 8), sensitivity * 2.0 ** (-2 * bpw))
+                                         for t, bpw in (("q8_0", 8.5), ("q5_0", 5.5), ("q4_0", 4.5))]
+    return out
+
+
+def test_solver_meets_the_budget_and_beats_every_uniform_choice_that_fits():
+    options = _synthetic()
+    low, high = quant_error.bounds(options)
+    for budget in np.linspace(low, high, 7).astype(int):
+        choice = quant_error.solve(options, int(budget))
+        assert quant_error.total_bytes(choice) <= budget
+        for qtype in ("q8_0", "q5_0", "q4_0"):
+            uniform = {n: next(o for o in opts if o.qtype == qtype) for n, opts in options.items()}
+            if quant_error.total_bytes(uniform) <= budget:
+                assert quant_error.total_err(choice) <= quant_error.total_err(uniform) + 1e-12
+
+
+def test_solver_leaves_no_affordable_upgrade_unbought():
+    options = _synthetic()
+    low, high = quant_error.bounds(options)
+    budget = (low + high) // 2
+    choice = quant_error.solve(options, budget)
+    left = budget - quant_error.total_bytes(choice)
+    for name, opts in options.items():
+        better = [o for o in opts if o.err < choice[name].err]
+        assert all(o.bytes - choice[name].bytes > left for o in better), name
+
+
+def test_solver_refuses_a_budget_below_the_smallest_mix():
+    options = _synthetic()
+    low, _ = quant_error.bounds(options)
+    with pytest.raises(ValueError, match="below the smallest possible mix"):
+        quant_error.solve(options, low - 1)
+
+
+def test_weighted_error_weighs_columns_by_importance():
+    ref = np.ones((4, 3), np.float32)
+    q = ref.copy()
+    q[:, 2] += 0.5  # error only in column 2
+    assert quant_error.weighted_error(ref, ref, None) == (0.0, 0.0)
+    absolute, relative = quant_error.weighted_error(ref, q, np.array([1.0, 1.0, 10.0]))
+    assert absolute == pytest.approx(4 * 0.25 * 10) and relative == pytest.approx(10 / 48)
+    with pytest.raises(ValueError, match="importance has"):
+        quant_error.weighted_error(ref, q, np.ones(5))
+
+
+def test_spearman_and_scale():
+    assert quant_error.spearman([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert quant_error.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(quant_error.spearman([1, 2], [1, 2]))
+    assert quant_error.fit_scale([1, 2, 3], [2, 4, 6]) == pytest.approx(2.0)
+
+
+def test_tensor_names_group_by_layer_and_kind():
+    assert gguf_budget.group_of("blk.3.attn_q.weight") == (3, "attn_q")
+    assert gguf_budget.group_of("blk.29.ffn_down.weight") == (29, "ffn_down")
+    assert gguf_budget.group_of("token_embd.weight") == (-1, "token_embd")
+    with pytest.raises(ValueError, match="not a weight matrix"):
+        gguf_budget.group_of("blk.3.attn_norm.bias")
+
+
+def test_recipe_becomes_anchored_tensor_type_overrides_and_words():
+    types = {"blk.1.attn_q.weight": "q8_0", "blk.11.attn_q.weight": "q4_0", "blk.2.attn_q.weight": "q8_0",
+             "blk.3.attn_q.weight": "q8_0", "token_embd.weight": "q5_0"}
+    args = gguf_budget.tensor_type_args(types)
+    assert r"^token_embd\.weight$=q5_0" in args
+    for name, qtype in types.items():  # each name matched by exactly the pattern carrying its type
+        matched = [a.rsplit("=", 1)[1] for a in args if re.search(a.rsplit("=", 1)[0], name)]
+        assert matched == [qtype], name
+    words = gguf_budget.describe(types)
+    assert "attention Q: Q8_0 in layers 1-3; Q4_0 in layers 11" in words
+    assert any(w.startswith("token embedding") and w.endswith("Q5_0") for w in words)
+
+
+def _table() -> SensitivityTable:
+    rows = tuple(TensorRow(f"blk.{i}.ffn_up.weight", i, "ffn_up", 1000,
+                           (Choice("q4_0", 562, 4.0, 0.04), Choice("q5_0", 687, 1.0, 0.01), Choice("q8_0", 1062, 0.01, 1e-4)))
+                 for i in range(4))
+    return SensitivityTable("test", False, rows, overhead_bytes=500, f16_bytes=500 + 4 * 2000)
+
+
+def test_plan_fits_and_refuses_budgets_outside_what_files_can_be():
+    table = _table()
+    low, high = table.size_bounds()
+    assert (low, high) == (500 + 4 * 562, 8500)
+    recipe = table_recipe = gguf_budget.plan(table, 500 + 2 * 562 + 2 * 1062)
+    assert table_recipe.file_bytes <= recipe.budget_bytes
+    assert sorted(recipe.types.values()) == ["q4_0", "q4_0", "q8_0", "q8_0"] or recipe.estimate < 2 * 4.0 * 0.01 + 1
+    with pytest.raises(ValueError, match="below the smallest file"):
+        gguf_budget.plan(table, low - 1)
+    with pytest.raises(ValueError, match="above the F16 file"):
+        gguf_budget.plan(table, high + 1)
+
+
+def test_cli_bad_input_is_one_error_line_and_nothing_is_written(data_dir, capsys):
+    for argv in (["budget"], ["budget", "--budgets-mb", "90", "--match-presets", "q4_k_m"],
+                 ["budget", "--budgets-mb", "0"], ["budget", "--budgets-mb", "ninety"],
+                 ["budget", "--match-presets", "q9_x"]):
+        assert cli_parser.main(argv) == 2, argv
+        assert capsys.readouterr().err.startswith("error: ")
+    assert not budget_search.results_path().exists()
+
+
+def test_an_architecture_llama_cpp_cannot_take_is_refused(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32)).save_pretrained(
+        tmp_path / "gpt2-tiny")
+    with pytest.raises(gguf.GGUFError, match="cannot convert a 'gpt2' model"):
+        gguf_budget.sensitivity(tmp_path / "gpt2-tiny", imatrix=False)
+
+
+@needs_llama
+def test_a_searched_recipe_is_written_by_llama_cpp_with_every_type_it_chose(tiny_dir, data_dir):
+    table = gguf_budget.sensitivity(tiny_dir, imatrix=False, threads=1)
+    assert gguf_budget.sensitivity(tiny_dir, imatrix=False, threads=1) == table  # cached, reread
+    low, high = table.size_bounds()
+    recipe = gguf_budget.plan(table, (low + high) // 3)
+    assert len(set(recipe.types.values())) > 1  # a mix, not one type
+    path = gguf_budget.write(tiny_dir, recipe, table, threads=1)
+    written = {t.name: t.tensor_type.name.lower() for t in gguflib.GGUFReader(path).tensors if t.name in recipe.types}
+    assert written == recipe.types
+    assert path.stat().st_size <= recipe.budget_bytes
+    assert path.stat().st_size == pytest.approx(recipe.file_bytes, rel=0.01)
