@@ -23,10 +23,13 @@ from pathlib import Path
 
 import gguf as gguflib
 import numpy as np
+import torch
 from transformers import AutoConfig
 
 from core.measure import quant_error
+from core.measure.evaluate import token_windows, tokenize_text
 from core.measure.quant_error import Option
+from core.models import load_model, load_tokenizer
 from core.runtimes import llamacpp_build
 from core.techniques import gguf
 from core.techniques.gguf_cache import atomic_file, file_facts
@@ -37,7 +40,7 @@ from core.techniques.gguf_export import GGUFError, check_exportable
 CANDIDATES: dict[str, int] = {"q8_0": 7, "q6_k": 18, "q5_k": 16, "q5_0": 8, "q4_k": 14, "iq4_nl": 25, "q4_0": 2,
                               "q3_k": 11, "q2_k": 10}
 FTYPE_OF = {**CANDIDATES, "q5_1": 9, "q4_1": 3}  # the realised types too: a file's base type
-ESTIMATOR_VERSION = 1  # part of the table's key: a changed estimate is never read from an old table
+ESTIMATOR_VERSION = 2  # part of the table's key: a changed estimate is never read from an old table
 ESTIMATORS = ("relative", "absolute")
 KIND_WORDS = {"attn_q": "attention Q", "attn_k": "attention K", "attn_v": "attention V",
               "attn_output": "attention output", "ffn_gate": "MLP gate", "ffn_up": "MLP up", "ffn_down": "MLP down",
@@ -223,6 +226,31 @@ def load_table(path: Path) -> SensitivityTable | None:
         return None
 
 
+def output_importance(checkpoint: Path, text: str, max_tokens: int = 4096, window: int = 512) -> np.ndarray:
+    """[hidden] mean squared input of the output projection on calibration text.
+
+    The lab's importance matrix covers the blocks' linear layers only. SmolLM2 ties its output table to the token
+    embedding, so that tensor's rounding error reaches every logit: E[(dE_v . h)^2] ~ sum_c dE_vc^2 E[h_c^2], the
+    same weighting as a linear layer with the final hidden state h as its input.
+    """
+    model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
+    found: dict[str, torch.Tensor | int] = {"sum": 0, "count": 0}
+
+    def record(_module, inputs, _output):
+        x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])  # [tokens, hidden]
+        found["sum"] = found["sum"] + (x * x).sum(0)
+        found["count"] = found["count"] + x.shape[0]
+
+    handle = model.get_output_embeddings().register_forward_hook(record)
+    try:
+        with torch.inference_mode():
+            for w in token_windows(tokenize_text(tokenizer, text), window, max_tokens):
+                model(input_ids=w)
+    finally:
+        handle.remove()
+    return (found["sum"] / found["count"]).numpy()
+
+
 def _errors(reader: gguflib.GGUFReader, reference: dict, importance: dict) -> dict[str, Choice]:
     out = {}
     for t in reader.tensors:
@@ -248,6 +276,9 @@ def sensitivity(checkpoint: Path, imatrix: bool, threads: int = 0, say=lambda _m
         importance = gguf.importance_matrix(checkpoint, gguf.calibration_text_path().read_text(encoding="utf-8"))
     base = gguflib.GGUFReader(f32)
     reference = {t.name: t.data for t in base.tensors if len(t.shape) == 2}  # [out, in] F32, memory-mapped
+    output_table = "output.weight" if "output.weight" in reference else "token_embd.weight"  # tied: the embedding
+    weighting = {**importance, output_table: output_importance(
+        checkpoint, gguf.calibration_text_path().read_text(encoding="utf-8"))}
     choices: dict[str, dict[str, Choice]] = {name: {} for name in reference}
     overhead = 0
     with tempfile.TemporaryDirectory(dir=f32.parent, prefix=".budget-") as tmp:
@@ -256,7 +287,7 @@ def sensitivity(checkpoint: Path, imatrix: bool, threads: int = 0, say=lambda _m
             out = quantize_file(f32, Path(tmp) / f"{qtype}.gguf", ftype, threads, pure=True,
                                 imatrix=importance if imatrix else None)
             reader = gguflib.GGUFReader(out)
-            for name, c in _errors(reader, reference, importance).items():
+            for name, c in _errors(reader, reference, weighting).items():
                 choices[name].setdefault(c.qtype, c)
             if qtype == "q8_0":
                 overhead = out.stat().st_size - sum(int(t.n_bytes) for t in reader.tensors if t.name in reference)
