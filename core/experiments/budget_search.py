@@ -76,10 +76,12 @@ class Measured:
 
 
 def _sample_types(table: gguf_budget.SensitivityTable, kind: str, first: int, last: int, qtype: str) -> dict:
+    """Every tensor at Q8_0 but the group, at `qtype` (or, where its rows cannot take it, its smallest type)."""
     types = {r.name: "q8_0" for r in table.rows}
     for r in table.rows:
         if r.kind == kind and first <= r.layer <= last:
-            types[r.name] = qtype
+            have = [c.qtype for c in r.choices]  # sorted by bytes
+            types[r.name] = qtype if qtype in have else have[0]
     return types
 
 
@@ -101,6 +103,8 @@ def validate(checkpoint: Path, table: gguf_budget.SensitivityTable, base: Path, 
             label = "all Q8_0" if kind == "base" else f"{kind} {'' if first < 0 else f'{first}-{last} '}{qtype}"
             say(f"Sample {label}: quantize, then llama-perplexity on the calibration text")
             types = _sample_types(table, kind, first, last, qtype)
+            if label != "all Q8_0" and types == _sample_types(table, "base", 0, -1, "q8_0"):
+                continue  # the group is empty in this model (fewer layers)
             path = gguf_budget.quantize_file(f32, Path(tmp) / "sample.gguf", gguf_budget.base_ftype(types, table),
                                              threads, overrides=gguf_budget.tensor_type_args(types),
                                              imatrix=importance if table.imatrix else None)

@@ -322,7 +322,8 @@ class Recipe:
 
     @property
     def key(self) -> str:
-        return f"gguf-auto-{round(self.budget_bytes / 1e6)}" + ("-imatrix" if self.imatrix else "")
+        mb = self.budget_bytes / 1e6
+        return f"gguf-auto-{round(mb) if mb >= 10 else round(mb, 2)}" + ("-imatrix" if self.imatrix else "")
 
 
 def plan(table: SensitivityTable, budget_bytes: int, estimator: str = "relative") -> Recipe:
