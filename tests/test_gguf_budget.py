@@ -149,3 +149,26 @@ def test_a_searched_recipe_is_written_by_llama_cpp_with_every_type_it_chose(tiny
     assert written == recipe.types
     assert path.stat().st_size <= recipe.budget_bytes
     assert path.stat().st_size == pytest.approx(recipe.file_bytes, rel=0.01)
+
+
+def test_validation_groups_drop_one_group_from_q8_0_and_fall_back_where_a_type_does_not_fit():
+    table = _table()
+    types = budget_search._sample_types(table, "ffn_up", 1, 2, "q4_0")
+    assert [types[f"blk.{i}.ffn_up.weight"] for i in range(4)] == ["q8_0", "q4_0", "q4_0", "q8_0"]
+    types = budget_search._sample_types(table, "ffn_up", 0, 0, "q2_k")  # these rows cannot take q2_k
+    assert types["blk.0.ffn_up.weight"] == "q4_0"
+
+
+def test_frontier_rows_and_the_preset_a_searched_file_is_set_beside():
+    result = {"rows": [
+        {"key": "gguf-auto-100", "role": "searched", "size_bytes": 100e6, "kld_mean": 0.03, "kld_mean_uncertainty": 0.001,
+         "predicted_kld": 0.028},
+        {"key": "gguf-q4_k_m", "role": "preset", "size_bytes": 101e6, "kld_mean": 0.05, "kld_mean_uncertainty": 0.001,
+         "predicted_kld": None},
+        {"key": "gguf-q4_k_m-imatrix", "role": "preset", "size_bytes": 100e6, "kld_mean": 0.04,
+         "kld_mean_uncertainty": 0.001, "predicted_kld": None},
+        {"key": "gguf-q3_k_m", "role": "preset", "size_bytes": 90e6, "kld_mean": 0.1, "kld_mean_uncertainty": 0.002,
+         "predicted_kld": None}]}
+    rows = budget_search.frontier_rows(result)
+    assert [r["key"] for r in rows if r["role"] == "preset"] == ["gguf-q3_k_m", "gguf-q4_k_m-imatrix", "gguf-q4_k_m"]
+    assert budget_search.nearest_preset(result, 100e6)["key"] == "gguf-q4_k_m"  # the plain preset of that size
