@@ -30,6 +30,8 @@ def add_parser(sub) -> None:
                    help="mc: the bundled multiple-choice set; support-routing: the routing test split (5 teams)")
     s.add_argument("--data", help="your own file in the task's format instead of the bundled one")
     s.add_argument("--model", default=models.DEFAULT_MODEL, help="the base model whose techniques the stages name")
+    s.add_argument("--shots", type=int, help=f"support-routing: worked examples (one per team in turn, from the "
+                   f"training split) before each prompt; default {mc.ROUTING_SHOTS}, 0 = zero-shot")
     s.add_argument("--max-items", type=int, default=0, help="only the first N items (0 = all)")
     s.add_argument("--thresholds", help="comma-separated confidences in [0, 1] (default: every 0.05 and every "
                    "confidence seen)")
@@ -56,7 +58,7 @@ def settings_of(args: argparse.Namespace) -> mc.ModelCascadeSettings:
     return mc.ModelCascadeSettings(
         first=args.first, second=args.second, task=args.task, data=args.data or "", model=args.model,
         max_items=args.max_items, threads=args.threads, hardware=args.hardware, usd_per_hour=args.usd_per_hour,
-        thresholds=_thresholds(args.thresholds))
+        thresholds=_thresholds(args.thresholds), shots=args.shots)
 
 
 def cmd_model_cascade(args: argparse.Namespace) -> None:

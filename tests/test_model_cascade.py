@@ -98,13 +98,26 @@ def test_bundled_tasks_load_and_cut():
 @pytest.mark.parametrize("kind, text, words", [
     ("mc", "", "is empty"),
     ("support-routing", "\n\n", "is empty"),
-    ("support-routing", '{"prompt": "Team:", "completion": "billing"}\n' * 3, "single answer"),
+    ("support-routing", '{"prompt": "Team:", "completion": "billing"}\n' * 3, "at least 10"),
+    ("support-routing", '{"prompt": "Team:", "completion": "billing"}\n' * 12, "single answer"),
 ])
 def test_an_empty_or_one_label_task_file_is_refused(tmp_path, kind, text, words):
     path = tmp_path / "task.jsonl"
     path.write_text(text)
     with pytest.raises(ValueError, match=words):
         mc.load_task(kind, str(path))
+
+
+def test_routing_prompts_start_with_one_worked_example_per_team():
+    task = mc.load_task("support-routing", max_items=2)
+    assert task.shots == mc.ROUTING_SHOTS and task.shots_words == ", 5-shot"
+    prompt = task.items[0].prompt
+    assert prompt.count("Team:") == 6 and all(f"Team: {label}\n\n" in prompt for label in task.items[0].choices)
+    assert mc.load_task("support-routing", shots=0).items[0].prompt.count("Team:") == 1
+    with pytest.raises(ValueError, match="--shots is for the support-routing task"):
+        mc.load_task("mc", shots=3)
+    with pytest.raises(ValueError, match="from 0 to 20"):
+        mc.ModelCascadeSettings(task="support-routing", shots=-1)
 
 
 def test_unknown_task_and_missing_file_are_refused(tmp_path):

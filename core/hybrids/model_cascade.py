@@ -22,6 +22,7 @@ import torch
 
 from core import models, runtimes, techniques
 from core.hybrids import curve
+from core.hybrids.classical import SHOTS_RANGE, few_shot_prompt, pick_shots
 from core.hybrids.curve import CascadePoint, CascadeResult, ItemOutcome
 from core.measure import benchmark, cost, evaluate
 from core.measure.evaluate import MCItem
@@ -34,6 +35,7 @@ TaskKey = Literal["mc", "support-routing"]
 TASKS: tuple[str, ...] = get_args(TaskKey)
 STUDENT = "student"  # the first stage named by role: the newest distilled student saved here
 ROUTING_TEST = lora.BUNDLED_TASKS["support-routing"][1]
+ROUTING_SHOTS = 5  # worked examples before each routing prompt, one per team, as the classical cascade's LLM gets
 CONFIDENCE = ("softmax over the choices' summed log-probabilities (each choice scored as a continuation of the "
               "prompt): the probability of the first model's own answer")
 
@@ -58,18 +60,41 @@ class Task:
     kind: TaskKey
     path: str
     items: tuple[Item, ...]
+    shots: int = 0  # worked examples before each prompt
+
+    @property
+    def shots_words(self) -> str:
+        return f", {self.shots}-shot" if self.shots else ""
 
 
-def routing_items(examples: Sequence[lora.Example], labels: Sequence[str]) -> list[PromptItem]:
-    return [PromptItem(e.prompt, tuple(labels), labels.index(e.completion)) for e in examples]
+def routing_items(examples: Sequence[lora.Example], labels: Sequence[str], prefix: str = "") -> list[PromptItem]:
+    return [PromptItem(prefix + e.prompt, tuple(labels), labels.index(e.completion)) for e in examples]
 
 
-def load_task(kind: str, data: str = "", max_items: int = 0) -> Task:
-    """The bundled test set of `kind` (or the user's file in its format), cut to the first `max_items` (0 = all)."""
+def shots_for(kind: str, shots: int | None) -> int:
+    """Few-shot examples for the task: routing gets ROUTING_SHOTS unless told; multiple choice is read zero-shot."""
+    if shots is None:
+        return ROUTING_SHOTS if kind == "support-routing" else 0
+    lo, hi = SHOTS_RANGE
+    if not (isinstance(shots, int) and lo <= shots <= hi):
+        raise ValueError(f"--shots must be a whole number from {lo} to {hi}, got {shots!r}.")
+    if shots and kind != "support-routing":
+        raise ValueError("--shots is for the support-routing task (its examples come from the training split); "
+                         "multiple choice is scored zero-shot, as the lab's MC accuracy is. Leave --shots out.")
+    return shots
+
+
+def load_task(kind: str, data: str = "", max_items: int = 0, shots: int | None = None) -> Task:
+    """The bundled test set of `kind` (or the user's file in its format), cut to the first `max_items` (0 = all).
+
+    Routing reads the bundled train/test split, or splits the user's file as `python -m core lora --data` does;
+    its few-shot examples come from the training part, one per team in turn (as the classical cascade picks them).
+    """
     if kind not in TASKS:
         raise ValueError(f"Unknown task {kind!r}; choose from {', '.join(TASKS)}.")
     if max_items < 0:
         raise ValueError(f"--max-items must be 0 (all items) or more, got {max_items}.")
+    shots = shots_for(kind, shots)
     if data and not Path(data).is_file():
         raise ValueError(f"Task file not found: {data}. Give a JSONL file in the {kind} task's format.")
     if kind == "mc":
@@ -78,11 +103,12 @@ def load_task(kind: str, data: str = "", max_items: int = 0) -> Task:
         name = path.stem
     else:
         path = Path(data) if data else ROUTING_TEST
-        examples = lora.load_examples(path)
-        labels = lora.check_labels(examples)  # refuses a file with one label only: nothing to route
-        items, name = routing_items(examples, labels), (path.stem if data else "support-routing")
+        train, test = lora.load_task("support-routing", Path(data) if data else None)  # one label only: refused
+        labels = lora.check_labels(train + test)
+        prefix = few_shot_prompt(pick_shots(train, shots), "")
+        items, name = routing_items(test, labels, prefix), (path.stem if data else "support-routing")
     items = items[:max_items] if max_items else items
-    return Task(name, kind, str(path), tuple(items))
+    return Task(name, kind, str(path), tuple(items), shots)
 
 
 # ---------------------------------------------------------------- scoring one item
@@ -256,6 +282,7 @@ class ModelCascadeSettings:
     hardware: str = "laptop-cpu"  # price preset for $ per 1,000 requests
     usd_per_hour: float | None = None  # overrides the preset's price
     thresholds: tuple[float, ...] = ()  # () = an even grid plus every confidence seen
+    shots: int | None = None  # worked examples before each routing prompt (None = ROUTING_SHOTS; MC: none)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -266,6 +293,7 @@ class ModelCascadeSettings:
             raise ValueError(f"threads must be at least 1, got {self.threads}.")
         for t in self.thresholds:
             curve.check_threshold(t)
+        shots_for(self.task, self.shots)
         self.preset_price()  # an unknown preset or a negative price is refused here
 
     def preset_price(self) -> float:
@@ -281,7 +309,7 @@ def check_request(settings: ModelCascadeSettings) -> tuple[Stage, Stage, Task]:
                          "and a larger second one.")
     check_stage(first)
     check_stage(second)
-    return first, second, load_task(settings.task, settings.data, settings.max_items)
+    return first, second, load_task(settings.task, settings.data, settings.max_items, settings.shots)
 
 
 def measure_stages(stages: Sequence[Stage], items: Sequence[Item], threads: int, say: Report,
@@ -315,9 +343,9 @@ def run_model_cascade(settings: ModelCascadeSettings, report: Report | None = No
     outcomes = outcomes_of(task.items, first_answers, second_answers)
     price = settings.preset_price()
     result = curve.build_result(
-        "model", task.name, first.label, second.label, CONFIDENCE, outcomes, price, settings.hardware,
+        "model", task.name, first.label + task.shots_words, second.label + task.shots_words, CONFIDENCE, outcomes, price, settings.hardware,
         env.provenance(), run_id=uuid.uuid4().hex[:12], model=models.resolve(settings.model).key,
-        settings={**asdict(settings), "task_file": task.path, "first_stage": asdict(first),
+        settings={**asdict(settings), "task_file": task.path, "shots_used": task.shots, "first_stage": asdict(first),
                   "second_stage": asdict(second), "device": "cpu",
                   "timing": "wall ms to score one item's choices, each item once per stage after one warm-up item"})
     if settings.thresholds:
