@@ -61,6 +61,20 @@ class GGUFConfig:
 # ---------------------------------------------------------------- quantize with llama.cpp
 
 
+def attach_imatrix(llama_cpp, params, imatrix: dict[str, np.ndarray], keep: list) -> None:
+    """Points the quantizer's `params` at an importance matrix (tensor name -> [in] floats), NULL-name terminated;
+    `keep` receives the ctypes buffers, which must outlive the quantize call."""
+    entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+    for i, (name, values) in enumerate(sorted(imatrix.items())):
+        buf = np.ascontiguousarray(values, dtype=np.float32)
+        keep += [buf, name.encode()]
+        entries[i].name = keep[-1]
+        entries[i].data = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = buf.size
+    params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    keep.append(entries)
+
+
 def quantize(source: Path, target: Path, quant: str, threads: int = 0,
              imatrix: dict[str, np.ndarray] | None = None) -> Path:
     """llama.cpp's quantizer, F32 GGUF in, `quant` GGUF out (atomically). imatrix: tensor name -> [in] floats."""
@@ -73,15 +87,7 @@ def quantize(source: Path, target: Path, quant: str, threads: int = 0,
     params.nthread = threads
     keep = []  # the ctypes buffers must outlive the call
     if imatrix:
-        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()  # NULL-name terminated
-        for i, (name, values) in enumerate(sorted(imatrix.items())):
-            buf = np.ascontiguousarray(values, dtype=np.float32)
-            keep += [buf, name.encode()]
-            entries[i].name = keep[-1]
-            entries[i].data = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            entries[i].size = buf.size
-        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-        keep.append(entries)
+        attach_imatrix(llama_cpp, params, imatrix, keep)
 
     log: list[str] = []
 

@@ -179,15 +179,7 @@ def quantize_file(source: Path, target: Path, ftype: int, threads: int = 0, pure
         params.tt_overrides = ctypes.cast(table, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
         keep.append(table)
     if imatrix:
-        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
-        for i, (name, values) in enumerate(sorted(imatrix.items())):
-            buf = np.ascontiguousarray(values, dtype=np.float32)
-            keep += [buf, name.encode()]
-            entries[i].name = keep[-1]
-            entries[i].data = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            entries[i].size = buf.size
-        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-        keep.append(entries)
+        gguf.attach_imatrix(llama_cpp, params, imatrix, keep)
     log: list[str] = []
 
     def write(tmp: Path) -> None:
