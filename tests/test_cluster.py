@@ -192,5 +192,15 @@ def test_every_worker_job_kind_runs_on_ray_through_launch(ray_cluster, pg_url):
     ran["serve-context"] = done = on_ray("serve-context", {"model": tiny, "contexts": [16, 32], "decode_tokens": 2},
                                          shared_store=None)
     assert [p["context_tokens"] for p in done.result["points"]][:2] == [16, 32]
+    ran["cascade"] = done = on_ray("cascade", {"settings": {"model": tiny, "second": "fp32", "shots": 1}},
+                                   shared_store=None)
+    assert done.result["kind"] == "classical" and done.result["n_items"] == 100
+    ran["model-cascade"] = done = on_ray("model-cascade", {"settings": {"model": tiny, "first": "bf16", "second": "fp32",
+                                                                        "task": "mc", "max_items": 3}}, shared_store=None)
+    assert done.result["kind"] == "model" and done.result["n_items"] == 3
+    assert len((ray_cluster / "hybrids" / "cascades.jsonl").read_text().splitlines()) == 2
+    lookup = {"runtimes": ["transformers"], "draft_tokens": 2, "new_tokens": 4, "repeats": 1}
+    ran["prompt-lookup"] = done = on_ray("prompt-lookup", {"model": tiny, "settings": lookup}, shared_store=None)
+    assert {r["prompt_set"] for r in done.result} == {"grounded", "open"}
     assert set(ran) == set(JOB_KINDS)  # every kind the worker runs
     assert all(d.node.startswith("127.0.0.1") for d in ran.values() if getattr(d, "node", ""))
