@@ -7,7 +7,7 @@ from dataclasses import asdict
 import streamlit as st
 
 from core import techniques
-from core.hybrids import classical, model_cascade, prompt_lookup
+from core.hybrids import classical, gguf_draft, model_cascade, prompt_lookup
 from pages.panel import submit_job
 from pages.roles_ui import show_error
 
@@ -60,6 +60,17 @@ def lookup_form(model: str) -> None:
                f"Prompt lookup ({technique}, {draft} tokens)")
 
 
+def draft_form(model: str) -> None:
+    a, b, c = st.columns([2, 1, 1])
+    target = a.selectbox("GGUF target on llama-server", GGUF, index=GGUF.index("gguf-q8_0"), key="draft_target")
+    most = int(b.number_input("Most tokens drafted per pass", 1, 32, 3))
+    if c.button("Compare the GGUF draft", help="The newest distilled student, exported to GGUF, drafts for the "
+                                                "target; llama-server runs with and without it on the same prompts."):
+        settings = gguf_draft.DraftSettings(target=target, draft_max_tokens=(most,))
+        _queue("gguf-draft", lambda s: gguf_draft.check_request(s, model), settings,
+               {"model": model, "settings": asdict(settings)}, f"GGUF draft for {target} ({most} tokens)")
+
+
 def measure_forms(model: str, hardware_preset: str, usd_per_hour: float) -> None:
     with st.expander("Measure a hybrid"):
         st.markdown("**A classifier in front of the LLM** (support-routing, 100 test messages)")
@@ -68,3 +79,5 @@ def measure_forms(model: str, hardware_preset: str, usd_per_hour: float) -> None
         model_form(model, hardware_preset, usd_per_hour)
         st.markdown("**Prompt lookup** (both runtimes, the bundled input-grounded and open-ended prompts)")
         lookup_form(model)
+        st.markdown("**A draft model on llama.cpp** (the distilled student drafting for a GGUF file, same prompts)")
+        draft_form(model)

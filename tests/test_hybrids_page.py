@@ -190,3 +190,36 @@ def test_a_bad_hybrid_request_is_refused_on_the_page_with_nothing_queued():
     next(b for b in at.button if b.label == "Measure the model cascade").click().run()
     assert any("No distilled student is saved here yet" in e.value for e in at.error)
     assert not JobQueue().snapshot().waiting and curve.saved_results() == []
+
+
+def draft_row(draft_s=(2.0, 2.5), draft_max=3, identical=2, hardware=HERE):
+    prompts = [{"plain_decode_s": 1.0, "drafted_decode_s": s, "plain_decode_tokens": 40, "drafted_decode_tokens": 40}
+               for s in draft_s]
+    return {"hardware": hardware, "model": "smollm2-135m-instruct", "technique": "gguf-q8_0", "runtime": "llama.cpp",
+            "prompt_set": "grounded", "identical_outputs": identical, "prompts_total": len(prompts),
+            "acceptance_rate": 0.05, "speedup": 0.44, "created_at": "2026-12-05T17:00:00+0000",
+            "draft_max_tokens": draft_max, "draft_p_min": 0.0, "draft": "student",
+            "draft_technique": "distilled-10L-x+gguf-q8_0", "new_tokens": 64, "repeats": 3, "prompts": prompts}
+
+
+def test_a_gguf_draft_result_is_a_trick_per_draft_length_and_a_slow_one_is_not_offered():
+    slow, fast = hybrids.from_gguf_draft(draft_row()), hybrids.from_gguf_draft(draft_row((0.5, 0.6), draft_max=8))
+    assert slow.key == "draft3" and fast.key == "draft8" and "distilled-10L-x+gguf-q8_0" in slow.trick
+    assert slow.speedup.value == pytest.approx(2 / 4.5) and slow.keeps_answers and not slow.clearly_faster
+    assert "no clear gain" in hybrids.why_not([slow], "grounded")[0]
+    record = make_record(technique="gguf-q8_0", runtime="llama.cpp", hardware=HERE, decode_tokens_per_s_median=100.0)
+    [(option, _)] = hybrids.options([record], [slow, fast], "grounded")
+    assert option.technique == "gguf-q8_0+draft8"
+
+
+def test_the_page_lists_a_measured_gguf_draft_and_queues_one():
+    from core.hybrids import gguf_draft
+
+    gguf_draft.save_results.__globals__["jsonl"].append(gguf_draft.results_path(), [draft_row()])
+    at = AppTest.from_file(str(ROOT / "pages/hybrids.py"), default_timeout=60).run()
+    no_errors(at)
+    assert any("a GGUF draft (distilled-10L-x+gguf-q8_0, up to 3 tokens)" in m.value for m in at.markdown)
+    next(b for b in at.button if b.label == "Compare the GGUF draft").click().run()
+    # an empty data dir holds no distilled student: refused on the page, nothing queued
+    assert any("no finished distilled student" in e.value for e in at.error)
+    assert not JobQueue().snapshot().waiting

@@ -1,9 +1,9 @@
-"""The hybrids' job kinds: the dashboard queues a cascade or a prompt-lookup comparison for the worker as it
+"""The hybrids' job kinds: the dashboard queues a cascade, a prompt-lookup comparison or a GGUF draft for the worker as it
 queues a sweep, with progress, a stop button, and the result appended to its JSONL store when it ends."""
 
 from __future__ import annotations
 
-from core.hybrids import classical, curve, model_cascade, prompt_lookup
+from core.hybrids import classical, curve, gguf_draft, model_cascade, prompt_lookup
 from core.launch.job import JobContext, JobKind
 
 
@@ -29,6 +29,14 @@ def run_prompt_lookup_job(args: dict, ctx: JobContext) -> list[dict]:
     return [r.to_dict() for r in results]
 
 
+def run_gguf_draft_job(args: dict, ctx: JobContext) -> list[dict]:
+    raw = args["settings"]
+    settings = gguf_draft.DraftSettings(**raw | {k: tuple(raw[k]) for k in ("draft_max_tokens", "prompt_files")})
+    results = gguf_draft.run_gguf_draft(args["model"], settings, ctx.report, ctx.should_stop)
+    gguf_draft.save_results(results)
+    return [r.to_dict() for r in results]
+
+
 def _key(kind: str, args: dict, *names: str) -> str:
     s = args.get("settings", {})
     return "|".join([kind, *(str(s.get(n)) for n in names)])
@@ -44,4 +52,7 @@ HYBRID_JOB_KINDS: dict[str, JobKind] = {
                              lambda a: _key("prompt-lookup", a, "runtimes", "technique", "draft_tokens", "new_tokens",
                                             "repeats"),
                              models=lambda a: [a["model"]]),
+    "gguf-draft": JobKind(run_gguf_draft_job,
+                          lambda a: _key("gguf-draft", a, "target", "draft", "draft_max_tokens", "new_tokens"),
+                          models=lambda a: [a["model"]]),
 }

@@ -18,7 +18,7 @@ from typing import Literal
 import plotly.graph_objects as go
 
 from core.experiments import speculative
-from core.hybrids import curve, prompt_lookup
+from core.hybrids import curve, gguf_draft, prompt_lookup
 from core.measure import intervals
 from core.measure.intervals import Estimate
 from core.store.records import VariantRecord
@@ -86,10 +86,27 @@ def from_speculative(row: dict) -> SpeedHybrid:
         "whole generations timed")
 
 
+def from_gguf_draft(row: dict) -> SpeedHybrid:
+    """A GGUF draft on llama-server (core/hybrids/gguf_draft.py): one result per draft length and prompt set."""
+    pairs = [(p["plain_decode_s"], p["drafted_decode_s"]) for p in row.get("prompts", [])
+             if p.get("plain_decode_tokens") == p.get("drafted_decode_tokens")]
+    estimate = intervals.ratio_of_sums(pairs)
+    n = row["draft_max_tokens"]
+    draft = row.get("draft_technique") or row.get("draft", "")
+    return SpeedHybrid(
+        row.get("model", ""), f"a GGUF draft ({draft}, up to {n} tokens)", f"draft{n}", row["technique"],
+        row["runtime"], row["prompt_set"],
+        estimate if estimate.known else Estimate(row["speedup"], math.nan, math.nan, estimate.how),
+        int(row["identical_outputs"]), int(row["prompts_total"]), float(row["acceptance_rate"]), row["hardware"],
+        row["created_at"], f"llama-server, draft {draft}, up to {n} tokens drafted per target pass (p-min "
+        f"{row.get('draft_p_min', 0):g}), {row['new_tokens']} new tokens, median of {row['repeats']} runs per prompt")
+
+
 def measured_hybrids(hardware: str, rows: Sequence[dict] | None = None) -> list[SpeedHybrid]:
     """This machine's decoding-hybrid measurements, the newest per (trick, variant, runtime, prompt set)."""
     found = ([from_prompt_lookup(r) for r in prompt_lookup.saved_results()]
-             + [from_speculative(r) for r in speculative.saved_results()]) if rows is None \
+             + [from_speculative(r) for r in speculative.saved_results()]
+             + [from_gguf_draft(r) for r in gguf_draft.saved_results()]) if rows is None \
         else [from_prompt_lookup(r) for r in rows]
     found.sort(key=lambda h: h.created_at, reverse=True)
     newest: dict[tuple, SpeedHybrid] = {}
