@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 from core import models
 from core.experiments import budget_search
+from core.measure import quant_error
+from core.views import budget
 
 
 def _numbers(text: str, what: str) -> list[float]:
@@ -28,25 +31,31 @@ def cmd_budget(args) -> None:
         raise ValueError("give exactly one of --budgets-mb or --match-presets")
     budgets = [round(v * 1e6) for v in _numbers(args.budgets_mb, "budgets-mb")] if args.budgets_mb else None
     presets = [p.strip() for p in args.match_presets.split(",") if p.strip()] if args.match_presets else None
-    say = (lambda m: print(m, file=sys.stderr, flush=True))
-    result = budget_search.run(budgets, presets, args.imatrix, args.model, args.threads, say)
+    result = budget_search.run(budgets, presets, args.imatrix, args.model, args.threads,
+                               lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr, flush=True))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
     print(report(result))
+    chart = budget_search.results_path().parent / f"budget-frontier-{time.strftime('%Y%m%d-%H%M%S')}.html"
+    budget.figure(result).write_html(chart, include_plotlyjs=True)  # self-contained: opens with no network
+    print(f"size-against-KLD chart: {chart} (and on the Quantize page, under Fit my budget)")
 
 
 def report(result: dict) -> str:
-    v = result["validation"]
-    lines = [f"estimate ({v['estimator']} weighted error) against measured KLD on {len(v['labels'])} sample files: "
-             f"Spearman {v['spearman_relative']:.2f} (relative), {v['spearman_absolute']:.2f} (absolute); "
-             f"{v['nats_per_unit']:.3g} nats per unit"]
+    c = result["calibration"]
+    lines = [(f"calibration ({len(c['groups'])} groups, each dropped alone from Q8_0; calibration text): all Q8_0 "
+             f"KLD {c['base_kld']:.4f}; nats per unit of estimate from "
+             f"{min(g['scale'] for g in c['groups']):.3g} to {max(g['scale'] for g in c['groups']):.3g}"),
+             (f"held-out check ({len(c['held_out'])} files at other types and spans): Spearman {c['spearman']:.2f}, "
+             f"mean |predicted - measured| {c['mean_abs_error']:.4f} nats")]
+    lines += [f"  {h['label']}: predicted {h['predicted']:.4f}, measured {h['kld']:.4f}" for h in c["held_out"]]
     for row in result["rows"]:
         if row["role"] != "searched":
             continue
-        lines += ["", f"{row['key']}: {row['size_bytes'] / 1e6:.2f} MB (budget {row['budget_bytes'] / 1e6:.2f} MB), "
+        lines += ["", (f"{row['key']}: {row['size_bytes'] / 1e6:.2f} MB (budget {row['budget_bytes'] / 1e6:.2f} MB), "
                       f"KLD predicted {row['predicted_kld']:.4f}, measured {row['kld_mean']:.4f} "
-                      f"± {row['kld_mean_uncertainty']:.4f}, decode {row['decode_tokens_per_s']:.1f} tok/s"]
+                      f"± {row['kld_mean_uncertainty']:.4f}, decode {row['decode_tokens_per_s']:.1f} tok/s")]
         lines += [f"  {w}" for w in row["recipe_words"]]
         near = budget_search.nearest_preset(result, row["size_bytes"])
         if near:
@@ -54,6 +63,10 @@ def report(result: dict) -> str:
                          f"± {near['kld_mean_uncertainty']:.4f}, decode {near['decode_tokens_per_s']:.1f} tok/s")
     lines += ["", "presets:"] + [f"  {r['key']}: {r['size_bytes'] / 1e6:.2f} MB, KLD {r['kld_mean']:.4f}, decode "
                                  f"{r['decode_tokens_per_s']:.1f} tok/s" for r in result["rows"] if r["role"] == "preset"]
+    searched = [r for r in result["rows"] if r["role"] == "searched"]
+    if len(searched) >= 2:
+        rho = quant_error.spearman([r["predicted_kld"] for r in searched], [r["kld_mean"] for r in searched])
+        lines.append(f"searched files, predicted against measured KLD (evaluation text): Spearman {rho:.2f}")
     lines.append(f"took {result['elapsed_s']:.0f} s; stored in {budget_search.results_path()}")
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ from core.views.tables import provenance_lines, summary_rows
 from pages.common import choice, store
 from pages.estimates import show_estimate
 from pages.panel import job_panel, submit_job
+from pages.quantize_budget import fit_budget_section
 from pages.roles_ui import show_error, visible
 from pages.tables_ui import show_table
 from pages.uploads_ui import blocked_by, checked_upload
@@ -75,9 +76,10 @@ if st.button("Measure", type="primary", disabled=not keys or not picked.model or
 
 
 job_panel("Each variant is saved as soon as it is measured; you can leave this page.")
+hardware = benchmark.hardware_fingerprint(device)
+fit_budget_section(picked.model, hardware)
 
 results = store()
-hardware = benchmark.hardware_fingerprint(device)
 try:
     spec = models.resolve(picked.model)
     records = [r for r in (results.latest_per_technique(spec.key, hardware) if results else []) if r.technique in QUANT_KEYS]

@@ -7,13 +7,18 @@ import re
 import gguf as gguflib
 import numpy as np
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from core import cli_parser
 from core.experiments import budget_search
-from core.measure import quant_error
+from core.launch.jobqueue import JobQueue
+from core.measure import benchmark, quant_error
 from core.measure.quant_error import Option
+from core.store import jsonl
 from core.techniques import gguf, gguf_budget
 from core.techniques.gguf_budget import Choice, SensitivityTable, TensorRow
+from core.views import budget
+from tests.test_pages import ROOT, no_errors
 
 needs_llama = pytest.mark.skipif(gguf.llama_cpp_problem() is not None,
                                  reason=f"llama.cpp unavailable here: {gguf.llama_cpp_problem()}")
@@ -151,12 +156,44 @@ def test_a_searched_recipe_is_written_by_llama_cpp_with_every_type_it_chose(tiny
     assert path.stat().st_size == pytest.approx(recipe.file_bytes, rel=0.01)
 
 
-def test_validation_groups_drop_one_group_from_q8_0_and_fall_back_where_a_type_does_not_fit():
+def test_calibration_groups_drop_one_group_from_q8_0_and_fall_back_where_a_type_does_not_fit():
     table = _table()
-    types = budget_search._sample_types(table, "ffn_up", 1, 2, "q4_0")
+    types = budget_search.group_types(table, "ffn_up", 1, 2, "q4_0")
     assert [types[f"blk.{i}.ffn_up.weight"] for i in range(4)] == ["q8_0", "q4_0", "q4_0", "q8_0"]
-    types = budget_search._sample_types(table, "ffn_up", 0, 0, "q2_k")  # these rows cannot take q2_k
+    types = budget_search.group_types(table, "ffn_up", 0, 0, "q2_k")  # these rows cannot take q2_k
     assert types["blk.0.ffn_up.weight"] == "q4_0"
+
+
+def _two_kind_table() -> SensitivityTable:
+    """Six layers of two kinds and a token table: the same estimate per type everywhere."""
+    choices = (Choice("q4_0", 562, 4.0, 0.04), Choice("q5_0", 687, 1.0, 0.01), Choice("q8_0", 1062, 0.01, 1e-4))
+    rows = [TensorRow(f"blk.{i}.{k}.weight", i, k, 1000, choices) for i in range(6) for k in ("attn_q", "ffn_down")]
+    rows.append(TensorRow("token_embd.weight", -1, "token_embd", 1000, choices))
+    return SensitivityTable("two", False, tuple(rows), overhead_bytes=500, f16_bytes=500 + 13 * 2000)
+
+
+def test_calibration_covers_each_kind_in_each_third_and_the_tables_outside_the_blocks():
+    groups = budget_search.calibration_groups(_two_kind_table())
+    assert groups == [("attn_q", 0, 1, "q4_0"), ("attn_q", 2, 3, "q4_0"), ("attn_q", 4, 5, "q4_0"),
+                      ("ffn_down", 0, 1, "q3_k"), ("ffn_down", 2, 3, "q3_k"), ("ffn_down", 4, 5, "q3_k"),
+                      ("token_embd", -1, -1, "q4_0")]
+
+
+def test_measured_scales_make_the_search_spare_the_group_that_hurts_most():
+    """Equal estimates everywhere, but the token table measured 100x as harmful per unit: the search keeps it at
+    Q8_0 and the prediction is the all-Q8_0 KLD plus each group's scaled extra error."""
+    table = _two_kind_table()
+    groups = [{"kind": k, "first": f, "last": l, "qtype": "q4_0", "estimate": 0.0399 * (2 if f >= 0 else 1),
+               "kld": 0.0, "scale": 0.1} for k, f, l, _ in budget_search.calibration_groups(table)]
+    groups[-1]["scale"] = 10.0
+    cal = budget_search.Calibration(0.004, groups, [], float("nan"), float("nan"))
+    scale = cal.scales(table)
+    assert scale["token_embd.weight"] == 10.0 and scale["blk.5.ffn_down.weight"] == 0.1
+    budget = 500 + 12 * 562 + 1062
+    recipe = gguf_budget.plan(table, budget, "relative", scale)
+    assert recipe.types["token_embd.weight"] == "q8_0"
+    expected = 0.004 + 12 * 0.1 * (0.04 - 1e-4)
+    assert cal.predict(table, recipe.types) == pytest.approx(expected)
 
 
 def test_frontier_rows_and_the_preset_a_searched_file_is_set_beside():
@@ -172,3 +209,64 @@ def test_frontier_rows_and_the_preset_a_searched_file_is_set_beside():
     rows = budget_search.frontier_rows(result)
     assert [r["key"] for r in rows if r["role"] == "preset"] == ["gguf-q3_k_m", "gguf-q4_k_m-imatrix", "gguf-q4_k_m"]
     assert budget_search.nearest_preset(result, 100e6)["key"] == "gguf-q4_k_m"  # the plain preset of that size
+
+
+@needs_llama
+def test_the_page_and_job_refuse_budgets_outside_what_files_can_be_before_anything_is_queued(tiny_dir, data_dir):
+    table = gguf_budget.sensitivity(tiny_dir, imatrix=False, threads=1)
+    low, high = table.size_bounds()
+    budget_search.check_request(str(tiny_dir), [(low + high) // 2])  # a budget inside the range passes
+    with pytest.raises(ValueError, match="below the smallest file"):
+        budget_search.check_request(str(tiny_dir), [low - 1])
+    with pytest.raises(ValueError, match="above the F16 file"):
+        budget_search.check_request(str(tiny_dir), [high + 1])
+    with pytest.raises(ValueError, match="positive file size"):
+        budget_search.check_request(str(tiny_dir), [0])
+    assert not budget_search.results_path().exists()
+
+
+def _result(searched_kld=0.03, searched_speed=150.0):
+    rows = [{"key": "gguf-auto-105", "role": "searched", "size_bytes": 105.4e6, "kld_mean": searched_kld,
+             "kld_mean_uncertainty": 0.001, "kld_p99": 0.3, "same_top": 0.95, "ppl": 12.0,
+             "decode_tokens_per_s": searched_speed, "predicted_kld": 0.028, "budget_bytes": 105.45e6,
+             "recipe_words": ["attention Q: Q5_0 in layers 0-29", "token embedding (tied: also the output table): Q8_0"],
+             "tensor_type_args": []}]
+    for key, size, kld in (("gguf-q4_k_m", 105.45e6, 0.046), ("gguf-q4_k_m-imatrix", 105.45e6, 0.029),
+                           ("gguf-q3_k_m", 93.5e6, 0.115)):
+        rows.append({"key": key, "role": "preset", "size_bytes": size, "kld_mean": kld, "kld_mean_uncertainty": 0.001,
+                     "kld_p99": 0.4, "same_top": 0.9, "ppl": 12.5, "decode_tokens_per_s": 140.0,
+                     "predicted_kld": None, "budget_bytes": None, "recipe_words": [], "tensor_type_args": []})
+    cal = {"base_kld": 0.004, "groups": [{"kind": "attn_q", "first": 0, "last": 9, "qtype": "q4_0", "estimate": 0.1,
+                                          "kld": 0.006, "scale": 0.02}],
+           "held_out": [{"label": "x", "predicted": 0.01, "kld": 0.012}], "spearman": 0.9, "mean_abs_error": 0.002}
+    return {"model": "m", "imatrix": True, "table": "t", "text": "prose.txt", "n_ctx": 512, "calibration": cal,
+            "provenance": {"hardware": "h", "device": "cpu", "threads": 2, "versions": {}}, "at": 0.0,
+            "rows": rows, "elapsed_s": 300.0, "complete": True}
+
+
+def test_a_searched_file_is_set_beside_its_preset_and_the_imatrix_preset_in_words():
+    result = _result()
+    [row] = budget.searched_rows(result)
+    words = budget.compare_sentence(row, result)
+    assert "Against gguf-q4_k_m" in words and "less damage (-35% KLD)" in words
+    assert "against gguf-q4_k_m-imatrix (KLD 0.0290): +3% KLD" in words and "slower" not in words
+    slow = _result(searched_speed=100.0)
+    assert "decodes slower" in budget.compare_sentence(budget.searched_rows(slow)[0], slow)
+    fig = budget.figure(result)
+    assert [t.name for t in fig.data] == ["searched files (a type per tensor)", "llama.cpp presets",
+                                          "preset with importance matrix", "predicted by the search (before measuring)"]
+
+
+def test_the_quantize_page_shows_a_stored_search_with_its_chart_and_recipe():
+    result = _result()
+    result["provenance"]["hardware"] = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
+    jsonl.append(budget_search.results_path(), [result])
+    at = AppTest.from_file(str(ROOT / "pages/quantize.py"), default_timeout=60).run()
+    no_errors(at)
+    text = " ".join(m.value for m in at.markdown)
+    assert "gguf-auto-105: 105.4 MB" in text and "Recipe: attention Q: Q5_0 in layers 0-29" in text
+    next(n for n in at.number_input if n.label == "File size budget, MB").set_value(90.0).run()
+    next(b for b in at.button if b.label == "Search, write and measure").click().run()
+    no_errors(at)
+    [waiting] = JobQueue().snapshot().waiting  # progress and Stop: the job panel, as for a sweep
+    assert waiting.job.kind == "budget" and waiting.job.args["budgets_bytes"] == [90_000_000]

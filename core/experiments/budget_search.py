@@ -12,6 +12,7 @@ Results are appended to data_dir()/gguf/budget_search.jsonl with the hardware fi
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import tempfile
@@ -22,7 +23,7 @@ from pathlib import Path
 from core import models
 from core.experiments import llamacpp_kld
 from core.measure import benchmark, evaluate, quant_error
-from core.paths import data_dir
+from core.paths import Stopped, data_dir
 from core.runtimes import llamacpp_build
 from core.store import jsonl
 from core.techniques import gguf, gguf_budget
@@ -30,12 +31,16 @@ from core.techniques.gguf_cache import atomic_file
 
 N_CTX = 512
 PRESETS = ("q3_k_m", "q4_k_m", "q5_k_m")
-# (kind, first layer, last layer, type): one group dropped from Q8_0 at a time. Types are the lowest each kind can
-# take on this model's 576-wide rows (q4_0, iq4_nl), and k-types for the MLP down projection (1536 wide).
-SAMPLE = (("attn_v", 0, 9, "q4_0"), ("attn_v", 20, 29, "q4_0"), ("attn_q", 0, 9, "q4_0"), ("attn_k", 10, 19, "q4_0"),
-          ("attn_output", 20, 29, "q4_0"), ("ffn_gate", 0, 9, "q4_0"), ("ffn_up", 10, 19, "iq4_nl"),
-          ("ffn_down", 0, 9, "q2_k"), ("ffn_down", 20, 29, "q3_k"), ("ffn_down", 10, 19, "q4_k"),
-          ("token_embd", -1, -1, "q4_0"), ("ffn_up", 20, 29, "q5_0"))
+THIRDS = 3  # calibration groups: each kind of tensor in the first, middle and last third of the layers
+LOW_TYPE = {"ffn_down": "q3_k"}  # the type a group drops to when calibrated; q4_0 for the 576-wide kinds
+DEFAULT_LOW = "q4_0"
+# (kind, first layer, last layer, type): files the calibration does not fit on, to check its predictions: other
+# types, other layer spans, several groups at once
+HELD_OUT = (("attn_v", 0, 14, "q5_0"), ("attn_q", 15, 29, "iq4_nl"), ("ffn_down", 0, 29, "q4_k"),
+            ("ffn_down", 0, 9, "q2_k"), ("ffn_gate", 10, 29, "q5_0"), ("token_embd", -1, -1, "q5_0"),
+            ("attn_output", 0, 29, "iq4_nl"), ("ffn_up", 0, 14, "q4_0"), ("attn_k", 0, 29, "q5_0"),
+            ("ffn_up", 15, 29, "q2_k"))
+CALIBRATION_VERSION = 2  # part of the cache file's name: a changed design is never read from an old file
 
 
 def results_path() -> Path:
@@ -43,19 +48,36 @@ def results_path() -> Path:
 
 
 @dataclass(frozen=True)
-class Validation:
-    """The estimate against measured KLD on the sample (calibration text)."""
-    labels: list
-    estimate_relative: list
-    estimate_absolute: list
-    kld_measured: list  # nats, llama-perplexity's mean KLD
-    spearman_relative: float
-    spearman_absolute: float
-    estimator: str  # the one that ranks the sample better
-    nats_per_unit: float  # scale of the chosen estimate
+class Calibration:
+    """Measured KLD (calibration text, llama-perplexity's rule) that turns the estimate into nats, per group.
 
-    def predict(self, estimate: float) -> float:
-        return self.nats_per_unit * estimate
+    The importance-weighted error ranks the types of one tensor well, but not tensors of different kinds against
+    each other: the tied token table's error reaches every logit, an attention Q error is softened by the softmax.
+    So each group (a kind in a third of the layers) is dropped alone from Q8_0 to a low type and measured; its scale
+    is measured extra KLD / estimated extra error. The search then adds up scaled estimates, which assumes that the
+    damage of groups adds up (no interactions); the held-out files, several at other types or spans, and the
+    searched files themselves show how far that holds.
+    """
+    base_kld: float  # every tensor at Q8_0, measured
+    groups: list  # {"kind", "first", "last", "qtype", "estimate", "kld", "scale"} per calibrated group
+    held_out: list  # {"label", "predicted", "kld"} per held-out file
+    spearman: float  # held-out predicted against measured KLD, rank correlation
+    mean_abs_error: float  # nats, held-out
+
+    def scales(self, table: gguf_budget.SensitivityTable) -> dict[str, float]:
+        """tensor name -> nats per unit of relative estimate, from its group."""
+        out = {}
+        for r in table.rows:
+            for g in self.groups:
+                if g["kind"] == r.kind and g["first"] <= r.layer <= g["last"]:
+                    out[r.name] = g["scale"]
+        return out
+
+    def predict(self, table: gguf_budget.SensitivityTable, types: dict[str, str]) -> float:
+        """Predicted KLD of a recipe: the all-Q8_0 file's, plus each tensor's scaled extra error over Q8_0."""
+        scale = self.scales(table)
+        q8 = {r.name: "q8_0" for r in table.rows}
+        return self.base_kld + table.predicted(types, "relative", scale) - table.predicted(q8, "relative", scale)
 
 
 @dataclass(frozen=True)
@@ -75,7 +97,7 @@ class Measured:
     tensor_type_args: list = field(default_factory=list)
 
 
-def _sample_types(table: gguf_budget.SensitivityTable, kind: str, first: int, last: int, qtype: str) -> dict:
+def group_types(table: gguf_budget.SensitivityTable, kind: str, first: int, last: int, qtype: str) -> dict:
     """Every tensor at Q8_0 but the group, at `qtype` (or, where its rows cannot take it, its smallest type)."""
     types = {r.name: "q8_0" for r in table.rows}
     for r in table.rows:
@@ -85,40 +107,82 @@ def _sample_types(table: gguf_budget.SensitivityTable, kind: str, first: int, la
     return types
 
 
+def calibration_groups(table: gguf_budget.SensitivityTable) -> list[tuple[str, int, int, str]]:
+    """(kind, first, last, low type): every block kind in each third of the layers, and the tables outside them."""
+    layers = 1 + max(r.layer for r in table.rows)
+    cuts = [round(i * layers / THIRDS) for i in range(THIRDS + 1)]
+    kinds = sorted({r.kind for r in table.rows if r.layer >= 0}, key=lambda k: list(gguf_budget.KIND_WORDS).index(k)
+                   if k in gguf_budget.KIND_WORDS else 99)
+    out = [(k, lo, hi - 1, LOW_TYPE.get(k, DEFAULT_LOW)) for k in kinds for lo, hi in itertools.pairwise(cuts)
+           if hi > lo]
+    return out + [(k, -1, -1, DEFAULT_LOW) for k in sorted({r.kind for r in table.rows if r.layer < 0})]
+
+
 def _kld(path: Path, base: Path, threads: int):
     found, _ = llamacpp_kld.tool_kld(path, base, N_CTX, threads)
     return found
 
 
-def validate(checkpoint: Path, table: gguf_budget.SensitivityTable, base: Path, threads: int, say,
-             importance: dict | None = None) -> Validation:
-    """Measure the sample (cached beside the table): each group dropped alone, KLD on the calibration text."""
-    cached = table_folder(checkpoint) / f"validation-{table.key}.json"
+def _measure_types(f32: Path, table, types: dict, base: Path, work: Path, threads: int, importance) -> float:
+    path = gguf_budget.quantize_file(f32, work / "sample.gguf", gguf_budget.base_ftype(types, table), threads,
+                                     overrides=gguf_budget.tensor_type_args(types),
+                                     imatrix=importance if table.imatrix else None)
+    try:
+        return _kld(path, base, threads).kld_mean
+    finally:
+        path.unlink(missing_ok=True)
+        Path(f"{path}.lab.json").unlink(missing_ok=True)
+
+
+def calibrate(checkpoint: Path, table: gguf_budget.SensitivityTable, base: Path, threads: int, report,
+              importance: dict | None = None, should_stop=lambda: False) -> Calibration:
+    """Measure every calibration group and the held-out files (cached beside the table, reused by later runs)."""
+    cached = table_folder(checkpoint) / f"calibration-v{CALIBRATION_VERSION}-{table.key}.json"
     if cached.is_file():
-        return Validation(**json.loads(cached.read_text()))
+        return Calibration(**json.loads(cached.read_text()))
     f32 = gguf.ensure_file(checkpoint, gguf.GGUFConfig("f32"), threads)
-    labels, rel, absolute, measured = [], [], [], []
-    with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".sample-") as tmp:
-        for kind, first, last, qtype in (("base", 0, -1, "q8_0"),) + SAMPLE:
-            label = "all Q8_0" if kind == "base" else f"{kind} {'' if first < 0 else f'{first}-{last} '}{qtype}"
-            say(f"Sample {label}: quantize, then llama-perplexity on the calibration text")
-            types = _sample_types(table, kind, first, last, qtype)
-            if label != "all Q8_0" and types == _sample_types(table, "base", 0, -1, "q8_0"):
+    q8 = {r.name: "q8_0" for r in table.rows}
+    q8_estimate = table.predicted(q8)
+    groups, held = [], []
+    with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".calibration-") as tmp:
+        report(0.0, "Calibration: every tensor at Q8_0")
+        base_kld = _measure_types(f32, table, q8, base, Path(tmp), threads, importance)
+        plan = calibration_groups(table)
+        steps = len(plan) + len(HELD_OUT)
+        for i, (kind, first, last, qtype) in enumerate(plan):
+            _check_stop(should_stop)
+            report(i / steps, f"Calibration {i + 1}/{len(plan)}: {kind} {_span(first, last)} at {qtype}")
+            types = group_types(table, kind, first, last, qtype)
+            kld = _measure_types(f32, table, types, base, Path(tmp), threads, importance)
+            extra = max(table.predicted(types) - q8_estimate, 1e-12)
+            # a group whose drop measured no damage (noise below the all-Q8_0 file) gets a floor, never zero
+            groups.append({"kind": kind, "first": first, "last": last, "qtype": qtype, "estimate": extra,
+                           "kld": kld, "scale": max(kld - base_kld, 1e-5) / extra})
+        found = Calibration(base_kld, groups, [], float("nan"), float("nan"))
+        for j, (kind, first, last, qtype) in enumerate(HELD_OUT):
+            _check_stop(should_stop)
+            types = group_types(table, kind, first, last, qtype)
+            if types == q8:
                 continue  # the group is empty in this model (fewer layers)
-            path = gguf_budget.quantize_file(f32, Path(tmp) / "sample.gguf", gguf_budget.base_ftype(types, table),
-                                             threads, overrides=gguf_budget.tensor_type_args(types),
-                                             imatrix=importance if table.imatrix else None)
-            labels.append(label)
-            rel.append(table.predicted(types, "relative"))
-            absolute.append(table.predicted(types, "absolute"))
-            measured.append(_kld(path, base, threads).kld_mean)
-            path.unlink()
-    s_rel, s_abs = quant_error.spearman(rel, measured), quant_error.spearman(absolute, measured)
-    estimator = "absolute" if s_abs > s_rel else "relative"
-    scale = quant_error.fit_scale(absolute if estimator == "absolute" else rel, measured)
-    found = Validation(labels, rel, absolute, measured, s_rel, s_abs, estimator, scale)
+            label = f"{kind} {_span(first, last)} at {qtype}"
+            report((len(plan) + j) / steps, f"Held-out check: {label}")
+            held.append({"label": label, "predicted": found.predict(table, types),
+                         "kld": _measure_types(f32, table, types, base, Path(tmp), threads, importance)})
+    errors = [abs(h["predicted"] - h["kld"]) for h in held]
+    found = Calibration(base_kld, groups, held, quant_error.spearman([h["predicted"] for h in held],
+                                                                     [h["kld"] for h in held]),
+                        sum(errors) / len(errors) if errors else float("nan"))
     atomic_file(cached, lambda t: t.write_text(json.dumps(asdict(found))))
     return found
+
+
+def _span(first: int, last: int) -> str:
+    return "" if first < 0 else f"layers {first}-{last}"
+
+
+def _check_stop(should_stop) -> None:
+    if should_stop():
+        raise Stopped("Stopped during the calibration; the sensitivity table is kept, nothing else was stored.")
 
 
 def table_folder(checkpoint: Path) -> Path:
@@ -129,7 +193,7 @@ def decode_speed(path: Path, threads: int, tokens: int = 64, repeats: int = 3) -
     """llama-bench's decode tokens/s (tg test, batch 1, flash attention as the tool's default)."""
     done = subprocess.run([str(llamacpp_build.tool("llama-bench")), "-m", str(path), "-p", "0", "-n", str(tokens),
                            "-t", str(threads), "-r", str(repeats), "-o", "json"],
-                          capture_output=True, text=True, timeout=600)
+                          check=False, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"llama-bench failed on {path.name}: {done.stderr.strip()[-300:]}")
     return float(json.loads(done.stdout)[0]["avg_ts"])
@@ -158,50 +222,93 @@ def budgets_of_presets(checkpoint: Path, presets: list[str], threads: int) -> li
     return [preset_file(checkpoint, p, threads).stat().st_size for p in presets]
 
 
+def check_request(model_name: str, budgets_bytes: list[int], imatrix: bool = False) -> None:
+    """What can be refused before a job is queued: the sizes, a model llama.cpp cannot take, and (when its table
+    is already built) a budget outside the files the candidate types can make."""
+    if not budgets_bytes or any(b <= 0 for b in budgets_bytes):
+        raise ValueError(f"a budget is a positive file size in MB; got {[b / 1e6 for b in budgets_bytes]}")
+    if (problem := llamacpp_build.why_not_tools()) is not None:
+        raise ValueError(problem)
+    spec = models.resolve(model_name)
+    if spec.source != "local" and not models.checkpoint_ready(spec.key):
+        return  # not prepared yet: the job checks once it has the checkpoint, before anything is measured
+    checkpoint = models.prepare(spec)
+    gguf_budget.check_model(checkpoint)
+    if (table := gguf_budget.cached_table(checkpoint, imatrix)) is not None:
+        for b in budgets_bytes:
+            gguf_budget.check_budget(table, b)
+
+
 def run(budgets_bytes: list[int] | None = None, presets: list[str] | None = None, imatrix: bool = False,
-        model_name: str = models.DEFAULT_MODEL, threads: int = 2, say=lambda _m: None) -> dict:
-    """Search, write and measure one file per budget, and the presets beside them; the rows are also stored."""
+        model_name: str = models.DEFAULT_MODEL, threads: int = 2, report=lambda _f, _m: None,
+        should_stop=lambda: False) -> dict:
+    """Search, write and measure one file per budget, and the presets beside them; the rows are also stored.
+
+    Stopping keeps what finished: the sensitivity table and calibration (cached), every file written, and the rows
+    measured so far (stored with "complete": false)."""
     if bool(budgets_bytes) == bool(presets):
         raise ValueError("give either budgets (bytes) or presets to match, not both and not neither")
     if (problem := llamacpp_build.why_not_tools()) is not None:
         raise FileNotFoundError(problem)
     check_presets(presets or [])  # before the model is prepared: a typo costs nothing
     t0 = time.monotonic()
+
+    def say(message: str) -> None:  # the table and files' own messages, at the phase's start
+        report(0.0, message)
+
     checkpoint = models.prepare(models.resolve(model_name), progress=say)
     gguf_budget.check_model(checkpoint)  # before anything is written
     table = gguf_budget.sensitivity(checkpoint, imatrix, threads, say)
     budgets = budgets_bytes or budgets_of_presets(checkpoint, presets, threads)
-    recipes = [gguf_budget.plan(table, b) for b in budgets]  # bad budgets fail here, before any file
+    for b in budgets:
+        gguf_budget.plan(table, b)  # bad budgets fail here, before any measurement
     importance = None
     if imatrix:
         importance = gguf.importance_matrix(checkpoint, gguf.calibration_text_path().read_text(encoding="utf-8"))
     f32 = gguf.ensure_file(checkpoint, gguf.GGUFConfig("f32"), threads)
+    rows: list[Measured] = []
+    out = {"model": model_name, "imatrix": imatrix, "table": table.key, "text": evaluate.DEFAULT_PPL_TEXT.name,
+           "n_ctx": N_CTX, "provenance": benchmark.environment("cpu", threads).provenance(), "at": time.time()}
     with tempfile.TemporaryDirectory(prefix="budget-kld-") as work:
         say("llama-perplexity: the F32 base's log-probs on the calibration text")
         calib = Path(work) / "calibration.kld"
         llamacpp_kld.tool_base(f32, gguf.calibration_text_path(), N_CTX, threads, -1, calib)
-        check = validate(checkpoint, table, calib, threads, say, importance)
-        recipes = [gguf_budget.plan(table, b, check.estimator) for b in budgets]
+        cal = calibrate(checkpoint, table, calib, threads, lambda f, m: report(0.1 + 0.6 * f, m), importance,
+                        should_stop)
+        out["calibration"] = asdict(cal)
+        scale = cal.scales(table)
+        recipes = [gguf_budget.plan(table, b, "relative", scale) for b in budgets]
         say("llama-perplexity: the F32 base's log-probs on the evaluation text")
         base = Path(work) / "eval.kld"
         llamacpp_kld.tool_base(f32, evaluate.DEFAULT_PPL_TEXT, N_CTX, threads, -1, base)
-        rows = []
-        for recipe in recipes:
-            say(f"Writing and measuring {recipe.key}")
-            path = gguf_budget.write(checkpoint, recipe, table, threads, importance)
-            rows.append(measure(recipe.key, "searched", path, base, threads, predicted_kld=check.predict(recipe.estimate),
-                                budget_bytes=recipe.budget_bytes, recipe_words=gguf_budget.describe(recipe.types),
-                                tensor_type_args=gguf_budget.tensor_type_args(recipe.types)))
-        for quant, im in [(p, False) for p in PRESETS] + [("q4_k_m", True)]:
-            say(f"Measuring preset {quant}{'-imatrix' if im else ''}")
-            rows.append(measure(f"gguf-{quant}{'-imatrix' if im else ''}", "preset",
-                                preset_file(checkpoint, quant, threads, im), base, threads))
-    out = {"model": model_name, "imatrix": imatrix, "table": table.key, "validation": asdict(check),
-           "rows": [asdict(r) for r in rows], "elapsed_s": round(time.monotonic() - t0, 1),
-           "text": evaluate.DEFAULT_PPL_TEXT.name, "n_ctx": N_CTX,
-           "provenance": benchmark.environment("cpu", threads).provenance(), "at": time.time()}
+        jobs = [(r.key, "searched", r) for r in recipes] + [
+            (f"gguf-{q}{'-imatrix' if im else ''}", "preset", (q, im)) for q, im in
+            [(p, False) for p in PRESETS] + [("q4_k_m", True)]]
+        for i, (key, role, what) in enumerate(jobs):
+            if should_stop():
+                _store(out, rows, t0, complete=False)
+                raise Stopped(f"Stopped after {i} of {len(jobs)} files; the {len(rows)} measured are stored.")
+            report(0.7 + 0.3 * i / len(jobs), f"Writing and measuring {key} ({i + 1}/{len(jobs)})")
+            if role == "searched":
+                path = gguf_budget.write(checkpoint, what, table, threads, importance)
+                rows.append(measure(key, role, path, base, threads, predicted_kld=cal.predict(table, what.types),
+                                    budget_bytes=what.budget_bytes, recipe_words=gguf_budget.describe(what.types),
+                                    tensor_type_args=gguf_budget.tensor_type_args(what.types)))
+            else:
+                rows.append(measure(key, role, preset_file(checkpoint, what[0], threads, what[1]), base, threads))
+    return _store(out, rows, t0, complete=True)
+
+
+def _store(out: dict, rows: list[Measured], t0: float, complete: bool) -> dict:
+    out = {**out, "rows": [asdict(r) for r in rows], "elapsed_s": round(time.monotonic() - t0, 1),
+           "complete": complete}
     jsonl.append(results_path(), [out])
     return out
+
+
+def saved_results() -> list[dict]:
+    """Newest first; a line cut short by a crash is skipped; only results of the current calibration design."""
+    return [r for r in jsonl.read_newest_first(results_path()) if "calibration" in r]
 
 
 def frontier_rows(result: dict) -> list[dict]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core import models
-from core.experiments import distill_run, finetune_run, moe_sweep, speculative
+from core.experiments import budget_search, distill_run, finetune_run, moe_sweep, speculative
 from core.experiments.sweep import SweepSettings
 from core.launch import cluster, quiet
 from core.launch.hybrid_jobs import HYBRID_JOB_KINDS
@@ -118,6 +118,12 @@ def run_serve_context_job(args: dict, ctx: JobContext):
                               should_stop=ctx.should_stop)
 
 
+def run_budget_job(args: dict, ctx: JobContext):
+    """Fit-my-budget from the Quantize page: one searched file per budget, measured beside the presets."""
+    return budget_search.run([int(b) for b in args["budgets_bytes"]], None, bool(args.get("imatrix")), args["model"],
+                             report=ctx.report, should_stop=ctx.should_stop)
+
+
 def _settings_key(args: dict, *names: str) -> str:
     s = args.get("settings", {})
     return ",".join(f"{n}={s.get(n)}" for n in names)
@@ -150,6 +156,8 @@ JOB_KINDS: dict[str, JobKind] = {
     "speculate": JobKind(run_speculate_job,
                          lambda a: f"speculate|{a['model']}|{a['draft_tokens']}|{a['max_new_tokens']}",
                          models=lambda a: [a["model"], a["draft"]]),
+    "budget": JobKind(run_budget_job, lambda a: f"budget|{a['model']}|{sorted(a['budgets_bytes'])}|{a.get('imatrix')}",
+                      models=lambda a: [a["model"]]),
     **HYBRID_JOB_KINDS,
 }
 

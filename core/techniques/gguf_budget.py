@@ -74,21 +74,26 @@ class SensitivityTable:
     overhead_bytes: int  # the file's bytes outside the quantized matrices: header, vocabulary, norms
     f16_bytes: int  # the whole file with every matrix in F16: the largest budget that makes sense
 
-    def options(self, estimator: str = "relative") -> dict[str, list[Option]]:
+    def options(self, estimator: str = "relative", scale: dict[str, float] | None = None) -> dict[str, list[Option]]:
+        """Each tensor's ways to be stored; `scale` (tensor name -> nats per unit of estimate, measured per group)
+        turns the estimate into predicted KLD, so tensors of different kinds compare in one currency."""
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
-        return {r.name: [Option(c.qtype, c.bytes, getattr(c, f"err_{estimator}")) for c in r.choices]
-                for r in self.rows}
+        s = scale or {}
+        return {r.name: [Option(c.qtype, c.bytes, s.get(r.name, 1.0) * getattr(c, f"err_{estimator}"))
+                         for c in r.choices] for r in self.rows}
 
     def size_bounds(self) -> tuple[int, int]:
         """(smallest file any recipe makes, F16 file) in bytes."""
         low, _ = quant_error.bounds(self.options())
         return low + self.overhead_bytes, self.f16_bytes
 
-    def predicted(self, types: dict[str, str], estimator: str = "relative") -> float:
-        """The recipe's summed estimate (unscaled)."""
+    def predicted(self, types: dict[str, str], estimator: str = "relative",
+                  scale: dict[str, float] | None = None) -> float:
+        """The recipe's summed estimate (times each tensor's scale, where given)."""
         by_name = {r.name: {c.qtype: c for c in r.choices} for r in self.rows}
-        return sum(getattr(by_name[n][t], f"err_{estimator}") for n, t in types.items())
+        s = scale or {}
+        return sum(s.get(n, 1.0) * getattr(by_name[n][t], f"err_{estimator}") for n, t in types.items())
 
     def file_bytes(self, types: dict[str, str]) -> int:
         by_name = {r.name: {c.qtype: c for c in r.choices} for r in self.rows}
@@ -209,6 +214,13 @@ def table_path(checkpoint: Path, f32: Path, imatrix: bool) -> Path:
     return gguf.cache_dir(checkpoint) / "budget" / f"sensitivity-{'imatrix' if imatrix else 'plain'}-{key}.json"
 
 
+def cached_table(checkpoint: Path, imatrix: bool) -> SensitivityTable | None:
+    """The newest table already built for this model (for checking a budget before a job is queued), or None."""
+    found = sorted((gguf.cache_dir(checkpoint) / "budget").glob(f"sensitivity-{'imatrix' if imatrix else 'plain'}-*.json"),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((t for t in map(load_table, found) if t is not None), None)
+
+
 def load_table(path: Path) -> SensitivityTable | None:
     try:
         raw = json.loads(path.read_text())
@@ -318,8 +330,8 @@ class Recipe:
         return f"gguf-auto-{round(mb) if mb >= 10 else round(mb, 2)}" + ("-imatrix" if self.imatrix else "")
 
 
-def plan(table: SensitivityTable, budget_bytes: int, estimator: str = "relative") -> Recipe:
-    """The least-damage recipe whose file fits the budget; ValueError for a budget no recipe can meet."""
+def check_budget(table: SensitivityTable, budget_bytes: int) -> None:
+    """A budget no recipe can meet, refused with the sizes that can."""
     low, high = table.size_bounds()
     if budget_bytes < low:
         raise ValueError(f"a budget of {budget_bytes / 1e6:.1f} MB is below the smallest file the candidate types make "
@@ -327,9 +339,16 @@ def plan(table: SensitivityTable, budget_bytes: int, estimator: str = "relative"
     if budget_bytes > high:
         raise ValueError(f"a budget of {budget_bytes / 1e6:.1f} MB is above the F16 file ({high / 1e6:.1f} MB): "
                          "nothing needs quantizing; use gguf-f16 or a smaller budget")
-    choice = quant_error.solve(table.options(estimator), budget_bytes - table.overhead_bytes)
+
+
+def plan(table: SensitivityTable, budget_bytes: int, estimator: str = "relative",
+         scale: dict[str, float] | None = None) -> Recipe:
+    """The least-damage recipe whose file fits the budget; ValueError for a budget no recipe can meet."""
+    check_budget(table, budget_bytes)
+    choice = quant_error.solve(table.options(estimator, scale), budget_bytes - table.overhead_bytes)
     types = {name: o.qtype for name, o in choice.items()}
-    return Recipe(budget_bytes, types, table.file_bytes(types), table.predicted(types, estimator), table.imatrix)
+    return Recipe(budget_bytes, types, table.file_bytes(types), table.predicted(types, estimator, scale),
+                  table.imatrix)
 
 
 def write(checkpoint: Path, recipe: Recipe, table: SensitivityTable, threads: int = 0,
