@@ -36,6 +36,12 @@ def show_result(result: dict) -> None:
     for row in budget.searched_rows(result):
         st.markdown(f"**{budget.compare_sentence(row, result)}**")
         st.markdown("Recipe: " + "; ".join(row["recipe_words"]) + ".")
+    if types := budget.heat_types(result):
+        with st.expander("Which tensors hurt most: the sensitivity map"):
+            qtype = st.selectbox("Each tensor alone at", types, index=len(types) - 1, format_func=str.upper)
+            st.plotly_chart(budget.heat_map(result, qtype), width="stretch")
+            st.caption(" · ".join(budget.outside_blocks(result, qtype)) + ". Predicted from the calibrated estimate; "
+                       "the search spends bytes where a cell is darkest per MB saved.")
     with st.expander("Every file of this run"):
         show_table(budget.table_rows(result), {"size MB": "%.2f", "KLD": "%.4f", "± KLD": "%.4f",
                                                "predicted KLD": "%.4f", "p99 KLD": "%.3f", "same top token": "percent",

@@ -270,3 +270,17 @@ def test_the_quantize_page_shows_a_stored_search_with_its_chart_and_recipe():
     no_errors(at)
     [waiting] = JobQueue().snapshot().waiting  # progress and Stop: the job panel, as for a sweep
     assert waiting.job.kind == "budget" and waiting.job.args["budgets_bytes"] == [90_000_000]
+
+
+def test_the_sensitivity_map_puts_each_tensors_predicted_damage_in_its_layer_and_kind():
+    table = _two_kind_table()
+    scale = {r.name: (10.0 if r.kind == "token_embd" else 0.1 * (1 + r.layer)) for r in table.rows}
+    result = {"sensitivity": gguf_budget.heat_rows(table, scale)}
+    assert budget.heat_types(result) == ["q8_0", "q5_0", "q4_0"]
+    fig = budget.heat_map(result, "q4_0")
+    z = fig.data[0].z
+    assert list(fig.data[0].y) == ["attention Q", "MLP down"] and list(fig.data[0].x) == list(range(6))
+    assert z[0][5] == pytest.approx(0.6 * (0.04 - 1e-4)) and z[0][0] < z[0][5]
+    assert budget.heat_map(result, "q8_0").data[0].z[1][3] == 0.0  # Q8_0 is the reference: no extra damage
+    [embd] = budget.outside_blocks(result, "q4_0")
+    assert embd.startswith("token embedding (tied: also the output table) at Q4_0: +0.3990 nats")

@@ -275,8 +275,8 @@ def run(budgets_bytes: list[int] | None = None, presets: list[str] | None = None
         llamacpp_kld.tool_base(f32, gguf.calibration_text_path(), N_CTX, threads, -1, calib)
         cal = calibrate(checkpoint, table, calib, threads, lambda f, m: report(0.1 + 0.6 * f, m), importance,
                         should_stop)
-        out["calibration"] = asdict(cal)
         scale = cal.scales(table)
+        out |= {"calibration": asdict(cal), "sensitivity": gguf_budget.heat_rows(table, scale)}
         recipes = [gguf_budget.plan(table, b, "relative", scale) for b in budgets]
         say("llama-perplexity: the F32 base's log-probs on the evaluation text")
         base = Path(work) / "eval.kld"

@@ -307,10 +307,18 @@ def sensitivity(checkpoint: Path, imatrix: bool, threads: int = 0, say=lambda _m
     return table
 
 
-def heat_rows(table: SensitivityTable, estimator: str = "relative") -> list[dict]:
-    """One row per (layer, kind, type): the estimate and the bytes, for a layers x kinds heat map per type."""
-    return [{"layer": r.layer, "kind": r.kind, "qtype": c.qtype, "bytes": c.bytes,
-             "err": getattr(c, f"err_{estimator}")} for r in table.rows for c in r.choices]
+def heat_rows(table: SensitivityTable, scale: dict[str, float] | None = None) -> list[dict]:
+    """One row per (tensor, type) for a layers x kinds heat map per type: the bytes, the relative estimate, and with
+    measured scales the predicted extra KLD over Q8_0 (nats) of that tensor alone at that type."""
+    out = []
+    for r in table.rows:
+        q8 = next((c.err_relative for c in r.choices if c.qtype == "q8_0"), 0.0)
+        for c in r.choices:
+            row = {"layer": r.layer, "kind": r.kind, "qtype": c.qtype, "bytes": c.bytes, "err": c.err_relative}
+            if scale is not None:
+                row["extra_kld"] = scale.get(r.name, 1.0) * (c.err_relative - q8)
+            out.append(row)
+    return out
 
 
 # ---------------------------------------------------------------- the search and the file

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 
 from core.experiments import budget_search
+from core.techniques.gguf_budget import KIND_WORDS
 from core.views.axes import readable_axes, wrap_title
 
 _STYLE = {"searched": ("circle", "#4C78A8"), "preset": ("square", "#E45756"), "imatrix": ("diamond", "#F58518")}
@@ -48,6 +49,38 @@ def figure(result: dict) -> go.Figure:
                       yaxis_title=wrap_title(f"mean KL divergence from F32, nats ({result['text']}, lower is better)"),
                       legend={"orientation": "h", "y": -0.25}, margin={"t": 30})
     return readable_axes(fig)
+
+
+def heat_types(result: dict) -> list[str]:
+    """The types the sensitivity map can show, the smallest-per-weight last."""
+    per_weight: dict[str, list[float]] = {}
+    for r in result.get("sensitivity", []):
+        per_weight.setdefault(r["qtype"], []).append(r["bytes"])
+    return sorted(per_weight, key=lambda t: -sum(per_weight[t]) / len(per_weight[t]))
+
+
+def heat_map(result: dict, qtype: str) -> go.Figure:
+    """Layers x kinds: the predicted extra KLD (nats) of one tensor alone dropped from Q8_0 to `qtype`, its bytes on
+    hover. Cells where the rows cannot take the type are blank (llama.cpp falls back to another type there)."""
+    rows = [r for r in result.get("sensitivity", []) if r["qtype"] == qtype and r["layer"] >= 0 and "extra_kld" in r]
+    kinds = sorted({r["kind"] for r in rows}, key=lambda k: list(KIND_WORDS).index(k) if k in KIND_WORDS else 99)
+    layers = sorted({r["layer"] for r in rows})
+    cell = {(r["kind"], r["layer"]): r for r in rows}
+    z = [[cell[(k, i)]["extra_kld"] if (k, i) in cell else None for i in layers] for k in kinds]
+    hover = [[f"{KIND_WORDS.get(k, k)}, layer {i}: +{cell[(k, i)]['extra_kld']:.5f} nats, "
+              f"{cell[(k, i)]['bytes'] / 1e6:.2f} MB" if (k, i) in cell else "" for i in layers] for k in kinds]
+    fig = go.Figure(go.Heatmap(z=z, x=layers, y=[KIND_WORDS.get(k, k) for k in kinds], text=hover,
+                               hoverinfo="text", colorscale="Reds", colorbar={"title": "nats"}))
+    fig.update_layout(xaxis_title="layer", yaxis_title=wrap_title(f"tensor kind, each alone at {qtype.upper()}"),
+                      margin={"t": 30})
+    return readable_axes(fig)
+
+
+def outside_blocks(result: dict, qtype: str) -> list[str]:
+    """The tensors outside the blocks (the token table) in words, at one type."""
+    return [f"{KIND_WORDS.get(r['kind'], r['kind'])} at {qtype.upper()}: +{r['extra_kld']:.4f} nats, "
+            f"{r['bytes'] / 1e6:.1f} MB" for r in result.get("sensitivity", [])
+            if r["qtype"] == qtype and r["layer"] < 0 and "extra_kld" in r]
 
 
 def _change(ours: float, theirs: float) -> str:
