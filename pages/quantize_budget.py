@@ -6,16 +6,32 @@ from __future__ import annotations
 import streamlit as st
 
 from core.experiments import budget_search
+from core.measure import fit
 from core.views import budget
 from pages.panel import submit_job
 from pages.roles_ui import show_error
 from pages.tables_ui import show_table
 
 
+def _size_mb(model: str, column) -> float:
+    """The budget: typed in, or what a device from the fit presets leaves for the weights."""
+    device = column.selectbox("Budget from", ["size", *fit.DEVICE_PRESETS],
+                              format_func=lambda k: "a file size I give" if k == "size" else fit.DEVICE_PRESETS[k].label)
+    if device == "size":
+        return column.number_input("File size budget, MB", min_value=1.0, max_value=1e6, value=100.0, step=1.0,
+                                   help="1 MB = 10^6 bytes. The search picks a type per tensor so the file fits.")
+    try:
+        room = fit.weights_budget(fit.DEVICE_PRESETS[device], budget_search.kv_shape(model))
+    except ValueError as e:
+        show_error(e)
+        return 0.0
+    column.caption(room.words())
+    return room.weights_mb
+
+
 def budget_form(model: str) -> None:
     a, b, c = st.columns([1, 1, 1])
-    size_mb = a.number_input("File size budget, MB", min_value=1.0, max_value=1e6, value=100.0, step=1.0,
-                             help="1 MB = 10^6 bytes. The search picks a type per tensor so the file fits.")
+    size_mb = _size_mb(model, a)
     imatrix = b.checkbox("Use the importance matrix", value=True,
                          help="Rounding steered by how strongly each weight column is used on the calibration text.")
     if c.button("Search, write and measure", help="Minutes on a laptop CPU: the sensitivity table and calibration "

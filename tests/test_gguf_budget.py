@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from core import cli_parser
 from core.experiments import budget_search
 from core.launch.jobqueue import JobQueue
-from core.measure import benchmark, quant_error
+from core.measure import benchmark, fit, quant_error
 from core.measure.quant_error import Option
 from core.store import jsonl
 from core.techniques import gguf, gguf_budget
@@ -284,3 +284,17 @@ def test_the_sensitivity_map_puts_each_tensors_predicted_damage_in_its_layer_and
     assert budget.heat_map(result, "q8_0").data[0].z[1][3] == 0.0  # Q8_0 is the reference: no extra damage
     [embd] = budget.outside_blocks(result, "q4_0")
     assert embd.startswith("token embedding (tied: also the output table) at Q4_0: +0.3990 nats")
+
+
+def test_a_device_budget_leaves_room_for_the_kv_cache_and_the_runtime():
+    room = fit.weights_budget(fit.DEVICE_PRESETS["phone-4gb"], fit.KVShape(30, 3, 64), context_tokens=2048)
+    kv_mb = 2 * 30 * 3 * 64 * 2048 * 2 / 1e6  # keys and values, F16
+    assert room.kv_cache_mb == pytest.approx(kv_mb)
+    assert room.weights_mb == pytest.approx(2000.0 - kv_mb - fit.RUNTIME_OVERHEAD_MB)
+    assert room.words().startswith("Phone, 4 GB: 2,000 MB usable - KV cache 47 MB")
+
+
+def test_the_page_names_why_a_device_budget_cannot_be_worked_out_yet():
+    at = AppTest.from_file(str(ROOT / "pages/quantize.py"), default_timeout=60).run()
+    next(s for s in at.selectbox if s.label == "Budget from").set_value("phone-4gb").run()
+    assert any("is not prepared yet" in e.value for e in at.error)  # an empty data dir: no checkpoint to size from

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from core import models
 from core.experiments import llamacpp_kld
-from core.measure import benchmark, evaluate, quant_error
+from core.measure import benchmark, evaluate, fit, quant_error
 from core.paths import Stopped, data_dir
 from core.runtimes import llamacpp_build
 from core.store import jsonl
@@ -220,6 +220,14 @@ def budgets_of_presets(checkpoint: Path, presets: list[str], threads: int) -> li
     """The byte sizes of the named presets' files (each built once if missing)."""
     check_presets(presets)
     return [preset_file(checkpoint, p, threads).stat().st_size for p in presets]
+
+
+def kv_shape(model_name: str) -> fit.KVShape:
+    """The model's KV cache shape from its config (a device's budget leaves room for the cache)."""
+    spec = models.resolve(model_name)
+    if spec.source != "local" and not models.checkpoint_ready(spec.key):
+        raise ValueError(f"{spec.label} is not prepared yet; measure it once (Quantize > Measure) or give a size")
+    return fit.read_kv_shape(models.prepare(spec))
 
 
 def check_request(model_name: str, budgets_bytes: list[int], imatrix: bool = False) -> None:

@@ -155,6 +155,31 @@ def fit_table(records: Sequence[VariantRecord], devices: Sequence[DevicePreset],
     return [[device_fit(r, d, shape, context_tokens, overhead_mb) for d in devices] for r in records]
 
 
+@dataclass(frozen=True)
+class WeightsBudget:
+    """What a device leaves for the weights file: its usable memory less the KV cache and the runtime."""
+    device: str  # DevicePreset label
+    usable_mb: float
+    kv_cache_mb: float
+    overhead_mb: float
+    context_tokens: int
+
+    @property
+    def weights_mb(self) -> float:
+        return self.usable_mb - self.kv_cache_mb - self.overhead_mb
+
+    def words(self) -> str:
+        return (f"{self.device}: {self.usable_mb:,.0f} MB usable - KV cache {self.kv_cache_mb:,.0f} MB ("
+                f"{self.context_tokens:,} tokens, 16-bit as llama.cpp keeps it) - runtime {self.overhead_mb:,.0f} MB "
+                f"= {self.weights_mb:,.0f} MB for the weights")
+
+
+def weights_budget(device: DevicePreset, shape: KVShape, context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+                   overhead_mb: float = RUNTIME_OVERHEAD_MB) -> WeightsBudget:
+    kv_mb = kv_cache_bytes(shape, context_tokens, 2) / MB  # llama.cpp's KV cache is F16 by default
+    return WeightsBudget(device.label, device.usable_mb, kv_mb, overhead_mb, context_tokens)
+
+
 def smallest_device_that_fits(record: VariantRecord, shape: KVShape, context_tokens: int,
                               overhead_mb: float = RUNTIME_OVERHEAD_MB) -> DevicePreset | None:
     fitting = [d for d in DEVICE_PRESETS.values() if device_fit(record, d, shape, context_tokens, overhead_mb).fits]
