@@ -12,6 +12,7 @@ from core.launch import cluster, uploads
 from core.measure import benchmark, evaluate
 from core.paths import ASSETS
 from core.techniques.gguf import saved_gguf_keys
+from core.techniques.gguf_searched import searched_keys
 from core.views.tables import provenance_lines, summary_rows
 from pages.common import choice, store
 from pages.estimates import show_estimate
@@ -34,7 +35,7 @@ device = benchmark.pick_device("auto")
 # Quantization on every runtime: bitsandbytes and torch in transformers, compiled decode, llama.cpp's GGUF files.
 # Students distilled here and merged fine-tunes can be exported to GGUF too, and measured against this model.
 QUANT_KEYS = [k for k, t in techniques.TECHNIQUES.items() if t.family in ("reference", "quantization", "gguf")] + \
-    saved_gguf_keys(picked.model)
+    saved_gguf_keys(picked.model) + searched_keys(picked.model)  # files made by Fit my budget, below
 keys = st.multiselect("Variants to measure", QUANT_KEYS, default=DEFAULT_PICK, key="quantize_keys",
                       format_func=lambda k: techniques.get(k).label)
 for k in keys:

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import cli_parser
+from core import cli_parser, techniques
 from core.experiments import budget_search
 from core.launch.jobqueue import JobQueue
 from core.measure import benchmark, fit, quant_error
 from core.measure.quant_error import Option
 from core.store import jsonl
-from core.techniques import gguf, gguf_budget
+from core.techniques import gguf, gguf_budget, gguf_searched
 from core.techniques.gguf_budget import Choice, SensitivityTable, TensorRow
 from core.views import budget
 from tests.test_pages import ROOT, no_errors
@@ -154,6 +154,20 @@ def test_a_searched_recipe_is_written_by_llama_cpp_with_every_type_it_chose(tiny
     assert written == recipe.types
     assert path.stat().st_size <= recipe.budget_bytes
     assert path.stat().st_size == pytest.approx(recipe.file_bytes, rel=0.01)
+    # the file is a registry variant: the sweep, the map and Decide measure it like every GGUF file
+    variant = techniques.get(recipe.key)
+    assert variant.family == "gguf" and variant.runtimes == ("llama.cpp",)
+    assert variant.artifact(tiny_dir, 1, lambda _m: None)[0] == path
+    assert gguf_searched.searched_keys(str(tiny_dir)) == [recipe.key]
+
+
+def test_a_searched_variant_whose_file_was_never_made_says_how_to_make_it(tiny_dir):
+    variant = techniques.get("gguf-auto-80-imatrix")
+    assert variant.label == "GGUF searched mix, 80 MB with the importance matrix"
+    with pytest.raises(gguf.GGUFError, match="python -m core budget --budgets-mb 80 --imatrix"):
+        variant.artifact(tiny_dir, 1, lambda _m: None)
+    with pytest.raises(ValueError, match="Unknown technique"):
+        techniques.get("gguf-auto-eighty")
 
 
 def test_calibration_groups_drop_one_group_from_q8_0_and_fall_back_where_a_type_does_not_fit():
