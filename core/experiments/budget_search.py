@@ -4,10 +4,10 @@ For each budget: the recipe (core.techniques.gguf_budget), its file, and the fil
 scoreboard (`llama-perplexity --kl-divergence` against the F32 export's log-probs, on the evaluation text) and
 `llama-bench` decode speed, next to the llama.cpp presets measured the same way in the same run.
 
-The estimate is checked first: a sample of files where one group (a kind of tensor in a third of the layers, or the
-token table) drops from Q8_0 to a low type is measured on the calibration text, and the estimate's rank order is
-compared with the measured KLD (Spearman). The same sample scales the estimate to nats (least squares through 0).
-Results are appended to data_dir()/gguf/budget_search.jsonl with the hardware fingerprint.
+The estimate is calibrated first (class Calibration): each group (a kind of tensor in a third of the layers, or the
+token table) is dropped alone from Q8_0 to a low type and measured on the calibration text, which turns the estimate
+into nats per group; held-out files at other types and spans check the prediction (Spearman, mean error). Both are
+cached beside the sensitivity table. Results are appended to data_dir()/gguf/budget_search.jsonl with the hardware fingerprint.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from core.paths import Stopped, data_dir
 from core.runtimes import llamacpp_build
 from core.store import jsonl
 from core.techniques import gguf, gguf_budget
-from core.techniques.gguf_cache import atomic_file
+from core.techniques.gguf_cache import SIDECAR, atomic_file
 
 N_CTX = 512
 PRESETS = ("q3_k_m", "q4_k_m", "q5_k_m")
@@ -131,7 +131,7 @@ def _measure_types(f32: Path, table, types: dict, base: Path, work: Path, thread
         return _kld(path, base, threads).kld_mean
     finally:
         path.unlink(missing_ok=True)
-        Path(f"{path}.lab.json").unlink(missing_ok=True)
+        path.with_name(path.name + SIDECAR).unlink(missing_ok=True)
 
 
 def calibrate(checkpoint: Path, table: gguf_budget.SensitivityTable, base: Path, threads: int, report,
