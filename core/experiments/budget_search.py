@@ -137,7 +137,7 @@ def _measure_types(f32: Path, table, types: dict, base: Path, work: Path, thread
 def calibrate(checkpoint: Path, table: gguf_budget.SensitivityTable, base: Path, threads: int, report,
               importance: dict | None = None, should_stop=lambda: False) -> Calibration:
     """Measure every calibration group and the held-out files (cached beside the table, reused by later runs)."""
-    cached = table_folder(checkpoint) / f"calibration-v{CALIBRATION_VERSION}-{table.key}.json"
+    cached = gguf_budget.budget_dir(checkpoint) / f"calibration-v{CALIBRATION_VERSION}-{table.key}.json"
     if cached.is_file():
         return Calibration(**json.loads(cached.read_text()))
     f32 = gguf.ensure_file(checkpoint, gguf.GGUFConfig("f32"), threads)
@@ -183,10 +183,6 @@ def _span(first: int, last: int) -> str:
 def _check_stop(should_stop) -> None:
     if should_stop():
         raise Stopped("Stopped during the calibration; the sensitivity table is kept, nothing else was stored.")
-
-
-def table_folder(checkpoint: Path) -> Path:
-    return gguf.cache_dir(checkpoint) / "budget"
 
 
 def decode_speed(path: Path, threads: int, tokens: int = 64, repeats: int = 3) -> float:

@@ -207,16 +207,21 @@ def check_model(checkpoint: Path) -> None:
         raise GGUFError(problem)
 
 
+def budget_dir(checkpoint: Path) -> Path:
+    """Where a model's budget search keeps its tables, calibration and searched files, beside its GGUF presets."""
+    return gguf.cache_dir(checkpoint) / "budget"
+
+
 def table_path(checkpoint: Path, f32: Path, imatrix: bool) -> Path:
     stamp = json.dumps([file_facts(f32).get("sha256"), llamacpp_build.VERSION, list(CANDIDATES), ESTIMATOR_VERSION,
                         imatrix])
     key = hashlib.sha256(stamp.encode()).hexdigest()[:12]
-    return gguf.cache_dir(checkpoint) / "budget" / f"sensitivity-{'imatrix' if imatrix else 'plain'}-{key}.json"
+    return budget_dir(checkpoint) / f"sensitivity-{'imatrix' if imatrix else 'plain'}-{key}.json"
 
 
 def cached_table(checkpoint: Path, imatrix: bool) -> SensitivityTable | None:
     """The newest table already built for this model (for checking a budget before a job is queued), or None."""
-    found = sorted((gguf.cache_dir(checkpoint) / "budget").glob(f"sensitivity-{'imatrix' if imatrix else 'plain'}-*.json"),
+    found = sorted(budget_dir(checkpoint).glob(f"sensitivity-{'imatrix' if imatrix else 'plain'}-*.json"),
                    key=lambda p: p.stat().st_mtime, reverse=True)
     return next((t for t in map(load_table, found) if t is not None), None)
 
@@ -364,7 +369,7 @@ def write(checkpoint: Path, recipe: Recipe, table: SensitivityTable, threads: in
     """The recipe's GGUF file, in the model's cache folder beside the presets, with the recipe beside it."""
     f32 = gguf.ensure_file(checkpoint, gguf.GGUFConfig("f32"), threads)
     digest = hashlib.sha256(json.dumps([recipe.types, table.key], sort_keys=True).encode()).hexdigest()[:8]
-    target = gguf.cache_dir(checkpoint) / "budget" / f"{recipe.key}-{digest}.gguf"
+    target = budget_dir(checkpoint) / f"{recipe.key}-{digest}.gguf"
     if target.is_file() and file_facts(target).get("size_bytes") == target.stat().st_size:
         return target
     quantize_file(f32, target, base_ftype(recipe.types, table), threads, overrides=tensor_type_args(recipe.types),

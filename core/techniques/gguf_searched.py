@@ -13,6 +13,7 @@ from pathlib import Path
 
 from core.models import ModelError, checkpoint_ready, prepare, resolve
 from core.techniques import gguf
+from core.techniques.gguf_budget import budget_dir
 from core.techniques.gguf_cache import file_facts, is_intact
 from core.techniques.gguf_export import GGUFError
 from core.techniques.registry import Technique, register_resolver
@@ -31,10 +32,6 @@ class SearchedConfig:
     @property
     def file_stem(self) -> str:
         return self.key.removeprefix(gguf.PREFIX)
-
-
-def budget_dir(checkpoint: Path) -> Path:
-    return gguf.cache_dir(checkpoint) / "budget"
 
 
 def searched_file(checkpoint: Path, key: str) -> Path | None:
