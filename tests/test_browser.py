@@ -61,7 +61,7 @@ def test_measure_then_see_the_map(server, browser):
     # generous bounds: the first page run imports torch, bitsandbytes and llama.cpp, and a CI machine may be slow
     sidebar.locator("[data-testid='stSelectbox']").first.click(timeout=120_000)
     page.get_by_role("option", name="Tiny random Llama (tests)").click()
-    page.get_by_role("button", name="Measure").click()
+    page.get_by_role("button", name="Measure", exact=True).click()
     page.get_by_text("Results on this machine").wait_for(timeout=480_000)
     assert_no_errors(page)
     page.get_by_role("link", name="Trade-off Map").first.click()

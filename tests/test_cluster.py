@@ -202,5 +202,16 @@ def test_every_worker_job_kind_runs_on_ray_through_launch(ray_cluster, pg_url):
     lookup = {"runtimes": ["transformers"], "draft_tokens": 2, "new_tokens": 4, "repeats": 1}
     ran["prompt-lookup"] = done = on_ray("prompt-lookup", {"model": tiny, "settings": lookup}, shared_store=None)
     assert {r["prompt_set"] for r in done.result} == {"grounded", "open"}
+    draft = {"target": "gguf-q8_0", "draft": "gguf-q8_0", "draft_max_tokens": [2], "new_tokens": 4, "repeats": 1}
+    ran["gguf-draft"] = done = on_ray("gguf-draft", {"model": tiny, "settings": draft}, shared_store=None)
+    assert [r["draft_max_tokens"] for r in done.result] == [2, 2] and all(r["identical_outputs"] for r in done.result)
+    assert (ray_cluster / "hybrids" / "gguf_draft.jsonl").is_file()
+    # the node builds the tiny model's sensitivity table (files from 58 to 188 kB) and refuses a 1 kB budget with
+    # the words a user reads; the whole search on the bundled model is measured by `python -m core budget`
+    with pytest.raises(ValueError, match="below the smallest file the candidate types make"):
+        on_ray("budget", {"model": tiny, "budgets_bytes": [1_000], "imatrix": False}, shared_store=None)
+    assert list((ray_cluster / "gguf").glob("*/budget/sensitivity-plain-*.json"))
+    assert not (ray_cluster / "gguf" / "budget_search.jsonl").exists()
+    ran["budget"] = "refused on the node"
     assert set(ran) == set(JOB_KINDS)  # every kind the worker runs
     assert all(d.node.startswith("127.0.0.1") for d in ran.values() if getattr(d, "node", ""))

@@ -31,7 +31,7 @@ def run_prompt_lookup_job(args: dict, ctx: JobContext) -> list[dict]:
 
 def run_gguf_draft_job(args: dict, ctx: JobContext) -> list[dict]:
     raw = args["settings"]
-    settings = gguf_draft.DraftSettings(**raw | {k: tuple(raw[k]) for k in ("draft_max_tokens", "prompt_files")})
+    settings = gguf_draft.DraftSettings(**raw | {k: tuple(raw[k]) for k in ("draft_max_tokens", "prompt_files") if k in raw})
     results = gguf_draft.run_gguf_draft(args["model"], settings, ctx.report, ctx.should_stop)
     gguf_draft.save_results(results)
     return [r.to_dict() for r in results]
