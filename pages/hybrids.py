@@ -73,7 +73,7 @@ if not tricks:
 else:
     show_table(hybrids.speed_rows(tricks), {"speed-up": "%.2fx", "drafts kept": "percent"})
     for h in tricks:
-        st.markdown(f"- **{h.trick}, {h.technique} on {h.runtime}, {h.prompt_set} prompts.** {hybrids.reason(h)}")
+        st.markdown(f"- **{h.trick}, {h.technique} on {h.runtime}, {h.prompt_set} prompts.** {hybrids.sentence(h)}")
     st.caption("Speed-up: decode tokens per second with the trick over plain greedy decoding of the same file on the "
                "same runtime, summed over the prompts; its interval resamples the prompts. Decide offers a trick "
                "only where every answer was identical and the whole interval is above 1x.")

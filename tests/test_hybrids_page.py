@@ -204,12 +204,19 @@ def draft_row(draft_s=(2.0, 2.5), draft_max=3, identical=2, hardware=HERE):
 
 def test_a_gguf_draft_result_is_a_trick_per_draft_length_and_a_slow_one_is_not_offered():
     slow, fast = hybrids.from_gguf_draft(draft_row()), hybrids.from_gguf_draft(draft_row((0.5, 0.6), draft_max=8))
-    assert slow.key == "draft3" and fast.key == "draft8" and "distilled-10L-x+gguf-q8_0" in slow.trick
+    assert slow.key == "draft3-distilled-10L-x_gguf-q8_0" and fast.key == "draft8-distilled-10L-x_gguf-q8_0"
+    assert "distilled-10L-x+gguf-q8_0" in slow.trick
     assert slow.speedup.value == pytest.approx(2 / 4.5) and slow.keeps_answers and not slow.clearly_faster
-    assert "no clear gain" in hybrids.why_not([slow], "grounded")[0]
+    assert "slower than plain decoding: no clear gain" in hybrids.why_not([slow], "grounded")[0]
+    words = hybrids.sentence(slow)  # what the page and the Report say of a trick Decide leaves out
+    assert words.startswith("Answers identical to plain greedy decoding on 2 of 2 input-grounded")
+    assert "0.44x as fast" in words and "Not offered by Decide" in words and "gain holds" not in words
+    assert hybrids.sentence(fast) == hybrids.reason(fast)  # offered: the reason to deploy it
     record = make_record(technique="gguf-q8_0", runtime="llama.cpp", hardware=HERE, decode_tokens_per_s_median=100.0)
     [(option, _)] = hybrids.options([record], [slow, fast], "grounded")
-    assert option.technique == "gguf-q8_0+draft8"
+    assert option.technique == "gguf-q8_0+draft8-distilled-10L-x_gguf-q8_0"
+    other = hybrids.from_gguf_draft({**draft_row((0.5, 0.6)), "draft_technique": "gguf-q2_k"})
+    assert len(hybrids.options([record], [fast, other], "grounded")) == 2  # two drafts of one length: two options
 
 
 def test_the_page_lists_a_measured_gguf_draft_and_queues_one():

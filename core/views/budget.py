@@ -102,7 +102,7 @@ def compare_sentence(row: dict, result: dict) -> str:
            f"{'less' if better else 'more'} damage ({_change(row['kld_mean'], near['kld_mean'])} KLD), "
            f"{_change(row['decode_tokens_per_s'], near['decode_tokens_per_s'])} decode speed")
     if row["decode_tokens_per_s"] < 0.95 * near["decode_tokens_per_s"]:
-        out += " (the mix decodes slower: its types need more unpacking per weight)"
+        out += " (the mix decodes slower than the preset on this machine)"
     imatrix = next((r for r in result["rows"] if r["key"] == f"{near['key']}-imatrix"), None)
     if imatrix is not None:
         out += (f"; against {imatrix['key']} (KLD {imatrix['kld_mean']:.4f}): "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import plotly.graph_objects as go
@@ -92,9 +93,10 @@ def from_gguf_draft(row: dict) -> SpeedHybrid:
              if p.get("plain_decode_tokens") == p.get("drafted_decode_tokens")]
     estimate = intervals.ratio_of_sums(pairs)
     n = row["draft_max_tokens"]
-    draft = row.get("draft_technique") or row.get("draft", "")
+    draft = row.get("draft_technique") or Path(row.get("draft", "")).stem
+    key = f"draft{n}-{draft.replace('+', '_')}"  # each (draft, length) its own option; no "+" inside an option's part
     return SpeedHybrid(
-        row.get("model", ""), f"a GGUF draft ({draft}, up to {n} tokens)", f"draft{n}", row["technique"],
+        row.get("model", ""), f"a GGUF draft ({draft}, up to {n} tokens)", key, row["technique"],
         row["runtime"], row["prompt_set"],
         estimate if estimate.known else Estimate(row["speedup"], math.nan, math.nan, estimate.how),
         int(row["identical_outputs"]), int(row["prompts_total"]), float(row["acceptance_rate"]), row["hardware"],
@@ -162,20 +164,34 @@ def reason(h: SpeedHybrid) -> str:
             f"{h.created_at}). The gain holds only for prompts like these.")
 
 
+def _not_offered(h: SpeedHybrid) -> str | None:
+    """Why Decide does not offer this trick, or None when it does."""
+    if not h.keeps_answers:
+        return (f"answers differed from plain greedy on {h.prompts - h.identical} of {h.prompts} prompts, so it is not "
+                "the same model's output.")
+    if not h.clearly_faster:
+        slower = " slower than plain decoding:" if h.speedup.known and h.speedup.high < 1.0 else ""
+        return (f"{_times(h.speedup.value)} as fast (95% down to {_times(h.speedup.low)}):{slower} no clear gain on "
+                "these prompts.")
+    return None
+
+
 def why_not(hybrids: Sequence[SpeedHybrid], prompt_kind: str) -> list[str]:
     """Measured tricks that Decide does not offer for this prompt kind, each with the reason."""
-    lines = []
-    for h in hybrids:
-        if h.prompt_set != prompt_kind:
-            continue
-        where = f"{h.trick} on {h.technique} ({h.runtime})"
-        if not h.keeps_answers:
-            lines.append(f"{where}: answers differed from plain greedy on {h.prompts - h.identical} of {h.prompts} "
-                         "prompts, so it is not the same model's output.")
-        elif not h.clearly_faster:
-            lines.append(f"{where}: {_times(h.speedup.value)} as fast (95% down to {_times(h.speedup.low)}): no clear "
-                         "gain on these prompts.")
-    return lines
+    return [f"{h.trick} on {h.technique} ({h.runtime}): {why}" for h in hybrids
+            if h.prompt_set == prompt_kind and (why := _not_offered(h)) is not None]
+
+
+def sentence(h: SpeedHybrid) -> str:
+    """What was measured, in words: the reason to deploy it when Decide offers it, else what it did and why not."""
+    if (why := _not_offered(h)) is None:
+        return reason(h)
+    s = h.speedup
+    interval = f" (95%: {_times(s.low)} to {_times(s.high)})" if s.known else ""
+    return (f"Answers identical to plain greedy decoding on {h.identical} of {h.prompts} "
+            f"{PROMPT_KINDS.get(h.prompt_set, h.prompt_set)} prompts; {_times(s.value)} as fast{interval}; "
+            f"{h.acceptance_rate:.0%} of drafted tokens kept ({h.settings}; measured {h.created_at}). Not offered by "
+            f"Decide: {why}")
 
 
 def speed_rows(hybrids: Sequence[SpeedHybrid]) -> list[dict]:
@@ -220,5 +236,5 @@ def report_parts(hardware: str, model: str, usd_per_hour: float, cascade_rows: S
             for r in newest.values()]
     for h in measured_hybrids(hardware, trick_rows):
         if h.model == model:
-            lines.append(f"{h.trick.capitalize()} on {h.technique}: {reason(h)}")
+            lines.append(f"{h.trick.capitalize()} on {h.technique}: {sentence(h)}")
     return lines, figs
