@@ -77,6 +77,7 @@ def print_results(results: list[gd.GGUFDraftResult]) -> None:
     for r in results:
         q = r.speedup_per_prompt
         spread = f"{q['p10']:.2f}-{q['p90']:.2f}x" if q else "-"
-        print(f"{r.draft_max_tokens:>9}  {r.prompt_set:<12}{r.acceptance_rate:>11.1%}{r.plain_decode_tokens_per_s:>13.1f}"
+        print(f"{r.draft_max_tokens:>9}  {r.prompt_set:<12}{r.acceptance_rate:>11.1%}"
+              f"{r.plain_decode_tokens_per_s:>13.1f}"
               f"{r.drafted_decode_tokens_per_s:>15.1f}{r.speedup:>9.2f}x{spread:>14}"
               f"{r.identical_outputs:>8}/{r.prompts_total}")

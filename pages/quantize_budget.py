@@ -15,8 +15,8 @@ from pages.tables_ui import show_table
 
 def _size_mb(model: str, column) -> float:
     """The budget: typed in, or what a device from the fit presets leaves for the weights."""
-    device = column.selectbox("Budget from", ["size", *fit.DEVICE_PRESETS],
-                              format_func=lambda k: "a file size I give" if k == "size" else fit.DEVICE_PRESETS[k].label)
+    names = {"size": "a file size I give"} | {k: d.label for k, d in fit.DEVICE_PRESETS.items()}
+    device = column.selectbox("Budget from", list(names), format_func=names.get)
     if device == "size":
         return column.number_input("File size budget, MB", min_value=1.0, max_value=1e6, value=100.0, step=1.0,
                                    help="1 MB = 10^6 bytes. The search picks a type per tensor so the file fits.")

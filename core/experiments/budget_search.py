@@ -7,7 +7,8 @@ scoreboard (`llama-perplexity --kl-divergence` against the F32 export's log-prob
 The estimate is calibrated first (class Calibration): each group (a kind of tensor in a third of the layers, or the
 token table) is dropped alone from Q8_0 to a low type and measured on the calibration text, which turns the estimate
 into nats per group; held-out files at other types and spans check the prediction (Spearman, mean error). Both are
-cached beside the sensitivity table. Results are appended to data_dir()/gguf/budget_search.jsonl with the hardware fingerprint.
+cached beside the sensitivity table. Results are appended to data_dir()/gguf/budget_search.jsonl with the hardware
+fingerprint.
 """
 
 from __future__ import annotations

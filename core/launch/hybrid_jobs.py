@@ -1,10 +1,15 @@
-"""The hybrids' job kinds: the dashboard queues a cascade, a prompt-lookup comparison or a GGUF draft for the worker as it
-queues a sweep, with progress, a stop button, and the result appended to its JSONL store when it ends."""
+"""The hybrids' job kinds: the dashboard queues a cascade, a prompt-lookup comparison or a GGUF draft for the worker
+as it queues a sweep, with progress, a stop button, and the result appended to its JSONL store when it ends."""
 
 from __future__ import annotations
 
 from core.hybrids import classical, curve, gguf_draft, model_cascade, prompt_lookup
 from core.launch.job import JobContext, JobKind
+
+
+def _settings(cls, raw: dict, tuples: tuple[str, ...]):
+    """A settings dataclass from its JSON form: the listed fields back to tuples (JSON has only lists)."""
+    return cls(**raw | {k: tuple(raw[k]) for k in tuples if k in raw})
 
 
 def run_cascade_job(args: dict, ctx: JobContext) -> dict:
@@ -14,24 +19,21 @@ def run_cascade_job(args: dict, ctx: JobContext) -> dict:
 
 
 def run_model_cascade_job(args: dict, ctx: JobContext) -> dict:
-    raw = args["settings"]
-    settings = model_cascade.ModelCascadeSettings(**raw | {"thresholds": tuple(raw.get("thresholds", ()))})
+    settings = _settings(model_cascade.ModelCascadeSettings, args["settings"], ("thresholds",))
     result = model_cascade.run_model_cascade(settings, ctx.report, ctx.should_stop)
     curve.save_result(result)
     return result.to_dict()
 
 
 def run_prompt_lookup_job(args: dict, ctx: JobContext) -> list[dict]:
-    raw = args["settings"]
-    settings = prompt_lookup.LookupSettings(**raw | {k: tuple(raw[k]) for k in ("runtimes", "prompt_files") if k in raw})
+    settings = _settings(prompt_lookup.LookupSettings, args["settings"], ("runtimes", "prompt_files"))
     results = prompt_lookup.run_prompt_lookup(args["model"], settings, ctx.report, ctx.should_stop)
     prompt_lookup.save_results(results)
     return [r.to_dict() for r in results]
 
 
 def run_gguf_draft_job(args: dict, ctx: JobContext) -> list[dict]:
-    raw = args["settings"]
-    settings = gguf_draft.DraftSettings(**raw | {k: tuple(raw[k]) for k in ("draft_max_tokens", "prompt_files") if k in raw})
+    settings = _settings(gguf_draft.DraftSettings, args["settings"], ("draft_max_tokens", "prompt_files"))
     results = gguf_draft.run_gguf_draft(args["model"], settings, ctx.report, ctx.should_stop)
     gguf_draft.save_results(results)
     return [r.to_dict() for r in results]

@@ -1,5 +1,5 @@
-"""A searched GGUF file (fit-my-budget, core/techniques/gguf_budget.py) as a registry variant, "gguf-auto-<MB>[-imatrix]",
-so the sweep, the map, Decide and the Report measure and show it like every other GGUF file.
+"""A searched GGUF file (fit-my-budget, core/techniques/gguf_budget.py) as a registry variant,
+"gguf-auto-<MB>[-imatrix]", so the sweep, the map, Decide and the Report measure and show it like every other GGUF file.
 
 The file is made by the budget search (`python -m core budget` or the Quantize page's Fit my budget), never by the
 registry: asking for a variant whose file does not exist says how to make it.

@@ -116,7 +116,8 @@ def searched_rows(result: dict) -> list[dict]:
 
 def table_rows(result: dict) -> list[dict]:
     """Every file of the run, for a table."""
-    return [{"file": r["key"], "size MB": r["size_bytes"] / 1e6, "KLD": r["kld_mean"], "± KLD": r["kld_mean_uncertainty"],
+    return [{"file": r["key"], "size MB": r["size_bytes"] / 1e6, "KLD": r["kld_mean"],
+             "± KLD": r["kld_mean_uncertainty"],
              "predicted KLD": r.get("predicted_kld"), "p99 KLD": r["kld_p99"], "same top token": r["same_top"],
              "decode tok/s": r["decode_tokens_per_s"]} for r in sorted(result["rows"], key=lambda r: r["size_bytes"])]
 

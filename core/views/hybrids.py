@@ -154,14 +154,21 @@ def _times(x: float) -> str:
     return f"{x:.2f}x" if math.isfinite(x) else "n/a"
 
 
+def _measured(h: SpeedHybrid, how: bool) -> tuple[str, str, str]:
+    """(answers kept, speed with its interval, drafts kept and settings): the words every description shares."""
+    s = h.speedup
+    interval = f" (95%: {_times(s.low)} to {_times(s.high)}{f', {s.how}' if how else ''})" if s.known else ""
+    kind = PROMPT_KINDS.get(h.prompt_set, h.prompt_set)
+    kept = f"identical to plain greedy decoding on {h.identical} of {h.prompts} {kind} prompts"
+    drafts = f"{h.acceptance_rate:.0%} of drafted tokens were kept ({h.settings}; measured {h.created_at})"
+    return kept, f"{_times(s.value)} as fast{interval}", drafts
+
+
 def reason(h: SpeedHybrid) -> str:
     """Why the hybrid may be deployed, and the condition it holds under."""
-    s = h.speedup
-    interval = f" (95%: {_times(s.low)} to {_times(s.high)}, {s.how})" if s.known else ""
-    return (f"With {h.trick} on {h.runtime}, its answers were identical to plain greedy decoding on {h.identical} of "
-            f"{h.prompts} {PROMPT_KINDS.get(h.prompt_set, h.prompt_set)} prompts, and it decoded {_times(s.value)} as "
-            f"fast{interval}; {h.acceptance_rate:.0%} of drafted tokens were kept ({h.settings}; measured "
-            f"{h.created_at}). The gain holds only for prompts like these.")
+    kept, speed, drafts = _measured(h, how=True)
+    return (f"With {h.trick} on {h.runtime}, its answers were {kept}, and it decoded {speed}; {drafts}. The gain "
+            "holds only for prompts like these.")
 
 
 def _not_offered(h: SpeedHybrid) -> str | None:
@@ -186,12 +193,8 @@ def sentence(h: SpeedHybrid) -> str:
     """What was measured, in words: the reason to deploy it when Decide offers it, else what it did and why not."""
     if (why := _not_offered(h)) is None:
         return reason(h)
-    s = h.speedup
-    interval = f" (95%: {_times(s.low)} to {_times(s.high)})" if s.known else ""
-    return (f"Answers identical to plain greedy decoding on {h.identical} of {h.prompts} "
-            f"{PROMPT_KINDS.get(h.prompt_set, h.prompt_set)} prompts; {_times(s.value)} as fast{interval}; "
-            f"{h.acceptance_rate:.0%} of drafted tokens kept ({h.settings}; measured {h.created_at}). Not offered by "
-            f"Decide: {why}")
+    kept, speed, drafts = _measured(h, how=False)
+    return f"Answers {kept}; {speed}; {drafts}. Not offered by Decide: {why}"
 
 
 def speed_rows(hybrids: Sequence[SpeedHybrid]) -> list[dict]:
