@@ -54,10 +54,11 @@ def show_result(result: dict) -> None:
         st.markdown("Recipe: " + "; ".join(row["recipe_words"]) + ".")
     if types := budget.heat_types(result):
         with st.expander("Which tensors hurt most: the sensitivity map"):
-            qtype = st.selectbox("Each tensor alone at", types, index=len(types) - 1, format_func=str.upper)
+            qtype = st.selectbox("Each tensor alone at", types, index=types.index(budget.widest_type(result)),
+                                 format_func=str.upper)
             st.plotly_chart(budget.heat_map(result, qtype), width="stretch")
-            st.caption(" · ".join(budget.outside_blocks(result, qtype)) + ". Predicted from the calibrated estimate; "
-                       "the search spends bytes where a cell is darkest per MB saved.")
+            how = "Predicted from the calibrated estimate; the search spends bytes where a cell is darkest per MB saved."
+            st.caption(" · ".join([*budget.outside_blocks(result, qtype), how]))
     with st.expander("Every file of this run"):
         show_table(budget.table_rows(result), {"size MB": "%.2f", "KLD": "%.4f", "± KLD": "%.4f",
                                                "predicted KLD": "%.4f", "p99 KLD": "%.3f", "same top token": "percent",

@@ -312,3 +312,12 @@ def test_the_page_names_why_a_device_budget_cannot_be_worked_out_yet():
     at = AppTest.from_file(str(ROOT / "pages/quantize.py"), default_timeout=60).run()
     next(s for s in at.selectbox if s.label == "Budget from").set_value("phone-4gb").run()
     assert any("is not prepared yet" in e.value for e in at.error)  # an empty data dir: no checkpoint to size from
+
+
+def test_the_sensitivity_map_opens_on_the_smallest_type_every_kind_can_take():
+    table = _two_kind_table()
+    rows = list(table.rows)
+    rows[0] = TensorRow(rows[0].name, rows[0].layer, rows[0].kind, 1000,
+                        (Choice("q2_k", 400, 9.0, 0.09), *rows[0].choices))  # one tensor alone can take Q2_K
+    result = {"sensitivity": gguf_budget.heat_rows(SensitivityTable("t", False, tuple(rows), 500, 30000), {})}
+    assert budget.heat_types(result)[-1] == "q2_k" and budget.widest_type(result) == "q4_0"

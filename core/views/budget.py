@@ -59,6 +59,15 @@ def heat_types(result: dict) -> list[str]:
     return sorted(per_weight, key=lambda t: -sum(per_weight[t]) / len(per_weight[t]))
 
 
+def widest_type(result: dict) -> str:
+    """The smallest type that the most tensors can take as it is (the map's first view: every kind has cells)."""
+    count: dict[str, int] = {}
+    for r in result.get("sensitivity", []):
+        count[r["qtype"]] = count.get(r["qtype"], 0) + 1
+    types = heat_types(result)
+    return max(reversed(types), key=lambda t: count[t])  # ties: the smaller type, listed last
+
+
 def heat_map(result: dict, qtype: str) -> go.Figure:
     """Layers x kinds: the predicted extra KLD (nats) of one tensor alone dropped from Q8_0 to `qtype`, its bytes on
     hover. Cells where the rows cannot take the type are blank (llama.cpp falls back to another type there)."""
