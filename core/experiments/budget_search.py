@@ -263,13 +263,14 @@ def run(budgets_bytes: list[int] | None = None, presets: list[str] | None = None
 
     checkpoint = models.prepare(models.resolve(model_name), progress=say)
     gguf_budget.check_model(checkpoint)  # before anything is written
-    table = gguf_budget.sensitivity(checkpoint, imatrix, threads, say)
+    importance = None  # computed once: the table (when built), the calibration and the files all use it
+    if imatrix:
+        say("Computing an importance matrix on the calibration text")
+        importance = gguf.importance_matrix(checkpoint, gguf.calibration_text_path().read_text(encoding="utf-8"))
+    table = gguf_budget.sensitivity(checkpoint, imatrix, threads, say, importance)
     budgets = budgets_bytes or budgets_of_presets(checkpoint, presets, threads)
     for b in budgets:
-        gguf_budget.plan(table, b)  # bad budgets fail here, before any measurement
-    importance = None
-    if imatrix:
-        importance = gguf.importance_matrix(checkpoint, gguf.calibration_text_path().read_text(encoding="utf-8"))
+        gguf_budget.check_budget(table, b)  # bad budgets fail here, before any measurement
     f32 = gguf.ensure_file(checkpoint, gguf.GGUFConfig("f32"), threads)
     rows: list[Measured] = []
     out = {"model": model_name, "imatrix": imatrix, "table": table.key, "text": evaluate.DEFAULT_PPL_TEXT.name,

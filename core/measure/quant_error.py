@@ -125,12 +125,3 @@ def _ranks(values: np.ndarray) -> np.ndarray:
         same = values == v
         ranks[same] = ranks[same].mean()
     return ranks
-
-
-def fit_scale(predicted: list[float], measured: list[float]) -> float:
-    """nats per unit of estimate: least squares through the origin, measured ~ scale * predicted."""
-    p, m = np.asarray(predicted, float), np.asarray(measured, float)
-    denominator = float(p @ p)
-    if denominator <= 0:
-        raise ValueError("every estimate is zero: nothing to scale")
-    return float(p @ m) / denominator

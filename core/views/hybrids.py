@@ -59,16 +59,18 @@ class SpeedHybrid:
         return self.speedup.known and self.speedup.low > 1.0
 
 
-def _lookup_speedup(row: dict) -> Estimate:
-    pairs = [(p.get("plain_decode_s", math.nan), p.get("lookup_decode_s", math.nan)) for p in row.get("prompts", [])
-             if p.get("plain_decode_tokens") == p.get("lookup_decode_tokens")]
+def _speedup(row: dict, trick: str) -> Estimate:
+    """Plain over with-trick decode seconds, summed over the prompts where both decoded the same number of tokens,
+    with its bootstrap interval; the stored point value alone when no prompt allows that."""
+    pairs = [(p.get("plain_decode_s", math.nan), p.get(f"{trick}_decode_s", math.nan)) for p in row.get("prompts", [])
+             if p.get("plain_decode_tokens") == p.get(f"{trick}_decode_tokens")]
     estimate = intervals.ratio_of_sums(pairs)
     return estimate if estimate.known else Estimate(row["speedup"], math.nan, math.nan, estimate.how)
 
 
 def from_prompt_lookup(row: dict) -> SpeedHybrid:
     return SpeedHybrid(
-        row.get("model", ""), "prompt lookup", "lookup", row["technique"], row["runtime"], row["prompt_set"], _lookup_speedup(row),
+        row.get("model", ""), "prompt lookup", "lookup", row["technique"], row["runtime"], row["prompt_set"], _speedup(row, "lookup"),
         int(row["identical_outputs"]), int(row["prompts_total"]), float(row["acceptance_rate"]), row["hardware"],
         row["created_at"], f"up to {row['draft_tokens']} tokens copied from the prompt per pass, {row['new_tokens']} "
         f"new tokens, median of {row['repeats']} runs per prompt")
@@ -89,17 +91,12 @@ def from_speculative(row: dict) -> SpeedHybrid:
 
 def from_gguf_draft(row: dict) -> SpeedHybrid:
     """A GGUF draft on llama-server (core/hybrids/gguf_draft.py): one result per draft length and prompt set."""
-    pairs = [(p["plain_decode_s"], p["drafted_decode_s"]) for p in row.get("prompts", [])
-             if p.get("plain_decode_tokens") == p.get("drafted_decode_tokens")]
-    estimate = intervals.ratio_of_sums(pairs)
     n = row["draft_max_tokens"]
     draft = row.get("draft_technique") or Path(row.get("draft", "")).stem
     key = f"draft{n}-{draft.replace('+', '_')}"  # each (draft, length) its own option; no "+" inside an option's part
     return SpeedHybrid(
         row.get("model", ""), f"a GGUF draft ({draft}, up to {n} tokens)", key, row["technique"],
-        row["runtime"], row["prompt_set"],
-        estimate if estimate.known else Estimate(row["speedup"], math.nan, math.nan, estimate.how),
-        int(row["identical_outputs"]), int(row["prompts_total"]), float(row["acceptance_rate"]), row["hardware"],
+        row["runtime"], row["prompt_set"], _speedup(row, "drafted"), int(row["identical_outputs"]), int(row["prompts_total"]), float(row["acceptance_rate"]), row["hardware"],
         row["created_at"], f"llama-server, draft {draft}, up to {n} tokens drafted per target pass (p-min "
         f"{row.get('draft_p_min', 0):g}), {row['new_tokens']} new tokens, median of {row['repeats']} runs per prompt")
 
