@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-import classroom_load as cl
+import classroom_load.__main__ as cl
 import psutil
 
 STATES = ("room", "alone")

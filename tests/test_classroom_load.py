@@ -1,4 +1,4 @@
-"""benchmarks/classroom_load.py --pool: earlier --paired results reported together. The benchmark prints numbers and
+"""benchmarks/classroom_load --pool: earlier --paired results reported together. The benchmark prints numbers and
 asserts nothing; this checks that pooling keeps each round's pairing and refuses files it cannot pair."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-cl = pytest.importorskip("classroom_load", reason="benchmarks/classroom_load.py needs psutil and websockets")
+cl = pytest.importorskip("classroom_load.__main__", reason="benchmarks/classroom_load needs psutil and websockets")
 
 
 def measurement(rnd: int, condition: str, tok_s: float) -> dict:

@@ -1,8 +1,8 @@
 """Load test: a room of viewers in the dashboard while the presenter's sweep is timed. Prints numbers; asserts nothing.
 
-    flock /tmp/lab-heavy.lock .venv/bin/python benchmarks/classroom_load.py --sessions 30 --browsers 2
-    flock /tmp/lab-heavy.lock .venv/bin/python benchmarks/classroom_load.py --app-dir /path/to/old/checkout  # baseline
-    flock /tmp/lab-heavy.lock .venv/bin/python benchmarks/classroom_load.py --paired --browsers 0 --presenter-tab
+    flock /tmp/lab-heavy.lock .venv/bin/python benchmarks/classroom_load --sessions 30 --browsers 2
+    flock /tmp/lab-heavy.lock .venv/bin/python benchmarks/classroom_load --app-dir /path/to/old/checkout  # baseline
+    flock /tmp/lab-heavy.lock .venv/bin/python benchmarks/classroom_load --paired --browsers 0 --presenter-tab
 
 What it does, all on 127.0.0.1 and bounded in time, in `--rounds` rounds:
 1. measures the same sweep from the CLI (`python -m core sweep`, the reference speeds), before every round and
@@ -66,7 +66,7 @@ from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 VIEWER_PAGES = ["", "quantize", "tradeoff_map", "arena", "decide", "report", "moe", "lora", "distill"]
 # Notices the lab is meant to give (queue limits, the Arena waiting for the queue) are not errors: counted apart.
