@@ -31,8 +31,15 @@ import threading
 import time
 from pathlib import Path
 
-import classroom_load.__main__ as cl
 import psutil
+
+from classroom_load import ROOT
+from classroom_load.browsers import CHROMIUM, presenter_tab
+from classroom_load.lab import LOGS, free_port, start_lab, stop_lab
+from classroom_load.machine import StealMeter, cpu_name, processes_cpu_s, share_pct
+from classroom_load.paired import Presenter
+from classroom_load.session import Stats, viewer
+from classroom_load.stats import median, median_ci95, pct
 
 STATES = ("room", "alone")
 SWITCH = "switch"  # the room is changing: runs that see it belong to neither state
@@ -43,7 +50,6 @@ SWITCH = "switch"  # the room is changing: runs that see it belong to neither st
 
 def timer(key: str, minutes: float, repeats: int, gap_s: float, state_path: Path, out_path: Path) -> None:
     """Time `key` through the lab's gate until `minutes` have passed; one JSON line per timed run."""
-    sys.path.insert(0, str(cl.ROOT))
     from core import models, runtimes, techniques
     from core.experiments import sweep
     from core.launch import quiet
@@ -82,7 +88,7 @@ def timer(key: str, minutes: float, repeats: int, gap_s: float, state_path: Path
 
 def cpu_s(procs: dict[str, list[psutil.Process]]) -> dict[str, float | None]:
     """CPU seconds so far of each part (None for a part with a process gone: the timer ends inside its last block)."""
-    return {name: cl.processes_cpu_s(group) for name, group in procs.items()}
+    return {name: processes_cpu_s(group) for name, group in procs.items()}
 
 
 def parts(lab: int, timer_pid: int) -> dict[str, list[psutil.Process]]:
@@ -94,15 +100,15 @@ def parts(lab: int, timer_pid: int) -> dict[str, list[psutil.Process]]:
 
 
 async def alternate(args, url: str, token: str, key: str, data: Path, state_path: Path, out_path: Path,
-                    stats: cl.Stats, pstats: cl.Stats, lab_pid: int) -> list[dict]:
+                    stats: Stats, pstats: Stats, lab_pid: int) -> list[dict]:
     """Start the timer for one variant and switch the room every block until it ends; CPU share of each part by
     block."""
     stop, room_on, sweeping = asyncio.Event(), asyncio.Event(), asyncio.Event()
     tasks = []
     for i in range(args.sessions):
-        tasks.append(asyncio.create_task(cl.viewer(url, stats, stop, sweeping, False, seed=i, active=room_on)))
+        tasks.append(asyncio.create_task(viewer(url, stats, stop, sweeping, False, seed=i, active=room_on)))
         await asyncio.sleep(0.2)  # people arrive over a few seconds
-    boss = cl.Presenter(url, token, pstats)
+    boss = Presenter(url, token, pstats)
     await boss.open(args)
     tasks.append(asyncio.create_task(boss.stay(stop)))
     state_path.write_text(SWITCH)
@@ -126,7 +132,7 @@ async def alternate(args, url: str, token: str, key: str, data: Path, state_path
             wall = time.monotonic() - t0
             state_path.write_text(SWITCH)
             cpu1 = cpu_s(groups)
-            blocks.append({"state": state, "cpu_pct_of_machine": {n: cl.share_pct(cpu0[n], cpu1[n], wall) for n in cpu0}})
+            blocks.append({"state": state, "cpu_pct_of_machine": {n: share_pct(cpu0[n], cpu1[n], wall) for n in cpu0}})
             print(f"{key} block {len(blocks)} {state}: cpu % {blocks[-1]['cpu_pct_of_machine']}", file=sys.stderr,
                   flush=True)
             on = not on
@@ -147,7 +153,7 @@ def by_block(runs: list[dict]) -> list[tuple[str, float, int]]:
         if not stretches or stretches[-1][0] != run["state"]:
             stretches.append((run["state"], []))
         stretches[-1][1].append(run["decode_tokens_per_s"])
-    return [(s, cl.median(v), len(v)) for s, v in stretches]
+    return [(s, median(v), len(v)) for s, v in stretches]
 
 
 def summary(key: str, runs: list[dict], blocks: list[dict]) -> dict:
@@ -156,20 +162,20 @@ def summary(key: str, runs: list[dict], blocks: list[dict]) -> dict:
               if s[0] == "room" and before[0] == after[0] == "alone"]
     return {
         "technique": key,
-        **{f"{state}_decode_tok_s_median": round(cl.median([r["decode_tokens_per_s"] for r in runs
-                                                             if r["state"] == state]), 2) for state in STATES},
+        **{f"{state}_decode_tok_s_median": round(median([r["decode_tokens_per_s"] for r in runs
+                                                          if r["state"] == state]), 2) for state in STATES},
         **{f"{state}_runs": sum(r["state"] == state for r in runs) for state in STATES},
         "blocks": [(s, round(m, 2), n) for s, m, n in stretches],
         "room_over_alone_by_block": [round(x, 3) for x in ratios],
-        "room_over_alone_median": round(cl.median(ratios), 3) if ratios else None,
-        "room_over_alone_ci95": cl.median_ci95(ratios),
+        "room_over_alone_median": round(median(ratios), 3) if ratios else None,
+        "room_over_alone_ci95": median_ci95(ratios),
         **{f"{state}_page_turns_per_run": round(sum(r["turns"] for r in runs if r["state"] == state)
                                                 / max(1, sum(r["state"] == state for r in runs)), 2) for state in STATES},
-        **{f"{state}_other_processes_cpu_pct_median": cl.median([r["others_pct"] for r in runs if r["state"] == state
-                                                                 and r["others_pct"] is not None]) for state in STATES},
-        "cpu_pct_of_machine_median": {state: {part: cl.median([b["cpu_pct_of_machine"][part] for b in blocks
-                                                               if b["state"] == state
-                                                               and b["cpu_pct_of_machine"][part] is not None])
+        **{f"{state}_other_processes_cpu_pct_median": median([r["others_pct"] for r in runs if r["state"] == state
+                                                              and r["others_pct"] is not None]) for state in STATES},
+        "cpu_pct_of_machine_median": {state: {part: median([b["cpu_pct_of_machine"][part] for b in blocks
+                                                            if b["state"] == state
+                                                            and b["cpu_pct_of_machine"][part] is not None])
                                               for part in (blocks[0]["cpu_pct_of_machine"] if blocks else {})}
                                       for state in STATES},
     }
@@ -180,16 +186,16 @@ def run(args) -> dict:
     data = Path(tempfile.mkdtemp(prefix="room-cost-"))
     env = os.environ | {"LAB_DATA_DIR": str(data), "LAB_WORKER_AUTOSTART": "1"}
     (data / "models").symlink_to(args.models_from.resolve())
-    cl.LOGS.mkdir(exist_ok=True)
-    log = cl.LOGS / "room-cost.log"
-    lab, token = cl.start_lab(cl.ROOT, sys.executable, env, cl.free_port(), log)
+    LOGS.mkdir(exist_ok=True)
+    log = LOGS / "room-cost.log"
+    lab, token = start_lab(ROOT, sys.executable, env, free_port(), log)
     url = f"http://127.0.0.1:{lab.args[lab.args.index('--port') + 1]}"
-    stats, pstats, bstats = cl.Stats(), cl.Stats(), cl.Stats()
+    stats, pstats, bstats = Stats(), Stats(), Stats()
     stop_tab = threading.Event()
-    tab = threading.Thread(target=cl.presenter_tab, args=(url, token, bstats, stop_tab), daemon=True)
-    if Path(cl.CHROMIUM).exists():
+    tab = threading.Thread(target=presenter_tab, args=(url, token, bstats, stop_tab), daemon=True)
+    if Path(CHROMIUM).exists():
         tab.start()
-    steal, results = cl.StealMeter(), []
+    steal, results = StealMeter(), []
     try:
         for key in keys:
             out = data / f"runs-{key}.jsonl"
@@ -204,19 +210,19 @@ def run(args) -> dict:
         stop_tab.set()
         if tab.is_alive():
             tab.join(30)
-        cl.stop_lab(lab, data)
+        stop_lab(lab, data)
         shutil.rmtree(data, ignore_errors=True)
     page_s = stats.page_s + pstats.page_s + bstats.page_s
     ratios = [x for r in results for x in r["room_over_alone_by_block"]]
-    return {"cpu": cl.cpu_name(), "cores": psutil.cpu_count(), "sessions": args.sessions, "block_s": args.block_s,
+    return {"cpu": cpu_name(), "cores": psutil.cpu_count(), "sessions": args.sessions, "block_s": args.block_s,
             "repeats_per_phase": args.repeats, "page_runs": len(page_s),
-            "page_response_s_p50": round(cl.pct(page_s, 0.5), 3), "page_response_s_p90": round(cl.pct(page_s, 0.9), 3),
+            "page_response_s_p50": round(pct(page_s, 0.5), 3), "page_response_s_p90": round(pct(page_s, 0.9), 3),
             "errors_shown": len(stats.errors + pstats.errors + bstats.errors),
             "error_samples": sorted(set(stats.errors + pstats.errors + bstats.errors))[:8],
             "server_tracebacks": log.read_text(errors="replace").count("Traceback (most recent"),
             "hypervisor_steal_pct": steal.pct(), "variants": results,
-            "all_variants_room_over_alone_median": round(cl.median(ratios), 3) if ratios else None,
-            "all_variants_room_over_alone_ci95": cl.median_ci95(ratios)}
+            "all_variants_room_over_alone_median": round(median(ratios), 3) if ratios else None,
+            "all_variants_room_over_alone_ci95": median_ci95(ratios)}
 
 
 def main() -> None:
@@ -227,7 +233,7 @@ def main() -> None:
     ap.add_argument("--block-s", type=float, default=60.0, help="seconds the room stays in one state")
     ap.add_argument("--repeats", type=int, default=10, help="timed runs per timing phase (after one warm-up)")
     ap.add_argument("--mc-max-items", type=int, default=0, help=argparse.SUPPRESS)  # the presenter's page settings
-    ap.add_argument("--models-from", type=Path, default=cl.ROOT / "data" / "models")
+    ap.add_argument("--models-from", type=Path, default=ROOT / "data" / "models")
     ap.add_argument("--json", type=Path, help="write the numbers here too")
     ap.add_argument("--timer", metavar="TECHNIQUE", help=argparse.SUPPRESS)  # the timer process
     ap.add_argument("--minutes", type=float, help=argparse.SUPPRESS)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-cl = pytest.importorskip("classroom_load.__main__", reason="benchmarks/classroom_load needs psutil and websockets")
+machine = pytest.importorskip("classroom_load.machine", reason="benchmarks/classroom_load needs psutil")
+report = pytest.importorskip("classroom_load.report")
 
 
 def measurement(rnd: int, condition: str, tok_s: float) -> dict:
@@ -31,7 +32,7 @@ def test_pooling_keeps_each_round_paired_with_its_own_cli(tmp_path):
     # Both files have a round 0; a machine twice as fast in the second must not pair its room with the first's CLI.
     a = paired_result(tmp_path / "a.json", [(10.0, 9.0, 10.0), (12.0, 12.0, 11.4)])
     b = paired_result(tmp_path / "b.json", [(20.0, 19.0, 19.0)])
-    pooled = cl.pool([a, b])
+    pooled = report.pool([a, b])
     assert pooled["rounds"] == 3 and [s["file"] for s in pooled["pooled"]] == [str(a), str(b)]
     fp32 = pooled["variants"]["fp32"]
     assert fp32["room_over_cli_by_round"] == [0.9, 1.0, 0.95]
@@ -43,11 +44,11 @@ def test_pooling_refuses_a_result_without_pairs(tmp_path):
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps({"rounds": 2, "variants": []}))  # a result without --paired
     with pytest.raises(SystemExit, match="not a --paired result"):
-        cl.pool([plain])
+        report.pool([plain])
     broken = tmp_path / "broken.json"
     broken.write_text('{"mode": "paired", ')  # cut off while being written
     with pytest.raises(SystemExit, match="cannot read it as JSON"):
-        cl.pool([broken])
+        report.pool([broken])
 
 
 def test_a_run_stopped_early_pools_what_it_finished(tmp_path):
@@ -55,9 +56,9 @@ def test_a_run_stopped_early_pools_what_it_finished(tmp_path):
     path = paired_result(tmp_path / "cut.json", [(10.0, 9.5, 10.0)])
     partial = json.loads(path.read_text()) | {"finished": False}
     partial["measurements"].append(measurement(1, "cli", 12.0))
-    cl.write_json_atomically(path, partial)
+    report.write_json_atomically(path, partial)
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file became the result, nothing left beside it
-    pooled = cl.pool([path])
+    pooled = report.pool([path])
     assert pooled["pooled"][0]["finished"] is False
     fp32 = pooled["variants"]["fp32"]
     assert fp32["room_over_cli_by_round"] == [0.95]  # round 1's CLI is paired with nothing, so it adds no ratio
@@ -72,13 +73,13 @@ def test_the_workers_cpu_share_counts_job_processes_that_have_ended():
     import psutil
 
     me = psutil.Process()
-    tree0, own0 = cl.tree_cpu_s(me), cl.processes_cpu_s([me])
+    tree0, own0 = machine.tree_cpu_s(me), machine.processes_cpu_s([me])
     spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5:\n    pass"
     child = subprocess.Popen([sys.executable, "-c", spin])
     deadline = time.monotonic() + 60
     while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert cl.command_line(psutil.Process(child.pid)) == ""  # ended, not yet waited for: no command line to read
+    assert machine.command_line(psutil.Process(child.pid)) == ""  # ended, not yet waited for: no command line to read
     child.wait()
-    children_s = (cl.tree_cpu_s(me) - tree0) - (cl.processes_cpu_s([me]) - own0)
+    children_s = (machine.tree_cpu_s(me) - tree0) - (machine.processes_cpu_s([me]) - own0)
     assert children_s >= 0.3  # of the 0.5 s it spun: the kernel counts in clock ticks, rounding down

@@ -39,9 +39,9 @@ def test_an_active_block_without_a_paused_one_after_it_is_not_counted():
 
 
 def test_a_part_whose_process_ended_has_an_unknown_share_and_is_left_out_of_the_median():
-    assert room_cost.cl.share_pct(10.0, None, wall_s=30.0) is None
-    assert room_cost.cl.share_pct(None, 12.0, wall_s=30.0) is None
-    assert room_cost.cl.share_pct(10.0, 10.6, wall_s=30.0) == pytest.approx(100 * 0.6 / (30 * room_cost.psutil.cpu_count()),
+    assert room_cost.share_pct(10.0, None, wall_s=30.0) is None
+    assert room_cost.share_pct(None, 12.0, wall_s=30.0) is None
+    assert room_cost.share_pct(10.0, 10.6, wall_s=30.0) == pytest.approx(100 * 0.6 / (30 * room_cost.psutil.cpu_count()),
                                                                          abs=0.01)
     blocks = [{"state": "alone", "cpu_pct_of_machine": {"timer": 60.0}},
               {"state": "alone", "cpu_pct_of_machine": {"timer": None}},
