@@ -57,19 +57,15 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 
-import psutil  # noqa: E402
-
 from . import ROOT  # noqa: E402
-from .lab import cli_sweep, labels_for  # noqa: E402
-from .machine import StealMeter, cpu_name  # noqa: E402
+from .lab import labels_for  # noqa: E402
 from .paired import run_paired  # noqa: E402
 from .report import pool, write_json_atomically  # noqa: E402
-from .rounds import Round, one_round  # noqa: E402
-from .stats import compare, median, median_ci95, pct  # noqa: E402
+from .rounds import run_rounds  # noqa: E402
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="classroom_load", description=__doc__.split("\n")[0])
     ap.add_argument("--sessions", type=int, default=30, help="viewer sessions in all (browsers included)")
     ap.add_argument("--browsers", type=int, default=2, help="how many of them are real Chromium pages")
     ap.add_argument("--presenter-tab", action="store_true",
@@ -92,7 +88,22 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the numbers here too")
     ap.add_argument("--pool", type=Path, nargs="+", metavar="JSON",
                     help="measure nothing: report the rounds of these --paired --json results together")
-    args = ap.parse_args()
+    return ap
+
+
+def fresh_data_folder(args, python: str) -> tuple[Path, dict]:
+    """A data folder of the lab's own under test, with the prepared checkpoints linked in; and the lab's environment."""
+    data = Path(tempfile.mkdtemp(prefix="classroom-load-"))
+    env = os.environ | {"LAB_DATA_DIR": str(data), "LAB_WORKER_AUTOSTART": "1"}
+    if args.models_from.is_dir():
+        (data / "models").symlink_to(args.models_from.resolve())
+    else:
+        subprocess.run([python, "-m", "core", "prepare"], cwd=ROOT, env=env, check=True)
+    return data, env
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.pool:
         print(json.dumps(pool(args.pool), indent=2))
         return
@@ -100,62 +111,13 @@ def main() -> None:
     keys = [k.strip() for k in args.techniques.split(",") if k.strip()]
     labels = labels_for(keys)
     python = sys.executable
-    data = Path(tempfile.mkdtemp(prefix="classroom-load-"))
-    env = os.environ | {"LAB_DATA_DIR": str(data), "LAB_WORKER_AUTOSTART": "1"}
-    if args.models_from.is_dir():
-        (data / "models").symlink_to(args.models_from.resolve())
-    else:
-        subprocess.run([python, "-m", "core", "prepare"], cwd=ROOT, env=env, check=True)
-    if args.paired:
-        try:
-            result = run_paired(args, keys, labels, python, env, data)
-        finally:
-            shutil.rmtree(data, ignore_errors=True)
-        print(json.dumps({k: v for k, v in result.items() if k != "measurements"}, indent=2))
-        if args.json:
-            write_json_atomically(args.json, result)
-        return
-    cli_runs: list[dict[str, dict]] = []
-    cli_steal: list[float | None] = []
-    rounds: list[Round] = []
-
-    def reference(name: str) -> None:
-        steal = StealMeter()
-        cli_runs.append(cli_sweep(python, env, keys, args, data / f"cli-{name}.json"))
-        cli_steal.append(steal.pct())
-
+    data, env = fresh_data_folder(args, python)
     try:
-        for i in range(args.rounds):
-            if not args.skip_cli:
-                reference(str(i))
-            rounds.append(one_round(args, python, env, data, labels, len(keys), i))
-        if not args.skip_cli:
-            reference("last")
+        result = (run_paired if args.paired else run_rounds)(args, keys, labels, python, env, data)
     finally:
         shutil.rmtree(data, ignore_errors=True)
-    page_s = [x for rd in rounds for x in rd.stats.page_s]
-    errors = [e for rd in rounds for e in rd.stats.errors]
-    result = {
-        "app": str(args.app_dir.resolve()), "sessions": args.sessions, "browser_sessions": args.browsers,
-        "rounds": len(rounds), "load_s": [round(rd.load_s, 1) for rd in rounds], "page_runs": len(page_s),
-        "page_response_s_p50": round(pct(page_s, 0.5), 3), "page_response_s_p90": round(pct(page_s, 0.9), 3),
-        "fragment_rerun_s_p90": round(pct([x for rd in rounds for x in rd.stats.fragment_s], 0.9), 3),
-        "timeouts": sum(rd.stats.timeouts for rd in rounds), "errors_shown": len(errors),
-        "error_samples": sorted(set(errors))[:8],
-        "expected_notices_shown": sum(rd.stats.refusals for rd in rounds),
-        "viewer_jobs_queued": sum(rd.stats.jobs_queued for rd in rounds), "queue_by_round": [rd.queue for rd in rounds],
-        "load_generator_cpu_pct_of_machine": round(100 * sum(rd.load_cpu_s for rd in rounds)
-                                                   / (sum(rd.wall_s for rd in rounds) * psutil.cpu_count()), 1),
-        "cpu": cpu_name(), "cores": psutil.cpu_count(),
-        "variants": compare(keys, rounds, cli_runs),
-        "server_logs": [str(rd.log) for rd in rounds],
-        "server_tracebacks_by_round": [rd.tracebacks for rd in rounds],
-        "hypervisor_steal_pct": {"cli_runs": cli_steal, "rounds": [rd.steal_pct for rd in rounds]},
-    }
-    ratios = [x for v in result["variants"] for x in v["dashboard_over_cli_by_round"]]
-    result["all_variants_by_round_median"] = round(median(ratios), 3) if ratios else None
-    result["all_variants_by_round_median_ci95"] = median_ci95(ratios)
-    print(json.dumps(result, indent=2))
+    # Every measurement of a --paired run goes to --json only; the rounds' result has none and prints whole.
+    print(json.dumps({k: v for k, v in result.items() if k != "measurements"}, indent=2))
     if args.json:
         write_json_atomically(args.json, result)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import ROOT
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psutil
 
+
 def steal_s() -> float | None:
     """CPU seconds the hypervisor has taken from this virtual machine since boot (the `steal` column of
     /proc/stat), or None off Linux. Time stolen during a timed run slows it as another process would, but no
@@ -56,6 +57,18 @@ def tree_cpu_s(proc: psutil.Process) -> float | None:
         except psutil.Error:  # ended since the listing: its time is in its parent's children_* from now on
             pass
     return own.user + own.system + own.children_user + own.children_system + live
+
+
+def browsers_cpu_s(me: psutil.Process, lab_pid: int) -> float:
+    """CPU seconds so far of this process's descendants outside the lab: Playwright's driver and Chromium."""
+    total = 0.0
+    for child in me.children(recursive=True):
+        try:
+            if child.pid != lab_pid and lab_pid not in [p.pid for p in child.parents()]:
+                total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
 
 
 def share_pct(before: float | None, after: float | None, wall_s: float) -> float | None:

@@ -14,10 +14,11 @@ import psutil
 
 from .browsers import CHROMIUM, presenter_tab
 from .lab import LOGS, cli_sweep, dashboard_records, free_port, last_presenter_job, quiet_queue, start_lab, stop_lab
-from .machine import StealMeter, cpu_by_part, cpu_name, cpu_pct_between
-from .report import write_json_atomically
-from .session import Session, Stats, viewer
-from .stats import CONDITIONS, paired_summary, pct
+from .machine import StealMeter, cpu_by_part, cpu_pct_between
+from .report import paired_result, unfinished_paired_result, write_json_atomically
+from .session import Session, Stats, room_arrives, set_sweep_settings
+from .stats import CONDITIONS
+
 
 class Presenter:
     """The presenter's protocol session on the Quantize page: it measures one variant at a time, and between
@@ -41,13 +42,7 @@ class Presenter:
     def _settings(self) -> None:
         """The sweep's timed runs and questions, as the CLI's flags have them. Set again before every Measure: the
         first measurement of a run once went out with the page's defaults."""
-        s = self.session
-        runs = next((label for kind, label in s.widgets if kind == "number_input" and label.startswith("Timed runs")),
-                    None)
-        if runs:
-            s.set("number_input", runs, double_value=self.args.repeats)
-        if self.args.mc_max_items:
-            s.set("number_input", "Questions to score (0 = all)", double_value=self.args.mc_max_items)
+        set_sweep_settings(self.session, self.args.repeats, self.args.mc_max_items)
 
     async def stay(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -76,6 +71,38 @@ class Presenter:
         return None
 
 
+def rotation(rnd: int, variant: int) -> tuple[str, ...]:
+    """The order of the three conditions for one variant in one round: each round and variant starts one further."""
+    shift = (rnd + variant) % len(CONDITIONS)
+    return CONDITIONS[shift:] + CONDITIONS[:shift]
+
+
+def enter(condition: str, room_on: asyncio.Event, sweeping: asyncio.Event, boss: Presenter,
+          away: threading.Event) -> None:
+    """The room is active (and queues jobs) only for "room"; for "cli" the presenter's session pauses and the tab
+    goes blank."""
+    room = condition == "room"
+    (room_on.set if room else room_on.clear)()
+    (sweeping.set if room else sweeping.clear)()
+    (boss.here.clear if condition == "cli" else boss.here.set)()
+    (away.set if condition == "cli" else away.clear)()
+
+
+async def measure_once(args, condition: str, rnd: int, key: str, label: str, boss: Presenter, data: Path,
+                       python: str, env: dict) -> dict | None:
+    """One variant's record, from the CLI or from the presenter's Measure; None where none came."""
+    if condition == "cli":
+        json_out = data / f"cli-{rnd}-{key}.json"
+        return (await asyncio.to_thread(cli_sweep, python, env, [key], args, json_out)).get(key)
+    return await boss.measure(label, key, data, args.max_s)
+
+
+def say(rnd: int, key: str, condition: str, record: dict | None, cpu_pct: dict) -> None:
+    print(f"round {rnd} {key:6s} {condition:5s} " + (
+        f"{record['decode_tokens_per_s_median']:.2f} tok/s" if record else "no record") + f"  cpu % {cpu_pct}",
+        file=sys.stderr, flush=True)
+
+
 async def paired(args, url: str, token: str, keys: list[str], labels: list[str], data: Path, python: str,
                  env: dict, stats: Stats, pstats: Stats, away: threading.Event, lab_pid: int,
                  keep=lambda measured: None) -> list[dict]:
@@ -84,16 +111,9 @@ async def paired(args, url: str, token: str, keys: list[str], labels: list[str],
     presenter. The room stays connected throughout; a paused session sends nothing, as a tab left open.
     `keep` is handed the measurements so far after each one, so that a long run stopped early keeps them."""
     stop, room_on, sweeping = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    viewers = args.sessions - args.browsers
-    tasks = []
     room_on.set()
-    for i in range(viewers):
-        tasks.append(asyncio.create_task(viewer(url, stats, stop, sweeping, i < args.viewer_jobs, seed=i,
-                                                active=room_on)))
-        await asyncio.sleep(0.2)
-    deadline = time.monotonic() + 120
-    while stats.arrived < viewers and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
+    tasks = await room_arrives(url, stats, stop, sweeping, args.sessions - args.browsers, args.viewer_jobs,
+                               active=room_on)
     boss = Presenter(url, token, pstats)
     await boss.open(args)
     tasks.append(asyncio.create_task(boss.stay(stop)))
@@ -101,28 +121,17 @@ async def paired(args, url: str, token: str, keys: list[str], labels: list[str],
     try:
         for rnd in range(args.rounds):
             for v, (key, label) in enumerate(zip(keys, labels)):
-                shift = (rnd + v) % len(CONDITIONS)
-                for condition in CONDITIONS[shift:] + CONDITIONS[:shift]:
-                    room = condition == "room"
-                    (room_on.set if room else room_on.clear)()
-                    (sweeping.set if room else sweeping.clear)()
-                    (boss.here.clear if condition == "cli" else boss.here.set)()
-                    (away.set if condition == "cli" else away.clear)()
+                for condition in rotation(rnd, v):
+                    enter(condition, room_on, sweeping, boss, away)
                     await asyncio.sleep(3)  # paused sessions finish what they had started; the tab goes blank
                     t0 = time.monotonic() - t_start
                     cpu0 = cpu_by_part(lab_pid)
-                    if condition == "cli":
-                        json_out = data / f"cli-{rnd}-{key}.json"
-                        record = (await asyncio.to_thread(cli_sweep, python, env, [key], args, json_out)).get(key)
-                    else:
-                        record = await boss.measure(label, key, data, args.max_s)
+                    record = await measure_once(args, condition, rnd, key, label, boss, data, python, env)
                     cpu_pct = cpu_pct_between(cpu0, cpu_by_part(lab_pid), time.monotonic() - t_start - t0)
                     if condition != "cli":
                         room_on.clear()
                         await asyncio.to_thread(quiet_queue, data)
-                    print(f"round {rnd} {key:6s} {condition:5s} " + (
-                        f"{record['decode_tokens_per_s_median']:.2f} tok/s" if record else "no record") + f"  cpu % {cpu_pct}",
-                        file=sys.stderr, flush=True)
+                    say(rnd, key, condition, record, cpu_pct)
                     out.append({"round": rnd, "technique": key, "condition": condition, "at_s": round(t0, 1),
                                 "cpu_pct_of_machine": cpu_pct, "record": record})
                     keep(out)
@@ -136,6 +145,7 @@ async def paired(args, url: str, token: str, keys: list[str], labels: list[str],
 
 
 def run_paired(args, keys: list[str], labels: list[str], python: str, env: dict, data: Path) -> dict:
+    """Start the lab once, measure every round with the room connected, stop the lab; the result to print."""
     LOGS.mkdir(exist_ok=True)
     log = LOGS / "paired.log"
     port = free_port()
@@ -152,16 +162,11 @@ def run_paired(args, keys: list[str], labels: list[str], python: str, env: dict,
 
     def keep(measured: list[dict]) -> None:  # what an interrupted run leaves for --pool: every measurement it finished
         if args.json:
-            page_s = stats.page_s + pstats.page_s + bstats.page_s
-            write_json_atomically(args.json, {
-                "mode": "paired", "finished": False, "cpu": cpu_name(), "sessions": args.sessions,
-                "rounds": len({m["round"] for m in measured}), "page_runs": len(page_s),
-                "page_response_s_p90": round(pct(page_s, 0.9), 3) if page_s else None,
-                "errors_shown": len(stats.errors + pstats.errors + bstats.errors), "measurements": measured})
+            write_json_atomically(args.json, unfinished_paired_result(args, measured, (stats, pstats, bstats)))
 
     try:
-        measured = asyncio.run(paired(args, f"http://127.0.0.1:{port}", token, keys, labels, data, python, env,
-                                      stats, pstats, away, lab.pid, keep))
+        measured = asyncio.run(paired(args, url, token, keys, labels, data, python, env, stats, pstats, away, lab.pid,
+                                      keep))
         load_cpu = sum(me.cpu_times()[:2]) - cpu0
         wall = time.monotonic() - wall0
     finally:
@@ -169,20 +174,4 @@ def run_paired(args, keys: list[str], labels: list[str], python: str, env: dict,
         if tab.is_alive():
             tab.join(30)
         stop_lab(lab, data)
-    page_s = stats.page_s + pstats.page_s + bstats.page_s
-    errors = stats.errors + pstats.errors + bstats.errors
-    return {
-        "mode": "paired", "finished": True, "app": str(args.app_dir.resolve()), "sessions": args.sessions,
-        "rounds": len({m["round"] for m in measured}),  # as the unfinished file counts them
-        "presenter_tab": args.presenter_tab, "wall_s": round(wall, 1), "page_runs": len(page_s),
-        "page_response_s_p50": round(pct(page_s, 0.5), 3), "page_response_s_p90": round(pct(page_s, 0.9), 3),
-        "fragment_rerun_s_p90": round(pct(stats.fragment_s + pstats.fragment_s, 0.9), 3),
-        "timeouts": stats.timeouts + pstats.timeouts, "errors_shown": len(errors),
-        "error_samples": sorted(set(errors))[:8], "viewer_jobs_queued": stats.jobs_queued,
-        "load_generator_cpu_pct_of_machine": round(100 * load_cpu / (wall * psutil.cpu_count()), 1),
-        "server_log": str(log), "server_tracebacks": log.read_text(errors="replace").count("Traceback (most recent"),
-        "hypervisor_steal_pct": steal.pct(), "cpu": cpu_name(), "cores": psutil.cpu_count(),
-        "records_not_at_asked_repeats": [(m["round"], m["technique"], m["condition"]) for m in measured if m["record"]
-                                         and m["record"]["settings"].get("repeats") != args.repeats],
-        **paired_summary(keys, measured), "measurements": measured,
-    }
+    return paired_result(args, keys, measured, (stats, pstats, bstats), wall, load_cpu, log, steal.pct())

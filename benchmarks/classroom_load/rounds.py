@@ -12,23 +12,21 @@ from pathlib import Path
 import psutil
 
 from .browsers import CHROMIUM, browsers, presenter_tab
-from .lab import LOGS, dashboard_records, free_port, queue_counts, start_lab, stop_lab
-from .machine import StealMeter
-from .session import Stats, presenter, viewer
+from .lab import LOGS, cli_sweep, dashboard_records, free_port, queue_counts, start_lab, stop_lab
+from .machine import StealMeter, browsers_cpu_s
+from .report import rounds_result
+from .session import Stats, presenter, room_arrives
+
 
 async def drive(args, url: str, token: str, labels: list[str], stats: Stats, pstats: Stats, data: Path,
                 since: str, n_variants: int) -> float:
+    """The presenter picks the variants, the room arrives, the presenter presses Measure, and the room stays active
+    until the sweep's records are stored (or --max-s); the seconds from Measure to then."""
     stop, room_in, started = asyncio.Event(), asyncio.Event(), asyncio.Event()
     tasks = [asyncio.create_task(presenter(url, pstats, token, labels, args, room_in, started, stop))]
-    viewers = args.sessions - args.browsers
-    for i in range(viewers):
-        tasks.append(asyncio.create_task(viewer(url, stats, stop, started, i < args.viewer_jobs, seed=i)))
-        await asyncio.sleep(0.2)  # people arrive over a few seconds, not in one instant
     # The room is in before the presenter presses Measure, as in a class, so that every session is active for
     # the whole sweep (with Measure first, the first variant was timed while thirty sessions were arriving).
-    arrival_deadline = time.monotonic() + 120
-    while stats.arrived < viewers and time.monotonic() < arrival_deadline:
-        await asyncio.sleep(0.5)
+    tasks += await room_arrives(url, stats, stop, started, args.sessions - args.browsers, args.viewer_jobs)
     room_in.set()
     await asyncio.wait_for(started.wait(), 180)
     t0 = time.monotonic()
@@ -70,22 +68,12 @@ def one_round(args, python: str, env: dict, data: Path, labels: list[str], n_var
     thread = threading.Thread(target=browsers, args=(url, args.browsers, bstats, stop_browsers), daemon=True)
     tab = threading.Thread(target=presenter_tab, args=(url, token, bstats, stop_browsers), daemon=True)
 
-    def browser_tree_cpu() -> float:  # Playwright's driver and Chromium are this process's descendants
-        total = 0.0
-        for child in me.children(recursive=True):
-            try:
-                if child.pid != lab.pid and lab.pid not in [p.pid for p in child.parents()]:
-                    total += sum(child.cpu_times()[:2])
-            except psutil.Error:
-                pass
-        return total
-
     thread.start()
     if args.presenter_tab and Path(CHROMIUM).exists():
         tab.start()
     try:
         elapsed = asyncio.run(drive(args, url, token, labels, stats, pstats, data, since, n_variants))
-        browser_cpu = browser_tree_cpu()
+        browser_cpu = browsers_cpu_s(me, lab.pid)
         stop_browsers.set()
         thread.join(30)
         if tab.is_alive():
@@ -103,3 +91,23 @@ def one_round(args, python: str, env: dict, data: Path, labels: list[str], n_var
                      timeouts=stats.timeouts + pstats.timeouts, jobs_queued=stats.jobs_queued)
     tracebacks = log.read_text(errors="replace").count("Traceback (most recent call last)")
     return Round(elapsed, load_cpu, wall, everyone, records, jobs, log, tracebacks, steal.pct())
+
+
+def run_rounds(args, keys: list[str], labels: list[str], python: str, env: dict, data: Path) -> dict:
+    """--rounds presenter sweeps under load, with the CLI's sweep before each and after the last; the result."""
+    cli_runs: list[dict[str, dict]] = []
+    cli_steal: list[float | None] = []
+    rounds: list[Round] = []
+
+    def reference(name: str) -> None:
+        steal = StealMeter()
+        cli_runs.append(cli_sweep(python, env, keys, args, data / f"cli-{name}.json"))
+        cli_steal.append(steal.pct())
+
+    for i in range(args.rounds):
+        if not args.skip_cli:
+            reference(str(i))
+        rounds.append(one_round(args, python, env, data, labels, len(keys), i))
+    if not args.skip_cli:
+        reference("last")
+    return rounds_result(args, keys, rounds, cli_runs, cli_steal)

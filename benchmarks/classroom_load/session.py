@@ -140,6 +140,15 @@ class Session:
             await asyncio.sleep(max(0.0, min([end - now, *[t - now for t in due.values()]])))
 
 
+def set_sweep_settings(s: Session, repeats: int, mc_max_items: int) -> None:
+    """The sweep's timed runs and questions on the Quantize page, as the CLI's flags have them."""
+    runs = next((label for kind, label in s.widgets if kind == "number_input" and label.startswith("Timed runs")), None)
+    if runs:
+        s.set("number_input", runs, double_value=repeats)
+    if mc_max_items:
+        s.set("number_input", "Questions to score (0 = all)", double_value=mc_max_items)
+
+
 async def viewer(url: str, stats: Stats, stop: asyncio.Event, sweeping: asyncio.Event, queue_job: bool,
                  seed: int, active: asyncio.Event | None = None) -> None:
     rng = random.Random(seed)
@@ -172,12 +181,7 @@ async def presenter(url: str, stats: Stats, token: str, labels: list[str], args,
         s.query = ""  # the page strips the token from the address bar; later requests carry none, as a browser's
         await s.run("quantize")
         s.set("multiselect", "Variants to measure", string_array_value={"data": labels})
-        runs = next((label for kind, label in s.widgets if kind == "number_input" and label.startswith("Timed runs")),
-                    None)
-        if runs:
-            s.set("number_input", runs, double_value=args.repeats)
-        if args.mc_max_items:
-            s.set("number_input", "Questions to score (0 = all)", double_value=args.mc_max_items)
+        set_sweep_settings(s, args.repeats, args.mc_max_items)
         await s.run()
         await room_in.wait()
         await s.run(click="Measure")
@@ -186,3 +190,17 @@ async def presenter(url: str, stats: Stats, token: str, labels: list[str], args,
             await s.dwell(5)
 
 
+
+
+async def room_arrives(url: str, stats: Stats, stop: asyncio.Event, sweeping: asyncio.Event, count: int, jobs: int,
+                       active: asyncio.Event | None = None) -> list[asyncio.Task]:
+    """`count` viewers arrive over a few seconds, not in one instant, and the first `jobs` of them will queue a job
+    while `sweeping` is set; their tasks, once every one has drawn its first page (or after 120 s)."""
+    tasks = []
+    for i in range(count):
+        tasks.append(asyncio.create_task(viewer(url, stats, stop, sweeping, i < jobs, seed=i, active=active)))
+        await asyncio.sleep(0.2)
+    deadline = time.monotonic() + 120
+    while stats.arrived < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    return tasks
