@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from core.measure import intervals
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 machine = pytest.importorskip("classroom_load.machine", reason="benchmarks/classroom_load needs psutil")
 report = pytest.importorskip("classroom_load.report")
+stats = pytest.importorskip("classroom_load.stats")
 
 
 def measurement(rnd: int, condition: str, tok_s: float) -> dict:
@@ -83,3 +86,12 @@ def test_the_workers_cpu_share_counts_job_processes_that_have_ended():
     child.wait()
     children_s = (machine.tree_cpu_s(me) - tree0) - (machine.processes_cpu_s([me]) - own0)
     assert children_s >= 0.3  # of the 0.5 s it spun: the kernel counts in clock ticks, rounding down
+
+
+def test_the_median_interval_is_cores_bootstrap_as_reported():
+    """The benchmark's 95% interval of a median is core's bootstrap (4000 draws, seed 0), rounded to 3 places."""
+    ratios = [1.02, 0.96, 0.91, 0.98, 1.05, 0.97, 0.94]
+    core = intervals.median_of(ratios, seed=0, draws=4000)
+    assert stats.median_ci95(ratios) == [round(core.low, 3), round(core.high, 3)]
+    assert stats.median_ci95(ratios) == [0.94, 1.02]  # what the benchmark's own bootstrap printed before
+    assert stats.median_ci95([0.9, 1.0]) is None  # two rounds: no interval is printed

@@ -3,9 +3,11 @@ CLI's (pooled over rounds, or paired within a round)."""
 
 from __future__ import annotations
 
-import random
+import math
 import statistics
 from typing import TYPE_CHECKING
+
+from core.measure import intervals
 
 if TYPE_CHECKING:
     from .rounds import Round
@@ -27,13 +29,15 @@ def median(values: list[float]) -> float:
 
 
 def median_ci95(values: list[float], resamples: int = 4000) -> list[float] | None:
-    """Percentile-bootstrap 95% interval of the median (seeded, so a rerun on the same numbers prints the same).
-    With this machine's drift, the interval over rounds is what says whether "within 5%" is shown or not."""
+    """The median's 95% percentile-bootstrap interval, core's (seeded, so a rerun on the same numbers prints the same),
+    rounded as reported; None for fewer than 3 values. With this machine's drift, the interval over rounds is what
+    says whether "within 5%" is shown or not."""
     if len(values) < 3:
         return None
-    rng = random.Random(0)
-    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
-    return [round(meds[int(0.025 * resamples)], 3), round(meds[int(0.975 * resamples) - 1], 3)]
+    estimate = intervals.median_of(values, seed=0, draws=resamples)
+    if not (math.isfinite(estimate.low) and math.isfinite(estimate.high)):
+        return None  # fewer than 2 usable values (core drops any that are not a finite positive number)
+    return [round(estimate.low, 3), round(estimate.high, 3)]
 
 
 def compare(keys: list[str], rounds: list[Round], cli_runs: list[dict[str, dict]]) -> list[dict]:
