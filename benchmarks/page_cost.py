@@ -4,7 +4,7 @@
 
 In a classroom every viewer's page run is CPU the web server spends on the cores the worker times, and a room's page
 wait grows with it (a timed run lets waiting pages in, then waits for them to finish). The results come from
-measurements the lab made: the records of a `classroom_load.py --paired --json` file, or else of the lab's own store,
+measurements the lab made: the records of a `classroom_load --paired --json` file, or else of the lab's own store,
 copied with fresh ids into a throwaway store (the lab's store is only read). Each page runs in-process through
 Streamlit's AppTest, once to warm up, then `--runs` times; CPU time counts every thread of this process.
 Prints numbers; asserts nothing.

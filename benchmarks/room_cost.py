@@ -3,7 +3,7 @@ nothing.
 
     flock /tmp/lab-heavy.lock .venv/bin/python benchmarks/room_cost.py --techniques fp32,bf16,nf4 --blocks 7
 
-classroom_load.py --paired compares whole measurements a minute apart, each with its own model load, and this
+classroom_load --paired compares whole measurements a minute apart, each with its own model load, and this
 machine's speed drifts by up to 35% within minutes, so its ratios spread by +-15% per round. This one keeps the
 model loaded and lets the room alternate under it: the lab runs as for a class (`core serve --classroom`, the
 presenter's Chromium tab on the Quantize page, a presenter session and `--sessions` protocol viewers), and a timer
@@ -14,7 +14,7 @@ there). Every `--block-s` seconds the room switches between active (the viewers 
 and paused (only the presenter); runs that straddle a switch are dropped. Each active block is divided by the mean
 of the two paused blocks around it, which cancels drift slower than a block.
 
-It does not go through the job queue, the worker process or the CLI: classroom_load.py does that. What it isolates
+It does not go through the job queue, the worker process or the CLI: classroom_load does that. What it isolates
 is the one thing the room can change, the speed of a timed decode on the shared cores.
 """
 
