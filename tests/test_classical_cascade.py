@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core import runtimes
-from core.cli_parser import main
+from core.cli import main
 from core.hybrids import classical, curve
 from core.techniques.lora import Example, load_task
 from tests.conftest import needs_bundled

@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -5,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from core import cli
 from core.__main__ import main
 from core.store.records import REQUIRED_FIELDS
 
@@ -53,6 +55,30 @@ def test_cli_runs_as_a_module_and_fails_cleanly():
     assert "Traceback" not in proc.stderr
     assert "Unknown technique 'bogus'" in proc.stderr
 
+
+
+COMMANDS = ["models", "prepare", "sweep", "moe", "lora", "finetune", "distill", "speculate", "prompt-lookup", "worker",
+            "serve", "serve-bench", "serve-check", "serve-context", "bill", "cascade", "model-cascade", "gguf-draft",
+            "budget"]
+
+
+def _commands(add_parsers) -> list[str]:
+    sub = argparse.ArgumentParser().add_subparsers()
+    add_parsers(sub)
+    return list(sub.choices)
+
+
+def test_every_command_module_is_listed_once_and_adds_only_its_own_commands():
+    """A command lives in one module of core/cli/, which adds its parsers; COMMANDS lists each module once, so a new
+    module that is not listed fails here, and no two modules add the same command."""
+    folder = Path(cli.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__", "common"}
+    listed = [m.__name__.rsplit(".", 1)[1] for m in cli.COMMANDS]
+    assert sorted(listed) == sorted(modules) and len(set(listed)) == len(listed)
+    added = [name for m in cli.COMMANDS for name in _commands(m.add_parsers)]
+    assert added == COMMANDS  # each once, in the order --help lists them
+    top = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(top.choices) == COMMANDS
 
 @pytest.mark.parametrize("techniques", ["gguf-q4_k_x", "fp32,gguf-q4_k_m"])
 def test_gguf_sweep_refused_before_anything_is_written(techniques, data_dir, monkeypatch, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import cli_parser, techniques
+from core import cli, techniques
 from core.experiments import budget_search
 from core.launch.jobqueue import JobQueue
 from core.measure import benchmark, fit, quant_error
@@ -127,7 +127,7 @@ def test_cli_bad_input_is_one_error_line_and_nothing_is_written(data_dir, capsys
     for argv in (["budget"], ["budget", "--budgets-mb", "90", "--match-presets", "q4_k_m"],
                  ["budget", "--budgets-mb", "0"], ["budget", "--budgets-mb", "ninety"],
                  ["budget", "--match-presets", "q9_x"]):
-        assert cli_parser.main(argv) == 2, argv
+        assert cli.main(argv) == 2, argv
         assert capsys.readouterr().err.startswith("error: ")
     assert not budget_search.results_path().exists()
 

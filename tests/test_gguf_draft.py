@@ -7,7 +7,7 @@ from __future__ import annotations
 import gguf
 import pytest
 
-from core import cli_parser, models
+from core import cli, models
 from core.hybrids import gguf_draft as gd
 from core.runtimes import llamacpp_build
 from core.serving import engines
@@ -151,7 +151,7 @@ def test_cli_refuses_bad_input_and_writes_nothing(tmp_path, capsys, argv, messag
     if "--draft" in argv and llamacpp_build.why_not_tools() is not None:
         pytest.skip("the draft file is checked after the build is found")
     out = tmp_path / "out.json"
-    assert cli_parser.main(["gguf-draft", *argv, "--json", str(out)]) == 2
+    assert cli.main(["gguf-draft", *argv, "--json", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not gd.results_path().exists()

@@ -264,10 +264,9 @@ def test_read_the_tokens_of_a_kl_divergence_base_file(tmp_path):
 
 
 def test_the_cli_picks_the_rule():
-    from core import cli
-    from core.cli_parser import build_parser
+    from core.cli import build_parser, measure
 
     default = build_parser().parse_args(["sweep", "--techniques", "fp32"])
-    assert cli._sweep_settings(default).kld_rule == "llama-perplexity"
+    assert measure.sweep_settings(default).kld_rule == "llama-perplexity"
     chosen = build_parser().parse_args(["sweep", "--techniques", "fp32", "--kld-rule", "every-position"])
-    assert cli._sweep_settings(chosen).kld_rule == "every-position"
+    assert measure.sweep_settings(chosen).kld_rule == "every-position"

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from core import cli_parser, models, runtimes
+from core import cli, models, runtimes
 from core.hybrids import curve
 from core.hybrids import model_cascade as mc
 from core.measure import evaluate
@@ -170,7 +170,7 @@ def test_the_same_model_twice_is_refused():
 
 
 def _cli(*args: str) -> int:
-    return cli_parser.main(["model-cascade", "--model", TINY, *args])
+    return cli.main(["model-cascade", "--model", TINY, *args])
 
 
 def test_cli_measures_stores_and_says_whether_it_beats_both_ends(tmp_path, capsys):
@@ -253,7 +253,7 @@ def _o(label, first, conf, second):
     ([_o("a", "x", 0.95, "a"), _o("b", "b", 0.3, "b"), _o("c", "c", 0.4, "c")], "not less than its $0.10000"),
 ])
 def test_the_verdict_in_words(capsys, outcomes, words):
-    from core.cli_model_cascade import print_result
+    from core.cli.model_cascade import print_result
 
     prov = {"device": "cpu", "threads": 2, "hardware": "h", "versions": {}}
     print_result(curve.build_result("model", "t", "small", "large", "p", outcomes, 3.6, "laptop-cpu", prov))
@@ -261,7 +261,7 @@ def test_the_verdict_in_words(capsys, outcomes, words):
 
 
 def test_with_thresholds_that_never_escalate_enough_the_reason_is_the_confidence():
-    from core.cli_model_cascade import why_not
+    from core.cli.model_cascade import why_not
 
     outcomes = [_o("a", "x", 0.95, "a"), _o("b", "b", 0.3, "b"), _o("c", "c", 0.4, "c")]
     v = mc.verdict(curve.curve(outcomes, 3.6, thresholds=[0.5]))

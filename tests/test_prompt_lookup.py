@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from core import cli_parser, models
+from core import cli, models
 from core.hybrids import prompt_lookup as pl
 
 FAST = dict(runtimes=("transformers",), draft_tokens=4, new_tokens=12, repeats=1)
@@ -113,7 +113,7 @@ def test_llama_cpp_needs_a_gguf_technique():
 ])
 def test_cli_refuses_bad_input_and_writes_nothing(tmp_path, capsys, argv, message):
     out = tmp_path / "out.json"
-    assert cli_parser.main(["prompt-lookup", *argv, "--json", str(out)]) == 2
+    assert cli.main(["prompt-lookup", *argv, "--json", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not pl.results_path().exists()

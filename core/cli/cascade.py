@@ -1,23 +1,19 @@
-"""The `python -m core` command for one hybrid; its arguments and handler live together, apart from core/cli.py.
-
-`cascade`: a TF-IDF + logistic regression classifier in front of an LLM (core/hybrids/classical.py), measured once on
-every test item, every threshold's point printed and stored, and the issue's bar checked in words.
+"""`python -m core cascade`: a TF-IDF + logistic regression classifier in front of an LLM (core/hybrids/classical.py),
+measured once on every test item, every threshold's point printed and stored, and the issue's bar checked in words.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 
 from core import models
+from core.cli.common import json_folder, say, write_json
 from core.hybrids import classical, curve
 from core.measure import cost
 
 
-def add_parser(sub) -> None:
-    """Registers the command's subparser on `sub` (argparse's subparsers)."""
+def add_parsers(sub) -> None:
+    """Registers `cascade` on `sub` (argparse's subparsers)."""
     c = sub.add_parser("cascade", help="a TF-IDF + logistic regression classifier answers when sure and sends the "
                        "rest to an LLM: every threshold's accuracy, share sent on, ms and $ per 1,000 requests")
     c.add_argument("--second", default="fp32", help="the LLM stage: fp32 (the base model few-shot), lora (the saved "
@@ -47,17 +43,13 @@ def settings_from(args: argparse.Namespace) -> classical.ClassicalSettings:
 
 def cmd_cascade(args: argparse.Namespace) -> None:
     settings = settings_from(args)
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise ValueError(f"--json: the folder of {args.json} does not exist")
+    json_folder(args.json)
     classical.check_request(settings)  # bad input is refused before a model loads or anything is written
-    result = classical.run_classical(settings, report=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr,
-                                                                         flush=True))
+    result = classical.run_classical(settings, report=say)
     curve.save_result(result)
     print_result(result, settings.threshold)
     if args.json:
-        tmp = Path(args.json + ".tmp")
-        tmp.write_text(json.dumps(result.to_dict(), indent=2))
-        tmp.replace(args.json)
+        write_json(args.json, result.to_dict())
 
 
 def _row(p: curve.CascadePoint) -> str:

@@ -1,19 +1,18 @@
-"""The `python -m core gguf-draft` command: a GGUF draft model on llama-server against the target alone (issue #33,
-item 4). Its arguments and handler live together, apart from core/cli.py; core/cli_parser.py registers it.
+"""`python -m core gguf-draft`: a GGUF draft model on llama-server against the target alone (issue #33, item 4):
+acceptance, decode speed-up and whether the answers stay the same.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from core import models
-from core.cli import _json_folder, _write_json
+from core.cli.common import json_folder, say, write_json
 from core.hybrids import gguf_draft as gd
 
 
-def add_parser(sub) -> None:
-    """Registers the command's subparser on `sub` (argparse's subparsers)."""
+def add_parsers(sub) -> None:
+    """Registers `gguf-draft` on `sub` (argparse's subparsers)."""
     s = sub.add_parser("gguf-draft", help="speculative decoding on llama-server with a GGUF draft (the distilled "
                        "student by default) against the GGUF target alone: acceptance, decode speed-up, same output?")
     s.add_argument("--model", default=models.DEFAULT_MODEL)
@@ -56,15 +55,14 @@ def settings_of(args: argparse.Namespace) -> gd.DraftSettings:
 
 def cmd_gguf_draft(args: argparse.Namespace) -> None:
     settings = settings_of(args)
-    _json_folder(args.json)
+    json_folder(args.json)
     gd.check_request(settings, args.model)  # refuse bad input before a file is built or a server starts
-    results = gd.run_gguf_draft(args.model, settings, report=lambda f, m: print(
-        f"[{f:4.0%}] {m}", file=sys.stderr, flush=True))
+    results = gd.run_gguf_draft(args.model, settings, report=say)
     if not args.no_store:
         gd.save_results(results)
     print_results(results)
     if args.json:
-        _write_json(args.json, [r.to_dict() for r in results])
+        write_json(args.json, [r.to_dict() for r in results])
 
 
 def print_results(results: list[gd.GGUFDraftResult]) -> None:

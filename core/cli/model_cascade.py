@@ -1,16 +1,14 @@
-"""The `python -m core model-cascade` command: small model first, large model when unsure (issue #33, item 2).
-
-Its arguments and handler live together, apart from core/cli.py; core/cli_parser.py registers it.
+"""`python -m core model-cascade`: small model first, large model when unsure (issue #33, item 2): every threshold's
+point printed and stored, and whether any beats both ends, in words.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 from core import models
-from core.cli import _json_folder, _write_json
+from core.cli.common import json_folder, say, write_json
 from core.hybrids import curve
 from core.hybrids import model_cascade as mc
 from core.hybrids.curve import CascadePoint
@@ -19,8 +17,8 @@ from core.measure import cost
 GRID_STEPS = 20  # thresholds printed by default: 0, 0.05, ..., 1 (every point is stored)
 
 
-def add_parser(sub) -> None:
-    """Registers the command's subparser on `sub` (argparse's subparsers)."""
+def add_parsers(sub) -> None:
+    """Registers `model-cascade` on `sub` (argparse's subparsers)."""
     s = sub.add_parser("model-cascade", help="small model first, large model when its confidence is below a "
                        "threshold: accuracy, share escalated, ms and $ per 1,000 requests at every threshold")
     s.add_argument("--first", default=mc.STUDENT, help="the small model: 'student' (the newest distilled student), a "
@@ -63,14 +61,14 @@ def settings_of(args: argparse.Namespace) -> mc.ModelCascadeSettings:
 
 def cmd_model_cascade(args: argparse.Namespace) -> None:
     settings = settings_of(args)
-    _json_folder(args.json)
+    json_folder(args.json)
     mc.check_request(settings)  # refuse bad input before a model loads or anything is written
-    result = mc.run_model_cascade(settings, report=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr, flush=True))
+    result = mc.run_model_cascade(settings, report=say)
     if not args.no_store:
         curve.save_result(result)
     print_result(result, args.all_points or bool(settings.thresholds))
     if args.json:
-        _write_json(args.json, result.to_dict())
+        write_json(args.json, result.to_dict())
 
 
 # ---------------------------------------------------------------- words

@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 from core import models
+from core.cli.common import say
 from core.experiments import budget_search
 from core.measure import quant_error
 from core.views import budget
@@ -31,8 +31,7 @@ def cmd_budget(args) -> None:
         raise ValueError("give exactly one of --budgets-mb or --match-presets")
     budgets = [round(v * 1e6) for v in _numbers(args.budgets_mb, "budgets-mb")] if args.budgets_mb else None
     presets = [p.strip() for p in args.match_presets.split(",") if p.strip()] if args.match_presets else None
-    result = budget_search.run(budgets, presets, args.imatrix, args.model, args.threads,
-                               lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr, flush=True))
+    result = budget_search.run(budgets, presets, args.imatrix, args.model, args.threads, say)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
@@ -71,7 +70,7 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def add_parser(sub) -> None:
+def add_parsers(sub) -> None:
     """Registers the `budget` subcommand on `sub` (argparse's subparsers)."""
     b = sub.add_parser("budget", help="the GGUF file that fits a size budget with the least damage: a type per "
                        "tensor, searched, written by llama.cpp and measured beside the presets")
