@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from core import models
 from core.experiments import estimate
 from core.experiments.sweep import SweepSettings
-from core.launch import worker
+from core.launch import kinds
 from core.launch.jobqueue import JobEstimate, JobQueue
 from core.measure import benchmark
 from core.paths import data_dir
@@ -118,10 +118,10 @@ def main() -> int:
     print(f"error: uncorrected {row['error_uncorrected_pct']:+.0f}%, learned {row['error_learned_pct']:+.0f}% "
           "(negative: it took longer than estimated)")
     # Entered as an ended sweep with its estimate, as a dashboard sweep is: the next run (and page) learns from it.
-    args = {"model": a.model, "techniques": keys, "settings": asdict(SweepSettings(
-        new_tokens=a.new_tokens, repeats=a.repeats, warmup_runs=a.warmup, mc_max_items=a.mc_max_items))}
-    JobQueue().record_ended("sweep", args, f"Benchmark sweep of {model_key} ({a.techniques})",
-                            worker.JOB_KINDS["sweep"].similar(args), "benchmark", start, end,
+    args = kinds.SweepArgs(a.model, tuple(keys), SweepSettings(
+        new_tokens=a.new_tokens, repeats=a.repeats, warmup_runs=a.warmup, mc_max_items=a.mc_max_items))
+    JobQueue().record_ended("sweep", args.to_json(), f"Benchmark sweep of {model_key} ({a.techniques})",
+                            kinds.get("sweep").similar(args), "benchmark", start, end,
                             JobEstimate(est.total_s, est.uncorrected_s, hardware))
     out = a.out or data_dir() / "estimate_error.jsonl"
     with out.open("a") as f:

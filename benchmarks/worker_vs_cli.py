@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,14 +53,14 @@ def worker_once(args, env: dict, key: str) -> dict:
     """Queue the sweep as the presenter's Measure button does, and let a worker run it."""
     from core.experiments.sweep import SweepSettings
     from core.launch.jobqueue import PRESENTER, JobQueue
+    from core.launch.kinds import SweepArgs
     from core.store import ResultStore
 
     queue, store = JobQueue(), ResultStore()  # of the throwaway folder: main() pointed LAB_DATA_DIR there
     before = {r.record_id for r in store.all()}
-    spec = {"model": args.model, "techniques": [key], "settings": asdict(SweepSettings(**settings_args(args)))
-            | {"launched_from": "dashboard"}}
-    job = queue.submit("sweep", spec, f"{key} (worker_vs_cli)", f"bench|{key}", PRESENTER, "bench")
-    run([sys.executable, "-m", "core", "worker", "--until-idle"], env)
+    spec = SweepArgs(args.model, (key,), SweepSettings(**settings_args(args) | {"launched_from": "dashboard"}))
+    job = queue.submit("sweep", spec.to_json(), f"{key} (worker_vs_cli)", f"bench|{key}", PRESENTER, "bench")
+    run([sys.executable, "-m", "core.launch.worker", "--until-idle"], env)
     ended = queue.job(job)
     if ended.state != "done":
         raise Failed(f"the worker's job ended {ended.state}: {ended.error}")

@@ -14,6 +14,10 @@ from streamlit.testing.v1 import AppTest
 
 from core.experiments.sweep import SweepSettings
 from core.launch import quiet, roles, worker
+from core.launch.execute import check_allowed
+from core.launch.job import Job
+from core.launch.kinds import SweepArgs
+from core.launch.launch import submit
 from core.launch.jobqueue import MAX_WAITING_PER_VIEWER, PRESENTER, JobQueue, NotAllowed, QueueFull
 from core.paths import data_dir as lab_data_dir
 from core.store import ResultStore
@@ -35,8 +39,12 @@ def sweep_args(techniques=("fp32",), **settings) -> dict:
             "settings": asdict(SweepSettings(**(FAST | settings)))}
 
 
+def sweep_job(techniques=("fp32",), model="tiny-random-llama", **settings) -> Job:
+    return Job(SweepArgs.from_json(sweep_args(techniques, **settings) | {"model": model}), "sweep")
+
+
 def queue_sweep(queue, owner, session, **kw) -> int:
-    return worker.submit(queue, "sweep", sweep_args(**kw), f"sweep by {owner}", owner, session)
+    return submit(queue, Job(sweep_job(**kw).args, f"sweep by {owner}"), owner, session)
 
 
 # ---------------------------------------------------------------- order, limits, estimates
@@ -131,13 +139,13 @@ def test_a_viewer_cannot_load_a_server_path_or_a_hub_id(tiny_dir, tmp_path):
     queue = JobQueue()
     for name in (str(tiny_dir), "someone/some-model"):
         with pytest.raises(NotAllowed, match="Only the presenter"):
-            worker.submit(queue, "sweep", sweep_args() | {"model": name}, "x", "viewer 1", "s-a")
+            submit(queue, sweep_job(model=name), "viewer 1", "s-a")
     outside = tmp_path / "eval.jsonl"
     outside.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n')
     with pytest.raises(NotAllowed, match="uploaded"):
-        worker.submit(queue, "sweep", sweep_args(eval_set=str(outside)), "x", "viewer 1", "s-a")
+        submit(queue, sweep_job(eval_set=str(outside)), "viewer 1", "s-a")
     assert queue.snapshot().waiting == ()
-    worker.check_allowed("sweep", sweep_args() | {"model": str(tiny_dir)}, presenter=True)  # the presenter may
+    check_allowed(sweep_job(model=str(tiny_dir)).args, presenter=True)  # the presenter may
 
 
 def test_the_worker_refuses_a_viewers_job_that_names_a_path_even_if_it_got_into_the_queue(tiny_dir):
@@ -244,7 +252,7 @@ def test_an_arena_run_holds_the_machine_and_never_overlaps_a_job():
 
 def worker_process(data: Path) -> subprocess.Popen:
     env = os.environ | {"LAB_DATA_DIR": str(data), "LAB_SHOW_TEST_MODELS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "core", "worker"], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "core.launch.worker"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

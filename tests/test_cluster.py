@@ -152,66 +152,91 @@ def test_two_sweeping_processes_share_one_postgres_store(pg_url, tmp_path):
 
 
 @pytest.mark.ray
-def test_every_worker_job_kind_runs_on_ray_through_launch(ray_cluster, pg_url):
-    """Each kind of the worker's JOB_KINDS, through the one launch() call, as Ray tasks on the local head: the
-    records land in the shared store, the result files on the node (its own data dir)."""
+def test_every_job_kind_runs_on_ray_through_launch(ray_cluster, pg_url, data_dir):
+    """Each registered kind, typed, through the one launch() call, as Ray tasks on the local head: the records land
+    in the shared store, and a result a page reads from a JSONL file lands on the driver (here), not on the node."""
+    from core.experiments import speculative
+    from core.hybrids import classical, gguf_draft, model_cascade, prompt_lookup
+    from core.launch import kinds
     from core.launch.job import Job
     from core.launch.launch import launch
-    from core.launch.worker import JOB_KINDS
+    from core.serving.bench import ServeSettings
+    from core.techniques.distillation import DistillSettings
+    from core.techniques.lora import FinetuneSettings
 
     store = ResultStore.from_url(pg_url)
     tiny = "tiny-random-llama"
 
-    def on_ray(kind: str, args: dict, shared_store=store):
-        return launch(Job(kind, args), "ray", store=shared_store, address="auto")
+    def on_ray(args, shared_store=store):
+        return launch(Job(args), "ray", store=shared_store, address="auto")
 
     ran: dict[str, object] = {}
-    ran["sweep"] = done = on_ray("sweep", {"model": tiny, "techniques": ["fp32"], "settings": FAST,
-                                           "devices": ["cpu"]})
+    ran["sweep"] = done = on_ray(kinds.SweepArgs(tiny, ("fp32",), SweepSettings(**FAST), devices=("cpu",)))
     assert [store.get(i).technique for i in done.record_ids] == ["fp32"]
-    ran["moe"] = done = on_ray("moe", {"model": tiny, "experts": 8, "top_ks": [1], "dense_layers": 0,
-                                       "settings": FAST})
+    ran["moe"] = done = on_ray(kinds.MoeArgs(tiny, 8, (1,), dense_layers=0, settings=SweepSettings(**FAST)))
     assert len(done.record_ids) == 2 and all(store.get(i) is not None for i in done.record_ids)  # dense + top-1
-    lora_settings = {"steps": 1, "batch_size": 2, "eval_items": 2, "target_modules": ["q_proj", "v_proj"]}
-    ran["lora"] = done = on_ray("lora", {"model": tiny, "settings": lora_settings, "task": "support-routing",
-                                         "usd_per_hour": 0.1, "hardware_preset": "laptop-cpu"})
+    lora_settings = FinetuneSettings(steps=1, batch_size=2, eval_items=2, target_modules=("q_proj", "v_proj"))
+    ran["lora"] = done = on_ray(kinds.LoraArgs(tiny, lora_settings, usd_per_hour=0.1))
     assert done.result["method"] == "lora" and len(done.record_ids) == 1 and store.get(done.record_ids[0]) is not None
-    distill_settings = dict(student_layers=1, steps=2, batch_size=2, seq_len_tokens=32, corpus_answer_tokens=8,
-                            checkpoints=1, warmup_steps=1)
-    ran["distill"] = done = on_ray("distill", {"teacher": tiny, "settings": distill_settings, "usd_per_hour": 0.1,
-                                               "hardware_preset": "laptop-cpu", "mc_max_items": 3})
+    distill_settings = DistillSettings(student_layers=1, steps=2, batch_size=2, seq_len_tokens=32,
+                                       corpus_answer_tokens=8, checkpoints=1, warmup_steps=1)
+    ran["distill"] = done = on_ray(kinds.DistillArgs(tiny, distill_settings, usd_per_hour=0.1, mc_max_items=3))
     assert len(done.record_ids) == 3 and all(store.get(i) is not None for i in done.record_ids)
     student = done.result["student_path"]  # saved on the node: here the same disk
-    ran["speculate"] = done = on_ray("speculate", {"model": tiny, "draft": student, "draft_tokens": 2,
-                                                   "max_new_tokens": 4}, shared_store=None)
-    assert (ray_cluster / "distill" / "speculative.jsonl").is_file() and done.result["draft_tokens"] == 2
-    serve = {"concurrency": [1], "prompt_tokens": [16], "new_tokens": 4, "repeats": 1, "threads": 1}
-    ran["serve-bench"] = done = on_ray("serve-bench", {"model": tiny, "techniques": ["fp32"], "settings": serve})
+    ran["speculate"] = done = on_ray(kinds.SpeculateArgs(tiny, student, draft_tokens=2, max_new_tokens=4),
+                                     shared_store=None)
+    assert done.result["draft_tokens"] == 2
+    # kept where the Distill page reads it (the driver's data dir), once, and not left behind on the node alone
+    assert [r["draft_tokens"] for r in speculative.saved_results()] == [2]
+    assert not (ray_cluster / "distill" / "speculative.jsonl").exists()
+    serve = ServeSettings(concurrency=(1,), prompt_tokens=(16,), new_tokens=4, repeats=1, threads=1)
+    ran["serve-bench"] = done = on_ray(kinds.ServeBenchArgs(tiny, ("fp32",), serve))
     assert len(done.record_ids) == 1 and done.result[0]["concurrency"] == 1
     assert {r.settings["cluster_node"][:9] for r in store.serving(model=tiny)} == {"127.0.0.1"}
-    ran["serve-context"] = done = on_ray("serve-context", {"model": tiny, "contexts": [16, 32], "decode_tokens": 2},
-                                         shared_store=None)
+    ran["serve-context"] = done = on_ray(kinds.ServeContextArgs(tiny, (16, 32), decode_tokens=2), shared_store=None)
     assert [p["context_tokens"] for p in done.result["points"]][:2] == [16, 32]
-    ran["cascade"] = done = on_ray("cascade", {"settings": {"model": tiny, "second": "fp32", "shots": 1}},
+    ran["cascade"] = done = on_ray(kinds.CascadeArgs(classical.ClassicalSettings(model=tiny, second="fp32", shots=1)),
                                    shared_store=None)
     assert done.result["kind"] == "classical" and done.result["n_items"] == 100
-    ran["model-cascade"] = done = on_ray("model-cascade", {"settings": {"model": tiny, "first": "bf16", "second": "fp32",
-                                                                        "task": "mc", "max_items": 3}}, shared_store=None)
+    cascade = model_cascade.ModelCascadeSettings(model=tiny, first="bf16", second="fp32", task="mc", max_items=3)
+    ran["model-cascade"] = done = on_ray(kinds.ModelCascadeArgs(cascade), shared_store=None)
     assert done.result["kind"] == "model" and done.result["n_items"] == 3
-    assert len((ray_cluster / "hybrids" / "cascades.jsonl").read_text().splitlines()) == 2
-    lookup = {"runtimes": ["transformers"], "draft_tokens": 2, "new_tokens": 4, "repeats": 1}
-    ran["prompt-lookup"] = done = on_ray("prompt-lookup", {"model": tiny, "settings": lookup}, shared_store=None)
+    assert len((data_dir / "hybrids" / "cascades.jsonl").read_text().splitlines()) == 2
+    lookup = prompt_lookup.LookupSettings(runtimes=("transformers",), draft_tokens=2, new_tokens=4, repeats=1)
+    ran["prompt-lookup"] = done = on_ray(kinds.PromptLookupArgs(tiny, lookup), shared_store=None)
     assert {r["prompt_set"] for r in done.result} == {"grounded", "open"}
-    draft = {"target": "gguf-q8_0", "draft": "gguf-q8_0", "draft_max_tokens": [2], "new_tokens": 4, "repeats": 1}
-    ran["gguf-draft"] = done = on_ray("gguf-draft", {"model": tiny, "settings": draft}, shared_store=None)
+    draft = gguf_draft.DraftSettings(target="gguf-q8_0", draft="gguf-q8_0", draft_max_tokens=(2,), new_tokens=4,
+                                     repeats=1)
+    ran["gguf-draft"] = done = on_ray(kinds.GGUFDraftArgs(tiny, draft), shared_store=None)
     assert [r["draft_max_tokens"] for r in done.result] == [2, 2] and all(r["identical_outputs"] for r in done.result)
-    assert (ray_cluster / "hybrids" / "gguf_draft.jsonl").is_file()
+    assert (data_dir / "hybrids" / "gguf_draft.jsonl").is_file()
     # the node builds the tiny model's sensitivity table (files from 58 to 188 kB) and refuses a 1 kB budget with
     # the words a user reads; the whole search on the bundled model is measured by `python -m core budget`
     with pytest.raises(ValueError, match="below the smallest file the candidate types make"):
-        on_ray("budget", {"model": tiny, "budgets_bytes": [1_000], "imatrix": False}, shared_store=None)
+        on_ray(kinds.BudgetArgs(tiny, (1_000,), imatrix=False), shared_store=None)
     assert list((ray_cluster / "gguf").glob("*/budget/sensitivity-plain-*.json"))
     assert not (ray_cluster / "gguf" / "budget_search.jsonl").exists()
     ran["budget"] = "refused on the node"
-    assert set(ran) == set(JOB_KINDS)  # every kind the worker runs
+    assert set(ran) == set(kinds.KINDS)  # every kind there is
     assert all(d.node.startswith("127.0.0.1") for d in ran.values() if getattr(d, "node", ""))
+
+
+@pytest.mark.ray
+def test_a_dashboard_sweep_on_ray_with_a_failing_variant_ends_failed_naming_it(ray_cluster, pg_url, monkeypatch):
+    """The worker runs a queued sweep on the cluster when LAB_RAY_ADDRESS is set, through the same launch path as
+    the CLI: a variant that fails there (a mixture of experts never fitted for this model) fails the job, by name,
+    while the variant that worked is stored."""
+    from core.launch import kinds, worker
+    from core.launch.job import Job
+    from core.launch.jobqueue import PRESENTER, JobQueue
+    from core.launch.launch import submit
+
+    monkeypatch.setenv("LAB_RAY_ADDRESS", "auto")
+    monkeypatch.setenv("LAB_STORE_URL", pg_url)
+    queue = JobQueue()
+    args = kinds.SweepArgs("tiny-random-llama", ("fp32", "moe-8x1"), SweepSettings(**FAST))
+    job_id = submit(queue, Job(args, "sweep on the cluster"), PRESENTER, "s-p")
+    assert worker.run_job(queue, queue.claim(os.getpid())) == "failed"
+    job = queue.job(job_id)
+    assert job.state == "failed" and "moe-8x1" in job.error and "fp32" not in job.error.split("failed")[0]
+    assert [r.technique for r in ResultStore.from_url(pg_url).all()] == ["fp32"]

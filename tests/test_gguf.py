@@ -208,3 +208,36 @@ def test_a_merged_fine_tune_exports_to_gguf_and_is_measured_against_its_base(tin
     assert record.kld_mean > 0  # measured against the base it was fine-tuned from, which it no longer equals
     with pytest.raises(ValueError, match="No finished distilled student or merged fine-tune"):
         techniques.get("distilled-3L-nothing+gguf-q8_0")
+
+
+_PEAK_OF_ONE_SWEEP = """
+import json
+from core.experiments import sweep
+from core.experiments.sweep import SweepSettings
+settings = SweepSettings(new_tokens=4, repeats=1, warmup_runs=0, mc_max_items=3, ppl_window_tokens=32, ppl_max_tokens=64)
+record = sweep.run_sweep("smollm2-135m-instruct", ["gguf-q8_0"], settings)[0]
+print(json.dumps({"peak_mem_mb": record.peak_mem_mb, "file_build_s": record.variant_facts.get("file_build_s")}))
+"""
+
+
+@pytest.mark.slow
+@needs_llama
+@needs_bundled
+def test_a_gguf_variants_peak_memory_does_not_depend_on_whether_its_file_was_cached(data_dir):
+    """Exporting and quantizing the file is one-off work done before the peak-memory window opens: the first sweep
+    (which builds the file) and a later one (which finds it cached) report the same peak, each in a fresh process
+    as the worker runs them."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from core import models
+
+    models.prepare(models.resolve("smollm2-135m-instruct"))  # the checkpoint both runs read, prepared once
+    root = Path(__file__).resolve().parent.parent
+    runs = [json.loads(subprocess.run([sys.executable, "-c", _PEAK_OF_ONE_SWEEP], cwd=root, env=os.environ.copy(),
+                                      capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+            for _ in range(2)]
+    built, cached = runs
+    assert built["file_build_s"] > cached["file_build_s"]  # the first run did build the file
+    assert cached["peak_mem_mb"] == pytest.approx(built["peak_mem_mb"], rel=0.05)

@@ -1,4 +1,4 @@
-"""Jobs: the in-process slot, the queue's estimates and old files, and what the job panel says about time."""
+"""Jobs: the queue's estimates and old files, and what the job panel says about time."""
 
 import sqlite3
 import threading
@@ -10,55 +10,8 @@ from streamlit.testing.v1 import AppTest
 
 from core.launch import jobs, quiet
 from core.launch.jobqueue import PRESENTER, JobEstimate, JobQueue
-from core.launch.jobs import BusyError, JobSlot, Stopped, done_words, time_words
+from core.launch.jobs import done_words, time_words
 from core.paths import data_dir as lab_data_dir
-
-
-def test_job_reports_progress_and_result():
-    slot = JobSlot()
-    job = slot.start("add", lambda report, stop: (report(0.5, "half"), 42)[1])
-    job.join(5)
-    snap = job.snapshot()
-    assert snap.status == "done" and snap.result == 42 and snap.fraction == 1.0
-    assert "half" in snap.log
-
-
-def test_second_job_is_refused_while_one_runs():
-    slot, gate = JobSlot(), threading.Event()
-    first = slot.start("wait", lambda report, stop: gate.wait(5))
-    with pytest.raises(BusyError, match="still running"):
-        slot.start("other", lambda report, stop: None)
-    gate.set()
-    first.join(5)
-    slot.start("after", lambda report, stop: None).join(5)  # a finished job frees the slot
-
-
-def test_cancel_is_seen_by_the_work_and_kept_results_survive():
-    kept, slot = [], JobSlot()
-
-    def work(report, stop):
-        for i in range(1000):
-            if stop():
-                raise Stopped(f"stopped after {i}")
-            kept.append(i)
-            report(i / 1000, f"step {i}")
-            threading.Event().wait(0.001)
-
-    job = slot.start("loop", work)
-    while not kept:
-        threading.Event().wait(0.001)
-    job.cancel()
-    job.join(5)
-    snap = job.snapshot()
-    assert snap.status == "cancelled" and "stopped after" in snap.error
-    assert 0 < len(kept) < 1000
-
-
-def test_failure_is_one_readable_line():
-    job = JobSlot().start("bad", lambda report, stop: (_ for _ in ()).throw(ValueError("eval set is empty")))
-    job.join(5)
-    snap = job.snapshot()
-    assert snap.status == "failed" and snap.error == "eval set is empty"
 
 
 # ---------------------------------------------------------------- the queue: estimates kept, old files, time in words

@@ -135,13 +135,14 @@ def newest_student(model_key: str) -> SavedStudent:
     return done[0]  # saved_students() lists the newest run first
 
 
-def _is_path(draft: str) -> bool:
+def is_draft_file(draft: str) -> bool:
+    """The draft names a file (a .gguf path), not a technique key or "student"."""
     return draft.endswith(".gguf") or os.sep in draft
 
 
 def draft_technique(settings: DraftSettings, model_key: str) -> str | None:
     """The registry key the draft is built as, or None when it is a file the user named."""
-    if _is_path(settings.draft):
+    if is_draft_file(settings.draft):
         return None
     if settings.draft == STUDENT:
         s = newest_student(model_key)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from core import models
 from core.experiments import sweep  # looked up at call time: tests replace sweep.run_sweep
+from core.launch.job import Launched
 from core.launch.ray_tasks import (
     BENCH_RESOURCE,
     CONNECT_TIMEOUT_S,
@@ -276,44 +277,37 @@ def run_cluster_sweep(model_names: list[str], technique_keys: list[str], setting
 # --- one whole job as one task -----------------------------------------------------------------------
 
 
-def _job_inputs(args: dict, files: list[str]) -> dict[str, tuple[str, bytes]]:
-    """The files a job reads (its "data", "corpus", its settings' eval set and text), to be copied onto the node."""
-    inputs = {key: (Path(value).name, Path(value).read_bytes()) for key, value in args.items()
-              if isinstance(value, str) and value in files and Path(value).is_file()}
-    settings = args.get("settings")
-    for field in ("eval_set", "ppl_text"):
-        value = settings.get(field) if isinstance(settings, dict) else None
-        if value and Path(value).is_file():
-            inputs[f"settings.{field}"] = (Path(value).name, Path(value).read_bytes())
-    return inputs
+def _job_inputs(files: list[str]) -> dict[str, tuple[str, bytes]]:
+    """The files a job reads (its kind's `files`: data, corpus, eval set, prompts), to be copied onto the node."""
+    return {path: (Path(path).name, Path(path).read_bytes()) for path in files if path and Path(path).is_file()}
 
 
-def run_cluster_job(run: Callable, kind: str, args: dict, store: ResultStore | None, model_names: list[str],
-                    files: list[str], address: str | None = None, progress: ProgressFn | None = None,
+def run_cluster_job(run: Callable, args, store: ResultStore | None, model_names: list[str], files: list[str],
+                    address: str | None = None, progress: ProgressFn | None = None,
                     should_stop: Callable[[], bool] | None = None) -> JobOutcome:
     """One whole job (moe, lora, distill, speculate, serve-bench, serve-context) as one Ray task on a benchmark node,
     through `run`, the runner the worker uses; its records go into `store`, the shared store. A sweep is fanned out
     by `run_cluster_sweep` instead. A stop cancels the task (what it stored stays) and raises Stopped."""
     import ray  # optional and heavy: only a cluster run needs it
 
+    kind = args.kind
     report = progress or (lambda p: None)
     stop = should_stop or (lambda: False)
     connect(address or configured_address() or "auto")
     say = lambda message: report(ClusterProgress(0.0, "driver", kind, 0, "prepare", message, 0))  # noqa: E731
     shipped_by_name = _ship(model_names, say)
     shared = [m for m in model_names if m not in shipped_by_name]
-    settings = args.get("settings") if isinstance(args.get("settings"), dict) else {}
-    cuda = settings.get("device") == "cuda"
+    cuda = getattr(getattr(args, "settings", None), "device", None) == "cuda"
     nodes = _preflight(store, [], shared, cuda=cuda, what=f"{kind} job")
     shipped = {models.resolve(name).key: ref for name, ref in shipped_by_name.items()}
     board = ray.remote(num_cpus=0)(_Board).remote()
-    inputs = ray.put(_job_inputs(args, [f for f in files if f]))
+    inputs = ray.put(_job_inputs(files))
     options: dict[str, Any] = {"resources": {BENCH_RESOURCE: 1}}
     if cuda:
         options["num_gpus"] = 1
     say(f"{kind}: one task on {len(nodes)} node(s): {', '.join(map(_node_name, nodes))}")
     store_url = store.url_with_password() if store is not None else ""
-    ref = ray.remote(max_retries=0)(run_job_on_node).options(**options).remote(run, kind, args, store_url, shipped, inputs,
+    ref = ray.remote(max_retries=0)(run_job_on_node).options(**options).remote(run, args, store_url, shipped, inputs,
                                                                          board)
 
     def relay() -> None:
@@ -344,27 +338,26 @@ def run_cluster_job(run: Callable, kind: str, args: dict, store: ResultStore | N
         raise
 
 
-# --- the dashboard's entry point ---------------------------------------------------------------------
+# --- a sweep, one task per variant -------------------------------------------------------------------
+
+
+def fan_out_sweep(model_names: list[str], technique_keys: list[str], settings, store: ResultStore | None,
+                  address: str | None, devices: list[str] | None, progress: ProgressFn | None,
+                  should_stop: Callable[[], bool] | None) -> Launched:
+    """A sweep on the cluster as the CLI and the dashboard launch it: "failed" naming every variant that failed (the
+    others are stored), a Stopped when it was stopped."""
+    if store is None:
+        raise ClusterError("The results store cannot be opened, so the cluster's workers have nowhere to write.")
+    result = run_cluster_sweep(model_names, technique_keys, settings, store, address=address, devices=devices,
+                               progress=progress, should_stop=should_stop)
+    if any(o.status == "cancelled" for o in result.outcomes):
+        raise sweep.Cancelled(f"Stopped; the {len(result.stored())} variants finished are stored.")
+    ids = [o.record_id for o in result.stored()]
+    failed = "; ".join(o.message for o in result.outcomes if o.status == "failed")
+    return Launched("ray", state="failed" if failed else "done", result=result, record_ids=ids, error=failed)
 
 
 def where() -> str:
-    """Where a dashboard sweep will run, for its title: "" for this machine."""
+    """Where a dashboard job will run, for its title: "" for this machine."""
     address = configured_address()
     return f" on the Ray cluster at {address}" if address else ""
-
-
-def sweep_job(model: str, technique_keys: list[str], settings, store: ResultStore | None):
-    """The Measure button's job: on the cluster when LAB_RAY_ADDRESS is set, else on this machine."""
-    def job(report: Callable[[float, str], None], stop: Callable[[], bool]):
-        if configured_address() is None:
-            return sweep.run_sweep(model, technique_keys, settings, store=store, should_stop=stop,
-                                   progress=lambda p: report(p.fraction, p.message))
-        if store is None:
-            raise ClusterError("The results store cannot be opened, so the cluster's workers have nowhere to write.")
-        result = run_cluster_sweep([model], technique_keys, settings, store, progress=lambda p: report(
-            p.fraction, f"[{p.node}] {p.message}"), should_stop=stop)
-        if any(o.status == "cancelled" for o in result.outcomes):
-            raise sweep.Cancelled(f"Stopped; the {len(result.stored())} variants finished are stored.")
-        return [r for r in (store.get(o.record_id) for o in result.stored()) if r is not None]
-
-    return job

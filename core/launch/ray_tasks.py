@@ -259,24 +259,28 @@ def as_json(value: Any) -> Any:
     return value
 
 
-def _local_args(args: dict, inputs: dict[str, tuple[str, bytes]]) -> dict:
-    """The job's arguments with its files ("data", or "settings.eval_set") pointing at copies on this node."""
-    local = dict(args)
-    for key, (name, data) in inputs.items():
-        if key.startswith("settings."):
-            local["settings"] = dict(local["settings"]) | {key.removeprefix("settings."): _local_file(name, data)}
-        else:
-            local[key] = _local_file(name, data)
-    return local
+def _with_paths(value: Any, copies: dict[str, str]) -> Any:
+    """A job's JSON arguments with every string that names a shipped file replaced by its copy on this node."""
+    if isinstance(value, dict):
+        return {k: _with_paths(v, copies) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_paths(v, copies) for v in value]
+    return copies.get(value, value) if isinstance(value, str) else value
 
 
-def run_job_on_node(run: Callable[[dict, JobContext], Any], kind: str, args: dict, store_url: str,
-             shipped: dict[str, Any], inputs: dict[str, tuple[str, bytes]], board) -> JobOutcome:
+def _local_args(args, inputs: dict[str, tuple[str, bytes]]):
+    """The job's typed arguments with the files it reads pointing at copies on this node."""
+    copies = {path: _local_file(name, data) for path, (name, data) in inputs.items()}
+    return type(args).from_json(_with_paths(args.to_json(), copies))
+
+
+def run_job_on_node(run: Callable[[Any, JobContext], Any], args, store_url: str, shipped: dict[str, Any],
+                    inputs: dict[str, tuple[str, bytes]], board) -> JobOutcome:
     """One whole job (moe, lora, distill, ...) on this node, through the runner the worker uses; its records are
     written to the shared store. `shipped`: checkpoint key -> ObjectRef of its files, materialized here first."""
     import ray  # optional and heavy: this runs only as a Ray task
 
-    node, pid = _here(), os.getpid()
+    node, pid, kind = _here(), os.getpid(), args.kind
     last = [0.0]
 
     def report(fraction: float, message: str) -> None:

@@ -1,0 +1,19 @@
+"""Every job kind, typed and registered: `KINDS` maps a kind's name to its `JobKind`. Importing this package
+registers them all; a new kind is one module here (its Args dataclass, its runner, what it reads) and one import.
+
+    from core.launch.kinds import SweepArgs
+    launch(Job(SweepArgs(model="smollm2-135m-instruct", techniques=("fp32", "nf4"))), "worker")
+"""
+
+from core.launch.job import WHERE, Job, JobArgs, JobContext, Launched, Where
+from core.launch.kinds.base import KINDS, JobKind, get, kind_of, parse, register
+from core.launch.kinds.hybrids import CascadeArgs, GGUFDraftArgs, ModelCascadeArgs, PromptLookupArgs
+from core.launch.kinds.measure import BudgetArgs, MoeArgs, SweepArgs
+from core.launch.kinds.serving import ServeBenchArgs, ServeContextArgs
+from core.launch.kinds.train import DistillArgs, LoraArgs, SpeculateArgs
+
+__all__ = [
+    "KINDS", "WHERE", "Job", "JobArgs", "JobContext", "JobKind", "Launched", "Where", "get", "kind_of", "parse", "register",
+    "BudgetArgs", "CascadeArgs", "DistillArgs", "GGUFDraftArgs", "LoraArgs", "ModelCascadeArgs", "MoeArgs",
+    "PromptLookupArgs", "ServeBenchArgs", "ServeContextArgs", "SpeculateArgs", "SweepArgs",
+]

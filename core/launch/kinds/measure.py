@@ -1,0 +1,94 @@
+"""Job kinds that measure variants into the results store: a sweep, a mixture-of-experts sweep, a budget search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from core.experiments import budget_search, moe_sweep, sweep
+from core.experiments.sweep import SweepSettings
+from core.launch import cluster
+from core.launch.job import JobArgs, JobContext
+from core.launch.kinds.base import JobKind, register
+
+
+def _progress(ctx: JobContext):
+    return lambda p: ctx.report(p.fraction, p.message)
+
+
+def _timing_key(s: SweepSettings) -> str:
+    return f"new_tokens={s.new_tokens},repeats={s.repeats},mc_max_items={s.mc_max_items}"
+
+
+def _sweep_files(s: SweepSettings) -> list[str]:
+    return [s.eval_set, s.ppl_text]
+
+
+@dataclass(frozen=True)
+class SweepArgs(JobArgs):
+    kind: ClassVar[str] = "sweep"
+    model: str  # a bundled key, a folder or a hub id; on Ray, several comma-separated
+    techniques: tuple[str, ...]
+    settings: SweepSettings = field(default_factory=SweepSettings)
+    devices: tuple[str, ...] = ()  # on Ray: each variant on each device; () = the settings' device
+
+    def model_names(self) -> list[str]:
+        return [m.strip() for m in self.model.split(",") if m.strip()]
+
+
+def run_sweep(args: SweepArgs, ctx: JobContext):
+    return sweep.run_sweep(args.model, list(args.techniques), args.settings, store=ctx.store,
+                           should_stop=ctx.should_stop, progress=_progress(ctx))
+
+
+def sweep_on_ray(args: SweepArgs, store, address, progress, should_stop):
+    """One Ray task per variant (model x technique x device) instead of one task for the whole sweep."""
+    return cluster.fan_out_sweep(args.model_names(), list(args.techniques), args.settings, store, address,
+                                 list(args.devices) or None, progress, should_stop)
+
+
+SWEEP = register(JobKind(
+    SweepArgs, run_sweep,
+    similar=lambda a: f"sweep|{a.model}|{','.join(sorted(a.techniques))}|{_timing_key(a.settings)}",
+    models=lambda a: a.model_names(), files=lambda a: _sweep_files(a.settings), on_ray=sweep_on_ray))
+
+
+@dataclass(frozen=True)
+class MoeArgs(JobArgs):
+    kind: ClassVar[str] = "moe"
+    model: str
+    experts: int
+    top_ks: tuple[int, ...]
+    dense_layers: int = moe_sweep.DEFAULT_DENSE_LAYERS
+    settings: SweepSettings = field(default_factory=SweepSettings)
+
+
+def run_moe(args: MoeArgs, ctx: JobContext):
+    return moe_sweep.run_moe_sweep(args.model, args.experts, list(args.top_ks), args.settings, store=ctx.store,
+                                   should_stop=ctx.should_stop, dense_layers=args.dense_layers,
+                                   progress=_progress(ctx))
+
+
+MOE = register(JobKind(
+    MoeArgs, run_moe,
+    similar=lambda a: f"moe|{a.model}|{a.experts}|{sorted(a.top_ks)}|{_timing_key(a.settings)}",
+    models=lambda a: [a.model], files=lambda a: _sweep_files(a.settings)))
+
+
+@dataclass(frozen=True)
+class BudgetArgs(JobArgs):
+    """Fit my budget: one searched GGUF file per budget, measured beside llama.cpp's presets."""
+    kind: ClassVar[str] = "budget"
+    model: str
+    budgets_bytes: tuple[int, ...]
+    imatrix: bool = False
+
+
+def run_budget(args: BudgetArgs, ctx: JobContext):
+    return budget_search.run(list(args.budgets_bytes), None, args.imatrix, args.model, report=ctx.report,
+                             should_stop=ctx.should_stop)
+
+
+BUDGET = register(JobKind(
+    BudgetArgs, run_budget, similar=lambda a: f"budget|{a.model}|{sorted(a.budgets_bytes)}|{a.imatrix}",
+    models=lambda a: [a.model]))

@@ -1,0 +1,104 @@
+"""Job kinds that train something, then measure it: LoRA / QLoRA / full fine-tuning, distillation, and a
+distilled student as a speculative-decoding draft."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from core.experiments import distill_run, finetune_run, speculative
+from core.launch.job import JobArgs, JobContext
+from core.launch.kinds.base import JobKind, register
+from core.techniques import distillation, lora
+
+TRAIN_SHARE = 0.8  # of a job's progress bar: training; the rest is measuring what it made
+
+
+def _span(ctx: JobContext, start: float, width: float):
+    return lambda f, m: ctx.report(start + width * f, m)
+
+
+@dataclass(frozen=True)
+class LoraArgs(JobArgs):
+    kind: ClassVar[str] = "lora"
+    model: str
+    settings: lora.FinetuneSettings = field(default_factory=lora.FinetuneSettings)
+    task: str = "support-routing"  # a bundled task; ignored when `data` is given
+    data: str | None = None  # the user's JSONL of {"prompt", "completion"}
+    usd_per_hour: float = 0.0
+    hardware_preset: str = "laptop-cpu"
+    launched_from: str = "dashboard"
+
+
+def run_lora(args: LoraArgs, ctx: JobContext):
+    data = Path(args.data) if args.data else None
+    ctx.live = lora.TrainLog()
+    result, model = finetune_run.run_finetune(args.model, args.settings, None if data else args.task, data,
+                                              args.usd_per_hour, _span(ctx, 0.0, TRAIN_SHARE), ctx.should_stop,
+                                              ctx.live)
+    if ctx.store is not None:  # None: the CLI's --no-store
+        finetune_run.store_record(model, result, ctx.store, args.usd_per_hour, args.hardware_preset,
+                                  _span(ctx, TRAIN_SHARE, 1 - TRAIN_SHARE), ctx.should_stop,
+                                  launched_from=args.launched_from)
+    return result
+
+
+LORA = register(JobKind(
+    LoraArgs, run_lora,
+    similar=lambda a: f"lora|{a.model}|{a.settings.method}|{a.settings.steps}|{a.settings.batch_size}|{bool(a.data)}",
+    models=lambda a: [a.model], files=lambda a: [a.data] if a.data else []))
+
+
+@dataclass(frozen=True)
+class DistillArgs(JobArgs):
+    kind: ClassVar[str] = "distill"
+    teacher: str
+    settings: distillation.DistillSettings = field(default_factory=distillation.DistillSettings)
+    corpus: str | None = None  # the user's text; None: the teacher's answers to the bundled prompts
+    usd_per_hour: float = 0.0
+    hardware_preset: str = "laptop-cpu"
+    launched_from: str = "dashboard"
+    mc_max_items: int = 0  # 0 = every question
+
+
+def run_distill(args: DistillArgs, ctx: JobContext):
+    ctx.live = distillation.TrainLog()
+    corpus = Path(args.corpus) if args.corpus else None
+    result = distill_run.run_distill(args.teacher, args.settings, corpus, args.usd_per_hour,
+                                     _span(ctx, 0.0, TRAIN_SHARE), ctx.should_stop, ctx.live)
+    records = distill_run.measure(result, ctx.store, args.usd_per_hour, args.hardware_preset,
+                                  _span(ctx, TRAIN_SHARE, 1 - TRAIN_SHARE), ctx.should_stop,
+                                  launched_from=args.launched_from, mc_max_items=args.mc_max_items)
+    return distill_run.summary(result, records)
+
+
+def _distill_key(a: DistillArgs) -> str:
+    s = a.settings
+    return (f"distill|{a.teacher}|student_layers={s.student_layers},steps={s.steps},batch_size={s.batch_size},"
+            f"seq_len_tokens={s.seq_len_tokens}")
+
+
+DISTILL = register(JobKind(
+    DistillArgs, run_distill, similar=_distill_key, models=lambda a: [a.teacher],
+    files=lambda a: [a.corpus] if a.corpus else []))
+
+
+@dataclass(frozen=True)
+class SpeculateArgs(JobArgs):
+    kind: ClassVar[str] = "speculate"
+    model: str
+    draft: str  # the draft's folder: a distilled student
+    draft_tokens: int = 4
+    max_new_tokens: int = 64
+
+
+def run_speculate(args: SpeculateArgs, ctx: JobContext):
+    return speculative.run_speculate(args.model, args.draft, args.draft_tokens, args.max_new_tokens,
+                                     report=ctx.report, should_stop=ctx.should_stop)
+
+
+SPECULATE = register(JobKind(
+    SpeculateArgs, run_speculate,
+    similar=lambda a: f"speculate|{a.model}|{a.draft_tokens}|{a.max_new_tokens}",
+    models=lambda a: [a.model, a.draft], results=speculative.results_path))
