@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from core.launch import cluster
-from core.launch.job import Job
+from core.launch.job import Job, JobArgs
 from core.launch.launch import launch
 from core.store import ResultStore
 
@@ -81,11 +81,12 @@ def show_cluster_progress(p) -> None:
         print(f"[{p.fraction:4.0%}] [{p.node}] {p.message}", file=sys.stderr, flush=True)
 
 
-def on_ray(kind: str, job_args: dict, address: str, store: ResultStore | None, needs_store: bool = True):
-    """Run one job of `kind` on the cluster through launch(); returns what launch gave back."""
+def on_ray(args: JobArgs, address: str, store: ResultStore | None, needs_store: bool = True):
+    """Run one job on the cluster through launch(), from the same typed arguments the pages build; returns what
+    launch gave back."""
     if needs_store and store is None:
         raise CliError("--no-store: a job on the cluster writes straight into the shared store; drop --no-store")
     t0 = time.perf_counter()
-    done = launch(Job(kind, job_args), "ray", store=store, address=address, progress=show_cluster_progress)
-    print(f"{kind} on the cluster ({done.node}) wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    done = launch(Job(args), "ray", store=store, address=address, progress=show_cluster_progress)
+    print(f"{args.kind} on the cluster ({done.node}) wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return done

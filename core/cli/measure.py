@@ -5,7 +5,6 @@ measured with the sweep harness. With --ray a sweep runs one task per variant (a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from core.cli.common import (
 )
 from core.experiments import moe_sweep, sweep
 from core.launch.job import Job
+from core.launch.kinds import MoeArgs, SweepArgs
 from core.launch.launch import launch
 from core.measure import benchmark, cost, evaluate
 from core.store import ResultStore, open_store
@@ -109,8 +109,9 @@ def cluster_sweep(args: argparse.Namespace, keys: list[str], settings: sweep.Swe
         raise CliError("--no-store: a cluster sweep's workers write straight into the shared store; drop --no-store")
     devices = [d.strip() for d in (args.devices or settings.device).split(",") if d.strip()]
     t0 = time.perf_counter()
-    job = Job("sweep", {"model": args.model, "techniques": keys, "settings": dataclasses.asdict(settings)})
-    result = launch(job, "ray", store=store, address=address, devices=devices, progress=show_cluster_progress).result
+    job = Job(SweepArgs(args.model, tuple(keys), settings, devices=tuple(devices)))
+    done = launch(job, "ray", store=store, address=address, progress=show_cluster_progress)
+    result = done.result
     print(f"cluster sweep {result.run_id} wall time: {time.perf_counter() - t0:.1f} s; "
           f"{len(result.stored())} of {len(result.outcomes)} variants stored in {result.store}", file=sys.stderr)
     records = [r for r in (store.get(o.record_id) for o in result.stored()) if r is not None]
@@ -128,9 +129,7 @@ def cmd_moe(args: argparse.Namespace) -> None:
     settings = sweep_settings(args)
     store = None if args.no_store else open_store(args.store_url)
     if address := ray_address(args):
-        done = on_ray("moe", {"model": args.model, "experts": args.experts, "top_ks": top_ks,
-                              "dense_layers": args.dense_layers, "settings": dataclasses.asdict(settings)},
-                      address, store)
+        done = on_ray(MoeArgs(args.model, args.experts, tuple(top_ks), args.dense_layers, settings), address, store)
         records = [r for r in map(store.get, done.record_ids) if r is not None]
         return write_json(args.json, [r.to_dict() | r.variant_facts for r in records])
     t0 = time.perf_counter()

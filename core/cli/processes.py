@@ -1,5 +1,5 @@
 """`python -m core worker` and `serve`: the lab's own processes. The worker runs the dashboard's queued jobs one at a
-time apart from the web server (`worker --job N` is its child for one claimed job); serve starts it, then the
+time apart from the web server (each claimed job runs in a child, `python -m core.launch.worker --job N`); serve starts it, then the
 dashboard in the foreground.
 """
 
@@ -14,9 +14,8 @@ from core.paths import repo_root
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    if args.job is not None:
-        raise SystemExit(worker.run_claimed(args.job))
-    code = worker.serve(until_idle=args.until_idle, say=lambda m: print(m, file=sys.stderr, flush=True))
+    """The worker itself is core/launch/worker.py (`python -m core.launch.worker`); this only starts it."""
+    code = worker.main(["--until-idle"] if args.until_idle else [])
     if code:
         raise SystemExit(code)
 
@@ -47,7 +46,6 @@ def add_parsers(sub) -> None:
     """Registers `worker` and `serve` on `sub` (argparse's subparsers)."""
     w = sub.add_parser("worker", help="run the dashboard's queued jobs one at a time, apart from the web server")
     w.add_argument("--until-idle", action="store_true", help="exit once the queue is empty (tests, scripts)")
-    w.add_argument("--job", type=int, help=argparse.SUPPRESS)  # the worker's child process for one claimed job
     w.set_defaults(func=cmd_worker)
     sv = sub.add_parser("serve", help="start the worker and the dashboard (classroom mode off loopback)")
     sv.add_argument("--host", default="127.0.0.1")

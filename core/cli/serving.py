@@ -23,6 +23,7 @@ from core.cli.common import (
     say,
     write_json,
 )
+from core.launch.kinds import ServeBenchArgs, ServeContextArgs
 from core.measure import cost
 from core.serving import batching, bench, engines, kv
 from core.serving.limits import MAX_CONCURRENCY
@@ -49,8 +50,7 @@ def cmd_serve_bench(args: argparse.Namespace) -> None:
     if address := ray_address(args):
         if gguf:
             raise CliError("--gguf: a file on this machine is not served on the cluster; drop --gguf or --ray")
-        job = {"model": args.model, "techniques": keys, "settings": dataclasses.asdict(settings)}
-        return write_json(args.json, on_ray("serve-bench", job, address, store).result)
+        return write_json(args.json, on_ray(ServeBenchArgs(args.model, tuple(keys), settings), address, store).result)
     t0 = time.perf_counter()
     records = bench.serve_bench(args.model, keys, settings, store=store, gguf_files=gguf, report=say)
     print(f"serve-bench wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -75,8 +75,8 @@ def cmd_serve_context(args: argparse.Namespace) -> None:
     """KV cache measured vs estimated, and decode speed, as the context grows (in process, one sequence)."""
     contexts = int_list("--contexts", args.contexts)
     if address := ray_address(args):
-        job = {"model": args.model, "contexts": contexts, "decode_tokens": args.decode_tokens}
-        out = on_ray("serve-context", job, address, None, needs_store=False).result
+        job = ServeContextArgs(args.model, tuple(contexts), args.decode_tokens)
+        out = on_ray(job, address, None, needs_store=False).result
     else:
         out = kv.measure_context(args.model, contexts, args.decode_tokens, report=say).to_dict()
     for p in out["points"]:

@@ -5,7 +5,6 @@ distilled from it, and that student drafting for its teacher. Each takes --ray t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from core.cli.common import (
     write_json,
 )
 from core.experiments import distill_run, finetune_run, speculative
+from core.launch.kinds import DistillArgs, LoraArgs, SpeculateArgs
 from core.measure import cost
 from core.store import open_store
 from core.techniques import distillation, lora
@@ -45,11 +45,9 @@ def cmd_lora(args: argparse.Namespace) -> None:
     price = _price(args)
     lora.load_task(None if data else args.task, data)  # bad data fails before the model loads
     if address := ray_address(args):
-        job = {"model": args.model, "settings": dataclasses.asdict(settings), "task": args.task,
-               "data": str(data) if data else None, "usd_per_hour": price, "hardware_preset": args.hardware,
-               "launched_from": "cli"}
+        job = LoraArgs(args.model, settings, args.task, str(data) if data else None, price, args.hardware, "cli")
         store = None if args.no_store else open_store(args.store_url)
-        return write_json(args.json, on_ray("lora", job, address, store, needs_store=False).result)
+        return write_json(args.json, on_ray(job, address, store, needs_store=False).result)
     result, model = finetune_run.run_finetune(args.model, settings, None if data else args.task, data, price, every_tenth_step)
     if not args.no_store:
         finetune_run.store_record(model, result, open_store(args.store_url), price, args.hardware,
@@ -68,11 +66,10 @@ def cmd_distill(args: argparse.Namespace) -> None:
     distill_run.prepare_run(args.teacher, settings, corpus)  # refuse bad input before anything loads or is written
     price = _price(args)
     if address := ray_address(args):
-        job = {"teacher": args.teacher, "settings": dataclasses.asdict(settings),
-               "corpus": str(corpus) if corpus else None, "usd_per_hour": price, "hardware_preset": args.hardware,
-               "launched_from": "cli", "mc_max_items": args.mc_max_items or 0}
+        job = DistillArgs(args.teacher, settings, str(corpus) if corpus else None, price, args.hardware, "cli",
+                          args.mc_max_items or 0)
         store = None if args.no_store else open_store(args.store_url)
-        return write_json(args.json, on_ray("distill", job, address, store, needs_store=False).result)
+        return write_json(args.json, on_ray(job, address, store, needs_store=False).result)
     t0 = time.perf_counter()
     result = distill_run.run_distill(args.teacher, settings, corpus, price, every_tenth_step)
     print(f"distillation (corpus + training) wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -88,9 +85,8 @@ def cmd_speculate(args: argparse.Namespace) -> None:
                        "pass a student's folder, e.g. from `python -m core distill`")
     json_folder(args.json)
     if address := ray_address(args):
-        job = {"model": args.model, "draft": args.draft, "draft_tokens": args.draft_tokens,
-               "max_new_tokens": args.max_new_tokens}
-        return write_json(args.json, on_ray("speculate", job, address, None, needs_store=False).result)
+        job = SpeculateArgs(args.model, args.draft, args.draft_tokens, args.max_new_tokens)
+        return write_json(args.json, on_ray(job, address, None, needs_store=False).result)
     result = speculative.run_speculate(args.model, args.draft, args.draft_tokens, args.max_new_tokens, report=say)
     speculative.save_result(result)
     write_json(args.json, result.to_dict())
