@@ -89,3 +89,41 @@ def test_sweep_record_names_its_runtime(tiny_dir, data_dir):
     # same weights, same eager quality pass: the compiled variant matches the reference's quality
     assert records[1].kld_mean == pytest.approx(0.0, abs=1e-6)
     assert models.resolve(str(tiny_dir)).source == "local"
+
+
+@pytest.mark.parametrize("state", ["cuda device", "binding missing", "built for another CPU", "library broken", "runs"])
+def test_gguf_techniques_and_the_llama_cpp_runtime_give_one_reason(monkeypatch, state):
+    """"Why GGUF cannot run here" is asked of the technique (the registry, the pages) and of the runtime (the
+    harness): both must say the same thing, in every state a machine can be in."""
+    import sys
+    import types
+
+    from core.runtimes import llamacpp_build
+
+    device = "cuda:0" if state == "cuda device" else "cpu"
+    other_cpu = "this llama.cpp build is for another CPU" if state == "built for another CPU" else None
+    monkeypatch.setattr(llamacpp_build, "why_not_binding", lambda: other_cpu)
+    if state == "binding missing":
+        monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` raises ImportError
+    elif state == "library broken":
+        monkeypatch.delitem(sys.modules, "llama_cpp", raising=False)  # so the import runs, and fails as it loads
+        monkeypatch.setattr("builtins.__import__", _failing_import("llama_cpp", OSError("libllama.so: cannot open"),
+                                                                 __import__))
+    else:
+        monkeypatch.setitem(sys.modules, "llama_cpp", types.ModuleType("llama_cpp"))  # imports: the library loads
+    runtime = runtimes.get("llama.cpp")
+    for key in ("gguf-q4_k_m", "gguf-q8_0", "gguf-auto-105"):  # a preset and a searched file
+        technique = techniques.get(key)
+        reason = technique.why_not(device)
+        assert reason == runtime.unsupported(technique, device)
+        assert (reason is None) == (state == "runs"), reason
+    if other_cpu:
+        assert techniques.get("gguf-q4_k_m").why_not(device) == other_cpu
+
+
+def _failing_import(name, error, real_import):
+    def fake(module, *args, **kwargs):
+        if module == name:
+            raise error
+        return real_import(module, *args, **kwargs)
+    return fake

@@ -155,12 +155,18 @@ def llama_cpp_problem() -> str | None:
     return None
 
 
-def _unsupported(technique, device: str) -> str | None:
-    if technique.family != "gguf":
-        return f"llama.cpp runs GGUF files; {technique.label} is a transformers variant."
+def why_gguf_cannot_run(device: str) -> str | None:
+    """Why a GGUF file cannot run on `device` here, or None. The one check: the GGUF techniques call it too
+    (techniques may import runtimes, not the reverse), so the runtime and the registry never word it twice."""
     if device.startswith("cuda"):
         return "this lab's llama.cpp build is CPU-only; measure GGUF variants with --device cpu."
     return llama_cpp_problem()
+
+
+def _unsupported(technique, device: str) -> str | None:
+    if technique.family != "gguf":
+        return f"llama.cpp runs GGUF files; {technique.label} is a transformers variant."
+    return why_gguf_cannot_run(device)
 
 
 def _load(technique, checkpoint: Path, device: str, threads: int, progress) -> LlamaCppRunner:

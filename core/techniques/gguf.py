@@ -25,7 +25,7 @@ from core.measure.evaluate import token_windows, tokenize_text
 from core.models import load_model, load_tokenizer
 from core.models.saved import saved_checkpoints
 from core.paths import ASSETS, data_dir
-from core.runtimes.llamacpp import llama_cpp_problem
+from core.runtimes.llamacpp import llama_cpp_problem, why_gguf_cannot_run
 from core.techniques.gguf_cache import SIDECAR, atomic_file, discard, file_facts, is_intact  # noqa: F401
 from core.techniques.gguf_export import EXPORTER_VERSION, GGUFError, check_exportable, export_f32  # noqa: F401
 from core.techniques.registry import TECHNIQUES, Technique, defaults_for, get, register, register_resolver
@@ -233,9 +233,7 @@ def _no_torch_model(_checkpoint: Path, config: GGUFConfig, _device: str):
 
 
 def _unsupported(_config: GGUFConfig, device: str) -> str | None:
-    if device.startswith("cuda"):
-        return "this lab's llama.cpp build is CPU-only; measure GGUF variants with --device cpu."
-    return llama_cpp_problem()
+    return why_gguf_cannot_run(device)  # the llama.cpp runtime's own check, so the two never say different things
 
 
 PREFIX = "gguf-"  # every GGUF variant's key: gguf-<llama.cpp file type>[-imatrix]
