@@ -113,7 +113,7 @@ def test_measure_button_starts_a_sweep_that_stores_results(monkeypatch):
 
 
 def test_measure_refuses_a_bad_uploaded_eval_set_by_name(monkeypatch):
-    from pages import uploads_ui
+    from ui import uploads
 
     class Upload:
         name = "mine.jsonl"
@@ -122,7 +122,7 @@ def test_measure_refuses_a_bad_uploaded_eval_set_by_name(monkeypatch):
             return b'{"question": "q", "choices": ["only one"], "answer": 0}\n'
 
     with pytest.raises(ValueError, match="mine.jsonl, line 1: .*at least 2"):
-        uploads_ui.save_upload(Upload(), __import__("core.measure.evaluate", fromlist=["x"]).load_mc_jsonl)
+        uploads.save_upload(Upload(), __import__("core.measure.evaluate", fromlist=["x"]).load_mc_jsonl)
 
 
 def test_tradeoff_map_empty_store_says_what_to_do():
@@ -154,7 +154,7 @@ def test_tradeoff_map_log_by_default_linear_on_toggle_and_a_row_per_point():
 
 
 def test_tradeoff_map_redraws_for_a_new_result_and_a_new_price():
-    # figures are built once for every session (pages/common.shared): a new result or price must still show
+    # figures are built once for every session (ui/frame.shared): a new result or price must still show
     store = ResultStore()
     seed_sweep(store)
     at = page("pages/tradeoff_map.py").run()
@@ -166,7 +166,7 @@ def test_tradeoff_map_redraws_for_a_new_result_and_a_new_price():
     assert "INT8 (new)" in at.get("plotly_chart")[0].proto.spec
     money = at.get("plotly_chart")[1].proto.spec
     from core.measure import cost
-    from pages.common import SidebarChoice
+    from ui.frame import SidebarChoice
 
     laptop = cost.HARDWARE_PRESETS["laptop-cpu"]
     at.session_state["choice"] = SidebarChoice("smollm2-135m-instruct", cost.with_price(laptop, laptop.usd_per_hour * 3))
@@ -327,7 +327,7 @@ def test_distill_page_shows_the_last_speculative_comparison(tiny_teacher_everywh
 def test_the_shared_page_module_imports_pandas_whole_before_any_page_draws():
     # Thirty first page runs at once raced on pandas' first import (through plotly's sys.modules lookup) and on
     # transformers' lazily resolved names.
-    code = ("import sys; import pages.common; m = sys.modules.get('pandas'); "
+    code = ("import sys; import ui.frame; m = sys.modules.get('pandas'); "
             "assert m is not None and hasattr(m, 'Series') and not m.__spec__._initializing, 'pandas not whole'; "
             "t = sys.modules['transformers']; assert {'AutoConfig', 'AutoTokenizer'} <= set(vars(t)), 'lazy names'")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
@@ -336,10 +336,10 @@ def test_the_shared_page_module_imports_pandas_whole_before_any_page_draws():
 
 
 def test_the_lab_slows_streamlits_config_pollers():
-    """Streamlit polls config.toml and secrets.toml every 0.2 s on the timing cores; pages/turns.py slows that. If a
+    """Streamlit polls config.toml and secrets.toml every 0.2 s on the timing cores; ui/turns.py slows that. If a
     Streamlit upgrade renames the setting, this fails instead of the slowdown quietly going away."""
     from streamlit.watcher import polling_path_watcher
 
-    from pages import common, turns  # noqa: F401  (every page imports common, which brings turns)
+    from ui import frame, turns  # noqa: F401  (every page imports the frame, which brings turns)
 
     assert polling_path_watcher._POLLING_PERIOD_SECS == turns.CONFIG_POLL_S >= 5

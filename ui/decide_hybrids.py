@@ -1,4 +1,4 @@
-"""Render helpers (not a page): Decide's decoding-trick options and its Narrow task tab (measured cascades)."""
+"""Render helpers: Decide's decoding-trick options and its Narrow task tab (measured cascades)."""
 
 from __future__ import annotations
 
