@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.measure import fit
-from core.views import recommend
+from core.views import hybrids, recommend
 from ui import bills, decide_hybrids, verdict
 from ui.frame import choice, kv_shape
 from ui.results import measured_set
@@ -57,7 +57,7 @@ with recommend_tab:
     st.session_state["decide_question"] = constraints  # the Report answers the question last asked here
     st.session_state["decide_prompt_kind"] = kind
     try:
-        options, tricks = decide_hybrids.with_tricks(records, machine, kind)
+        options, tricks = hybrids.with_tricks(records, machine, kind)
         rec = recommend.recommend(options, constraints, shape, history=measured.history)
     except ValueError as e:
         show_error(e)

@@ -117,7 +117,7 @@ def cost_tab(money: Money | None) -> None:
              for b in sorted(money.bills, key=lambda b: b.bill.usd_per_month)]
     st.markdown("\n".join(lines))
     months = bill.break_even(money.bills, recommend.REFERENCE)
-    rows = serving.bill_table(money.bills)
+    rows = capacity.bill_table(money.bills)
     for row, b in zip(rows, money.bills):
         row["$ per 1M tokens"] = b.bill.usd_per_1m_tokens
         row["break-even, months"] = _break_even_text(b, months)
