@@ -343,3 +343,49 @@ def test_the_lab_slows_streamlits_config_pollers():
     from ui import frame, turns  # noqa: F401  (every page imports the frame, which brings turns)
 
     assert polling_path_watcher._POLLING_PERIOD_SECS == turns.CONFIG_POLL_S >= 5
+
+
+def test_the_door_is_what_streamlits_websocket_hands_browser_messages_to(monkeypatch):
+    """ui/turns.py puts the door in front of Streamlit by replacing the server's handle_backmsg. If a Streamlit
+    upgrade hands browser messages to something else, the door would silently hold nothing: here a rerun message
+    goes through Streamlit's own websocket endpoint, and it must reach the door's offer, then Streamlit's handler."""
+    import asyncio
+
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.runtime import Runtime
+    from streamlit.web.server.starlette.starlette_websocket import create_websocket_routes
+
+    from ui import turns
+
+    handled, offered = [], []
+    monkeypatch.setattr(Runtime, "handle_backmsg",  # Streamlit's own handler, as the door finds it on the class
+                        lambda self, session_id, msg, **kwargs: handled.append((session_id, msg.WhichOneof("type"))))
+    server = Runtime.__new__(Runtime)  # the server's runtime, without starting a server
+    monkeypatch.setattr(Runtime, "_instance", server)
+    server.connect_session = lambda **kwargs: "session-1"
+    server.disconnect_session = lambda *args, **kwargs: None
+    # built before the door, as a running server's routes are: the door comes with the first page run
+    [route] = create_websocket_routes(server, None)  # what a running server serves at /_stcore/stream
+    door = turns.door()
+    assert door is not None and server.lab_door is door
+    real_offer = door.offer
+    monkeypatch.setattr(door, "offer", lambda session, request, starts_run: offered.append((session, starts_run))
+                        or real_offer(session, request, starts_run))
+
+    message = BackMsg()
+    message.rerun_script.query_string = ""
+    incoming = [{"type": "websocket.connect"}, {"type": "websocket.receive", "bytes": message.SerializeToString()},
+                {"type": "websocket.disconnect", "code": 1000}]
+
+    async def receive():
+        return incoming.pop(0)
+
+    async def send(_):
+        return None
+
+    scope = {"type": "websocket", "path": "/_stcore/stream", "raw_path": b"/_stcore/stream", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1:8501")], "scheme": "ws", "server": ("127.0.0.1", 8501),
+             "client": ("127.0.0.1", 50000), "subprotocols": [], "root_path": ""}
+    asyncio.run(route.handle(scope, receive, send))
+    assert offered == [("session-1", True)], "Streamlit's websocket no longer calls the door's handle_backmsg"
+    assert handled == [("session-1", "rerun_script")]  # the gate was open: let through to Streamlit's own handler
