@@ -93,6 +93,20 @@ def test_no_core_module_imports_the_lab_inside_a_function():
     assert not hidden, "imports of core placed inside functions:\n" + "\n".join(hidden)
 
 
+
+def _imported_top_names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    return names | {(node.module or "").split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and not node.level}
+
+
+def test_core_imports_neither_streamlit_nor_the_ui():
+    """core/ is usable from a notebook or the CLI: what pages share goes to ui/, and ui/ imports core, never back."""
+    found = [f"{path.relative_to(ROOT)}: {sorted(hit)}" for path in _core_modules()
+             if (hit := _imported_top_names(path) & {"streamlit", "ui", "app_pages", "app"})]
+    assert not found, "core modules importing UI code:\n" + "\n".join(found)
+
 @pytest.mark.parametrize("path", _core_modules(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_core_modules_stay_small(path):
     lines = len(path.read_text().splitlines())
