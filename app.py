@@ -5,21 +5,18 @@ import streamlit as st
 from ui.frame import sidebar
 from ui.turns import page_turn
 
-# The pages live in app_pages/, not pages/: Streamlit treats a pages/ folder beside the main script as a legacy
-# multipage app (a menu of its files, app.py one page among them) for every run of a fresh server until some session's
-# run has called st.navigation, so the first visitor got that menu, and at /decide the page without this frame.
 PAGES = [  # (script, title, icon); the first is the default page
-    ("app_pages/home.py", "Overview", ":material/home:"),
-    ("app_pages/quantize.py", "Quantize", ":material/compress:"),
-    ("app_pages/lora.py", "Fine-tune (LoRA)", ":material/tune:"),
-    ("app_pages/distill.py", "Distill", ":material/school:"),
-    ("app_pages/moe.py", "Mixture of experts", ":material/hub:"),
-    ("app_pages/tradeoff_map.py", "Trade-off Map", ":material/scatter_plot:"),
-    ("app_pages/arena.py", "Arena", ":material/sports_score:"),
-    ("app_pages/serve.py", "Serve", ":material/dns:"),
-    ("app_pages/hybrids.py", "Hybrids", ":material/call_split:"),
-    ("app_pages/decide.py", "Decide", ":material/task_alt:"),
-    ("app_pages/report.py", "Report", ":material/description:"),
+    ("pages/home.py", "Overview", ":material/home:"),
+    ("pages/quantize.py", "Quantize", ":material/compress:"),
+    ("pages/lora.py", "Fine-tune (LoRA)", ":material/tune:"),
+    ("pages/distill.py", "Distill", ":material/school:"),
+    ("pages/moe.py", "Mixture of experts", ":material/hub:"),
+    ("pages/tradeoff_map.py", "Trade-off Map", ":material/scatter_plot:"),
+    ("pages/arena.py", "Arena", ":material/sports_score:"),
+    ("pages/serve.py", "Serve", ":material/dns:"),
+    ("pages/hybrids.py", "Hybrids", ":material/call_split:"),
+    ("pages/decide.py", "Decide", ":material/task_alt:"),
+    ("pages/report.py", "Report", ":material/description:"),
 ]
 
 # While the worker times a model, a page run waits here, before it does any work: a room of viewers whose page

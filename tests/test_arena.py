@@ -193,7 +193,7 @@ def arena_page():
     from ui.frame import SidebarChoice
 
     st.cache_resource.clear()
-    at = AppTest.from_file(str(ROOT / "app_pages" / "arena.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "pages" / "arena.py"), default_timeout=120)
     at.session_state["choice"] = SidebarChoice("tiny-random-llama", cost.HARDWARE_PRESETS["laptop-cpu"])
     yield at
     st.cache_resource.clear()

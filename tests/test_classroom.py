@@ -169,7 +169,7 @@ def test_tokens_compare_in_constant_time_and_anything_wrong_is_a_viewer(monkeypa
 
 
 def app(token: str | None) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app_pages" / "tradeoff_map.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "pages" / "tradeoff_map.py"), default_timeout=60)
     if token is not None:
         at.query_params["token"] = token
     return at
@@ -341,7 +341,7 @@ def test_a_viewer_sees_a_failed_job_without_server_paths_and_who_started_each_jo
     queue.submit("sweep", sweep_args(), "Sweep B", "sweep", PRESENTER, "s-p")
     queue.claim(os.getpid())
     queue.submit("sweep", sweep_args(), "Sweep C", "sweep", "viewer 3", "s-c")
-    at = AppTest.from_file(str(ROOT / "app_pages" / "quantize.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages" / "quantize.py"), default_timeout=60).run()
     assert not at.exception
     shown = " ".join(e.value for e in at.error)
     assert "<server path>" in shown and "/srv/lab" not in shown
@@ -356,7 +356,7 @@ def test_the_job_panel_pauses_while_the_worker_is_in_a_timing_phase_and_goes_liv
     queue.submit("sweep", sweep_args(), "Sweep A", "sweep", PRESENTER, "s-p")
     queue.claim(os.getpid())
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page("app_pages/quantize.py").run()
+    at.switch_page("pages/quantize.py").run()
     paused = lambda: any("timing a model now" in c.value for c in at.caption)  # noqa: E731
     assert not at.exception and not paused() and at.session_state["lab_panel_paused"] is False
     with quiet.Gate(lab_data_dir()).timing_phase():
@@ -373,7 +373,7 @@ def test_a_viewers_panel_keeps_ticking_through_a_timing_phase(monkeypatch):
     queue = JobQueue()
     queue.submit("sweep", sweep_args(), "Sweep A", "sweep", PRESENTER, "s-p")
     queue.claim(os.getpid())
-    at = AppTest.from_file(str(ROOT / "app_pages" / "quantize.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "pages" / "quantize.py"), default_timeout=60)
     with quiet.Gate(lab_data_dir()).timing_phase():
         at.run()
     assert not at.exception and at.session_state["lab_panel_paused"] is False
@@ -457,7 +457,7 @@ def test_no_page_shows_a_viewer_a_server_path(monkeypatch, tiny_dir, name):
     seed_distillation(store)
     store.add(make_record(model="smollm2-135m-instruct", technique="bf16", hardware=HERE,
                           settings={"eval_set": str(ROOT / "assets" / "mc.jsonl"), "ppl_text": str(tiny_dir / "t.txt")}))
-    at = AppTest.from_file(str(ROOT / "app_pages" / f"{name}.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     shown = all_text(at)
     assert len(shown) > 300  # the page drew its content, not just a guard

@@ -173,7 +173,7 @@ def test_quantize_page_says_what_the_estimate_learned_and_queues_the_sweep_with_
         queue.record_ended("sweep", {}, "x", "s", PRESENTER, 0.0, 0.0, None)  # no estimate: ignored
         with sqlite3.connect(queue.path) as conn:
             conn.execute("UPDATE jobs SET started_s = ended_s - ? WHERE id = ?", (took_s, job))
-    at = AppTest.from_file(str(ROOT / "app_pages" / "quantize.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "pages" / "quantize.py"), default_timeout=60)
     at.session_state["quantize_keys"] = ["fp32"]
     at.run()
     assert not at.exception, [e.value for e in at.exception]

@@ -197,7 +197,7 @@ def seed(hardware: str, techniques: dict[str, float], run_id: str) -> None:
 def page(name: str) -> AppTest:
     from pathlib import Path
 
-    return AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app_pages" / name), default_timeout=60)
+    return AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / name), default_timeout=60)
 
 
 def no_errors(at: AppTest) -> None:

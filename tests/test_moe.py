@@ -387,7 +387,7 @@ def test_moe_view_prefers_the_reference_of_the_same_run():
 def test_page_empty_store_guides_the_user():
     from tests.test_pages import no_errors, page
 
-    at = page("app_pages/moe.py").run()
+    at = page("pages/moe.py").run()
     no_errors(at)
     assert any("Convert and measure" in i.value for i in at.info)
     assert at.selectbox[0].value == 8 and at.multiselect[0].value == [1, 2, 4, 8]
@@ -401,7 +401,7 @@ def test_page_shows_the_curve_slider_and_side_by_side():
     store = ResultStore()
     for r in [dense, *ks]:
         store.add(r)
-    at = page("app_pages/moe.py").run()
+    at = page("pages/moe.py").run()
     no_errors(at)
     assert "k=2" in at.get("plotly_chart")[0].proto.spec
     texts = [t.value for t in at.text]
@@ -426,7 +426,7 @@ def test_page_button_queues_a_conversion_and_sweep_for_the_worker(monkeypatch):
         return []
 
     monkeypatch.setattr(moe_sweep, "run_moe_sweep", fake)
-    at = page("app_pages/moe.py").run()
+    at = page("pages/moe.py").run()
     at.button[0].click().run()
     run_queued_jobs_here()  # the job's body, in this process so that the fake applies
     assert calls["args"] == ("smollm2-135m-instruct", 8, [1, 2, 4, 8])

@@ -46,7 +46,7 @@ def test_app_frame_renders_home_and_sidebar():
 
 
 def test_quantize_page_empty_store_guides_the_user():
-    at = page("app_pages/quantize.py").run()
+    at = page("pages/quantize.py").run()
     no_errors(at)
     assert any("No measurements" in i.value for i in at.info)
     assert at.multiselect[0].value == ["fp32", "bf16", "int8", "nf4", "dyn-int8", "gguf-q8_0", "gguf-q4_k_m"]
@@ -60,7 +60,7 @@ def test_quantize_page_estimates_each_variant_and_drops_the_slow_one_in_one_clic
                           variant_facts={"measure_s": 40.0}, **common | {"family": "reference"}))
     store.add(make_record(technique="int8", label="INT8", decode_tokens_per_s_median=0.6, ttft_ms_median=14000.0,
                           settings=settings, variant_facts={"measure_s": 500.0}, **common))
-    at = page("app_pages/quantize.py").run()
+    at = page("pages/quantize.py").run()
     no_errors(at)
     labels = [e.label for e in at.expander]
     assert "Estimated time here: 9.0 min plus 5 never measured here; 1 variant(s) run far slower than usual" in labels
@@ -78,7 +78,7 @@ def test_quantize_page_estimates_each_variant_and_drops_the_slow_one_in_one_clic
 
 def test_quantize_page_shows_results_and_side_by_side():
     seed_sweep(ResultStore())
-    at = page("app_pages/quantize.py").run()
+    at = page("pages/quantize.py").run()
     no_errors(at)
     table = at.dataframe[-1].value  # the first table is the time estimate
     assert set(table["technique"]) == {"fp32", "nf4"}
@@ -98,7 +98,7 @@ def test_measure_button_starts_a_sweep_that_stores_results(monkeypatch):
         return []
 
     monkeypatch.setattr(core.experiments.sweep, "run_sweep", fake_sweep)
-    at = page("app_pages/quantize.py").run()
+    at = page("pages/quantize.py").run()
     next(b for b in at.button if b.label == "Measure").click().run()  # the estimate's probe button comes first
     from core.launch.jobqueue import JobQueue
 
@@ -126,14 +126,14 @@ def test_measure_refuses_a_bad_uploaded_eval_set_by_name(monkeypatch):
 
 
 def test_tradeoff_map_empty_store_says_what_to_do():
-    at = page("app_pages/tradeoff_map.py").run()
+    at = page("pages/tradeoff_map.py").run()
     no_errors(at)
     assert any("Nothing measured" in i.value for i in at.info)
 
 
 def test_tradeoff_map_draws_both_maps_with_frontier():
     seed_sweep(ResultStore())
-    at = page("app_pages/tradeoff_map.py").run()
+    at = page("pages/tradeoff_map.py").run()
     no_errors(at)
     charts = at.get("plotly_chart")
     assert len(charts) == 3
@@ -144,7 +144,7 @@ def test_tradeoff_map_draws_both_maps_with_frontier():
 
 def test_tradeoff_map_log_by_default_linear_on_toggle_and_a_row_per_point():
     seed_sweep(ResultStore())
-    at = page("app_pages/tradeoff_map.py").run()
+    at = page("pages/tradeoff_map.py").run()
     no_errors(at)
     assert '"type":"log"' in at.get("plotly_chart")[0].proto.spec.replace(" ", "")
     assert sorted(at.dataframe[0].value["technique"]) == ["fp32", "nf4"]
@@ -157,7 +157,7 @@ def test_tradeoff_map_redraws_for_a_new_result_and_a_new_price():
     # figures are built once for every session (ui/frame.shared): a new result or price must still show
     store = ResultStore()
     seed_sweep(store)
-    at = page("app_pages/tradeoff_map.py").run()
+    at = page("pages/tradeoff_map.py").run()
     assert "INT8 (new)" not in at.get("plotly_chart")[0].proto.spec
     store.add(make_record(technique="int8", family="quantization", label="INT8 (new)", model="smollm2-135m-instruct",
                           hardware=HERE, run_id="r2", decode_tokens_per_s_median=18.0))
@@ -178,7 +178,7 @@ def test_tradeoff_map_redraws_for_a_new_result_and_a_new_price():
 def test_a_store_file_replaced_while_the_lab_runs_gives_a_message_not_a_traceback():
     store = ResultStore()
     seed_sweep(store)
-    at = page("app_pages/tradeoff_map.py").run()  # the server now holds the store open
+    at = page("pages/tradeoff_map.py").run()  # the server now holds the store open
     no_errors(at)
     saved = store.path.read_bytes()
     store.path.write_bytes(b"not a database at all" * 100)
@@ -193,7 +193,7 @@ def test_a_store_file_replaced_while_the_lab_runs_gives_a_message_not_a_tracebac
 
 def test_tradeoff_map_switches_quality_metric():
     seed_sweep(ResultStore())
-    at = page("app_pages/tradeoff_map.py").run()
+    at = page("pages/tradeoff_map.py").run()
     at.radio[0].set_value("perplexity").run()
     no_errors(at)
     assert "erplexity" in at.get("plotly_chart")[0].proto.spec
@@ -210,7 +210,7 @@ def test_home_page_links_and_explains_every_variant():
 
 
 def test_lora_page_guides_then_shows_runs(monkeypatch):
-    at = page("app_pages/lora.py").run()
+    at = page("pages/lora.py").run()
     no_errors(at)
     assert any("No fine-tuning runs" in i.value for i in at.info)
     result = {"method": "lora", "settings": {"rank": 8}, "trainable_params": 2442240, "trainable_pct": 1.78,
@@ -221,14 +221,14 @@ def test_lora_page_guides_then_shows_runs(monkeypatch):
               "examples": [{"prompt": "p", "expected": "billing", "before": "No", "after": "billing"}]}
     ResultStore().add(make_record(model="smollm2-135m-instruct", technique="lora-support-routing-r8", family="lora",
                                   hardware=HERE, variant_facts={"finetune": result}))
-    at = page("app_pages/lora.py").run()
+    at = page("pages/lora.py").run()
     no_errors(at)
     assert at.dataframe[0].value["accuracy after"][0] == 0.96
     assert "billing" in set(at.dataframe[1].value["after"])
 
 
 def test_lora_page_refuses_a_bad_upload_before_training():
-    at = page("app_pages/lora.py").run()
+    at = page("pages/lora.py").run()
     at.radio[0].set_value("your own JSONL").run()
     at.button[0].click().run()
     assert any("Upload a JSONL" in e.value for e in at.error)
@@ -259,7 +259,7 @@ def seed_distillation(store: ResultStore) -> None:
 
 
 def test_distill_page_shows_the_plan_then_guides(tiny_teacher_everywhere):
-    at = page("app_pages/distill.py").run()
+    at = page("pages/distill.py").run()
     no_errors(at)
     assert any("No distilled student" in i.value for i in at.info)
     metrics = {m.label: m.value for m in at.metric}
@@ -268,7 +268,7 @@ def test_distill_page_shows_the_plan_then_guides(tiny_teacher_everywhere):
 
 def test_distill_page_shows_teacher_pruned_and_distilled_side_by_side(tiny_teacher_everywhere):
     seed_distillation(ResultStore())
-    at = page("app_pages/distill.py").run()
+    at = page("pages/distill.py").run()
     no_errors(at)
     table = at.dataframe[0].value
     assert list(table["model"]) == ["FP32 (reference)", "Pruned to 15 layers (untrained)", "Distilled student, 15 layers"]
@@ -284,7 +284,7 @@ def test_distill_button_runs_training_then_measuring_in_the_background(tiny_teac
     monkeypatch.setattr(distill_run, "run_distill", lambda *a, **k: calls.append("train") or "result")
     monkeypatch.setattr(distill_run, "measure", lambda *a, **k: calls.append("measure") or [])
     monkeypatch.setattr(distill_run, "summary", lambda result, records: {})  # the job's result, for a Ray caller
-    at = page("app_pages/distill.py").run()
+    at = page("pages/distill.py").run()
     at.button[0].click().run()
     no_errors(at)
     from core.launch.jobqueue import JobQueue
@@ -294,7 +294,7 @@ def test_distill_button_runs_training_then_measuring_in_the_background(tiny_teac
 
 
 def test_distill_page_asks_for_a_file_before_training_on_own_text(tiny_teacher_everywhere):
-    at = page("app_pages/distill.py").run()
+    at = page("pages/distill.py").run()
     at.radio[1].set_value("your own text").run()
     at.button[0].click().run()
     assert any("Upload a text or JSONL file" in e.value for e in at.error)
@@ -317,7 +317,7 @@ def test_distill_page_shows_the_last_speculative_comparison(tiny_teacher_everywh
         speedup_per_prompt={"median": 0.8, "p10": 0.8, "p90": 0.8}, plain_tokens_per_s=10.0,
         assisted_tokens_per_s=8.0, prompts=[row], device="cpu", threads=2, hardware=HERE, versions={},
         created_at="2026-11-26T12:00:00"))
-    at = page("app_pages/distill.py").run()
+    at = page("pages/distill.py").run()
     no_errors(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Output identical to the teacher's"] == "yes" and metrics["Drafted tokens accepted"] == "75%"

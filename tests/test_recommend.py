@@ -229,7 +229,7 @@ def no_errors(at):
 
 
 def test_decide_page_recommends_prices_and_fits(seeded):
-    at = AppTest.from_file(str(ROOT / "app_pages" / "decide.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages" / "decide.py"), default_timeout=60).run()
     no_errors(at)
     assert any("Deploy FP32 (reference)" in s.value for s in at.success)
     assert any("cheapest per token of the 3 variants" in m.value for m in at.markdown)
@@ -244,7 +244,7 @@ def test_decide_page_recommends_prices_and_fits(seeded):
 
 
 def test_decide_page_says_what_to_relax(seeded):
-    at = AppTest.from_file(str(ROOT / "app_pages" / "decide.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages" / "decide.py"), default_timeout=60).run()
     next(s for s in at.slider if s.label.startswith("Top-1")).set_value(1.0).run()  # top-1 >= 100%: the reference
     at.checkbox[3].check().run()  # maximum latency per token
     next(n for n in at.number_input if n.label == "ms per token at most").set_value(20.0).run()
@@ -254,7 +254,7 @@ def test_decide_page_says_what_to_relax(seeded):
 
 
 def test_decide_page_never_gives_a_green_verdict_under_the_quality_floor(seeded):
-    at = AppTest.from_file(str(ROOT / "app_pages" / "decide.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages" / "decide.py"), default_timeout=60).run()
     at.radio[0].set_value("fastest").run()
     next(c for c in at.checkbox if c.label == "Minimum top-1 agreement").uncheck().run()
     no_errors(at)
@@ -266,7 +266,7 @@ def test_decide_page_never_gives_a_green_verdict_under_the_quality_floor(seeded)
 
 def test_decide_page_without_results_points_to_quantize():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    at.switch_page("app_pages/decide.py").run()
+    at.switch_page("pages/decide.py").run()
     no_errors(at)
     assert any("Nothing measured" in i.value for i in at.info)
 

@@ -311,7 +311,7 @@ def test_report_page_offers_three_downloads_for_the_stored_results():
         ResultStore().add(r)
     st.cache_resource.clear()
     root = Path(__file__).resolve().parent.parent
-    at = AppTest.from_file(str(root / "app_pages" / "report.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(root / "pages" / "report.py"), default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     assert len(at.get("download_button")) == 3
@@ -323,6 +323,6 @@ def test_report_page_without_results_says_what_to_do():
     from streamlit.testing.v1 import AppTest
 
     root = Path(__file__).resolve().parent.parent
-    at = AppTest.from_file(str(root / "app_pages" / "report.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(root / "pages" / "report.py"), default_timeout=60).run()
     assert not at.exception
     assert any("Nothing measured" in i.value for i in at.info)

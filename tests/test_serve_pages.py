@@ -30,14 +30,14 @@ def _no_errors(at):
 
 
 def test_serve_page_empty_guides_the_user():
-    at = AppTest.from_file(str(ROOT / "app_pages/serve.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages/serve.py"), default_timeout=60).run()
     _no_errors(at)
     assert any("No load points" in i.value for i in at.info)
 
 
 def test_serve_page_shows_the_frontier_and_the_plain_words():
     _seed(ResultStore())
-    at = AppTest.from_file(str(ROOT / "app_pages/serve.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages/serve.py"), default_timeout=60).run()
     _no_errors(at)
     text = " ".join(m.value for m in at.markdown)
     assert "one user gets 10.0 tok/s; 16 users each get 3.8" in text and "6.0 times more tokens per dollar" in text
@@ -49,7 +49,7 @@ def _decide(store: ResultStore) -> AppTest:
     store.add(make_record(hardware=HERE, technique="nf4", family="quantization", label="NF4",
                           decode_tokens_per_s_median=12.0, decode_tokens_per_s_p10=11.0, decode_tokens_per_s_p90=13.0))
     _seed(store)
-    return AppTest.from_file(str(ROOT / "app_pages/decide.py"), default_timeout=60).run()
+    return AppTest.from_file(str(ROOT / "pages/decide.py"), default_timeout=60).run()
 
 
 def test_decide_traffic_tab_recommends_from_load_points():
@@ -99,6 +99,6 @@ def test_report_page_counts_the_serving_points():
     store = ResultStore()
     store.add(make_record(hardware=HERE))
     _seed(store)
-    at = AppTest.from_file(str(ROOT / "app_pages/report.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages/report.py"), default_timeout=60).run()
     _no_errors(at)
     assert any("1 variants, 3 serving points" in c.value for c in at.caption)

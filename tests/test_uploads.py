@@ -181,7 +181,7 @@ def upload_on_page(monkeypatch, label_start: str, name: str, body: bytes) -> Non
 
 
 def quantize_page() -> AppTest:
-    return AppTest.from_file(str(ROOT / "app_pages" / "quantize.py"), default_timeout=60)
+    return AppTest.from_file(str(ROOT / "pages" / "quantize.py"), default_timeout=60)
 
 
 @pytest.mark.usefixtures("fresh_caches")
@@ -225,7 +225,7 @@ def test_quantize_accepts_a_good_set_on_choosing_and_measures_with_it(monkeypatc
 @pytest.mark.usefixtures("fresh_caches")
 def test_lora_refuses_a_bad_jsonl_on_choosing_and_train_is_off(monkeypatch, data_dir):
     upload_on_page(monkeypatch, "Your {prompt, completion} JSONL", "train.jsonl", b'{"prompt": "hi"}\n')
-    at = AppTest.from_file(str(ROOT / "app_pages" / "lora.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages" / "lora.py"), default_timeout=60).run()
     at.radio[0].set_value("your own JSONL").run()
     assert not at.exception, [e.value for e in at.exception]
     (error,) = at.error
@@ -245,7 +245,7 @@ def test_distill_checks_a_corpus_on_choosing_in_the_teachers_tokens(name, body, 
 
     monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)  # the tiny teacher: no download
     upload_on_page(monkeypatch, "UTF-8 text (paragraphs", name, body)
-    at = AppTest.from_file(str(ROOT / "app_pages" / "distill.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages" / "distill.py"), default_timeout=60).run()
     at.radio[1].set_value("your own text").run()
     assert not at.exception, [e.value for e in at.exception]
     messages = [m.value for m in [*at.success, *at.error]]

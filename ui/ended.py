@@ -14,13 +14,13 @@ from ui.roles import session_id, visible
 
 ENDED_SHOWN_S = 600  # anyone's ended job stays on the panel this long; this session's own stays until its next
 RESULTS_AT = {  # job kind (core/launch/worker.py JOB_KINDS) -> the page that shows what it made, and the link's words
-    "sweep": ("app_pages/tradeoff_map.py", "See it on the Trade-off Map"),
-    "moe": ("app_pages/moe.py", "See it on Mixture of experts"),
-    "lora": ("app_pages/lora.py", "See it on Fine-tune (LoRA)"),
-    "distill": ("app_pages/distill.py", "See it on Distill"),
-    "speculate": ("app_pages/distill.py", "See it on Distill"),
-    "serve-bench": ("app_pages/serve.py", "See it on Serve"),
-    "serve-context": ("app_pages/serve.py", "See it on Serve"),
+    "sweep": ("pages/tradeoff_map.py", "See it on the Trade-off Map"),
+    "moe": ("pages/moe.py", "See it on Mixture of experts"),
+    "lora": ("pages/lora.py", "See it on Fine-tune (LoRA)"),
+    "distill": ("pages/distill.py", "See it on Distill"),
+    "speculate": ("pages/distill.py", "See it on Distill"),
+    "serve-bench": ("pages/serve.py", "See it on Serve"),
+    "serve-context": ("pages/serve.py", "See it on Serve"),
 }
 
 
