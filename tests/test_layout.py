@@ -7,6 +7,7 @@ inside a layer, no import of the lab's own code hidden inside a function, and th
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import grimp
@@ -103,7 +104,7 @@ def _imported_top_names(path: Path) -> set[str]:
 def test_core_imports_neither_streamlit_nor_the_ui():
     """core/ is usable from a notebook or the CLI: what pages share goes to ui/, and ui/ imports core, never back."""
     found = [f"{path.relative_to(ROOT)}: {sorted(hit)}" for path in _core_modules()
-             if (hit := _imported_top_names(path) & {"streamlit", "ui", "app_pages", "app"})]
+             if (hit := _imported_top_names(path) & {"streamlit", "ui", "pages", "app"})]
     assert not found, "core modules importing UI code:\n" + "\n".join(found)
 
 @pytest.mark.parametrize("path", _core_modules(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -115,4 +116,12 @@ def test_core_modules_stay_small(path):
 @pytest.mark.parametrize("path", sorted((ROOT / "pages").glob("*.py")), ids=lambda p: p.name)
 def test_pages_stay_thin(path):
     lines = len(path.read_text().splitlines())
-    assert lines <= PAGE_MAX_LINES, f"pages/{path.name} has {lines} lines; move its logic into core/"
+    assert lines <= PAGE_MAX_LINES, f"pages/{path.name} has {lines} lines; move its logic into core/ or ui/"
+
+
+def test_pages_holds_the_pages_and_only_them():
+    """Every file in pages/ is one of app.py's pages, and every page is there: what pages share goes to ui/."""
+    listed = set(re.findall(r'"(pages/\w+\.py)"', (ROOT / "app.py").read_text()))
+    held = {f"pages/{p.name}" for p in (ROOT / "pages").iterdir() if p.name != "__pycache__"}
+    assert listed and held == listed, f"not a page of app.py: {sorted(held - listed)}; missing: {sorted(listed - held)}"
+
