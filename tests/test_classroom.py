@@ -526,7 +526,7 @@ def test_the_web_server_holds_a_page_request_at_its_door_while_a_model_is_timed(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = os.environ | {"LAB_DATA_DIR": str(data_dir), "LAB_WORKER_AUTOSTART": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+    proc = subprocess.Popen([sys.executable, "-m", "ui.server", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -125,3 +125,19 @@ def test_pages_holds_the_pages_and_only_them():
     held = {f"pages/{p.name}" for p in (ROOT / "pages").iterdir() if p.name != "__pycache__"}
     assert listed and held == listed, f"not a page of app.py: {sorted(held - listed)}; missing: {sorted(listed - held)}"
 
+
+# Starters that may run Streamlit's own `streamlit run`, and why.
+PLAIN_STREAMLIT_RUN = {
+    "benchmarks/classroom_load.py": "an old checkout given as the baseline is started as it was then, without ui/",
+}
+
+
+def test_the_dashboard_is_started_through_ui_server():
+    """A plain `streamlit run app.py` gives a fresh server's first visitor Streamlit's listing of pages/ instead of
+    app.py's navigation (ui/server.py says why): every starter runs `python -m ui.server run app.py` instead."""
+    plain = re.compile(r"""["']streamlit["'],\s*["']run["']""")
+    found = [str(path.relative_to(ROOT)) for folder in ("core", "ui", "tests", "benchmarks")
+             for path in sorted((ROOT / folder).rglob("*.py"))
+             if plain.search(path.read_text()) and str(path.relative_to(ROOT)) not in PLAIN_STREAMLIT_RUN]
+    assert not found, ("plain streamlit run in " + ", ".join(found)
+                       + "; start the dashboard with [sys.executable, '-m', 'ui.server', 'run', 'app.py', ...]")

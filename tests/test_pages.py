@@ -389,3 +389,37 @@ def test_the_door_is_what_streamlits_websocket_hands_browser_messages_to(monkeyp
     asyncio.run(route.handle(scope, receive, send))
     assert offered == [("session-1", True)], "Streamlit's websocket no longer calls the door's handle_backmsg"
     assert handled == [("session-1", "rerun_script")]  # the gate was open: let through to Streamlit's own handler
+
+
+def test_a_preset_false_keeps_streamlit_out_of_its_pages_folder_mode(monkeypatch):
+    """ui/server.py sets PagesManager.uses_pages_directory False before Streamlit starts, so that pages/ beside app.py
+    never puts a run in Streamlit's legacy multipage mode (a listing of pages/, app.py one entry of it). If a
+    Streamlit upgrade renames the flag, or has PagesManager.__init__ set it whatever it was, this fails instead of a
+    fresh server's first visitor getting that listing again (tests/test_first_visit_browser.py shows it)."""
+    import inspect
+
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.runtime.scriptrunner import script_runner
+
+    assert "uses_pages_directory" in vars(PagesManager)  # a class attribute, shared by every session's manager
+    monkeypatch.setattr(PagesManager, "uses_pages_directory", None)  # as a fresh server has it
+    PagesManager(str(ROOT / "app.py"))
+    assert PagesManager.uses_pages_directory is True, "without the preset, pages/ beside app.py sets it"
+    monkeypatch.setattr(PagesManager, "uses_pages_directory", False)  # what the launcher does
+    PagesManager(str(ROOT / "app.py"))
+    assert PagesManager.uses_pages_directory is False, "PagesManager.__init__ overrode the preset False"
+    # the flag the script runner reads to choose the legacy mode for a run
+    assert "if PagesManager.uses_pages_directory:" in inspect.getsource(script_runner.ScriptRunner)
+
+
+def test_the_launcher_sets_the_flag_then_hands_over_to_streamlits_own_cli(monkeypatch):
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.web import cli
+
+    from ui import server
+
+    seen = []
+    monkeypatch.setattr(PagesManager, "uses_pages_directory", None)
+    monkeypatch.setattr(cli, "main", lambda **kwargs: seen.append((PagesManager.uses_pages_directory, kwargs)))
+    server.main()
+    assert seen == [(False, {"prog_name": "streamlit"})]
