@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from pages.common import sidebar
-from pages.turns import page_turn
+from ui.frame import sidebar
+from ui.turns import page_turn
 
 PAGES = [  # (script, title, icon); the first is the default page
     ("pages/home.py", "Overview", ":material/home:"),

@@ -14,9 +14,9 @@ from core.launch.jobs import iterate_on_torch_thread, on_torch_thread
 from core.measure import benchmark
 from core.paths import ASSETS
 from core.views.tables import sweep_comparison_note, sweep_comparison_rows, tally_rows
-from pages.common import choice, store
-from pages.roles_ui import is_presenter, queue, session_id, visible
-from pages.tables_ui import show_table
+from ui.frame import choice, store
+from ui.roles import is_presenter, queue, session_id, visible
+from ui.tables import show_table
 
 PROMPTS = {p["id"]: p for p in json.loads((ASSETS / "prompts.json").read_text())}
 OWN = "own"

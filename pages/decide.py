@@ -3,11 +3,11 @@
 import streamlit as st
 
 from core.measure import fit
-from core.views import recommend
-from pages import decide_bills, decide_task, verdict_ui
-from pages.common import choice, kv_shape
-from pages.results_ui import measured_set
-from pages.roles_ui import show_error, visible
+from core.views import hybrids, recommend
+from ui import bills, decide_hybrids, verdict
+from ui.frame import choice, kv_shape
+from ui.results import measured_set
+from ui.roles import show_error, visible
 
 st.title("Decide")
 st.write("State what you need, and get the measured variant that meets it best, with the reason and what you "
@@ -22,18 +22,18 @@ if problem:
 st.caption(f"Speeds measured on: {machine}. Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour "
            "(change it in the sidebar).")
 
-money = decide_bills.traffic_inputs(spec, machine, records, picked)  # one traffic profile, one bill per variant
+money = bills.traffic_inputs(spec, machine, records, picked)  # one traffic profile, one bill per variant
 recommend_tab, traffic_tab, cost_tab, fit_tab, task_tab = st.tabs(
     ["Recommend", "Traffic at load", "Monthly cost", "Device fit", "Narrow task"])
 
 with traffic_tab:
-    decide_bills.traffic_tab(money)
+    bills.traffic_tab(money)
 
 with recommend_tab:
     objective = st.radio("I want the", recommend.OBJECTIVES, horizontal=True,
                          format_func={"cheapest": "cheapest", "fastest": "fastest", "best_quality": "best quality"}.get)
     a, b, c = st.columns(3)
-    floor = verdict_ui.floor_input(a)
+    floor = verdict.floor_input(a)
     use_top1 = a.checkbox("Minimum top-1 agreement", True, help="Share of next tokens equal to the reference's.")
     top1 = a.slider("Top-1 agreement at least", 0.5, 1.0, 0.95, 0.01, disabled=not use_top1)
     use_mc = a.checkbox("Minimum multiple-choice accuracy (share of the reference's)")
@@ -46,7 +46,7 @@ with recommend_tab:
     ms = c.number_input("ms per token at most", 1.0, 10000.0, 50.0, disabled=not use_ms)
     use_ttft = c.checkbox("Maximum time to first token")
     ttft = c.number_input("TTFT ms at most", 1.0, 100000.0, 200.0, disabled=not use_ttft)
-    kind = decide_task.prompt_kind(b)
+    kind = decide_hybrids.prompt_kind(b)
     use_usd = c.checkbox("Maximum $ per 1M tokens")
     usd = c.number_input("$ per 1M tokens at most", 0.0, 10000.0, 2.0, format="%.4f", disabled=not use_usd)
     constraints = recommend.Constraints(
@@ -57,22 +57,22 @@ with recommend_tab:
     st.session_state["decide_question"] = constraints  # the Report answers the question last asked here
     st.session_state["decide_prompt_kind"] = kind
     try:
-        options, tricks = decide_task.with_tricks(records, machine, kind)
+        options, tricks = hybrids.with_tricks(records, machine, kind)
         rec = recommend.recommend(options, constraints, shape, history=measured.history)
     except ValueError as e:
         show_error(e)
         st.stop()
-    verdict_ui.show_verdict(rec)
-    decide_task.trick_notes(rec, tricks)
-    verdict_ui.quality_scale(records, rec.reference)
+    verdict.show_verdict(rec)
+    decide_hybrids.trick_notes(rec, tricks)
+    verdict.quality_scale(records, rec.reference)
     st.caption("Speeds and costs were measured on the machine above, not on the target device; the device "
                "constraint checks memory only.")
 
 with task_tab:
-    decide_task.narrow_task_tab(machine, picked.preset.usd_per_hour)
+    decide_hybrids.narrow_task_tab(machine, picked.preset.usd_per_hour)
 
 with cost_tab:
-    decide_bills.cost_tab(money)
+    bills.cost_tab(money)
 
 with fit_tab:
     if shape is None:

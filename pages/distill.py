@@ -12,10 +12,10 @@ from core.models import saved
 from core.techniques import distillation
 from core.views import distill as distill_view
 from core.views.tables import distill_rows, speculative_rows
-from pages.common import choice, store
-from pages.panel import job_panel, submit_job
-from pages.roles_ui import show_error, visible
-from pages.uploads_ui import blocked_by, checked_upload
+from ui.frame import choice, store
+from ui.panel import job_panel, submit_job
+from ui.roles import show_error, visible
+from ui.uploads import blocked_by, checked_upload
 
 st.title("Distill a smaller student")
 st.write("Knowledge distillation trains a small **student** to give the same next-token probabilities as a large "

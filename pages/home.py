@@ -6,7 +6,7 @@ from core import models, runtimes, techniques
 from core.measure import benchmark, fit
 from core.paths import ASSETS
 from core.views import recommend
-from pages.common import choice, store
+from ui.frame import choice, store
 
 TOUR = ASSETS / "tour"
 TECHNIQUE_TOUR = (

@@ -5,10 +5,10 @@ import streamlit as st
 from core.hybrids import curve
 from core.measure import benchmark
 from core.views import cascades, hybrids
-from pages.common import choice
-from pages.hybrids_measure import measure_forms
-from pages.panel import job_panel
-from pages.tables_ui import show_table
+from ui.frame import choice
+from ui.hybrid_forms import measure_forms
+from ui.panel import job_panel
+from ui.tables import show_table
 
 st.title("Hybrids")
 st.write("Two ways to combine the LLM with something cheaper. A **cascade** lets a cheap first stage (a classical "

@@ -10,10 +10,10 @@ from core.experiments import finetune_run
 from core.launch import uploads
 from core.measure import benchmark
 from core.techniques import lora
-from pages.common import choice, store
-from pages.panel import job_panel, submit_job
-from pages.roles_ui import show_error
-from pages.uploads_ui import blocked_by, checked_upload
+from ui.frame import choice, store
+from ui.panel import job_panel, submit_job
+from ui.roles import show_error
+from ui.uploads import blocked_by, checked_upload
 
 st.title("Fine-tune with LoRA")
 st.write("Teach the model a narrow task by training small low-rank adapters (LoRA) instead of every weight. "

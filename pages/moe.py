@@ -12,10 +12,10 @@ from core.paths import ASSETS
 from core.techniques import moe
 from core.views import figures, measures
 from core.views.tables import moe_rows, moe_view
-from pages.common import choice, store
-from pages.panel import job_panel, submit_job
-from pages.roles_ui import show_error, visible
-from pages.tables_ui import show_table
+from ui.frame import choice, store
+from ui.panel import job_panel, submit_job
+from ui.roles import show_error, visible
+from ui.tables import show_table
 
 PROMPTS = json.loads((ASSETS / "prompts.json").read_text())
 EXPERT_CHOICES = [4, 8, 16]

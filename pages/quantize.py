@@ -14,13 +14,13 @@ from core.paths import ASSETS
 from core.techniques.gguf import saved_gguf_keys
 from core.techniques.gguf_searched import searched_keys
 from core.views.tables import provenance_lines, summary_rows
-from pages.common import choice, store
-from pages.estimates import show_estimate
-from pages.panel import job_panel, submit_job
-from pages.quantize_budget import fit_budget_section
-from pages.roles_ui import show_error, visible
-from pages.tables_ui import show_table
-from pages.uploads_ui import blocked_by, checked_upload
+from ui.budget_fit import fit_budget_section
+from ui.estimates import show_estimate
+from ui.frame import choice, store
+from ui.panel import job_panel, submit_job
+from ui.roles import show_error, visible
+from ui.tables import show_table
+from ui.uploads import blocked_by, checked_upload
 
 PROMPTS = json.loads((ASSETS / "prompts.json").read_text())
 DEFAULT_PICK = techniques.defaults_for("sweep")

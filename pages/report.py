@@ -8,11 +8,10 @@ from core.launch import roles
 from core.measure import bill
 from core.store.records import drawn_key
 from core.views import capacity, hybrids, measures, recommend, report
-from pages import decide_task
-from pages.common import choice, kv_shape, shared, shared_tradeoff, store
-from pages.results_ui import measured_set
-from pages.roles_ui import is_presenter, visible
-from pages.tables_ui import show_table
+from ui.frame import choice, kv_shape, shared, shared_tradeoff, store
+from ui.results import measured_set
+from ui.roles import is_presenter, visible
+from ui.tables import show_table
 
 st.title("Report")
 st.write("One click gives a report you can send to someone who has not seen this app: the Trade-off Map, every "
@@ -33,7 +32,7 @@ presenter = is_presenter()
 asked = st.session_state.get("decide_question")
 question = asked or recommend.Constraints(min_top1_agreement=0.95, objective="cheapest")
 kind = st.session_state.get("decide_prompt_kind", "open")  # decoding tricks count only for the prompts asked about
-options, tricks = decide_task.with_tricks(records, machine, kind)
+options, tricks = hybrids.with_tricks(records, machine, kind)
 try:
     answer = recommend.recommend(options, question, kv_shape(spec)[0], history=measured.history)
     decision = recommend.decision_lines(answer, "asked on Decide" if asked else "the default; ask another on Decide")

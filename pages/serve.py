@@ -10,9 +10,10 @@ from core.serving import engines, kv
 from core.serving.bench import ServeSettings
 from core.serving.limits import MAX_CONCURRENCY, REQUEST_TIMEOUT_S
 from core.views import capacity, serving_plots
-from pages import serve_view
-from pages.common import choice, resolve_or_stop, show_error, store
-from pages.panel import job_panel, submit_job
+from ui import serving
+from ui.frame import choice, resolve_or_stop, store
+from ui.panel import job_panel, submit_job
+from ui.roles import show_error
 
 st.title("Serve")
 st.write("A service answers many people at once. Each decoding step reads the weights once however many requests "
@@ -61,15 +62,15 @@ if not records:
     st.info("No load points for this model on this machine yet: pick variants and press **Measure**.")
 else:
     st.subheader("What batching buys")
-    serve_view.stories(records)
+    serving.stories(records)
     st.caption(f"Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour (the sidebar's price). "
                f"Measured on {here}.")
-    serve_view.frontier(records)
+    serving.frontier(records)
     st.caption("Each point is one concurrency; error bars span the waves. Up is cheaper per token, right is faster "
                "for each user. The star marks the knee: past it, another step of concurrency adds less than "
                f"{serving_plots.KNEE_GAIN:.0%} throughput, so users mostly wait longer.")
-    serve_view.points_table(records)
-    serve_view.servers_and_disagreements(records)
+    serving.points_table(records)
+    serving.servers_and_disagreements(records)
     first = records[0].settings
     st.caption(f"End of sequence: {first.get('eos', '?')}. ITL: {first.get('itl', '')}. Peak memory: "
                f"{first.get('peak_mem', '')}. KV measured as: {first.get('kv_measured_how', '')}.")

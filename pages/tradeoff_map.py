@@ -6,10 +6,9 @@ from core.measure import cost
 from core.store.records import drawn_key
 from core.views import figures, hybrids, measures, plots
 from core.views.tables import provenance_lines
-from pages import decide_task
-from pages.common import choice, shared, shared_tradeoff
-from pages.results_ui import clear_results_control, measured_set
-from pages.tables_ui import show_table
+from ui.frame import choice, shared, shared_tradeoff
+from ui.results import clear_results_control, measured_set
+from ui.tables import show_table
 
 st.title("Trade-off Map")
 st.write("Each bubble is one variant of the model, measured on one machine. Up is better quality; left is "
@@ -33,7 +32,7 @@ tricks_for = st.selectbox("Decoding tricks on the map", ["none", *hybrids.PROMPT
                                "at another speed. Shown where it kept every answer and was clearly faster on prompts "
                                "of that kind, measured on this machine (see **Hybrids**).")
 if tricks_for != "none":
-    records, tricks = decide_task.with_tricks(records, measured.machine, tricks_for)
+    records, tricks = hybrids.with_tricks(records, measured.machine, tricks_for)
     for line in tricks.left_out:
         st.caption(f"Not drawn: {line}")
 # one map per row: with 25+ variants a half-width column is too narrow to tell them apart

@@ -1,5 +1,5 @@
-"""The dashboard as a user starts it (streamlit run app.py on 127.0.0.1) and a headless Debian Chromium to drive it,
-for the browser tests."""
+"""The dashboard as a user starts it (`python -m core serve` runs `python -m ui.server run app.py`, here on 127.0.0.1)
+and a headless Debian Chromium to drive it, for the browser tests."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def running(data: Path) -> Iterator[str]:
     port = free_port()
     env = os.environ | {"LAB_DATA_DIR": str(data), "LAB_SHOW_TEST_MODELS": "1", "LAB_WORKER_AUTOSTART": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+        [sys.executable, "-m", "ui.server", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )

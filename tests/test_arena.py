@@ -190,7 +190,7 @@ def test_a_store_newer_than_this_code_is_still_refused(tmp_path):
 
 @pytest.fixture
 def arena_page():
-    from pages.common import SidebarChoice
+    from ui.frame import SidebarChoice
 
     st.cache_resource.clear()
     at = AppTest.from_file(str(ROOT / "pages" / "arena.py"), default_timeout=120)

@@ -124,3 +124,14 @@ def test_bill_note_says_what_the_bills_assume():
     note = capacity.bill_note(bill.Traffic(10_000, 200), bill.LatencyTarget(2000.0, None), 0.5, "busy_only")
     assert note.startswith("For 10,000 requests a day (0.231 requests/s at peak), 200-token answers")
     assert "p90 TTFT ≤ 2000 ms" in note and "billed busy only at $0.5000/h" in note and bill.FORMULA in note
+
+
+def test_bill_table_drops_the_interval_ends_and_a_load_points_training_cost():
+    bills = bill.variant_bills([make_record(technique="fp32")], _curve(), bill.Traffic(10_000, 100), 0.1, "always_on",
+                               bill.LatencyTarget(1000.0, 5.0))
+    [full] = bill.bill_rows(bills)
+    [row] = capacity.bill_table(bills)
+    assert "technique" not in row and not any(k.endswith((", low", ", high")) for k in row)
+    assert row == {k: v for k, v in full.items() if k in row} and "one-off training $" in row
+    [load_point] = capacity.bill_table(bills, training=False)
+    assert "one-off training $" not in load_point and set(load_point) == set(row) - {"one-off training $"}

@@ -202,7 +202,7 @@ def test_wrong_or_missing_token_gives_viewer_rights_and_reveals_nothing(monkeypa
     assert not at.exception and not at.error
     captions = " ".join(c.value for c in at.sidebar.caption)
     assert "viewer" in captions and "presenter**." not in captions
-    from pages.common import CUSTOM
+    from ui.frame import CUSTOM
 
     assert CUSTOM not in at.sidebar.selectbox[0].options  # viewers cannot name a folder or hub id
     assert "token" not in at.query_params  # stripped from the address bar
@@ -230,7 +230,7 @@ def test_the_presenter_link_gives_presenter_rights_and_the_token_leaves_the_url(
 def test_one_person_on_loopback_is_the_presenter_without_a_token():
     at = sidebar_app(None).run()
     assert not at.exception
-    from pages.common import CUSTOM
+    from ui.frame import CUSTOM
 
     assert CUSTOM in at.sidebar.selectbox[0].options
     assert not any("viewer" in c.value for c in at.sidebar.caption)
@@ -534,7 +534,7 @@ def test_the_web_server_holds_a_page_request_at_its_door_while_a_model_is_timed(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = os.environ | {"LAB_DATA_DIR": str(data_dir), "LAB_WORKER_AUTOSTART": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+    proc = subprocess.Popen([sys.executable, "-m", "ui.server", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

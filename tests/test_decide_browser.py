@@ -68,11 +68,7 @@ def decide(tmp_path_factory):
     SHOTS.mkdir(parents=True, exist_ok=True)
     with dashboard.running(data) as url, dashboard.chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        # the Overview first: a server's very first session that lands on a sub-page runs that page alone, without
-        # the app's frame (Streamlit reads pages/ until app.py has called st.navigation once)
-        page.goto(url)
-        page.get_by_role("heading", name="LLM Trade-off Lab").first.wait_for(timeout=120_000)
-        page.goto(f"{url}/decide")
+        page.goto(f"{url}/decide")  # the server's first visit: it gets the app's frame (test_first_visit_browser.py)
         page.get_by_role("heading", name="Decide").first.wait_for(timeout=120_000)
         page.get_by_text("Deploy", exact=False).first.wait_for(timeout=120_000)
         yield page, url

@@ -88,6 +88,18 @@ def test_a_trick_becomes_a_decide_option_only_when_it_kept_every_answer_and_is_c
     assert "differed from plain greedy on 1 of 4" in reasons and "no clear gain" in reasons
 
 
+
+def test_with_tricks_adds_the_qualifying_trick_options_after_the_measured_variants():
+    record = make_record(technique="gguf-q4_k_m", runtime="llama.cpp", hardware=HERE, decode_tokens_per_s_median=100.0)
+    changed = {**lookup_row(identical=3), "technique": "fp32", "runtime": "transformers"}  # a trick that changed answers
+    rows = [lookup_row(), changed, lookup_row(hardware="another machine")]
+    options, found = hybrids.with_tricks([record], HERE, "grounded", rows)
+    assert [o.technique for o in options] == ["gguf-q4_k_m", "gguf-q4_k_m+lookup"]  # the record first, as measured
+    assert list(found.by_key) == ["gguf-q4_k_m+lookup"] and found.records == tuple(options[1:])
+    assert any("differed from plain greedy on 1 of 4" in line for line in found.left_out)  # not offered, and why
+    assert hybrids.with_tricks([record], HERE, "open", rows)[0] == [record]  # measured on grounded prompts only
+    assert hybrids.with_tricks([record], "another machine", "grounded", rows[:2])[0] == [record]  # this machine's only
+
 def test_the_narrow_task_choice_is_the_cheapest_point_that_meets_both_limits():
     points = curve.curve(outcomes(), usd_per_hour=3.6)
     result = {"first": "clf", "second": "llm", "task": "t", "confidence": "p", "points": [vars(p) for p in points]}

@@ -7,6 +7,7 @@ inside a layer, no import of the lab's own code hidden inside a function, and th
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import grimp
@@ -92,6 +93,20 @@ def test_no_core_module_imports_the_lab_inside_a_function():
     assert not hidden, "imports of core placed inside functions:\n" + "\n".join(hidden)
 
 
+
+def _imported_top_names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    return names | {(node.module or "").split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and not node.level}
+
+
+def test_core_imports_neither_streamlit_nor_the_ui():
+    """core/ is usable from a notebook or the CLI: what pages share goes to ui/, and ui/ imports core, never back."""
+    found = [f"{path.relative_to(ROOT)}: {sorted(hit)}" for path in _core_modules()
+             if (hit := _imported_top_names(path) & {"streamlit", "ui", "pages", "app"})]
+    assert not found, "core modules importing UI code:\n" + "\n".join(found)
+
 @pytest.mark.parametrize("path", _core_modules(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_core_modules_stay_small(path):
     lines = len(path.read_text().splitlines())
@@ -101,4 +116,28 @@ def test_core_modules_stay_small(path):
 @pytest.mark.parametrize("path", sorted((ROOT / "pages").glob("*.py")), ids=lambda p: p.name)
 def test_pages_stay_thin(path):
     lines = len(path.read_text().splitlines())
-    assert lines <= PAGE_MAX_LINES, f"pages/{path.name} has {lines} lines; move its logic into core/"
+    assert lines <= PAGE_MAX_LINES, f"pages/{path.name} has {lines} lines; move its logic into core/ or ui/"
+
+
+def test_pages_holds_the_pages_and_only_them():
+    """Every file in pages/ is one of app.py's pages, and every page is there: what pages share goes to ui/."""
+    listed = set(re.findall(r'"(pages/\w+\.py)"', (ROOT / "app.py").read_text()))
+    held = {f"pages/{p.name}" for p in (ROOT / "pages").iterdir() if p.name != "__pycache__"}
+    assert listed and held == listed, f"not a page of app.py: {sorted(held - listed)}; missing: {sorted(listed - held)}"
+
+
+# Starters that may run Streamlit's own `streamlit run`, and why.
+PLAIN_STREAMLIT_RUN = {
+    "benchmarks/classroom_load.py": "an old checkout given as the baseline is started as it was then, without ui/",
+}
+
+
+def test_the_dashboard_is_started_through_ui_server():
+    """A plain `streamlit run app.py` gives a fresh server's first visitor Streamlit's listing of pages/ instead of
+    app.py's navigation (ui/server.py says why): every starter runs `python -m ui.server run app.py` instead."""
+    plain = re.compile(r"""["']streamlit["'],\s*["']run["']""")
+    found = [str(path.relative_to(ROOT)) for folder in ("core", "ui", "tests", "benchmarks")
+             for path in sorted((ROOT / folder).rglob("*.py"))
+             if plain.search(path.read_text()) and str(path.relative_to(ROOT)) not in PLAIN_STREAMLIT_RUN]
+    assert not found, ("plain streamlit run in " + ", ".join(found)
+                       + "; start the dashboard with [sys.executable, '-m', 'ui.server', 'run', 'app.py', ...]")

@@ -60,7 +60,7 @@ def test_a_sentencepiece_only_tokenizer_without_sentencepiece_is_named(careless)
 
 
 def _sidebar_only():
-    from pages.common import sidebar
+    from ui.frame import sidebar
 
     sidebar()
 

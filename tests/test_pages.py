@@ -113,7 +113,7 @@ def test_measure_button_starts_a_sweep_that_stores_results(monkeypatch):
 
 
 def test_measure_refuses_a_bad_uploaded_eval_set_by_name(monkeypatch):
-    from pages import uploads_ui
+    from ui import uploads
 
     class Upload:
         name = "mine.jsonl"
@@ -122,7 +122,7 @@ def test_measure_refuses_a_bad_uploaded_eval_set_by_name(monkeypatch):
             return b'{"question": "q", "choices": ["only one"], "answer": 0}\n'
 
     with pytest.raises(ValueError, match="mine.jsonl, line 1: .*at least 2"):
-        uploads_ui.save_upload(Upload(), __import__("core.measure.evaluate", fromlist=["x"]).load_mc_jsonl)
+        uploads.save_upload(Upload(), __import__("core.measure.evaluate", fromlist=["x"]).load_mc_jsonl)
 
 
 def test_tradeoff_map_empty_store_says_what_to_do():
@@ -154,7 +154,7 @@ def test_tradeoff_map_log_by_default_linear_on_toggle_and_a_row_per_point():
 
 
 def test_tradeoff_map_redraws_for_a_new_result_and_a_new_price():
-    # figures are built once for every session (pages/common.shared): a new result or price must still show
+    # figures are built once for every session (ui/frame.shared): a new result or price must still show
     store = ResultStore()
     seed_sweep(store)
     at = page("pages/tradeoff_map.py").run()
@@ -166,7 +166,7 @@ def test_tradeoff_map_redraws_for_a_new_result_and_a_new_price():
     assert "INT8 (new)" in at.get("plotly_chart")[0].proto.spec
     money = at.get("plotly_chart")[1].proto.spec
     from core.measure import cost
-    from pages.common import SidebarChoice
+    from ui.frame import SidebarChoice
 
     laptop = cost.HARDWARE_PRESETS["laptop-cpu"]
     at.session_state["choice"] = SidebarChoice("smollm2-135m-instruct", cost.with_price(laptop, laptop.usd_per_hour * 3))
@@ -327,7 +327,7 @@ def test_distill_page_shows_the_last_speculative_comparison(tiny_teacher_everywh
 def test_the_shared_page_module_imports_pandas_whole_before_any_page_draws():
     # Thirty first page runs at once raced on pandas' first import (through plotly's sys.modules lookup) and on
     # transformers' lazily resolved names.
-    code = ("import sys; import pages.common; m = sys.modules.get('pandas'); "
+    code = ("import sys; import ui.frame; m = sys.modules.get('pandas'); "
             "assert m is not None and hasattr(m, 'Series') and not m.__spec__._initializing, 'pandas not whole'; "
             "t = sys.modules['transformers']; assert {'AutoConfig', 'AutoTokenizer'} <= set(vars(t)), 'lazy names'")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
@@ -336,10 +336,90 @@ def test_the_shared_page_module_imports_pandas_whole_before_any_page_draws():
 
 
 def test_the_lab_slows_streamlits_config_pollers():
-    """Streamlit polls config.toml and secrets.toml every 0.2 s on the timing cores; pages/turns.py slows that. If a
+    """Streamlit polls config.toml and secrets.toml every 0.2 s on the timing cores; ui/turns.py slows that. If a
     Streamlit upgrade renames the setting, this fails instead of the slowdown quietly going away."""
     from streamlit.watcher import polling_path_watcher
 
-    from pages import common, turns  # noqa: F401  (every page imports common, which brings turns)
+    from ui import frame, turns  # noqa: F401  (every page imports the frame, which brings turns)
 
     assert polling_path_watcher._POLLING_PERIOD_SECS == turns.CONFIG_POLL_S >= 5
+
+
+def test_the_door_is_what_streamlits_websocket_hands_browser_messages_to(monkeypatch):
+    """ui/turns.py puts the door in front of Streamlit by replacing the server's handle_backmsg. If a Streamlit
+    upgrade hands browser messages to something else, the door would silently hold nothing: here a rerun message
+    goes through Streamlit's own websocket endpoint, and it must reach the door's offer, then Streamlit's handler."""
+    import asyncio
+
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.runtime import Runtime
+    from streamlit.web.server.starlette.starlette_websocket import create_websocket_routes
+
+    from ui import turns
+
+    handled, offered = [], []
+    monkeypatch.setattr(Runtime, "handle_backmsg",  # Streamlit's own handler, as the door finds it on the class
+                        lambda self, session_id, msg, **kwargs: handled.append((session_id, msg.WhichOneof("type"))))
+    server = Runtime.__new__(Runtime)  # the server's runtime, without starting a server
+    monkeypatch.setattr(Runtime, "_instance", server)
+    server.connect_session = lambda **kwargs: "session-1"
+    server.disconnect_session = lambda *args, **kwargs: None
+    # built before the door, as a running server's routes are: the door comes with the first page run
+    [route] = create_websocket_routes(server, None)  # what a running server serves at /_stcore/stream
+    door = turns.door()
+    assert door is not None and server.lab_door is door
+    real_offer = door.offer
+    monkeypatch.setattr(door, "offer", lambda session, request, starts_run: offered.append((session, starts_run))
+                        or real_offer(session, request, starts_run))
+
+    message = BackMsg()
+    message.rerun_script.query_string = ""
+    incoming = [{"type": "websocket.connect"}, {"type": "websocket.receive", "bytes": message.SerializeToString()},
+                {"type": "websocket.disconnect", "code": 1000}]
+
+    async def receive():
+        return incoming.pop(0)
+
+    async def send(_):
+        return None
+
+    scope = {"type": "websocket", "path": "/_stcore/stream", "raw_path": b"/_stcore/stream", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1:8501")], "scheme": "ws", "server": ("127.0.0.1", 8501),
+             "client": ("127.0.0.1", 50000), "subprotocols": [], "root_path": ""}
+    asyncio.run(route.handle(scope, receive, send))
+    assert offered == [("session-1", True)], "Streamlit's websocket no longer calls the door's handle_backmsg"
+    assert handled == [("session-1", "rerun_script")]  # the gate was open: let through to Streamlit's own handler
+
+
+def test_a_preset_false_keeps_streamlit_out_of_its_pages_folder_mode(monkeypatch):
+    """ui/server.py sets PagesManager.uses_pages_directory False before Streamlit starts, so that pages/ beside app.py
+    never puts a run in Streamlit's legacy multipage mode (a listing of pages/, app.py one entry of it). If a
+    Streamlit upgrade renames the flag, or has PagesManager.__init__ set it whatever it was, this fails instead of a
+    fresh server's first visitor getting that listing again (tests/test_first_visit_browser.py shows it)."""
+    import inspect
+
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.runtime.scriptrunner import script_runner
+
+    assert "uses_pages_directory" in vars(PagesManager)  # a class attribute, shared by every session's manager
+    monkeypatch.setattr(PagesManager, "uses_pages_directory", None)  # as a fresh server has it
+    PagesManager(str(ROOT / "app.py"))
+    assert PagesManager.uses_pages_directory is True, "without the preset, pages/ beside app.py sets it"
+    monkeypatch.setattr(PagesManager, "uses_pages_directory", False)  # what the launcher does
+    PagesManager(str(ROOT / "app.py"))
+    assert PagesManager.uses_pages_directory is False, "PagesManager.__init__ overrode the preset False"
+    # the flag the script runner reads to choose the legacy mode for a run
+    assert "if PagesManager.uses_pages_directory:" in inspect.getsource(script_runner.ScriptRunner)
+
+
+def test_the_launcher_sets_the_flag_then_hands_over_to_streamlits_own_cli(monkeypatch):
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.web import cli
+
+    from ui import server
+
+    seen = []
+    monkeypatch.setattr(PagesManager, "uses_pages_directory", None)
+    monkeypatch.setattr(cli, "main", lambda **kwargs: seen.append((PagesManager.uses_pages_directory, kwargs)))
+    server.main()
+    assert seen == [(False, {"prog_name": "streamlit"})]

@@ -3,7 +3,7 @@
 import math
 import re
 
-from pages.tables_ui import styled
+from ui.tables import styled
 
 
 def cells(rows, formats=None, blanks=None) -> list[str]:

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from core.launch import uploads
 from core.measure import evaluate, textfile
 from core.techniques import lora
-from pages import uploads_ui
+from ui import uploads as upload_checks
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
@@ -95,9 +95,9 @@ def test_a_bad_upload_is_refused_by_name_with_the_fix_and_not_kept(case, data_di
 @pytest.mark.parametrize("case", ["PNG renamed .jsonl", "invalid JSON line", "over the size limit"])
 def test_the_page_side_check_turns_a_refusal_into_words_not_an_exception(case, data_dir):
     name, body, check, says = BAD_UPLOADS[case]
-    checked = uploads_ui.check_upload(name, body, check)
+    checked = upload_checks.check_upload(name, body, check)
     assert checked.refused and checked.path is None and says[0] in checked.problem
-    assert uploads_ui.blocked_by(uploads_ui.Checked(), checked).endswith(checked.problem)
+    assert upload_checks.blocked_by(upload_checks.Checked(), checked).endswith(checked.problem)
 
 
 @pytest.mark.parametrize("name, body, check, summary", [

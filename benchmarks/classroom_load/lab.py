@@ -39,7 +39,9 @@ def cli_sweep(python: str, env: dict, keys: list[str], args, out: Path) -> dict[
 
 def start_lab(app_dir: Path, python: str, env: dict, port: int, log_path: Path) -> tuple[subprocess.Popen, str]:
     """The lab as its user starts it; returns the process and the presenter token (empty for an old checkout)."""
-    if (app_dir / "core" / "worker.py").exists():
+    # A checkout with a worker (core/worker.py; core/launch/worker.py since core/ has one folder per axis) starts with
+    # `core serve`, which runs the dashboard through ui/server.py where the checkout has it.
+    if any((app_dir / "core" / where / "worker.py").exists() for where in ("", "launch")):
         cmd = [python, "-m", "core", "serve", "--host", "127.0.0.1", "--port", str(port), "--classroom"]
     else:
         cmd = [python, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),

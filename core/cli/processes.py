@@ -35,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         extra = ["--client.showErrorDetails", "none", "--client.toolbarMode", "viewer"]
     os.environ.update(env)
     worker.ensure_running()
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", args.host,
+    command = [sys.executable, "-m", "ui.server", "run", "app.py", "--server.address", args.host,
                "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
                *extra]
     os.chdir(repo_root())

@@ -157,7 +157,7 @@ def run_speculate(model_name: str, draft_path: str, draft_tokens: int = 4, max_n
     prompts = prompts if prompts is not None else bundled_prompts()[:10]
     pad = tokenizer.pad_token_id
 
-    with benchmark.timing_phase():  # the presenter's job panel pauses meanwhile (pages/panel.py)
+    with benchmark.timing_phase():  # the presenter's job panel pauses meanwhile (ui/panel.py)
         rows = _time_prompts(model, draft, tokenizer, prompts, max_new_tokens, pad, device, say, stop)
     say(1.0, "done")
     drafted, accepted = sum(r["drafted"] for r in rows), sum(r["accepted"] for r in rows)

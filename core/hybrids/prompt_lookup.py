@@ -347,7 +347,7 @@ def run_prompt_lookup(model_name: str = models.DEFAULT_MODEL, settings: LookupSe
         env = benchmark.environment("cpu", settings.threads)
         for runtime, technique, decoder in _decoders(settings, model_name, say):
             for (name, prompts), path in zip(sets, settings.prompt_files):
-                with benchmark.timing_phase():  # the presenter's job panel pauses meanwhile (pages/panel.py)
+                with benchmark.timing_phase():  # the presenter's job panel pauses meanwhile (ui/panel.py)
                     rows = measure_set(decoder, prompts, settings, say, stop)
                 results.append(summarize(
                     rows, run_id=run_id, created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -1,7 +1,7 @@
 """The web server's door: a browser's page requests held while the gate (core/launch/quiet.py) is closed.
 
 A page that waits at the gate has already cost the web server a thread, a message and the app's first lines. So
-the server also holds a browser's page requests at its door (`Door`, put in front of Streamlit by pages/common.py)
+the server also holds a browser's page requests at its door (`Door`, put in front of Streamlit by ui/turns.py)
 while the gate is closed, and lets them in when it opens: the server's CPU during timed runs with thirty viewers
 fell from 5.3% to 1.3% of a core.
 """

@@ -53,6 +53,17 @@ def bill_note(traffic: bill.Traffic, target: bill.LatencyTarget, usd_per_hour: f
             f"machine is busy longer than the {bill.HOURS_PER_MONTH} hours of a month.")
 
 
+_RANGE_ENDS = ("$ per month (always on), low", "$ per month (always on), high", "$ per month (busy only), low",
+               "$ per month (busy only), high")
+
+
+def bill_table(bills: Sequence[bill.VariantBill], training: bool = True) -> list[dict[str, object]]:
+    """bill.bill_rows for a table on screen: without the interval's ends (the words beside it carry them), the
+    technique key and, for load points (`training=False`), the training cost (a load point has none of its own)."""
+    drop = {"technique", *_RANGE_ENDS} | (set() if training else {"one-off training $"})
+    return [{k: v for k, v in row.items() if k not in drop} for row in bill.bill_rows(bills)]
+
+
 @dataclass(frozen=True)
 class CapacityPlan:
     traffic: bill.Traffic

@@ -217,6 +217,15 @@ def trick_options(records: Sequence[VariantRecord], measured: Sequence[SpeedHybr
                         tuple(why_not(measured, prompt_kind)))
 
 
+def with_tricks(records: Sequence[VariantRecord], hardware: str, prompt_kind: str,
+                rows: Sequence[dict] | None = None) -> tuple[list[VariantRecord], TrickOptions]:
+    """The measured variants plus each variant with a decoding trick measured on `hardware` that qualifies for
+    prompts of this kind (Decide's options, the map's bubbles, the Report's answer); `rows`: saved trick results,
+    read from the results folder when None."""
+    found = trick_options(records, measured_hybrids(hardware, rows), prompt_kind)
+    return [*records, *found.records], found
+
+
 def _repriced(result: dict, usd_per_hour: float) -> dict:
     points = curve.repriced(result, usd_per_hour)
     return {**result, "usd_per_hour": usd_per_hour, "points": [vars(p) for p in points]}

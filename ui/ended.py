@@ -1,4 +1,4 @@
-"""Render helper (not a page): how the last job ended, on the job panel. A finished job says how long it took
+"""Render helper: how the last job ended, on the job panel. A finished job says how long it took
 against its estimate and links to the page that shows what it made; a failed or stopped one says why."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from streamlit.errors import StreamlitAPIException
 
 from core.launch import jobs
 from core.launch.jobqueue import QueuedJob
-from pages.roles_ui import session_id, visible
+from ui.roles import session_id, visible
 
 ENDED_SHOWN_S = 600  # anyone's ended job stays on the panel this long; this session's own stays until its next
 RESULTS_AT = {  # job kind (core/launch/worker.py JOB_KINDS) -> the page that shows what it made, and the link's words

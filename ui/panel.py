@@ -20,9 +20,9 @@ import streamlit as st
 from core.launch import jobqueue, jobs, quiet, worker
 from core.launch.jobqueue import JobEstimate, JobQueue, NotAllowed, QueueFull
 from core.launch.uploads import fmt_seconds
-from pages.ended_ui import draw_ended, ended_to_show
-from pages.roles_ui import heartbeat, is_presenter, owner_name, queue, session_id, show_error, visible
-from pages.turns import gate, takes_turns
+from ui.ended import draw_ended, ended_to_show
+from ui.roles import heartbeat, is_presenter, owner_name, queue, session_id, show_error, visible
+from ui.turns import gate, takes_turns
 
 
 def submit_job(kind: str, args: dict, label: str, estimate: JobEstimate | None = None) -> int | None:

@@ -70,7 +70,7 @@ def traffic_section(records: list[ServingRecord], traffic: bill.Traffic, usd_per
     st.write(result.summary())
     st.caption(f"From load points at {result.prompt_tokens_used}-token prompts (the measured length nearest yours), "
                "newest of each. Each point is billed as in the Monthly cost tab.")
-    st.dataframe(bill_table(result.options, training=False), hide_index=True, column_config=BILL_COLUMNS)
+    st.dataframe(capacity.bill_table(result.options, training=False), hide_index=True, column_config=BILL_COLUMNS)
 
 
 BILL_COLUMNS = {heading: st.column_config.NumberColumn(format=fmt) for heading, fmt in (
@@ -78,10 +78,3 @@ BILL_COLUMNS = {heading: st.column_config.NumberColumn(format=fmt) for heading, 
     ("busy hours per machine per month", "%.0f"), ("$ per month (always on)", "$%.2f"),
     ("$ per month (busy only)", "$%.2f"), ("one-off training $", "$%.4f"))}
 
-
-def bill_table(bills: list[bill.VariantBill], training: bool = True) -> list[dict]:
-    """bill.bill_rows without the interval's ends (the words carry them), the technique key and, for load points,
-    the training cost (a load point has none of its own)."""
-    drop = {"technique", "$ per month (always on), low", "$ per month (always on), high",
-            "$ per month (busy only), low", "$ per month (busy only), high"} | (set() if training else {"one-off training $"})
-    return [{k: v for k, v in row.items() if k not in drop} for row in bill.bill_rows(bills)]

@@ -1,4 +1,4 @@
-"""Render helper (not a page): a recommendation as a verdict a non-expert can trust, with its warning, its
+"""Render helper: a recommendation as a verdict a non-expert can trust, with its warning, its
 numbers' intervals, the records it rests on, and what the quality words mean."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.views import quality, recommend
 from core.views.recommend import Recommendation
-from pages.tables_ui import show_table
+from ui.tables import show_table
 
 
 def floor_input(container) -> float:

@@ -1,4 +1,4 @@
-"""Decide's money (render helpers, not a page): the traffic, asked once above the tabs, and the one bill per variant
+"""Decide's money (render helpers): the traffic, asked once above the tabs, and the one bill per variant
 that both the Traffic at load and the Monthly cost tabs show (core/measure/bill.py)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import streamlit as st
 
 from core.measure import bill, cost
 from core.views import capacity, recommend
-from pages import serve_view
-from pages.common import store
-from pages.roles_ui import show_error
+from ui import serving
+from ui.frame import store
+from ui.roles import show_error
 
 DEFAULTS = {"bill_day": 10_000, "bill_ratio": bill.PEAK_TO_AVERAGE, "bill_peak": 0.0, "bill_prompt": 128,
             "bill_answer": 200, "bill_ttft": 2000.0, "bill_speed": 5.0, "bill_mode": "always_on"}
@@ -91,7 +91,7 @@ def traffic_tab(money: Money | None) -> None:
         st.info("Fix the traffic above first.")
         return
     _assumptions(money)
-    serve_view.traffic_section(money.serving, money.traffic, money.usd_per_hour, money.billing, money.target)
+    serving.traffic_section(money.serving, money.traffic, money.usd_per_hour, money.billing, money.target)
     formula_caption(money)
 
 
@@ -117,11 +117,11 @@ def cost_tab(money: Money | None) -> None:
              for b in sorted(money.bills, key=lambda b: b.bill.usd_per_month)]
     st.markdown("\n".join(lines))
     months = bill.break_even(money.bills, recommend.REFERENCE)
-    rows = serve_view.bill_table(money.bills)
+    rows = capacity.bill_table(money.bills)
     for row, b in zip(rows, money.bills):
         row["$ per 1M tokens"] = b.bill.usd_per_1m_tokens
         row["break-even, months"] = _break_even_text(b, months)
-    st.dataframe(rows, hide_index=True, column_config=serve_view.BILL_COLUMNS | {
+    st.dataframe(rows, hide_index=True, column_config=serving.BILL_COLUMNS | {
         "$ per 1M tokens": st.column_config.NumberColumn(format="$%.4f")})
     formula_caption(money)
     st.caption("$ per 1M tokens: the headline bill over the month's answer tokens. Break-even: months until a training "

@@ -10,8 +10,8 @@ import streamlit as st
 from core import models
 from core.launch import roles
 from core.measure import benchmark, cost
-from pages.common import SidebarChoice, resolve_or_stop, store
-from pages.roles_ui import is_presenter
+from ui.frame import SidebarChoice, resolve_or_stop, store
+from ui.roles import is_presenter
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Render helpers (not a page): Decide's decoding-trick options and its Narrow task tab (measured cascades)."""
+"""Render helpers: Decide's decoding-trick options and its Narrow task tab (measured cascades). The options
+themselves come from core.views.hybrids.with_tricks."""
 
 from __future__ import annotations
 
@@ -13,12 +14,6 @@ def prompt_kind(container) -> str:
     return container.radio("My prompts are mostly", list(hybrids.PROMPT_KINDS), format_func=hybrids.PROMPT_KINDS.get,
                            help="Decoding tricks such as prompt lookup gain where the answer repeats the prompt; "
                                 "Decide uses the speed-up measured on prompts of the kind you pick.")
-
-
-def with_tricks(records: list, machine: str, kind: str) -> tuple[list, hybrids.TrickOptions]:
-    """The measured variants plus each variant with a decoding trick that qualifies for prompts of this kind."""
-    found = hybrids.trick_options(records, hybrids.measured_hybrids(machine), kind)
-    return [*records, *found.records], found
 
 
 def trick_notes(rec: Recommendation, found: hybrids.TrickOptions) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.launch import uploads
-from pages.roles_ui import visible
+from ui.roles import visible
 
 
 @dataclass(frozen=True)

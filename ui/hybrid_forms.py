@@ -1,4 +1,4 @@
-"""Render helper (not a page): the Hybrids page's forms that queue a measurement for the worker."""
+"""Render helper: the Hybrids page's forms that queue a measurement for the worker."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import streamlit as st
 
 from core import techniques
 from core.hybrids import classical, gguf_draft, model_cascade, prompt_lookup
-from pages.panel import submit_job
-from pages.roles_ui import show_error
+from ui.panel import submit_job
+from ui.roles import show_error
 
 GGUF = [k for k in techniques.TECHNIQUES if k.startswith("gguf-")]  # the registry's GGUF variants, best first
 

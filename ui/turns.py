@@ -51,7 +51,7 @@ def _streamlit_session() -> str:
 
 
 def door() -> lab_door.Door | None:
-    """The web server's door (core/launch/quiet.py, `Door`): put once in front of Streamlit's handling of browser messages,
+    """The web server's door (`Door`, core/launch/door.py): put once in front of Streamlit's handling of browser messages,
     so that a page request that arrives during a timed run is held before the server does any work for it. None
     where there is no server (page tests)."""
     from streamlit import runtime

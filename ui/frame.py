@@ -1,8 +1,8 @@
-"""UI-side glue shared by every page: the sidebar, the results store, and the caches every session shares.
+"""The frame every page shares: the sidebar (app.py draws it), the results store, and the caches every session shares.
 
-Only this module and its neighbours wrap core objects in Streamlit caches: turns.py (taking turns with timed runs),
-roles_ui.py (presenter and viewers), results_ui.py (the measured set a page shows) and uploads_ui.py (saving
-uploads). Pages stay thin: widgets, one core call, render.
+Only the modules of ui/ wrap core objects in Streamlit caches: this one, turns.py (taking turns with timed runs),
+roles.py (presenter and viewers), results.py (the measured set a page shows) and uploads.py (saving uploads). Pages
+stay thin: widgets, one core call, render.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from core.measure import cost, fit
 from core.store import ResultStore, StoreError, configured_url, describe_configured
 from core.store.records import drawn_key
 from core.views import plots
-from pages.roles_ui import heartbeat, is_presenter, keep_alive, show_error, visible  # noqa: F401  (show_error: serve.py)
+from ui.roles import heartbeat, is_presenter, keep_alive, visible
 
 CUSTOM = models.CUSTOM_CHOICE
 

@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.launch import jobqueue, roles
 from core.launch.jobqueue import PRESENTER, JobQueue
-from pages.turns import gate, takes_turns
+from ui.turns import gate, takes_turns
 
 HEARTBEAT_EVERY_S = 10.0  # a session checks in at most this often: one tiny row write
 
@@ -80,7 +80,7 @@ def heartbeat(force: bool = False) -> int:
 @takes_turns
 def keep_alive() -> None:
     """Draws nothing: keeps an idle tab counted as connected, and restarts a job panel paused for a timing phase
-    once the phase is over (pages/panel.py)."""
+    once the phase is over (ui/panel.py)."""
     heartbeat()
     if st.session_state.get("lab_panel_paused") and not gate().timing_now():
         st.rerun()

@@ -1,4 +1,4 @@
-"""Render helper (not a page): the Quantize page's "fit my budget": a size, a button, progress (the job panel), and
+"""Render helper: the Quantize page's "fit my budget": a size, a button, progress (the job panel), and
 the measured result placed among llama.cpp's presets with its recipe in words."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import streamlit as st
 from core.experiments import budget_search
 from core.measure import fit
 from core.views import budget
-from pages.panel import submit_job
-from pages.roles_ui import show_error
-from pages.tables_ui import show_table
+from ui.panel import submit_job
+from ui.roles import show_error
+from ui.tables import show_table
 
 
 def _size_mb(model: str, column) -> float:

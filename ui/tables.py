@@ -1,4 +1,4 @@
-"""Render helper (not a page): a results table in which a missing number reads "–" (or the column's reason, such
+"""Render helper: a results table in which a missing number reads "–" (or the column's reason, such
 as "never"), never "None" or "nan"."""
 
 from __future__ import annotations

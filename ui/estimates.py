@@ -1,4 +1,4 @@
-"""Render helper (not a page): how long the chosen variants will take here, which run far slower, drop them in one click,
+"""Render helper: how long the chosen variants will take here, which run far slower, drop them in one click,
 and how far the last estimates here were off (which corrects this one)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from core import models, techniques
 from core.experiments import estimate
 from core.launch.jobqueue import JobEstimate
 from core.measure import benchmark
-from pages.common import store
-from pages.roles_ui import queue
+from ui.frame import store
+from ui.roles import queue
 
 PROBES = "estimate_probes"  # session_state: technique -> Probe, measured on this machine during this session
 
