@@ -1,12 +1,12 @@
 """What other processes used of the machine while a run was timed: the meter, and the verdict a record carries.
 
-A laptop is never quiet: a browser, an indexer, another user's job. A decode step waits for its slowest thread, so
-another process holding one core of two took a GGUF Q8_0 decode from 17 to 1.2 tokens/s. Every timed run therefore
-measures the share of the machine's CPU that other processes used meanwhile (/proc/stat's busy time of all processes
-minus this process's own), in the CLI and in the dashboard's worker alike (benchmark.timed_generation). A run at or
-above QUIET_SHARE is disturbed and timed again; a variant whose kept runs were still disturbed is measured on a busy
-machine, and its record says so (`busy_machine`), with the share. Where the share cannot be read (not Linux), the
-record says None: unknown is never written as 0.
+A laptop is never quiet: a browser, an indexer, another user's job. A decode step waits for its slowest thread:
+while another process held one core of two, five timed runs of GGUF Q8_0 ranged from 1.2 to 17 tokens/s. Every timed
+run therefore measures the share of the machine's CPU that other processes used meanwhile (/proc/stat's busy time of
+all processes minus this process's own), in the CLI and in the dashboard's worker alike (benchmark.timed_generation).
+A run at or above QUIET_SHARE is disturbed and timed again; a variant whose kept runs were still disturbed (at least
+half of them) was measured on a busy machine, and its record says so (`busy_machine`), with the share. Where the share
+cannot be read (not Linux), the record says None: unknown is never written as 0.
 """
 
 from __future__ import annotations
