@@ -73,11 +73,11 @@ def timer(key: str, minutes: float, repeats: int, gap_s: float, state_path: Path
                     run = benchmark.timed_generation(runner, inputs.prompt_ids, settings.new_tokens)
                     after = state_path.read_text()
                     if i and before == after and before in STATES:
-                        kept = gate.stats.others_share_kept
                         out.write(json.dumps({"state": before, "at_s": time.time(), "technique": key,
                                               "decode_tokens_per_s": run.decode_tokens_per_s,
                                               "turns": gate.stats.turns_between_steps - turns0,
-                                              "others_pct": round(100 * kept[-1], 2) if kept else None}) + "\n")
+                                              "others_pct": None if run.others_share is None
+                                              else round(100 * run.others_share, 2)}) + "\n")
                         out.flush()
             time.sleep(gap_s)
     runner.close()

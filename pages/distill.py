@@ -1,12 +1,11 @@
 """Distill: cut a smaller student from the model's own layers, train it to mimic the model, and use it as a draft."""
 
-from dataclasses import asdict
-
 import streamlit as st
 
 from core import models
 from core.experiments import distill_run, speculative
 from core.launch.jobs import on_torch_thread
+from core.launch.kinds import DistillArgs, SpeculateArgs
 from core.launch.uploads import distill_corpus, fmt_seconds
 from core.models import saved
 from core.techniques import distillation
@@ -94,9 +93,8 @@ if st.button("Distill", type="primary", disabled=mine.refused, help=blocked_by(m
         if source == "your own text" and corpus is None:
             raise ValueError("Upload a text or JSONL file first, or train on the teacher's answers.")
         distill_run.prepare_run(picked.model, settings, corpus)  # refuse bad input before the job starts
-        submit_job("distill", {"teacher": picked.model, "settings": asdict(settings),
-                               "corpus": str(corpus) if corpus else None, "usd_per_hour": picked.preset.usd_per_hour,
-                               "hardware_preset": picked.preset.key}, f"Distilling a {layers}-layer student of {spec.label}")
+        submit_job(DistillArgs(picked.model, settings, str(corpus) if corpus else None, picked.preset.usd_per_hour,
+                               picked.preset.key), f"Distilling a {layers}-layer student of {spec.label}")
     except (ValueError, models.ModelError) as e:
         show_error(e)
 
@@ -135,8 +133,8 @@ else:
     draft_tokens = e2.number_input("Tokens drafted per pass", 1, 16, 4)
     max_new = e3.number_input("New tokens per prompt", 8, 256, 64, step=8)
     if st.button("Compare on 10 bundled prompts"):
-        submit_job("speculate", {"model": picked.model, "draft": str(draft.path), "draft_tokens": int(draft_tokens),
-                                 "max_new_tokens": int(max_new)}, f"Speculative decoding of {spec.label}")
+        submit_job(SpeculateArgs(picked.model, str(draft.path), int(draft_tokens), int(max_new)),
+                   f"Speculative decoding of {spec.label}")
     saved = [r for r in speculative.saved_results() if r["model"] == spec.key]
     if saved:
         last = saved[0]

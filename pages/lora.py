@@ -1,13 +1,12 @@
 """Fine-tune: LoRA, QLoRA or full fine-tuning on a task, and what each costs against the others."""
 
-from dataclasses import asdict
-
 import plotly.graph_objects as go
 import streamlit as st
 
 from core import models
 from core.experiments import finetune_run
 from core.launch import uploads
+from core.launch.kinds import LoraArgs
 from core.measure import benchmark
 from core.techniques import lora
 from ui.frame import choice, store
@@ -61,9 +60,8 @@ if st.button("Train", type="primary", disabled=mine.refused, help=blocked_by(min
         if source == "your own JSONL" and data is None:
             raise ValueError("Upload a JSONL file of {\"prompt\": ..., \"completion\": ...} lines first.")
         lora.load_task(None if data else "support-routing", data)  # refuse bad data before the job starts
-        submit_job("lora", {"model": picked.model, "settings": asdict(settings), "task": "support-routing",
-                            "data": str(data) if data else None, "usd_per_hour": picked.preset.usd_per_hour,
-                            "hardware_preset": picked.preset.key}, f"{method.upper()} fine-tuning of {picked.model}")
+        submit_job(LoraArgs(picked.model, settings, "support-routing", str(data) if data else None,
+                            picked.preset.usd_per_hour, picked.preset.key), f"{method.upper()} fine-tuning of {picked.model}")
     except (ValueError, models.ModelError) as e:
         show_error(e)
 

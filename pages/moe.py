@@ -1,12 +1,11 @@
 """Mixture of experts: split the model's feed-forward layers into experts and choose how many run per token."""
 
 import json
-from dataclasses import asdict
-
 import streamlit as st
 
 from core import models, techniques
 from core.experiments.sweep import SweepSettings
+from core.launch.kinds import MoeArgs
 from core.measure import benchmark
 from core.paths import ASSETS
 from core.techniques import moe
@@ -64,8 +63,7 @@ if st.button("Convert and measure", type="primary", disabled=not ks or not picke
                                  new_tokens=int(new_tokens), repeats=int(repeats), mc_max_items=int(mc_max),
                                  hardware_preset=picked.preset.key, usd_per_hour=picked.preset.usd_per_hour,
                                  launched_from="dashboard")
-        submit_job("moe", {"model": picked.model, "experts": int(experts), "top_ks": sorted(ks),
-                           "dense_layers": int(dense_layers), "settings": asdict(settings)},
+        submit_job(MoeArgs(picked.model, int(experts), tuple(sorted(ks)), int(dense_layers), settings),
                    f"Mixture of experts ({experts} experts) of {picked.model}")
     except ValueError as e:
         show_error(e)

@@ -1,14 +1,13 @@
 """Quantize: measure quantized variants of the chosen model, watch progress, read the results."""
 
 import json
-from dataclasses import asdict
-
 import streamlit as st
 
 from core import models, techniques
 from core.experiments.estimate import SweepPlan
 from core.experiments.sweep import SweepSettings
 from core.launch import cluster, uploads
+from core.launch.kinds import SweepArgs
 from core.measure import benchmark, evaluate
 from core.paths import ASSETS
 from core.techniques.gguf import saved_gguf_keys
@@ -69,7 +68,7 @@ if st.button("Measure", type="primary", disabled=not keys or not picked.model or
         )
         # Measured by the worker process, never in this web server (core/launch/worker.py); the worker sends it to the
         # Ray cluster when LAB_RAY_ADDRESS is set (core/launch/cluster.py).
-        submit_job("sweep", {"model": picked.model, "techniques": keys, "settings": asdict(settings)},
+        submit_job(SweepArgs(picked.model, tuple(keys), settings),
                    f"Quantization sweep of {picked.model}{cluster.where()}",
                    None if cluster.where() else sweep_estimate)  # the estimate is for this machine, kept to compare
     except ValueError as e:

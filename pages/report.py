@@ -53,6 +53,8 @@ st.subheader("The decision the report opens with")
 st.markdown(f"**{decision[0]}** {decision[1]}")
 if warning:
     st.warning(warning)
+if busy_note := report.busy_alert(records, decision):
+    st.warning(busy_note)  # the report says it too, beside the decision
 
 
 hybrid_lines, hybrid_figures = hybrids.report_parts(machine, spec.key, picked.preset.usd_per_hour)

@@ -1,10 +1,9 @@
 """Serve: many users at once. Load a real server on 127.0.0.1 with concurrent streams and see what batching buys."""
 
-from dataclasses import asdict
-
 import streamlit as st
 
 from core import techniques
+from core.launch.kinds import ServeBenchArgs, ServeContextArgs
 from core.measure import benchmark
 from core.serving import engines, kv
 from core.serving.bench import ServeSettings
@@ -46,10 +45,10 @@ if st.button("Measure", type="primary", disabled=not picked.model or (what == "l
             settings = ServeSettings(
                 concurrency=tuple(conc), prompt_tokens=tuple(sorted(prompts)), new_tokens=int(new_tokens),
                 repeats=int(repeats), hardware_preset=picked.preset.key, usd_per_hour=picked.preset.usd_per_hour)
-            submit_job("serve-bench", {"model": picked.model, "techniques": keys, "settings": asdict(settings)},
+            submit_job(ServeBenchArgs(picked.model, tuple(keys), settings),
                        f"Serving load of {spec.label}")
         else:
-            submit_job("serve-context", {"model": picked.model}, f"Context sweep of {spec.label}")
+            submit_job(ServeContextArgs(picked.model), f"Context sweep of {spec.label}")
     except ValueError as e:
         show_error(e)
 

@@ -3,10 +3,12 @@
 import streamlit as st
 
 from core.measure import cost
+from core.launch.kinds import SweepArgs
 from core.store.records import drawn_key
-from core.views import figures, hybrids, measures, plots
+from core.views import busy, figures, hybrids, measures, plots
 from core.views.tables import provenance_lines
 from ui.frame import choice, shared, shared_tradeoff
+from ui.panel import submit_job
 from ui.results import clear_results_control, measured_set
 from ui.tables import show_table
 
@@ -40,6 +42,15 @@ st.plotly_chart(shared_tradeoff(records, metric, "latency", log), width="stretch
 st.caption(plots.what_you_give_up(records, metric, "latency"))
 st.plotly_chart(shared_tradeoff(records, metric, "cost", log), width="stretch")
 st.caption(plots.what_you_give_up(records, metric, "cost"))
+if busy_note := busy.note(measured.records):  # hollow bubbles: timed while other processes took the CPU
+    st.warning(busy_note)
+    again = busy.remeasure(measured.records)
+    if again and st.button(f"Measure again: {', '.join(again.labels)}", key="map_measure_again",
+                           help="Queues a sweep of just these variants, with the settings they were measured with. "
+                                "Close what else is running first, or the machine will be busy again."):
+        if (job := submit_job(SweepArgs(picked.model, again.techniques, again.settings),
+                              again.job_label(picked.model))) is not None:
+            st.success(f"Queued as job {job}: the map redraws them when they are measured (progress on **Quantize**).")
 if caveat := cost.cost_caveat(picked.preset.kind, records[0].device):
     st.warning(caveat)
 st.caption(f"Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour "

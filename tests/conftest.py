@@ -70,6 +70,16 @@ def no_worker_autostart(monkeypatch):
 
 
 @pytest.fixture
+def quiet_machine(monkeypatch):
+    """Every timed run reads as undisturbed (no other process used any CPU): for tests that count the calls a timing
+    makes, which a busy test machine would otherwise double with a retry."""
+    from core.measure import others
+
+    monkeypatch.setattr(others, "machine_busy_s", lambda: 0.0)
+    monkeypatch.setattr(others, "own_busy_s", lambda: 0.0)
+
+
+@pytest.fixture
 def fresh_caches():
     """An empty st.cache_resource before and after a page test (AppTest runs share one process)."""
     import streamlit as st

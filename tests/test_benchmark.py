@@ -43,7 +43,7 @@ def test_repeat_rejects_bad_counts(warmup, repeats):
         benchmark.repeat(lambda: 1, warmup, repeats)
 
 
-def test_timed_generation_splits_prefill_and_decode_with_fake_clock():
+def test_timed_generation_splits_prefill_and_decode_with_fake_clock(quiet_machine):
     clock = FakeClock()
     model = CountingModel(clock)
     run = benchmark.timed_generation(as_runner(model), torch.ones(1, 7, dtype=torch.long), new_tokens=5, clock=clock)
@@ -55,7 +55,7 @@ def test_timed_generation_splits_prefill_and_decode_with_fake_clock():
     assert len(run.token_ids) == 5
 
 
-def test_bench_generation_keeps_only_timed_samples():
+def test_bench_generation_keeps_only_timed_samples(quiet_machine):
     clock = FakeClock()
     model = CountingModel(clock)
     bench = benchmark.bench_generation(as_runner(model), torch.ones(1, 3, dtype=torch.long), new_tokens=3, warmup=2,

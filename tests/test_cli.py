@@ -23,6 +23,8 @@ def test_sweep_writes_one_record_per_variant(tmp_path, capsys):
         missing = [f for f in REQUIRED_FIELDS if f not in r]
         assert not missing
         assert len(r["mc_accuracy_ci95"]) == 2
+        assert "busy_machine" in r["settings"]  # no worker, no gate: other processes were measured all the same
+        assert r["settings"]["timed_runs_measured"] >= 2 and "other_processes_cpu_pct_max" in r["settings"]
     assert records[0]["kld_mean"] == 0 and records[0]["top1_agreement"] == 1
     assert "sweep wall time" in capsys.readouterr().err
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.experiments import budget_search
+from core.launch.kinds import BudgetArgs
 from core.measure import fit
 from core.views import budget
 from ui.panel import submit_job
@@ -42,7 +43,7 @@ def budget_form(model: str) -> None:
         except ValueError as e:
             show_error(e)
             return
-        submit_job("budget", {"model": model, "budgets_bytes": budgets, "imatrix": imatrix},
+        submit_job(BudgetArgs(model, tuple(budgets), imatrix),
                    f"Fit {size_mb:g} MB{' with importance matrix' if imatrix else ''} ({model})")
 
 

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import streamlit as st
 
 from core import techniques
 from core.hybrids import classical, gguf_draft, model_cascade, prompt_lookup
+from core.launch.job import JobArgs
+from core.launch.kinds import CascadeArgs, GGUFDraftArgs, ModelCascadeArgs, PromptLookupArgs
 from ui.panel import submit_job
 from ui.roles import show_error
 
 GGUF = [k for k in techniques.TECHNIQUES if k.startswith("gguf-")]  # the registry's GGUF variants, best first
 
 
-def _queue(kind: str, check, settings, args: dict, label: str) -> None:
+def _queue(check, settings, args: JobArgs, label: str) -> None:
     """Refuse bad settings before anything is queued (nothing is written), else queue the job."""
     try:
         check(settings)
     except ValueError as e:
         show_error(e)
         return
-    submit_job(kind, args, label)
+    submit_job(args, label)
 
 
 def classical_form(model: str, hardware_preset: str, usd_per_hour: float) -> None:
@@ -34,7 +34,7 @@ def classical_form(model: str, hardware_preset: str, usd_per_hour: float) -> Non
                                              "messages once; every threshold's point follows from those answers."):
         settings = classical.ClassicalSettings(second=second, shots=shots, model=model,
                                                hardware_preset=hardware_preset, usd_per_hour=usd_per_hour)
-        _queue("cascade", classical.check_request, settings, {"settings": asdict(settings)},
+        _queue(classical.check_request, settings, CascadeArgs(settings),
                f"Classifier → {second} cascade on support-routing")
 
 
@@ -46,7 +46,7 @@ def model_form(model: str, hardware_preset: str, usd_per_hour: float) -> None:
     if c.button("Measure the model cascade"):
         settings = model_cascade.ModelCascadeSettings(first=first, task=task, model=model, hardware=hardware_preset,
                                                       usd_per_hour=usd_per_hour)
-        _queue("model-cascade", model_cascade.check_request, settings, {"settings": asdict(settings)},
+        _queue(model_cascade.check_request, settings, ModelCascadeArgs(settings),
                f"{first} → fp32 cascade on {task}")
 
 
@@ -56,7 +56,7 @@ def lookup_form(model: str) -> None:
     draft = int(b.number_input("Tokens copied per pass", 1, 64, 3))
     if c.button("Compare prompt lookup"):
         settings = prompt_lookup.LookupSettings(technique=technique, draft_tokens=draft, new_tokens=48)
-        _queue("prompt-lookup", prompt_lookup.check_request, settings, {"model": model, "settings": asdict(settings)},
+        _queue(prompt_lookup.check_request, settings, PromptLookupArgs(model, settings),
                f"Prompt lookup ({technique}, {draft} tokens)")
 
 
@@ -67,8 +67,8 @@ def draft_form(model: str) -> None:
     if c.button("Compare the GGUF draft", help="The newest distilled student, exported to GGUF, drafts for the "
                                                 "target; llama-server runs with and without it on the same prompts."):
         settings = gguf_draft.DraftSettings(target=target, draft_max_tokens=(most,))
-        _queue("gguf-draft", lambda s: gguf_draft.check_request(s, model), settings,
-               {"model": model, "settings": asdict(settings)}, f"GGUF draft for {target} ({most} tokens)")
+        _queue(lambda s: gguf_draft.check_request(s, model), settings, GGUFDraftArgs(model, settings),
+               f"GGUF draft for {target} ({most} tokens)")
 
 
 def measure_forms(model: str, hardware_preset: str, usd_per_hour: float) -> None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.launch import jobqueue, jobs, quiet, worker
+from core.launch import jobqueue, jobs, launch, quiet, worker
+from core.launch.job import Job, JobArgs
 from core.launch.jobqueue import JobEstimate, JobQueue, NotAllowed, QueueFull
 from core.launch.uploads import fmt_seconds
 from ui.ended import draw_ended, ended_to_show
@@ -25,10 +26,10 @@ from ui.roles import heartbeat, is_presenter, owner_name, queue, session_id, sho
 from ui.turns import gate, takes_turns
 
 
-def submit_job(kind: str, args: dict, label: str, estimate: JobEstimate | None = None) -> int | None:
+def submit_job(args: JobArgs, label: str, estimate: JobEstimate | None = None) -> int | None:
     """Queue a job for the worker, with the estimate the page showed if any; say where it stands, or why not."""
     try:
-        job_id = worker.submit(queue(), kind, args, label, owner_name(), session_id(), estimate)
+        job_id = launch.submit(queue(), Job(args, label), owner_name(), session_id(), estimate)
     except (QueueFull, NotAllowed, ValueError) as e:
         show_error(e)
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.views import quality, recommend
+from core.views import busy, quality, recommend
 from core.views.recommend import Recommendation
 from ui.tables import show_table
 
@@ -20,15 +20,18 @@ def floor_input(container) -> float:
 
 
 def show_verdict(rec: Recommendation) -> None:
-    """Green only for a variant at or above the floor; amber, with the reason, for one under it or for none."""
+    """Green only for a variant at or above the floor and timed on a quiet machine; amber, with the reason, for one
+    under the floor, one timed on a busy machine, or for none."""
     words = recommend.verdict(rec)
     if rec.chosen is None:
         st.warning(f"**{words}**")
-    elif rec.warning:
-        st.warning(f"**{words}** {rec.warning}")
+    elif rec.warning or busy.is_busy(rec.chosen):
+        st.warning(f"**{words}** {rec.warning or ''}")
     else:
         st.success(f"**{words}**")
     st.write(rec.summary())
+    if rec.busy:
+        st.warning(rec.busy)
     if rec.headline is None:
         return
     if rec.headline.moved:

@@ -12,9 +12,11 @@ from core.measure import intervals
 if TYPE_CHECKING:
     from .rounds import Round
 
+# What core/launch/quiet.py (pages) and the timing primitive (other processes, core/measure/others.py) wrote in each
+# record.
 GATE_FIELDS = ("timed_runs_with_pages_paused", "timed_runs_with_pages_running", "page_turns_between_decode_steps",
-               "timed_runs_disturbed_and_repeated", "other_processes_cpu_pct_median", "other_processes_cpu_pct_max",
-               "page_drain_wait_ms_max")  # what core/launch/quiet.py wrote in each record
+               "timed_runs_disturbed", "timed_runs_disturbed_and_repeated", "other_processes_cpu_pct_median",
+               "other_processes_cpu_pct_max", "busy_machine", "page_drain_wait_ms_max")
 
 
 def pct(values: list[float], q: float) -> float:

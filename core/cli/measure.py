@@ -27,6 +27,7 @@ from core.launch.kinds import MoeArgs, SweepArgs
 from core.launch.launch import launch
 from core.measure import benchmark, cost, evaluate
 from core.store import ResultStore, open_store
+from core.views import busy
 
 
 def add_measurement_args(s: argparse.ArgumentParser) -> None:
@@ -87,9 +88,16 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     records = sweep.run_sweep(args.model, keys, settings, store=store, progress=show_progress)
     print(f"sweep wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    say_if_busy(records)
     text = sweep.records_json(records, Path(args.json) if args.json else None)
     if not args.json:
         print(text)
+
+
+def say_if_busy(records: list) -> None:
+    """One line on stderr naming the variants timed while other processes took the CPU (their records say so too)."""
+    if note := busy.note(records):
+        print(f"warning: {note}", file=sys.stderr)
 
 
 def refuse_unsupported(keys: list[str], device: str) -> None:
@@ -136,6 +144,7 @@ def cmd_moe(args: argparse.Namespace) -> None:
     records = moe_sweep.run_moe_sweep(args.model, args.experts, top_ks, settings, store=store, progress=show_progress,
                                       dense_layers=args.dense_layers)
     print(f"moe wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    say_if_busy(records)
     rows = [r.to_dict() | r.variant_facts for r in records]  # the structure facts at top level too, as promised
     write_json(args.json, rows)
 

@@ -278,7 +278,9 @@ def _record(technique, inputs: _Inputs, settings: SweepSettings, run_id: str, si
         hardware_preset=settings.hardware_preset, usd_per_hour=price,
         usd_per_1m_tokens=cost.usd_per_1m_tokens(tps.median, price),
         device=inputs.env.device_label, dtype=dtype, threads=inputs.env.threads, hardware=inputs.env.hardware,
-        versions=dict(inputs.env.versions), settings=dict(inputs.settings_record),
+        versions=dict(inputs.env.versions),
+        # what other processes used of the machine while it was timed, and whether that makes its speed unreliable
+        settings=dict(inputs.settings_record) | bench.others_load.settings(),
         sample_prompt=settings.prompt,
         sample_generation=inputs.tokenizer.decode(list(bench.token_ids), skip_special_tokens=True),
         mc_per_item=mc.per_item, variant_facts=dict(facts or {}), runtime=technique.runtime,

@@ -44,6 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from core.measure import others
+from core.measure.others import OthersMeter
+
 PAGE_WAIT_S = 20.0  # a page runs after this long even if the gate is still closed
 DRAIN_WAIT_S = 10.0  # a timed run starts after this long even if page runs are still going
 # Waiting is polling (flock has no timeout), backing off: thirty waiting pages polling every 20 ms would wake the
@@ -62,89 +65,36 @@ NOTICE_S = PANEL_EVERY_S + 1.0  # a timing phase starts this long after the work
 
 
 # Pausing pages is not all: a viewer's browser on this machine, the web server sending a page's scripts, anything
-# else. So each timed run measures how much of the machine the other processes used meanwhile; a run during which
-# they used QUIET_SHARE or more is reported disturbed and timed once more (benchmark.DISTURBED_RETRIES), and the
-# record keeps the count. Waiting for a quiet moment before each run was tried and dropped: with thirty viewers
-# the load generator alone used 12% of this machine, so the wait held every page back to its limit (page p90 20 s)
-# for no better numbers.
-QUIET_SHARE = 0.05  # of all cores
-
-
-def _machine_busy_s() -> float | None:
-    """CPU seconds all processes have used since boot (user, nice, system, irq, softirq), or None off Linux."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_busy_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-class OthersMeter:
-    """Share of the machine's CPU that other processes used while it ran (None where unknown). It can pause, so
-    that a timed run that lets pages in between its steps counts only its own closed stretches."""
-
-    def __init__(self):
-        self.others_s, self.wall_s, self._start = 0.0, 0.0, None
-        self.known = _machine_busy_s() is not None
-        self.resume()
-
-    def resume(self) -> None:
-        self._start = (time.monotonic(), _machine_busy_s(), _own_busy_s())
-
-    def pause(self) -> None:
-        if self._start is None:
-            return
-        t0, busy0, own0 = self._start
-        busy = _machine_busy_s()
-        self.wall_s += time.monotonic() - t0
-        if busy is not None and busy0 is not None:
-            self.others_s += max(0.0, (busy - busy0) - (_own_busy_s() - own0))
-        self._start = None
-
-    def share(self) -> float | None:
-        self.pause()
-        if not self.known or self.wall_s <= 0:
-            return None
-        return self.others_s / (self.wall_s * (os.cpu_count() or 1))
+# else. So each timed run measures how much of the machine the other processes used meanwhile (core/measure/others.py,
+# for the CLI's runs too); a run during which they used QUIET_SHARE or more is reported disturbed and timed once more
+# (benchmark.DISTURBED_RETRIES), and the record keeps the shares and the verdict. The gate's Turn keeps its own meter
+# so that the pages let in between two steps do not count against the run. Waiting for a quiet moment before each
+# run was tried and dropped: with thirty viewers the load generator alone used 12% of this machine, so the wait held
+# every page back to its limit (page p90 20 s) for no better numbers.
+QUIET_SHARE = others.QUIET_SHARE
 
 
 @dataclass
 class GateStats:
-    """What the worker's timed runs saw: how many, how long they waited for pages, how many could not wait,
-    how often they let waiting pages in between their steps, how many were disturbed by other processes (and timed
-    again), and the most others used in a kept run."""
+    """What the worker's timed runs saw of pages: how many, how long they waited for pages, how many could not wait,
+    and how often they let waiting pages in between their steps. What other processes used is the timing
+    primitive's to record (benchmark.bench_generation), in the CLI's records too."""
     timed_runs: int = 0
     drain_wait_s: list[float] = field(default_factory=list)
     undrained_runs: int = 0
     turns_between_steps: int = 0
-    disturbed_runs: int = 0
-    others_share_kept: list[float] = field(default_factory=list)
 
     def record(self, turn: "Turn") -> None:
         self.timed_runs += 1
         self.undrained_runs += turn.undrained
         self.turns_between_steps += turn.turns_between_steps
-        if turn.disturbed:
-            self.disturbed_runs += 1
-        elif turn.others_share is not None:
-            self.others_share_kept.append(turn.others_share)
 
     def settings(self) -> dict:
-        waits = sorted(self.drain_wait_s) or [0.0]
-        kept = sorted(self.others_share_kept) or [0.0]
+        waits = sorted(self.drain_wait_s)
         return {"timed_runs_with_pages_paused": self.timed_runs - self.undrained_runs,
                 "timed_runs_with_pages_running": self.undrained_runs,
                 "page_turns_between_decode_steps": self.turns_between_steps,
-                "page_drain_wait_ms_max": round(1e3 * waits[-1], 1),
-                "timed_runs_disturbed_and_repeated": self.disturbed_runs,
-                "other_processes_cpu_pct_median": round(100 * kept[len(kept) // 2], 2),
-                "other_processes_cpu_pct_max": round(100 * kept[-1], 2)}
+                "page_drain_wait_ms_max": round(1e3 * waits[-1], 1) if waits else None}
 
 
 def open_lock_file(path: Path) -> int:
@@ -310,7 +260,7 @@ class Turn:
 
     @property
     def disturbed(self) -> bool:
-        return self.others_share is not None and self.others_share >= QUIET_SHARE
+        return others.is_disturbed(self.others_share)
 
     def close(self) -> None:
         pages_came = self.gate._let_waiting_pages_in()

@@ -24,7 +24,7 @@ from typing import Callable, TypeVar
 
 import torch
 
-from core.measure import cpu
+from core.measure import cpu, others
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -65,7 +65,10 @@ class Spread:
 # Wraps every timed generation. The CLI leaves it a no-op; the worker sets it so that page runs pause while it
 # times (core/launch/quiet.py says why).
 _timed_section: Callable[[], "contextlib.AbstractContextManager"] = contextlib.nullcontext
-DISTURBED_RETRIES = 1  # a run the section reports disturbed (other processes took the cores) is timed again
+# A run during which other processes used others.QUIET_SHARE of the machine or more is timed again, once: a passing
+# disturbance (a tab redrawing, a cron job) is gone a few seconds later, and one that stays (another job holding a
+# core) stays through any number of retries, which would only make the sweep longer. The record says which it was.
+DISTURBED_RETRIES = 1
 
 
 # Wraps each bench_generation (a warm-up and its repeats): the worker marks it a timing phase, during which open
@@ -107,22 +110,38 @@ class GenerationRun:
     decode_s: float  # the remaining new_tokens - 1 steps
     decode_tokens: int
     token_ids: tuple[int, ...]
+    # Share of the machine's CPU other processes used during each try of this run (None: unknown); the kept try last.
+    others_shares: tuple[float | None, ...] = ()
 
     @property
     def decode_tokens_per_s(self) -> float:
         return self.decode_tokens / self.decode_s if self.decode_s > 0 else float("inf")
+
+    @property
+    def others_share(self) -> float | None:
+        return self.others_shares[-1] if self.others_shares else None
+
+
+def _others_share(section, meter: others.OthersMeter) -> float | None:
+    """The section's own measure where it keeps one (the worker's gate counts only the stretches it held pages back,
+    not the turns it gave them between steps), else this run's meter."""
+    share = getattr(section, "others_share", None)
+    return share if share is not None else meter.share()
 
 
 def timed_generation(runner, input_ids: torch.Tensor, new_tokens: int, device: str = "cpu",
                      clock: Clock = time.perf_counter) -> GenerationRun:
     """Greedy decode of exactly `new_tokens` tokens (EOS ignored, so every variant does the same work).
 
-    `runner` is a Runner of any runtime (core.runtimes.base); wrap a torch model with `runtimes.as_runner`.
+    `runner` is a Runner of any runtime (core.runtimes.base); wrap a torch model with `runtimes.as_runner`. Each try
+    measures what other processes used of the machine meanwhile; a disturbed one is timed again (DISTURBED_RETRIES).
     """
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 to time decoding, got {new_tokens}")
+    shares: list[float | None] = []
     for _ in range(1 + DISTURBED_RETRIES):
         with _timed_section() as turn:
+            meter = others.OthersMeter()
             # Each step is timed on its own (own_s leaves out the time between steps), so the section may let
             # waiting pages in between two of them.
             between_steps = getattr(turn, "between_steps", None) or (lambda: None)
@@ -130,10 +149,12 @@ def timed_generation(runner, input_ids: torch.Tensor, new_tokens: int, device: s
             for step in runner.stream(input_ids, new_tokens, clock):
                 steps.append(step)
                 between_steps()
-        if not getattr(turn, "disturbed", False):
+            meter.pause()
+        shares.append(_others_share(turn, meter))
+        if not others.is_disturbed(shares[-1]):
             break
     ttft_s, total_s = steps[0][1], steps[-1][1]
-    return GenerationRun(ttft_s, total_s - ttft_s, new_tokens - 1, tuple(t for t, _ in steps))
+    return GenerationRun(ttft_s, total_s - ttft_s, new_tokens - 1, tuple(t for t, _ in steps), tuple(shares))
 
 
 @dataclass(frozen=True)
@@ -145,6 +166,7 @@ class GenerationBench:
     repeats: int
     new_tokens: int
     prompt_tokens: int
+    others_load: others.OthersLoad = others.OthersLoad()  # what other processes used during the timed runs
 
 
 def bench_generation(runner, input_ids: torch.Tensor, new_tokens: int, warmup: int, repeats: int,
@@ -155,7 +177,7 @@ def bench_generation(runner, input_ids: torch.Tensor, new_tokens: int, warmup: i
         ttft_ms=Spread(tuple(r.ttft_s * 1e3 for r in runs)),
         decode_tokens_per_s=Spread(tuple(r.decode_tokens_per_s for r in runs)),
         token_ids=runs[-1].token_ids, warmup=warmup, repeats=repeats,
-        new_tokens=new_tokens, prompt_tokens=int(input_ids.shape[-1]),
+        new_tokens=new_tokens, prompt_tokens=int(input_ids.shape[-1]), others_load=others.load_of(runs),
     )
 
 

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from core.store.records import VariantRecord
+from core.views import busy
 
 MAX_BUBBLE_PX = 30  # diameter of the largest bubble: small enough that 30 variants stay apart
 # fixed colours so a family looks the same on every chart and every page
@@ -232,6 +233,7 @@ def hover_text(record: VariantRecord) -> str:
         f"MC accuracy: {fmt_value(record.mc_accuracy, '.1%')} (95% CI {fmt_value(ci[0], '.1%')}–{fmt_value(ci[1], '.1%')}, "
         f"{record.mc_items} items)",
         f"Device: {record.device}, {record.dtype}, {record.threads} threads",
+        busy.hover_line(record),
     ]
     return "<br>".join(lines)
 

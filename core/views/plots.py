@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from core.store.records import VariantRecord
 from core.techniques import REFERENCE
-from core.views import quality
+from core.views import busy, quality
 from core.views.axes import log_axis, readable_axes, wrap_title
 from core.views.measures import (
     OTHER_SYMBOL,
@@ -87,6 +87,7 @@ def _family_trace(
     xs = [axis.interval(r) for r in records]
     ys = [quality_interval(r, metric) for r in records]
     shifted = [Interval(*(axes.y_value(v, metric) for v in (iv.value, iv.low, iv.high))) for iv in ys]
+    unreliable = [busy.is_busy(r) for r in records]  # drawn hollow: where it sits on x is not to be trusted
     return go.Scatter(
         x=[iv.value for iv in xs],
         y=[iv.value for iv in shifted],
@@ -100,9 +101,10 @@ def _family_trace(
             sizeref=sizeref,
             sizemin=7,
             color=color,
-            symbol=[RUNTIME_SYMBOLS.get(runtime_of(r), OTHER_SYMBOL) for r in records],
-            opacity=0.75,
-            line=dict(width=1, color="DarkSlateGrey"),
+            symbol=[RUNTIME_SYMBOLS.get(runtime_of(r), OTHER_SYMBOL) + ("-open" if u else "")
+                    for r, u in zip(records, unreliable)],
+            opacity=[0.5 if u else 0.75 for u in unreliable],
+            line=dict(width=[2.5 if u else 1 for u in unreliable], color="DarkSlateGrey"),
         ),
         error_x=error_bars(xs),
         error_y=error_bars(shifted),
@@ -118,6 +120,15 @@ def _runtime_legend(records: Sequence[VariantRecord]) -> list[go.Scatter]:
                        legendgrouptitle=dict(text="symbol = runtime"), hoverinfo="skip",
                        marker=dict(symbol=RUNTIME_SYMBOLS.get(rt, OTHER_SYMBOL), size=10, color="grey"))
             for rt in runtimes]
+
+
+def _busy_legend(records: Sequence[VariantRecord]) -> list[go.Scatter]:
+    """A legend-only entry for the hollow markers, when any record was timed on a busy machine."""
+    if not busy.busy_records(records):
+        return []
+    return [go.Scatter(x=[None], y=[None], mode="markers", name=busy.UNRELIABLE, legendgroup="busy",
+                       legendgrouptitle=dict(text="hollow"), hoverinfo="skip",
+                       marker=dict(symbol="circle-open", size=10, color="grey", line=dict(width=2.5)))]
 
 
 def _frontier_trace(records: Sequence[VariantRecord], metric: QualityMetric, axis: CostAxis,
@@ -159,7 +170,8 @@ def _frontier_labels(records: Sequence[VariantRecord], metric: QualityMetric, ax
     for slot, (x, y, i) in enumerate(points):
         y_text = top - (slot + 0.5) * (top - bottom) / n  # slot 0 at the top of the screen
         labels.append(dict(x=x, y=y, xref="x", yref="y", ax=x_text, ay=y_text, axref="x", ayref="y",
-                           text=records[i].label, xanchor="left", showarrow=True, arrowhead=0, arrowwidth=1,
+                           text=records[i].label + (" (busy machine)" if busy.is_busy(records[i]) else ""),
+                           xanchor="left", showarrow=True, arrowhead=0, arrowwidth=1,
                            arrowcolor="rgba(128, 128, 128, 0.45)", font=dict(size=11)))
     return labels
 
@@ -197,7 +209,7 @@ def tradeoff_figure(records: Sequence[VariantRecord], metric_key: str, axis_key:
     frontier = _frontier_trace(records, metric, axis, axes)
     if frontier is not None:
         fig.add_trace(frontier)
-    for trace in _runtime_legend(records):
+    for trace in [*_runtime_legend(records), *_busy_legend(records)]:
         fig.add_trace(trace)
     fig.update_layout(
         title=dict(text=f"{metric.label} vs {axis.label.lower()}"),
@@ -293,7 +305,17 @@ def _in_sentence(label: str) -> str:
 def what_you_give_up(
     records: Sequence[VariantRecord], metric_key: str, axis_key: str, reference_technique: str = REFERENCE
 ) -> str:
-    """One plain-language sentence: what the best-value frontier variant gains and loses against the reference."""
+    """One plain-language sentence: what the best-value frontier variant gains and loses against the reference;
+    and which variants, drawn hollow, were timed on a busy machine."""
+    text = _give_up(records, metric_key, axis_key, reference_technique)
+    unsure = [r.label for r in busy.busy_records(records)]
+    if unsure:
+        text += (f" Drawn hollow: {', '.join(unsure)}, timed on a busy machine; {'its' if len(unsure) == 1 else 'their'}"
+                 f" speed and cost are unreliable, so {busy.AGAIN}.")
+    return text
+
+
+def _give_up(records: Sequence[VariantRecord], metric_key: str, axis_key: str, reference_technique: str) -> str:
     metric, axis = get_metric(metric_key), get_cost_axis(axis_key)
     if not records:
         return "No results yet: measure at least one variant to see what it trades away."

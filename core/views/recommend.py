@@ -17,7 +17,7 @@ from core.measure import fit, intervals
 from core.measure.intervals import Estimate
 from core.store.records import VariantRecord
 from core.techniques import REFERENCE
-from core.views import quality
+from core.views import busy, quality
 from core.views.headline import (
     Headline,
     cost_estimate,
@@ -91,6 +91,7 @@ class Recommendation:
     headline: Headline | None = None  # the chosen variant's numbers with intervals and sources
     warning: str | None = None  # amber words when the chosen variant is under the quality floor
     max_context_tokens: dict[str, int] = field(default_factory=dict)  # per technique: the longest context that fits
+    busy: str | None = None  # words when any variant chosen from was timed on a busy machine (measure it again)
 
     def summary(self) -> str:
         return explain(self)
@@ -221,11 +222,12 @@ def recommend(records: Sequence[VariantRecord], constraints: Constraints, shape:
         chosen, checks = passing[0]
         return Recommendation(constraints, chosen, reference, checks, tuple(r.technique for r, _ in passing),
                               headline=make_headline(chosen, reference, history or records),
-                              warning=quality.floor_warning(chosen, reference, constraints.floor_top1))
+                              warning=quality.floor_warning(chosen, reference, constraints.floor_top1),
+                              busy=busy.decision_note(records, chosen, reference))
     contexts = {r.technique: longest_context(r, constraints.device, shape, constraints.overhead_mb)
                 for r in records} if constraints.device is not None and shape is not None else {}
     return Recommendation(constraints, None, reference, (), (), relaxations(records, all_checks),
-                          max_context_tokens=contexts)
+                          max_context_tokens=contexts, busy=busy.decision_note(records, None, reference))
 
 
 # --- plain words -----------------------------------------------------------------------------------
@@ -321,6 +323,8 @@ def verdict(rec: Recommendation) -> str:
     """The answer in one line: a plain 'Deploy X.' only for a variant at or above the quality floor."""
     if rec.chosen is None:
         return "Nothing meets every constraint."
+    if busy.is_busy(rec.chosen):  # not a plain "Deploy": its speed and cost may be far off
+        return f"{rec.chosen.label} meets your constraints, but it was timed on a busy machine: {busy.AGAIN}."
     if rec.warning:
         return f"{rec.chosen.label} meets your constraints but is below the quality floor."
     band = quality.band_of(rec.chosen.top1_agreement)
@@ -331,6 +335,8 @@ def decision_lines(rec: Recommendation, asked_where: str) -> list[str]:
     """The decision as a report opens with it: the verdict, the question, the reason, the records, any move."""
     lines = [verdict(rec), f"Question ({asked_where}): {describe_constraints(rec.constraints)}; quality floor "
              f"{rec.constraints.floor_top1:.0%} top-1 agreement.", explain(rec)]
+    if rec.busy:
+        lines.append(rec.busy)
     if rec.headline is not None:
         lines.append("Measured: " + "; ".join(rec.headline.sources) + ".")
         if rec.headline.moved:

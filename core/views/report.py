@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 
 from core.paths import repo_root
 from core.store.records import VariantRecord
-from core.views import capacity, plots, serving_plots
+from core.views import busy, capacity, plots, serving_plots
 from core.views.figures import speed_bars_figure
 from core.views.measures import cost_interval
 from core.views.tables import launched_from
@@ -174,6 +174,14 @@ def _field(name: str, heading: str, spec: str = "") -> tuple[str, Callable[[Vari
     return heading, lambda r: (_text(getattr(r, name), spec), bool(spec))
 
 
+def _others_cell(record: VariantRecord) -> Cell:
+    """What other processes used of the CPU while the variant was timed: '48% (max 52%), busy machine', or MISSING."""
+    r = busy.reading(record)
+    if not r.known:
+        return MISSING, True
+    return (f"{r.cpu_pct_median:.1f}% (max {r.cpu_pct_max:.1f}%)" + (", busy machine" if r.busy else ""), True)
+
+
 # Every column of the report's variants table: the record's own fields plus the spreads behind each median.
 VARIANT_COLUMNS: tuple[tuple[str, Callable[[VariantRecord], Cell]], ...] = (
     _field("label", "Variant"), _field("technique", "Technique"), _field("runtime", "Runtime"),
@@ -188,6 +196,7 @@ VARIANT_COLUMNS: tuple[tuple[str, Callable[[VariantRecord], Cell]], ...] = (
     _field("kld_p99", "KLD p99 nats", ".3f"),
     _field("perplexity", "Perplexity", ".2f"), _field("mc_accuracy", "MC accuracy", ".1%"),
     ("MC accuracy 95% CI", lambda r: (_ci(r), True)),
+    ("Other processes' CPU while timed", _others_cell),
     ("Measured from", lambda r: (launched_from(r), False)),
     _field("run_id", "Run"), _field("created_at", "Measured (UTC)"), _field("device", "Device"),
     _field("dtype", "Dtype"), _field("threads", "Threads"),
@@ -250,10 +259,21 @@ NO_DECISION = ("No decision was asked for when this report was made, so it gives
                "it shows what was measured.")
 
 
-def decision_html(decision: Sequence[str], warning: str | None, summary_lines: Sequence[str]) -> str:
-    """The verdict in bold, the warning (amber) right under it, then its reasons and what each choice gives up."""
+def busy_alert(records: Sequence[VariantRecord], decision: Sequence[str]) -> str | None:
+    """Which variants were timed on a busy machine, whatever the decision; None if none was, or if the decision
+    already says so (once is enough)."""
+    note = busy.note(records)
+    return note if note and not any(note in line for line in decision) else None
+
+
+def decision_html(decision: Sequence[str], warning: str | None, summary_lines: Sequence[str],
+                  busy_note: str | None = None) -> str:
+    """The verdict in bold, the warning (amber) right under it, then its reasons and what each choice gives up.
+    `busy_note`: which variants were timed on a busy machine, in amber too."""
     verdict, *reasons = [line for line in decision if line.strip()] or [NO_DECISION]  # blank lines say nothing
     alert = f'<div id="warning" class="warning" role="note">{html.escape(warning)}</div>' if warning else ""
+    if busy_note:
+        alert += f'<div id="busy" class="warning" role="note">{html.escape(busy_note)}</div>'
     why = "<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in reasons) + "</ul>" if reasons else ""
     lines = "".join(f"<p>{html.escape(line)}</p>" for line in summary_lines)
     trade = f"<h3>What the measurements show</h3>{lines}" if lines else ""
@@ -305,7 +325,7 @@ def html_report(title: str, records: Sequence[VariantRecord], figures: Sequence[
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"{decision_html(verdict.decision, verdict.warning, summary_lines)}"
+        f"{decision_html(verdict.decision, verdict.warning, summary_lines, busy_alert(records, verdict.decision))}"
         f"{bill_html(verdict.bill_rows, verdict.bill_note)}{figures_html(figures)}{hybrids_html(hybrid_lines)}"
         f'<h2>Every variant</h2><p class="note">{html.escape(SPREAD_NOTE)}</p>{variants_table_html(records)}{served}'
         f"<h2>Manifest</h2><p class=\"note\">Versions, hardware, seeds and settings that produced these numbers."
