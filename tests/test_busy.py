@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.experiments.sweep import SweepSettings
-from core.launch import kinds
 from core.measure import benchmark, others
 from core.store import ResultStore
 from core.views import busy, plots, recommend, report
@@ -92,8 +90,7 @@ def test_the_report_says_which_variant_was_timed_on_a_busy_machine_with_the_shar
 def test_measure_again_is_a_sweep_of_just_the_busy_variants_with_their_settings():
     again = busy.remeasure(variants())
     assert again.techniques == ("gguf-q8_0",) and again.settings.new_tokens == 48 and again.settings.repeats == 3
-    args = kinds.parse("sweep", json.loads(json.dumps(again.job_args("smollm2-135m-instruct"))))
-    assert list(args.techniques) == ["gguf-q8_0"] and args.settings.launched_from == "dashboard"
+    assert again.settings.launched_from == "dashboard"
     assert busy.remeasure(variants(QUIET)) is None
 
 
