@@ -9,7 +9,7 @@ from core.launch.kinds import MoeArgs
 from core.measure import benchmark
 from core.paths import ASSETS
 from core.techniques import moe
-from core.views import figures, measures
+from core.views import chart_quantities, moe_curve
 from core.views.tables import moe_rows, moe_view
 from ui.frame import choice, store
 from ui.panel import job_panel, submit_job
@@ -83,9 +83,9 @@ if not measured:
     st.stop()
 
 st.subheader("Quality against speed as k changes")
-metric = st.radio("Quality measure", list(measures.QUALITY_METRICS), horizontal=True,
-                  format_func=lambda k: measures.QUALITY_METRICS[k].label)
-st.plotly_chart(figures.moe_curve_figure([*measured, *([dense] if dense else [])], metric), width="stretch")
+metric = st.radio("Quality measure", list(chart_quantities.QUALITY_METRICS), horizontal=True,
+                  format_func=lambda k: chart_quantities.QUALITY_METRICS[k].label)
+st.plotly_chart(moe_curve.moe_curve_figure([*measured, *([dense] if dense else [])], metric), width="stretch")
 if dense is None:
     st.warning("No dense reference measured on this machine: speed-ups cannot be computed.")
 

@@ -11,7 +11,7 @@ from core.launch.kinds import SweepArgs
 from core.measure import benchmark, evaluate
 from core.paths import ASSETS
 from core.techniques.gguf import saved_gguf_keys
-from core.techniques.gguf_searched import searched_keys
+from core.techniques.gguf.searched import searched_keys
 from core.views.tables import provenance_lines, summary_rows
 from ui.budget_fit import fit_budget_section
 from ui.estimates import show_estimate

@@ -7,7 +7,7 @@ import streamlit as st
 from core.launch import roles
 from core.measure import bill
 from core.store.records import drawn_key
-from core.views import capacity, hybrids, measures, recommend, report
+from core.views import capacity, chart_quantities, hybrids, recommend, report
 from ui.frame import choice, kv_shape, shared, shared_tradeoff, store
 from ui.results import measured_set
 from ui.roles import is_presenter, visible
@@ -20,8 +20,8 @@ st.write("One click gives a report you can send to someone who has not seen this
 picked = choice()
 measured = measured_set(picked, "Open **Quantize** and press **Measure** first.")
 spec, machine = measured.spec, measured.machine
-metric = st.radio("Quality measure on the map", list(measures.QUALITY_METRICS), horizontal=True,
-                  format_func=lambda k: measures.QUALITY_METRICS[k].label)
+metric = st.radio("Quality measure on the map", list(chart_quantities.QUALITY_METRICS), horizontal=True,
+                  format_func=lambda k: chart_quantities.QUALITY_METRICS[k].label)
 records = measured.records
 settings = {"model": spec.key, "machine": machine, "quality_metric": metric, "hardware_preset": picked.preset.key,
             "usd_per_hour": picked.preset.usd_per_hour, "price_source": picked.preset.source,

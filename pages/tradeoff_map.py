@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from core.measure import cost
 from core.launch.kinds import SweepArgs
+from core.measure import cost
 from core.store.records import drawn_key
-from core.views import busy, figures, hybrids, measures, plots
+from core.views import busy, chart_quantities, hybrids, speed_bars, tradeoff_map
 from core.views.tables import provenance_lines
 from ui.frame import choice, shared, shared_tradeoff
 from ui.panel import submit_job
@@ -21,12 +21,13 @@ measured = measured_set(picked, "Open **Quantize** and press **Measure**; the va
 spec, records = measured.spec, measured.records
 
 c1, c2 = st.columns([2, 1])
-metric = c1.radio("Quality measure", list(measures.QUALITY_METRICS), horizontal=True,
-                  format_func=lambda k: measures.QUALITY_METRICS[k].label)
+metric = c1.radio("Quality measure", list(chart_quantities.QUALITY_METRICS), horizontal=True,
+                  format_func=lambda k: chart_quantities.QUALITY_METRICS[k].label)
 scale = c2.radio("Axes", ["log", "linear"], horizontal=True,
                  help="Log axes keep a very slow variant, or KL divergences from 0.001 to 8 nats, from squeezing "
-                      f"the rest into a corner. On a log axis KL divergence is drawn as KLD + {plots.KLD_LOG_FLOOR:g} "
-                      "nats so that the reference's 0 can be shown; hover and the table give the measured value.")
+                      "the rest into a corner. On a log axis KL divergence is drawn as KLD + "
+                      f"{tradeoff_map.KLD_LOG_FLOOR:g} nats so that the reference's 0 can be shown; hover "
+                      "and the table give the measured value.")
 log = scale == "log"
 tricks_for = st.selectbox("Decoding tricks on the map", ["none", *hybrids.PROMPT_KINDS],
                           format_func=lambda k: "none" if k == "none" else f"for {hybrids.PROMPT_KINDS[k]} prompts",
@@ -39,9 +40,9 @@ if tricks_for != "none":
         st.caption(f"Not drawn: {line}")
 # one map per row: with 25+ variants a half-width column is too narrow to tell them apart
 st.plotly_chart(shared_tradeoff(records, metric, "latency", log), width="stretch")
-st.caption(plots.what_you_give_up(records, metric, "latency"))
+st.caption(tradeoff_map.what_you_give_up(records, metric, "latency"))
 st.plotly_chart(shared_tradeoff(records, metric, "cost", log), width="stretch")
-st.caption(plots.what_you_give_up(records, metric, "cost"))
+st.caption(tradeoff_map.what_you_give_up(records, metric, "cost"))
 if busy_note := busy.note(measured.records):  # hollow bubbles: timed while other processes took the CPU
     st.warning(busy_note)
     again = busy.remeasure(measured.records)
@@ -57,13 +58,13 @@ st.caption(f"Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f
            f"({picked.preset.source}, as of {picked.preset.as_of}). Change it in the sidebar.")
 st.caption("Colour is the technique family, symbol the runtime. Only the frontier is labelled; hover over any "
            "bubble for its numbers, or find it in the table.")
-show_table(plots.map_rows(records, metric, "latency"), {
+show_table(tradeoff_map.map_rows(records, metric, "latency"), {
     "decode ms/token": "%.1f", "USD per 1M tokens": "%.4f", "KLD (nats)": "%.4f", "KLD p99 (nats)": "%.4f",
     "top-1 agreement": "percent",
     "perplexity": "%.2f", "MC accuracy": "percent", "MB held": "%.1f"}, width="stretch")
 
 st.subheader("How close each variant gets to the memory-bandwidth limit")
-st.plotly_chart(shared("speed bars", drawn_key(records), lambda: figures.speed_bars_figure(records)),
+st.plotly_chart(shared("speed bars", drawn_key(records), lambda: speed_bars.speed_bars_figure(records)),
                 width="stretch")
 st.caption("Generating one token at a time reads every weight it uses once per token, so memory bandwidth ÷ bytes "
            "read per token caps tokens/s (bytes held for dense models; only the chosen experts for a mixture of "

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from core.experiments.sweep import SweepSettings
 from core.measure import benchmark, others
 from core.store import ResultStore
-from core.views import busy, plots, recommend, report
+from core.views import busy, recommend, report, tradeoff_map
 from core.views.recommend import Constraints
 from tests.factories import make_record
 
@@ -38,7 +38,7 @@ def variants(q8_settings: dict = BUSY) -> list:
 
 
 def test_the_map_draws_a_busy_record_hollow_with_a_legend_entry_and_the_share_in_its_hover():
-    fig = plots.tradeoff_figure(variants(), "kld_mean", "latency")
+    fig = tradeoff_map.tradeoff_figure(variants(), "kld_mean", "latency")
     gguf = next(t for t in fig.data if t.name == "gguf")
     q8 = [i for i, text in enumerate(gguf.customdata) if "GGUF Q8_0" in text][0]
     q4 = 1 - q8
@@ -47,17 +47,17 @@ def test_the_map_draws_a_busy_record_hollow_with_a_legend_entry_and_the_share_in
     assert "Other processes' CPU while timed: 50% median, 52% max; 6 of 6 runs disturbed" in gguf.customdata[q8]
     assert busy.UNRELIABLE in gguf.customdata[q8]
     assert "1.0% median" in gguf.customdata[q4] and busy.UNRELIABLE not in gguf.customdata[q4]
-    assert "Drawn hollow: GGUF Q8_0" in plots.what_you_give_up(variants(), "kld_mean", "latency")
+    assert "Drawn hollow: GGUF Q8_0" in tradeoff_map.what_you_give_up(variants(), "kld_mean", "latency")
 
 
 def test_a_map_with_no_busy_record_has_no_hollow_marker_and_unknown_is_said():
     records = variants(q8_settings=others.OthersLoad((None,), (None,)).settings())
-    fig = plots.tradeoff_figure(records, "kld_mean", "latency")
+    fig = tradeoff_map.tradeoff_figure(records, "kld_mean", "latency")
     assert busy.UNRELIABLE not in [t.name for t in fig.data]
     assert not any(str(s).endswith("-open") for t in fig.data if t.name == "gguf" for s in t.marker.symbol)
     hover = next(t for t in fig.data if t.name == "gguf").customdata
     assert any("Other processes' CPU while timed: unknown" in h for h in hover)
-    assert "Drawn hollow" not in plots.what_you_give_up(records, "kld_mean", "latency")
+    assert "Drawn hollow" not in tradeoff_map.what_you_give_up(records, "kld_mean", "latency")
 
 
 def test_decide_never_gives_a_plain_deploy_for_a_variant_timed_on_a_busy_machine():

@@ -18,7 +18,7 @@ from core.launch.jobqueue import PRESENTER, JobQueue
 from core.launch.kinds.measure import SweepArgs
 from core.measure import others
 from core.store import ResultStore
-from core.views import busy, plots, recommend
+from core.views import busy, recommend, tradeoff_map
 from tests.factories import run_queued_jobs_here
 
 HOG_S = 60.0  # the hog stops by itself after this long, and is killed as soon as the test is done
@@ -71,7 +71,7 @@ def test_a_sweep_beside_a_cpu_hog_is_recorded_and_shown_as_timed_on_a_busy_machi
     worker_record = next(r for r in records if r.technique == "dyn-int8")
     assert "page_drain_wait_ms_max" in worker_record.settings  # it did go through the worker's gate
 
-    fig = plots.tradeoff_figure(cli, "kld_mean", "latency")
+    fig = tradeoff_map.tradeoff_figure(cli, "kld_mean", "latency")
     assert busy.UNRELIABLE in [t.name for t in fig.data]
     drawn = [s for t in fig.data if t.legendgroup == "family" for s in t.marker.symbol]
     assert drawn and all(s.endswith("-open") for s in drawn)

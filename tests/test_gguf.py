@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from core import runtimes, techniques
 from core.runtimes import eager
-from core.techniques import gguf, gguf_export
+from core.techniques import gguf
+from core.techniques.gguf import export as gguf_export
 from tests.conftest import needs_bundled
 
 needs_llama = pytest.mark.skipif(gguf.llama_cpp_problem() is not None,
@@ -198,7 +200,7 @@ def test_a_merged_fine_tune_exports_to_gguf_and_is_measured_against_its_base(tin
 
     settings = lora.FinetuneSettings(method="lora", rank=4, steps=2, batch_size=4, eval_items=4)
     result, _ = finetune_run.run_finetune(str(tiny_dir), settings, "support-routing")
-    assert result.merged_path and (gguf.Path(result.merged_path) / "config.json").is_file()
+    assert result.merged_path and (Path(result.merged_path) / "config.json").is_file()
     key = lora.technique_key("lora", "support-routing", 4) + "+gguf-q8_0"
     technique = techniques.get(key)
     assert technique.family == "gguf" and technique.config.source == result.merged_path

@@ -15,8 +15,9 @@ from core.launch.jobqueue import JobQueue
 from core.measure import benchmark, fit, quant_error
 from core.measure.quant_error import Option
 from core.store import jsonl
-from core.techniques import gguf, gguf_budget, gguf_searched
-from core.techniques.gguf_budget import Choice, SensitivityTable, TensorRow
+from core.techniques import gguf
+from core.techniques.gguf import budget as gguf_budget, searched as gguf_searched
+from core.techniques.gguf.budget import Choice, SensitivityTable, TensorRow
 from core.views import budget
 from tests.test_pages import ROOT, no_errors
 

@@ -18,7 +18,7 @@ from core.measure import evaluate
 from core.measure.llamacpp_kld import ScoreboardError, parse_kld_output, read_base_tokens, relative_gap
 from core.store import ResultStore
 from core.store.records import VariantRecord
-from core.views import measures, plots, tables
+from core.views import chart_parts, chart_quantities, tables, tradeoff_map
 from tests.factories import make_record
 
 V = 6  # vocabulary of the hand-made log-probs
@@ -176,7 +176,7 @@ def test_records_from_before_the_scoreboard_fields_still_load(tmp_path):
         old.pop(name)
     record = VariantRecord.from_dict(old)
     assert record.kld_p999 is None and record.delta_p_mean is None
-    assert measures.kld_rule(record) == "every-position"
+    assert chart_quantities.kld_rule(record) == "every-position"
     store = ResultStore(tmp_path / "results.sqlite")
     new = make_record(technique="gguf-q8_0", kld_mean=0.0035, kld_p99=0.014, kld_p999=0.021, delta_p_mean=-0.0007,
                       settings={"kld_rule": "llama-perplexity"})
@@ -192,11 +192,11 @@ def test_records_from_before_the_scoreboard_fields_still_load(tmp_path):
 def test_p99_beside_the_mean_in_the_hover_and_the_tables():
     record = make_record(technique="gguf-q4_k_m", kld_mean=0.0469, kld_p99=0.2077, kld_p999=0.61,
                          settings={"kld_rule": "llama-perplexity"})
-    hover = measures.hover_text(record)
+    hover = chart_parts.hover_text(record)
     assert "KL divergence: 0.0469 nats/token (p99 0.2077, p99.9 0.6100; llama-perplexity rule)" in hover
-    assert "(p99 0.0000; every-position rule)" in measures.hover_text(make_record())  # an old record: no p99.9
+    assert "(p99 0.0000; every-position rule)" in chart_parts.hover_text(make_record())  # an old record: no p99.9
     assert tables.summary_rows([record])[0]["KLD p99 (nats)"] == 0.2077
-    assert plots.map_rows([make_record(), record], "kld_mean", "latency")[-1]["KLD p99 (nats)"] in (0.0, 0.2077)
+    assert tradeoff_map.map_rows([make_record(), record], "kld_mean", "latency")[-1]["KLD p99 (nats)"] in (0.0, 0.2077)
     assert "llama-perplexity" in tables.provenance_lines([record])[2]
     assert "mixed scoring rules" in tables.provenance_lines([record, make_record()])[2]
 

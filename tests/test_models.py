@@ -64,7 +64,7 @@ def test_check_loadable_refuses_non_causal(tmp_path, kind):
 
 
 def test_check_loadable_refuses_too_large_before_loading(tiny_dir, monkeypatch):
-    monkeypatch.setattr(models, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(models.loading, "available_memory_bytes", lambda: 1000)
     with pytest.raises(models.ModelError, match="only 0.0 GB of memory is free"):
         models.check_loadable(tiny_dir)
 
@@ -85,7 +85,7 @@ def test_unreachable_hub_id_says_so(monkeypatch):
 
 def test_uninstalled_bundled_model_says_how_to_install(monkeypatch):
     spec = models.BUNDLED["gemma3-270m"]
-    monkeypatch.setattr(models, "gguf_path", lambda s: None)
+    monkeypatch.setattr(models.checkpoints, "gguf_path", lambda s: None)
     with pytest.raises(models.ModelError, match="make gemma"):
         models.prepare(spec)
 
@@ -93,7 +93,7 @@ def test_uninstalled_bundled_model_says_how_to_install(monkeypatch):
 def test_models_never_trust_remote_code():
     import inspect
 
-    source = inspect.getsource(models)
+    source = "".join(inspect.getsource(m) for m in (models, models.catalog, models.checkpoints, models.loading))
     assert "trust_remote_code=True" not in source
     assert "trust_remote_code=False" in source
 

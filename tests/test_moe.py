@@ -11,7 +11,7 @@ from core.experiments import moe_sweep
 from core.measure import benchmark
 from core.runtimes import as_runner
 from core.techniques import moe
-from core.views import figures
+from core.views import moe_curve
 from core.views.tables import moe_rows, moe_view
 from tests.conftest import needs_bundled
 from tests.factories import make_record, run_queued_jobs_here
@@ -360,15 +360,15 @@ def moe_records(hardware="cpu-box", run_id="r1"):
 
 def test_moe_curve_has_one_line_per_expert_count_and_the_dense_star():
     dense, ks = moe_records()
-    fig = figures.moe_curve_figure([*ks, dense])
+    fig = moe_curve.moe_curve_figure([*ks, dense])
     names = [t.name for t in fig.data]
-    assert names == ["8 experts", figures.DENSE_NAME]
+    assert names == ["8 experts", moe_curve.DENSE_NAME]
     assert list(fig.data[0].text) == ["k=1", "k=2", "k=4", "k=8"]
     assert fig.layout.yaxis.autorange == "reversed"  # KLD: lower is better, drawn up
     assert "Active parameters" in fig.data[0].customdata[0]
-    assert "No mixture-of-experts" in figures.moe_curve_figure([dense]).layout.annotations[0].text
+    assert "No mixture-of-experts" in moe_curve.moe_curve_figure([dense]).layout.annotations[0].text
     with pytest.raises(ValueError, match="machines"):
-        figures.moe_curve_figure([*ks, make_record(hardware="other")])
+        moe_curve.moe_curve_figure([*ks, make_record(hardware="other")])
 
 
 def test_moe_view_prefers_the_reference_of_the_same_run():

@@ -3,10 +3,10 @@ import math
 import plotly.graph_objects as go
 import pytest
 
-from core.views import axes, measures, plots
-from core.views.figures import ROOFLINE_NAME, speed_bars_figure
-from core.views.measures import COST_AXES, QUALITY_METRICS, cost_interval, latency_interval, pareto_front
-from core.views.plots import FRONTIER_NAME, tradeoff_figure, what_you_give_up
+from core.views import axes, chart_parts, tradeoff_map
+from core.views.chart_quantities import COST_AXES, QUALITY_METRICS, cost_interval, latency_interval, pareto_front
+from core.views.speed_bars import ROOFLINE_NAME, speed_bars_figure
+from core.views.tradeoff_map import FRONTIER_NAME, tradeoff_figure, what_you_give_up
 from tests.factories import make_record
 
 
@@ -267,9 +267,9 @@ def test_log_axes_by_default_with_the_kld_floor_named_and_a_linear_toggle():
     records = many()
     fig = tradeoff_figure(records, "kld_mean", "latency")
     assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
-    assert f"+ {plots.KLD_LOG_FLOOR:g} floor" in fig.layout.yaxis.title.text
+    assert f"+ {tradeoff_map.KLD_LOG_FLOOR:g} floor" in fig.layout.yaxis.title.text
     ref = trace_named(fig, "reference")
-    assert ref.y[0] == pytest.approx(plots.KLD_LOG_FLOOR)  # KLD 0 drawn at the floor; the hover keeps 0.0000
+    assert ref.y[0] == pytest.approx(tradeoff_map.KLD_LOG_FLOOR)  # KLD 0 drawn at the floor; the hover keeps 0.0000
     assert "KL divergence: 0.0000" in ref.customdata[0]
     assert tradeoff_figure(records, "kld_mean", "cost").layout.xaxis.type == "log"
     linear = tradeoff_figure(records, "kld_mean", "latency", log=False)
@@ -290,17 +290,17 @@ def test_an_outlier_stays_inside_the_range_without_squeezing_the_rest():
 
 def test_colour_by_family_and_symbol_by_runtime():
     fig = tradeoff_figure(many(), "top1_agreement", "latency")
-    assert trace_named(fig, "gguf").marker.color == measures.FAMILY_COLORS["gguf"]
-    assert trace_named(fig, "quantization").marker.color == measures.FAMILY_COLORS["quantization"]
+    assert trace_named(fig, "gguf").marker.color == chart_parts.FAMILY_COLORS["gguf"]
+    assert trace_named(fig, "quantization").marker.color == chart_parts.FAMILY_COLORS["quantization"]
     legend = {t.name: t.marker.symbol for t in fig.data if t.legendgroup == "runtime"}
-    assert legend == {rt: measures.RUNTIME_SYMBOLS[rt] for rt in RUNTIMES}
+    assert legend == {rt: chart_parts.RUNTIME_SYMBOLS[rt] for rt in RUNTIMES}
     moe = trace_named(fig, "moe")
-    assert set(moe.marker.symbol) <= set(measures.RUNTIME_SYMBOLS.values()) and len(set(moe.marker.symbol)) > 1
+    assert set(moe.marker.symbol) <= set(chart_parts.RUNTIME_SYMBOLS.values()) and len(set(moe.marker.symbol)) > 1
 
 
 def test_map_rows_list_every_point_frontier_first():
     records = many()
-    rows = plots.map_rows(records, "kld_mean", "latency")
+    rows = tradeoff_map.map_rows(records, "kld_mean", "latency")
     assert sorted(r["technique"] for r in rows) == sorted(r.technique for r in records)
     flags = [r["on frontier"] for r in rows]
     assert flags == sorted(flags, reverse=True) and any(flags) and not all(flags)
@@ -364,7 +364,7 @@ def test_the_wide_kld_map_labels_its_log_axis_in_plain_decimals():
 
 def every_figure():
     from core.views import serving_plots
-    from core.views.figures import moe_curve_figure
+    from core.views.moe_curve import moe_curve_figure
     from tests.factories import make_serving_record
 
     moe = [make_record(technique=f"moe-{k}", family="moe", label=f"MoE k={k}", variant_facts={"experts": 4, "top_k": k})

@@ -134,7 +134,7 @@ def test_record_ids_are_unique_in_the_schema(store):
     record = make_record()
     store.add(record)
     with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
-        conn.execute(core.store.RESULTS.insert().values(**core.store._record_row(record)))
+        conn.execute(core.store.RESULTS.insert().values(**core.store.results._record_row(record)))
 
 
 def test_all_is_newest_first(store):
@@ -217,7 +217,7 @@ def test_reads_reuse_parsed_records_but_always_follow_the_rows(store, monkeypatc
 
 
 def test_many_records_are_read_in_chunks(store, monkeypatch):
-    monkeypatch.setattr(core.store, "_IDS_PER_QUERY", 3)
+    monkeypatch.setattr(core.store.results, "_IDS_PER_QUERY", 3)
     records = [make_record(created_at=f"2025-06-01T00:00:{i:02d}+00:00") for i in range(8)]
     store.add_many(records)
     assert store.all() == records[::-1]

@@ -21,7 +21,7 @@ from core.launch import (
 from core.measure import cost, fit
 from core.store import ResultStore, StoreError, configured_url, describe_configured
 from core.store.records import drawn_key
-from core.views import plots
+from core.views import tradeoff_map
 from ui.roles import heartbeat, is_presenter, keep_alive, visible
 
 CUSTOM = models.CUSTOM_CHOICE
@@ -131,7 +131,7 @@ def shared(kind: str, key: tuple, _build: Callable[[], Built]) -> Built:
 def shared_tradeoff(records: Sequence, metric: str, axis: str, log: bool = True):
     """The Trade-off Map's figure, one for the map page and the report alike."""
     return shared("tradeoff", (drawn_key(records), metric, axis, log),
-                  lambda: plots.tradeoff_figure(records, metric, axis, log))
+                  lambda: tradeoff_map.tradeoff_figure(records, metric, axis, log))
 
 
 def kv_shape(spec: models.ModelSpec) -> tuple[fit.KVShape | None, str | None]:

@@ -1,6 +1,6 @@
 """Fit a size budget with the least damage, and measure what was predicted.
 
-For each budget: the recipe (core.techniques.gguf_budget), its file, and the file measured by llama.cpp's own
+For each budget: the recipe (core.techniques.gguf.budget), its file, and the file measured by llama.cpp's own
 scoreboard (`llama-perplexity --kl-divergence` against the F32 export's log-probs, on the evaluation text) and
 `llama-bench` decode speed, next to the llama.cpp presets measured the same way in the same run.
 
@@ -27,8 +27,9 @@ from core.measure import benchmark, evaluate, fit, quant_error
 from core.paths import Stopped, data_dir
 from core.runtimes import llamacpp_build
 from core.store import jsonl
-from core.techniques import gguf, gguf_budget
-from core.techniques.gguf_cache import SIDECAR, atomic_file
+from core.techniques import gguf
+from core.techniques.gguf import budget as gguf_budget
+from core.techniques.gguf.cache import SIDECAR, atomic_file
 
 N_CTX = 512
 PRESETS = ("q3_k_m", "q4_k_m", "q5_k_m")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 
 from core.experiments import budget_search
-from core.techniques.gguf_budget import KIND_WORDS
+from core.techniques.gguf.budget import KIND_WORDS
 from core.views.axes import readable_axes, wrap_title
 
 _STYLE = {"searched": ("circle", "#4C78A8"), "preset": ("square", "#E45756"), "imatrix": ("diamond", "#F58518")}

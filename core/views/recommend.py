@@ -18,6 +18,7 @@ from core.measure.intervals import Estimate
 from core.store.records import VariantRecord
 from core.techniques import REFERENCE
 from core.views import busy, quality
+from core.views.chart_quantities import decode_ms_per_token
 from core.views.headline import (
     Headline,
     cost_estimate,
@@ -28,7 +29,6 @@ from core.views.headline import (
     top1_estimate,
     trade_sentence,
 )
-from core.views.measures import decode_ms_per_token
 
 Objective = Literal["cheapest", "fastest", "best_quality"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)

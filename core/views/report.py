@@ -20,9 +20,9 @@ import plotly.graph_objects as go
 
 from core.paths import repo_root
 from core.store.records import VariantRecord
-from core.views import busy, capacity, plots, serving_plots
-from core.views.figures import speed_bars_figure
-from core.views.measures import cost_interval
+from core.views import busy, capacity, serving_plots, tradeoff_map
+from core.views.chart_quantities import cost_interval
+from core.views.speed_bars import speed_bars_figure
 from core.views.tables import launched_from
 
 MANIFEST_VERSION = 1
@@ -357,12 +357,13 @@ def build_report(records: Sequence[VariantRecord], model_label: str, metric_key:
     if not records:
         raise ValueError("nothing to report: measure some variants first")
     figures = [
-        ("Trade-off Map: quality vs decode latency", plots.tradeoff_figure(records, metric_key, "latency")),
-        ("Trade-off Map: quality vs cost", plots.tradeoff_figure(records, metric_key, "cost")),
+        ("Trade-off Map: quality vs decode latency", tradeoff_map.tradeoff_figure(records, metric_key, "latency")),
+        ("Trade-off Map: quality vs cost", tradeoff_map.tradeoff_figure(records, metric_key, "cost")),
         ("Speed against the memory-bandwidth limit", speed_bars_figure(records)),
         *hybrid_figures,
     ]
-    summary = [plots.what_you_give_up(records, metric_key, "latency"), plots.what_you_give_up(records, metric_key, "cost"),
+    summary = [tradeoff_map.what_you_give_up(records, metric_key, "latency"),
+               tradeoff_map.what_you_give_up(records, metric_key, "cost"),
                (f"Hardware: {records[0].hardware}. Priced at ${records[0].usd_per_hour:.4f}/hour "
                f"({records[0].hardware_preset}).")]
     if serving:

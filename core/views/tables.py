@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from core.store.records import VariantRecord
 from core.techniques import REFERENCE
-from core.views.measures import kld_rule
+from core.views.chart_quantities import kld_rule
 
 
 def summary_rows(records: list[VariantRecord]) -> list[dict]:

@@ -2,8 +2,9 @@
 
 The trade-off map puts a cost on x (lower is better) and a quality on y, always drawn so that
 better is up and left. For lower-is-better qualities (KL divergence, perplexity) the axis is
-reversed rather than the numbers changed, so hover values stay the measured ones. What can be plotted and the
-parts every chart shares are in measures.py; the other figure families (speed bars, the MoE curve) in figures.py.
+reversed rather than the numbers changed, so hover values stay the measured ones. What can be plotted is in
+chart_quantities.py, what every chart draws alike in chart_parts.py; the other figures in speed_bars.py and
+moe_curve.py.
 """
 
 from __future__ import annotations
@@ -18,26 +19,28 @@ from core.store.records import VariantRecord
 from core.techniques import REFERENCE
 from core.views import busy, quality
 from core.views.axes import log_axis, readable_axes, wrap_title
-from core.views.measures import (
+from core.views.chart_parts import (
     OTHER_SYMBOL,
     RUNTIME_SYMBOLS,
-    CostAxis,
-    Interval,
-    QualityMetric,
     bubble_sizeref,
     empty_figure,
     error_bars,
     family_colors,
     fmt_value,
+    hover_text,
+    runtime_of,
+)
+from core.views.chart_quantities import (
+    CostAxis,
+    Interval,
+    QualityMetric,
     get_cost_axis,
     get_metric,
-    hover_text,
     is_finite,
     latency_interval,
     pareto_front,
     quality_interval,
     require_one_machine,
-    runtime_of,
 )
 
 # KL divergence is 0 for the reference and spans 1e-3 (bf16) to several nats: a log axis separates them,

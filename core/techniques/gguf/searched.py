@@ -1,4 +1,4 @@
-"""A searched GGUF file (fit-my-budget, core/techniques/gguf_budget.py) as a registry variant,
+"""A searched GGUF file (fit-my-budget, core/techniques/gguf/budget.py) as a registry variant,
 "gguf-auto-<MB>[-imatrix]", so the sweep, the map, Decide and the Report measure and show it like every other GGUF file.
 
 The file is made by the budget search (`python -m core budget` or the Quantize page's Fit my budget), never by the
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.models import ModelError, checkpoint_ready, prepare, resolve
-from core.techniques import gguf
-from core.techniques.gguf_budget import budget_dir
-from core.techniques.gguf_cache import file_facts, is_intact
-from core.techniques.gguf_export import GGUFError
+from core.techniques.gguf.budget import budget_dir
+from core.techniques.gguf.cache import file_facts, is_intact
+from core.techniques.gguf.export import GGUFError
+from core.techniques.gguf.variants import PREFIX, _no_torch_model, _unsupported
 from core.techniques.registry import Technique, register_resolver
 
 AUTO_PREFIX = "gguf-auto-"
@@ -31,7 +31,7 @@ class SearchedConfig:
 
     @property
     def file_stem(self) -> str:
-        return self.key.removeprefix(gguf.PREFIX)
+        return self.key.removeprefix(PREFIX)
 
 
 def searched_file(checkpoint: Path, key: str) -> Path | None:
@@ -74,7 +74,7 @@ def searched_technique(key: str) -> Technique | None:
         f"damage the lab predicted from measurements on its calibration text{how}.",
         "It is tuned to this model and to text like the calibration text; its decode speed can differ from a preset "
         "of the same size, because mixed types unpack differently.",
-        gguf._no_torch_model, gguf._unsupported, runtimes=("llama.cpp",), build_artifact=_artifact)
+        _no_torch_model, _unsupported, runtimes=("llama.cpp",), build_artifact=_artifact)
 
 
 register_resolver(searched_technique)

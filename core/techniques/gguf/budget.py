@@ -31,9 +31,13 @@ from core.measure.evaluate import token_windows, tokenize_text
 from core.measure.quant_error import Option
 from core.models import load_model, load_tokenizer
 from core.runtimes import llamacpp_build
-from core.techniques import gguf
-from core.techniques.gguf_cache import atomic_file, file_facts
-from core.techniques.gguf_export import GGUFError, check_exportable
+from core.runtimes.llamacpp import llama_cpp_problem
+from core.techniques.gguf.cache import atomic_file, file_facts
+from core.techniques.gguf.config import GGUFConfig
+from core.techniques.gguf.export import GGUFError, check_exportable
+from core.techniques.gguf.files import cache_dir, ensure_file
+from core.techniques.gguf.imatrix import calibration_text_path, importance_matrix
+from core.techniques.gguf.quantizer import _captured_llama_log, attach_imatrix, quantizer_facts
 
 # ggml type asked for -> the llama_ftype whose `--pure` file asks for it in every tensor (llama.h). k-types fall back
 # on rows that are not a multiple of 256 wide (q6_k -> q8_0, q5_k -> q5_1, q4_k -> q5_0, q3_k and q2_k -> q4_0).
@@ -184,17 +188,17 @@ def quantize_file(source: Path, target: Path, ftype: int, threads: int = 0, pure
         params.tt_overrides = ctypes.cast(table, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
         keep.append(table)
     if imatrix:
-        gguf.attach_imatrix(llama_cpp, params, imatrix, keep)
+        attach_imatrix(llama_cpp, params, imatrix, keep)
     log: list[str] = []
 
     def write(tmp: Path) -> None:
-        with gguf._captured_llama_log(log):  # the quantizer's own log, kept for its fallback count
+        with _captured_llama_log(log):  # the quantizer's own log, kept for its fallback count
             status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
         if status != 0:
             tail = "".join(log).strip().splitlines()[-1:] or ["no log"]
             raise GGUFError(f"llama.cpp could not quantize {source.name} (status {status}): {tail[0]}")
 
-    return atomic_file(target, write, lambda: gguf.quantizer_facts("".join(log)))
+    return atomic_file(target, write, lambda: quantizer_facts("".join(log)))
 
 
 # ---------------------------------------------------------------- the sensitivity table
@@ -203,13 +207,13 @@ def quantize_file(source: Path, target: Path, ftype: int, threads: int = 0, pure
 def check_model(checkpoint: Path) -> None:
     """Refuse, before anything is written, a model whose architecture the lab cannot hand to llama.cpp."""
     check_exportable(AutoConfig.from_pretrained(checkpoint))
-    if (problem := gguf.llama_cpp_problem()) is not None:
+    if (problem := llama_cpp_problem()) is not None:
         raise GGUFError(problem)
 
 
 def budget_dir(checkpoint: Path) -> Path:
     """Where a model's budget search keeps its tables, calibration and searched files, beside its GGUF presets."""
-    return gguf.cache_dir(checkpoint) / "budget"
+    return cache_dir(checkpoint) / "budget"
 
 
 def table_path(checkpoint: Path, f32: Path, imatrix: bool) -> Path:
@@ -276,18 +280,18 @@ def sensitivity(checkpoint: Path, imatrix: bool, threads: int = 0, say=lambda _m
                 importance: dict | None = None) -> SensitivityTable:
     """The cached table for (model, with or without importance matrix); built once (a few minutes on 2 cores)."""
     check_model(checkpoint)
-    f32 = gguf.ensure_file(checkpoint, gguf.GGUFConfig("f32"), threads, say)
+    f32 = ensure_file(checkpoint, GGUFConfig("f32"), threads, say)
     path = table_path(checkpoint, f32, imatrix)
     if (found := load_table(path)) is not None:
         return found
     if importance is None:
         say("Computing an importance matrix on the calibration text")
-        importance = gguf.importance_matrix(checkpoint, gguf.calibration_text_path().read_text(encoding="utf-8"))
+        importance = importance_matrix(checkpoint, calibration_text_path().read_text(encoding="utf-8"))
     base = gguflib.GGUFReader(f32)
     reference = {t.name: t.data for t in base.tensors if len(t.shape) == 2}  # [out, in] F32, memory-mapped
     output_table = "output.weight" if "output.weight" in reference else "token_embd.weight"  # tied: the embedding
     weighting = {**importance, output_table: output_importance(
-        checkpoint, gguf.calibration_text_path().read_text(encoding="utf-8"))}
+        checkpoint, calibration_text_path().read_text(encoding="utf-8"))}
     choices: dict[str, dict[str, Choice]] = {name: {} for name in reference}
     overhead = 0
     with tempfile.TemporaryDirectory(dir=f32.parent, prefix=".budget-") as tmp:
@@ -367,7 +371,7 @@ def plan(table: SensitivityTable, budget_bytes: int, estimator: str = "relative"
 def write(checkpoint: Path, recipe: Recipe, table: SensitivityTable, threads: int = 0,
           importance: dict | None = None) -> Path:
     """The recipe's GGUF file, in the model's cache folder beside the presets, with the recipe beside it."""
-    f32 = gguf.ensure_file(checkpoint, gguf.GGUFConfig("f32"), threads)
+    f32 = ensure_file(checkpoint, GGUFConfig("f32"), threads)
     digest = hashlib.sha256(json.dumps([recipe.types, table.key], sort_keys=True).encode()).hexdigest()[:8]
     target = budget_dir(checkpoint) / f"{recipe.key}-{digest}.gguf"
     if target.is_file() and file_facts(target).get("size_bytes") == target.stat().st_size:

@@ -1,6 +1,6 @@
 """Export a lab checkpoint (transformers safetensors, llama architecture) to an F32 GGUF file.
 
-Written with the `gguf` library's writer and tensor-name map; llama.cpp's quantizer (gguf.py) starts from this file.
+Written with the `gguf` library's writer and tensor-name map; llama.cpp's quantizer (quantizer.py) starts from this file.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig
 
 from core import models
-from core.techniques.gguf_cache import atomic_file
+from core.techniques.gguf.cache import atomic_file
 
 ProgressFn = Callable[[str], None]
 # Architectures this exporter writes. llama.cpp itself knows many more, but each needs its own tensor layout
