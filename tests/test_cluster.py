@@ -224,8 +224,8 @@ def test_every_job_kind_runs_on_ray_through_launch(ray_cluster, pg_url, data_dir
 @pytest.mark.ray
 def test_a_dashboard_sweep_on_ray_with_a_failing_variant_ends_failed_naming_it(ray_cluster, pg_url, monkeypatch):
     """The worker runs a queued sweep on the cluster when LAB_RAY_ADDRESS is set, through the same launch path as
-    the CLI: a variant that fails there (a mixture of experts never fitted for this model) fails the job, by name,
-    while the variant that worked is stored."""
+    the CLI: a variant that fails there (a budget-searched GGUF file never made for this model) fails the job, by
+    name, while the variant that worked is stored."""
     from core.launch import kinds, worker
     from core.launch.job import Job
     from core.launch.jobqueue import PRESENTER, JobQueue
@@ -234,9 +234,10 @@ def test_a_dashboard_sweep_on_ray_with_a_failing_variant_ends_failed_naming_it(r
     monkeypatch.setenv("LAB_RAY_ADDRESS", "auto")
     monkeypatch.setenv("LAB_STORE_URL", pg_url)
     queue = JobQueue()
-    args = kinds.SweepArgs("tiny-random-llama", ("fp32", "moe-8x1"), SweepSettings(**FAST))
+    args = kinds.SweepArgs("tiny-random-llama", ("fp32", "gguf-auto-1"), SweepSettings(**FAST))
     job_id = submit(queue, Job(args, "sweep on the cluster"), PRESENTER, "s-p")
     assert worker.run_job(queue, queue.claim(os.getpid())) == "failed"
     job = queue.job(job_id)
-    assert job.state == "failed" and "moe-8x1" in job.error and "fp32" not in job.error.split("failed")[0]
+    assert job.state == "failed" and "gguf-auto-1 · cpu failed" in job.error and "no searched file" in job.error
+    assert "fp32" not in job.error
     assert [r.technique for r in ResultStore.from_url(pg_url).all()] == ["fp32"]
