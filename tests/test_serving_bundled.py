@@ -19,20 +19,12 @@ pytestmark = [pytest.mark.slow, needs_bundled]
 SPEC = models.BUNDLED["smollm2-135m-instruct"]
 
 
-@pytest.fixture(scope="module")
-def bundled_dir(tmp_path_factory):
-    patch = pytest.MonkeyPatch()
-    patch.setenv("LAB_DATA_DIR", str(tmp_path_factory.mktemp("bundled-data")))
-    yield models.prepare(SPEC)
-    patch.undo()
-
-
-def test_batched_greedy_equals_alone_on_the_bundled_model_except_near_ties(bundled_dir, capsys):
+def test_batched_greedy_equals_alone_on_the_bundled_model_except_near_ties(bundled, capsys):
     from core.models import load_model, load_tokenizer
 
-    model, tokenizer = load_model(bundled_dir), load_tokenizer(bundled_dir)
+    model, tokenizer = load_model(bundled), load_tokenizer(bundled)
     prompts = prompts_from_text(corpus_token_ids(tokenizer), tokenizer, 32, 64)
-    engine = engines.transformers_engine(bundled_dir, "fp32", threads=2)
+    engine = engines.transformers_engine(bundled, "fp32", threads=2)
     checks = batching.check_batching(engine, model, tokenizer, prompts, [2, 4, 8, 16, 32], new_tokens=24,
                                       timeout_s=300)
     with capsys.disabled():
@@ -45,7 +37,7 @@ def test_batched_greedy_equals_alone_on_the_bundled_model_except_near_ties(bundl
 
 
 @pytest.mark.skipif(llamacpp_build.why_not_tools() is not None, reason=f"{llamacpp_build.why_not_tools()}")
-def test_llama_server_on_the_bundled_gguf(bundled_dir):
+def test_llama_server_on_the_bundled_gguf(bundled):
     store = ResultStore()
     key = engines.gguf_key(models.gguf_path(SPEC))
     settings = ServeSettings(concurrency=(1, 2), prompt_tokens=(32,), new_tokens=8, repeats=1, start_timeout_s=120,
