@@ -152,14 +152,16 @@ def test_serve_bench_runs_gguf_on_llama_server_with_its_own_account(bundled):
 @needs_bundled
 @needs_tools
 def test_batching_on_llama_server_is_explained_request_by_request(bundled, capsys):
+    """Two batch sizes, 2 and 8 at once, on 8 slots: every prompt is also answered alone first, one after another,
+    which was most of the time when this went up to 32 at once."""
     from core.models import load_tokenizer
 
     tokenizer = load_tokenizer(bundled)
-    prompts = prompts_from_text(corpus_token_ids(tokenizer), tokenizer, 32, 48)
+    prompts = prompts_from_text(corpus_token_ids(tokenizer), tokenizer, 8, 48)
     engine = engines.llama_server_engine(models.gguf_path(SPEC), engines.gguf_key(models.gguf_path(SPEC)),
-                                         slots=32, ctx_per_slot=96)
-    checks = batching.check_batching(engine, None, tokenizer, prompts, [2, 4, 8, 16, 32], new_tokens=24,
-                                      timeout_s=240)
+                                         slots=8, ctx_per_slot=96)
+    checks = batching.check_batching(engine, None, tokenizer, prompts, [2, 8], new_tokens=24, timeout_s=240)
+    assert [c.concurrency for c in checks] == [2, 8]
     with capsys.disabled():
         for c in checks:
             print(f"\nllama-server, concurrency {c.concurrency}: {c.same_as_alone}/{c.requests} same as alone, "
