@@ -50,6 +50,56 @@ def shared_file(name: str) -> Path:
     return path
 
 
+BUNDLED_KEY = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def bundled_once(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """The bundled model dequantized to a checkpoint once per session (~20 s of a 2-core machine), in a folder no
+    test points at: `bundled` lays it into each test's own data dir. Also each file's (size, mtime) as written."""
+    from core import models
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LAB_DATA_DIR", str(tmp_path_factory.mktemp("bundled-once")))
+    try:
+        source = models.prepare(models.BUNDLED[BUNDLED_KEY])
+    finally:
+        patch.undo()
+    return source, {f.name: (f.stat().st_size, f.stat().st_mtime_ns) for f in source.iterdir()}
+
+
+def place_bundled(once: tuple[Path, dict[str, tuple[int, int]]]) -> Path:
+    """The prepared bundled checkpoint in the current $LAB_DATA_DIR, where models.prepare finds it ready, as if this
+    data dir had converted it itself: the session's files hard-linked into a folder of its own (copied where the
+    file system refuses links). Code replaces a checkpoint whole (save_atomically) and never writes into one; a file
+    that changed anyway fails here rather than passing bad weights to the next test."""
+    import shutil
+
+    from core import models
+
+    source, stamps = once
+    now = {f.name: (f.stat().st_size, f.stat().st_mtime_ns) for f in source.iterdir()}
+    assert now == stamps, f"a test wrote into the shared bundled checkpoint {source}"
+    target = models.checkpoint_dir(BUNDLED_KEY)
+    if models.checkpoint_ready(BUNDLED_KEY):
+        return target
+    staging = target.with_name(f".{target.name}.placing")
+    staging.mkdir(parents=True)
+    for f in source.iterdir():
+        try:
+            os.link(f, staging / f.name)
+        except OSError:
+            shutil.copy2(f, staging / f.name)
+    os.replace(staging, target)
+    return target
+
+
+@pytest.fixture
+def bundled(bundled_once, data_dir) -> Path:
+    """The bundled model's checkpoint, already prepared in this test's data dir (what `make model` leaves in data/)."""
+    return place_bundled(bundled_once)
+
+
 def bundled_ready() -> bool:
     from core import models
 

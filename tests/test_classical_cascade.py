@@ -196,7 +196,7 @@ def test_out_of_range_numbers_are_refused(args, words, data_dir, capsys):
 
 @pytest.mark.slow
 @needs_bundled
-def test_the_bundled_model_few_shot_answers_with_labels(tmp_path, data_dir):
+def test_the_bundled_model_few_shot_answers_with_labels(tmp_path, bundled):
     """Ten test items, so it runs in seconds: the base model, shown one example per team, mostly names teams (it also
     says words like "payment" or "setup", which count as wrong: 7 of 10 were team names when measured)."""
     train, test = load_task("support-routing")

@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from core import models
 from core.__main__ import main
 from core.experiments import sweep
 from tests.conftest import needs_bundled, shared_file
@@ -14,7 +13,7 @@ from tests.conftest import needs_bundled, shared_file
 pytestmark = [pytest.mark.slow, needs_bundled]
 
 
-def test_bundled_sweep_measures_real_quality_differences():
+def test_bundled_sweep_measures_real_quality_differences(bundled):
     settings = sweep.SweepSettings(new_tokens=16, repeats=2, mc_max_items=60, ppl_max_tokens=1024)
     fp32, nf4 = sweep.run_sweep("smollm2-135m-instruct", ["fp32", "nf4"], settings)
     assert fp32.kld_mean == 0.0 and fp32.top1_agreement == 1.0  # the reference pass itself, reused: exact
@@ -52,7 +51,7 @@ def direct_perplexity(checkpoint, text: str, window: int, max_tokens: int, secon
     return math.exp(nll / count)
 
 
-def test_cli_perplexity_on_wikitext_matches_direct_transformers(tmp_path):
+def test_cli_perplexity_on_wikitext_matches_direct_transformers(tmp_path, bundled):
     source = shared_file("wikitext-2-raw-v1.test.txt")
     text = source.read_text(encoding="utf-8")[:40_000]
     path = tmp_path / "wikitext-excerpt.txt"
@@ -62,8 +61,7 @@ def test_cli_perplexity_on_wikitext_matches_direct_transformers(tmp_path):
                  "--new-tokens", "4", "--repeats", "1", "--mc-max-items", "8"])
     assert code == 0
     ours = json.loads(out.read_text())[0]["perplexity"]
-    checkpoint = models.prepare(models.BUNDLED["smollm2-135m-instruct"])
     settings = sweep.SweepSettings()
-    direct = direct_perplexity(checkpoint, text, settings.ppl_window_tokens, settings.ppl_max_tokens,
+    direct = direct_perplexity(bundled, text, settings.ppl_window_tokens, settings.ppl_max_tokens,
                                second_half=settings.kld_rule == "llama-perplexity")
     assert ours == pytest.approx(direct, rel=0.01)

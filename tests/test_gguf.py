@@ -168,12 +168,12 @@ def test_llama_cpp_scores_multiple_choice_like_transformers(tiny_dir):
 @needs_llama
 @needs_bundled
 @pytest.mark.slow
-def test_bundled_f32_gguf_matches_transformers_fp32():
+def test_bundled_f32_gguf_matches_transformers_fp32(bundled):
     """Both runtimes compute the same model: mean KL divergence below 1e-3 on real text."""
     from core import models
     from core.measure import evaluate
 
-    checkpoint = models.prepare(models.BUNDLED[models.DEFAULT_MODEL])
+    checkpoint = bundled
     tokenizer = models.load_tokenizer(checkpoint)
     ids = evaluate.token_windows(evaluate.tokenize_text(tokenizer, evaluate.read_text(evaluate.DEFAULT_PPL_TEXT)), 256, 256)[0]
     from core.runtimes.llamacpp import LlamaCppRunner
@@ -225,7 +225,7 @@ print(json.dumps({"peak_mem_mb": record.peak_mem_mb, "file_build_s": record.vari
 @pytest.mark.slow
 @needs_llama
 @needs_bundled
-def test_a_gguf_variants_peak_memory_does_not_depend_on_whether_its_file_was_cached(data_dir):
+def test_a_gguf_variants_peak_memory_does_not_depend_on_whether_its_file_was_cached(bundled):
     """Exporting and quantizing the file is one-off work done before the peak-memory window opens: the first sweep
     (which builds the file) and a later one (which finds it cached) report the same peak, each in a fresh process
     as the worker runs them."""
@@ -233,9 +233,6 @@ def test_a_gguf_variants_peak_memory_does_not_depend_on_whether_its_file_was_cac
     import subprocess
     from pathlib import Path
 
-    from core import models
-
-    models.prepare(models.resolve("smollm2-135m-instruct"))  # the checkpoint both runs read, prepared once
     root = Path(__file__).resolve().parent.parent
     runs = [json.loads(subprocess.run([sys.executable, "-c", _PEAK_OF_ONE_SWEEP], cwd=root, env=os.environ.copy(),
                                       capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])

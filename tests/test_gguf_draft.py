@@ -160,7 +160,7 @@ def test_cli_refuses_bad_input_and_writes_nothing(tmp_path, capsys, argv, messag
 @pytest.mark.slow
 @needs_bundled
 @needs_tools
-def test_a_file_drafting_for_itself_keeps_every_answer_and_is_stored():
+def test_a_file_drafting_for_itself_keeps_every_answer_and_is_stored(bundled):
     """One GGUF file as its own draft: draft and target agree, so almost every drafted token is kept, and the
     answers are the target's own, token for token."""
     settings = gd.DraftSettings(target="gguf-q4_0", draft="gguf-q4_0", draft_max_tokens=(3,), new_tokens=16,

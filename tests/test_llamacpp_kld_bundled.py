@@ -13,7 +13,7 @@ import pytest
 from core.experiments import llamacpp_kld
 from core.runtimes import llamacpp_build
 from core.techniques import gguf
-from tests.conftest import needs_bundled
+from tests.conftest import needs_bundled, place_bundled
 
 pytestmark = [
     pytest.mark.slow, needs_bundled,
@@ -25,11 +25,13 @@ QUANTS = ("q8_0", "q4_k_m")
 
 
 @pytest.fixture(scope="module")
-def agreements(tmp_path_factory):
-    """Computed once: the GGUF files are built in this module's own data folder (export and quantize, ~1 min)."""
+def agreements(tmp_path_factory, bundled_once):
+    """Computed once: the GGUF files are built in this module's own data folder (export and quantize, ~10 s), from
+    the session's prepared checkpoint."""
     patch = pytest.MonkeyPatch()
     patch.setenv("LAB_DATA_DIR", str(tmp_path_factory.mktemp("kld-data")))
     try:
+        place_bundled(bundled_once)
         yield {a.quant: a for a in llamacpp_kld.compare(quants=QUANTS, threads=2,
                                                         work_dir=tmp_path_factory.mktemp("kld-work"))}
     finally:
