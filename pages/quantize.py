@@ -5,7 +5,7 @@ import streamlit as st
 
 from core import models, techniques
 from core.experiments.estimate import SweepPlan
-from core.experiments.sweep import SweepSettings
+from core.experiments.sweep import QUICK_MC_ITEMS, QUICK_PPL_TOKENS, QUICK_REPEATS, SweepSettings
 from core.launch import cluster, uploads
 from core.launch.kinds import SweepArgs
 from core.measure import benchmark, evaluate
@@ -14,7 +14,7 @@ from core.techniques.gguf import saved_gguf_keys
 from core.techniques.gguf.searched import searched_keys
 from core.views.tables import provenance_lines, summary_rows
 from ui.budget_fit import fit_budget_section
-from ui.estimates import show_estimate
+from ui.estimates import first_look, show_estimate
 from ui.frame import choice, store
 from ui.panel import job_panel, submit_job
 from ui.roles import show_error, visible
@@ -56,6 +56,11 @@ with st.expander("Measurement settings"):
     blocked = blocked_by(mc_up, text_up)  # Measure stays off while a chosen file is refused
     mc_max = c3.number_input("Questions to score (0 = all)", 0, 10000, 0)
 
+quick = st.toggle("Quick first look", value=first_look(picked.model), help=(
+    f"{QUICK_REPEATS} timed runs, {QUICK_MC_ITEMS} questions and {QUICK_PPL_TOKENS:,} tokens of text per variant: the "
+    "first dot within about a minute, with wider intervals. Measure again without it for the full numbers."))
+if quick:
+    repeats, mc_max = min(int(repeats), QUICK_REPEATS), min(int(mc_max) or QUICK_MC_ITEMS, QUICK_MC_ITEMS)
 sweep_estimate = show_estimate("quantize_keys", picked.model, keys,
                                SweepPlan(int(new_tokens), DEFAULTS.warmup_runs, int(repeats), int(mc_max) or None), device)
 if st.button("Measure", type="primary", disabled=not keys or not picked.model or bool(blocked), help=blocked):
@@ -66,6 +71,7 @@ if st.button("Measure", type="primary", disabled=not keys or not picked.model or
             usd_per_hour=picked.preset.usd_per_hour, launched_from="dashboard",
             eval_set=str(mc_up.path or evaluate.DEFAULT_MC_SET), ppl_text=str(text_up.path or evaluate.DEFAULT_PPL_TEXT),
         )
+        settings = settings.quick_look() if quick else settings
         # Measured by the worker process, never in this web server (core/launch/worker.py); the worker sends it to the
         # Ray cluster when LAB_RAY_ADDRESS is set (core/launch/cluster.py).
         submit_job(SweepArgs(picked.model, tuple(keys), settings),

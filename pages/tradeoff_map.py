@@ -43,15 +43,23 @@ st.plotly_chart(shared_tradeoff(records, metric, "latency", log), width="stretch
 st.caption(tradeoff_map.what_you_give_up(records, metric, "latency"))
 st.plotly_chart(shared_tradeoff(records, metric, "cost", log), width="stretch")
 st.caption(tradeoff_map.what_you_give_up(records, metric, "cost"))
-if busy_note := busy.note(measured.records):  # hollow bubbles: timed while other processes took the CPU
-    st.warning(busy_note)
-    again = busy.remeasure(measured.records)
-    if again and st.button(f"Measure again: {', '.join(again.labels)}", key="map_measure_again",
-                           help="Queues a sweep of just these variants, with the settings they were measured with. "
-                                "Close what else is running first, or the machine will be busy again."):
+
+
+def measure_again(again, key: str, help_text: str) -> None:
+    if again and st.button(f"Measure again: {', '.join(again.labels)}", key=key, help=help_text):
         if (job := submit_job(SweepArgs(picked.model, again.techniques, again.settings),
                               again.job_label(picked.model))) is not None:
             st.success(f"Queued as job {job}: the map redraws them when they are measured (progress on **Quantize**).")
+
+
+if busy_note := busy.note(measured.records):  # hollow bubbles: timed while other processes took the CPU
+    st.warning(busy_note)
+    measure_again(busy.remeasure(measured.records), "map_measure_again", "Queues a sweep of just these variants, "
+                  "with the settings they were measured with. Close what else is running first, or the machine "
+                  "will be busy again.")
+if quick_note := busy.quick_note(measured.records):  # a first look: fewer timed runs and questions
+    st.info(quick_note)
+    measure_again(busy.refine(measured.records), "map_measure_full", "Queues the full pass of these variants.")
 if caveat := cost.cost_caveat(picked.preset.kind, records[0].device):
     st.warning(caveat)
 st.caption(f"Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour "

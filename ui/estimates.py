@@ -121,3 +121,13 @@ def estimated(build: Callable[[], JobArgs]) -> tuple[JobArgs | None, JobEstimate
     except ValueError as e:
         return None, None, e
     return args, show_job_estimate(args), None
+
+
+def first_look(model: str) -> bool:
+    """Whether a quick first look is the sensible default: nothing of this model is measured here yet."""
+    results = store()
+    try:
+        key = models.resolve(model).key
+    except models.ModelError:
+        return False
+    return results is not None and results.count(model=key) == 0

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 import streamlit as st
 
 from core import models
-from core.launch import roles
+from core.launch import quiet, roles
 from core.measure import benchmark, cost
 from ui.frame import SidebarChoice, resolve_or_stop, store
-from ui.roles import is_presenter
+from ui.panel import queue_snapshot
+from ui.roles import is_presenter, queue
+from ui.turns import takes_turns
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,27 @@ class MeasuredSet:
     history: list  # every record of the model on that machine, newest first (for what a headline moved from)
 
 
+@st.fragment(run_every=quiet.PANEL_EVERY_S)
+@takes_turns
+def follow_new_records(model_key: str) -> None:
+    """While a job runs or waits, redraw the page the moment a record of this model is stored: each variant joins
+    the map as soon as it is measured, not when the whole sweep ends. Costs one count query per tick."""
+    snap = queue_snapshot(str(queue().path))
+    if snap.running is None and not snap.waiting:
+        return
+    seen_key, count = f"records_seen_{model_key}", store().count(model=model_key)
+    before = st.session_state.get(seen_key)
+    st.session_state[seen_key] = count
+    if before is not None and before != count:
+        st.rerun(scope="app")
+
+
 def measured_set(picked: SidebarChoice, empty_hint: str) -> MeasuredSet:
     """The chosen model's results on one machine (the user picks which); stops the page with a hint if none."""
     results = store()
     spec = resolve_or_stop(picked.model)
+    if results is not None:
+        follow_new_records(spec.key)
     machines = results.hardware_seen(spec.key) if results else []
     if not machines:
         st.info(f"Nothing measured for {spec.label} yet. {empty_hint}")

@@ -44,6 +44,9 @@ def add_measurement_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--threads", type=int)
     s.add_argument("--seed", type=int)
     s.add_argument("--mc-max-items", type=int, help="score only the first N questions (0 = all)")
+    s.add_argument("--quick", action="store_true", help=f"a quick first look: at most {sweep.QUICK_REPEATS} timed "
+                   f"runs, {sweep.QUICK_MC_ITEMS} questions and {sweep.QUICK_PPL_TOKENS} tokens of text per variant "
+                   "(wider intervals; the records say so)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"])
     s.add_argument("--hardware", choices=list(cost.HARDWARE_PRESETS), help="price preset for $ per 1M tokens")
     s.add_argument("--usd-per-hour", type=float, help="override the preset's price")
@@ -64,6 +67,7 @@ def sweep_settings(args: argparse.Namespace) -> sweep.SweepSettings:
         "kld_rule": args.kld_rule,
     }.items() if v is not None}
     settings = sweep.SweepSettings(**overrides)
+    settings = settings.quick_look() if getattr(args, "quick", False) else settings
     json_folder(args.json)
     return settings
 

@@ -11,7 +11,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -27,6 +27,11 @@ from core.store.records import VariantRecord
 
 class Cancelled(Stopped):
     """The user stopped the sweep; finished variants are already stored."""
+
+
+QUICK_REPEATS = 2
+QUICK_MC_ITEMS = 40
+QUICK_PPL_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,9 @@ class SweepSettings:
     # Where the sweep was started. On a 2-core machine the dashboard's own server and browser share the cores
     # with the model, so dashboard-launched speeds run lower than the CLI's; the record says which it was.
     launched_from: str = "cli"
+    # A first look (`quick_look`): fewer timed runs, questions and text, so that a class sees its first dot within a
+    # minute; its intervals are wider, and a full pass of the same variants replaces it on the map.
+    quick: bool = False
 
     def __post_init__(self) -> None:
         if self.new_tokens < 2:
@@ -66,6 +74,19 @@ class SweepSettings:
             raise ValueError(f"Unknown hardware preset {self.hardware_preset!r}; choose from {', '.join(cost.HARDWARE_PRESETS)}")
         if self.usd_per_hour is not None and self.usd_per_hour < 0:
             raise ValueError(f"usd_per_hour must be >= 0, got {self.usd_per_hour}")
+
+    def quick_look(self) -> "SweepSettings":
+        """These settings cut to a first look: QUICK_REPEATS timed runs, QUICK_MC_ITEMS questions, QUICK_PPL_TOKENS
+        tokens of text (FP32 took 28 s with the full settings on a 2-core EPYC, most of it scoring)."""
+        mc = min(self.mc_max_items or QUICK_MC_ITEMS, QUICK_MC_ITEMS)
+        return replace(self, repeats=min(self.repeats, QUICK_REPEATS), mc_max_items=mc,
+                       ppl_max_tokens=min(self.ppl_max_tokens, QUICK_PPL_TOKENS), quick=True)
+
+    def full(self) -> "SweepSettings":
+        """The settings a full pass uses after a quick look (the defaults for what the quick look cut)."""
+        d = SweepSettings()
+        return replace(self, repeats=d.repeats, mc_max_items=d.mc_max_items, ppl_max_tokens=d.ppl_max_tokens,
+                       quick=False)
 
     def resolved_threads(self) -> int:
         return self.threads or len(os.sched_getaffinity(0))

@@ -340,6 +340,12 @@ class ResultStore:
             latest.setdefault(record.technique, record)
         return list(latest.values())
 
+    def count(self, model: str | None = None) -> int:
+        """How many records there are (of one model): a cheap check that something new arrived."""
+        query = sa.select(sa.func.count()).select_from(RESULTS).where(*_where(RESULTS, model=model))
+        with self._read() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
     def hardware_seen(self, model: str | None = None) -> list[str]:
         query = sa.select(RESULTS.c.hardware).distinct().where(*_where(RESULTS, model=model)).order_by(RESULTS.c.hardware)
         with self._read() as conn:

@@ -87,9 +87,10 @@ class Remeasure:
     techniques: tuple[str, ...]
     labels: tuple[str, ...]
     settings: SweepSettings
+    why: str = "busy machine"
 
     def job_label(self, model: str) -> str:
-        return f"Measure again (busy machine): {', '.join(self.labels)} of {model}"
+        return f"Measure again ({self.why}): {', '.join(self.labels)} of {model}"
 
 
 def _sweepable(key: str) -> bool:
@@ -100,14 +101,42 @@ def _sweepable(key: str) -> bool:
         return False
 
 
+def quick_records(records: Sequence[VariantRecord]) -> list[VariantRecord]:
+    return [r for r in records if (r.settings or {}).get("quick")]
+
+
+def quick_note(records: Sequence[VariantRecord]) -> str:
+    """Words for records from a quick first look ("" when none): fewer timed runs and questions, wider intervals."""
+    quick = quick_records(records)
+    if not quick:
+        return ""
+    s = quick[0].settings
+    which = ", ".join(r.label for r in quick)
+    return (f"{which}: from a quick first look ({s.get('repeats')} timed runs, {s.get('mc_items')} questions, "
+            f"{s.get('ppl_tokens')} tokens of text), so their intervals are wider than a full pass's. Measure them "
+            "fully when there is time; the full numbers replace these.")
+
+
+def refine(records: Sequence[VariantRecord]) -> Remeasure | None:
+    """The full pass of the variants measured only by a quick look, or None when there is none."""
+    quick = [r for r in quick_records(records) if _sweepable(r.technique)]
+    if not quick:
+        return None
+    settings = _settings_of(max(quick, key=lambda r: r.created_at)).full()
+    return Remeasure(tuple(r.technique for r in quick), tuple(r.label for r in quick), settings, "full pass")
+
+
+def _settings_of(record: VariantRecord) -> SweepSettings:
+    names = {f.name for f in fields(SweepSettings)}
+    kept = {k: v for k, v in (record.settings or {}).items() if k in names}
+    return SweepSettings(**(kept | {"launched_from": "dashboard"}))
+
+
 def remeasure(records: Sequence[VariantRecord]) -> Remeasure | None:
     """The sweep that measures the busy variants again (those a sweep can measure), or None when there is none.
     Settings come from the newest busy record, so the new numbers are timed as the old ones were."""
     busy = [r for r in busy_records(records) if _sweepable(r.technique)]
     if not busy:
         return None
-    newest = max(busy, key=lambda r: r.created_at)
-    names = {f.name for f in fields(SweepSettings)}
-    kept = {k: v for k, v in (newest.settings or {}).items() if k in names}
-    settings = SweepSettings(**(kept | {"launched_from": "dashboard"}))
+    settings = _settings_of(max(busy, key=lambda r: r.created_at))
     return Remeasure(tuple(r.technique for r in busy), tuple(r.label for r in busy), settings)
