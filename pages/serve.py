@@ -52,7 +52,8 @@ if st.button("Measure", type="primary", disabled=not picked.model or (what == "l
     except ValueError as e:
         show_error(e)
 
-job_panel("Each point is saved as soon as it is measured; Stop ends the server and keeps them.")
+job_panel("Each point is saved as soon as it is measured; Stop ends the server and keeps them.",
+          kinds=("serve-bench", "serve-context"))
 
 results = store()
 here = benchmark.hardware_fingerprint("cpu")
