@@ -136,7 +136,14 @@ def test_cli_writes_the_promised_fields(data_file, tmp_path, data_dir, capsys):
     out = tmp_path / "lora.json"
     code = main(["lora", "--model", "tiny-random-llama", "--data", str(data_file), "--steps", "2", "--batch-size", "4",
                  "--rank", "4", "--json", str(out)])
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
+    # every phase reports, and none says 100% before the end: training, merging, then measuring the merged model
+    lines = [line for line in err.splitlines() if line.startswith("[")]
+    trained = next(i for i, line in enumerate(lines) if "fine-tune trained and saved" in line)
+    assert not any(line.startswith("[100%]") for line in lines[:trained + 1]), lines
+    assert any("merging the adapter" in line for line in lines[:trained]), lines
+    assert any("measuring the merged model" in line for line in lines[trained + 1:]), lines
     result = json.loads(out.read_text())
     for key in ("method", "trainable_params", "total_params", "trainable_pct", "peak_mem_mb", "train_seconds", "usd_cost",
                 "adapter_mb", "accuracy_before", "accuracy_after", "accuracy_after_ci95", "merged_decode_tokens_per_s",
