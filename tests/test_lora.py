@@ -70,6 +70,8 @@ def test_run_saves_adapter_and_reports_every_field(tiny_dir, data_file, data_dir
     saved = list((data_dir / "adapters").iterdir())
     assert len(saved) == 1 and (saved[0] / "adapter_model.safetensors").is_file()
     assert len(result.losses) == FAST["steps"]
+    merged = json.loads(next((data_dir / "merged").iterdir()).joinpath("lab_run.json").read_text())
+    assert merged["training_sha256"] == lora.training_key(None, data_file, 0)  # found again by content, not name
 
 
 def test_cancel_leaves_no_partial_artifact(tiny_dir, data_file, data_dir, monkeypatch):

@@ -33,6 +33,7 @@ from core.techniques.lora import (
     technique_key,
     technique_label,
     train,
+    training_key,
 )
 
 
@@ -119,7 +120,8 @@ def run_finetune(model_name: str, settings: FinetuneSettings, task: str | None =
 
     rank = "" if settings.method == "full" else f"-r{settings.rank}"
     name = f"{spec.key.replace('/', '--')}-{task or Path(data).stem}-{settings.method}{rank}-{int(time.time())}"
-    run_facts = {"model": spec.key, "task": task or str(data), "settings": settings.__dict__ | {"lr": settings.lr}}
+    run_facts = {"model": spec.key, "task": task or str(data), "settings": settings.__dict__ | {"lr": settings.lr},
+                 "training_sha256": training_key(task, data, settings.seed)}  # found again by content (find_lora)
     if stop():
         raise Stopped("Stopped before saving; nothing was written.")
     saved = models.save_atomically(adapters_dir() / name, model, facts=run_facts, facts_file="lab_run.json")
