@@ -100,7 +100,8 @@ def sidebar() -> SidebarChoice:
         price = st.number_input("US$ per hour", min_value=0.0, value=float(preset.usd_per_hour), step=0.01,
                                 format="%.4f", key=f"usd_per_hour_{pkey}")
         st.caption(f"{preset.source} (as of {preset.as_of}).")
-        st.caption(store_kind().capitalize())
+        kind = store_kind()
+        st.caption(kind[:1].upper() + kind[1:])  # not str.capitalize: it would lower "PostgreSQL"
         if presenter:  # the path or URL (password masked) is for whoever runs the server, not for the room
             with st.expander("Where exactly"):
                 st.caption(f"`{describe_configured()}`")
