@@ -10,6 +10,8 @@ import torch
 
 from core import models, runtimes
 from core.experiments import arena
+from core.launch import worker
+from core.launch.arena_gate import arena_gate, other_lease_left_s
 from core.launch.jobs import iterate_on_torch_thread, on_torch_thread
 from core.measure import benchmark
 from core.paths import ASSETS
@@ -74,13 +76,13 @@ blind = c3.toggle("Blind mode", help="Answers are labelled A, B, ... in a random
 if len(keys) < arena.MIN_VARIANTS:
     st.info("Pick at least two variants.")
     st.stop()
-# Live runs never overlap a timed job (arena.must_wait): while one runs it holds a lease that keeps the worker from
-# starting the next job. Two Arena runs never overlap either.
-busy = arena.must_wait(queue().snapshot(), is_presenter())
-if busy:
-    st.warning("A measurement job is running or waiting on this machine: generating now would spoil its timings. "
-               "The Arena opens again when the queue is empty.")
+# Live runs never overlap a timed job (core/launch/arena_gate.py): while one runs it holds a lease that keeps the
+# worker from starting the next job. Two Arena runs never overlap either.
 LEASE = f"arena:{session_id()}"
+gate = arena_gate(queue().snapshot(), is_presenter(), other_lease_left_s(queue(), LEASE), worker.is_running())
+busy = gate.locked
+if busy:
+    st.warning(gate.reason)
 queue().release(LEASE)  # this session is not generating now (its runs are sequential): drop a lease left by an error
 
 if st.button("Generate", type="primary", disabled=busy or not prompt.strip()):

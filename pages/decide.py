@@ -8,6 +8,7 @@ from ui import bills, decide_hybrids, verdict
 from ui.frame import choice, kv_shape
 from ui.results import measured_set
 from ui.roles import show_error, visible
+from ui.tables import show_table
 
 st.title("Decide")
 st.write("State what you need, and get the measured variant that meets it best, with the reason and what you "
@@ -83,10 +84,9 @@ with fit_tab:
     overhead = b.number_input("Runtime overhead, MB", 0.0, 10000.0, fit.RUNTIME_OVERHEAD_MB, step=50.0)
     devices = list(fit.DEVICE_PRESETS.values())
     table = fit.fit_table(records, devices, shape, fit_context, overhead)
-    st.dataframe([{"variant": r.label, "weights MB": row[0].weights_mb, "KV cache MB": row[0].kv_cache_mb,
-                   "total MB": row[0].need_mb, **{d.label: "fits" if f.fits else "too big" for d, f in zip(devices, row)}}
-                  for r, row in zip(records, table)], hide_index=True,
-                 column_config={c: st.column_config.NumberColumn(format="%.0f") for c in ("weights MB", "KV cache MB", "total MB")})
+    show_table([{"variant": r.label, "weights MB": row[0].weights_mb, "KV cache MB": row[0].kv_cache_mb,
+                 "total MB": row[0].need_mb, **{d.label: "fits" if f.fits else "too big" for d, f in zip(devices, row)}}
+                for r, row in zip(records, table)], {c: "%.0f" for c in ("weights MB", "KV cache MB", "total MB")})
     st.caption(f"Total = bytes the variant's tensors hold + KV cache (2 x {shape.layers} layers x {shape.kv_heads} KV heads "
                f"x {shape.head_dim} wide x {fit_context:,} tokens x bytes per element of the compute dtype) + "
                f"{overhead:.0f} MB runtime overhead, against each device's memory minus what its system keeps:")

@@ -10,11 +10,12 @@ from core.launch.uploads import distill_corpus, fmt_seconds
 from core.models import saved
 from core.techniques import distillation
 from core.views import distill as distill_view
-from core.views.tables import distill_rows, speculative_rows
+from core.views.tables import DISTILL_FORMATS, distill_rows, speculative_rows
 from ui.estimates import estimated, show_job_estimate
 from ui.frame import choice, store
 from ui.panel import job_panel, submit_job
 from ui.roles import show_error, visible
+from ui.tables import show_table
 from ui.uploads import blocked_by, checked_upload
 
 st.title("Distill a smaller student")
@@ -101,7 +102,8 @@ if st.button("Distill", type="primary", disabled=mine.refused, help=blocked_by(m
     except (ValueError, models.ModelError) as e:
         show_error(e)
 
-job_panel("Checkpoints are written whole: a stopped run keeps its last complete checkpoint, or nothing.", live_curve)
+job_panel("Checkpoints are written whole: a stopped run keeps its last complete checkpoint, or nothing.", live_curve,
+          kinds=("distill", "speculate"))
 
 st.subheader("3 · Teacher, pruned student, distilled student")
 results = store()
@@ -111,7 +113,7 @@ if run is None:
             "time left as it goes; the teacher's answers are written once and reused by later runs.")
 else:
     latest, trio = run.latest, run.trio
-    st.dataframe(distill_rows(trio, run.teacher), hide_index=True)
+    show_table(distill_rows(trio, run.teacher), DISTILL_FORMATS, {"speed-up vs teacher": "teacher not measured"})
     st.caption(visible(distill_view.run_caption(run, fmt_seconds)))
     for column, metric in zip(st.columns(2), distill_view.run_metrics(run, fmt_seconds)):
         column.metric(**metric)
@@ -144,5 +146,5 @@ else:
         last = saved[0]
         for column, metric in zip(st.columns(4), distill_view.speculative_metrics(last)):
             column.metric(**metric)
-        st.dataframe(speculative_rows(last), hide_index=True)
+        show_table(speculative_rows(last), {"alone s": "%.2f", "with draft s": "%.2f", "speed-up": "%.2fx"})
         st.caption(distill_view.speculative_caption(last))

@@ -20,16 +20,18 @@ here = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
 st.caption(f"This machine: {here}. Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour "
            "(change it in the sidebar).")
 
-measure_forms(picked.model, picked.preset.key, picked.preset.usd_per_hour)
+saved = cascades.on_machine(curve.saved_results(), here)
+tricks = hybrids.measured_hybrids(here)
+measure_forms(picked.model, picked.preset.key, picked.preset.usd_per_hour, expanded=not saved and not tricks)
 job_panel("A cascade is stored when both stages have answered every item; prompt lookup stores each runtime's "
-          "result as it ends.")
+          "result as it ends.", kinds=("cascade", "model-cascade", "prompt-lookup", "gguf-draft"))
 
 st.subheader("Cascades")
-saved = cascades.on_machine(curve.saved_results(), here)
 if not saved:
-    st.info("No cascade measured on this machine yet. Measure one from a terminal: `python -m core cascade --second "
-            "fp32` (a TF-IDF classifier in front of the model, on the bundled support-routing task) or `python -m core "
-            "model-cascade --first student --second fp32 --task mc` (the distilled student in front of its teacher).")
+    st.info("No cascade measured on this machine yet: press **Measure the cascade** under *Measure a hybrid* above.")
+    st.caption("From a terminal instead: `python -m core cascade --second fp32` (a TF-IDF classifier in front of the "
+               "model, on the bundled support-routing task) or `python -m core model-cascade --first gguf-q2_k "
+               "--second fp32 --task mc` (a small GGUF file in front of the full model).")
 else:
     result = st.selectbox("Measured cascade", saved, format_func=cascades.result_label)
     st.write(cascades.one_sentence(result))
@@ -65,11 +67,12 @@ else:
                "price. Decide's **Narrow task** tab picks the point for your accuracy and budget.")
 
 st.subheader("Decoding tricks: the same answers, another speed")
-tricks = hybrids.measured_hybrids(here)
 if not tricks:
-    st.info("No decoding trick measured on this machine yet. From a terminal: `python -m core prompt-lookup` "
-            "(drafts copied from the prompt, on transformers and llama.cpp) or `python -m core gguf-draft` "
-            "(the distilled student drafting for a GGUF target on llama-server).")
+    st.info("No decoding trick measured on this machine yet: press **Compare prompt lookup** under *Measure a "
+            "hybrid* above.")
+    st.caption("From a terminal instead: `python -m core prompt-lookup` (drafts copied from the prompt, on "
+               "transformers and llama.cpp) or `python -m core gguf-draft` (a distilled student drafting for a GGUF "
+               "target on llama-server).")
 else:
     show_table(hybrids.speed_rows(tricks), {"speed-up": "%.2fx", "drafts kept": "percent"})
     for h in tricks:

@@ -13,6 +13,7 @@ from ui.estimates import estimated
 from ui.frame import choice, store
 from ui.panel import job_panel, submit_job
 from ui.roles import show_error
+from ui.tables import show_table
 from ui.uploads import blocked_by, checked_upload
 
 st.title("Fine-tune with LoRA")
@@ -68,7 +69,8 @@ if st.button("Train", type="primary", disabled=mine.refused, help=blocked_by(min
     except (ValueError, models.ModelError) as e:
         show_error(e)
 
-job_panel("A stopped run saves nothing half-written: its adapter is written in one step at the end.", live_loss)
+job_panel("A stopped run saves nothing half-written: its adapter is written in one step at the end.", live_loss,
+          kinds=("lora",))
 
 results = store()
 runs = [r for r in (results.all(model=models.resolve(picked.model).key) if results and picked.model else [])
@@ -79,10 +81,13 @@ if not runs:
 
 st.subheader("Runs, newest first")
 rows = [finetune_run.summary_row(r.variant_facts["finetune"]) for r in runs]
-st.dataframe(rows, hide_index=True)
+show_table(rows, {"trainable %": "%.3f", "accuracy before": "percent", "accuracy after": "percent",
+                  "train s": "%.0f", "s/step": "%.2f", "peak RSS +MB": "%.0f", "US$": "$%.5f", "saved MB": "%.1f",
+                  "% of full checkpoint": "%.1f", "decode tok/s unmerged": "%.1f", "decode tok/s merged": "%.1f"},
+           {"rank": "all weights", "decode tok/s unmerged": "not measured", "decode tok/s merged": "not measured"})
 latest = runs[0].variant_facts["finetune"]
 st.caption(f"Latest run: {latest['method']} on {latest['device']} ({latest['hardware']}), {latest['threads']} threads; "
            f"accuracy is exact match of the first word on {len(latest['examples'])}+ held-out messages never trained on, "
            "with a 95% bootstrap interval. Cost = training time × the sidebar's hourly price.")
 st.subheader("Held-out examples, before and after (latest run)")
-st.dataframe(latest["examples"], hide_index=True)
+show_table(latest["examples"])

@@ -71,7 +71,7 @@ if st.button("Convert and measure", type="primary", disabled=not ks or not picke
         submit_job(args, f"Mixture of experts ({experts} experts) of {picked.model}", estimate)
 
 
-job_panel("The conversion is saved once made; each variant is saved as soon as it is measured.")
+job_panel("The conversion is saved once made; each variant is saved as soon as it is measured.", kinds=("moe",))
 
 results = store()
 hardware = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
@@ -102,7 +102,7 @@ m2.metric("GFLOPs per token", f"{facts['flops_per_token'] / 1e9:.3f}",
           delta=f"{facts['flops_per_token'] / facts['dense_flops_per_token'] - 1:+.0%} vs dense", delta_color="inverse")
 m3.metric("Decode tokens/s", f"{chosen.decode_tokens_per_s_median:.1f}",
           delta=f"{chosen.decode_tokens_per_s_median / dense.decode_tokens_per_s_median:.2f}x dense" if dense else None)
-m4.metric("KL divergence from dense", f"{chosen.kld_mean:.3f} nats", help=f"top-1 agreement {chosen.top1_agreement:.0%}")
+m4.metric("KL divergence from dense", f"{chart_quantities.fmt_nats(chosen.kld_mean)} nats", help=f"top-1 agreement {chosen.top1_agreement:.0%}")
 
 st.subheader("Side by side: the same prompt, greedy decoding")
 st.caption(f"Prompt: “{chosen.sample_prompt}”")

@@ -8,6 +8,7 @@ from core.launch import roles
 from core.measure import bill
 from core.store.records import drawn_key
 from core.views import capacity, chart_quantities, hybrids, recommend, report
+from core.words import plural
 from ui.frame import choice, kv_shape, shared, shared_tradeoff, store
 from ui.results import measured_set
 from ui.roles import is_presenter, visible
@@ -84,7 +85,7 @@ b.download_button("Download results CSV", lambda: bundle.csv, f"{stem}.csv", "te
                   on_click="ignore")
 c.download_button("Download results + manifest JSON", lambda: bundle.json, f"{stem}.json", "application/json",
                   icon=":material/data_object:", on_click="ignore")
-st.caption(f"{len(records)} variants, {len(serving)} serving points; HTML {len(bundle.html) / 1e6:.1f} MB (plotly.js is embedded so it needs no network).")
+st.caption(f"{plural(len(records), 'variant')}, {plural(len(serving), 'serving point')}; HTML {len(bundle.html) / 1e6:.1f} MB (plotly.js is embedded so it needs no network).")
 
 st.subheader("What the report contains")
 st.plotly_chart(shared_tradeoff(records, metric, "latency"), width="stretch")

@@ -51,7 +51,8 @@ if st.button("Measure", type="primary", disabled=not picked.model or (what == "l
     else:
         submit_job(args, f"Serving load of {spec.label}" if what == "load" else f"Context sweep of {spec.label}", estimate)
 
-job_panel("Each point is saved as soon as it is measured; Stop ends the server and keeps them.")
+job_panel("Each point is saved as soon as it is measured; Stop ends the server and keeps them.",
+          kinds=("serve-bench", "serve-context"))
 
 results = store()
 here = benchmark.hardware_fingerprint("cpu")

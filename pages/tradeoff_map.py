@@ -67,8 +67,8 @@ st.caption(f"Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f
 st.caption("Colour is the technique family, symbol the runtime. Only the frontier is labelled; hover over any "
            "bubble for its numbers, or find it in the table.")
 show_table(tradeoff_map.map_rows(records, metric, "latency"), {
-    "decode ms/token": "%.1f", "USD per 1M tokens": "%.4f", "KLD (nats)": "%.4f", "KLD p99 (nats)": "%.4f",
-    "top-1 agreement": "percent",
+    "decode ms/token": "%.1f", "USD per 1M tokens": "%.4f", "KLD (nats)": chart_quantities.fmt_nats,
+    "KLD p99 (nats)": chart_quantities.fmt_nats, "top-1 agreement": "percent",
     "perplexity": "%.2f", "MC accuracy": "percent", "MB held": "%.1f"}, width="stretch")
 
 st.subheader("How close each variant gets to the memory-bandwidth limit")

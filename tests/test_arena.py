@@ -275,7 +275,7 @@ def test_arena_waits_while_a_job_runs_and_caps_typed_prompts(arena_page):
     queue.submit("sweep", {"model": "tiny-random-llama", "techniques": ["fp32"]}, "sweep", "s", "presenter", "p")
     queue.claim(1)  # the worker is timing it now
     at = arena_page.run()
-    assert at.button[0].disabled and any("Arena opens again" in w.value for w in at.warning)
+    assert at.button[0].disabled and any("The Arena opens when it ends" in w.value for w in at.warning)
     at.selectbox[0].set_value("own").run()
     assert at.text_area[0].proto.max_chars == arena.MAX_PROMPT_CHARS
     assert "at most" in arena.prompt_problem("x" * (arena.MAX_PROMPT_CHARS + 1))

@@ -142,6 +142,36 @@ def test_a_saved_lora_of_the_task_is_found(data_dir):
         classical.find_lora(classical.ClassicalSettings(second="lora"), "tiny-random-llama")
 
 
+def _saved_lora(data_dir: Path, name: str, facts: dict) -> Path:
+    folder = data_dir / "merged" / name
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "lab_run.json").write_text(json.dumps({"model": "tiny-random-llama", "merged": True, **facts}))
+    return folder
+
+
+def test_a_lora_is_found_by_its_training_data_content_not_its_file_name(tmp_path, data_dir):
+    from core.techniques import lora
+
+    train_path, test_path = lora.BUNDLED_TASKS["support-routing"]
+    bundled = _saved_lora(data_dir, "bundled", {"task": "support-routing",
+                                                "training_sha256": lora.training_key("support-routing")})
+    copy = tmp_path / "my_train.jsonl"  # the bundled training file under another name
+    copy.write_bytes(train_path.read_bytes())
+    given = classical.ClassicalSettings(second="lora", train_file=str(copy), test_file=str(test_path))
+    assert classical.find_lora(given, "tiny-random-llama").path == bundled
+    data = write_task(tmp_path / "data.jsonl", TEAMS, 4)
+    own = _saved_lora(data_dir, "own", {"task": str(data), "training_sha256": lora.training_key(None, data, 0)})
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_bytes(data.read_bytes())
+    assert classical.find_lora(classical.ClassicalSettings(second="lora", data_file=str(renamed)),
+                               "tiny-random-llama").path == own
+    assert own.exists()
+    data.write_text(data.read_text() + data.read_text().splitlines()[0] + "\n")  # changed under the same name
+    with pytest.raises(ValueError, match="No LoRA-tuned"):
+        classical.find_lora(classical.ClassicalSettings(second="lora", data_file=str(data)), "tiny-random-llama")
+
+
 # ---------------------------------------------------------------- bad input: a clear message, nothing written
 
 

@@ -153,6 +153,19 @@ def test_stopped_corpus_keeps_finished_answers_for_next_time(tiny_teacher, data_
         D.teacher_answers(teacher, tokenizer, "tiny-random-llama", 8, "cpu", lambda f, m: None, stop)
     partial = D.corpus_cache_path("tiny-random-llama", 8).with_suffix(".partial")
     assert len(partial.read_text().splitlines()) == 48
+    assert D.answers_to_write("tiny-random-llama", 8) == len(D.load_prompts()) - 48  # the next run writes the rest
+
+
+def test_a_first_run_says_up_front_how_many_teacher_answers_it_writes(tiny_teacher, data_dir):
+    n = len(D.load_prompts())
+    assert D.answers_to_write("tiny-random-llama", 8) == n
+    said = []
+    with pytest.raises(D.Stopped):  # stopped before the first batch: only the messages up front are seen
+        distill_run.run_distill("tiny-random-llama", D.DistillSettings(**FAST), None, report=lambda f, m: said.append(m),
+                                should_stop=lambda: True)
+    assert said[0] == (f"first run with this teacher: it writes {n} teacher answers before training starts (once; "
+                       "later runs reuse them)")
+    assert f"teacher answers: 0/{n}" in said
 
 
 def test_cancel_before_the_first_checkpoint_leaves_nothing(tiny_teacher, corpus_file, data_dir):

@@ -70,6 +70,8 @@ def test_run_saves_adapter_and_reports_every_field(tiny_dir, data_file, data_dir
     saved = list((data_dir / "adapters").iterdir())
     assert len(saved) == 1 and (saved[0] / "adapter_model.safetensors").is_file()
     assert len(result.losses) == FAST["steps"]
+    merged = json.loads(next((data_dir / "merged").iterdir()).joinpath("lab_run.json").read_text())
+    assert merged["training_sha256"] == lora.training_key(None, data_file, 0)  # found again by content, not name
 
 
 def test_cancel_leaves_no_partial_artifact(tiny_dir, data_file, data_dir, monkeypatch):
@@ -136,7 +138,14 @@ def test_cli_writes_the_promised_fields(data_file, tmp_path, data_dir, capsys):
     out = tmp_path / "lora.json"
     code = main(["lora", "--model", "tiny-random-llama", "--data", str(data_file), "--steps", "2", "--batch-size", "4",
                  "--rank", "4", "--json", str(out)])
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
+    # every phase reports, and none says 100% before the end: training, merging, then measuring the merged model
+    lines = [line for line in err.splitlines() if line.startswith("[")]
+    trained = next(i for i, line in enumerate(lines) if "fine-tune trained and saved" in line)
+    assert not any(line.startswith("[100%]") for line in lines[:trained + 1]), lines
+    assert any("merging the adapter" in line for line in lines[:trained]), lines
+    assert any("measuring the merged model" in line for line in lines[trained + 1:]), lines
     result = json.loads(out.read_text())
     for key in ("method", "trainable_params", "total_params", "trainable_pct", "peak_mem_mb", "train_seconds", "usd_cost",
                 "adapter_mb", "accuracy_before", "accuracy_after", "accuracy_after_ci95", "merged_decode_tokens_per_s",

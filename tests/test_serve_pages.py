@@ -101,4 +101,4 @@ def test_report_page_counts_the_serving_points():
     _seed(store)
     at = AppTest.from_file(str(ROOT / "pages/report.py"), default_timeout=60).run()
     _no_errors(at)
-    assert any("1 variants, 3 serving points" in c.value for c in at.caption)
+    assert any("1 variant, 3 serving points" in c.value for c in at.caption)

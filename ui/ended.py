@@ -21,7 +21,37 @@ RESULTS_AT = {  # job kind (core/launch/worker.py JOB_KINDS) -> the page that sh
     "speculate": ("pages/distill.py", "See it on Distill"),
     "serve-bench": ("pages/serve.py", "See it on Serve"),
     "serve-context": ("pages/serve.py", "See it on Serve"),
+    "budget": ("pages/quantize.py", "See it on Quantize (Fit my budget)"),
+    **{k: ("pages/hybrids.py", "See it on Hybrids") for k in ("cascade", "model-cascade", "prompt-lookup", "gguf-draft")},
 }
+_SWEPT = "Each variant is saved as soon as it is measured; you can leave this page."
+_HYBRID = ("A cascade is stored when both stages have answered every item; prompt lookup and a draft store each "
+           "runtime's result as it ends.")
+_SERVED = "Each point is saved as soon as it is measured; Stop ends the server and keeps them."
+KEPT = {  # job kind -> what a stopped job of that kind keeps: the panel words a job by its own kind, on any page
+    "sweep": _SWEPT,
+    "budget": "Each searched file is stored as soon as it is measured.",
+    "moe": "The conversion is saved once made; each variant is saved as soon as it is measured.",
+    "lora": "A stopped run saves nothing half-written: its adapter is written in one step at the end.",
+    "distill": "Checkpoints are written whole: a stopped run keeps its last complete checkpoint, or nothing.",
+    "speculate": "A stopped comparison stores nothing.",
+    "serve-bench": _SERVED, "serve-context": _SERVED,
+    **{k: _HYBRID for k in ("cascade", "model-cascade", "prompt-lookup", "gguf-draft")},
+}
+
+
+def page_of(kind: str) -> str:
+    """The page a job kind belongs to, by its title ("Distill"), or "" for a kind no page starts."""
+    words = RESULTS_AT.get(kind, ("", ""))[1]
+    return words.removeprefix("See it on ").split(" (Fit")[0]
+
+
+def kept_words(kind: str, page_note: str, page_kinds: tuple[str, ...] | None) -> str:
+    """What a job of `kind` keeps, in its own kind's words; a job another page started says which page."""
+    note = KEPT.get(kind, page_note)
+    if page_kinds is None or kind in page_kinds or not page_of(kind):
+        return note
+    return f"This job was started on the {page_of(kind)} page. {note}"
 
 
 def ended_to_show(recent: tuple[QueuedJob, ...]) -> QueuedJob | None:
@@ -41,7 +71,8 @@ def _results_link(kind: str) -> None:
         st.caption(f"{words.replace('See it on', 'Open')} from the menu to see it.")
 
 
-def draw_ended(job: QueuedJob, kept_note: str) -> None:
+def draw_ended(job: QueuedJob, kept_note: str, page_kinds: tuple[str, ...] | None = None) -> None:
+    kept_note = kept_words(job.kind, kept_note, page_kinds)
     who = f"{job.label} ({job.owner})"
     if job.state == "done":
         st.success(jobs.done_words(who, job.elapsed_s, job.estimated_s))

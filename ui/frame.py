@@ -19,7 +19,7 @@ from core.launch import (
     roles,
 )
 from core.measure import cost, fit
-from core.store import ResultStore, StoreError, configured_url, describe_configured
+from core.store import ResultStore, StoreError, configured_url, describe_configured, store_kind
 from core.store.records import drawn_key
 from core.views import tradeoff_map
 from ui.roles import heartbeat, is_presenter, keep_alive, visible
@@ -100,7 +100,11 @@ def sidebar() -> SidebarChoice:
         price = st.number_input("US$ per hour", min_value=0.0, value=float(preset.usd_per_hour), step=0.01,
                                 format="%.4f", key=f"usd_per_hour_{pkey}")
         st.caption(f"{preset.source} (as of {preset.as_of}).")
-        st.caption(visible(f"Results store: `{describe_configured()}`"))
+        kind = store_kind()
+        st.caption(kind[:1].upper() + kind[1:])  # not str.capitalize: it would lower "PostgreSQL"
+        if presenter:  # the path or URL (password masked) is for whoever runs the server, not for the room
+            with st.expander("Where exactly"):
+                st.caption(f"`{describe_configured()}`")
         chosen = SidebarChoice(model=name or "", preset=cost.with_price(preset, price))
     st.session_state["choice"] = chosen
     return chosen

@@ -21,7 +21,7 @@ from core.launch import jobqueue, jobs, launch, quiet, worker
 from core.launch.job import Job, JobArgs
 from core.launch.jobqueue import JobEstimate, JobQueue, NotAllowed, QueueFull
 from core.launch.uploads import fmt_seconds
-from ui.ended import draw_ended, ended_to_show
+from ui.ended import draw_ended, ended_to_show, kept_words
 from ui.roles import heartbeat, is_presenter, owner_name, queue, session_id, show_error, visible
 from ui.turns import gate, takes_turns
 
@@ -75,18 +75,19 @@ def _draw_waiting(waiting: tuple[jobqueue.Waiting, ...]) -> None:
             _stop_button(w.job, "Cancel")
 
 
-def _draw_panel(kept_note: str, live_view, in_fragment: bool, paused: bool = False) -> None:
+def _draw_panel(kept_note: str, live_view, in_fragment: bool, paused: bool = False,
+                kinds: tuple[str, ...] | None = None) -> None:
     heartbeat()
     snap = queue_snapshot(str(queue().path))
     if snap.running is not None:
-        _draw_running(snap.running, snap.running_expected_s, kept_note, paused)
+        _draw_running(snap.running, snap.running_expected_s, kept_words(snap.running.kind, kept_note, kinds), paused)
     _draw_waiting(snap.waiting)
     last = snap.recent[0] if snap.recent else None
     if (ended := ended_to_show(snap.recent)) is not None:
-        draw_ended(ended, kept_note)
+        draw_ended(ended, kept_note, kinds)
     shown = snap.running or last
-    if live_view is not None and shown is not None and shown.live:
-        live_view(shown.live)
+    if live_view is not None and shown is not None and shown.live and (kinds is None or shown.kind in kinds):
+        live_view(shown.live)  # a page's live view draws its own kind's log only (a loss curve, not another's)
     if (snap.waiting or snap.running) and not worker.is_running():
         worker.ensure_running()  # a worker that died (or never started) is started again; the queue is kept
     seen = st.session_state.get("seen_ended")
@@ -107,22 +108,23 @@ def _pauses() -> bool:
 
 @st.fragment(run_every=quiet.PANEL_EVERY_S)
 @takes_turns
-def _live_panel(kept_note: str, live_view=None) -> None:
+def _live_panel(kept_note: str, live_view=None, kinds: tuple[str, ...] | None = None) -> None:
     if _pauses() and gate().timing_now():
         st.rerun()  # a whole page run draws the paused panel, and it clears this fragment's timer
-    _draw_panel(kept_note, live_view, in_fragment=True)
+    _draw_panel(kept_note, live_view, in_fragment=True, kinds=kinds)
 
 
-def _paused_panel(kept_note: str, live_view=None) -> None:
+def _paused_panel(kept_note: str, live_view=None, kinds: tuple[str, ...] | None = None) -> None:
     st.caption(":material/pause_circle: The worker is timing a model now. This panel stays as it is until the "
                "timed runs end, so that watching does not slow what is measured.")
-    _draw_panel(kept_note, live_view, in_fragment=False, paused=True)
+    _draw_panel(kept_note, live_view, in_fragment=False, paused=True, kinds=kinds)
 
 
-def job_panel(kept_note: str, live_view=None) -> None:
+def job_panel(kept_note: str, live_view=None, kinds: tuple[str, ...] | None = None) -> None:
     """The machine's queue: the running job (bar, times, who started it, Stop), the jobs waiting with their
     position and expected start, and how the last one ended. `live_view(live)` draws a running job's live data
-    (a loss log as a dict) while it runs and after it ends."""
+    (a loss log as a dict) while it runs and after it ends. `kinds`: the job kinds this page starts; a job of
+    another kind is worded by its own kind (ui/ended.py KEPT) and named as another page's, and gets no live view."""
     paused = _pauses() and gate().timing_now()
     st.session_state["lab_panel_paused"] = paused  # if paused, the sidebar's keep-alive restarts it after the phase
-    (_paused_panel if paused else _live_panel)(kept_note, live_view)
+    (_paused_panel if paused else _live_panel)(kept_note, live_view, kinds)

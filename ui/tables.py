@@ -11,18 +11,24 @@ import streamlit as st
 DASH = "–"
 
 
-def cell_formatter(spec: str | None) -> Callable[[object], str]:
-    """A printf-style spec ("%.1f", "$%.4f", "%d") or "percent" as a function of one non-missing cell."""
+Format = str | Callable[[float], str]
+
+
+def cell_formatter(spec: Format | None) -> Callable[[object], str]:
+    """A printf-style spec ("%.1f", "$%.4f", "%d"), "percent", or a core formatter (chart_quantities.fmt_nats, so a
+    table and a sentence show one number alike) as a function of one non-missing cell."""
     def show(value) -> str:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or spec is None:
             return str(value)
+        if callable(spec):
+            return spec(value)
         if spec == "percent":
             return f"{value:.1%}"
         return spec % value
     return show
 
 
-def styled(rows: Sequence[dict], formats: dict[str, str] | None = None,
+def styled(rows: Sequence[dict], formats: dict[str, Format] | None = None,
            blanks: dict[str, str] | None = None) -> pd.io.formats.style.Styler:
     """Rows as a styled frame: numbers formatted per column, missing cells as "–" or the column's reason."""
     frame = pd.DataFrame(list(rows))
@@ -33,7 +39,7 @@ def styled(rows: Sequence[dict], formats: dict[str, str] | None = None,
     return styler
 
 
-def show_table(rows: Sequence[dict], formats: dict[str, str] | None = None, blanks: dict[str, str] | None = None,
+def show_table(rows: Sequence[dict], formats: dict[str, Format] | None = None, blanks: dict[str, str] | None = None,
                **kwargs) -> None:
     """st.dataframe of `rows` (list of dicts) with "–" for what is missing; kwargs go to st.dataframe."""
     if not rows:

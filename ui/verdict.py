@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.views import busy, quality, recommend
+from core.views import busy, chart_quantities, quality, recommend
 from core.views.recommend import Recommendation
 from ui.tables import show_table
 
@@ -50,5 +50,5 @@ def quality_scale(records: list, reference) -> None:
                    "multiple-choice answer changed; under 85% one in eight or more did and accuracy fell beyond its "
                    "interval. The same evidence for the variants measured here:")
         show_table(quality.calibration_rows(records, reference), {
-            "top-1 agreement": "percent", "MC answers changed": "percent", "KLD nats": "%.4f",
+            "top-1 agreement": "percent", "MC answers changed": "percent", "KLD nats": chart_quantities.fmt_nats,
             "MC accuracy change, points": "%+.1f"}, blanks={"MC answers changed": "not scored"})

@@ -12,6 +12,8 @@ import time
 from core import models
 from core.cli.common import say
 from core.experiments import budget_search
+from core.launch import kinds
+from core.launch.kinds import BudgetArgs
 from core.measure import quant_error
 from core.views import budget
 
@@ -31,6 +33,8 @@ def cmd_budget(args) -> None:
         raise ValueError("give exactly one of --budgets-mb or --match-presets")
     budgets = [round(v * 1e6) for v in _numbers(args.budgets_mb, "budgets-mb")] if args.budgets_mb else None
     presets = [p.strip() for p in args.match_presets.split(",") if p.strip()] if args.match_presets else None
+    if budgets:  # refused as the page and the queue refuse it (core/launch/kinds), before anything is built
+        kinds.check(BudgetArgs(args.model, tuple(budgets), args.imatrix))
     result = budget_search.run(budgets, presets, args.imatrix, args.model, args.threads, say)
     if args.json:
         with open(args.json, "w") as f:

@@ -66,6 +66,12 @@ def every_tenth_step(fraction: float, message: str) -> None:
         say(fraction, message)
 
 
+def part(start: float, width: float, show=every_tenth_step):
+    """Progress for one phase of a job that has several (train, then measure): its 0..1 shown as start..start+width,
+    so no phase says 100% before the last one ends."""
+    return lambda fraction, message: show(start + width * fraction, message)
+
+
 def add_ray_arg(s: argparse.ArgumentParser) -> None:
     s.add_argument("--ray", metavar="ADDRESS", help="run the job as one task on a Ray cluster: auto, ray://head:10001 "
                    "or head:6379 (default: $LAB_RAY_ADDRESS; unset = this machine)")

@@ -28,6 +28,7 @@ from core.launch.launch import launch
 from core.measure import benchmark, cost, evaluate
 from core.store import ResultStore, open_store
 from core.views import busy
+from core.words import plural
 
 
 def add_measurement_args(s: argparse.ArgumentParser) -> None:
@@ -125,7 +126,7 @@ def cluster_sweep(args: argparse.Namespace, keys: list[str], settings: sweep.Swe
     done = launch(job, "ray", store=store, address=address, progress=show_cluster_progress)
     result = done.result
     print(f"cluster sweep {result.run_id} wall time: {time.perf_counter() - t0:.1f} s; "
-          f"{len(result.stored())} of {len(result.outcomes)} variants stored in {result.store}", file=sys.stderr)
+          f"{len(result.stored())} of {plural(len(result.outcomes), 'variant')} stored in {result.store}", file=sys.stderr)
     records = [r for r in (store.get(o.record_id) for o in result.stored()) if r is not None]
     text = sweep.records_json(records, Path(args.json) if args.json else None)
     if not args.json:

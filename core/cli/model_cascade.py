@@ -13,6 +13,7 @@ from core.hybrids import curve
 from core.hybrids import model_cascade as mc
 from core.hybrids.curve import CascadePoint
 from core.measure import cost
+from core.words import plural
 
 GRID_STEPS = 20  # thresholds printed by default: 0, 0.05, ..., 1 (every point is stored)
 
@@ -112,7 +113,7 @@ def _thresholds_words(points: Sequence[CascadePoint]) -> str:
 def print_result(result: curve.CascadeResult, all_points: bool = False) -> None:
     points = result.curve_points()
     v = mc.verdict(points)
-    print(f"{result.task}: {result.n_items} items; first: {result.first}; second: {result.second}; "
+    print(f"{result.task}: {plural(result.n_items, 'item')}; first: {result.first}; second: {result.second}; "
           f"${result.usd_per_hour:.4f}/h ({result.hardware_preset})")
     print(f"{'threshold':<14}{'escalated':>10}{'accuracy':>10}  {'95% interval':<16}{'mean ms':>10}{'$/1k req':>12}")
     print(_row(v.first, "first alone"))

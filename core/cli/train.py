@@ -17,12 +17,14 @@ from core.cli.common import (
     existing_file,
     json_folder,
     on_ray,
+    part,
     ray_address,
     say,
     write_json,
 )
 from core.experiments import distill_run, finetune_run, speculative
 from core.launch.kinds import DistillArgs, LoraArgs, SpeculateArgs
+from core.launch.kinds.train import TRAIN_SHARE
 from core.measure import cost
 from core.store import open_store
 from core.techniques import distillation, lora
@@ -48,10 +50,12 @@ def cmd_lora(args: argparse.Namespace) -> None:
         job = LoraArgs(args.model, settings, args.task, str(data) if data else None, price, args.hardware, "cli")
         store = None if args.no_store else open_store(args.store_url)
         return write_json(args.json, on_ray(job, address, store, needs_store=False).result)
-    result, model = finetune_run.run_finetune(args.model, settings, None if data else args.task, data, price, every_tenth_step)
+    share = 1.0 if args.no_store else TRAIN_SHARE  # the rest: measuring the merged model for the Trade-off Map
+    result, model = finetune_run.run_finetune(args.model, settings, None if data else args.task, data, price,
+                                              part(0.0, share))
     if not args.no_store:
         finetune_run.store_record(model, result, open_store(args.store_url), price, args.hardware,
-                                  lambda f, m: None)
+                                  part(share, 1 - share, say))
     write_json(args.json, result.to_dict())
 
 
@@ -71,10 +75,10 @@ def cmd_distill(args: argparse.Namespace) -> None:
         store = None if args.no_store else open_store(args.store_url)
         return write_json(args.json, on_ray(job, address, store, needs_store=False).result)
     t0 = time.perf_counter()
-    result = distill_run.run_distill(args.teacher, settings, corpus, price, every_tenth_step)
+    result = distill_run.run_distill(args.teacher, settings, corpus, price, part(0.0, TRAIN_SHARE))
     print(f"distillation (corpus + training) wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     records = distill_run.measure(result, None if args.no_store else open_store(args.store_url), price, args.hardware,
-                                  lambda f, m: None, mc_max_items=args.mc_max_items or 0)
+                                  part(TRAIN_SHARE, 1 - TRAIN_SHARE, say), mc_max_items=args.mc_max_items or 0)
     print(f"distill wall time, measuring included: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     write_json(args.json, distill_run.summary(result, records))
 

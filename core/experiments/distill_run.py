@@ -21,6 +21,7 @@ from core.techniques.distillation import (
     Report,
     StudentPlan,
     TrainLog,
+    answers_to_write,
     corpus_from_answers,
     corpus_from_file,
     heldout_divergence,
@@ -89,6 +90,9 @@ def run_distill(teacher_name: str, settings: DistillSettings, corpus_path: Path 
     log = log if log is not None else TrainLog()
     device = benchmark.pick_device(device)
     spec, checkpoint, shape = prepare_run(teacher_name, settings, corpus_path)
+    if corpus_path is None and (todo := answers_to_write(spec.key, settings.corpus_answer_tokens)):
+        say(0.0, f"first run with this teacher: it writes {todo} teacher answers before training starts (once; later "
+                 "runs reuse them)")
     tokenizer = models.load_tokenizer(checkpoint)
     torch.manual_seed(settings.seed)
     teacher = models.load_model(checkpoint, torch.float32, device)
@@ -127,7 +131,7 @@ def run_distill(teacher_name: str, settings: DistillSettings, corpus_path: Path 
         raise
     _, kld_distilled, top1_distilled = log.heldout[-1]  # the last checkpoint is the final step
     env = benchmark.environment(device, torch.get_num_threads())
-    say(1.0, "done")
+    say(1.0, "student distilled and saved")  # a caller that measures it next shows this short of 100%
     return DistillResult(
         teacher=spec.key, student_path=str(latest_checkpoint(run_dir)), student_layers=shape.student_layers,
         teacher_layers=shape.teacher_layers, kept_layers=shape.kept_layers, teacher_params=shape.teacher_params,

@@ -33,6 +33,7 @@ from core.techniques.lora import (
     technique_key,
     technique_label,
     train,
+    training_key,
 )
 
 
@@ -119,21 +120,24 @@ def run_finetune(model_name: str, settings: FinetuneSettings, task: str | None =
 
     rank = "" if settings.method == "full" else f"-r{settings.rank}"
     name = f"{spec.key.replace('/', '--')}-{task or Path(data).stem}-{settings.method}{rank}-{int(time.time())}"
-    run_facts = {"model": spec.key, "task": task or str(data), "settings": settings.__dict__ | {"lr": settings.lr}}
+    run_facts = {"model": spec.key, "task": task or str(data), "settings": settings.__dict__ | {"lr": settings.lr},
+                 "training_sha256": training_key(task, data, settings.seed)}  # found again by content (find_lora)
     if stop():
         raise Stopped("Stopped before saving; nothing was written.")
     saved = models.save_atomically(adapters_dir() / name, model, facts=run_facts, facts_file="lab_run.json")
 
-    say(0.9, "timing decode with the adapter unmerged and merged")
+    say(0.88, "timing decode with the adapter unmerged")
     unmerged_tps, _ = _decode_speed(model, tokenizer, test_set[0].prompt, device)
     merged_tps, same, final = unmerged_tps, None, model
     if settings.method == "lora":
         unmerged_out = greedy_answers(model, tokenizer, [e.prompt for e in test_set[:20]], 6)
+        say(0.92, "merging the adapter into the weights, then timing decode merged")
         final = model.merge_and_unload()
         merged_tps, _ = _decode_speed(final, tokenizer, test_set[0].prompt, device)
         same = unmerged_out == greedy_answers(final, tokenizer, [e.prompt for e in test_set[:20]], 6)
     merged_path = ""
     if settings.method in ("lora", "full") and not stop():  # QLoRA's base is 4-bit: nothing plain to export
+        say(0.96, "saving the merged model")
         key = technique_key(settings.method, task or str(data), settings.rank)
         merged_facts = run_facts | {"merged": True, "technique_key": key,
                                     "label": technique_label(settings.method, task or str(data), settings.rank)}
@@ -142,7 +146,7 @@ def run_finetune(model_name: str, settings: FinetuneSettings, task: str | None =
     env = benchmark.environment(device, torch.get_num_threads())
     full_mb = sum(f.stat().st_size for f in checkpoint.glob("*.safetensors")) / 1e6
     adapter_mb = dir_size_bytes(saved) / 1e6
-    say(1.0, "done")
+    say(1.0, "fine-tune trained and saved")  # a caller that measures it next shows this short of 100%
     result = FinetuneResult(
         method=settings.method, model=spec.key, task=task or str(data),
         trainable_params=int(trainable), total_params=int(total), trainable_pct=100 * trainable / total,
@@ -181,8 +185,9 @@ def store_record(model, result: FinetuneResult, store, usd_per_hour: float, hard
         build=lambda _ckpt, _cfg, _dev: model, unsupported=lambda _cfg, _dev: None,
     )
     settings = sweep.SweepSettings(hardware_preset=hardware_preset, usd_per_hour=usd_per_hour, launched_from=launched_from)
-    inputs = sweep.prepare_inputs(result.model, settings, lambda m: say(0.0, m))
-    reference = sweep.reference_pass(inputs, lambda f: say(0.3 * f, "reference pass"))
+    inputs = sweep.prepare_inputs(result.model, settings, lambda m: say(0.0, f"measuring the merged model: {m}"))
+    reference = sweep.reference_pass(inputs, lambda f: say(0.3 * f, "measuring the merged model: the base's reference "
+                                                                     "pass"))
 
     def annotate(_name: str, record) -> None:
         record.variant_facts = {"finetune": {k: v for k, v in result.to_dict().items() if k not in ("versions",)}}
@@ -190,7 +195,7 @@ def store_record(model, result: FinetuneResult, store, usd_per_hour: float, hard
     [record] = sweep.measure_variants(
         [(technique.key, technique)], inputs, settings, reference, uuid.uuid4().hex[:12], store=store,
         progress=lambda p: say(p.fraction, p.message), should_stop=stop, span=(0.3, 0.7),
-        describe=lambda _name, step: f"measuring: {step}",
+        describe=lambda _name, step: f"measuring the merged model: {step}",
         stop_message="Stopped while measuring for the Trade-off Map; the adapter is saved.", announce=False,
         annotate=annotate)
     return record

@@ -31,7 +31,15 @@ from core.measure import benchmark, cost
 from core.models.saved import SavedMerged, saved_merged
 from core.paths import Stopped
 from core.runtimes.llamacpp import llama_cpp_problem
-from core.techniques.lora import BUNDLED_TASKS, Example, check_labels, load_examples, load_task, normalise
+from core.techniques.lora import (
+    BUNDLED_TASKS,
+    Example,
+    check_labels,
+    load_examples,
+    load_task,
+    normalise,
+    training_key,
+)
 
 Report = Callable[[float, str], None]
 FIRST_STAGE = "TF-IDF (words 1-2, characters 2-5) + logistic regression"
@@ -141,12 +149,15 @@ class SecondPlan:
 
 
 def find_lora(settings: ClassicalSettings, model_key: str) -> SavedMerged:
-    """The newest merged LoRA fine-tune of this model on this task."""
-    wanted = {settings.task} if not (settings.train_file or settings.data_file) else {
-        str(Path(p).resolve()) for p in (settings.data_file, settings.train_file) if p}
+    """The newest merged LoRA fine-tune of this model trained on this very data, matched by the training file's
+    content (lora.training_key), not its name; a fine-tune saved before content keys matches a bundled task by name."""
+    files = bool(settings.train_file or settings.data_file)
+    wanted = training_key(settings.task, settings.data_file or None, settings.seed, settings.train_file or None)
     for merged in saved_merged():
-        task = merged.facts.get("task", "")
-        if merged.facts.get("model") == model_key and (task in wanted or str(Path(task).resolve()) in wanted):
+        if merged.facts.get("model") != model_key:
+            continue
+        if merged.facts.get("training_sha256") == wanted or (
+                "training_sha256" not in merged.facts and not files and merged.facts.get("task") == settings.task):
             return merged
     how = f"--data {settings.data_file}" if settings.data_file else f"--task {settings.task}"
     raise ValueError(f"No LoRA-tuned {model_key} is saved for the task {settings.task_name!r}: train one first "

@@ -46,6 +46,7 @@ from core.launch.ray_tasks import (
 )
 from core.paths import Stopped, repo_root
 from core.store import ResultStore
+from core.words import plural
 
 
 def configured_address() -> str | None:
@@ -203,7 +204,8 @@ def run_cluster_sweep(model_names: list[str], technique_keys: list[str], setting
     inputs = ray.put({field: (Path(getattr(settings, field)).name, Path(getattr(settings, field)).read_bytes())
                       for field in ("eval_set", "ppl_text")})
     measure = ray.remote(max_retries=0)(measure_on_node)
-    say(f"Sweep {run_id}: {len(variants)} variants on {len(nodes)} node(s): {', '.join(map(_node_name, nodes))}")
+    say(f"Sweep {run_id}: {plural(len(variants), 'variant')} on {plural(len(nodes), 'node')}: "
+        f"{', '.join(map(_node_name, nodes))}")
 
     last_node: dict[Variant, str] = {}  # node id a variant last ran on, to retry elsewhere
 
@@ -351,7 +353,8 @@ def fan_out_sweep(model_names: list[str], technique_keys: list[str], settings, s
     result = run_cluster_sweep(model_names, technique_keys, settings, store, address=address, devices=devices,
                                progress=progress, should_stop=should_stop)
     if any(o.status == "cancelled" for o in result.outcomes):
-        raise sweep.Cancelled(f"Stopped; the {len(result.stored())} variants finished are stored.")
+        kept = len(result.stored())
+        raise sweep.Cancelled(f"Stopped; {plural(kept, 'variant')} finished {plural(kept, 'is', number=False)} stored.")
     ids = [o.record_id for o in result.stored()]
     failed = "; ".join(o.message for o in result.outcomes if o.status == "failed")
     return Launched("ray", state="failed" if failed else "done", result=result, record_ids=ids, error=failed)

@@ -37,6 +37,7 @@ def launch(job: Job, where: str = "inline", *, store=None, report: Callable[[flo
     if where not in WHERE:
         raise ValueError(f"where must be one of {', '.join(WHERE)}, got {where!r}")
     check_allowed(job.args, owner == PRESENTER)
+    kinds.check(job.args)  # refused at the door, as a queued job is: nothing is started for a job that cannot run
     if where == "worker":
         return _on_worker(job, queue or JobQueue(), owner, session, wait, report, estimate)
     ctx = JobContext(report=report or (lambda f, m: None), should_stop=should_stop or (lambda: False), store=store)
@@ -44,9 +45,11 @@ def launch(job: Job, where: str = "inline", *, store=None, report: Callable[[flo
 
 
 def submit(queue: JobQueue, job: Job, owner: str, session: str, estimate: JobEstimate | None = None) -> int:
-    """Check, then queue (with the estimate the page showed, which the job's time is later compared with); the
-    worker is started if none runs (and autostart is not switched off)."""
+    """Check (who may run it, then whether it can run at all: kinds.Refused with the reason and what to do), then
+    queue (with the estimate the page showed, which the job's time is later compared with); the worker is started if
+    none runs (and autostart is not switched off)."""
     check_allowed(job.args, owner == PRESENTER)
+    kinds.check(job.args)
     kind = kinds.kind_of(job.args)
     if estimate is None:  # the machine is kept even without a figure: this job's time teaches the next estimate
         estimate = JobEstimate(None, None, benchmark.hardware_fingerprint(benchmark.pick_device("auto")))

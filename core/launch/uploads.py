@@ -18,6 +18,7 @@ from core.measure import evaluate, textfile
 from core.measure.textfile import FileProblem
 from core.paths import data_dir
 from core.techniques import distillation, lora
+from core.words import plural
 
 MAX_UPLOAD_BYTES = 5_000_000  # as .streamlit/config.toml's maxUploadSize
 
@@ -86,7 +87,7 @@ def ppl_text(path: Path) -> str:
 def lora_data(path: Path) -> str:
     train, test = lora.load_task(data=path)
     return (f"{len(train) + len(test):,} examples ({len(train):,} to train on, {len(test):,} held out to test), "
-            f"{len(lora.check_labels(train))} different completions")
+            f"{plural(len(lora.check_labels(train)), 'different completion')}")
 
 
 def distill_corpus(checkpoint: Path) -> Callable[[Path], str]:

@@ -53,6 +53,7 @@ from core.serving.stats import (
     usd_per_1m_output_tokens,
 )
 from core.store.records import ServingRecord, new_record_id
+from core.words import plural
 
 
 @dataclass(frozen=True)
@@ -283,5 +284,5 @@ def serve_bench(model: str, technique_keys: Sequence[str], settings: ServeSettin
                     if store is not None:
                         store.add_serving(record)
                     done.append(record)
-    report(1.0, f"{len(done)} points measured")
+    report(1.0, f"{plural(len(done), 'point')} measured")
     return done

@@ -31,4 +31,5 @@ from core.store.urls import (  # noqa: F401
     parse_url,
     pg_engine,
     sqlite_engine,
+    store_kind,
 )

@@ -93,6 +93,19 @@ def pg_engine(url: URL) -> Engine:
         return _PG_ENGINES[key]
 
 
+def store_kind() -> str:
+    """Where results are kept, in a viewer's words and without a path or host: a file path means nothing to someone
+    in the room and names the server's disk."""
+    try:
+        url = parse_url(configured_url())
+    except StoreError:
+        return "results: the configured store cannot be read (the presenter's terminal says why)"
+    if url.get_backend_name() == "sqlite":
+        default = Path(url.database or "") == default_store_path()
+        return "results: this machine's store" + ("" if default else " (a file the presenter chose)")
+    return "results: a shared PostgreSQL database (the team's store)"
+
+
 def describe_configured() -> str:
     """Which store pages and commands use, safe to show, without connecting to it."""
     try:

@@ -242,6 +242,17 @@ def corpus_cache_path(teacher_key: str, answer_tokens: int) -> Path:
     return data_dir() / "distill" / f"teacher-answers-{tag}.jsonl"
 
 
+def answers_to_write(teacher_key: str, answer_tokens: int) -> int:
+    """How many teacher answers a run must still generate before it trains: 0 once the corpus is cached; a stopped
+    first run's finished answers (its partial file) are not written again."""
+    final = corpus_cache_path(teacher_key, answer_tokens)
+    if final.is_file():
+        return 0
+    partial = final.with_suffix(".partial")
+    kept = len(partial.read_text().splitlines()) if partial.is_file() else 0
+    return max(0, len(load_prompts()) - kept)
+
+
 @torch.inference_mode()
 def teacher_answers(teacher, tokenizer, teacher_key: str, answer_tokens: int, device: str, report: Report,
                     stop: Callable[[], bool], batch: int = 24) -> list[dict]:
@@ -265,6 +276,7 @@ def teacher_answers(teacher, tokenizer, teacher_key: str, answer_tokens: int, de
     prompts = load_prompts()
     todo = sorted((p for p in prompts if p["id"] not in done), key=lambda p: len(p["prompt"]))  # less padding
     tokenizer.padding_side = "left"
+    report(len(done) / len(prompts), f"teacher answers: {len(done)}/{len(prompts)}")  # the count from the start
     try:
         with partial.open("a") as out:
             for start in range(0, len(todo), batch):

@@ -124,6 +124,20 @@ def load_task(task: str | None = None, data: Path | None = None, test_share: flo
     return train, test
 
 
+def training_key(task: str | None = None, data: Path | str | None = None, seed: int = 0,
+                 train_file: Path | str | None = None) -> str:
+    """What a fine-tune learned from, by content rather than by file name: the sha256 of the file its training
+    examples came from (a bundled task's train file, a --train file), and for a data file split 80/20 also the split's
+    seed. The same content under another name finds the same adapter; a changed file under the same name does not."""
+    if train_file:
+        return evaluate.file_sha256(Path(train_file))
+    if data:
+        return f"{evaluate.file_sha256(Path(data))}:split-seed-{seed}"
+    if task not in BUNDLED_TASKS:
+        raise ValueError(f"Unknown task {task!r}; bundled tasks: {', '.join(BUNDLED_TASKS)}, or pass a data file.")
+    return evaluate.file_sha256(BUNDLED_TASKS[task][0])
+
+
 def encode(tokenizer, examples: list[Example]) -> dict[str, torch.Tensor]:
     """Right-padded batch; the loss is computed on the completion and end-of-text tokens only."""
     rows, labels = [], []

@@ -66,6 +66,20 @@ def is_finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+KLD_SIGNIFICANT = 2  # digits a KL divergence is shown with: 0.0035 and 1.2 alike, never "0.00"
+
+
+def fmt_nats(value: float) -> str:
+    """A KL divergence (nats) with two significant digits and no exponent, for sentences and tables alike:
+    0.0035 -> "0.0035", 0.12 -> "0.12", 2.345 -> "2.3", 0 -> "0"; "n/a" when it was not measured."""
+    if not is_finite(value):
+        return "n/a"
+    if value == 0:
+        return "0"
+    decimals = max(0, KLD_SIGNIFICANT - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
 def decode_ms_per_token(tokens_per_s: float) -> float:
     """Decode latency per token; NaN where the speed is unknown or zero."""
     return 1000.0 / tokens_per_s if is_finite(tokens_per_s) and tokens_per_s > 0 else math.nan

@@ -16,6 +16,7 @@ from core.measure import cost, intervals
 from core.measure.intervals import Estimate
 from core.store.records import VariantRecord
 from core.views import quality
+from core.views.chart_quantities import fmt_nats
 
 
 @dataclass(frozen=True)
@@ -139,5 +140,5 @@ def trade_sentence(h: Headline) -> str:
             f"{h.memory_share:.0%} of the memory; it costs {fmt(h.usd_per_1m_tokens, '.4f', prefix='$')} "
             "per 1M tokens. "
             f"Quality: top-1 agreement {fmt(h.top1_agreement, '.1%')}, {quality.scale_words(v.top1_agreement)}; "
-            f"KL divergence {v.kld_mean:.3f} nats; perplexity {v.perplexity:.1f} against {ref.perplexity:.1f}; "
+            f"KL divergence {fmt_nats(v.kld_mean)} nats; perplexity {v.perplexity:.1f} against {ref.perplexity:.1f}; "
             f"multiple-choice accuracy {fmt(h.mc_accuracy, '.0%')} against {fmt(h.reference_mc_accuracy, '.0%')}.")

@@ -24,6 +24,7 @@ from core.measure import intervals
 from core.measure.intervals import Estimate
 from core.store.records import VariantRecord
 from core.views import cascades
+from core.words import plural
 
 PromptKind = Literal["open", "grounded"]
 PROMPT_KINDS: dict[str, str] = {
@@ -73,7 +74,7 @@ def from_prompt_lookup(row: dict) -> SpeedHybrid:
         row.get("model", ""), "prompt lookup", "lookup", row["technique"], row["runtime"], row["prompt_set"], _speedup(row, "lookup"),
         int(row["identical_outputs"]), int(row["prompts_total"]), float(row["acceptance_rate"]), row["hardware"],
         row["created_at"], f"up to {row['draft_tokens']} tokens copied from the prompt per pass, {row['new_tokens']} "
-        f"new tokens, median of {row['repeats']} runs per prompt")
+        f"new tokens, median of {plural(row['repeats'], 'run')} per prompt")
 
 
 def from_speculative(row: dict) -> SpeedHybrid:
@@ -95,9 +96,9 @@ def from_gguf_draft(row: dict) -> SpeedHybrid:
     draft = row.get("draft_technique") or Path(row.get("draft", "")).stem
     key = f"draft{n}-{draft.replace('+', '_')}"  # each (draft, length) its own option; no "+" inside an option's part
     return SpeedHybrid(
-        row.get("model", ""), f"a GGUF draft ({draft}, up to {n} tokens)", key, row["technique"],
+        row.get("model", ""), f"a GGUF draft ({draft}, up to {plural(n, 'token')})", key, row["technique"],
         row["runtime"], row["prompt_set"], _speedup(row, "drafted"), int(row["identical_outputs"]), int(row["prompts_total"]), float(row["acceptance_rate"]), row["hardware"],
-        row["created_at"], f"llama-server, draft {draft}, up to {n} tokens drafted per target pass (p-min "
+        row["created_at"], f"llama-server, draft {draft}, up to {plural(n, 'token')} drafted per target pass (p-min "
         f"{row.get('draft_p_min', 0):g}), {row['new_tokens']} new tokens, median of {row['repeats']} runs per prompt")
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from core.store.records import VariantRecord
 from core.techniques import REFERENCE
-from core.views.chart_quantities import kld_rule
+from core.views.chart_quantities import fmt_nats, kld_rule
+from core.words import plural
 
 
 def summary_rows(records: list[VariantRecord]) -> list[dict]:
@@ -68,7 +69,7 @@ def provenance_lines(records: list[VariantRecord]) -> list[str]:
                f"({', '.join(from_dashboard)}): the dashboard's server and browser share the cores with the model, so "
                "those speeds run lower than from the CLI; `python -m core sweep` gives the cleanest numbers.")
     return [
-        f"Hardware: {r.hardware}; device {r.device}; {r.threads} threads; of the {len(records)} results shown, "
+        f"Hardware: {r.hardware}; device {r.device}; {r.threads} threads; of the {plural(len(records), 'result')} shown, "
         + started,
         f"Decode: {s.get('decode', 'greedy')}; prompt {s.get('prompt_tokens', '?')} tokens, "
         f"{s.get('new_tokens', '?')} new tokens, {s.get('warmup_runs', '?')} warm-up + {s.get('repeats', '?')} timed runs; "
@@ -124,6 +125,12 @@ def moe_rows(records: list[VariantRecord], reference: VariantRecord | None) -> l
             "MC 95% CI high": r.mc_accuracy_ci95[1],
         })
     return rows
+
+
+DISTILL_FORMATS = {  # distill_rows' columns as the page shows them; KLD as every sentence writes it
+    "MB held": "%.1f", "decode tok/s (median)": "%.1f", "speed-up vs teacher": "%.2fx", "TTFT ms (median)": "%.0f",
+    "perplexity": "%.2f", "KLD vs teacher (nats)": fmt_nats, "KLD p99 (nats)": fmt_nats, "top-1 agreement": "percent",
+    "MC accuracy": "percent", "$ per 1M tokens": "$%.4f"}
 
 
 def distill_rows(records: list[VariantRecord], teacher: VariantRecord | None) -> list[dict]:

@@ -36,6 +36,7 @@ from core.views.chart_quantities import (
     QualityMetric,
     get_cost_axis,
     get_metric,
+    fmt_nats,
     is_finite,
     latency_interval,
     pareto_front,
@@ -274,11 +275,11 @@ def _newest(records: Sequence[VariantRecord]) -> VariantRecord:
 
 def _quality_phrase(variant: VariantRecord, reference: VariantRecord, metric: QualityMetric) -> str:
     if metric.key == "kld_mean":
-        return (f"at {fmt_value(variant.kld_mean, '.2f')} nats of KL divergence "
+        return (f"at {fmt_nats(variant.kld_mean)} nats of KL divergence "
                 f"(top-1 agreement {fmt_value(variant.top1_agreement, '.0%')})")
     if metric.key == "top1_agreement":
         return (f"while agreeing with {reference.label} on {fmt_value(variant.top1_agreement, '.0%')} of next tokens "
-                f"(KL divergence {fmt_value(variant.kld_mean, '.2f')} nats)")
+                f"(KL divergence {fmt_nats(variant.kld_mean)} nats)")
     if metric.key == "perplexity":
         return f"at perplexity {fmt_value(variant.perplexity, '.1f')} against {fmt_value(reference.perplexity, '.1f')}"
     return (f"at {fmt_value(variant.mc_accuracy, '.0%')} multiple-choice accuracy "

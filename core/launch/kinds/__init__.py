@@ -6,7 +6,7 @@ registers them all; a new kind is one module here (its Args dataclass, its runne
 """
 
 from core.launch.job import WHERE, Job, JobArgs, JobContext, Launched, Where
-from core.launch.kinds.base import KINDS, JobKind, get, kind_of, parse, register
+from core.launch.kinds.base import KINDS, JobKind, Refused, check, get, kind_of, parse, refusal, register
 from core.launch.kinds.hybrids import CascadeArgs, GGUFDraftArgs, ModelCascadeArgs, PromptLookupArgs
 from core.launch.kinds.measure import BudgetArgs, MoeArgs, SweepArgs
 from core.launch.kinds.prepare import PrepareArgs
@@ -14,7 +14,8 @@ from core.launch.kinds.serving import ServeBenchArgs, ServeContextArgs
 from core.launch.kinds.train import DistillArgs, LoraArgs, SpeculateArgs
 
 __all__ = [
-    "KINDS", "WHERE", "Job", "JobArgs", "JobContext", "JobKind", "Launched", "Where", "get", "kind_of", "parse", "register",
+    "KINDS", "WHERE", "Job", "JobArgs", "JobContext", "JobKind", "Launched", "Refused", "Where", "check", "get",
+    "kind_of", "parse", "refusal", "register",
     "BudgetArgs", "CascadeArgs", "DistillArgs", "GGUFDraftArgs", "LoraArgs", "ModelCascadeArgs", "MoeArgs",
     "PrepareArgs", "PromptLookupArgs", "ServeBenchArgs", "ServeContextArgs", "SpeculateArgs", "SweepArgs",
 ]

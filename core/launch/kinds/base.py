@@ -22,6 +22,25 @@ def _none(args: Any) -> list[str]:
     return []
 
 
+def _fine(args: Any) -> str | None:
+    return None
+
+
+class Refused(ValueError):
+    """A job that cannot run, refused at the door (before it is queued or run), with what to do instead."""
+
+
+def refusing(check: Callable[[A], Any]) -> Callable[[A], str | None]:
+    """A kind's `refuse` from a check that raises ValueError with its reason (the checks pages already call)."""
+    def refuse(args: A) -> str | None:
+        try:
+            check(args)
+        except ValueError as e:
+            return str(e)
+        return None
+    return refuse
+
+
 @dataclass(frozen=True)
 class JobKind(Generic[A]):
     """One kind of job. `run` measures and returns what it made (records, a result); `results` names the JSONL file
@@ -39,6 +58,8 @@ class JobKind(Generic[A]):
     # and scoring) or "train" (forward and backward), which of this machine's measured speeds it scales with.
     size: Callable[[A], float] = lambda a: 1.0
     bound: str = "decode"
+    # why this job cannot run, found cheaply (no model loads): a budget below any file, a missing student; None: fine
+    refuse: Callable[[A], str | None] = _fine
 
     @property
     def name(self) -> str:
@@ -70,6 +91,22 @@ def get(name: str) -> JobKind:
 
 def kind_of(args: JobArgs) -> JobKind:
     return get(args.kind)
+
+
+def refusal(args: JobArgs) -> str | None:
+    """Why a job cannot run, before it is queued or run: a file it reads that is not there, then its kind's own
+    checks. Pages, the CLI and the queue all come through core/launch/launch.py, so all refuse alike."""
+    kind = kind_of(args)
+    missing = [f for f in filter(None, kind.files(args)) if not Path(f).expanduser().is_file()]
+    if missing:
+        return f"{', '.join(missing)}: no such file here. Upload it again or give an existing file."
+    return kind.refuse(args)
+
+
+def check(args: JobArgs) -> None:
+    """`refusal` as an exception: Refused(reason)."""
+    if (reason := refusal(args)) is not None:
+        raise Refused(reason)
 
 
 def parse(name: str, raw: dict[str, Any]) -> JobArgs:

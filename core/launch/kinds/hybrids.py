@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from core.hybrids import classical, curve, gguf_draft, model_cascade, prompt_lookup
 from core.launch.job import JobArgs, JobContext
-from core.launch.kinds.base import JobKind, register
+from core.launch.kinds.base import JobKind, refusing, register
 
 
 def _key(kind: str, settings, *names: str) -> str:
@@ -34,7 +34,8 @@ def _cascade_files(a: CascadeArgs) -> list[str]:
 CASCADE = register(JobKind(
     CascadeArgs, run_cascade, similar=lambda a: _key("cascade", a.settings, "model", "second", "task", "shots"),
     models=lambda a: [a.settings.model], files=_cascade_files, results=curve.results_path,
-    size=lambda a: float(a.settings.shots + 1)))
+    size=lambda a: float(a.settings.shots + 1),
+    refuse=refusing(lambda a: classical.check_request(a.settings))))
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ MODEL_CASCADE = register(JobKind(
     ModelCascadeArgs, run_model_cascade,
     similar=lambda a: _key("model-cascade", a.settings, "model", "first", "second", "task", "max_items"),
     models=lambda a: [a.settings.model], files=lambda a: [a.settings.data] if a.settings.data else [],
-    results=curve.results_path, size=lambda a: float(a.settings.max_items or 1000)))
+    results=curve.results_path, size=lambda a: float(a.settings.max_items or 1000),
+    refuse=refusing(lambda a: model_cascade.check_request(a.settings))))
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,8 @@ PROMPT_LOOKUP = register(JobKind(
     similar=lambda a: _key("prompt-lookup", a.settings, "runtimes", "technique", "draft_tokens", "new_tokens",
                            "repeats"),
     models=lambda a: [a.model], files=lambda a: list(a.settings.prompt_files), results=prompt_lookup.results_path,
-    size=lambda a: float(len(a.settings.runtimes) * len(a.settings.prompt_files) * a.settings.new_tokens * (a.settings.repeats + 1))))
+    size=lambda a: float(len(a.settings.runtimes) * len(a.settings.prompt_files) * a.settings.new_tokens * (a.settings.repeats + 1)),
+    refuse=refusing(lambda a: prompt_lookup.check_request(a.settings))))
 
 
 @dataclass(frozen=True)
@@ -95,4 +98,5 @@ GGUF_DRAFT = register(JobKind(
     similar=lambda a: _key("gguf-draft", a.settings, "target", "draft", "draft_max_tokens", "new_tokens"),
     models=lambda a: [a.model], files=_draft_files, results=gguf_draft.results_path,
     size=lambda a: float((len(a.settings.draft_max_tokens) + 1) * len(a.settings.prompt_files) * a.settings.new_tokens
-                         * (a.settings.repeats + 1))))
+                         * (a.settings.repeats + 1)),
+    refuse=refusing(lambda a: gguf_draft.check_request(a.settings, a.model))))

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from core import techniques
 from core.experiments import budget_search, moe_sweep, sweep
 from core.experiments.sweep import SweepSettings
 from core.launch import cluster
 from core.launch.job import JobArgs, JobContext
-from core.launch.kinds.base import JobKind, register
+from core.launch.kinds.base import JobKind, refusing, register
 
 
 def _progress(ctx: JobContext):
@@ -22,6 +23,11 @@ def _timing_key(s: SweepSettings) -> str:
 
 def _sweep_files(s: SweepSettings) -> list[str]:
     return [s.eval_set, s.ppl_text]
+
+
+def _known_techniques(keys) -> None:
+    for key in keys:
+        techniques.get(key)  # a ValueError naming the known keys
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,8 @@ SWEEP = register(JobKind(
     SweepArgs, run_sweep,
     similar=lambda a: f"sweep|{a.model}|{','.join(sorted(a.techniques))}|{_timing_key(a.settings)}",
     models=lambda a: a.model_names(), files=lambda a: _sweep_files(a.settings), on_ray=sweep_on_ray,
-    size=lambda a: float(len(a.techniques))))
+    size=lambda a: float(len(a.techniques)),
+    refuse=refusing(lambda a: _known_techniques(a.techniques))))
 
 
 @dataclass(frozen=True)
@@ -92,4 +99,5 @@ def run_budget(args: BudgetArgs, ctx: JobContext):
 
 BUDGET = register(JobKind(
     BudgetArgs, run_budget, similar=lambda a: f"budget|{a.model}|{sorted(a.budgets_bytes)}|{a.imatrix}",
-    models=lambda a: [a.model], size=lambda a: float(len(a.budgets_bytes))))
+    models=lambda a: [a.model], size=lambda a: float(len(a.budgets_bytes)),
+    refuse=refusing(lambda a: budget_search.check_request(a.model, list(a.budgets_bytes), a.imatrix))))

@@ -114,7 +114,17 @@ def run_speculate(args: SpeculateArgs, ctx: JobContext):
                                      report=ctx.report, should_stop=ctx.should_stop)
 
 
+def _draft_saved(a: SpeculateArgs) -> str | None:
+    try:
+        models.resolve(a.draft)  # a folder that is not there is refused in words; nothing loads
+        return None
+    except models.ModelError as e:
+        return (f"{e} A draft is a distilled student's folder: distil one first (the Distill page, or `python -m "
+                "core distill`), then name its folder.")
+
+
 SPECULATE = register(JobKind(
     SpeculateArgs, run_speculate,
     similar=lambda a: f"speculate|{a.model}|{a.draft_tokens}|{a.max_new_tokens}",
-    models=lambda a: [a.model, a.draft], results=speculative.results_path, size=lambda a: float(a.max_new_tokens)))
+    models=lambda a: [a.model, a.draft], results=speculative.results_path, size=lambda a: float(a.max_new_tokens),
+    refuse=_draft_saved))

@@ -125,6 +125,7 @@ from core.techniques.moe.plan import (
     unsupported_reason,
 )
 from core.techniques.registry import Technique, register, register_resolver
+from core.words import plural
 
 __all__ = [
     "ALGORITHM_VERSION", "CALIBRATION_TEXT", "CALIBRATION_WINDOW_TOKENS", "DEFAULT_DENSE_LAYERS", "EXPERTS_FILE",
@@ -146,7 +147,7 @@ __all__ = [
 
 MOE_EXPLANATION = (
     "Each feed-forward layer's neurons are split into {experts} equal groups (experts) and a small router, fitted "
-    "on calibration text, runs only the {top_k} experts that matter most for each token: about {pct:.0f}% of the "
+    "on calibration text, runs only the {top_k_experts} that {matter} most for each token: about {pct:.0f}% of the "
     "feed-forward weights are read per token (the first layer stays whole). With every expert running it "
     "computes exactly the dense model."
 )
@@ -165,7 +166,8 @@ def moe_technique(experts: int, top_k: int, dense_layers: int = DEFAULT_DENSE_LA
                                                      else f", first {dense_layers} MLP layers dense")
     return Technique(
         technique_key(experts, top_k, dense_layers), label, "moe", config,
-        MOE_EXPLANATION.format(experts=experts, top_k=top_k, pct=100 * top_k / experts), MOE_SURPRISE,
+        MOE_EXPLANATION.format(experts=experts, top_k_experts=plural(top_k, "expert"), pct=100 * top_k / experts,
+                               matter=plural(top_k, "matters", "matter", number=False)), MOE_SURPRISE,
         load_moe, unsupported_reason, bytes_read_per_token=bytes_read_per_token, facts=variant_facts)
 
 
