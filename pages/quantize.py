@@ -62,7 +62,8 @@ quick = st.toggle("Quick first look", value=first_look(picked.model), help=(
 if quick:
     repeats, mc_max = min(int(repeats), QUICK_REPEATS), min(int(mc_max) or QUICK_MC_ITEMS, QUICK_MC_ITEMS)
 sweep_estimate = show_estimate("quantize_keys", picked.model, keys,
-                               SweepPlan(int(new_tokens), DEFAULTS.warmup_runs, int(repeats), int(mc_max) or None), device)
+                               SweepPlan(int(new_tokens), DEFAULTS.warmup_runs, int(repeats), int(mc_max) or None,
+                                         QUICK_PPL_TOKENS if quick else DEFAULTS.ppl_max_tokens), device)
 if st.button("Measure", type="primary", disabled=not keys or not picked.model or bool(blocked), help=blocked):
     try:
         settings = SweepSettings(

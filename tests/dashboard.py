@@ -29,13 +29,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(data: Path) -> Iterator[str]:
-    """The dashboard on a free loopback port with its data (results, models, queue) under `data`; yields its URL."""
+def running(data: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """The dashboard on a free loopback port with its data (results, models, queue) under `data`; yields its URL.
+    `env` adds to (or overrides) the environment the server and its worker see."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (make test installs it as root)")
     pytest.importorskip("playwright.sync_api")
     port = free_port()
-    env = os.environ | {"LAB_DATA_DIR": str(data), "LAB_SHOW_TEST_MODELS": "1", "LAB_WORKER_AUTOSTART": "1"}
+    env = os.environ | {"LAB_DATA_DIR": str(data), "LAB_SHOW_TEST_MODELS": "1", "LAB_WORKER_AUTOSTART": "1"} | (env or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "ui.server", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],

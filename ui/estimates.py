@@ -9,12 +9,14 @@ import streamlit as st
 
 from core import models, techniques
 from core.experiments import estimate
+from core.words import plural
 from core.launch import estimates, machine_load
 from core.launch.job import JobArgs
 from core.launch.jobqueue import JobEstimate
 from core.measure import benchmark
 from ui.frame import store
 from ui.roles import queue
+from ui.tables import show_table
 
 PROBES = "estimate_probes"  # session_state: technique -> Probe, measured on this machine during this session
 
@@ -52,6 +54,20 @@ def _show_past(est: estimate.SweepEstimate, past: list[estimate.PastRun]) -> Non
         "error %": st.column_config.NumberColumn(format="%+.0f%%")})
 
 
+def _headline(est: estimate.SweepEstimate) -> str:
+    """Never "0 s plus 7 never measured": a total only over what has one, and what has none said as such."""
+    n, unknown, slow = len(est.variants), len(est.unknown), len(est.slow)
+    if unknown == n:
+        head = f"Estimated time here: not known yet for {plural(n, 'variant')} (see why below)"
+    elif unknown:
+        head = (f"Estimated time here: {_fmt_s(est.total_s)} for {plural(n - unknown, 'variant')}, "
+                f"not known yet for {plural(unknown, 'other')}")
+    else:
+        head = f"Estimated time here: {_fmt_s(est.total_s)}"
+    return head + (f"; {plural(slow, 'variant')} {plural(slow, 'runs', 'run', number=False)} far slower than usual"
+                   if slow else "")
+
+
 def _for_the_queue(est: estimate.SweepEstimate) -> JobEstimate | None:
     """Stored with the job only when every variant has one: a partial sum would teach the correction nonsense."""
     if est.unknown or est.total_s <= 0:
@@ -74,15 +90,16 @@ def show_estimate(widget_key: str, model: str, keys: list[str], plan: estimate.S
     hardware = benchmark.hardware_fingerprint(device)
     past = estimate.past_runs(queue().estimated_jobs("sweep", hardware, estimate.LEARN_FROM_LAST))
     est = estimate.estimate_sweep(results.all(model=spec.key), keys, spec.key, hardware, plan,
-                                  st.session_state.get(PROBES), estimate.cpu_has_avx512(), past)
-    with st.expander(f"Estimated time here: {_fmt_s(est.total_s)}"
-                     + (f" plus {len(est.unknown)} never measured here" if est.unknown else "")
-                     + (f"; {len(est.slow)} variant(s) run far slower than usual" if est.slow else ""),
-                     expanded=bool(est.slow)):
-        st.dataframe([{"variant": v.label, "estimated time": _fmt_s(v.seconds),
-                       "decode tok/s here": v.decode_tokens_per_s, "based on": v.basis,
-                       "flag": "slow here" if v.slow else ""} for v in est.variants],
-                     hide_index=True, column_config={"decode tok/s here": st.column_config.NumberColumn(format="%.1f")})
+                                  st.session_state.get(PROBES), estimate.cpu_has_avx512(), past,
+                                  estimates.sweep_reference(hardware))
+    busy = estimates.busy_words(machine_load.recent_share(job_running=queue().snapshot().running is not None))
+    if busy:
+        st.warning(f"The estimate below is uncertain: {busy}.")
+    with st.expander(_headline(est), expanded=bool(est.slow)):
+        show_table([{"variant": v.label, "estimated time": _fmt_s(v.seconds) if v.seconds else None,
+                     "decode tok/s here": v.decode_tokens_per_s, "based on": v.basis,
+                     "flag": "slow here" if v.slow else ""} for v in est.variants],
+                   {"decode tok/s here": "%.1f"}, {"estimated time": "not known yet", "decode tok/s here": "not measured"})
         st.caption(f"Machine: {hardware}. The reference pass and the bandwidth measurement add a little on top"
                    + (", which the correction below counts." if est.correction.runs else "."))
         _show_past(est, past)
@@ -92,7 +109,7 @@ def show_estimate(widget_key: str, model: str, keys: list[str], plan: estimate.S
         c1, c2 = st.columns(2)
         if est.slow:
             c1.button(f"Drop slow variants ({', '.join(est.slow)})", on_click=_drop, args=(widget_key, est.slow))
-        if est.unknown and c2.button(f"Probe {len(est.unknown)} unmeasured variant(s), a few seconds each"):
+        if est.unknown and c2.button(f"Probe {plural(len(est.unknown), 'unmeasured variant')}, a few seconds each"):
             try:
                 _probe(spec.key, est.unknown, device)
             except (ValueError, RuntimeError, OSError) as e:

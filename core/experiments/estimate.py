@@ -48,6 +48,16 @@ class SweepPlan:
     warmup_runs: int = 1
     repeats: int = 5
     mc_items: int | None = None  # None: as many as the earlier run scored
+    ppl_tokens: int | None = None  # tokens of text scored at most; None: as many as the earlier run scored
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Records of a full sweep on the reference machine (assets/estimates/job_times.json), and how much slower this
+    machine decodes (its measured speed against the reference's): where a variant was never measured here."""
+    records: dict[str, VariantRecord]
+    slower_by: float  # reference decode tokens/s / this machine's
+    machine: str
 
 
 @dataclass(frozen=True)
@@ -145,11 +155,31 @@ def _from_record(r: VariantRecord, plan: SweepPlan) -> tuple[float, str]:
     if isinstance(measured, (int, float)) and measured > 0:
         runs_old = s.get("warmup_runs", 1) + s.get("repeats", 5)
         gen_old = _generation_s(ttft_s, tps, s.get("new_tokens", plan.new_tokens), runs_old)
-        rest = max(0.0, measured - gen_old)  # loading and scoring: the same work next time
-        if plan.mc_items is not None and s.get("mc_items"):
-            rest *= 1 + (plan.mc_items - s["mc_items"]) * MC_TOKENS_PER_ITEM / max(1, _scoring_tokens(s))
+        rest = max(0.0, measured - gen_old)  # loading and scoring: scoring scales with the tokens it reads
+        rest *= _scoring_tokens(_planned(s, plan)) / max(1, _scoring_tokens(s))
         return rest + gen_new, f"scaled from its {measured:.0f} s run here ({when} UTC)"
     return gen_new + _scoring_s(s, ttft_s, plan.mc_items), f"from its speed here ({when} UTC); loading not counted"
+
+
+def _planned(settings: dict, plan: SweepPlan) -> dict:
+    """An earlier run's scoring counts, moved to what the plan scores: a quick look scores fewer questions and less
+    text than a full pass, and a full pass after a quick look scores more."""
+    planned = dict(settings)
+    items, capped = settings.get("mc_items") or 0, bool(settings.get("mc_max_items"))
+    whole_set = _set_size(settings.get("eval_set")) if capped else items  # every question, as far as known
+    planned["mc_items"] = whole_set if plan.mc_items is None else min(plan.mc_items, whole_set or plan.mc_items)
+    if plan.ppl_tokens is not None:
+        tokens, cap = settings.get("ppl_tokens") or 0, settings.get("ppl_max_tokens") or 0
+        text_ran_out = tokens < cap  # then the text's own length is known
+        planned["ppl_tokens"] = min(tokens, plan.ppl_tokens) if text_ran_out else plan.ppl_tokens
+    return planned
+
+
+def _set_size(path: str | None) -> int:
+    try:
+        return sum(1 for line in Path(path).read_text().splitlines() if line.strip()) if path else 0
+    except OSError:
+        return 0
 
 
 def _scoring_tokens(settings: dict) -> int:
@@ -265,7 +295,8 @@ def _newest(records: list[VariantRecord], key: str) -> VariantRecord | None:
 
 def estimate_sweep(history: list[VariantRecord], keys: list[str], model: str, hardware: str,
                    plan: SweepPlan = SweepPlan(), probes: dict[str, Probe] | None = None,
-                   avx512: bool | None = None, past: Sequence[PastRun] = ()) -> SweepEstimate:
+                   avx512: bool | None = None, past: Sequence[PastRun] = (),
+                   reference: Reference | None = None) -> SweepEstimate:
     """Per-variant seconds and slow flags for `keys` on `hardware`, from the store's records and any probes,
     corrected by how long the sweeps that ended here (`past`) took against their estimates.
 
@@ -289,6 +320,12 @@ def estimate_sweep(history: list[VariantRecord], keys: list[str], model: str, ha
         elif probe is not None and probe.decode_tokens_per_s > 0:
             seconds, basis = _from_probe(probe, plan, scoring)
             tps, roof = probe.decode_tokens_per_s, None
+        elif reference is not None and key in reference.records:
+            seconds, _ = _from_record(reference.records[key], plan)
+            out.append(VariantEstimate(key, label, seconds * reference.slower_by,
+                                       f"rough: its time on the reference machine ({reference.machine}), scaled by "
+                                       "this machine's measured speed", None, False, ""))
+            continue
         else:
             out.append(VariantEstimate(key, label, None, "never measured here: probe it for an estimate", None,
                                        False, ""))

@@ -27,12 +27,14 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.experiments import estimate
 from core.experiments.estimate import CORRECTION_MAX, CORRECTION_MIN
 from core.launch import kinds
 from core.launch.job import JobArgs
 from core.launch.jobqueue import JobEstimate, JobQueue, QueuedJob
 from core.experiments import machine_speed
 from core.paths import ASSETS
+from core.store.records import VariantRecord
 
 REFERENCE_TIMES = ASSETS / "estimates" / "job_times.json"
 LEARN_FROM_LAST = 5
@@ -179,3 +181,20 @@ def estimate_job(args: JobArgs, queue: JobQueue, hardware: str,
     why = ("this machine's speed is being measured in the background; the estimate appears when that is done"
            if speed is None and machine_speed.saved(hardware) is None else f"no {kind.name} job has run here yet")
     return TimeEstimate(None, None, None, why, None, busy)
+
+
+def sweep_reference(hardware: str, table: dict | None = None) -> estimate.Reference | None:
+    """The reference machine's full-sweep records, with how much slower this machine decodes: a rough estimate for
+    a variant never measured here (None until this machine's speed is measured, or with no table)."""
+    table = reference_table() if table is None else table
+    speed, machine = machine_speed.saved(hardware), table.get("machine") or {}
+    if speed is None or not machine.get("decode_tokens_per_s") or not table.get("variants"):
+        return None
+    records = {}
+    for key, record in table["variants"].items():
+        try:
+            records[key] = VariantRecord.from_dict(record)
+        except (TypeError, ValueError, KeyError):
+            continue  # written by an older version: leave it out
+    return estimate.Reference(records, machine["decode_tokens_per_s"] / speed.decode_tokens_per_s,
+                              machine.get("cpu", "another machine"))
