@@ -7,6 +7,7 @@ from core.measure import benchmark, fit
 from core.paths import ASSETS
 from core.views import recommend
 from ui.frame import choice, store
+from ui.lesson import lesson_path
 
 TOUR = ASSETS / "tour"
 TECHNIQUE_TOUR = (
@@ -82,6 +83,10 @@ if records:
         c3.caption(f"No example recommendation yet: {e}")
 else:
     st.caption("Nothing is measured on this machine yet: start with step 1, then come back here.")
+
+if spec:
+    st.subheader("Lesson path (50 minutes)")
+    lesson_path(picked, spec, here)
 
 st.subheader("The four techniques in plain words")
 for col, (name, picture, words) in zip(st.columns(4), TECHNIQUE_TOUR):
