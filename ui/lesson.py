@@ -12,11 +12,6 @@ from core.models.saved import saved_students
 from ui.frame import SidebarChoice, store
 from ui.panel import job_panel, submit_job
 
-try:  # the lead's estimate line (issue #41); until it lands, the step shows no estimate rather than a made-up one
-    from ui.estimates import show_job_estimate
-except ImportError:
-    show_job_estimate = None
-
 
 def _step(number: int, step: lesson.LessonStep, done: bool) -> None:
     with st.container(border=True, key=f"lesson_step_{step.key}"):
@@ -24,11 +19,10 @@ def _step(number: int, step: lesson.LessonStep, done: bool) -> None:
         st.markdown(f"**{number}. {step.title}**{status}")
         st.write(step.teaches)
         st.caption(f"**Quick setting:** {step.quick} **What it gives up:** {step.gives_up}")
-        estimate = show_job_estimate(step.args) if show_job_estimate and step.args is not None else None
         left, right = st.columns([1, 2])
         if step.args is not None:
             if left.button("Run this step", key=f"lesson_run_{step.key}", type="secondary" if done else "primary"):
-                submit_job(step.args, step.label, estimate)
+                submit_job(step.args, step.label)
         elif not done and step.waits_for:
             left.caption(step.waits_for)
         with right:

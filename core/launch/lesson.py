@@ -16,6 +16,7 @@ from core.experiments.sweep import SweepSettings
 from core.launch.job import JobArgs
 from core.launch.kinds import DistillArgs, LoraArgs, MoeArgs, SpeculateArgs, SweepArgs
 from core.models.saved import SavedStudent
+from core.paths import ASSETS
 from core.store.records import VariantRecord
 from core.techniques import distillation, lora
 
@@ -28,8 +29,11 @@ MOE_TOP_KS = (2, MOE_EXPERTS)  # a quarter of the experts, and all of them (the 
 # intervals come out wider and the page shows them as such; the speeds are medians all the same.
 QUICK_MEASURE = SweepSettings(new_tokens=16, repeats=2, mc_max_items=20, ppl_max_tokens=1024,
                               launched_from="dashboard")
-QUICK_DISTILL = distillation.DistillSettings(steps=20, batch_size=2, seq_len_tokens=128,
-                                             warmup_steps=2, corpus_answer_tokens=32, checkpoints=1)
+QUICK_DISTILL = distillation.DistillSettings(steps=20, batch_size=2, seq_len_tokens=128, warmup_steps=2, checkpoints=1)
+# The student trains on a short bundled text rather than on the teacher's answers to every bundled prompt: writing
+# those answers took ~7 min here at 32 tokens each (8 min for 128 in the walk), more than the whole step
+# may. This is the MoE and imatrix calibration prose, kept apart from the text and questions every variant is scored on.
+QUICK_CORPUS = ASSETS / "eval" / "moe_calibration.txt"
 QUICK_LORA = lora.FinetuneSettings(steps=20, batch_size=4, eval_items=20)
 QUICK_DRAFT_TOKENS = 4
 QUICK_SPECULATE_NEW_TOKENS = 32
@@ -74,14 +78,15 @@ def distill_step(model: str, hardware_preset: str, usd_per_hour: float) -> Lesso
     return LessonStep(
         "distill", "Distill", "Cut a smaller student from the model's own layers, see how badly that breaks it, "
         "and watch a short training repair part of the damage.",
-        f"a {s.student_layers}-layer student, {s.steps} training steps of {s.batch_size} x {s.seq_len_tokens} tokens, "
-        f"on the teacher's answers cut at {s.corpus_answer_tokens} tokens.",
-        f"{s.steps} steps (a full run: {full.steps} of {full.batch_size} x {full.seq_len_tokens} tokens, on answers of "
-        f"{full.corpus_answer_tokens} tokens): the student starts to copy the teacher's style, not yet its knowledge. "
-        "The first run writes the teacher's answers once; later runs reuse them.",
+        f"a {s.student_layers}-layer student, {s.steps} training steps of {s.batch_size} x {s.seq_len_tokens} tokens "
+        "on a short bundled text (the calibration prose).",
+        f"{s.steps} steps on a few pages of text (a full run: {full.steps} steps of {full.batch_size} x "
+        f"{full.seq_len_tokens} tokens on the teacher's own answers to {len(distillation.load_prompts())} prompts, "
+        "which it writes first, once, in several minutes here): the student starts to copy the teacher's style, "
+        "not yet its knowledge.",
         "pages/distill.py", "See the three models on Distill",
         f"Lesson: distill a {s.student_layers}-layer student",
-        DistillArgs(model, s, None, usd_per_hour, hardware_preset, mc_max_items=QUICK_MEASURE.mc_max_items))
+        DistillArgs(model, s, str(QUICK_CORPUS), usd_per_hour, hardware_preset, mc_max_items=QUICK_MEASURE.mc_max_items))
 
 
 def lora_step(model: str, hardware_preset: str, usd_per_hour: float) -> LessonStep:
@@ -118,11 +123,12 @@ def hybrid_step(model: str, students: Sequence[SavedStudent]) -> LessonStep:
         gives_up="Short answers, and a student trained only briefly: fewer drafts are kept than a fully trained "
                  "student's would be. On a CPU the teacher's check costs nearly as much as writing, so expect "
                  "little or no gain here.",
-        page="pages/hybrids.py", page_label="See it on Hybrids (decoding tricks)")
+        page="pages/hybrids.py", page_label="See it on Hybrids (decoding tricks)",
+        label="Lesson: the student drafts for its teacher")
     if not students:
         return LessonStep(**words, waits_for="Distill a student first (step 2): it is the draft.")
-    return LessonStep(**words, label="Lesson: the student drafts for its teacher",
-                      args=SpeculateArgs(model, str(students[0].path), QUICK_DRAFT_TOKENS, QUICK_SPECULATE_NEW_TOKENS))
+    return LessonStep(**words, args=SpeculateArgs(model, str(students[0].path), QUICK_DRAFT_TOKENS,
+                                                  QUICK_SPECULATE_NEW_TOKENS))
 
 
 def decide_step() -> LessonStep:
