@@ -1,7 +1,7 @@
 """Time each step of the lesson path (core/launch/lesson.py) here, inline, in class order, on a fresh data folder
 with the bundled model already prepared: what the Overview's quick settings cost on this machine.
 
-    LAB_DATA_DIR=/tmp/lesson-data .venv/bin/python benchmarks/lesson_times.py
+    LAB_DATA_DIR=/tmp/lesson-data .venv/bin/python benchmarks/lesson_times.py [STEP ...]   (default: every step)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main() -> None:
     models.prepare(spec)
     store = open_store()
     times = {}
-    for key in lesson.STEPS:
+    for key in sys.argv[1:] or lesson.STEPS:
         students = lesson.students_of(saved_students(), spec.key)
         step = {s.key: s for s in lesson.lesson_steps(spec.key, preset.key, preset.usd_per_hour, students)}[key]
         if step.args is None:

@@ -27,8 +27,9 @@ RESULT_SHOWN = {  # step -> text its linked page shows once the step's result ex
     "distill": "Held-out KL divergence, pruned → distilled",
     "lora": "Runs, newest first",
     "moe": "Quality against speed as k changes",
-    "hybrid": "a draft model",
+    "hybrid": "Speed-up: decode tokens per second with the trick",
 }
+ALSO_SHOWN = {"hybrid": ("distill", "Tokens per teacher pass")}  # step -> (another page, text it shows then)
 
 
 # what each step's job is called in the queue: the panel's "done" line starts with it
@@ -78,6 +79,14 @@ def see_result(page, key: str) -> None:
     assert_no_errors(page)
 
 
+def see_also(page, url: str, key: str) -> None:
+    if key in ALSO_SHOWN:
+        path, text = ALSO_SHOWN[key]
+        page.goto(f"{url}/{path}")
+        page.get_by_text(text).first.wait_for(timeout=180_000)
+        assert_no_errors(page)
+
+
 def test_the_lesson_path_walks_end_to_end_within_30_minutes(tmp_path, monkeypatch, bundled_once):
     data = tmp_path / "data"
     monkeypatch.setenv("LAB_DATA_DIR", str(data))
@@ -95,6 +104,7 @@ def test_the_lesson_path_walks_end_to_end_within_30_minutes(tmp_path, monkeypatc
             wait_done(page, LABELS[key])
             job_s = time.monotonic() - t0
             see_result(page, key)
+            see_also(page, url, key)
             open_overview(page, url)
             expect(title(page, key)).to_contain_text("done", timeout=60_000)
             times[key] = {"job_s": round(job_s, 1), "with_page_visits_s": round(time.monotonic() - t0, 1)}

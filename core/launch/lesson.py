@@ -29,7 +29,7 @@ MOE_TOP_KS = (2, MOE_EXPERTS)  # a quarter of the experts, and all of them (the 
 # intervals come out wider and the page shows them as such; the speeds are medians all the same.
 QUICK_MEASURE = SweepSettings(new_tokens=16, repeats=2, mc_max_items=20, ppl_max_tokens=1024,
                               launched_from="dashboard")
-QUICK_DISTILL = distillation.DistillSettings(steps=20, batch_size=2, seq_len_tokens=128, warmup_steps=2, checkpoints=1)
+QUICK_DISTILL = distillation.DistillSettings(steps=12, batch_size=2, seq_len_tokens=128, warmup_steps=2, checkpoints=1)
 # The student trains on a short bundled text rather than on the teacher's answers to every bundled prompt: writing
 # those answers took ~7 min here at 32 tokens each (8 min for 128 in the walk), more than the whole step
 # may. This is the MoE and imatrix calibration prose, kept apart from the text and questions every variant is scored on.
@@ -83,10 +83,11 @@ def distill_step(model: str, hardware_preset: str, usd_per_hour: float) -> Lesso
         f"{s.steps} steps on a few pages of text (a full run: {full.steps} steps of {full.batch_size} x "
         f"{full.seq_len_tokens} tokens on the teacher's own answers to {len(distillation.load_prompts())} prompts, "
         "which it writes first, once, in several minutes here): the student starts to copy the teacher's style, "
-        "not yet its knowledge.",
+        "not yet its knowledge. The three models are measured as quickly as in step 1.",
         "pages/distill.py", "See the three models on Distill",
         f"Lesson: distill a {s.student_layers}-layer student",
-        DistillArgs(model, s, str(QUICK_CORPUS), usd_per_hour, hardware_preset, mc_max_items=QUICK_MEASURE.mc_max_items))
+        DistillArgs(model, s, str(QUICK_CORPUS), usd_per_hour, hardware_preset,
+                    measure_with=_measure(hardware_preset, usd_per_hour)))
 
 
 def lora_step(model: str, hardware_preset: str, usd_per_hour: float) -> LessonStep:
@@ -96,9 +97,10 @@ def lora_step(model: str, hardware_preset: str, usd_per_hour: float) -> LessonSt
         "customer messages): a few percent of the parameters, a task that gets much better.",
         f"LoRA rank {s.rank}, {s.steps} steps of {s.batch_size} examples, scored on {s.eval_items} held-out messages.",
         f"{s.steps} steps (a full run: {full.steps} of {full.batch_size}), and accuracy on {s.eval_items} messages "
-        "instead of the whole held-out set: the interval is wide, the jump from before to after shows all the same.",
+        "instead of the whole held-out set: the interval is wide, the jump from before to after shows all the same. The merged model is measured as quickly as in step 1.",
         "pages/lora.py", "See the run on Fine-tune", "Lesson: LoRA on support-routing",
-        LoraArgs(model, s, usd_per_hour=usd_per_hour, hardware_preset=hardware_preset))
+        LoraArgs(model, s, usd_per_hour=usd_per_hour, hardware_preset=hardware_preset,
+                 measure_with=_measure(hardware_preset, usd_per_hour)))
 
 
 def moe_step(model: str, hardware_preset: str, usd_per_hour: float) -> LessonStep:
