@@ -29,12 +29,12 @@ MOE_TOP_KS = (2, MOE_EXPERTS)  # a quarter of the experts, and all of them (the 
 # intervals come out wider and the page shows them as such; the speeds are medians all the same.
 QUICK_MEASURE = SweepSettings(new_tokens=16, repeats=2, mc_max_items=20, ppl_max_tokens=1024,
                               launched_from="dashboard")
-QUICK_DISTILL = distillation.DistillSettings(steps=12, batch_size=2, seq_len_tokens=128, warmup_steps=2, checkpoints=1)
+QUICK_DISTILL = distillation.DistillSettings(steps=10, batch_size=2, seq_len_tokens=128, warmup_steps=2, checkpoints=1)
 # The student trains on a short bundled text rather than on the teacher's answers to every bundled prompt: writing
-# those answers took ~7 min here at 32 tokens each (8 min for 128 in the walk), more than the whole step
-# may. This is the MoE and imatrix calibration prose, kept apart from the text and questions every variant is scored on.
+# those answers (24 per ~30 s here at 32 tokens each, with other work on the cores: ~7 min for all) is more than
+# the whole step may take. This is the MoE and imatrix calibration prose, kept apart from the text and questions every variant is scored on.
 QUICK_CORPUS = ASSETS / "eval" / "moe_calibration.txt"
-QUICK_LORA = lora.FinetuneSettings(steps=20, batch_size=4, eval_items=20)
+QUICK_LORA = lora.FinetuneSettings(steps=12, batch_size=4, eval_items=20)
 QUICK_DRAFT_TOKENS = 4
 QUICK_SPECULATE_NEW_TOKENS = 32
 
