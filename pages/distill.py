@@ -11,6 +11,7 @@ from core.models import saved
 from core.techniques import distillation
 from core.views import distill as distill_view
 from core.views.tables import distill_rows, speculative_rows
+from ui.estimates import estimated, show_job_estimate
 from ui.frame import choice, store
 from ui.panel import job_panel, submit_job
 from ui.roles import show_error, visible
@@ -84,17 +85,19 @@ def live_curve(live: dict) -> None:
         st.caption(line)
 
 
+corpus = mine.path
+args, estimate, refused = estimated(lambda: DistillArgs(picked.model, distillation.DistillSettings(
+    student_layers=layers, layer_choice=how, steps=int(steps), batch_size=int(batch), seq_len_tokens=int(seq_len),
+    learning_rate=float(lr), temperature=float(temperature), kd_weight=float(kd_weight)),
+    str(corpus) if corpus else None, picked.preset.usd_per_hour, picked.preset.key))
 if st.button("Distill", type="primary", disabled=mine.refused, help=blocked_by(mine)):
     try:
-        settings = distillation.DistillSettings(student_layers=layers, layer_choice=how, steps=int(steps),
-                                                batch_size=int(batch), seq_len_tokens=int(seq_len), learning_rate=float(lr),
-                                                temperature=float(temperature), kd_weight=float(kd_weight))
-        corpus = mine.path
+        if refused is not None:
+            raise refused
         if source == "your own text" and corpus is None:
             raise ValueError("Upload a text or JSONL file first, or train on the teacher's answers.")
-        distill_run.prepare_run(picked.model, settings, corpus)  # refuse bad input before the job starts
-        submit_job(DistillArgs(picked.model, settings, str(corpus) if corpus else None, picked.preset.usd_per_hour,
-                               picked.preset.key), f"Distilling a {layers}-layer student of {spec.label}")
+        distill_run.prepare_run(picked.model, args.settings, corpus)  # refuse bad input before the job starts
+        submit_job(args, f"Distilling a {layers}-layer student of {spec.label}", estimate)
     except (ValueError, models.ModelError) as e:
         show_error(e)
 
@@ -132,9 +135,10 @@ else:
     draft = e1.selectbox("Draft model", drafts, format_func=lambda s: s.label)
     draft_tokens = e2.number_input("Tokens drafted per pass", 1, 16, 4)
     max_new = e3.number_input("New tokens per prompt", 8, 256, 64, step=8)
+    speculate = SpeculateArgs(picked.model, str(draft.path), int(draft_tokens), int(max_new))
+    speculate_estimate = show_job_estimate(speculate)
     if st.button("Compare on 10 bundled prompts"):
-        submit_job(SpeculateArgs(picked.model, str(draft.path), int(draft_tokens), int(max_new)),
-                   f"Speculative decoding of {spec.label}")
+        submit_job(speculate, f"Speculative decoding of {spec.label}", speculate_estimate)
     saved = [r for r in speculative.saved_results() if r["model"] == spec.key]
     if saved:
         last = saved[0]

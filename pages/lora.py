@@ -9,6 +9,7 @@ from core.launch import uploads
 from core.launch.kinds import LoraArgs
 from core.measure import benchmark
 from core.techniques import lora
+from ui.estimates import estimated
 from ui.frame import choice, store
 from ui.panel import job_panel, submit_job
 from ui.roles import show_error
@@ -51,17 +52,19 @@ def live_loss(live: dict) -> None:
         st.plotly_chart(fig, width="stretch")
 
 
+data = mine.path
+args, estimate, refused = estimated(lambda: LoraArgs(picked.model, lora.FinetuneSettings(
+    method=method, rank=int(rank), alpha=int(alpha), dropout=float(dropout), target_modules=tuple(targets),
+    learning_rate=float(lr), steps=int(steps), batch_size=int(batch)), "support-routing",
+    str(data) if data else None, picked.preset.usd_per_hour, picked.preset.key))
 if st.button("Train", type="primary", disabled=mine.refused, help=blocked_by(mine)):
     try:
-        settings = lora.FinetuneSettings(method=method, rank=int(rank), alpha=int(alpha), dropout=float(dropout),
-                                         target_modules=tuple(targets), learning_rate=float(lr), steps=int(steps),
-                                         batch_size=int(batch))
-        data = mine.path
+        if refused is not None:
+            raise refused
         if source == "your own JSONL" and data is None:
             raise ValueError("Upload a JSONL file of {\"prompt\": ..., \"completion\": ...} lines first.")
         lora.load_task(None if data else "support-routing", data)  # refuse bad data before the job starts
-        submit_job(LoraArgs(picked.model, settings, "support-routing", str(data) if data else None,
-                            picked.preset.usd_per_hour, picked.preset.key), f"{method.upper()} fine-tuning of {picked.model}")
+        submit_job(args, f"{method.upper()} fine-tuning of {picked.model}", estimate)
     except (ValueError, models.ModelError) as e:
         show_error(e)
 

@@ -11,6 +11,7 @@ from core.paths import ASSETS
 from core.techniques import moe
 from core.views import chart_quantities, moe_curve
 from core.views.tables import moe_rows, moe_view
+from ui.estimates import estimated
 from ui.frame import choice, store
 from ui.panel import job_panel, submit_job
 from ui.roles import show_error, visible
@@ -57,16 +58,17 @@ with st.expander("Measurement settings"):
                                    disabled=bool(native), help="The first MLP writes most of the residual stream in "
                                    "small models, so splitting it hurts far more than any other layer.")
 
+measured_as = lambda: SweepSettings(  # noqa: E731 (built inside `estimated`, which shows what it refuses)
+    prompt=next(p["prompt"] for p in PROMPTS if p["id"] == prompt_id), new_tokens=int(new_tokens),
+    repeats=int(repeats), mc_max_items=int(mc_max), hardware_preset=picked.preset.key,
+    usd_per_hour=picked.preset.usd_per_hour, launched_from="dashboard")
+args, estimate, refused = estimated(lambda: MoeArgs(picked.model, int(experts), tuple(sorted(ks)), int(dense_layers),
+                                                    measured_as())) if ks else (None, None, None)
 if st.button("Convert and measure", type="primary", disabled=not ks or not picked.model):
-    try:
-        settings = SweepSettings(prompt=next(p["prompt"] for p in PROMPTS if p["id"] == prompt_id),
-                                 new_tokens=int(new_tokens), repeats=int(repeats), mc_max_items=int(mc_max),
-                                 hardware_preset=picked.preset.key, usd_per_hour=picked.preset.usd_per_hour,
-                                 launched_from="dashboard")
-        submit_job(MoeArgs(picked.model, int(experts), tuple(sorted(ks)), int(dense_layers), settings),
-                   f"Mixture of experts ({experts} experts) of {picked.model}")
-    except ValueError as e:
-        show_error(e)
+    if refused is not None:
+        show_error(refused)
+    else:
+        submit_job(args, f"Mixture of experts ({experts} experts) of {picked.model}", estimate)
 
 
 job_panel("The conversion is saved once made; each variant is saved as soon as it is measured.")

@@ -10,6 +10,7 @@ from core.serving.bench import ServeSettings
 from core.serving.limits import MAX_CONCURRENCY, REQUEST_TIMEOUT_S
 from core.views import capacity, serving_plots
 from ui import serving
+from ui.estimates import estimated
 from ui.frame import choice, resolve_or_stop, store
 from ui.panel import job_panel, submit_job
 from ui.roles import show_error
@@ -38,19 +39,17 @@ st.caption(f"Every request is bounded ({REQUEST_TIMEOUT_S:.0f} s), each point se
 what = st.radio("Measure", ["load", "context"], horizontal=True, format_func={
     "load": "Load: throughput, latency and cost at each concurrency",
     "context": "Context: KV cache and decode speed as the context grows (in process, fp32)"}.get)
+args, estimate, refused = estimated(lambda: ServeContextArgs(picked.model) if what == "context" else ServeBenchArgs(
+    picked.model, tuple(keys), ServeSettings(
+        concurrency=tuple(conc), prompt_tokens=tuple(sorted(prompts)), new_tokens=int(new_tokens),
+        repeats=int(repeats), hardware_preset=picked.preset.key, usd_per_hour=picked.preset.usd_per_hour))) \
+    if what == "context" or (keys and conc and prompts) else (None, None, None)
 if st.button("Measure", type="primary", disabled=not picked.model or (what == "load" and not (keys and conc and prompts))):
-    try:
-        # Measured by the worker process, never in this web server (core/launch/worker.py).
-        if what == "load":
-            settings = ServeSettings(
-                concurrency=tuple(conc), prompt_tokens=tuple(sorted(prompts)), new_tokens=int(new_tokens),
-                repeats=int(repeats), hardware_preset=picked.preset.key, usd_per_hour=picked.preset.usd_per_hour)
-            submit_job(ServeBenchArgs(picked.model, tuple(keys), settings),
-                       f"Serving load of {spec.label}")
-        else:
-            submit_job(ServeContextArgs(picked.model), f"Context sweep of {spec.label}")
-    except ValueError as e:
-        show_error(e)
+    # Measured by the worker process, never in this web server (core/launch/worker.py).
+    if refused is not None:
+        show_error(refused)
+    else:
+        submit_job(args, f"Serving load of {spec.label}" if what == "load" else f"Context sweep of {spec.label}", estimate)
 
 job_panel("Each point is saved as soon as it is measured; Stop ends the server and keeps them.")
 

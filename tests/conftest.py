@@ -20,6 +20,9 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     # Never the team's shared store or cluster: a test that wants one sets it itself.
     monkeypatch.delenv("LAB_STORE_URL", raising=False)
     monkeypatch.delenv("LAB_RAY_ADDRESS", raising=False)
+    # The worker's idle preparation (core/launch/kinds/prepare.py) would dequantize the bundled model and time it
+    # in every test that starts a worker: a test that wants it sets LAB_WORKER_PREPARE=1 itself.
+    monkeypatch.setenv("LAB_WORKER_PREPARE", "0")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     return tmp_path / "data"
 

@@ -40,6 +40,7 @@ SAMPLES = {  # one of each kind, with its nested settings and tuples, as pages a
     "model-cascade": kinds.ModelCascadeArgs(model_cascade.ModelCascadeSettings(thresholds=(0.5, 0.7))),
     "prompt-lookup": kinds.PromptLookupArgs("tiny-random-llama", prompt_lookup.LookupSettings(draft_tokens=2)),
     "gguf-draft": kinds.GGUFDraftArgs("tiny-random-llama", gguf_draft.DraftSettings(draft_max_tokens=(2, 4))),
+    "prepare": kinds.PrepareArgs("tiny-random-llama", gguf=False),
 }
 
 

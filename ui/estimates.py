@@ -3,10 +3,14 @@ and how far the last estimates here were off (which corrects this one)."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import streamlit as st
 
 from core import models, techniques
 from core.experiments import estimate
+from core.launch import estimates, machine_load
+from core.launch.job import JobArgs
 from core.launch.jobqueue import JobEstimate
 from core.measure import benchmark
 from ui.frame import store
@@ -95,3 +99,25 @@ def show_estimate(widget_key: str, model: str, keys: list[str], plan: estimate.S
                 st.error(f"The probe could not run: {e}")
             st.rerun()
     return _for_the_queue(est)
+
+
+def show_job_estimate(args: JobArgs) -> JobEstimate:
+    """The estimate line above a job's button (any kind but the sweep, which has its table above): how long it will
+    take here, from what, and whether a busy machine makes that uncertain. Returns what to queue with the job."""
+    device = benchmark.pick_device("auto")
+    hardware = benchmark.hardware_fingerprint(device)
+    snap = queue().snapshot()
+    est = estimates.estimate_job(args, queue(), hardware,
+                                 others_share=machine_load.recent_share(job_running=snap.running is not None))
+    (st.warning if est.busy else st.caption)(est.words() + ".")
+    return est.for_queue(hardware)
+
+
+def estimated(build: Callable[[], JobArgs]) -> tuple[JobArgs | None, JobEstimate | None, ValueError | None]:
+    """(args, estimate, refusal) for the job a button will queue, built from the widgets before the button so that
+    its estimate shows above it; settings the dataclasses refuse give (None, None, the error) to show on a click."""
+    try:
+        args = build()
+    except ValueError as e:
+        return None, None, e
+    return args, show_job_estimate(args), None

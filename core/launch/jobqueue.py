@@ -87,8 +87,8 @@ _ADDED_COLUMNS = (
 @dataclass(frozen=True)
 class JobEstimate:
     """What the page estimated for a job before it was queued."""
-    estimated_s: float  # the figure shown (with the learned correction)
-    uncorrected_s: float  # from the records alone: the next correction compares the time taken with this
+    estimated_s: float | None  # the figure shown (with the learned correction); None: the page had none
+    uncorrected_s: float | None  # before the correction: the next correction compares the time taken with this
     hardware: str  # the machine it was estimated for (hardware fingerprint)
 
 
@@ -249,6 +249,15 @@ class JobQueue:
         with self._connect() as conn:
             rows = conn.execute("SELECT * FROM jobs WHERE kind = ? AND state = 'done' AND estimate_hardware = ? "
                                 "AND uncorrected_s > 0 AND started_s IS NOT NULL ORDER BY ended_s DESC LIMIT ?",
+                                (kind, hardware, limit)).fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    def finished_here(self, kind: str, hardware: str, limit: int = 20) -> list[QueuedJob]:
+        """The last `limit` jobs of `kind` that ended done on `hardware`, newest first, with or without an
+        estimate: what the next estimate of that kind learns from (core/launch/estimates.py)."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM jobs WHERE kind = ? AND state = 'done' AND estimate_hardware = ? "
+                                "AND started_s IS NOT NULL ORDER BY ended_s DESC LIMIT ?",
                                 (kind, hardware, limit)).fetchall()
         return [_row_to_job(r) for r in rows]
 

@@ -16,6 +16,7 @@ from core.launch.execute import check_allowed, execute
 from core.launch.job import WHERE, Job, JobContext, Launched
 from core.launch.jobqueue import PRESENTER, JobEstimate, JobQueue
 from core.launch.ray_tasks import as_json
+from core.measure import benchmark
 
 ENDED = ("done", "failed", "cancelled", "interrupted")
 WAIT_POLL_S = 0.5
@@ -47,6 +48,8 @@ def submit(queue: JobQueue, job: Job, owner: str, session: str, estimate: JobEst
     worker is started if none runs (and autostart is not switched off)."""
     check_allowed(job.args, owner == PRESENTER)
     kind = kinds.kind_of(job.args)
+    if estimate is None:  # the machine is kept even without a figure: this job's time teaches the next estimate
+        estimate = JobEstimate(None, None, benchmark.hardware_fingerprint(benchmark.pick_device("auto")))
     job_id = queue.submit(job.kind, job.args.to_json(), job.title(), kind.similar(job.args), owner, session, estimate)
     worker.ensure_running()
     return job_id

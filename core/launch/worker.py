@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core import models
-from core.launch import cluster, kinds, quiet
+from core.launch import cluster, kinds, machine_load, quiet
+from core.launch.kinds import prepare
 from core.launch.execute import check_allowed, execute
 from core.launch.job import Job, JobContext
 from core.launch.jobqueue import PRESENTER, JobQueue, NotAllowed, QueuedJob
@@ -42,6 +43,8 @@ STOP_CHECK_EVERY_S = 0.5  # and reads the stop flag at most this often (should_s
 IDLE_POLL_S = 0.5
 IDLE_EXIT_ENV = "LAB_WORKER_IDLE_EXIT_S"  # a worker with nothing to do for this long exits (the server restarts one)
 IDLE_EXIT_S = 3600.0
+PREPARE_ENV = "LAB_WORKER_PREPARE"  # "0": the worker does not prepare the machine when idle (tests)
+PREPARE_AFTER_IDLE_S = 2.0  # idle this long with nothing queued before the preparation is queued
 
 
 # ---------------------------------------------------------------- running one job
@@ -105,17 +108,19 @@ def run_job(queue: JobQueue, job: QueuedJob) -> str:
             if isinstance(ctx.store, _SessionCountingStore):
                 ctx.store.sample()
 
+    gives_way = job.kind == kinds.PrepareArgs.kind  # the worker's own idle work yields to any job queued meanwhile
+
     def should_stop() -> bool:
         now = time.monotonic()
         if not stopped[0] and now - last_check[0] >= STOP_CHECK_EVERY_S:
             last_check[0] = now
-            stopped[0] = queue.stop_requested(job.id)
+            stopped[0] = queue.stop_requested(job.id) or (gives_way and bool(queue.snapshot().waiting))
         return stopped[0]
 
     ctx.report, ctx.should_stop = report, should_stop
     try:
         args = kinds.parse(job.kind, job.args)
-        check_allowed(args, job.owner == PRESENTER)  # again here: the queue file is only data
+        check_allowed(args, job.owner in (PRESENTER, prepare.LAB))  # again here: the queue file is only data
         gate = quiet.Gate(data_dir())
         ctx.store = _SessionCountingStore(ResultStore(), queue, gate)
         benchmark.set_timed_section(gate.timed_run, lambda: gate.timing_phase(lambda: queue.sessions_connected() > 0))
@@ -242,11 +247,15 @@ def serve(until_idle: bool = False, say: Callable[[str], None] = print) -> int:
         for job_id in queue.recover():
             say(f"job {job_id} was interrupted by the previous worker's end; what it finished is in the results store")
         say(f"worker {os.getpid()} waiting for jobs")
+        sampler, tried = machine_load.IdleSampler(), set()
         while True:
             job = queue.claim(os.getpid())
             if job is None:
                 if until_idle and not queue.snapshot().waiting:
                     return 0
+                sampler.tick()
+                if time.monotonic() - idle_since > PREPARE_AFTER_IDLE_S and _queue_preparation(queue, tried):
+                    continue
                 if time.monotonic() - idle_since > idle_exit_s:
                     say(f"worker {os.getpid()} idle for {idle_exit_s:.0f} s: exiting")
                     return 0
@@ -256,8 +265,27 @@ def serve(until_idle: bool = False, say: Callable[[str], None] = print) -> int:
             state = _run_apart(queue, job, fd)
             say(f"job {job.id} {state}")
             idle_since = time.monotonic()
+            sampler.restart()
     finally:
         os.close(fd)
+
+
+def _queue_preparation(queue: JobQueue, tried: set[tuple[str, ...]]) -> bool:
+    """Queue the machine's one-off preparation (core/launch/kinds/prepare.py) when steps are missing; True if
+    queued. A set of missing steps is tried once per worker: a step that fails is not retried in a loop."""
+    if os.environ.get(PREPARE_ENV) == "0":
+        return False
+    args = kinds.PrepareArgs()
+    try:
+        missing = tuple(prepare.missing(args))
+    except (models.ModelError, OSError):
+        return False  # the bundled model is not installed: nothing to prepare
+    if not missing or missing in tried:
+        return False
+    tried.add(missing)
+    queue.submit(args.kind, args.to_json(), "Getting this machine ready: " + ", ".join(missing),
+                 kinds.kind_of(args).similar(args), prepare.LAB, "worker")
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,11 +9,12 @@ from core.launch.job import WHERE, Job, JobArgs, JobContext, Launched, Where
 from core.launch.kinds.base import KINDS, JobKind, get, kind_of, parse, register
 from core.launch.kinds.hybrids import CascadeArgs, GGUFDraftArgs, ModelCascadeArgs, PromptLookupArgs
 from core.launch.kinds.measure import BudgetArgs, MoeArgs, SweepArgs
+from core.launch.kinds.prepare import PrepareArgs
 from core.launch.kinds.serving import ServeBenchArgs, ServeContextArgs
 from core.launch.kinds.train import DistillArgs, LoraArgs, SpeculateArgs
 
 __all__ = [
     "KINDS", "WHERE", "Job", "JobArgs", "JobContext", "JobKind", "Launched", "Where", "get", "kind_of", "parse", "register",
     "BudgetArgs", "CascadeArgs", "DistillArgs", "GGUFDraftArgs", "LoraArgs", "ModelCascadeArgs", "MoeArgs",
-    "PromptLookupArgs", "ServeBenchArgs", "ServeContextArgs", "SpeculateArgs", "SweepArgs",
+    "PrepareArgs", "PromptLookupArgs", "ServeBenchArgs", "ServeContextArgs", "SpeculateArgs", "SweepArgs",
 ]

@@ -34,6 +34,11 @@ class JobKind(Generic[A]):
     files: Callable[[A], list[str]] = _none  # files the job reads (a viewer's must be uploaded or bundled)
     results: Callable[[], Path] | None = None
     on_ray: Callable[..., Any] | None = None  # a kind's own fan-out over a cluster; None: one task runs it whole
+    # How much work a job is, in the kind's own unit (steps, variants, prompts): an estimate from a job of the same
+    # kind but another size scales by it (core/launch/estimates.py). And what bounds its time: "decode" (generating
+    # and scoring) or "train" (forward and backward), which of this machine's measured speeds it scales with.
+    size: Callable[[A], float] = lambda a: 1.0
+    bound: str = "decode"
 
     @property
     def name(self) -> str:

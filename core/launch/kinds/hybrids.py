@@ -33,7 +33,8 @@ def _cascade_files(a: CascadeArgs) -> list[str]:
 
 CASCADE = register(JobKind(
     CascadeArgs, run_cascade, similar=lambda a: _key("cascade", a.settings, "model", "second", "task", "shots"),
-    models=lambda a: [a.settings.model], files=_cascade_files, results=curve.results_path))
+    models=lambda a: [a.settings.model], files=_cascade_files, results=curve.results_path,
+    size=lambda a: float(a.settings.shots + 1)))
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ MODEL_CASCADE = register(JobKind(
     ModelCascadeArgs, run_model_cascade,
     similar=lambda a: _key("model-cascade", a.settings, "model", "first", "second", "task", "max_items"),
     models=lambda a: [a.settings.model], files=lambda a: [a.settings.data] if a.settings.data else [],
-    results=curve.results_path))
+    results=curve.results_path, size=lambda a: float(a.settings.max_items or 1000)))
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ PROMPT_LOOKUP = register(JobKind(
     PromptLookupArgs, run_prompt_lookup,
     similar=lambda a: _key("prompt-lookup", a.settings, "runtimes", "technique", "draft_tokens", "new_tokens",
                            "repeats"),
-    models=lambda a: [a.model], files=lambda a: list(a.settings.prompt_files), results=prompt_lookup.results_path))
+    models=lambda a: [a.model], files=lambda a: list(a.settings.prompt_files), results=prompt_lookup.results_path,
+    size=lambda a: float(len(a.settings.runtimes) * len(a.settings.prompt_files) * a.settings.new_tokens * (a.settings.repeats + 1))))
 
 
 @dataclass(frozen=True)
@@ -91,4 +93,6 @@ def _draft_files(a: GGUFDraftArgs) -> list[str]:
 GGUF_DRAFT = register(JobKind(
     GGUFDraftArgs, run_gguf_draft,
     similar=lambda a: _key("gguf-draft", a.settings, "target", "draft", "draft_max_tokens", "new_tokens"),
-    models=lambda a: [a.model], files=_draft_files, results=gguf_draft.results_path))
+    models=lambda a: [a.model], files=_draft_files, results=gguf_draft.results_path,
+    size=lambda a: float((len(a.settings.draft_max_tokens) + 1) * len(a.settings.prompt_files) * a.settings.new_tokens
+                         * (a.settings.repeats + 1))))

@@ -50,7 +50,8 @@ def sweep_on_ray(args: SweepArgs, store, address, progress, should_stop):
 SWEEP = register(JobKind(
     SweepArgs, run_sweep,
     similar=lambda a: f"sweep|{a.model}|{','.join(sorted(a.techniques))}|{_timing_key(a.settings)}",
-    models=lambda a: a.model_names(), files=lambda a: _sweep_files(a.settings), on_ray=sweep_on_ray))
+    models=lambda a: a.model_names(), files=lambda a: _sweep_files(a.settings), on_ray=sweep_on_ray,
+    size=lambda a: float(len(a.techniques))))
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def run_moe(args: MoeArgs, ctx: JobContext):
 MOE = register(JobKind(
     MoeArgs, run_moe,
     similar=lambda a: f"moe|{a.model}|{a.experts}|{sorted(a.top_ks)}|{_timing_key(a.settings)}",
-    models=lambda a: [a.model], files=lambda a: _sweep_files(a.settings)))
+    models=lambda a: [a.model], files=lambda a: _sweep_files(a.settings), size=lambda a: float(len(a.top_ks) + 1)))
 
 
 @dataclass(frozen=True)
@@ -91,4 +92,4 @@ def run_budget(args: BudgetArgs, ctx: JobContext):
 
 BUDGET = register(JobKind(
     BudgetArgs, run_budget, similar=lambda a: f"budget|{a.model}|{sorted(a.budgets_bytes)}|{a.imatrix}",
-    models=lambda a: [a.model]))
+    models=lambda a: [a.model], size=lambda a: float(len(a.budgets_bytes))))

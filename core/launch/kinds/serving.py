@@ -29,7 +29,10 @@ def _serve_key(a: ServeBenchArgs) -> str:
             f"{s.new_tokens}|{s.repeats}")
 
 
-SERVE_BENCH = register(JobKind(ServeBenchArgs, run_serve_bench, similar=_serve_key, models=lambda a: [a.model]))
+SERVE_BENCH = register(JobKind(
+    ServeBenchArgs, run_serve_bench, similar=_serve_key, models=lambda a: [a.model],
+    size=lambda a: float(len(a.techniques) * sum(a.settings.concurrency) * len(a.settings.prompt_tokens)
+                         * a.settings.new_tokens * a.settings.repeats)))
 
 
 @dataclass(frozen=True)
@@ -46,4 +49,4 @@ def run_serve_context(args: ServeContextArgs, ctx: JobContext):
 
 
 SERVE_CONTEXT = register(JobKind(ServeContextArgs, run_serve_context, similar=lambda a: f"context|{a.model}",
-                                 models=lambda a: [a.model]))
+                                 models=lambda a: [a.model], size=lambda a: float(len(a.contexts) or 6)))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from core import models
 from core.experiments import distill_run, finetune_run, speculative
 from core.experiments.sweep import SweepSettings
 from core.launch.job import JobArgs, JobContext
@@ -49,7 +50,8 @@ def run_lora(args: LoraArgs, ctx: JobContext):
 LORA = register(JobKind(
     LoraArgs, run_lora,
     similar=lambda a: f"lora|{a.model}|{a.settings.method}|{a.settings.steps}|{a.settings.batch_size}|{bool(a.data)}",
-    models=lambda a: [a.model], files=lambda a: [a.data] if a.data else []))
+    models=lambda a: [a.model], files=lambda a: [a.data] if a.data else [],
+    size=lambda a: float(a.settings.steps * a.settings.batch_size), bound="train"))
 
 
 @dataclass(frozen=True)
@@ -77,15 +79,29 @@ def run_distill(args: DistillArgs, ctx: JobContext):
     return distill_run.summary(result, records)
 
 
+def _teacher_answers(a: DistillArgs) -> str:
+    """Whether a first run must generate the teacher's answers (minutes) or finds them cached: two jobs alike in
+    every setting take very different times on either side of that."""
+    if a.corpus:
+        return "own corpus"
+    try:
+        key = models.resolve(a.teacher).key
+    except models.ModelError:
+        return "unknown teacher"
+    cached = distillation.corpus_cache_path(key, a.settings.corpus_answer_tokens).is_file()
+    return "teacher answers cached" if cached else "teacher answers to generate"
+
+
 def _distill_key(a: DistillArgs) -> str:
     s = a.settings
     return (f"distill|{a.teacher}|student_layers={s.student_layers},steps={s.steps},batch_size={s.batch_size},"
-            f"seq_len_tokens={s.seq_len_tokens}")
+            f"seq_len_tokens={s.seq_len_tokens}|{_teacher_answers(a)}")
 
 
 DISTILL = register(JobKind(
     DistillArgs, run_distill, similar=_distill_key, models=lambda a: [a.teacher],
-    files=lambda a: [a.corpus] if a.corpus else []))
+    files=lambda a: [a.corpus] if a.corpus else [],
+    size=lambda a: float(a.settings.steps * a.settings.batch_size * a.settings.seq_len_tokens), bound="train"))
 
 
 @dataclass(frozen=True)
@@ -105,4 +121,4 @@ def run_speculate(args: SpeculateArgs, ctx: JobContext):
 SPECULATE = register(JobKind(
     SpeculateArgs, run_speculate,
     similar=lambda a: f"speculate|{a.model}|{a.draft_tokens}|{a.max_new_tokens}",
-    models=lambda a: [a.model, a.draft], results=speculative.results_path))
+    models=lambda a: [a.model, a.draft], results=speculative.results_path, size=lambda a: float(a.max_new_tokens)))

@@ -1,0 +1,142 @@
+"""An estimate for every job kind before its button: from jobs alike here, from a job of another size here, from the
+reference machine scaled by this machine's measured speed, and uncertain in words when the machine is busy."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from core.experiments import machine_speed
+from core.launch import estimates, kinds, worker
+from core.launch.job import Job
+from core.launch.jobqueue import PRESENTER, JobEstimate, JobQueue
+from core.launch.kinds import prepare
+from core.launch.launch import launch, submit
+from core.measure import benchmark
+from core.techniques import lora
+
+HW = "test machine, 2 cores"
+
+
+def _done(queue: JobQueue, args, seconds: float, uncorrected_s: float | None = None) -> None:
+    """A job of `args` that ended done on HW after `seconds`."""
+    kind = kinds.kind_of(args)
+    now = time.time()
+    queue.record_ended(args.kind, args.to_json(), "past", kind.similar(args), PRESENTER, now - seconds, now,
+                       JobEstimate(uncorrected_s, uncorrected_s, HW))
+
+
+def _lora(steps: int) -> kinds.LoraArgs:
+    return kinds.LoraArgs("smollm2-135m-instruct", lora.FinetuneSettings(steps=steps))
+
+
+def _speed(decode: float = 20.0, train: float = 500.0) -> machine_speed.MachineSpeed:
+    return machine_speed.MachineSpeed(HW, "smollm2-135m-instruct", decode, train, 1.0, "now", 0.0)
+
+
+def test_jobs_alike_here_give_their_median_and_spread():
+    queue = JobQueue()
+    for seconds in (100, 110, 130):
+        _done(queue, _lora(20), seconds)
+    est = estimates.estimate_job(_lora(20), queue, HW)
+    assert est.seconds == pytest.approx(110, abs=1)
+    assert est.low_s <= 100 and est.high_s >= 130 and "3 jobs alike" in est.basis
+    assert not est.busy and "about 110 s" in est.words()
+
+
+def test_a_job_of_another_size_scales_and_says_it_is_rough():
+    queue = JobQueue()
+    _done(queue, _lora(20), 100)
+    est = estimates.estimate_job(_lora(40), queue, HW)
+    assert est.seconds == pytest.approx(200, rel=0.01)
+    assert "another size" in est.basis and est.high_s / est.low_s == pytest.approx(3.0)  # ±50%
+
+
+def test_the_learned_correction_multiplies_a_rough_estimate():
+    queue = JobQueue()
+    _done(queue, _lora(20), 150, uncorrected_s=100)  # took 1.5x what was estimated before correction
+    est = estimates.estimate_job(_lora(40), queue, HW)  # 300 s scaled, x1.5
+    assert est.seconds == pytest.approx(450, rel=0.01) and est.uncorrected_s == pytest.approx(300, rel=0.01)
+    assert "corrected ×1.5" in est.basis
+
+
+def test_the_reference_machine_is_scaled_by_the_speed_the_kind_is_bound_by():
+    args = _lora(20)
+    table = {"machine": {"decode_tokens_per_s": 40.0, "train_tokens_per_s": 1000.0},
+             "jobs": [{"kind": "lora", "similar": kinds.kind_of(args).similar(args), "size": 160.0, "seconds": 60.0}]}
+    est = estimates.estimate_job(args, JobQueue(), HW, speed=_speed(decode=20.0, train=500.0), table=table)
+    assert est.seconds == pytest.approx(120)  # trains half as fast as the reference: twice the time
+    assert "reference machine" in est.basis and "train speed" in est.basis
+    other = estimates.estimate_job(_lora(40), JobQueue(), HW, speed=_speed(decode=20.0, train=500.0), table=table)
+    assert other.seconds == pytest.approx(240) and "of another size" in other.basis
+
+
+def test_with_nothing_to_go_on_it_says_what_will_give_an_estimate_never_zero():
+    est = estimates.estimate_job(_lora(20), JobQueue(), HW, table={})
+    assert est.seconds is None and "measured in the background" in est.words()
+    est = estimates.estimate_job(_lora(20), JobQueue(), HW, speed=_speed(), table={})
+    assert est.seconds is None and "no lora job has run here yet" in est.words()
+    assert "0 s" not in est.words()
+
+
+def test_a_busy_machine_makes_the_estimate_uncertain_in_words():
+    queue = JobQueue()
+    _done(queue, _lora(20), 100)
+    est = estimates.estimate_job(_lora(20), queue, HW, others_share=0.5)
+    assert "Uncertain" in est.words() and "50% of this machine's CPU" in est.words()
+    assert not estimates.estimate_job(_lora(20), queue, HW, others_share=0.02).busy
+
+
+def test_every_job_keeps_its_machine_so_that_its_time_teaches_the_next_estimate():
+    queue = JobQueue()
+    job_id = submit(queue, Job(_lora(20)), PRESENTER, "s")
+    assert queue.job(job_id).estimate_hardware  # recorded even though no figure was shown
+
+
+def test_every_registered_kind_has_a_size():
+    from tests.test_kinds import SAMPLES  # one sample of every registered kind
+
+    for name, args in SAMPLES.items():
+        assert kinds.kind_of(args).size(args) > 0, name
+
+
+# ---------------------------------------------------------------- the worker's idle preparation
+
+
+def test_preparation_measures_this_machines_speed_and_keeps_each_step():
+    args = kinds.PrepareArgs("tiny-random-llama", gguf=False, teacher_answers=False)
+    assert prepare.missing(args) == ["model", "speed"]
+    seen = []
+    done = launch(Job(args), "inline", report=lambda f, m: seen.append((f, m)))
+    assert done.state == "done" and done.result == ["model", "speed"]
+    speed = machine_speed.saved(benchmark.hardware_fingerprint("cpu"))
+    assert speed is not None and speed.decode_tokens_per_s > 0 and speed.train_tokens_per_s > 0
+    # nothing left, so the worker will not queue it again; unless other programs used the machine meanwhile: then
+    # the speed is measured again at the next idle moment rather than kept
+    assert prepare.missing(args) == ([] if machine_speed.steady(speed) else ["speed"])
+    assert seen[-1][0] == pytest.approx(1.0) and "step 2 of 2 (speed)" in seen[-1][1]
+
+
+def test_preparation_gives_way_to_a_job_queued_meanwhile():
+    queue = JobQueue()
+    prep_id = queue.submit("prepare", kinds.PrepareArgs("tiny-random-llama").to_json(), "getting ready", "p",
+                           prepare.LAB, "worker")
+    claimed = queue.claim(os.getpid())
+    submit(queue, Job(_lora(20)), PRESENTER, "s")  # a person's job arrives while the preparation runs
+    assert claimed.id == prep_id and worker.run_job(queue, claimed) == "cancelled"
+    assert "gave way" in queue.job(prep_id).error
+    assert prepare.missing(kinds.PrepareArgs("tiny-random-llama", gguf=False, teacher_answers=False))  # not done
+
+
+def test_the_idle_worker_queues_the_preparation_once_per_missing_set(monkeypatch):
+    monkeypatch.setenv(worker.PREPARE_ENV, "1")
+    queue, tried = JobQueue(), set()
+    monkeypatch.setattr(prepare, "missing", lambda args: ["speed"])
+    assert worker._queue_preparation(queue, tried)
+    assert not worker._queue_preparation(queue, tried)  # the same steps are not queued twice by one worker
+    (waiting,) = queue.snapshot().waiting
+    assert waiting.job.kind == "prepare" and waiting.job.owner == prepare.LAB
+    monkeypatch.setenv(worker.PREPARE_ENV, "0")
+    assert not worker._queue_preparation(JobQueue(), set())
