@@ -105,6 +105,8 @@ def test_overview_lists_the_path_and_queues_a_step():
         assert s.title in body
     assert "Quantize** · :green[:material/check_circle: done]" in body
     assert "Distill**" in body and "Distill** ·" not in body
+    lines = [e.value for e in [*at.caption, *at.warning] if "Estimated time here" in e.value]
+    assert len(lines) == 4  # every step with a job to run (not the hybrid before a student exists, not Decide)
     at.button(key="lesson_run_distill").click().run()
     assert not at.exception, [e.value for e in at.exception]
     from ui.roles import queue  # the queue of this test's data dir

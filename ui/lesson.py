@@ -1,5 +1,6 @@
 """Render helper: the Overview's lesson path, one bordered box per step (core/launch/lesson.py): what it teaches, its
-quick setting and what that gives up, its estimated time here, a button that queues it, and where its result shows."""
+quick setting and what that gives up, its estimated time here (ui/estimates.py), a button that queues it with that
+estimate, and where its result shows."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from core import models
 from core.experiments import speculative
 from core.launch import lesson
 from core.models.saved import saved_students
+from ui.estimates import show_job_estimate
 from ui.frame import SidebarChoice, store
 from ui.panel import job_panel, submit_job
 
@@ -19,10 +21,11 @@ def _step(number: int, step: lesson.LessonStep, done: bool) -> None:
         st.markdown(f"**{number}. {step.title}**{status}")
         st.write(step.teaches)
         st.caption(f"**Quick setting:** {step.quick} **What it gives up:** {step.gives_up}")
+        estimate = show_job_estimate(step.args) if step.args is not None else None  # its line: time here, from what
         left, right = st.columns([1, 2])
         if step.args is not None:
             if left.button("Run this step", key=f"lesson_run_{step.key}", type="secondary" if done else "primary"):
-                submit_job(step.args, step.label)
+                submit_job(step.args, step.label, estimate)
         elif not done and step.waits_for:
             left.caption(step.waits_for)
         with right:
