@@ -5,8 +5,10 @@ import streamlit as st
 from core import models, runtimes, techniques
 from core.measure import benchmark, fit
 from core.paths import ASSETS
+from core.words import plural
 from core.views import recommend
 from ui.frame import choice, store
+from ui.lesson import lesson_path
 
 TOUR = ASSETS / "tour"
 TECHNIQUE_TOUR = (
@@ -68,7 +70,7 @@ c3.page_link("pages/report.py", label="Go to Report", icon=":material/descriptio
 if records:
     reference = recommend.find_reference(records)
     fastest = max(records, key=lambda r: r.decode_tokens_per_s_median)
-    c1.caption(f"Already measured here: {len(records)} variants, newest {max(r.created_at for r in records)}.")
+    c1.caption(f"Already measured here: {plural(len(records), 'variant')}, newest {max(r.created_at for r in records)}.")
     c2.caption(f"Fastest: {fastest.label}, {fastest.decode_tokens_per_s_median:.1f} tokens/s"
                + (f" against {reference.decode_tokens_per_s_median:.1f} for {reference.label}." if reference else "."))
     try:
@@ -82,6 +84,10 @@ if records:
         c3.caption(f"No example recommendation yet: {e}")
 else:
     st.caption("Nothing is measured on this machine yet: start with step 1, then come back here.")
+
+if spec:
+    st.subheader("Lesson path (50 minutes)")
+    lesson_path(picked, spec, here)
 
 st.subheader("The four techniques in plain words")
 for col, (name, picture, words) in zip(st.columns(4), TECHNIQUE_TOUR):

@@ -242,3 +242,16 @@ def test_saved_results_survive_a_torn_line(data_dir):
     speculative.results_path().parent.mkdir(parents=True)
     speculative.results_path().write_text('{"model": "a"}\n{"model": "b"\n')
     assert speculative.saved_results() == [{"model": "a"}]
+
+
+def test_the_three_models_are_measured_with_the_settings_given(tiny_teacher, corpus_file, data_dir):
+    """measure_with (a lesson's quick pass) sets the timed runs and quality samples; None measures fully."""
+    from core.experiments.sweep import SweepSettings
+    from core.store import ResultStore
+
+    result = distill_run.run_distill("tiny-random-llama", D.DistillSettings(**FAST), corpus_file)
+    quick = SweepSettings(new_tokens=4, repeats=1, mc_max_items=3, ppl_max_tokens=64)
+    records = distill_run.measure(result, ResultStore(), 1.0, measure_with=quick)
+    for record in records.values():
+        assert len(record.decode_tokens_per_s_samples) == 1 and record.mc_items == 3
+        assert record.usd_per_hour == 1.0 and record.settings["launched_from"] == "cli"

@@ -63,7 +63,7 @@ def test_quantize_page_estimates_each_variant_and_drops_the_slow_one_in_one_clic
     at = page("pages/quantize.py").run()
     no_errors(at)
     labels = [e.label for e in at.expander]
-    assert "Estimated time here: 9.0 min plus 5 never measured here; 1 variant(s) run far slower than usual" in labels
+    assert "Estimated time here: 9.0 min for 2 variants, not known yet for 5 others; 1 variant runs far slower than usual" in labels
     assert any("INT8" in w.value and "6% of the fp32 reference" in w.value for w in at.warning)
     table = at.dataframe[0].value
     rows = {r["variant"]: r for r in table.to_dict("records")}

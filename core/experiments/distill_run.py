@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -158,15 +158,17 @@ def _technique(key: str, label: str, build, explanation: str, surprise: str):
 
 def measure(result: DistillResult, store, usd_per_hour: float, hardware_preset: str = "laptop-cpu",
             report: Report | None = None, should_stop: Callable[[], bool] | None = None,
-            launched_from: str = "cli", mc_max_items: int = 0) -> dict[str, object]:
-    """Teacher, pruned-but-untrained student and distilled student through the sweep's harness, stored.
+            launched_from: str = "cli", mc_max_items: int = 0,
+            measure_with: sweep.SweepSettings | None = None) -> dict[str, object]:
+    """Teacher, pruned-but-untrained student and distilled student through the sweep's harness, stored;
+    `measure_with` sets the timed runs and quality samples (a lesson's quick pass), else a full measurement.
 
     Returns {"teacher": record, "student_pruned": record, "student_distilled": record}.
     """
     say = report or (lambda f, m: None)
     stop = should_stop or (lambda: False)
-    settings = sweep.SweepSettings(hardware_preset=hardware_preset, usd_per_hour=usd_per_hour,
-                                   launched_from=launched_from, mc_max_items=mc_max_items)
+    settings = replace(measure_with or sweep.SweepSettings(mc_max_items=mc_max_items), hardware_preset=hardware_preset,
+                       usd_per_hour=usd_per_hour, launched_from=launched_from)
     inputs = sweep.prepare_inputs(result.teacher, settings, lambda m: say(0.0, m))
     reference = sweep.reference_pass(inputs, lambda f: say(0.1 * f, "reference pass"))
     n, run = result.student_layers, Path(result.student_path).parent.name

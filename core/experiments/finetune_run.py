@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -169,8 +169,9 @@ def run_finetune(model_name: str, settings: FinetuneSettings, task: str | None =
 
 def store_record(model, result: FinetuneResult, store, usd_per_hour: float, hardware_preset: str = "laptop-cpu",
                  report: Report | None = None, should_stop: Callable[[], bool] | None = None,
-                 launched_from: str = "cli"):
-    """Measure the fine-tuned (merged) model with the sweep's harness so it appears on the Trade-off Map.
+                 launched_from: str = "cli", measure_with: sweep.SweepSettings | None = None):
+    """Measure the fine-tuned (merged) model with the sweep's harness so it appears on the Trade-off Map;
+    `measure_with` sets the timed runs and quality samples (a lesson's quick pass), else a full measurement.
 
     Its KL divergence against the base on general prose shows what specialising cost the model elsewhere.
     """
@@ -184,7 +185,8 @@ def store_record(model, result: FinetuneResult, store, usd_per_hour: float, hard
         surprise="Quality on general prose (KLD, perplexity) can get worse even as the task gets much better.",
         build=lambda _ckpt, _cfg, _dev: model, unsupported=lambda _cfg, _dev: None,
     )
-    settings = sweep.SweepSettings(hardware_preset=hardware_preset, usd_per_hour=usd_per_hour, launched_from=launched_from)
+    settings = replace(measure_with or sweep.SweepSettings(), hardware_preset=hardware_preset,
+                       usd_per_hour=usd_per_hour, launched_from=launched_from)
     inputs = sweep.prepare_inputs(result.model, settings, lambda m: say(0.0, f"measuring the merged model: {m}"))
     reference = sweep.reference_pass(inputs, lambda f: say(0.3 * f, "measuring the merged model: the base's reference "
                                                                      "pass"))

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from core import models
 from core.experiments import distill_run, finetune_run, speculative
+from core.experiments.sweep import SweepSettings
 from core.launch.job import JobArgs, JobContext
 from core.launch.kinds.base import JobKind, register
 from core.techniques import distillation, lora
@@ -30,6 +31,7 @@ class LoraArgs(JobArgs):
     usd_per_hour: float = 0.0
     hardware_preset: str = "laptop-cpu"
     launched_from: str = "dashboard"
+    measure_with: SweepSettings | None = None  # the merged model's measurement for the map; None: a full one
 
 
 def run_lora(args: LoraArgs, ctx: JobContext):
@@ -41,7 +43,7 @@ def run_lora(args: LoraArgs, ctx: JobContext):
     if ctx.store is not None:  # None: the CLI's --no-store
         finetune_run.store_record(model, result, ctx.store, args.usd_per_hour, args.hardware_preset,
                                   _span(ctx, TRAIN_SHARE, 1 - TRAIN_SHARE), ctx.should_stop,
-                                  launched_from=args.launched_from)
+                                  launched_from=args.launched_from, measure_with=args.measure_with)
     return result
 
 
@@ -62,6 +64,7 @@ class DistillArgs(JobArgs):
     hardware_preset: str = "laptop-cpu"
     launched_from: str = "dashboard"
     mc_max_items: int = 0  # 0 = every question
+    measure_with: SweepSettings | None = None  # how the three models are measured; None: fully (mc_max_items aside)
 
 
 def run_distill(args: DistillArgs, ctx: JobContext):
@@ -71,7 +74,8 @@ def run_distill(args: DistillArgs, ctx: JobContext):
                                      _span(ctx, 0.0, TRAIN_SHARE), ctx.should_stop, ctx.live)
     records = distill_run.measure(result, ctx.store, args.usd_per_hour, args.hardware_preset,
                                   _span(ctx, TRAIN_SHARE, 1 - TRAIN_SHARE), ctx.should_stop,
-                                  launched_from=args.launched_from, mc_max_items=args.mc_max_items)
+                                  launched_from=args.launched_from, mc_max_items=args.mc_max_items,
+                                  measure_with=args.measure_with)
     return distill_run.summary(result, records)
 
 
