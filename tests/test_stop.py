@@ -172,3 +172,27 @@ def test_end_tree_finds_descendants_that_left_the_process_group():
     assert grandchild in stopping.descendants(proc.pid)
     assert stopping.end_tree(proc, term_wait_s=2.0) == "on SIGTERM"
     assert not _alive(grandchild)
+
+
+def test_the_panel_says_stopping_at_once_and_a_cancelled_job_leaves_the_list(tiny_models):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    st.cache_data.clear()
+    queue = JobQueue()
+    raw = {"model": "tiny-random-llama", "techniques": ["fp32"], "settings": FAST}
+    running = queue.submit("sweep", raw, "Sweep A", "sweep", PRESENTER, "s-p")
+    queue.claim(os.getpid())
+    waiting = queue.submit("sweep", raw, "Sweep B", "sweep", PRESENTER, "s-p")
+    at = AppTest.from_file(str(ROOT / "pages" / "moe.py"), default_timeout=60).run()
+    assert not at.exception and any("Sweep B" in c.value for c in at.caption)
+    at.button(key=f"job_stop_{waiting}").click().run()
+    assert not at.exception and queue.job(waiting).state == "cancelled"
+    assert not any("Sweep B" in c.value for c in at.caption) and not any("Waiting" in m.value for m in at.markdown)
+    assert [t.value for t in at.toast] == ["Removed Sweep B from the queue."]
+    assert not any("Sweep B" in w.value for w in at.warning)  # it never ran: nothing to report as stopped
+    at.button(key=f"job_stop_{running}").click().run()
+    assert not at.exception and queue.job(running).stop_requested
+    assert at.get("progress")[0].proto.text == "Sweep A (presenter): stopping…"
+    assert not any(b.label == "Stop" for b in at.button)
+    assert [t.value for t in at.toast] == ["Stopping Sweep A: what it finished is kept."]
