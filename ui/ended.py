@@ -55,7 +55,9 @@ def kept_words(kind: str, page_note: str, page_kinds: tuple[str, ...] | None) ->
 
 
 def ended_to_show(recent: tuple[QueuedJob, ...]) -> QueuedJob | None:
-    """This session's last ended job, else the machine's last one if it ended within ENDED_SHOWN_S."""
+    """This session's last ended job, else the machine's last one if it ended within ENDED_SHOWN_S. A job cancelled
+    before it started is not one: it just left the queue (the Cancel button said so)."""
+    recent = tuple(j for j in recent if j.started_s is not None)
     mine = next((j for j in recent if j.owner_session == session_id()), None)
     last = recent[0] if recent else None
     return mine or (last if last and time.time() - (last.ended_s or 0) <= ENDED_SHOWN_S else None)
@@ -80,4 +82,4 @@ def draw_ended(job: QueuedJob, kept_note: str, page_kinds: tuple[str, ...] | Non
     elif job.state == "failed":
         st.error(f"{who} stopped: {visible(job.error)}")
     elif job.state in ("cancelled", "interrupted"):
-        st.warning(f"{who}: {visible(job.error)}. {kept_note}")
+        st.warning(f"{who}: {visible(job.error).rstrip('.')}. {kept_note}")

@@ -17,6 +17,7 @@ from core import models
 from core.launch import (
     preload,  # noqa: F401  (before any page draws: core/launch/preload.py says why)
     roles,
+    worker,
 )
 from core.measure import cost, fit
 from core.store import ResultStore, StoreError, configured_url, describe_configured, store_kind
@@ -65,6 +66,9 @@ def store() -> ResultStore | None:
 def sidebar() -> SidebarChoice:
     presenter = is_presenter()
     heartbeat()
+    if "worker_checked" not in st.session_state:  # once per visit: a fresh dashboard's worker starts at once and,
+        st.session_state["worker_checked"] = True  # while idle, prepares the machine (core/launch/kinds/prepare.py)
+        worker.ensure_running()
     with st.sidebar:
         if roles.classroom():
             st.caption("You are the **presenter**." if presenter else f"You are **viewer {heartbeat()}**: browse, "

@@ -43,21 +43,38 @@ def queue_snapshot(path: str) -> jobqueue.QueueSnapshot:
     return JobQueue(path).snapshot()
 
 
+TOAST_KEY = "lab_job_toast"  # what the last Stop or Cancel did, shown once after the rerun it causes
+
+
 def _stop_button(job: jobqueue.QueuedJob, label: str) -> None:
+    """Stop (a running job) or Cancel (a waiting one); the page is redrawn at once, so a cancelled job is gone from
+    the list and a stopped one says "stopping…" without waiting for the panel's next tick."""
     mine = job.owner_session == session_id()
     if (is_presenter() or (mine and job.state == "queued")) and st.button(label, key=f"job_stop_{job.id}"):
         try:
             queue().stop(job.id, session_id(), is_presenter())
         except NotAllowed as e:
             show_error(e)
+            return
         queue_snapshot.clear()
+        st.session_state[TOAST_KEY] = f"Removed {job.label} from the queue." if job.state == "queued" else \
+            f"Stopping {job.label}: what it finished is kept."
+        st.rerun()
+
+
+def _show_toast() -> None:
+    if (words := st.session_state.pop(TOAST_KEY, None)) is not None:
+        st.toast(words, icon=":material/check_circle:")
 
 
 def _draw_running(job: jobqueue.QueuedJob, expected_s: float | None, kept_note: str, paused: bool) -> None:
+    if job.stop_requested:  # no Stop button and no countdown: it ends within seconds, keeping what finished
+        st.progress(job.fraction, text=f"{job.label} ({job.owner}): stopping…")
+        st.caption(f"Stopping: it ends within a few seconds. {kept_note}")
+        return
     st.progress(job.fraction, text=f"{job.label} ({job.owner}): {visible(job.message)}")
-    stopping = " · stopping at the next safe point" if job.stop_requested else ""
     times = jobs.time_words(job.elapsed_s, expected_s, job.fraction, visible(job.message), paused)
-    st.caption(f"{times}{stopping}. {kept_note}")
+    st.caption(f"{times}. {kept_note}")
     _stop_button(job, "Stop")
 
 
@@ -78,6 +95,7 @@ def _draw_waiting(waiting: tuple[jobqueue.Waiting, ...]) -> None:
 def _draw_panel(kept_note: str, live_view, in_fragment: bool, paused: bool = False,
                 kinds: tuple[str, ...] | None = None) -> None:
     heartbeat()
+    _show_toast()
     snap = queue_snapshot(str(queue().path))
     if snap.running is not None:
         _draw_running(snap.running, snap.running_expected_s, kept_words(snap.running.kind, kept_note, kinds), paused)

@@ -27,6 +27,7 @@ import sys
 
 from core.cli import (
     budget,
+    interrupt,
     cascade,
     decide,
     gguf_draft,
@@ -64,12 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with one usage line on bad flags
     quiet_library_output()
+    interrupt.watch()  # Ctrl-C ends even a command inside a long C call within seconds
     try:
         args.func(args)
     except (CliError, ValueError, StoreError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; variants already finished are in the results store", file=sys.stderr)
-        return 130
+        interrupt.say_interrupted()
+        return interrupt.INTERRUPTED
     return 0

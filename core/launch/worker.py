@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core import models
-from core.launch import cluster, kinds, machine_load, quiet
+from core.launch import cluster, kinds, machine_load, quiet, stopping
 from core.launch.kinds import prepare
 from core.launch.execute import check_allowed, execute
 from core.launch.job import Job, JobContext
 from core.launch.jobqueue import PRESENTER, JobQueue, NotAllowed, QueuedJob
+from core.launch.uploads import fmt_seconds
 from core.measure import benchmark
 from core.paths import Stopped, data_dir, repo_root
 from core.store import ResultStore
@@ -44,7 +45,8 @@ IDLE_POLL_S = 0.5
 IDLE_EXIT_ENV = "LAB_WORKER_IDLE_EXIT_S"  # a worker with nothing to do for this long exits (the server restarts one)
 IDLE_EXIT_S = 3600.0
 PREPARE_ENV = "LAB_WORKER_PREPARE"  # "0": the worker does not prepare the machine when idle (tests)
-PREPARE_AFTER_IDLE_S = 2.0  # idle this long with nothing queued before the preparation is queued
+PREPARE_AFTER_IDLE_S = 2.0
+GIVE_WAY_S = 1.0  # the preparation ends this soon after a job is queued (its steps keep what they finished)  # idle this long with nothing queued before the preparation is queued
 
 
 # ---------------------------------------------------------------- running one job
@@ -125,7 +127,7 @@ def run_job(queue: JobQueue, job: QueuedJob) -> str:
         ctx.store = _SessionCountingStore(ResultStore(), queue, gate)
         benchmark.set_timed_section(gate.timed_run, lambda: gate.timing_phase(lambda: queue.sessions_connected() > 0))
         state, error = _outcome(execute(Job(args, job.label), _where(), ctx, progress=_relay(report)))
-    except Stopped as e:
+    except (Stopped, Terminated) as e:
         state, error = "cancelled", str(e) or "stopped"
     except (ValueError, NotAllowed) as e:  # the lab's own refusals are written for people
         state, error = "failed", str(e)
@@ -144,16 +146,73 @@ def run_job(queue: JobQueue, job: QueuedJob) -> str:
 # ---------------------------------------------------------------- a fresh process for each job
 
 
+class Terminated(BaseException):
+    """The worker ended this job's process (SIGTERM) because Stop was pressed and the job did not stop by itself.
+    Raised wherever the job is, past any `except Exception`, so that its `finally` blocks still run (a server is
+    stopped, a temp file removed); a job stuck in one long C call gets SIGKILL instead (core/launch/stopping.py)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated("ended by the worker after Stop")
+
+
+def child_argv(job_id: int) -> list[str]:
+    """The command that runs one claimed job in a process of its own."""
+    return [sys.executable, "-m", "core.launch.worker", "--job", str(job_id)]
+
+
+def _kept_count() -> stopping.KeptCount | None:
+    try:
+        return stopping.KeptCount(ResultStore())
+    except Exception:  # a store that cannot be opened here fails the job in the child, with its own words
+        return None
+
+
+def _end_stopped(queue: JobQueue, ended: QueuedJob, waited: stopping.Waited, kept: stopping.KeptCount | None) -> str:
+    """A job whose Stop the worker saw: cancelled, saying how long it ran, how it ended and what it kept (a job
+    that finished meanwhile keeps its own end)."""
+    if ended.state not in ("running", "cancelled"):
+        return ended.state
+    after = time.monotonic() - waited.stop_seen_s
+    by_itself = waited.how == "by itself"
+    own = ended.error if by_itself and ended.state == "cancelled" and ended.error not in ("", "stopped") else "Stopped."
+    how = "at its next safe point" if by_itself else \
+        f"{waited.how} from the worker, not having stopped by itself within {stopping.GRACE_S:.0f} s"
+    words = kept.words() if kept is not None else "what finished before the stop is kept in the results store"
+    queue.finish(ended.id, "cancelled", f"{own} It ran {fmt_seconds(ended.elapsed_s)} and ended {how} "
+                                        f"({after:.1f} s after Stop); {words}.")
+    return "cancelled"
+
+
 def _run_apart(queue: JobQueue, job: QueuedJob, lock_fd: int) -> str:
-    """Run a claimed job in a child process and wait for it; a child that dies before writing the job's end
-    (a crash, the kernel's out-of-memory killer) has its job marked failed here. The child inherits the worker's
-    lock, so no second worker can start while it still measures."""
-    child = subprocess.Popen([sys.executable, "-m", "core.launch.worker", "--job", str(job.id)], cwd=repo_root(),
-                             stdin=subprocess.DEVNULL, pass_fds=(lock_fd,))
-    code = child.wait()
+    """Run a claimed job in a child process and wait for it, watching its stop flag (core/launch/stopping.py): a
+    stopped job that does not end by itself within seconds is ended with everything it started. A child that dies
+    before writing the job's end (a crash, the kernel's out-of-memory killer) has its job marked failed here. The
+    child inherits the worker's lock, so no second worker can start while it still measures; it runs in a process
+    group of its own, so that ending it ends the llama.cpp tools it started too."""
+    kept = _kept_count()
+    child = subprocess.Popen(child_argv(job.id), cwd=repo_root(), stdin=subprocess.DEVNULL, pass_fds=(lock_fd,),
+                             process_group=0)
+    gives_way = job.kind == kinds.PrepareArgs.kind  # the worker's own idle work yields to any job queued meanwhile
+
+    def stop_now() -> bool:
+        return queue.stop_requested(job.id) or (gives_way and bool(queue.snapshot().waiting))
+
+    try:
+        waited = stopping.wait_watching(child, stop_now, grace_s=GIVE_WAY_S if gives_way else stopping.GRACE_S)
+    except KeyboardInterrupt:  # the worker's own Ctrl-C: its job ended with it (wait_watching ended the child)
+        queue.finish(job.id, "cancelled", "Stopped: the worker was interrupted (Ctrl-C); "
+                                          f"{kept.words() if kept else 'what finished before is kept'}.")
+        raise
+    code = waited.code
     ended = queue.job(job.id)
     if ended is None:
         return "failed"
+    if waited.stop_seen_s is not None and gives_way:
+        queue.finish(job.id, "cancelled", prepare.GAVE_WAY)
+        return "cancelled"
+    if waited.stop_seen_s is not None:
+        return _end_stopped(queue, ended, waited, kept)
     if ended.state == "running":
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         queue.finish(job.id, "failed", f"The measuring process {how} before the job ended (out of memory?); "
@@ -175,6 +234,7 @@ def _die_with_parent() -> None:
 def run_claimed(job_id: int) -> int:
     """The child's side: run job `job_id`, which its parent worker claimed. Returns the exit code."""
     _die_with_parent()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     queue = JobQueue()
     job = queue.job(job_id)
     if job is None or job.state != "running" or job.worker_pid != os.getppid():

@@ -48,6 +48,11 @@ _IDS_PER_QUERY = 500  # stays under SQLite's bound-parameter limit
 
 
 _parsed = ParsedRecords()
+_stored_here = [0]  # rows this process stored (records and serving points): what an interrupted command kept
+
+
+def stored_by_this_process() -> int:
+    return _stored_here[0]
 
 
 @dataclass(frozen=True)
@@ -280,12 +285,16 @@ class ResultStore:
     def add(self, record: VariantRecord) -> int:
         """Store one record; returns its row id (the existing row's if this record_id is already stored)."""
         with self._write() as conn:
-            return self._put(conn, RESULTS, _record_row(record))
+            row = self._put(conn, RESULTS, _record_row(record))
+        _stored_here[0] += 1
+        return row
 
     def add_many(self, records: Iterable[VariantRecord]) -> list[int]:
         """Store several records in one transaction: all of them or none."""
         with self._write() as conn:
-            return [self._put(conn, RESULTS, _record_row(record)) for record in records]
+            rows = [self._put(conn, RESULTS, _record_row(record)) for record in records]
+        _stored_here[0] += len(rows)
+        return rows
 
     def delete_run(self, run_id: str) -> int:
         """Delete every record of one sweep; returns how many were deleted."""
@@ -299,7 +308,9 @@ class ResultStore:
     def add_serving(self, record: ServingRecord) -> int:
         """Store one load-benchmark point; returns its row id (idempotent on record_id, like `add`)."""
         with self._write() as conn:
-            return self._put(conn, SERVING, _serving_row(record))
+            row = self._put(conn, SERVING, _serving_row(record))
+        _stored_here[0] += 1
+        return row
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -328,6 +339,17 @@ class ResultStore:
         with self._read() as conn:
             text = conn.execute(sa.select(RESULTS.c.record_json).where(RESULTS.c.record_id == record_id)).scalar()
         return None if text is None else VariantRecord.from_dict(json.loads(text))
+
+    def row_marks(self) -> dict[str, int]:
+        """The highest row id of each results table now: `rows_since` counts what was stored after this."""
+        with self._read() as conn:
+            return {t.name: conn.execute(sa.select(sa.func.max(t.c.id))).scalar() or 0 for t in (RESULTS, SERVING)}
+
+    def rows_since(self, marks: dict[str, int]) -> dict[str, int]:
+        """Rows stored in each results table since `marks` (from `row_marks`): what a stopped job kept."""
+        with self._read() as conn:
+            return {t.name: conn.execute(sa.select(sa.func.count()).where(t.c.id > marks.get(t.name, 0))).scalar()
+                    for t in (RESULTS, SERVING)}
 
     def url_with_password(self) -> str:
         """The full URL, for handing to this lab's own workers; never show it."""

@@ -30,6 +30,7 @@ from core.measure import benchmark, evaluate, textfile
 from core.measure.textfile import FileProblem
 from core.models.saved import checkpoint_name
 from core.paths import ASSETS, Stopped, data_dir
+from core.store import jsonl
 
 Report = Callable[[float, str], None]
 LayerChoice = Literal["spread", "first", "every-other"]
@@ -272,28 +273,26 @@ def teacher_answers(teacher, tokenizer, teacher_key: str, answer_tokens: int, de
                 row = json.loads(line)
                 done[row["id"]] = row
             except (json.JSONDecodeError, KeyError):
-                break  # a line cut by a kill: everything before it is good
+                continue  # a line cut by a crash; each batch is one whole write (jsonl.append), the rest are good
     prompts = load_prompts()
     todo = sorted((p for p in prompts if p["id"] not in done), key=lambda p: len(p["prompt"]))  # less padding
     tokenizer.padding_side = "left"
     report(len(done) / len(prompts), f"teacher answers: {len(done)}/{len(prompts)}")  # the count from the start
     try:
-        with partial.open("a") as out:
-            for start in range(0, len(todo), batch):
-                if stop():
-                    raise Stopped(f"Stopped while the teacher wrote the corpus ({len(done)} of {len(prompts)} answers kept for next time).")
-                chunk = todo[start : start + batch]
-                texts = [chat_text(tokenizer, p["prompt"]) for p in chunk]
-                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                gen = teacher.generate(**enc, max_new_tokens=answer_tokens, do_sample=False,
-                                       pad_token_id=tokenizer.pad_token_id)
-                answers = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                for p, text, answer in zip(chunk, texts, answers):
-                    row = {"id": p["id"], "prompt": p["prompt"], "text": text + answer.strip() + tokenizer.eos_token}
-                    out.write(json.dumps(row) + "\n")
-                    done[p["id"]] = row
-                out.flush()
-                report(len(done) / len(prompts), f"teacher answers: {len(done)}/{len(prompts)}")
+        for start in range(0, len(todo), batch):
+            if stop():
+                raise Stopped(f"Stopped while the teacher wrote the corpus ({len(done)} of {len(prompts)} answers kept for next time).")
+            chunk = todo[start : start + batch]
+            texts = [chat_text(tokenizer, p["prompt"]) for p in chunk]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            gen = teacher.generate(**enc, max_new_tokens=answer_tokens, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id)
+            answers = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            rows = [{"id": p["id"], "prompt": p["prompt"], "text": text + answer.strip() + tokenizer.eos_token}
+                    for p, text, answer in zip(chunk, texts, answers)]
+            jsonl.append(partial, rows)  # the batch in one write: a kill keeps it whole or not at all
+            done.update((row["id"], row) for row in rows)
+            report(len(done) / len(prompts), f"teacher answers: {len(done)}/{len(prompts)}")
     finally:
         tokenizer.padding_side = "right"
     rows = [done[p["id"]] for p in prompts]

@@ -27,6 +27,7 @@ from core.paths import Stopped, data_dir
 from core.techniques import distillation
 
 LAB = "the lab"  # the owner shown for it in the queue
+GAVE_WAY = "gave way to a queued job; what it finished is kept, and the rest follows when the machine is idle again"
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def run_prepare(args: PrepareArgs, ctx: JobContext) -> list[str]:
     steps, done = missing(args), []
     for i, step in enumerate(steps):
         if ctx.should_stop():
-            raise Stopped(f"gave way to a queued job after {len(done)} of {len(steps)} steps; the rest follows later")
+            raise Stopped(GAVE_WAY)
         say = _reporter(ctx, i, len(steps), step)
         checkpoint = models.prepare(spec, progress=lambda m: say(0.0, m))
         if step == "speed":
