@@ -9,7 +9,7 @@ import time
 import pytest
 
 from core.experiments import machine_speed
-from core.launch import estimates, kinds, worker
+from core.launch import estimates, kinds, machine_load, worker
 from core.launch.job import Job
 from core.launch.jobqueue import PRESENTER, JobEstimate, JobQueue
 from core.launch.kinds import prepare
@@ -140,3 +140,34 @@ def test_the_idle_worker_queues_the_preparation_once_per_missing_set(monkeypatch
     assert waiting.job.kind == "prepare" and waiting.job.owner == prepare.LAB
     monkeypatch.setenv(worker.PREPARE_ENV, "0")
     assert not worker._queue_preparation(JobQueue(), set())
+
+
+# ---------------------------------------------------------------- on the pages
+
+
+def _lora_page() -> "AppTest":
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "lora.py"), default_timeout=60)
+
+
+@pytest.mark.usefixtures("fresh_caches")
+def test_the_lora_page_shows_its_estimate_and_says_when_the_machine_is_busy(bundled):
+    hardware = benchmark.hardware_fingerprint("cpu")
+    queue = JobQueue()
+    args = kinds.LoraArgs("smollm2-135m-instruct", lora.FinetuneSettings(), "support-routing", None, 0.0, "laptop-cpu")
+    kind = kinds.kind_of(args)
+    now = time.time()
+    for seconds in (300, 320):  # two LoRA runs with the page's default settings ended here
+        queue.record_ended("lora", args.to_json(), "past", kind.similar(args), PRESENTER, now - seconds, now,
+                           JobEstimate(None, None, hardware))
+    machine_load.note(0.02)  # the worker saw a quiet machine a moment ago
+    at = _lora_page().run()
+    lines = [e.value for e in [*at.caption, *at.warning] if "Estimated time here" in e.value]
+    assert lines and "about 5.2 min" in lines[0] and "2 jobs alike" in lines[0] and "Uncertain" not in lines[0]
+    machine_load.note(0.6)  # a video call took more than a core
+    at = _lora_page().run()
+    (warned,) = [w.value for w in at.warning if "Estimated time here" in w.value]
+    assert "Uncertain" in warned and "60% of this machine's CPU" in warned

@@ -82,7 +82,10 @@ def test_time_words_never_show_a_frozen_or_zero_remaining_time():
     paused = time_words(65, 61, 0.5, "timing", True)
     assert paused == ("Elapsed 1 min 05 s · paused while the worker times the model (it resumes after the timed "
                       "runs)")
-    assert time_words(5, None, 0.0, "starting", False) == "Elapsed 5 s · remaining: estimating..."
+    assert time_words(5, None, 0.0, "starting", False) == ("Elapsed 5 s · remaining: not known yet (no estimate for "
+                                                           "this job here; the pace shows after 5%)")
+    assert time_words(30, None, 0.5, "training", False) == ("Elapsed 30 s · remaining about 30 s at the pace so far "
+                                                            "(unsure: no estimate for this job here)")
     for tenth in range(2000):
         for fraction in (0.0, 0.3, 0.999):
             assert "about 0 s" not in time_words(tenth / 10, 61, fraction, "x", False)

@@ -49,8 +49,9 @@ def time_words(elapsed_s: float, expected_s: float | None, fraction: float, mess
         return words if more is None else f"{words} · about {fmt_seconds(max(1.0, more))} more at the pace so far"
     left = time_left_s(elapsed_s, expected_s, fraction)
     if left is None:
-        return f"{elapsed} · remaining: estimating..."
-    return f"{elapsed} · remaining about {fmt_seconds(max(1.0, left))}"
+        return f"{elapsed} · remaining: not known yet (no estimate for this job here; the pace shows after 5%)"
+    unsure = "" if expected_s is not None else " at the pace so far (unsure: no estimate for this job here)"
+    return f"{elapsed} · remaining about {fmt_seconds(max(1.0, left))}{unsure}"
 
 
 def done_words(label: str, took_s: float, estimated_s: float | None) -> str:
