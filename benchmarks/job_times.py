@@ -42,7 +42,7 @@ def _jobs(model: str):
                   and t.family in ("reference", "quantization", "gguf"))
     jobs += [
         ("sweep: every variant, quick look", kinds.SweepArgs(model, every, SweepSettings().quick_look())),
-        ("budget: one size, no importance matrix", kinds.BudgetArgs(model, (60_000_000,), imatrix=False)),
+        ("budget: one size, no importance matrix", kinds.BudgetArgs(model, (90_000_000,), imatrix=False)),
         ("serve-bench: Q4_K_M at 1 and 2 requests", kinds.ServeBenchArgs(model, ("gguf-q4_k_m",), ServeSettings(
             concurrency=(1, 2), prompt_tokens=(128,), new_tokens=16, repeats=1))),
         ("serve-context: 3 lengths", kinds.ServeContextArgs(model, (128, 256, 512))),
@@ -153,6 +153,14 @@ def _write_table(hardware: str, speed, jobs: list[dict], model_key: str) -> None
     for record in open_store().all(model=model_key):  # newest first: the first seen of each technique is kept
         data = record.to_dict()
         variants.setdefault(record.technique, {k: v for k, v in data.items() if k not in bulky})
+    try:  # a partial pass (--only) adds to the table: a job alike replaces its old time, the rest stays
+        old = json.loads(REFERENCE_TIMES.read_text())
+    except (OSError, ValueError):
+        old = {}
+    if old.get("machine", {}).get("hardware") == hardware:
+        fresh = {j["similar"] for j in jobs}
+        jobs = [j for j in old.get("jobs", []) if j["similar"] not in fresh] + jobs
+        variants = old.get("variants", {}) | variants
     REFERENCE_TIMES.parent.mkdir(parents=True, exist_ok=True)
     REFERENCE_TIMES.write_text(json.dumps({
         "about": "Each job kind's time on one machine, measured by `python -m benchmarks.job_times DATA --write`; "

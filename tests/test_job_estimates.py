@@ -116,7 +116,7 @@ def test_preparation_measures_this_machines_speed_and_keeps_each_step():
     # nothing left, so the worker will not queue it again; unless other programs used the machine meanwhile: then
     # the speed is measured again at the next idle moment rather than kept
     assert prepare.missing(args) == ([] if machine_speed.steady(speed) else ["speed"])
-    assert seen[-1][0] == pytest.approx(1.0) and "step 2 of 2 (speed)" in seen[-1][1]
+    assert seen[-1][0] == pytest.approx(1.0) and "step 2 of 2 (this machine's speed)" in seen[-1][1]
 
 
 def test_preparation_gives_way_to_a_job_queued_meanwhile():
@@ -171,3 +171,15 @@ def test_the_lora_page_shows_its_estimate_and_says_when_the_machine_is_busy(bund
     at = _lora_page().run()
     (warned,) = [w.value for w in at.warning if "Estimated time here" in w.value]
     assert "Uncertain" in warned and "60% of this machine's CPU" in warned
+
+
+def test_a_job_that_ran_beside_busy_programs_teaches_no_estimate():
+    queue = JobQueue()
+    _done(queue, _lora(20), 100)
+    _done(queue, _lora(20), 190)
+    slow = queue.finished_here("lora", HW)[0]  # the newest: the 190 s one, beside a video call
+    queue.note_others(slow.id, 0.22)
+    est = estimates.estimate_job(_lora(20), queue, HW)
+    assert est.seconds == pytest.approx(100, abs=1) and "1 job alike" in est.basis
+    queue.note_others(queue.finished_here("lora", HW)[1].id, 0.3)  # none quiet: then all of them count
+    assert estimates.estimate_job(_lora(20), queue, HW).seconds == pytest.approx(145, abs=1)

@@ -41,6 +41,7 @@ LEARN_FROM_LAST = 5
 ALIKE_SPREAD = 0.15  # jobs alike here still vary this much on a quiet machine: the range is at least ±15%
 ROUGH_SPREAD = 0.5  # a scaled estimate: ±50%, said so
 BUSY_SHARE = 0.25  # of all cores: one busy thread on a 2-core laptop is 0.5
+LEARN_QUIET_SHARE = 0.10  # a job that ran beside others using this much is not learned from (one at 22% took 1.9x)
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,23 @@ def fmt_s(seconds: float | None) -> str:
 # ---------------------------------------------------------------- 1 and 2: this machine's own jobs
 
 
+def quiet_runs(done: list[QueuedJob]) -> list[QueuedJob]:
+    """The jobs that ran on a quiet machine (others' share under LEARN_QUIET_SHARE, or not measured): a job slowed by
+    a video call would teach every later estimate its slowness. All of them when none was quiet."""
+    quiet = [j for j in done if j.others_share is None or j.others_share < LEARN_QUIET_SHARE]
+    return quiet or done
+
+
 def _alike(args: JobArgs, done: list[QueuedJob]) -> TimeEstimate | None:
     similar = kinds.kind_of(args).similar(args)
-    times = [j.elapsed_s for j in done if j.similar == similar and j.elapsed_s > 0][:LEARN_FROM_LAST]
+    times = [j.elapsed_s for j in quiet_runs(done) if j.similar == similar and j.elapsed_s > 0][:LEARN_FROM_LAST]
     if not times:
         return None
     median = statistics.median(times)
     low, high = min(min(times), median * (1 - ALIKE_SPREAD)), max(max(times), median * (1 + ALIKE_SPREAD))
     runs = f"{len(times)} jobs alike" if len(times) > 1 else "1 job alike"
-    return TimeEstimate(median, low, high, f"from {runs} that ended here", median)
+    # no uncorrected figure: the correction learns only how rough estimates (sources 2 and 3) turn out
+    return TimeEstimate(median, low, high, f"from {runs} that ended here", None)
 
 
 def _other_size(args: JobArgs, done: list[QueuedJob]) -> tuple[float, str] | None:
@@ -168,7 +177,7 @@ def estimate_job(args: JobArgs, queue: JobQueue, hardware: str,
     machine scaled by this one's measured speed; with why it is uncertain when others use `others_share` of the
     machine now (core/launch/machine_load.recent_share)."""
     kind = kinds.kind_of(args)
-    done = queue.finished_here(kind.name, hardware)
+    done = quiet_runs(queue.finished_here(kind.name, hardware))
     busy = busy_words(others_share)
     found = _alike(args, done)
     if found is not None:

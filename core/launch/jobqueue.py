@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker_pid INTEGER,
     estimated_s REAL,               -- the estimate shown before it was queued (NULL: none)
     uncorrected_s REAL,             -- the same before the learned correction: what the next correction learns from
-    estimate_hardware TEXT NOT NULL DEFAULT '' -- the machine it was estimated for (hardware fingerprint)
+    estimate_hardware TEXT NOT NULL DEFAULT '', -- the machine it was estimated for (hardware fingerprint)
+    others_share REAL               -- what other processes used of all cores while it ran (NULL: not measured)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, priority, id);
 CREATE TABLE IF NOT EXISTS sessions (
@@ -81,6 +82,7 @@ _ADDED_COLUMNS = (
     ("jobs", "estimated_s", "REAL"),
     ("jobs", "uncorrected_s", "REAL"),
     ("jobs", "estimate_hardware", "TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "others_share", "REAL"),
 )
 
 
@@ -124,6 +126,7 @@ class QueuedJob:
     estimated_s: float | None = None  # the estimate shown before it was queued; None: its page had none
     uncorrected_s: float | None = None
     estimate_hardware: str = ""
+    others_share: float | None = None  # other processes' share of all cores while it ran: a busy run teaches no estimate
 
     @property
     def elapsed_s(self) -> float:
@@ -164,7 +167,7 @@ def _row_to_job(row: sqlite3.Row) -> QueuedJob:
         stop_requested=bool(row["stop_requested"]), fraction=row["fraction"], message=row["message"],
         log=tuple(json.loads(row["log_json"])), live=json.loads(row["live_json"]), error=row["error"],
         worker_pid=row["worker_pid"], estimated_s=row["estimated_s"], uncorrected_s=row["uncorrected_s"],
-        estimate_hardware=row["estimate_hardware"])
+        estimate_hardware=row["estimate_hardware"], others_share=row["others_share"])
 
 
 def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
@@ -389,6 +392,11 @@ class JobQueue:
         with self._connect() as conn:
             row = conn.execute("SELECT stop_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row[0])
+
+    def note_others(self, job_id: int, share: float | None) -> None:
+        """What other processes used of the machine while the job ran (the worker measures it around the job)."""
+        with self._write() as conn:
+            conn.execute("UPDATE jobs SET others_share = ? WHERE id = ?", (share, job_id))
 
     def finish(self, job_id: int, state: State, error: str = "") -> None:
         with self._write() as conn:

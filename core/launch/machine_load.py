@@ -8,6 +8,7 @@ nothing of ours runs but the web server, so what the machine does is somebody el
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -69,3 +70,20 @@ class IdleSampler:
     def restart(self) -> None:
         """After a job: the stretch it ran in is the job's, not idle time."""
         self._meter, self._since = OthersMeter(), time.monotonic()
+
+
+class AroundJob:
+    """What other processes used while one job ran in a child process of this one: the machine's busy time less this
+    process's and its waited-for children's (the job's process and what it started and waited for)."""
+
+    def __init__(self):
+        self._meter, self._before = OthersMeter(), os.times()
+
+    def share(self) -> float | None:
+        after = os.times()
+        children_s = (after.children_user + after.children_system) - (self._before.children_user
+                                                                      + self._before.children_system)
+        share = self._meter.share()
+        if share is None or self._meter.wall_s <= 0:
+            return None
+        return max(0.0, share - children_s / (self._meter.wall_s * (os.cpu_count() or 1)))

@@ -190,7 +190,7 @@ def _run_apart(queue: JobQueue, job: QueuedJob, lock_fd: int) -> str:
     before writing the job's end (a crash, the kernel's out-of-memory killer) has its job marked failed here. The
     child inherits the worker's lock, so no second worker can start while it still measures; it runs in a process
     group of its own, so that ending it ends the llama.cpp tools it started too."""
-    kept = _kept_count()
+    kept, load = _kept_count(), machine_load.AroundJob()
     child = subprocess.Popen(child_argv(job.id), cwd=repo_root(), stdin=subprocess.DEVNULL, pass_fds=(lock_fd,),
                              process_group=0)
     gives_way = job.kind == kinds.PrepareArgs.kind  # the worker's own idle work yields to any job queued meanwhile
@@ -205,6 +205,7 @@ def _run_apart(queue: JobQueue, job: QueuedJob, lock_fd: int) -> str:
                                           f"{kept.words() if kept else 'what finished before is kept'}.")
         raise
     code = waited.code
+    queue.note_others(job.id, load.share())  # a job slowed by other programs does not teach the next estimate
     ended = queue.job(job.id)
     if ended is None:
         return "failed"
@@ -343,7 +344,7 @@ def _queue_preparation(queue: JobQueue, tried: set[tuple[str, ...]]) -> bool:
     if not missing or missing in tried:
         return False
     tried.add(missing)
-    queue.submit(args.kind, args.to_json(), "Getting this machine ready: " + ", ".join(missing),
+    queue.submit(args.kind, args.to_json(), "Getting this machine ready: " + ", ".join(map(prepare.describe, missing)),
                  kinds.kind_of(args).similar(args), prepare.LAB, "worker")
     return True
 

@@ -58,6 +58,14 @@ def missing(args: PrepareArgs) -> list[str]:
     return steps
 
 
+def describe(step: str) -> str:
+    """A step in words for the queue and the progress line."""
+    if step.startswith("gguf:"):
+        return f"the {techniques.get(step.split(':', 1)[1]).label} file"
+    return {"model": "the bundled model", "speed": "this machine's speed",
+            "teacher answers": "the teacher's answers for a first distillation"}.get(step, step)
+
+
 def _marker() -> Path:
     return data_dir() / "prepared.json"
 
@@ -94,13 +102,13 @@ def run_prepare(args: PrepareArgs, ctx: JobContext) -> list[str]:
         elif step == "teacher answers":
             _teacher_answers(spec, checkpoint, lambda f, m: say(f, m), ctx.should_stop)
         done.append(step)
-        say(1.0, f"{step}: done")
+        say(1.0, "done")
     return done
 
 
 def _reporter(ctx: JobContext, i: int, n: int, step: str):
     def say(fraction: float, message: str) -> None:
-        ctx.report((i + fraction) / n, f"getting ready, step {i + 1} of {n} ({step}): {message}")
+        ctx.report((i + fraction) / n, f"getting ready, step {i + 1} of {n} ({describe(step)}): {message}")
     return say
 
 
