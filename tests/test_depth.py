@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from core.cli import main
 from core.models import build_tiny_model, load_model, load_tokenizer
 from core.techniques import depth, distillation as D
 from core.views import distill as distill_view
@@ -113,3 +114,24 @@ def test_every_layer_choice_has_a_label_and_settings_accept_redundancy():
     assert set(distill_view.LAYER_LABELS) == set(D.LAYER_CHOICES)
     assert "redundancy" in D.LAYER_CHOICES
     assert D.DistillSettings(layer_choice="redundancy").layer_choice == "redundancy"
+
+
+def test_cli_prints_scores_and_kept_layers(data_dir, tmp_path, capsys):
+    out = tmp_path / "depth.json"
+    assert main(["depth", "--model", "tiny-random-llama", "--keep", "1", "--tokens", str(TOKENS),
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    influence = result["scores"]["influence"]
+    assert len(influence) == 2 and result["scores"]["calibration_tokens"] == TOKENS
+    assert result["kept"] == [{"keep": 1, "redundancy": [max((0, 1), key=lambda i: influence[i])], "spread": [1]}]
+    assert f"{influence[0]:.4f}" in printed and "keep 1: by redundancy" in printed
+
+
+@pytest.mark.parametrize("keep, message", [("1,2", "between 1 and 1 layers"), ("0", "between 1 and 1 layers"),
+                                           ("one", "comma-separated whole numbers")])
+def test_cli_refuses_a_bad_depth_before_scoring(keep, message, data_dir, capsys):
+    assert main(["depth", "--model", "tiny-random-llama", "--keep", keep, "--tokens", str(TOKENS)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+    assert not (data_dir / "depth").exists()

@@ -24,7 +24,8 @@ import torch
 
 from core import models
 from core.paths import data_dir
-from core.techniques.moe.plan import CALIBRATION_TEXT, CALIBRATION_WINDOW_TOKENS, _checkpoint_fingerprint, calibration_ids
+from core.techniques.moe.plan import (CALIBRATION_TEXT, CALIBRATION_WINDOW_TOKENS, _checkpoint_fingerprint,
+                                      calibration_ids)
 
 CALIBRATION_TOKENS = 2048  # a few windows: the ranking of layers settles well before this on the bundled model
 SCORES_VERSION = "1"  # bump when the score's definition changes: invalidates cached scores

@@ -152,7 +152,8 @@ def meta_model(checkpoint: Path) -> torch.nn.Module:
 
 
 def plan(checkpoint: Path, student_layers: int, how: LayerChoice = "spread") -> StudentPlan:
-    """The student's shape; by redundancy it runs the teacher over the calibration text once (cached), else nothing loads."""
+    """The student's shape; by redundancy the teacher runs over the calibration text once (then cached), else
+    nothing is loaded."""
     teacher = meta_model(checkpoint)
     n = len(decoder_layers(teacher))
     check_depth(n, student_layers)  # before any scoring: a bad depth is refused without loading the model
