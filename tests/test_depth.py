@@ -1,6 +1,7 @@
 """Depth pruning by measured redundancy on tiny models: block influence, its cache, and the layers it keeps."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,3 +136,21 @@ def test_cli_refuses_a_bad_depth_before_scoring(keep, message, data_dir, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
     assert not (data_dir / "depth").exists()
+
+
+@pytest.mark.usefixtures("fresh_caches")
+def test_distill_page_offers_least_redundant_and_shows_its_layers(tiny_dir, data_dir, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from core import models
+
+    monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "distill.py"), default_timeout=60)
+    at.run()
+    which = at.radio[0]
+    assert which.options[-1] == "least redundant"  # the labels the page shows, not the keys
+    which.set_value("redundancy").run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    scores = depth.layer_scores(tiny_dir)  # what the page measured, now read back from the cache
+    kept = depth.keep_by_influence(scores.influence, 1)
+    assert any(f"Kept teacher layers: {kept[0]}." in c.value for c in at.caption)
