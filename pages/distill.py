@@ -48,8 +48,7 @@ else:
     layers = c1.slider("Decoder layers the student keeps", 1, teacher_layers - 1,
                        min(d.student_layers, teacher_layers - 1), help=f"The teacher, {spec.label}, has {teacher_layers}.")
 how = c2.radio("Which layers", distillation.LAYER_CHOICES, horizontal=True,
-               format_func={"spread": "evenly spread", "first": "the first ones", "every-other": "every other"}.get,
-               help="Evenly spread keeps the first and last layers, which matter most; DistilBERT kept every other.")
+               format_func=distill_view.LAYER_LABELS.get, help=distill_view.LAYER_HELP)
 try:
     shape = distillation.plan(checkpoint, layers, how)
 except ValueError as e:

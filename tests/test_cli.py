@@ -59,9 +59,9 @@ def test_cli_runs_as_a_module_and_fails_cleanly():
 
 
 
-COMMANDS = ["models", "prepare", "sweep", "moe", "lora", "finetune", "distill", "speculate", "prompt-lookup", "worker",
-            "serve", "serve-bench", "serve-check", "serve-context", "bill", "cascade", "model-cascade", "gguf-draft",
-            "budget"]
+COMMANDS = ["models", "prepare", "sweep", "moe", "lora", "finetune", "distill", "speculate", "depth", "prompt-lookup",
+            "worker", "serve", "serve-bench", "serve-check", "serve-context", "bill", "cascade", "model-cascade",
+            "gguf-draft", "budget"]
 
 
 def _commands(add_parsers) -> list[str]:

@@ -31,10 +31,11 @@ from core.measure.textfile import FileProblem
 from core.models.saved import checkpoint_name
 from core.paths import ASSETS, Stopped, data_dir
 from core.store import jsonl
+from core.techniques.depth import check_depth, decoder_layers, keep_by_influence, layer_scores
 
 Report = Callable[[float, str], None]
-LayerChoice = Literal["spread", "first", "every-other"]
-LAYER_CHOICES: tuple[str, ...] = ("spread", "first", "every-other")
+LayerChoice = Literal["spread", "first", "every-other", "redundancy"]
+LAYER_CHOICES: tuple[str, ...] = ("spread", "first", "every-other", "redundancy")
 PROMPTS = ASSETS / "distill" / "prompts.jsonl"
 
 
@@ -82,25 +83,19 @@ class DistillSettings:
 # ---------------------------------------------------------------- the student's shape
 
 
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The decoder's stack of blocks (`model.model.layers` in Llama, Qwen, Gemma, SmolLM ...)."""
-    base = getattr(model, "model", None)
-    layers = getattr(base, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise models.ModelError(f"Cannot find the decoder layers of {type(model).__name__}; distillation here needs "
-                                "a decoder whose blocks are in `model.model.layers` (Llama, Qwen2, Gemma, SmolLM...).")
-    return layers
-
-
-def pick_layers(teacher_layers: int, student_layers: int, how: LayerChoice = "spread") -> list[int]:
+def pick_layers(teacher_layers: int, student_layers: int, how: LayerChoice = "spread",
+                influence: list[float] | None = None) -> list[int]:
     """Which teacher layers the student keeps, in order.
 
     spread: evenly spaced, first and last kept (the last layer shapes the output the most);
-    every-other: 0, 2, 4 ... as DistilBERT did; first: the bottom of the stack.
+    every-other: 0, 2, 4 ... as DistilBERT did; first: the bottom of the stack;
+    redundancy: the layers that change the hidden state most on calibration text (`influence`, see depth.py).
     """
-    if not 1 <= student_layers < teacher_layers:
-        raise ValueError(f"The student must have between 1 and {teacher_layers - 1} layers (the teacher has "
-                         f"{teacher_layers}); got {student_layers}.")
+    check_depth(teacher_layers, student_layers)
+    if how == "redundancy":
+        if influence is None or len(influence) != teacher_layers:
+            raise ValueError(f"Choosing layers by redundancy needs one measured score per layer ({teacher_layers}).")
+        return keep_by_influence(influence, student_layers)
     if how == "first":
         return list(range(student_layers))
     if how == "every-other":
@@ -157,9 +152,12 @@ def meta_model(checkpoint: Path) -> torch.nn.Module:
 
 
 def plan(checkpoint: Path, student_layers: int, how: LayerChoice = "spread") -> StudentPlan:
+    """The student's shape; by redundancy the teacher runs over the calibration text once (then cached), else
+    nothing is loaded."""
     teacher = meta_model(checkpoint)
     n = len(decoder_layers(teacher))
-    keep = pick_layers(n, student_layers, how)
+    check_depth(n, student_layers)  # before any scoring: a bad depth is refused without loading the model
+    keep = pick_layers(n, student_layers, how, layer_scores(checkpoint).influence if how == "redundancy" else None)
     per_layer = [sum(p.numel() for p in layer.parameters()) for layer in decoder_layers(teacher)]
     total = sum(p.numel() for p in teacher.parameters())  # tied embeddings counted once
     student = total - sum(per_layer) + sum(per_layer[i] for i in keep)

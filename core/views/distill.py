@@ -16,6 +16,13 @@ from core.techniques import distillation
 
 Duration = Callable[[float], str]
 
+# The Distill page's "Which layers" radio: a label for every distillation.LAYER_CHOICES entry, and one sentence each.
+LAYER_LABELS = {"spread": "evenly spread", "first": "the first ones", "every-other": "every other",
+                "redundancy": "least redundant"}
+LAYER_HELP = ("Evenly spread keeps the first and last layers, which matter most; DistilBERT kept every other; least "
+              "redundant keeps the first, the last and the layers that change the hidden state most on a calibration "
+              "text (the model runs over it once, then the scores are reused).")
+
 
 def loss_figure(live: dict) -> go.Figure | None:
     """The training loss so far, with the held-out KL at each checkpoint; None before the first step."""
