@@ -21,9 +21,8 @@ from ui.uploads import blocked_by, checked_upload
 st.title("Distill a smaller student")
 st.write("Knowledge distillation trains a small **student** to give the same next-token probabilities as a large "
          "**teacher**. Here the student starts as the teacher with some of its layers removed, which on its own "
-         "breaks the model; training it to match the teacher's outputs repairs much of the damage. The student "
-         "is then measured like every other variant, and can serve as the teacher's **draft** in speculative "
-         "decoding.")
+         "breaks the model; training it to match the teacher's outputs repairs much of the damage. The student is "
+         "then measured like every other variant, and can serve as the teacher's **draft** in speculative decoding.")
 picked = choice()
 d = distillation.DistillSettings()
 
@@ -50,14 +49,16 @@ else:
 how = c2.radio("Which layers", distillation.LAYER_CHOICES, horizontal=True,
                format_func=distill_view.LAYER_LABELS.get, help=distill_view.LAYER_HELP)
 try:
-    shape = distillation.plan(checkpoint, layers, how)
+    with st.spinner("Planning the student (the least-redundant choice scores each layer once per model)"):
+        shape = on_torch_thread(distillation.plan, checkpoint, layers, how)  # may run the model: the torch thread
 except ValueError as e:
     show_error(e)
     st.stop()
 for column, metric in zip(st.columns(4), distill_view.plan_metrics(shape, layers, teacher_layers)):
     column.metric(**metric)
-st.caption(f"Kept teacher layers: {', '.join(map(str, shape.kept_layers))}. Estimated from the model's configuration, "
-           "before anything is loaded.")
+chosen = "; layers chosen by their measured influence on the calibration text" if how == "redundancy" else ""
+st.caption(f"Kept teacher layers: {', '.join(map(str, shape.kept_layers))}. Sizes and speed-up estimated from the "
+           f"model's configuration{chosen}.")
 
 st.subheader("2 · Train it")
 source = st.radio("Training text", ["teacher's answers to the bundled prompts", "your own text"], horizontal=True,
