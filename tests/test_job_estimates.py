@@ -183,3 +183,16 @@ def test_a_job_that_ran_beside_busy_programs_teaches_no_estimate():
     assert est.seconds == pytest.approx(100, abs=1) and "1 job alike" in est.basis
     queue.note_others(queue.finished_here("lora", HW)[1].id, 0.3)  # none quiet: then all of them count
     assert estimates.estimate_job(_lora(20), queue, HW).seconds == pytest.approx(145, abs=1)
+
+
+def test_the_arena_is_not_locked_by_the_idle_preparation_which_gives_way_to_it():
+    from core.launch.arena_gate import arena_gate
+
+    queue = JobQueue()
+    queue.submit("prepare", kinds.PrepareArgs("tiny-random-llama").to_json(), "getting ready", "p", prepare.LAB,
+                 "worker")
+    claimed = queue.claim(os.getpid())
+    assert not arena_gate(queue.snapshot(), presenter=False, other_lease_s=None, worker_up=True).locked
+    assert queue.hold("arena-session")  # the Arena takes the machine
+    assert worker._someone_waits(queue)  # and the preparation sees it must give way
+    assert worker.run_job(queue, claimed) == "cancelled" and queue.job(claimed.id).error == prepare.GAVE_WAY

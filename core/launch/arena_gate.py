@@ -12,7 +12,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from core.launch.jobqueue import JobQueue, QueueSnapshot
+from core.launch.jobqueue import GIVES_WAY, JobQueue, QueueSnapshot
 from core.launch.uploads import fmt_seconds
 
 
@@ -36,7 +36,7 @@ def other_lease_left_s(queue: JobQueue, name: str) -> float | None:
 
 def arena_gate(snapshot: QueueSnapshot, presenter: bool, other_lease_s: float | None, worker_up: bool) -> ArenaGate:
     """Open, or locked with the reason and when it frees (from the queue's own time estimates)."""
-    if (job := snapshot.running) is not None:
+    if (job := snapshot.running) is not None and job.kind != GIVES_WAY:  # the idle preparation gives way to the Arena
         when = "when it ends" if snapshot.running_left_s is None else \
             f"when it ends, in about {fmt_seconds(snapshot.running_left_s)}"
         return ArenaGate(f"{job.label} ({job.owner}) is being measured now: generating here would spoil its timings. "
@@ -45,7 +45,7 @@ def arena_gate(snapshot: QueueSnapshot, presenter: bool, other_lease_s: float | 
         return ArenaGate(f"Another Arena run is generating now (two at once would slow each other). It frees within "
                          f"{fmt_seconds(other_lease_s)}" + (", then the queued job runs first." if snapshot.waiting
                                                             else "."))
-    if snapshot.waiting and worker_up and not presenter:
+    if snapshot.waiting and worker_up and not presenter and snapshot.waiting[0].job.kind != GIVES_WAY:
         nxt = snapshot.waiting[0].job
         return ArenaGate(f"{nxt.label} ({nxt.owner}) is starting now: generating here would spoil its timings. The "
                          "Arena opens when the queue is empty; the panel on its page shows how long that takes.")

@@ -86,6 +86,9 @@ _ADDED_COLUMNS = (
 )
 
 
+GIVES_WAY = "prepare"  # the kind of the worker's idle preparation, which yields to any job and to the Arena
+
+
 @dataclass(frozen=True)
 class JobEstimate:
     """What the page estimated for a job before it was queued."""
@@ -350,16 +353,21 @@ class JobQueue:
                                 (since - SESSION_ALIVE_S, since)).fetchone()[0]
 
     def hold(self, name: str, seconds: float = LEASE_S) -> bool:
-        """Take (or renew) the machine for an interactive run; False if a job is running. The worker starts
-        nothing while a lease is held, and a lease expires by itself if its holder dies."""
+        """Take (or renew) the machine for an interactive run; False if a job is running (the worker's own idle
+        preparation gives way instead). The worker starts nothing while a lease is held, and a lease expires by
+        itself if its holder dies."""
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM jobs WHERE state = 'running'").fetchone():
+            if conn.execute("SELECT 1 FROM jobs WHERE state = 'running' AND kind != ?", (GIVES_WAY,)).fetchone():
                 return False
             if conn.execute("SELECT 1 FROM leases WHERE name != ? AND until_s > ?", (name, time.time())).fetchone():
                 return False  # another interactive run: two at once would disturb each other's timings
             conn.execute("INSERT INTO leases VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET until_s = excluded.until_s",
                          (name, time.time() + seconds))
             return True
+
+    def leased(self) -> bool:  # whether an interactive run holds the machine now
+        with self._connect() as conn:
+            return conn.execute("SELECT 1 FROM leases WHERE until_s > ?", (time.time(),)).fetchone() is not None
 
     def release(self, name: str) -> None:
         with self._write() as conn:

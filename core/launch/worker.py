@@ -116,7 +116,7 @@ def run_job(queue: JobQueue, job: QueuedJob) -> str:
         now = time.monotonic()
         if not stopped[0] and now - last_check[0] >= STOP_CHECK_EVERY_S:
             last_check[0] = now
-            stopped[0] = queue.stop_requested(job.id) or (gives_way and bool(queue.snapshot().waiting))
+            stopped[0] = queue.stop_requested(job.id) or (gives_way and _someone_waits(queue))
         return stopped[0]
 
     ctx.report, ctx.should_stop = report, should_stop
@@ -196,7 +196,7 @@ def _run_apart(queue: JobQueue, job: QueuedJob, lock_fd: int) -> str:
     gives_way = job.kind == kinds.PrepareArgs.kind  # the worker's own idle work yields to any job queued meanwhile
 
     def stop_now() -> bool:
-        return queue.stop_requested(job.id) or (gives_way and bool(queue.snapshot().waiting))
+        return queue.stop_requested(job.id) or (gives_way and _someone_waits(queue))
 
     try:
         waited = stopping.wait_watching(child, stop_now, grace_s=GIVE_WAY_S if gives_way else stopping.GRACE_S)
@@ -329,6 +329,11 @@ def serve(until_idle: bool = False, say: Callable[[str], None] = print) -> int:
             sampler.restart()
     finally:
         os.close(fd)
+
+
+def _someone_waits(queue: JobQueue) -> bool:
+    """A job queued, or an Arena run holding the machine: the idle preparation gives way to either."""
+    return bool(queue.snapshot().waiting) or queue.leased()
 
 
 def _queue_preparation(queue: JobQueue, tried: set[tuple[str, ...]]) -> bool:
