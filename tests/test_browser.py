@@ -1,5 +1,6 @@
 """Smoke test in a real browser: start the dashboard, open every page in headless Chromium, and fail on
-any exception or error box. The main path (measure -> see the map) is clicked through on the tiny model.
+any exception or error box. The main paths are clicked through on the bundled model by tests/test_first_dot_browser.py
+(Measure, the map filling in, Stop) and tests/test_lesson_browser.py (every lever, distill -> speculative decoding).
 """
 
 from __future__ import annotations
@@ -53,43 +54,3 @@ def test_every_page_opens_without_errors(server, browser):
     shots.mkdir(parents=True, exist_ok=True)
     for path, title in PAGES.items():
         open_page(browser, server, path, title, shots).close()
-
-
-def test_measure_then_see_the_map(server, browser):
-    page = open_page(browser, server, "quantize", "Quantize")
-    sidebar = page.locator("[data-testid='stSidebar']")
-    # generous bounds: the first page run imports torch, bitsandbytes and llama.cpp, and a CI machine may be slow
-    sidebar.locator("[data-testid='stSelectbox']").first.click(timeout=120_000)
-    page.get_by_role("option", name="Tiny random Llama (tests)").click()
-    page.get_by_role("button", name="Measure", exact=True).click()
-    page.get_by_text("Results on this machine").wait_for(timeout=480_000)
-    assert_no_errors(page)
-    page.get_by_role("link", name="Trade-off Map").first.click()
-    page.get_by_role("heading", name="Trade-off Map").wait_for(timeout=90_000)
-    page.locator(".js-plotly-plot").first.wait_for(timeout=90_000)
-    assert page.locator(".js-plotly-plot").count() >= 2
-    assert_no_errors(page)
-    page.screenshot(path=str(ROOT / "artifacts" / "screenshots" / "map-after-sweep.png"), full_page=True)
-
-
-def test_distill_then_speculate(server, browser):
-    """On the tiny model: distill from the page's own form (20 steps: the default 150 took most of this test's 7
-    minutes and test nothing more), see the three models, then run speculative decoding."""
-    page = open_page(browser, server, "distill", "Distill a smaller student")
-    sidebar = page.locator("[data-testid='stSidebar']")
-    # generous bounds: the first page run imports torch, bitsandbytes and llama.cpp, and a CI machine may be slow
-    sidebar.locator("[data-testid='stSelectbox']").first.click(timeout=120_000)
-    page.get_by_role("option", name="Tiny random Llama (tests)").click()
-    page.get_by_text("The teacher has 2 decoder layers").wait_for(timeout=90_000)
-    steps = page.get_by_label("Steps", exact=True)
-    steps.fill("20")
-    steps.press("Tab")
-    page.get_by_text("Estimated time here").first.wait_for(timeout=30_000)  # the estimate line above the button
-    page.wait_for_timeout(1000)
-    page.get_by_role("button", name="Distill", exact=True).click()
-    page.get_by_text("Held-out KL divergence, pruned → distilled").wait_for(timeout=480_000)
-    assert_no_errors(page)
-    page.get_by_role("button", name="Compare on 10 bundled prompts").click()
-    page.get_by_text("Tokens per teacher pass").wait_for(timeout=300_000)
-    assert_no_errors(page)
-    page.screenshot(path=str(ROOT / "artifacts" / "screenshots" / "distill-after-run.png"), full_page=True)

@@ -210,13 +210,16 @@ def test_every_job_kind_runs_on_ray_through_launch(ray_cluster, pg_url, data_dir
     ran["gguf-draft"] = done = on_ray(kinds.GGUFDraftArgs(tiny, draft), shared_store=None)
     assert [r["draft_max_tokens"] for r in done.result] == [2, 2] and all(r["identical_outputs"] for r in done.result)
     assert (data_dir / "hybrids" / "gguf_draft.jsonl").is_file()
-    # the node builds the tiny model's sensitivity table (files from 58 to 188 kB) and refuses a 1 kB budget with
-    # the words a user reads; the whole search on the bundled model is measured by `python -m core budget`
+    # the node builds the tiny model's sensitivity table (files from 58 to 188 kB) and refuses a 30 kB budget (above
+    # the door's floor of 2 bits per parameter, so it gets that far) with the words a user reads; the whole search
+    # on the bundled model is measured by `python -m core budget`
     with pytest.raises(ValueError, match="below the smallest file the candidate types make"):
-        on_ray(kinds.BudgetArgs(tiny, (1_000,), imatrix=False), shared_store=None)
+        on_ray(kinds.BudgetArgs(tiny, (30_000,), imatrix=False), shared_store=None)
     assert list((ray_cluster / "gguf").glob("*/budget/sensitivity-plain-*.json"))
     assert not (ray_cluster / "gguf" / "budget_search.jsonl").exists()
     ran["budget"] = "refused on the node"
+    ran["prepare"] = done = on_ray(kinds.PrepareArgs(tiny, gguf=False, teacher_answers=False), shared_store=None)
+    assert done.state == "done" and set(done.result) <= {"model", "speed"}
     assert set(ran) == set(kinds.KINDS)  # every kind there is
     assert all(d.node.startswith("127.0.0.1") for d in ran.values() if getattr(d, "node", ""))
 

@@ -1,5 +1,6 @@
 """Live in a lesson: from an empty data folder and a fresh server, the first measured variant is on the map within
-a minute of pressing Measure, and the rest join it as they are measured, without reloading the page.
+a minute of pressing Measure, the next joins it as it is measured, without reloading the page, and Stop ends the
+sweep within 10 s keeping both.
 
 The bundled model is prepared first (as `make model` leaves it): dequantizing it is the one-off work that the worker
 otherwise does when idle. The worker's idle preparation is on, as on a teacher's laptop, and gives way to the sweep.
@@ -21,7 +22,8 @@ from tests.test_browser import assert_no_errors, open_page
 pytestmark = [pytest.mark.browser, needs_bundled]
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_DOT_S = 60.0
-ALL_DOTS_S = 600.0  # the rest of the default quick look, generously (an AVX2-only machine is slower for int8/nf4)
+STOP_S = 10.0
+ALL_DOTS_S = 300.0  # the second variant, generously (an AVX2-only machine is far slower for int8)
 
 
 def _map_rows(page) -> int:
@@ -38,6 +40,14 @@ def _queue_state() -> str:
     snap = JobQueue().snapshot()
     jobs = ([snap.running] if snap.running else []) + [w.job for w in snap.waiting] + list(snap.recent)
     return "; ".join(f"{j.kind} {j.state} {j.elapsed_s:.0f}s: {j.log[-6:]} {j.error}" for j in jobs)
+
+
+def _ended() -> str:
+    """The sweep's state once it ended ("" while it runs or waits)."""
+    from core.launch.jobqueue import JobQueue
+
+    sweeps = [j for j in JobQueue().snapshot().recent if j.kind == "sweep"]
+    return sweeps[0].state if sweeps else ""
 
 
 def test_first_dot_on_the_map_within_a_minute_of_measure(bundled, data_dir, tmp_path):
@@ -61,17 +71,19 @@ def test_first_dot_on_the_map_within_a_minute_of_measure(bundled, data_dir, tmp_
         times = {"first_dot_s": round(first_dot_s, 1)}
         deadline = time.monotonic() + ALL_DOTS_S
         seen = 1
-        while time.monotonic() < deadline:  # the rest follow as each is measured, on the page already open
-            rows = _map_rows(the_map)
-            if rows > seen:
-                seen = rows
-                times[f"dot_{rows}_s"] = round(time.monotonic() - pressed, 1)
-            if page.get_by_text(re.compile(r"done in \d")).count():  # the sweep ended (its panel on Quantize)
-                seen = max(seen, _map_rows(the_map))
-                break
+        while time.monotonic() < deadline and seen < 2:  # the next follows as it is measured, on the page already open
+            seen = max(seen, _map_rows(the_map))
             the_map.wait_for_timeout(1000)
+        times["second_dot_s"] = round(time.monotonic() - pressed, 1)
         assert seen >= 2, "only the first variant reached the map"
+        page.bring_to_front()  # then Stop, on the Quantize page's panel: it ends within seconds, keeping both dots
+        page.get_by_role("button", name="Stop").first.click()
+        stopped = time.monotonic()
+        while time.monotonic() - stopped < STOP_S and not _ended():
+            time.sleep(0.25)
+        times["stop_s"] = round(time.monotonic() - stopped, 1)
+        assert _ended() == "cancelled", _queue_state()
         the_map.screenshot(path=str(ROOT / "artifacts" / "screenshots" / "first-dots.png"), full_page=True)
         (tmp_path / "first_dot.json").write_text(json.dumps(times))
         print("first dot:", json.dumps(times))
-        assert first_dot_s <= FIRST_DOT_S
+        assert first_dot_s <= FIRST_DOT_S and times["stop_s"] <= STOP_S
