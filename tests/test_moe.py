@@ -40,7 +40,9 @@ def logits(model, ids=IDS):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(experts=8, top_k=9), "top_k must be between 1 and experts=8, got top_k=9"),
+    (dict(experts=8, top_k=9), "top_k must be between 1 and the 8 routed experts, got top_k=9"),
+    (dict(experts=8, top_k=7, shared=2), "top_k must be between 1 and the 6 routed experts, got top_k=7"),
+    (dict(experts=8, top_k=1, shared=7), "shared experts must be between 0 and 6"),
     (dict(experts=8, top_k=0), "got top_k=0"),
     (dict(experts=1, top_k=1), "experts must be at least 2, got 1"),
     (dict(calibration_tokens=10), "calibration_tokens"),
@@ -317,7 +319,7 @@ def test_cli_writes_the_dense_record_and_one_per_k(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--top-k", "1,9"], "top_k must be between 1 and experts=8, got top_k=9"),
+    (["--top-k", "1,9"], "top_k must be between 1 and the 8 routed experts, got top_k=9"),
     (["--experts", "3", "--top-k", "1"], "128 neurons do not split into 3 equal experts"),
     (["--experts", "32", "--top-k", "1"], "leaves 4 neurons per expert"),
     (["--top-k", "one,two"], "--top-k: expected comma-separated whole numbers"),
@@ -465,3 +467,53 @@ def test_moe_runs_on_cuda(tiny_dir, tiny):
     assert len(run.token_ids) == 4
     moe.set_top_k(model, 8)
     assert (logits(model, IDS.cuda()).cpu() - logits(tiny[0])).abs().max() < 1e-3
+
+
+# ---------------------------------------------------------------- shared experts (always on)
+
+
+def test_firing_rate_counts_the_tokens_on_which_a_neuron_is_a_top_contributor():
+    features = torch.tensor([[9.0, 9.0, 9.0, 9.0],   # neuron 0: a top contributor on every token
+                             [0.0, 5.0, 0.0, 0.0],   # neuron 1: on one token of four
+                             [1.0, 0.0, 1.0, 1.0],
+                             [0.0, 0.0, 0.0, 0.0]])
+    rate = moe.firing_rate(features, top_share=0.5)  # the top 2 of 4 neurons fire on each token
+    assert rate[0] == 1.0 and rate[1] == 0.25 and rate[2] == 0.75 and rate[3] == 0.0
+
+
+def test_shared_experts_take_the_most_often_firing_neurons_and_routed_ones_split_the_rest():
+    torch.manual_seed(0)
+    features = torch.rand(64, 50)
+    busy = torch.tensor([3, 7, 11, 20, 30, 41, 52, 63])
+    features[busy] += 10.0  # these eight fire on every token
+    groups = moe.shared_and_routed(features, experts=8, shared=1)
+    assert len(groups) == 8 and all(g.numel() == 8 for g in groups)
+    assert groups[0].tolist() == busy.tolist()
+    assert sorted(torch.cat(groups).tolist()) == list(range(64))  # every neuron exactly once
+
+
+@pytest.mark.parametrize("key,shape", [("moe-8x1-s2", (8, 1, 1, 2)), ("moe-8x2", (8, 2, 1, 0)),
+                                       ("moe-16x2-s4-d0", (16, 2, 0, 4))])
+def test_shared_keys_round_trip(key, shape):
+    assert moe.parse_technique_key(key) == shape
+    assert moe.technique_key(shape[0], shape[1], shape[2], shape[3]) == key
+    assert techniques.get(key).config == moe.MoEConfig(experts=shape[0], top_k=shape[1], dense_layers=shape[2],
+                                                       shared=shape[3])
+
+
+def test_shared_experts_always_run_and_every_expert_still_reproduces_the_dense_model(tiny, calibration):
+    shared = moe.convert_to_moe(tiny[0], moe.MoEConfig(experts=8, top_k=1, shared=2), calibration)
+    layer = moe.moe_layers(shared)[0]
+    assert layer.shared == 2 and layer.router.out_features == 6
+    x = torch.randn(5, 64)
+    chosen = layer.select_experts(x)
+    assert chosen.shape == (5, 3) and (chosen[:, :2] == torch.tensor([0, 1])).all() and (chosen[:, 2] >= 2).all()
+    with torch.inference_mode():
+        expected = layer.mean_total + sum(layer.expert(x[:1], e) for e in chosen[0].tolist())
+        assert torch.allclose(layer(x[:1][None])[0], expected, atol=1e-5)  # the one-token decode path
+        assert torch.allclose(layer.dispatch(x, chosen)[:1], expected, atol=1e-5)  # the many-token path agrees
+    assert moe.expert_groups(shared)[0].inactive_share() == pytest.approx(5 / 8)
+    moe.set_top_k(shared, 6)
+    assert (logits(shared) - logits(tiny[0])).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="the 6 routed experts, got top_k=7"):
+        moe.set_top_k(shared, 7)

@@ -2,6 +2,7 @@
 
     techniques.get("nf4").make(checkpoint)        # a torch model, for a transformers runtime
     techniques.get("gguf-q4_k_m").artifact(...)   # a GGUF file, for llama.cpp
+    techniques.get("depth-20-redundancy")         # 20 layers kept by measured redundancy, untrained
 
 Pages, the CLI and the experiments iterate the registry (`TECHNIQUES`, `get`) and never branch on a key.
 """
@@ -9,7 +10,7 @@ Pages, the CLI and the experiments iterate the registry (`TECHNIQUES`, `get`) an
 from core.techniques.registry import TECHNIQUES, Technique, defaults_for, get, parse_keys, reference_key, register
 
 # Importing each family registers its entries (order: the order pages list them in).
-from core.techniques import quantization, gguf, moe  # noqa: E402,F401  isort: skip
+from core.techniques import quantization, gguf, moe, depth  # noqa: E402,F401  isort: skip
 
 REFERENCE = reference_key()
 

@@ -12,21 +12,26 @@ data_dir()/depth, so the Distill page, the CLI and every point of a depth sweep 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
 from core import models
 from core.paths import data_dir
+from core.techniques.registry import Technique, register_resolver
 from core.techniques.moe.plan import (CALIBRATION_TEXT, CALIBRATION_WINDOW_TOKENS, _checkpoint_fingerprint,
                                       calibration_ids)
 
+LayerChoice = Literal["spread", "first", "every-other", "redundancy"]
+LAYER_CHOICES: tuple[str, ...] = ("spread", "first", "every-other", "redundancy")
 CALIBRATION_TOKENS = 2048  # a few windows: the ranking of layers settles well before this on the bundled model
 SCORES_VERSION = "1"  # bump when the score's definition changes: invalidates cached scores
 
@@ -126,6 +131,53 @@ def keep_by_influence(influence: Sequence[float], keep: int) -> list[int]:
     return sorted(ends + middle)
 
 
+def pick_layers(teacher_layers: int, student_layers: int, how: LayerChoice = "spread",
+                influence: list[float] | None = None) -> list[int]:
+    """Which teacher layers the student keeps, in order.
+
+    spread: evenly spaced, first and last kept (the last layer shapes the output the most);
+    every-other: 0, 2, 4 ... as DistilBERT did; first: the bottom of the stack;
+    redundancy: the layers that change the hidden state most on calibration text (`influence`, see depth.py).
+    """
+    check_depth(teacher_layers, student_layers)
+    if how == "redundancy":
+        if influence is None or len(influence) != teacher_layers:
+            raise ValueError(f"Choosing layers by redundancy needs one measured score per layer ({teacher_layers}).")
+        return keep_by_influence(influence, student_layers)
+    if how == "first":
+        return list(range(student_layers))
+    if how == "every-other":
+        kept = list(range(0, teacher_layers, 2))[:student_layers]
+        if len(kept) < student_layers:
+            raise ValueError(f"every-other gives at most {len(kept)} layers of {teacher_layers}; pick 'spread'.")
+        return kept
+    if student_layers == 1:
+        return [teacher_layers - 1]
+    return [round(i * (teacher_layers - 1) / (student_layers - 1)) for i in range(student_layers)]
+
+
+def make_student(teacher: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
+    """A copy of the teacher holding only the layers in `keep`; embeddings, final norm and head are copied too."""
+    return keep_layers(copy.deepcopy(teacher), keep)
+
+
+def keep_layers(student: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
+    """`student` itself, cut down to the decoder layers in `keep` (in place: the dropped layers are freed)."""
+    layers = decoder_layers(student)
+    student.model.layers = torch.nn.ModuleList([layers[i] for i in keep])
+    for new_index, layer in enumerate(student.model.layers):
+        for module in layer.modules():  # the KV cache is indexed by each attention module's layer_idx
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index
+    config = student.config
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) == len(layers):
+        config.layer_types = [layer_types[i] for i in keep]
+    config.num_hidden_layers = len(keep)
+    return student.eval()
+
+
+
 # ---------------------------------------------------------------- cached scores (I/O)
 
 
@@ -166,3 +218,73 @@ def layer_scores(checkpoint: Path, tokens: int = CALIBRATION_TOKENS, text: Path 
     scores = LayerScores(influence, int(ids.numel()), text_sha, str(checkpoint), time.perf_counter() - t0)
     _write_atomically(path, scores)
     return scores
+
+
+# ---------------------------------------------------------------- the registry's entries: pruned, not trained
+
+PRUNE_CHOICES: tuple[str, ...] = ("redundancy", "spread")  # the two a depth sweep sets side by side
+PRUNE_KEY = re.compile(r"depth-(\d+)-(redundancy|spread)")
+PRUNE_EXPLANATION = (
+    "The model with only {layers} of its decoder layers and no training at all: {how}. Fewer layers means fewer "
+    "bytes read and fewer multiplies per token, so decoding is faster; what it costs is measured like any variant."
+)
+PRUNE_HOW = {
+    "redundancy": "the layers kept are those that change the hidden state most on calibration text, the ones "
+                  "dropped pass their input on almost unchanged (ShortGPT's Block Influence)",
+    "spread": "the layers kept are evenly spaced through the stack, the first and last included (the seed's recipe "
+              "for a distilled student, here before any training)",
+}
+PRUNE_SURPRISE = (
+    "Which layers go matters more than how many: at the same depth, dropping the layers measured as redundant "
+    "loses far less than dropping evenly spaced ones. Decoding speeds up by less than the share of layers removed, "
+    "because the token table and output head are read for every token whatever the depth, and in a small "
+    "model they are a large share of its bytes. Training the pruned model against the original (Distill) wins back part of the loss."
+)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    layers: int  # decoder layers kept
+    choice: str  # "redundancy" or "spread"
+
+    def __post_init__(self) -> None:
+        if self.layers < 1:
+            raise ValueError(f"A pruned model keeps at least 1 layer, got {self.layers}.")
+        if self.choice not in PRUNE_CHOICES:
+            raise ValueError(f"Layers are chosen by {' or '.join(PRUNE_CHOICES)}, not {self.choice!r}.")
+
+
+def prune_key(layers: int, choice: str) -> str:
+    return f"depth-{layers}-{choice}"
+
+
+def build_pruned(checkpoint: Path, config: PruneConfig, device: str = "cpu") -> torch.nn.Module:
+    """Technique.build: the fp32 model cut to `config.layers` layers; a depth outside 1..L-1 is refused by name."""
+    model = models.load_model(checkpoint, torch.float32, device)
+    n = len(decoder_layers(model))
+    check_depth(n, config.layers)
+    influence = layer_scores(Path(checkpoint)).influence if config.choice == "redundancy" else None
+    keep = pick_layers(n, config.layers, config.choice, influence)  # type: ignore[arg-type]
+    model = keep_layers(model, keep)
+    model.lab_pruning = {"kept_layers": keep, "teacher_layers": n, "layer_choice": config.choice, "trained": False}
+    return model
+
+
+def pruned_facts(model: torch.nn.Module) -> dict[str, Any]:
+    return dict(getattr(model, "lab_pruning", {}))
+
+
+def prune_technique(layers: int, choice: str) -> Technique:
+    config = PruneConfig(layers, choice)
+    by = "by measured redundancy" if choice == "redundancy" else "evenly spread"
+    return Technique(prune_key(layers, choice), f"{layers} layers {by}, untrained", "depth pruning", config,
+                     PRUNE_EXPLANATION.format(layers=layers, how=PRUNE_HOW[choice]), PRUNE_SURPRISE,
+                     build_pruned, lambda _config, _device: None, facts=pruned_facts)
+
+
+def _resolve(key: str) -> Technique | None:
+    match = PRUNE_KEY.fullmatch(key)
+    return prune_technique(int(match[1]), match[2]) if match else None
+
+
+register_resolver(_resolve)

@@ -10,7 +10,6 @@ end, and its measuring, is core.experiments.distill_run.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -19,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +30,10 @@ from core.measure.textfile import FileProblem
 from core.models.saved import checkpoint_name
 from core.paths import ASSETS, Stopped, data_dir
 from core.store import jsonl
-from core.techniques.depth import check_depth, decoder_layers, keep_by_influence, layer_scores
+from core.techniques.depth import (LAYER_CHOICES, LayerChoice, check_depth, decoder_layers, keep_layers, layer_scores,
+                                   make_student, pick_layers)
 
 Report = Callable[[float, str], None]
-LayerChoice = Literal["spread", "first", "every-other", "redundancy"]
-LAYER_CHOICES: tuple[str, ...] = ("spread", "first", "every-other", "redundancy")
 PROMPTS = ASSETS / "distill" / "prompts.jsonl"
 
 
@@ -81,48 +79,6 @@ class DistillSettings:
 
 
 # ---------------------------------------------------------------- the student's shape
-
-
-def pick_layers(teacher_layers: int, student_layers: int, how: LayerChoice = "spread",
-                influence: list[float] | None = None) -> list[int]:
-    """Which teacher layers the student keeps, in order.
-
-    spread: evenly spaced, first and last kept (the last layer shapes the output the most);
-    every-other: 0, 2, 4 ... as DistilBERT did; first: the bottom of the stack;
-    redundancy: the layers that change the hidden state most on calibration text (`influence`, see depth.py).
-    """
-    check_depth(teacher_layers, student_layers)
-    if how == "redundancy":
-        if influence is None or len(influence) != teacher_layers:
-            raise ValueError(f"Choosing layers by redundancy needs one measured score per layer ({teacher_layers}).")
-        return keep_by_influence(influence, student_layers)
-    if how == "first":
-        return list(range(student_layers))
-    if how == "every-other":
-        kept = list(range(0, teacher_layers, 2))[:student_layers]
-        if len(kept) < student_layers:
-            raise ValueError(f"every-other gives at most {len(kept)} layers of {teacher_layers}; pick 'spread'.")
-        return kept
-    if student_layers == 1:
-        return [teacher_layers - 1]
-    return [round(i * (teacher_layers - 1) / (student_layers - 1)) for i in range(student_layers)]
-
-
-def make_student(teacher: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
-    """A copy of the teacher holding only the layers in `keep`; embeddings, final norm and head are copied too."""
-    student = copy.deepcopy(teacher)
-    layers = decoder_layers(student)
-    student.model.layers = torch.nn.ModuleList([layers[i] for i in keep])
-    for new_index, layer in enumerate(student.model.layers):
-        for module in layer.modules():  # the KV cache is indexed by each attention module's layer_idx
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = new_index
-    config = student.config
-    layer_types = getattr(config, "layer_types", None)
-    if isinstance(layer_types, list) and len(layer_types) == len(layers):
-        config.layer_types = [layer_types[i] for i in keep]
-    config.num_hidden_layers = len(keep)
-    return student.eval()
 
 
 @dataclass(frozen=True)

@@ -94,11 +94,13 @@ from core.techniques.moe.partition import (
     coactivation_features,
     expert_means_and_importance,
     expert_outputs,
+    firing_rate,
     fit_router,
     neurons_per_expert,
     partition_neurons,
     route,
     routing_recall,
+    shared_and_routed,
     stack_experts,
     valid_expert_counts,
 )
@@ -134,10 +136,10 @@ __all__ = [
     "active_params", "active_params_pct", "apply_plan", "apply_saved_experts", "architecture", "balanced_assignment",
     "balanced_kmeans", "bytes_read_per_token", "cache_root", "calibration_ids", "check_convertible",
     "coactivation_features", "convert_to_moe", "dense_facts", "dense_params", "ensure_plan", "expert_groups",
-    "expert_means_and_importance", "expert_outputs", "expert_state", "fit_plan", "fit_router", "flops_per_token",
+    "expert_means_and_importance", "expert_outputs", "expert_state", "fit_plan", "fit_router", "firing_rate", "flops_per_token",
     "gated_mlps", "load_moe", "load_plan", "matmul_params", "moe_layers", "moe_technique", "native_moe",
     "native_moe_for_name", "native_moe_of", "neurons_per_expert", "parse_technique_key", "partition_neurons", "plan_dir",
-    "prepare_conversion", "record_mlp_inputs", "route", "router_params", "routing_recall", "save_plan", "set_top_k",
+    "prepare_conversion", "record_mlp_inputs", "route", "router_params", "routing_recall", "save_plan", "set_top_k", "shared_and_routed",
     "stack_experts", "technique_key", "total_params", "unsupported_reason", "valid_expert_counts", "variant_facts",
 ]
 
@@ -157,24 +159,40 @@ MOE_SURPRISE = (
     "in groups: quality falls fast as fewer experts run, unlike a model trained as a mixture of experts "
     "(LLaMA-MoE recovered quality by training the converted model further; nothing is trained here)."
 )
+SHARED_EXPLANATION = (
+    "Each feed-forward layer's neurons are split into {experts} equal groups (experts). {shared} of them, made of the "
+    "neurons that fire on almost every calibration token, always run (shared experts, as in CMoE and DeepSeek-MoE); "
+    "a small router fitted on calibration text adds the {top_k_experts} of the other {routed} that {matter} most for "
+    "each token: about {pct:.0f}% of the feed-forward weights are read per token (the first layer stays whole). "
+    "With every expert running it computes exactly the dense model."
+)
+SHARED_SURPRISE = (
+    "A few neurons of this dense model are busy on nearly every token; routing them away is what made the plain "
+    "carve a different model. Keeping them always on (shared experts) costs a fixed share of the work on every "
+    "token but keeps the model much closer to the dense one at the same share. Nothing is trained: the experts "
+    "and the router come from measurements on calibration text."
+)
 
 
-def moe_technique(experts: int, top_k: int, dense_layers: int = DEFAULT_DENSE_LAYERS) -> Technique:
-    """The registry entry for any (E, k); the registry lists a few, `get` builds the rest on demand."""
-    config = MoEConfig(experts=experts, top_k=top_k, dense_layers=dense_layers)
-    label = f"MoE {top_k} of {experts} experts" + ("" if dense_layers == DEFAULT_DENSE_LAYERS
-                                                     else f", first {dense_layers} MLP layers dense")
+def moe_technique(experts: int, top_k: int, dense_layers: int = DEFAULT_DENSE_LAYERS, shared: int = 0) -> Technique:
+    """The registry entry for any (E, k, shared); the registry lists a few, `get` builds the rest on demand."""
+    config = MoEConfig(experts=experts, top_k=top_k, dense_layers=dense_layers, shared=shared)
+    label = (f"MoE {top_k} of {experts} experts" if not shared
+             else f"MoE {shared} shared + {top_k} of {experts - shared} routed experts")
+    label += "" if dense_layers == DEFAULT_DENSE_LAYERS else f", first {dense_layers} MLP layers dense"
+    explanation = (SHARED_EXPLANATION if shared else MOE_EXPLANATION).format(
+        experts=experts, shared=shared, routed=experts - shared, top_k_experts=plural(top_k, "expert"),
+        pct=100 * config.active_share, matter=plural(top_k, "matters", "matter", number=False))
     return Technique(
-        technique_key(experts, top_k, dense_layers), label, "moe", config,
-        MOE_EXPLANATION.format(experts=experts, top_k_experts=plural(top_k, "expert"), pct=100 * top_k / experts,
-                               matter=plural(top_k, "matters", "matter", number=False)), MOE_SURPRISE,
+        technique_key(experts, top_k, dense_layers, shared), label, "moe", config, explanation,
+        SHARED_SURPRISE if shared else MOE_SURPRISE,
         load_moe, unsupported_reason, bytes_read_per_token=bytes_read_per_token, facts=variant_facts)
 
 
 
 
 def _resolve(key: str) -> Technique | None:
-    shape = parse_technique_key(key)  # any moe-<E>x<k>, validated by MoEConfig
+    shape = parse_technique_key(key)  # any moe-<E>x<k>[-s<shared>][-d<dense>], validated by MoEConfig
     return moe_technique(*shape) if shape is not None else None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,36 +32,51 @@ class MoEConfig:
     calibration_tokens: int = 2048  # tokens of calibration text the router is fitted on
     seed: int = 0  # k-means initialisation
     dense_layers: int = 1  # the first MLP layers kept whole (see the module docstring for why)
+    shared: int = 0  # of the E experts, how many always run (the most often firing neurons); k routes the rest
 
     def __post_init__(self) -> None:
         if self.experts < 2:
             raise ValueError(f"experts must be at least 2, got {self.experts}")
-        if not 1 <= self.top_k <= self.experts:
-            raise ValueError(f"top_k must be between 1 and experts={self.experts}, got top_k={self.top_k}")
+        if not 0 <= self.shared < self.experts - 1:
+            raise ValueError(f"shared experts must be between 0 and {self.experts - 2} (at least two experts are left to "
+                             f"route among), got {self.shared}")
+        if not 1 <= self.top_k <= self.routed:
+            raise ValueError(f"top_k must be between 1 and the {self.routed} routed experts, got top_k={self.top_k}")
         if self.calibration_tokens < 64:
             raise ValueError(f"calibration_tokens must be at least 64, got {self.calibration_tokens}")
         if self.dense_layers < 0:
             raise ValueError(f"dense_layers must be 0 or more, got {self.dense_layers}")
 
 
+    @property
+    def routed(self) -> int:
+        return self.experts - self.shared
+
+    @property
+    def active_share(self) -> float:
+        """Share of a converted MLP's neurons one token runs: the shared experts and the k routed ones."""
+        return (self.shared + self.top_k) / self.experts
+
+
 DEFAULT_DENSE_LAYERS = MoEConfig().dense_layers
+KEY_PATTERN = re.compile(r"moe-(\d+)x(\d+)(?:-s(\d+))?(?:-d(\d+))?")
 
 
-def technique_key(experts: int, top_k: int, dense_layers: int = DEFAULT_DENSE_LAYERS) -> str:
-    """'moe-8x2', or 'moe-8x2-d0' when the number of dense first layers is not the default."""
-    suffix = "" if dense_layers == DEFAULT_DENSE_LAYERS else f"-d{dense_layers}"
-    return f"moe-{experts}x{top_k}{suffix}"
+def technique_key(experts: int, top_k: int, dense_layers: int = DEFAULT_DENSE_LAYERS, shared: int = 0) -> str:
+    """'moe-8x2'; 'moe-8x1-s2' with 2 shared experts always on; '-d0' when the dense first layers differ from the
+    default. k counts routed experts only, so 'moe-8x1-s2' runs 3 of 8 experts per token."""
+    return (f"moe-{experts}x{top_k}" + (f"-s{shared}" if shared else "")
+            + ("" if dense_layers == DEFAULT_DENSE_LAYERS else f"-d{dense_layers}"))
 
 
-def parse_technique_key(key: str) -> tuple[int, int, int] | None:
-    """'moe-8x2' -> (8, 2, 1), 'moe-8x2-d0' -> (8, 2, 0); None for keys of other families."""
-    if not key.startswith("moe-") or "x" not in key:
+def parse_technique_key(key: str) -> tuple[int, int, int, int] | None:
+    """'moe-8x2' -> (8, 2, 1, 0), 'moe-8x1-s2-d0' -> (8, 1, 0, 2): (E, k, dense layers, shared); None for keys of
+    other families."""
+    match = KEY_PATTERN.fullmatch(key)
+    if match is None:
         return None
-    shape, _, dense = key[4:].partition("-d")
-    experts, _, top_k = shape.partition("x")
-    if not (experts.isdigit() and top_k.isdigit() and (dense.isdigit() or "-d" not in key)):
-        return None
-    return int(experts), int(top_k), int(dense) if dense else DEFAULT_DENSE_LAYERS
+    experts, top_k, shared, dense = match.groups()
+    return int(experts), int(top_k), int(dense) if dense else DEFAULT_DENSE_LAYERS, int(shared or 0)
 
 
 
@@ -83,6 +99,7 @@ class MoEPlan:
     calibration_tokens: int  # tokens actually used
     seconds: float  # wall time to fit the plan
     info: dict[str, Any] = field(default_factory=dict)
+    shared: int = 0  # the first `shared` experts of every layer always run; the router scores the others
 
 
 

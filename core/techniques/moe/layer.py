@@ -16,13 +16,15 @@ from core.techniques.moe.partition import expert_outputs, neurons_per_expert, ro
 
 
 class MoEMLP(nn.Module):
-    """A gated MLP split into E equal experts plus a linear router; runs the top_k experts per token."""
+    """A gated MLP split into E equal experts plus a linear router; runs the `shared` first experts on every token
+    and the top_k of the others that the router picks."""
 
     def __init__(self, gate_up: torch.Tensor, down_t: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
-                 act_fn: nn.Module, top_k: int, mean_out: torch.Tensor | None = None):
+                 act_fn: nn.Module, top_k: int, mean_out: torch.Tensor | None = None, shared: int = 0):
         super().__init__()
         experts, two_n, hidden = gate_up.shape
-        self.experts, self.neurons = experts, two_n // 2
+        self.experts, self.neurons, self.shared = experts, two_n // 2, shared
+        self.always = list(range(shared))
         self.gate_up = nn.Parameter(gate_up, requires_grad=False)  # [E, 2n, d]
         self.down_t = nn.Parameter(down_t, requires_grad=False)  # [E, n, d]
         # Each expert's mean output on calibration text [E, d]: a skipped expert contributes its mean instead
@@ -31,7 +33,7 @@ class MoEMLP(nn.Module):
         mean_out = torch.zeros(experts, hidden, dtype=gate_up.dtype, device=gate_up.device) if mean_out is None else mean_out
         self.register_buffer("mean_out", mean_out.to(gate_up))
         self.register_buffer("mean_total", self.mean_out.sum(0), persistent=False)  # [d]
-        self.router = nn.Linear(hidden, experts, device=gate_up.device, dtype=gate_up.dtype)
+        self.router = nn.Linear(hidden, experts - shared, device=gate_up.device, dtype=gate_up.dtype)
         with torch.no_grad():
             self.router.weight.copy_(router_w)
             self.router.bias.copy_(router_b)
@@ -45,11 +47,19 @@ class MoEMLP(nn.Module):
         self.top_k = top_k  # mutable: set_top_k changes it without reconverting
 
     def extra_repr(self) -> str:
-        return f"experts={self.experts}, neurons_per_expert={self.neurons}, top_k={self.top_k}"
+        return f"experts={self.experts}, shared={self.shared}, neurons_per_expert={self.neurons}, top_k={self.top_k}"
+
+    @property
+    def routed(self) -> int:
+        return self.experts - self.shared
 
     def select_experts(self, x: torch.Tensor) -> torch.Tensor:
-        """x [N, d] -> [N, k] expert ids."""
-        return route(self.router(x), self.top_k)
+        """x [N, d] -> [N, shared + k] expert ids: the shared ones, then the router's top k of the others."""
+        picked = route(self.router(x), self.top_k) + self.shared
+        if not self.shared:
+            return picked
+        always = torch.arange(self.shared, device=x.device).expand(x.shape[0], -1)
+        return torch.cat([always, picked], dim=1)
 
     def expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
         """Expert e's output on x [N, d], less its mean (which mean_total adds back for every expert)."""
@@ -96,13 +106,14 @@ class MoEMLP(nn.Module):
         return out
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.top_k < self.experts and hidden.numel() == hidden.shape[-1]:
+        if self.top_k < self.routed and hidden.numel() == hidden.shape[-1]:
             # One token (decode, the path timed as tokens/s): 1-D ops, no module calls, no bookkeeping.
             x = hidden.reshape(-1)  # [d]
-            scores = torch.addmv(self.router.bias, self.router.weight, x)  # [E]
-            return self.decode(x, scores.topk(self.top_k).indices.tolist()).view(hidden.shape)
+            scores = torch.addmv(self.router.bias, self.router.weight, x)  # [E - shared]
+            picked = [self.shared + e for e in scores.topk(self.top_k).indices.tolist()]
+            return self.decode(x, self.always + picked).view(hidden.shape)
         x = hidden.reshape(-1, hidden.shape[-1])  # [N, d]
-        out = self.dense(x) if self.top_k >= self.experts else self.dispatch(x, self.select_experts(x))
+        out = self.dense(x) if self.top_k >= self.routed else self.dispatch(x, self.select_experts(x))
         return out.view(hidden.shape)
 
 
@@ -154,7 +165,7 @@ def apply_plan(model: nn.Module, plan: MoEPlan, top_k: int, dense_layers: int = 
                                         layer.order, plan.experts)
         device, dtype = gate_up.device, gate_up.dtype
         moe = MoEMLP(gate_up, down_t, layer.router_w.to(device, dtype), layer.router_b.to(device, dtype),
-                     mlp.act_fn, top_k, layer.mean_out.to(device, dtype))
+                     mlp.act_fn, top_k, layer.mean_out.to(device, dtype), plan.shared)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, moe)
     return model
@@ -168,8 +179,8 @@ def set_top_k(model: nn.Module, top_k: int) -> nn.Module:
     """Change how many experts run per token in every MoE layer (converted or native), in place."""
     converted = moe_layers(model)
     if converted:
-        experts = converted[0].experts
-        MoEConfig(experts=experts, top_k=top_k)  # validates 1 <= k <= E with the same message
+        first = converted[0]
+        MoEConfig(experts=first.experts, top_k=top_k, shared=first.shared)  # validates 1 <= k <= routed, same words
         for layer in converted:
             layer.top_k = top_k
         return model
@@ -190,18 +201,19 @@ def set_top_k(model: nn.Module, top_k: int) -> nn.Module:
 
 @dataclass(frozen=True)
 class ExpertGroup:
-    """The expert weights of one MoE layer, and how many of its experts run per token."""
+    """The expert weights of one MoE layer, and how many of its experts run per token (shared ones included)."""
     tensors: tuple[torch.Tensor, ...]
     experts: int
-    top_k: int
+    top_k: int  # routed experts per token
+    shared: int = 0  # experts every token runs
 
     def inactive_share(self, top_k: int | None = None) -> float:
-        return 1 - (self.top_k if top_k is None else top_k) / self.experts
+        return 1 - (self.shared + (self.top_k if top_k is None else top_k)) / self.experts
 
 
 def expert_groups(model: nn.Module) -> list[ExpertGroup]:
     """Every MoE layer's expert weights, converted (MoEMLP) or native (transformers' *Experts modules)."""
-    groups = [ExpertGroup((m.gate_up, m.down_t), m.experts, m.top_k) for m in moe_layers(model)]
+    groups = [ExpertGroup((m.gate_up, m.down_t), m.experts, m.top_k, m.shared) for m in moe_layers(model)]
     native = native_moe(getattr(model, "config", None))
     if native and not groups:
         for module in model.modules():
@@ -268,6 +280,7 @@ def variant_facts(model: nn.Module) -> dict[str, Any]:
     return {
         "experts": groups[0].experts if groups else None,
         "top_k": groups[0].top_k if groups else None,
+        "shared_experts": groups[0].shared if groups else 0,
         "moe_layers": len(groups),
         "dense_layers": len(gated_mlps(model)),  # MLP layers left whole
         "native_moe": not moe_layers(model) and bool(groups),
@@ -276,7 +289,7 @@ def variant_facts(model: nn.Module) -> dict[str, Any]:
         "dense_params": dense_params(model),
         "flops_per_token": flops_per_token(model),
         # all experts, minus the routers' multiplies: what the dense model this came from does per token
-        "dense_flops_per_token": flops_per_token(model, groups[0].experts if groups else None)
+        "dense_flops_per_token": flops_per_token(model, groups[0].experts - groups[0].shared if groups else None)
         - 2 * sum(m.router.weight.numel() for m in moe_layers(model)),
     }
 

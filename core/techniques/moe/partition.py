@@ -10,6 +10,7 @@ import torch.nn.functional as F
 MIN_NEURONS_PER_EXPERT = 8  # below this an expert is a handful of neurons and routing overhead dominates
 RIDGE = 1e-3  # router regularisation, relative to the mean diagonal of X^T X
 KMEANS_ITERATIONS = 25
+FIRING_TOP_SHARE = 0.25  # a neuron "fires" on a token when it is among that token's top quarter of contributors
 
 
 def valid_expert_counts(intermediate: int, limit: int = 64) -> list[int]:
@@ -72,6 +73,33 @@ def partition_neurons(features: torch.Tensor, experts: int, seed: int = 0) -> li
     neurons_per_expert(features.shape[0], experts)
     labels = balanced_kmeans(features.float().cpu(), experts, seed)
     return [torch.nonzero(labels == e).squeeze(1) for e in range(experts)]
+
+
+def firing_rate(features: torch.Tensor, top_share: float = FIRING_TOP_SHARE) -> torch.Tensor:
+    """[m]: on what share of calibration tokens each neuron is among that token's top `top_share` contributors.
+
+    features is coactivation_features' [m, N]. A neuron that is in the top quarter on almost every token is
+    needed whatever the token; CMoE (arXiv 2502.04416) makes such neurons a shared expert that always runs.
+    """
+    m = features.shape[0]
+    top = max(1, round(m * top_share))
+    ranks = features.topk(top, dim=0).indices  # [top, N]: each token's top contributors
+    return torch.zeros(m, device=features.device).index_add_(
+        0, ranks.flatten(), torch.ones(ranks.numel(), device=features.device)) / features.shape[1]
+
+
+def shared_and_routed(features: torch.Tensor, experts: int, shared: int, seed: int = 0) -> list[torch.Tensor]:
+    """The neurons of `shared` always-on experts (the most often firing ones), then `experts - shared` routed groups
+    of the rest by co-activation: E groups of m / E sorted neuron ids, shared experts first."""
+    n = neurons_per_expert(features.shape[0], experts)
+    if shared == 0:
+        return partition_neurons(features, experts, seed)
+    by_rate = firing_rate(features).argsort(descending=True)
+    always = by_rate[: shared * n]
+    rest = by_rate[shared * n:].sort().values
+    routed = balanced_kmeans(features[rest].float().cpu(), experts - shared, seed)
+    groups = [always[e * n:(e + 1) * n].sort().values for e in range(shared)]
+    return groups + [rest[torch.nonzero(routed == e).squeeze(1)] for e in range(experts - shared)]
 
 
 def stack_experts(gate_w: torch.Tensor, up_w: torch.Tensor, down_w: torch.Tensor, order: torch.Tensor,

@@ -26,8 +26,8 @@ from core.techniques.moe.partition import (
     coactivation_features,
     expert_means_and_importance,
     fit_router,
-    partition_neurons,
     routing_recall,
+    shared_and_routed,
     stack_experts,
 )
 
@@ -78,7 +78,7 @@ def fit_plan(model: nn.Module, config: MoEConfig, ids: torch.Tensor, progress: P
     mlps = check_convertible(model, config.experts)
     say(0.0, f"Recording MLP inputs on {ids.numel()} calibration tokens")
     inputs = record_mlp_inputs(model, mlps, ids)
-    check_k = max(1, config.experts // 4)
+    check_k = max(1, config.routed // 4)
     layers = {}
     for i, (name, mlp) in enumerate(mlps.items()):
         if stop():
@@ -87,15 +87,17 @@ def fit_plan(model: nn.Module, config: MoEConfig, ids: torch.Tensor, progress: P
         gate_w, up_w, down_w = (mlp.gate_proj.weight.float(), mlp.up_proj.weight.float(), mlp.down_proj.weight.float())
         x = inputs.pop(name).to(gate_w.device)
         features = coactivation_features(x, gate_w, up_w, down_w, mlp.act_fn)
-        order = torch.cat(partition_neurons(features, config.experts, config.seed + i))
+        order = torch.cat(shared_and_routed(features, config.experts, config.shared, config.seed + i))
         gate_up, down_t = stack_experts(gate_w, up_w, down_w, order, config.experts)
         mean_out, importance = expert_means_and_importance(x, gate_up, down_t, mlp.act_fn)
-        router_w, router_b = fit_router(x, importance)
-        recall = routing_recall(F.linear(x, router_w, router_b), importance, check_k)
+        routed = importance[:, config.shared:]  # the shared experts always run: the router never scores them
+        router_w, router_b = fit_router(x, routed)
+        recall = routing_recall(F.linear(x, router_w, router_b), routed, check_k)
         layers[name] = LayerPlan(order.cpu(), router_w.cpu(), router_b.cpu(), mean_out.cpu(), recall)
     say(1.0, "Conversion done")
     return MoEPlan(config.experts, layers, int(ids.numel()), time.perf_counter() - t0,
-                   {"recall_k": check_k, "recall_mean": sum(p.recall for p in layers.values()) / len(layers)})
+                   {"recall_k": check_k, "recall_mean": sum(p.recall for p in layers.values()) / len(layers)},
+                   config.shared)
 
 
 
@@ -125,10 +127,12 @@ def _checkpoint_fingerprint(checkpoint: Path) -> str:
 def plan_dir(checkpoint: Path, config: MoEConfig, ids: torch.Tensor) -> Path:
     """Where the plan for (checkpoint, E, calibration tokens, seed, recipe) is cached; top_k is not part of it."""
     h = hashlib.sha256()
-    for part in (_checkpoint_fingerprint(checkpoint), config.experts, config.seed, ALGORITHM_VERSION):
+    parts = [_checkpoint_fingerprint(checkpoint), config.experts, config.seed, ALGORITHM_VERSION]
+    for part in parts + ([f"shared{config.shared}"] if config.shared else []):  # plans without shared keep their key
         h.update(str(part).encode() + b"\0")
     h.update(ids.to(torch.int64).numpy().tobytes())
-    return cache_root() / f"{Path(checkpoint).name}-E{config.experts}-{h.hexdigest()[:12]}"
+    shared = f"s{config.shared}" if config.shared else ""
+    return cache_root() / f"{Path(checkpoint).name}-E{config.experts}{shared}-{h.hexdigest()[:12]}"
 
 
 PLAN_FILE, EXPERTS_FILE, PLAN_INFO = "plan.safetensors", "experts.safetensors", "plan.json"
@@ -150,7 +154,7 @@ def save_plan(plan: MoEPlan, target: Path, experts: dict[str, torch.Tensor] | No
     for name, layer in plan.layers.items():
         tensors |= {f"{name}.order": layer.order, f"{name}.router_w": layer.router_w, f"{name}.router_b": layer.router_b,
                     f"{name}.mean_out": layer.mean_out}
-    info = {"experts": plan.experts, "calibration_tokens": plan.calibration_tokens, "seconds": plan.seconds,
+    info = {"experts": plan.experts, "shared": plan.shared, "calibration_tokens": plan.calibration_tokens, "seconds": plan.seconds,
             "layers": list(plan.layers), "recall": [p.recall for p in plan.layers.values()], **plan.info}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -175,8 +179,9 @@ def load_plan(target: Path) -> MoEPlan:
     layers = {name: LayerPlan(tensors[f"{name}.order"], tensors[f"{name}.router_w"], tensors[f"{name}.router_b"],
                               tensors[f"{name}.mean_out"], r)
               for name, r in zip(info["layers"], info["recall"])}
-    extra = {k: v for k, v in info.items() if k not in ("experts", "calibration_tokens", "seconds", "layers", "recall")}
-    return MoEPlan(info["experts"], layers, info["calibration_tokens"], info["seconds"], extra)
+    extra = {k: v for k, v in info.items()
+             if k not in ("experts", "shared", "calibration_tokens", "seconds", "layers", "recall")}
+    return MoEPlan(info["experts"], layers, info["calibration_tokens"], info["seconds"], extra, info.get("shared", 0))
 
 
 def ensure_plan(checkpoint: Path, config: MoEConfig, progress: Progress | None = None,
@@ -238,7 +243,8 @@ def apply_saved_experts(model: nn.Module, plan: MoEPlan, target: Path, top_k: in
             layer = plan.layers[name]
             gate_up = f.get_tensor(f"{name}.gate_up")
             moe = MoEMLP(gate_up, f.get_tensor(f"{name}.down_t"), layer.router_w.to(gate_up.device),
-                         layer.router_b.to(gate_up.device), mlp.act_fn, top_k, layer.mean_out.to(gate_up.device))
+                         layer.router_b.to(gate_up.device), mlp.act_fn, top_k, layer.mean_out.to(gate_up.device),
+                         plan.shared)
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, moe)
     return model
