@@ -255,3 +255,38 @@ def test_the_three_models_are_measured_with_the_settings_given(tiny_teacher, cor
     for record in records.values():
         assert len(record.decode_tokens_per_s_samples) == 1 and record.mc_items == 3
         assert record.usd_per_hour == 1.0 and record.settings["launched_from"] == "cli"
+
+
+# ---------------------------------------------------------------- healing on a budget of minutes
+
+
+def test_training_only_the_last_layers_freezes_the_others(tiny):
+    model = D.make_student(tiny[0], [0, 1])
+    trained = {id(p) for p in D.trainable_parameters(model, False, last_layers=1)}
+    first, last = model.model.layers
+    assert not any(id(p) in trained for p in first.parameters()) and not any(p.requires_grad for p in first.parameters())
+    assert all(id(p) in trained for p in last.parameters())
+    assert all(id(p) in trained for p in model.model.norm.parameters())
+    assert id(model.get_input_embeddings().weight) not in trained
+    assert len(D.trainable_parameters(model, False)) > len(trained)  # 0: every layer
+
+
+def test_a_budget_in_minutes_follows_the_clock_and_ends_with_a_checkpoint(tiny_teacher, corpus_file, data_dir,
+                                                                          monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(D.time, "perf_counter", lambda: now.__setitem__(0, now[0] + 1.5) or now[0])  # 1.5 s per read
+    settings = D.DistillSettings(**(FAST | dict(budget_minutes=1, steps=1, checkpoints=3)))
+    log = D.TrainLog()
+    result = distill_run.run_distill("tiny-random-llama", settings, corpus_file, log=log)
+    assert len(result.losses) > settings.steps  # the budget, not `steps`, decided when to stop
+    minutes = [p.train_minutes for p in result.heal_curve]
+    assert minutes[0] == 0 and minutes == sorted(minutes) and 1 <= minutes[-1] < 1.2
+    assert len(result.heal_curve) == 1 + 3 and result.heal_curve[-1].heldout_kld_nats == result.heldout_kld_distilled
+    assert json.loads((D.Path(result.student_path) / "lab_student.json").read_text())["complete"] is True
+
+
+@pytest.mark.parametrize("kwargs,message", [(dict(budget_minutes=0.5), "at least 1 minute"),
+                                            (dict(student_layers=3, train_last_layers=4), "between 0 \\(all\\)")])
+def test_bad_healing_settings_are_refused_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        D.DistillSettings(**kwargs)

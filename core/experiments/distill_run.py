@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +33,15 @@ from core.techniques.distillation import (
 )
 
 # ---------------------------------------------------------------- one run, end to end
+
+
+@dataclass(frozen=True)
+class HealPoint:
+    """The student's held-out match to the teacher after some minutes of training (0: pruned, untrained)."""
+    step: int
+    train_minutes: float
+    heldout_kld_nats: float
+    heldout_top1: float
 
 
 @dataclass
@@ -64,6 +73,7 @@ class DistillResult(benchmark.Provenance):
     usd_cost: float
     usd_per_hour: float
     settings: dict
+    heal_curve: list[HealPoint] = field(default_factory=list)  # held-out quality at each checkpoint, step 0 included
 
 
 
@@ -115,9 +125,8 @@ def run_distill(teacher_name: str, settings: DistillSettings, corpus_path: Path 
              "student_layers": shape.student_layers, "kept_layers": shape.kept_layers, "steps": settings.steps,
              "settings": asdict(settings), "corpus": corpus.source, "complete": False}
 
-    def save(step: int) -> None:
-        save_checkpoint(student, tokenizer, run_dir, step, facts | {"complete": step == settings.steps,
-                                                                   "loss_last": log.losses[-1]})
+    def save(step: int, final: bool) -> None:
+        save_checkpoint(student, tokenizer, run_dir, step, facts | {"complete": final, "loss_last": log.losses[-1]})
 
     benchmark.release_memory()
     try:
@@ -142,6 +151,8 @@ def run_distill(teacher_name: str, settings: DistillSettings, corpus_path: Path 
         heldout_kld_pruned=kld_pruned, heldout_kld_distilled=kld_distilled,
         heldout_top1_pruned=top1_pruned, heldout_top1_distilled=top1_distilled,
         heldout_kld_curve=[(0, kld_pruned)] + [(s, k) for s, k, _ in log.heldout],
+        heal_curve=[HealPoint(0, 0.0, kld_pruned, top1_pruned)] + [
+            HealPoint(s, seconds / 60, k, t) for (s, k, t), seconds in zip(log.heldout, log.heldout_seconds)],
         seconds_per_step_median=benchmark.Spread(tuple(log.step_seconds)).median, peak_mem_mb=mem.delta_bytes / 1e6,
         usd_cost=train_seconds / 3600 * usd_per_hour, usd_per_hour=usd_per_hour,
         settings=asdict(settings), **env.provenance(),
@@ -185,8 +196,8 @@ def measure(result: DistillResult, store, usd_per_hour: float, hardware_preset: 
         "student_distilled": _technique(
             student_key(n, run), student_label(n, run),
             lambda _c, _cfg, device: models.load_model(Path(result.student_path), torch.float32, device),
-            f"The {n}-layer student after {result.settings['steps']} steps of learning to match the teacher's "
-            "next-token distributions.",
+            f"The {n}-layer student after {len(result.losses)} steps ({result.train_seconds / 60:.0f} min here) of "
+            "learning to match the teacher's next-token distributions.",
             "A short distillation recovers much of the quality but not all; more steps and more text recover more."),
     }
 

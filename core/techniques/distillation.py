@@ -56,6 +56,12 @@ class DistillSettings:
     corpus_answer_tokens: int = 128
     checkpoints: int = 3  # complete, atomic saves during the run (the last one is the final student)
     seed: int = 0
+    # > 0: heal for this many minutes of wall time instead of a number of steps; the learning-rate schedule and the
+    # checkpoints follow the clock, so a slower machine trains fewer steps in the same budget, never longer
+    budget_minutes: float = 0.0
+    # 0: every kept layer trains; n: only the last n kept layers and the final norm (Lu et al., arXiv 2411.15558:
+    # healing the top of a pruned stack recovers most of the loss, and the backward pass stops there: cheaper steps)
+    train_last_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.student_layers < 1:
@@ -76,6 +82,18 @@ class DistillSettings:
             raise ValueError(f"heldout_share must be between 0 and 0.5, got {self.heldout_share}.")
         if self.checkpoints < 1 or self.corpus_answer_tokens < 8:
             raise ValueError("need at least one checkpoint and corpus answers of at least 8 tokens.")
+        if self.budget_minutes and self.budget_minutes < 1:
+            raise ValueError(f"A healing budget of {self.budget_minutes:g} min trains only a handful of steps; give at "
+                             "least 1 minute (or 0 to train a number of steps).")
+        if not 0 <= self.train_last_layers <= self.student_layers:
+            raise ValueError(f"train_last_layers must be between 0 (all) and the student's {self.student_layers} "
+                             f"layers, got {self.train_last_layers}.")
+
+    def done_share(self, step: int, elapsed_s: float) -> float:
+        """How far training is, 0..1: by the clock under a budget, else by steps."""
+        if self.budget_minutes:
+            return min(1.0, elapsed_s / (60 * self.budget_minutes))
+        return min(1.0, step / self.steps)
 
 
 # ---------------------------------------------------------------- the student's shape
@@ -300,25 +318,29 @@ class TrainLog:
     losses: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     heldout: list[tuple[int, float, float]] = field(default_factory=list)  # (step, KL nats/token, top-1) at checkpoints
+    heldout_seconds: list[float] = field(default_factory=list)  # wall seconds of training at each checkpoint
     tokens_seen: int = 0
-    steps_total: int = 0
+    steps_total: int = 0  # under a time budget: the steps so far, plus the estimate for the time left
 
 
-def lr_at(step: int, settings: DistillSettings) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
+def lr_at(step: int, settings: DistillSettings, done: float | None = None) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak over `done` (0..1; by steps when not given)."""
     if step < settings.warmup_steps:
         return settings.learning_rate * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-    return settings.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps) if done is None else done
+    return settings.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def trainable_parameters(student: torch.nn.Module, train_embeddings: bool) -> list[torch.nn.Parameter]:
-    """Every decoder layer and the final norm; the (tied) token table only on request: freezing it makes each
-    step cheaper and keeps the student's token space exactly the teacher's, which a speculative draft wants."""
+def trainable_parameters(student: torch.nn.Module, train_embeddings: bool, last_layers: int = 0) -> list[torch.nn.Parameter]:
+    """Every decoder layer (or only the last `last_layers`) and the final norm; the (tied) token table only on
+    request: freezing it makes each step cheaper and keeps the student's token space exactly the teacher's, which a
+    speculative draft wants."""
     embeddings = {id(student.get_input_embeddings().weight), id(student.get_output_embeddings().weight)}
+    layers = decoder_layers(student)
+    frozen = {id(p) for layer in list(layers)[: len(layers) - last_layers] for p in layer.parameters()} if last_layers else set()
     params = []
     for p in student.parameters():
-        p.requires_grad_(train_embeddings or id(p) not in embeddings)
+        p.requires_grad_((train_embeddings or id(p) not in embeddings) and id(p) not in frozen)
         if p.requires_grad:
             params.append(p)
     return params
@@ -345,46 +367,68 @@ def pack_for_eval(sequences: list[list[int]], window: int, max_tokens: int) -> l
 
 
 def train_student(student, teacher, corpus: Corpus, settings: DistillSettings, device: str, report: Report,
-                  stop: Callable[[], bool], log: TrainLog, save: Callable[[int], None]) -> TrainLog:
-    """AdamW over packed batches of the training part; `save(step)` is called at each checkpoint."""
+                  stop: Callable[[], bool], log: TrainLog, save: Callable[[int, bool], None]) -> TrainLog:
+    """AdamW over packed batches of the training part; `save(step, final)` is called at each checkpoint.
+
+    With `settings.budget_minutes` the run ends when the budget is spent (checkpoint evaluations included) and the
+    checkpoints fall at equal shares of it, so the held-out curve reads as quality against minutes of CPU.
+    """
     rows = pack(corpus.train, settings.seq_len_tokens)
-    params = trainable_parameters(student, settings.train_embeddings)
+    params = trainable_parameters(student, settings.train_embeddings, settings.train_last_layers)
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(settings.seed)
     order = torch.empty(0, dtype=torch.long)
-    checkpoint_steps = {round(settings.steps * (i + 1) / settings.checkpoints) for i in range(settings.checkpoints)}
+    marks = [(i + 1) / settings.checkpoints for i in range(settings.checkpoints)]  # shares of the run
     log.steps_total = settings.steps
     teacher.eval()
     student.train()
-    for step in range(settings.steps):
+    start, step = time.perf_counter(), 0
+    while (done := settings.done_share(step, time.perf_counter() - start)) < 1:
         if stop():
-            raise Stopped(f"Stopped at step {step} of {settings.steps}.")
+            raise Stopped(f"Stopped at step {step}" + ("." if settings.budget_minutes else f" of {settings.steps}."))
         if len(order) < settings.batch_size:  # reshuffle each epoch
             order = torch.cat([order, torch.randperm(len(rows), generator=generator)])
         batch, order = rows[order[: settings.batch_size]].to(device), order[settings.batch_size :]
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, settings)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            teacher_logits = teacher(input_ids=batch).logits
-        loss = distill_loss(student(input_ids=batch).logits, teacher_logits, batch,
-                            settings.temperature, settings.kd_weight)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        benchmark.synchronize(device)
-        log.step_seconds.append(time.perf_counter() - t0)
-        log.losses.append(float(loss.detach()))
-        log.tokens_seen += batch.numel()
-        report((step + 1) / settings.steps, f"step {step + 1}/{settings.steps}: loss {log.losses[-1]:.3f}")
-        if step + 1 in checkpoint_steps:
-            student.eval()
-            log.heldout.append((step + 1, *heldout_divergence(teacher, student, corpus.heldout, device)))
-            save(step + 1)
-            student.train()
+        _train_step(student, teacher, batch, params, optimizer, lr_at(step, settings, done), settings, device, log)
+        step += 1
+        done = settings.done_share(step, time.perf_counter() - start)
+        if settings.budget_minutes:  # the steps a budget will hold, from the pace so far
+            log.steps_total = step if done >= 1 else max(step + 1, round(step / done))
+        report(done, f"step {step}/{log.steps_total}: loss {log.losses[-1]:.3f}")
+        while marks and done >= marks[0]:
+            marks.pop(0)
+            _checkpoint(student, teacher, corpus, device, log, step, time.perf_counter() - start, save, final=done >= 1)
+    if not log.heldout or log.heldout[-1][0] != step:  # the budget ran out between marks: the end is a checkpoint too
+        _checkpoint(student, teacher, corpus, device, log, step, time.perf_counter() - start, save, final=True)
     student.eval()
     return log
+
+
+def _train_step(student, teacher, batch, params, optimizer, lr: float, settings: DistillSettings, device: str,
+                log: TrainLog) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        teacher_logits = teacher(input_ids=batch).logits
+    loss = distill_loss(student(input_ids=batch).logits, teacher_logits, batch, settings.temperature, settings.kd_weight)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    benchmark.synchronize(device)
+    log.step_seconds.append(time.perf_counter() - t0)
+    log.losses.append(float(loss.detach()))
+    log.tokens_seen += batch.numel()
+
+
+def _checkpoint(student, teacher, corpus: Corpus, device: str, log: TrainLog, step: int, seconds: float,
+                save: Callable[[int, bool], None], final: bool) -> None:
+    student.eval()
+    log.heldout.append((step, *heldout_divergence(teacher, student, corpus.heldout, device)))
+    log.heldout_seconds.append(seconds)
+    save(step, final)
+    student.train()
 
 
 # ---------------------------------------------------------------- saving
