@@ -142,12 +142,13 @@ def cmd_moe(args: argparse.Namespace) -> None:
     settings = sweep_settings(args)
     store = None if args.no_store else open_store(args.store_url)
     if address := ray_address(args):
-        done = on_ray(MoeArgs(args.model, args.experts, tuple(top_ks), args.dense_layers, settings), address, store)
+        done = on_ray(MoeArgs(args.model, args.experts, tuple(top_ks), args.dense_layers, settings, args.shared),
+                      address, store)
         records = [r for r in map(store.get, done.record_ids) if r is not None]
         return write_json(args.json, [r.to_dict() | r.variant_facts for r in records])
     t0 = time.perf_counter()
     records = moe_sweep.run_moe_sweep(args.model, args.experts, top_ks, settings, store=store, progress=show_progress,
-                                      dense_layers=args.dense_layers)
+                                      dense_layers=args.dense_layers, shared=args.shared)
     print(f"moe wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     say_if_busy(records)
     rows = [r.to_dict() | r.variant_facts for r in records]  # the structure facts at top level too, as promised
@@ -169,6 +170,8 @@ def add_parsers(sub) -> None:
     m.add_argument("--experts", type=int, default=8, help="experts per MLP layer (E); must divide its neurons")
     m.add_argument("--top-k", default="1,2,4,8", help="comma-separated experts run per token, each from 1 to E")
     m.add_argument("--dense-layers", type=int, default=1, help="keep the first N MLP layers whole (default 1)")
+    m.add_argument("--shared", type=int, default=0, help="of the E experts, how many always run (the neurons that fire "
+                   "on most tokens); --top-k then counts the routed experts among the rest (default 0)")
     add_measurement_args(m)
     add_ray_arg(m)
     m.set_defaults(func=cmd_moe)

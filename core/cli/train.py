@@ -64,6 +64,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     settings = distillation.DistillSettings(
         student_layers=args.layers, layer_choice=args.layer_choice, steps=args.steps, batch_size=args.batch_size,
         seq_len_tokens=args.seq_len, learning_rate=args.lr, temperature=args.temperature, kd_weight=args.kd_weight,
+        budget_minutes=args.budget_minutes, train_last_layers=args.train_last_layers,
     )
     corpus = Path(existing_file("--corpus", args.corpus)) if args.corpus else None
     json_folder(args.json)
@@ -122,7 +123,12 @@ def add_parsers(sub) -> None:
     d.add_argument("--teacher", default=models.DEFAULT_MODEL, help="bundled key, local directory or Hugging Face id")
     d.add_argument("--layers", type=int, default=dd.student_layers, help="decoder layers the student keeps")
     d.add_argument("--layer-choice", choices=distillation.LAYER_CHOICES, default=dd.layer_choice)
-    d.add_argument("--steps", type=int, default=dd.steps)
+    d.add_argument("--steps", type=int, default=dd.steps, help="training steps (ignored with --budget-minutes)")
+    d.add_argument("--budget-minutes", type=float, default=dd.budget_minutes,
+                   help="heal for this many minutes of wall time instead of --steps (at least 1; checkpoints and the "
+                        "learning-rate schedule follow the clock)")
+    d.add_argument("--train-last-layers", type=int, default=dd.train_last_layers,
+                   help="train only the student's last N layers and the final norm (0 = every layer)")
     d.add_argument("--batch-size", type=int, default=dd.batch_size)
     d.add_argument("--seq-len", type=int, default=dd.seq_len_tokens, help="tokens per training sequence")
     d.add_argument("--lr", type=float, default=dd.learning_rate)

@@ -71,17 +71,18 @@ class MoeArgs(JobArgs):
     top_ks: tuple[int, ...]
     dense_layers: int = moe_sweep.DEFAULT_DENSE_LAYERS
     settings: SweepSettings = field(default_factory=SweepSettings)
+    shared: int = 0  # experts always on (CMoE's shared experts); top_ks count the routed ones
 
 
 def run_moe(args: MoeArgs, ctx: JobContext):
     return moe_sweep.run_moe_sweep(args.model, args.experts, list(args.top_ks), args.settings, store=ctx.store,
                                    should_stop=ctx.should_stop, dense_layers=args.dense_layers,
-                                   progress=_progress(ctx))
+                                   progress=_progress(ctx), shared=args.shared)
 
 
 MOE = register(JobKind(
     MoeArgs, run_moe,
-    similar=lambda a: f"moe|{a.model}|{a.experts}|{sorted(a.top_ks)}|{_timing_key(a.settings)}|{_carve(a)}",
+    similar=lambda a: f"moe|{a.model}|{a.experts}s{a.shared}|{sorted(a.top_ks)}|{_timing_key(a.settings)}|{_carve(a)}",
     models=lambda a: [a.model], files=lambda a: _sweep_files(a.settings), size=lambda a: float(len(a.top_ks) + 1)))
 
 
@@ -106,7 +107,8 @@ def _carve(a: MoeArgs) -> str:
         key = models.resolve(a.model).key
     except models.ModelError:
         return "unknown model"
-    cached = any(moe.cache_root().glob(f"{key}-E{a.experts}-*"))
+    shared = f"s{a.shared}" if a.shared else ""
+    cached = any(moe.cache_root().glob(f"{key}-E{a.experts}{shared}-*"))
     return "experts cached" if cached else "experts to carve"
 
 
