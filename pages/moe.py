@@ -9,7 +9,7 @@ from core.launch.kinds import MoeArgs
 from core.measure import benchmark
 from core.paths import ASSETS
 from core.techniques import moe
-from core.views import chart_quantities, moe_curve
+from core.views import chart_quantities, moe_curve, moe_text
 from core.views.tables import moe_rows, moe_view
 from ui.estimates import estimated
 from ui.frame import choice, store
@@ -23,10 +23,11 @@ DEFAULTS = SweepSettings()
 
 st.title("Mixture of experts")
 st.write("A mixture-of-experts model runs only a few parts of each feed-forward layer for every token. Here the "
-         "dense model is split into experts the way MoEfication and LLaMA-MoE do it: each layer's neurons are "
-         "grouped into E equal experts, and a small router fitted on calibration text picks the k experts that "
-         "matter most for each token. Fewer experts per token read fewer weights and do less arithmetic; the "
-         "price is quality, because this model was never trained to work in pieces.")
+         "dense model is split into experts the way MoEfication and CMoE do it: each layer's neurons are grouped "
+         "into E equal experts; optionally a few **shared** experts, made of the neurons busy on almost every token, "
+         "always run; a small router fitted on calibration text picks the k other experts that matter most for each "
+         "token. Fewer neurons per token read fewer weights; the price is quality, because this model was never "
+         "trained to work in pieces.")
 picked = choice()
 try:
     native = moe.native_moe_for_name(picked.model)
@@ -43,9 +44,11 @@ if native:
 else:
     experts = c1.selectbox("Experts per layer (E)", EXPERT_CHOICES, index=1,
                            help="Each layer's neurons are split into E equal groups; E must divide them.")
-ks = c2.multiselect("Experts per token (k) to measure", list(range(1, experts + 1)),
-                    default=sorted({1, 2, max(1, experts // 2), experts}),
-                    help=f"k = {experts} runs every expert: exactly the dense model's arithmetic.")
+shared = 0 if native else c1.number_input("Shared experts (always on)", 0, experts - 2, 0, help=moe_text.SHARED_HELP)
+routed = experts - int(shared)
+ks = c2.multiselect("Routed experts per token (k) to measure", list(range(1, routed + 1)),
+                    default=sorted({1, 2, max(1, routed // 2), routed}),
+                    help=f"k = {routed} runs every expert: exactly the dense model's arithmetic.")
 
 with st.expander("Measurement settings"):
     s1, s2, s3 = st.columns(3)
@@ -63,7 +66,7 @@ measured_as = lambda: SweepSettings(  # noqa: E731 (built inside `estimated`, wh
     repeats=int(repeats), mc_max_items=int(mc_max), hardware_preset=picked.preset.key,
     usd_per_hour=picked.preset.usd_per_hour, launched_from="dashboard")
 args, estimate, refused = estimated(lambda: MoeArgs(picked.model, int(experts), tuple(sorted(ks)), int(dense_layers),
-                                                    measured_as())) if ks else (None, None, None)
+                                                    measured_as(), int(shared))) if ks else (None, None, None)
 if st.button("Convert and measure", type="primary", disabled=not ks or not picked.model):
     if refused is not None:
         show_error(refused)
@@ -91,10 +94,10 @@ st.plotly_chart(moe_curve.moe_curve_figure([*measured, *([dense] if dense else [
 if dense is None:
     st.warning("No dense reference measured on this machine: speed-ups cannot be computed.")
 
-by_k = {r.variant_facts["top_k"]: r for r in measured}
-k = st.select_slider("Experts per token", options=sorted(by_k), value=sorted(by_k)[len(by_k) // 2],
-                     help="Move it to see what each setting buys and costs.")
-chosen = by_k[k]
+by_work = {moe_text.setting_name(r.variant_facts): r for r in measured}  # measured is sorted by (shared, k)
+names = list(by_work)
+chosen = by_work[st.select_slider("Setting", options=names, value=names[len(names) // 2],
+                                  help="Move it to see what each setting buys and costs.")]
 facts = chosen.variant_facts
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Active parameters", f"{facts['active_params_pct']:.0f}%", help="of the dense model's, per token")
@@ -121,3 +124,4 @@ st.caption("Active parameters include the embeddings and attention, which every 
            "attention over the context. Bytes held do not shrink: every expert stays in memory.")
 with st.expander("What this does, and what may surprise you"):
     st.write(techniques.moe_technique(experts, max(1, experts // 4)).surprise)
+    st.write(moe_text.SHARED_WHY)

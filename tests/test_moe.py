@@ -365,7 +365,7 @@ def test_moe_curve_has_one_line_per_expert_count_and_the_dense_star():
     fig = moe_curve.moe_curve_figure([*ks, dense])
     names = [t.name for t in fig.data]
     assert names == ["8 experts", moe_curve.DENSE_NAME]
-    assert list(fig.data[0].text) == ["k=1", "k=2", "k=4", "k=8"]
+    assert list(fig.data[0].text) == ["k=1 · 12%", "k=2 · 25%", "k=4 · 50%", "k=8 · 100%"]  # share of MLP neurons run
     assert fig.layout.yaxis.autorange == "reversed"  # KLD: lower is better, drawn up
     assert "Active parameters" in fig.data[0].customdata[0]
     assert "No mixture-of-experts" in moe_curve.moe_curve_figure([dense]).layout.annotations[0].text
@@ -408,7 +408,7 @@ def test_page_shows_the_curve_slider_and_side_by_side():
     assert "k=2" in at.get("plotly_chart")[0].proto.spec
     texts = [t.value for t in at.text]
     assert "Because of scattering." in texts and "Answer with 4 experts." in texts  # the slider starts mid-way
-    at.select_slider[0].set_value(1).run()
+    at.select_slider[0].set_value("1 of 8").run()
     no_errors(at)
     assert "Answer with 1 experts." in [t.value for t in at.text]
     assert len(at.dataframe[0].value) == 5
@@ -420,7 +420,7 @@ def test_page_button_queues_a_conversion_and_sweep_for_the_worker(monkeypatch):
 
     calls = {}
 
-    def fake(model, experts, top_ks, settings, store=None, progress=None, should_stop=None, dense_layers=1):
+    def fake(model, experts, top_ks, settings, store=None, progress=None, should_stop=None, dense_layers=1, shared=0):
         calls["args"] = (model, experts, top_ks)
         dense, ks = moe_records(hardware=HERE)
         for r in [dense, *ks]:

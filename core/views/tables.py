@@ -85,20 +85,27 @@ def provenance_lines(records: list[VariantRecord]) -> list[str]:
 
 def moe_view(records: list[VariantRecord], experts: int, dense_layers: int | None = None,
              reference_technique: str = REFERENCE) -> tuple[VariantRecord | None, list[VariantRecord]]:
-    """From newest-first records: the newest MoE record per k for E experts (and, if given, that many MLP
-    layers left dense), sorted by k, and the dense reference, preferably from the same run as the newest."""
-    latest: dict[int, VariantRecord] = {}
+    """From newest-first records: the newest MoE record per (shared experts, k) for E experts (and, if given, that
+    many MLP layers left dense), sorted, and the dense reference, preferably from the same run as the newest."""
+    latest: dict[tuple[int, int], VariantRecord] = {}
     for r in records:
         facts = r.variant_facts
         if dense_layers is not None and facts.get("dense_layers") != dense_layers:
             continue
         if r.family == "moe" and facts.get("experts") == experts and facts.get("top_k"):
-            latest.setdefault(r.variant_facts["top_k"], r)
-    chosen = [latest[k] for k in sorted(latest)]
+            latest.setdefault((facts.get("shared_experts", 0), facts["top_k"]), r)
+    chosen = [latest[key] for key in sorted(latest)]
     references = [r for r in records if r.technique == reference_technique]
     newest_run = max(chosen, key=lambda r: r.created_at).run_id if chosen else None
     same_run = [r for r in references if r.run_id == newest_run]
     return (same_run or references or [None])[0], chosen
+
+
+def moe_work_pct(facts: dict) -> float:
+    """Share of a converted MLP's neurons one token runs, shared experts included (nan for the dense model)."""
+    if not facts.get("top_k") or not facts.get("experts"):
+        return float("nan")
+    return 100 * (facts.get("shared_experts", 0) + facts["top_k"]) / facts["experts"]
 
 
 def moe_rows(records: list[VariantRecord], reference: VariantRecord | None) -> list[dict]:
@@ -109,7 +116,9 @@ def moe_rows(records: list[VariantRecord], reference: VariantRecord | None) -> l
         facts = r.variant_facts
         rows.append({
             "variant": r.label,
+            "shared experts": facts.get("shared_experts", 0) if facts.get("top_k") else None,
             "experts per token (k)": facts.get("top_k"),
+            "share of MLP work %": moe_work_pct(facts),
             "active params (M)": facts.get("active_params", float("nan")) / 1e6,
             "active params %": facts.get("active_params_pct", float("nan")),
             "GFLOPs per token": facts.get("flops_per_token", float("nan")) / 1e9,

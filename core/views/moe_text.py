@@ -1,0 +1,25 @@
+"""The Mixture-of-experts page's words: what a setting is called, and why the seed's claim differs from what is
+measured here. No streamlit; the numbers a page shows beside them come from records."""
+
+from __future__ import annotations
+
+SHARED_HELP = ("Experts made of the neurons that are among each token's strongest on almost every calibration token. "
+               "They run for every token (as in CMoE and DeepSeek-MoE); the router only picks among the others. "
+               "0 = every expert is routed, the first carve's recipe.")
+
+SHARED_WHY = (
+    "The seed says a mixture of experts \"activates only the necessary parts\". That is true of models trained as "
+    "mixtures (Mixtral, DeepSeek-MoE), whose experts learned to specialise. This model was trained dense, and its "
+    "SwiGLU feed-forward neurons are not naturally sparse: a few are busy on almost every token, and routing them "
+    "away is what turns a plain carve into a different model at a small share of the work. Keeping those neurons "
+    "always on (shared experts) and routing the rest with a router built from activation statistics stays much "
+    "closer to the dense model at the same share of work. Training the carved model further, as LLaMA-MoE and CMoE "
+    "do with GPUs, would recover more; nothing is trained here. Speed: one token reads only the experts it runs, so "
+    "the gain follows the share of feed-forward weights skipped, less the attention and output head every token "
+    "reads whatever the setting.")
+
+
+def setting_name(facts: dict) -> str:
+    """'2 of 8' for a plain carve, '2 shared + 1 of 6' with shared experts: the slider's and the table's words."""
+    experts, k, shared = facts["experts"], facts["top_k"], facts.get("shared_experts", 0)
+    return f"{shared} shared + {k} of {experts - shared}" if shared else f"{k} of {experts}"
