@@ -3,15 +3,15 @@
 import streamlit as st
 
 from core import models
-from core.experiments import distill_run, speculative
+from core.experiments import distill_run
 from core.launch.jobs import on_torch_thread
-from core.launch.kinds import DistillArgs, SpeculateArgs
+from core.launch.kinds import DistillArgs
 from core.launch.uploads import distill_corpus, fmt_seconds
-from core.models import saved
 from core.techniques import distillation
 from core.views import distill as distill_view
-from core.views.tables import DISTILL_FORMATS, distill_rows, speculative_rows
-from ui.estimates import estimated, show_job_estimate
+from core.views.tables import DISTILL_FORMATS, distill_rows
+from ui.distill_parts import depth_sweep_section, healing_section, speculative_section
+from ui.estimates import estimated
 from ui.frame import choice, store
 from ui.panel import job_panel, submit_job
 from ui.roles import show_error, visible
@@ -20,9 +20,10 @@ from ui.uploads import blocked_by, checked_upload
 
 st.title("Distill a smaller student")
 st.write("Knowledge distillation trains a small **student** to give the same next-token probabilities as a large "
-         "**teacher**. Here the student starts as the teacher with some of its layers removed, which on its own "
-         "breaks the model; training it to match the teacher's outputs repairs much of the damage. The student is "
-         "then measured like every other variant, and can serve as the teacher's **draft** in speculative decoding.")
+         "**teacher**. Here the student starts as the teacher with some of its layers removed; which layers go "
+         "decides how much is lost, and training the student to match the teacher's outputs (*healing*) wins back "
+         "part of it within the minutes you give it. The student is then measured like every other variant, and "
+         "can serve as the teacher's **draft** in speculative decoding.")
 picked = choice()
 d = distillation.DistillSettings()
 
@@ -38,7 +39,11 @@ if teacher_layers < 2:
     st.info(f"{spec.label} has a single decoder layer: there is nothing to remove. Pick a deeper teacher.")
     st.stop()
 
-st.subheader("1 · Shape the student")
+results = store()
+records = results.all(model=spec.key) if results else []
+depth_sweep_section(picked.model, spec.label, teacher_layers, records, picked)
+
+st.subheader("2 · Shape the student")
 c1, c2 = st.columns([2, 1])
 if teacher_layers == 2:
     layers = 1
@@ -47,6 +52,7 @@ else:
     layers = c1.slider("Decoder layers the student keeps", 1, teacher_layers - 1,
                        min(d.student_layers, teacher_layers - 1), help=f"The teacher, {spec.label}, has {teacher_layers}.")
 how = c2.radio("Which layers", distillation.LAYER_CHOICES, horizontal=True,
+               index=distillation.LAYER_CHOICES.index(d.layer_choice), key="layer_choice",
                format_func=distill_view.LAYER_LABELS.get, help=distill_view.LAYER_HELP)
 try:
     with st.spinner("Planning the student (the least-redundant choice scores each layer once per model)"):
@@ -60,8 +66,9 @@ chosen = "; layers chosen by their measured influence on the calibration text" i
 st.caption(f"Kept teacher layers: {', '.join(map(str, shape.kept_layers))}. Sizes and speed-up estimated from the "
            f"model's configuration{chosen}.")
 
-st.subheader("2 · Train it")
+st.subheader("3 · Heal it: train it to match the teacher")
 source = st.radio("Training text", ["teacher's answers to the bundled prompts", "your own text"], horizontal=True,
+                  key="training_text",
                   help="The teacher answers 360 prompts written for this project (once; cached). A fixed tenth of "
                        "the prompts is held out and never trained on.")
 upload = st.file_uploader("UTF-8 text (paragraphs split by blank lines) or JSONL of {\"text\": ...} lines",
@@ -69,7 +76,11 @@ upload = st.file_uploader("UTF-8 text (paragraphs split by blank lines) or JSONL
 mine = checked_upload(upload, "distill_corpus", distill_corpus(checkpoint), depends_on=str(checkpoint))  # on choosing
 with st.expander("Training settings"):
     a, b, c = st.columns(3)
-    steps = a.number_input("Steps", 1, 5000, d.steps)
+    budget = a.number_input("Budget, minutes (0 = a number of steps)", 0.0, 600.0, d.budget_minutes, step=5.0,
+                            help="Training stops when the budget is spent; checkpoints fall at equal shares of it.")
+    steps = b.number_input("Steps (without a budget)", 1, 5000, d.steps, disabled=budget > 0)
+    last = c.number_input("Train only the last N layers (0 = all)", 0, layers, d.train_last_layers,
+                          help="Cheaper steps: the backward pass stops at the first trained layer.")
     batch = b.number_input("Sequences per step", 1, 64, d.batch_size)
     seq_len = c.number_input("Tokens per sequence", 16, 2048, d.seq_len_tokens, step=16)
     lr = a.number_input("Peak learning rate", 1e-6, 1e-2, d.learning_rate, format="%.5f")
@@ -89,9 +100,10 @@ def live_curve(live: dict) -> None:
 corpus = mine.path
 args, estimate, refused = estimated(lambda: DistillArgs(picked.model, distillation.DistillSettings(
     student_layers=layers, layer_choice=how, steps=int(steps), batch_size=int(batch), seq_len_tokens=int(seq_len),
-    learning_rate=float(lr), temperature=float(temperature), kd_weight=float(kd_weight)),
+    learning_rate=float(lr), temperature=float(temperature), kd_weight=float(kd_weight),
+    budget_minutes=float(budget), train_last_layers=int(last)),
     str(corpus) if corpus else None, picked.preset.usd_per_hour, picked.preset.key))
-if st.button("Distill", type="primary", disabled=mine.refused, help=blocked_by(mine)):
+if st.button("Distill", type="primary", disabled=mine.refused, help=blocked_by(mine), key="distill"):
     try:
         if refused is not None:
             raise refused
@@ -105,9 +117,8 @@ if st.button("Distill", type="primary", disabled=mine.refused, help=blocked_by(m
 job_panel("Checkpoints are written whole: a stopped run keeps its last complete checkpoint, or nothing.", live_curve,
           kinds=("distill", "speculate"))
 
-st.subheader("3 · Teacher, pruned student, distilled student")
-results = store()
-run = distill_view.latest_run(results.all(model=spec.key) if results else [])
+st.subheader("4 · Teacher, pruned student, distilled student")
+run = distill_view.latest_run(records)
 if run is None:
     st.info("No distilled student of this model measured yet: press **Distill**. The run shows its progress and the "
             "time left as it goes; the teacher's answers are written once and reused by later runs.")
@@ -122,29 +133,6 @@ else:
     for column, record in zip(st.columns(len(trio)), trio):
         column.markdown(f"**{record.label}**  \n{record.decode_tokens_per_s_median:.1f} tok/s")
         column.text(record.sample_generation)
+healing_section(records)
 
-st.subheader("4 · Speculative decoding with the student as draft")
-st.write("The student drafts a few tokens; the teacher checks them all in one pass and keeps those it would have "
-         "chosen itself, plus one of its own. With greedy decoding the text is exactly the teacher's: only the "
-         "speed can change. It pays off when the teacher's pass over several tokens costs about as much as over "
-         "one (memory-bound, as on a GPU) and the draft is much cheaper and usually right. On a CPU the check "
-         "costs nearly as much per token as generating, so expect little or no gain here.")
-drafts = [s for s in saved.saved_students() if s.facts.get("teacher") == spec.key]
-if not drafts:
-    st.info("No saved student of this model yet: distill one above.")
-else:
-    e1, e2, e3 = st.columns([3, 1, 1])
-    draft = e1.selectbox("Draft model", drafts, format_func=lambda s: s.label)
-    draft_tokens = e2.number_input("Tokens drafted per pass", 1, 16, 4)
-    max_new = e3.number_input("New tokens per prompt", 8, 256, 64, step=8)
-    speculate = SpeculateArgs(picked.model, str(draft.path), int(draft_tokens), int(max_new))
-    speculate_estimate = show_job_estimate(speculate)
-    if st.button("Compare on 10 bundled prompts"):
-        submit_job(speculate, f"Speculative decoding of {spec.label}", speculate_estimate)
-    saved = [r for r in speculative.saved_results() if r["model"] == spec.key]
-    if saved:
-        last = saved[0]
-        for column, metric in zip(st.columns(4), distill_view.speculative_metrics(last)):
-            column.metric(**metric)
-        show_table(speculative_rows(last), {"alone s": "%.2f", "with draft s": "%.2f", "speed-up": "%.2fx"})
-        st.caption(distill_view.speculative_caption(last))
+speculative_section(spec.key, spec.label)

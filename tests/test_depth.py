@@ -147,10 +147,84 @@ def test_distill_page_offers_least_redundant_and_shows_its_layers(tiny_dir, data
     monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)
     at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "distill.py"), default_timeout=60)
     at.run()
-    which = at.radio[0]
+    which = at.radio(key="layer_choice")
     assert which.options[-1] == "least redundant"  # the labels the page shows, not the keys
+    assert which.value == "redundancy"  # the default: it measured better than an even spread at every depth
     which.set_value("redundancy").run()
     assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
     scores = depth.layer_scores(tiny_dir)  # what the page measured, now read back from the cache
     kept = depth.keep_by_influence(scores.influence, 1)
     assert any(f"Kept teacher layers: {kept[0]}." in c.value for c in at.caption)
+
+
+# ---------------------------------------------------------------- pruned variants and the depth sweep's curve
+
+
+def test_pruned_variant_keeps_the_least_redundant_layers_and_says_which(deep_dir, data_dir):
+    from core import techniques
+
+    technique = techniques.get("depth-4-redundancy")
+    assert technique.family == "depth pruning" and "4 layers by measured redundancy" in technique.label
+    model = technique.make(deep_dir)
+    facts = technique.facts(model)
+    assert facts["kept_layers"] == depth.keep_by_influence(depth.layer_scores(deep_dir).influence, 4)
+    assert 2 not in facts["kept_layers"]  # the identity layer goes first
+    assert len(model.model.layers) == 4 and model.config.num_hidden_layers == 4
+    spread = techniques.get("depth-4-spread").make(deep_dir)
+    assert techniques.get("depth-4-spread").facts(spread)["kept_layers"] == D.pick_layers(6, 4, "spread")
+    with torch.inference_mode():
+        assert torch.isfinite(model(input_ids=torch.tensor([[3, 4, 5]])).logits).all()
+
+
+def test_a_depth_the_model_cannot_have_is_refused_by_name(deep_dir, data_dir):
+    from core import techniques
+
+    with pytest.raises(ValueError, match="between 1 and 5 layers \\(the teacher has 6\\); got 6"):
+        techniques.get("depth-6-redundancy").make(deep_dir)
+    with pytest.raises(ValueError, match="Unknown technique 'depth-3-first'"):
+        techniques.get("depth-3-first")
+
+
+def test_sweep_depths_are_shares_of_the_teachers_layers():
+    from core.views.depth_curve import sweep_depths
+
+    assert sweep_depths(30) == [28, 24, 20, 15, 10]
+    assert sweep_depths(2) == [1] and sweep_depths(6) == [5, 4, 3, 2]
+
+
+def _pruned(n: int, choice: str, kld: float, speed: float):
+    from tests.factories import make_record
+
+    return make_record(technique=f"depth-{n}-{choice}", family="depth pruning", label=f"{n} {choice}", kld_mean=kld,
+                       decode_tokens_per_s_median=speed,
+                       variant_facts={"kept_layers": list(range(n)), "teacher_layers": 30, "layer_choice": choice})
+
+
+def test_depth_curve_draws_both_choices_the_full_model_and_counts_the_wins():
+    from core.views import depth_curve
+    from tests.factories import make_record
+
+    records = [make_record(decode_tokens_per_s_median=20.0), _pruned(24, "redundancy", 1.0, 24.0),
+               _pruned(24, "spread", 2.3, 24.5), _pruned(15, "redundancy", 3.4, 30.0), _pruned(15, "spread", 3.0, 30.0)]
+    fig = depth_curve.depth_curve_figure(records)
+    assert [t.name for t in fig.data] == [*depth_curve.CHOICE_NAMES.values(), "full model"]
+    assert list(fig.data[0].x) == [24, 15] and list(fig.data[0].y) == [1.0, 3.4]
+    assert "1.20x the full model" in fig.data[0].customdata[0]
+    sentence = depth_curve.redundancy_wins(records)
+    assert sentence.startswith("Layers chosen by measured redundancy gave the lower KL divergence at 1 of 2 depths")
+    rows = depth_curve.depth_rows(records)
+    assert rows[0]["layers kept"] == 24 and rows[0]["speed-up"] == pytest.approx(1.2)
+    assert "No pruned variants" in depth_curve.depth_curve_figure([make_record()]).layout.annotations[0].text
+
+
+def test_heal_curve_draws_minutes_against_held_out_divergence():
+    from core.views import depth_curve
+    from tests.factories import make_record
+
+    curve = [{"step": 0, "train_minutes": 0.0, "heldout_kld_nats": 1.4, "heldout_top1": 0.5},
+             {"step": 90, "train_minutes": 10.0, "heldout_kld_nats": 0.6, "heldout_top1": 0.7}]
+    healed = make_record(technique="student-x", family="distillation", label="healed 20",
+                         variant_facts={"distillation": {"heal_curve": curve, "student_layers": 20, "role": "student_distilled"}})
+    fig = depth_curve.heal_curve_figure([make_record(), healed])
+    assert list(fig.data[0].x) == [0.0, 10.0] and list(fig.data[0].y) == [1.4, 0.6]
+    assert "No healed student" in depth_curve.heal_curve_figure([make_record()]).layout.annotations[0].text

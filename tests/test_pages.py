@@ -285,7 +285,7 @@ def test_distill_button_runs_training_then_measuring_in_the_background(tiny_teac
     monkeypatch.setattr(distill_run, "measure", lambda *a, **k: calls.append("measure") or [])
     monkeypatch.setattr(distill_run, "summary", lambda result, records: {})  # the job's result, for a Ray caller
     at = page("pages/distill.py").run()
-    at.button[0].click().run()
+    at.button(key="distill").click().run()
     no_errors(at)
     from core.launch.jobqueue import JobQueue
 
@@ -295,8 +295,8 @@ def test_distill_button_runs_training_then_measuring_in_the_background(tiny_teac
 
 def test_distill_page_asks_for_a_file_before_training_on_own_text(tiny_teacher_everywhere):
     at = page("pages/distill.py").run()
-    at.radio[1].set_value("your own text").run()
-    at.button[0].click().run()
+    at.radio(key="training_text").set_value("your own text").run()
+    at.button(key="distill").click().run()
     assert any("Upload a text or JSONL file" in e.value for e in at.error)
 
 
