@@ -196,3 +196,21 @@ def test_the_arena_is_not_locked_by_the_idle_preparation_which_gives_way_to_it()
     assert queue.hold("arena-session")  # the Arena takes the machine
     assert worker._someone_waits(queue)  # and the preparation sees it must give way
     assert worker.run_job(queue, claimed) == "cancelled" and queue.job(claimed.id).error == prepare.GAVE_WAY
+
+
+def _distill(**settings) -> kinds.DistillArgs:
+    from core.techniques import distillation
+
+    return kinds.DistillArgs("smollm2-135m-instruct", distillation.DistillSettings(**settings))
+
+
+def test_a_training_budget_is_the_floor_of_its_estimate_and_never_scales_a_count_of_steps():
+    queue = JobQueue()
+    est = estimates.estimate_job(_distill(budget_minutes=25), queue, HW, speed=_speed(), table={})
+    assert est.seconds == est.low_s == 25 * 60 and est.high_s is None
+    assert est.words().startswith("Estimated time here: at least 25.0 min, the training budget you set")
+    _done(queue, _distill(budget_minutes=25), 1800)
+    steps = estimates.estimate_job(_distill(steps=50), queue, HW, speed=None, table={})
+    assert steps.seconds is None  # a 25-minute budget says nothing about how long 50 steps take
+    again = estimates.estimate_job(_distill(budget_minutes=25), queue, HW)
+    assert again.seconds == 1800 and "1 job alike" in again.basis

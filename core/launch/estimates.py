@@ -56,6 +56,8 @@ class TimeEstimate:
     def words(self) -> str:
         if self.seconds is None:
             head = f"Estimated time here: not known yet ({self.basis})"
+        elif self.high_s is None:  # a time budget: the floor is known, what comes after it is not yet
+            head = f"Estimated time here: at least {fmt_s(self.low_s)}, {self.basis}"
         else:
             head = (f"Estimated time here: about {fmt_s(self.seconds)} (likely {fmt_s(self.low_s)} to "
                     f"{fmt_s(self.high_s)}), {self.basis}")
@@ -95,6 +97,14 @@ def _alike(args: JobArgs, done: list[QueuedJob]) -> TimeEstimate | None:
     return TimeEstimate(median, low, high, f"from {runs} that ended here", None)
 
 
+def _by_count(job: QueuedJob) -> bool:
+    """Whether a finished job's work was a count (steps, variants), not a time budget: only those scale by size."""
+    try:
+        return kinds.kind_of(kinds.parse(job.kind, job.args)).budget_s(kinds.parse(job.kind, job.args)) <= 0
+    except (ValueError, TypeError, KeyError):
+        return False
+
+
 def _other_size(args: JobArgs, done: list[QueuedJob]) -> tuple[float, str] | None:
     kind = kinds.kind_of(args)
     size = kind.size(args)
@@ -104,7 +114,7 @@ def _other_size(args: JobArgs, done: list[QueuedJob]) -> tuple[float, str] | Non
             sized.append((kind.size(kinds.parse(job.kind, job.args)), job))
         except (ValueError, TypeError, KeyError):
             continue  # a job queued by an older version: its arguments no longer parse
-    sized = [(s, j) for s, j in sized if s > 0 and j.elapsed_s > 0]
+    sized = [(s, j) for s, j in sized if s > 0 and j.elapsed_s > 0 and _by_count(j)]
     if not sized or size <= 0:
         return None
     ref_size, nearest = min(sized, key=lambda sj: abs(sj[0] - size))
@@ -182,6 +192,9 @@ def estimate_job(args: JobArgs, queue: JobQueue, hardware: str,
     found = _alike(args, done)
     if found is not None:
         return TimeEstimate(found.seconds, found.low_s, found.high_s, found.basis, found.uncorrected_s, busy)
+    if (budget := kind.budget_s(args)) > 0:
+        return TimeEstimate(budget, budget, None, "the training budget you set, then measuring what it made (no job "
+                            "alike has ended here yet to say how long that takes)", None, busy)
     scaled = _other_size(args, done) or _from_reference(args, speed or machine_speed.saved(hardware),
                                                          reference_table() if table is None else table)
     if scaled is not None:

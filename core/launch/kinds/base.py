@@ -58,6 +58,9 @@ class JobKind(Generic[A]):
     # and scoring) or "train" (forward and backward), which of this machine's measured speeds it scales with.
     size: Callable[[A], float] = lambda a: 1.0
     bound: str = "decode"
+    # seconds the job spends by design on any machine (a training budget in minutes), 0 when its work is a count:
+    # such a job is estimated from jobs alike, else as at least its budget, never scaled from a job of another size
+    budget_s: Callable[[A], float] = lambda a: 0.0
     # why this job cannot run, found cheaply (no model loads): a budget below any file, a missing student; None: fine
     refuse: Callable[[A], str | None] = _fine
 

@@ -94,14 +94,16 @@ def _teacher_answers(a: DistillArgs) -> str:
 
 def _distill_key(a: DistillArgs) -> str:
     s = a.settings
-    return (f"distill|{a.teacher}|student_layers={s.student_layers},steps={s.steps},batch_size={s.batch_size},"
-            f"seq_len_tokens={s.seq_len_tokens}|{_teacher_answers(a)}")
+    work = f"budget_minutes={s.budget_minutes:g}" if s.budget_minutes else f"steps={s.steps}"
+    return (f"distill|{a.teacher}|student_layers={s.student_layers},{work},batch_size={s.batch_size},"
+            f"seq_len_tokens={s.seq_len_tokens},train_last_layers={s.train_last_layers}|{_teacher_answers(a)}")
 
 
 DISTILL = register(JobKind(
     DistillArgs, run_distill, similar=_distill_key, models=lambda a: [a.teacher],
     files=lambda a: [a.corpus] if a.corpus else [],
-    size=lambda a: float(a.settings.steps * a.settings.batch_size * a.settings.seq_len_tokens), bound="train"))
+    size=lambda a: float(a.settings.steps * a.settings.batch_size * a.settings.seq_len_tokens), bound="train",
+    budget_s=lambda a: 60 * a.settings.budget_minutes))
 
 
 @dataclass(frozen=True)
