@@ -17,7 +17,8 @@ from core.views.chart_quantities import Interval, decode_ms_per_token, is_finite
 MAX_BUBBLE_PX = 30  # diameter of the largest bubble: small enough that 30 variants stay apart
 # fixed colours so a family looks the same on every chart and every page
 FAMILY_COLORS = {"reference": "#000000", "quantization": "#1f77b4", "gguf": "#d62728", "moe": "#2ca02c",
-                 "distillation": "#9467bd", "lora": "#ff7f0e", "speculative": "#8c564b"}
+                 "distillation": "#9467bd", "lora": "#ff7f0e", "speculative": "#8c564b", "depth pruning": "#e377c2",
+                 "activation sparsity": "#17becf"}
 RUNTIME_SYMBOLS = {"transformers": "circle", "transformers-compiled": "diamond", "llama.cpp": "square"}
 OTHER_SYMBOL = "triangle-up"
 
