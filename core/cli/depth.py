@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 from core import models
 from core.cli.common import int_list, json_folder, write_json
+from core import techniques
 from core.techniques import depth, distillation
 
 
@@ -33,6 +34,9 @@ def cmd_depth(args: argparse.Namespace) -> None:
              "spread": distillation.pick_layers(layers, n, "spread")} for n in keeps]
     for row in rows:
         print(f"keep {row['keep']}: by redundancy {_span(row['redundancy'])}; spread {_span(row['spread'])}")
+    keys = [techniques.REFERENCE] + [depth.prune_key(n, c) for n in keeps for c in depth.PRUNE_CHOICES]
+    print(f"measure them (KL divergence, accuracy, decode speed): python -m core sweep --model {spec.key} "
+          f"--techniques {','.join(keys)}")
     if args.json:
         write_json(args.json, {"model": spec.key, "scores": asdict(scores), "kept": rows})
 

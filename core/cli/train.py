@@ -64,7 +64,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     settings = distillation.DistillSettings(
         student_layers=args.layers, layer_choice=args.layer_choice, steps=args.steps, batch_size=args.batch_size,
         seq_len_tokens=args.seq_len, learning_rate=args.lr, temperature=args.temperature, kd_weight=args.kd_weight,
-        budget_minutes=args.budget_minutes, train_last_layers=args.train_last_layers,
+        budget_minutes=args.budget_minutes, train_last_layers=args.train_last_layers, checkpoints=args.checkpoints,
     )
     corpus = Path(existing_file("--corpus", args.corpus)) if args.corpus else None
     json_folder(args.json)
@@ -127,6 +127,8 @@ def add_parsers(sub) -> None:
     d.add_argument("--budget-minutes", type=float, default=dd.budget_minutes,
                    help="heal for this many minutes of wall time instead of --steps (at least 1; checkpoints and the "
                         "learning-rate schedule follow the clock)")
+    d.add_argument("--checkpoints", type=int, default=dd.checkpoints,
+                   help="complete saves along the way, each measured on the held-out text: the points of the heal curve")
     d.add_argument("--train-last-layers", type=int, default=dd.train_last_layers,
                    help="train only the student's last N layers and the final norm (0 = every layer)")
     d.add_argument("--batch-size", type=int, default=dd.batch_size)
