@@ -119,7 +119,7 @@ def get(key: str) -> Technique:
     if "@" in key:  # any technique on any of its runtimes: "<key>@<runtime>"
         base, runtime = key.split("@", 1)
         return get(base).on(runtime)
-    raise ValueError(f"Unknown technique {key!r}; choose from {', '.join(TECHNIQUES)} (or moe-<experts>x<top_k>)")
+    raise ValueError(f"Unknown technique {key!r}; choose from {', '.join(TECHNIQUES)} (or moe-<experts>x<top_k>, sparse-<percent>)")
 
 
 def defaults_for(place: str) -> list[str]:
