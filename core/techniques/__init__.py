@@ -10,7 +10,7 @@ Pages, the CLI and the experiments iterate the registry (`TECHNIQUES`, `get`) an
 from core.techniques.registry import TECHNIQUES, Technique, defaults_for, get, parse_keys, reference_key, register
 
 # Importing each family registers its entries (order: the order pages list them in).
-from core.techniques import quantization, gguf, moe, depth  # noqa: E402,F401  isort: skip
+from core.techniques import quantization, gguf, moe, depth, sparsity  # noqa: E402,F401  isort: skip
 
 REFERENCE = reference_key()
 

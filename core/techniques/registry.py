@@ -119,7 +119,8 @@ def get(key: str) -> Technique:
     if "@" in key:  # any technique on any of its runtimes: "<key>@<runtime>"
         base, runtime = key.split("@", 1)
         return get(base).on(runtime)
-    raise ValueError(f"Unknown technique {key!r}; choose from {', '.join(TECHNIQUES)} (or moe-<experts>x<top_k>[-s<shared>], depth-<layers>-redundancy|spread)")
+    raise ValueError(f"Unknown technique {key!r}; choose from {', '.join(TECHNIQUES)} (or moe-<experts>x<top_k>[-s<shared>], "
+                     "depth-<layers>-redundancy|spread, sparse-<percent>)")
 
 
 def defaults_for(place: str) -> list[str]:

@@ -18,7 +18,7 @@ MAX_BUBBLE_PX = 30  # diameter of the largest bubble: small enough that 30 varia
 # fixed colours so a family looks the same on every chart and every page
 FAMILY_COLORS = {"reference": "#000000", "quantization": "#1f77b4", "gguf": "#d62728", "moe": "#2ca02c",
                  "distillation": "#9467bd", "lora": "#ff7f0e", "speculative": "#8c564b", "depth pruning": "#e377c2",
-                 "activation sparsity": "#17becf"}
+                 "sparsity": "#17becf"}
 RUNTIME_SYMBOLS = {"transformers": "circle", "transformers-compiled": "diamond", "llama.cpp": "square"}
 OTHER_SYMBOL = "triangle-up"
 
