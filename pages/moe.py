@@ -12,6 +12,7 @@ from core.techniques import moe
 from core.views import chart_quantities, moe_curve, moe_text
 from core.views.tables import moe_rows, moe_view
 from ui.estimates import estimated
+from ui.moe_parts import sparsity_section
 from ui.frame import choice, store
 from ui.panel import job_panel, submit_job
 from ui.roles import show_error, visible
@@ -57,6 +58,8 @@ with st.expander("Measurement settings"):
     new_tokens = s2.number_input("New tokens per run", 8, 256, DEFAULTS.new_tokens, step=8)
     repeats = s3.number_input(f"Timed runs (after {DEFAULTS.warmup_runs} warm-up)", 1, 20, DEFAULTS.repeats)
     mc_max = s1.number_input("Questions to score (0 = all)", 0, 10000, 0)
+    heal = s3.number_input("Heal the carve, minutes (one k only; 0 = no training)", 0.0, 240.0, 0.0, step=5.0,
+                           disabled=bool(native), help=moe_text.HEAL_HELP)
     dense_layers = s2.number_input("First MLP layers kept whole", 0, 8, moe.DEFAULT_DENSE_LAYERS,
                                    disabled=bool(native), help="The first MLP writes most of the residual stream in "
                                    "small models, so splitting it hurts far more than any other layer.")
@@ -66,7 +69,7 @@ measured_as = lambda: SweepSettings(  # noqa: E731 (built inside `estimated`, wh
     repeats=int(repeats), mc_max_items=int(mc_max), hardware_preset=picked.preset.key,
     usd_per_hour=picked.preset.usd_per_hour, launched_from="dashboard")
 args, estimate, refused = estimated(lambda: MoeArgs(picked.model, int(experts), tuple(sorted(ks)), int(dense_layers),
-                                                    measured_as(), int(shared))) if ks else (None, None, None)
+                                                    measured_as(), int(shared), float(heal))) if ks else (None, None, None)
 if st.button("Convert and measure", type="primary", disabled=not ks or not picked.model):
     if refused is not None:
         show_error(refused)
@@ -79,15 +82,16 @@ job_panel("The conversion is saved once made; each variant is saved as soon as i
 results = store()
 hardware = benchmark.hardware_fingerprint(benchmark.pick_device("auto"))
 spec = models.resolve(picked.model)
-dense, measured = moe_view(results.all(spec.key, hardware) if results else [], experts,
-                           None if native else int(dense_layers))
+here = results.all(spec.key, hardware) if results else []
+dense, measured = moe_view(here, experts, None if native else int(dense_layers))
 if not measured:
     st.info(f"No mixture-of-experts measurements with {experts} experts on this machine yet: pick the numbers of "
             "experts per token and press **Convert and measure**. The first run converts the model once; "
             "later runs reuse the conversion.")
+    sparsity_section(picked.model, here, dense, picked)
     st.stop()
 
-st.subheader("Quality against speed as k changes")
+st.subheader("Quality against speed as the share of work per token changes")
 metric = st.radio("Quality measure", list(chart_quantities.QUALITY_METRICS), horizontal=True,
                   format_func=lambda k: chart_quantities.QUALITY_METRICS[k].label)
 st.plotly_chart(moe_curve.moe_curve_figure([*measured, *([dense] if dense else [])], metric), width="stretch")
@@ -125,3 +129,4 @@ st.caption("Active parameters include the embeddings and attention, which every 
 with st.expander("What this does, and what may surprise you"):
     st.write(techniques.moe_technique(experts, max(1, experts // 4)).surprise)
     st.write(moe_text.SHARED_WHY)
+sparsity_section(picked.model, here, dense, picked)

@@ -517,3 +517,41 @@ def test_shared_experts_always_run_and_every_expert_still_reproduces_the_dense_m
     assert (logits(shared) - logits(tiny[0])).abs().max() < 1e-4
     with pytest.raises(ValueError, match="the 6 routed experts, got top_k=7"):
         moe.set_top_k(shared, 7)
+
+
+# ---------------------------------------------------------------- healing a carve by distillation
+
+
+def test_healing_trains_only_the_experts_saves_them_and_measures_dense_carve_and_healed(data_dir, monkeypatch):
+    from core.experiments import sweep
+    from core.techniques import distillation
+
+    now = [0.0]
+    monkeypatch.setattr(distillation.time, "perf_counter", lambda: now.__setitem__(0, now[0] + 2.0) or now[0])
+    settings = sweep.SweepSettings(new_tokens=4, repeats=1, warmup_runs=0, mc_max_items=4, ppl_window_tokens=64,
+                                   ppl_max_tokens=128)
+    config = moe.MoEConfig(experts=4, top_k=1, shared=1)
+    dense, carve, healed = moe_sweep.heal_and_measure("tiny-random-llama", config, 1, settings)
+    assert (dense.technique, carve.technique) == ("fp32", "moe-4x1-s1")
+    assert healed.technique.startswith("moe-4x1-s1-healed-") and healed.family == "moe"
+    facts = healed.variant_facts["healed"]
+    assert facts["heal_curve"][-1]["train_minutes"] >= 1 and facts["steps"] > 0
+    assert healed.variant_facts["shared_experts"] == 1 and healed.variant_facts["top_k"] == 1
+    assert healed.kld_mean != carve.kld_mean  # the experts changed
+    built = techniques.get(healed.technique)
+    assert built.label.startswith("MoE 1 shared + 1 of 3 routed experts, healed")
+    model = built.make(moe.plan.models.prepare(moe.plan.models.resolve("tiny-random-llama")))
+    carved = techniques.get("moe-4x1-s1").make(moe.plan.models.prepare(moe.plan.models.resolve("tiny-random-llama")))
+    first, plain = moe.moe_layers(model)[0], moe.moe_layers(carved)[0]
+    assert not torch.equal(first.gate_up, plain.gate_up) and torch.equal(first.router.weight, plain.router.weight)
+
+
+def test_healing_is_refused_for_several_settings_at_once_or_a_budget_under_a_minute():
+    from core.launch.kinds import MoeArgs
+
+    with pytest.raises(ValueError, match="Heal one setting at a time"):
+        MoeArgs("smollm2-135m-instruct", 8, (1, 2), heal_minutes=5)
+    with pytest.raises(ValueError, match="at least 1 minute"):
+        MoeArgs("smollm2-135m-instruct", 8, (1,), heal_minutes=0.5)
+    with pytest.raises(ValueError, match="no carved experts to heal"):
+        moe.healed.expert_parameters(torch.nn.Linear(2, 2))

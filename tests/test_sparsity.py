@@ -118,12 +118,11 @@ def test_bad_keys_are_refused_with_what_to_choose(key):
         techniques.get(key)
 
 
-def test_any_target_resolves_and_the_words_say_where_decoding_was_not_faster():
+def test_any_target_resolves_and_the_words_point_at_the_measured_speed():
     assert techniques.get("sparse-33").config.target_pct == 33
     assert techniques.get("sparse-40").config.decode_path == "gather"
-    below = techniques.get(f"sparse-{S.FASTER_FROM_PCT - 1}").explanation
-    above = techniques.get(f"sparse-{S.FASTER_FROM_PCT}").explanation
-    assert "did not make decoding faster" in below and "only a little faster" in above
+    words = techniques.get("sparse-40").explanation
+    assert "about 73% of the feed-forward weights" in words and "compare its measured decode speed" in words
     masked = techniques.get("sparse-40-masked")
     assert masked.config.decode_path == "masked" and "reads every weight" in masked.explanation
     assert techniques.parse_keys("fp32, sparse-40") == ["fp32", "sparse-40"]

@@ -22,6 +22,7 @@ from core.cli.common import (
     write_json,
 )
 from core.experiments import moe_sweep, sweep
+from core.techniques.moe import MoEConfig
 from core.launch.job import Job
 from core.launch.kinds import MoeArgs, SweepArgs
 from core.launch.launch import launch
@@ -140,15 +141,20 @@ def cmd_moe(args: argparse.Namespace) -> None:
     """Convert once, then measure the dense reference and each top-k with the sweep harness."""
     top_ks = int_list("--top-k", args.top_k)
     settings = sweep_settings(args)
+    job = MoeArgs(args.model, args.experts, tuple(top_ks), args.dense_layers, settings, args.shared, args.heal_minutes)
     store = None if args.no_store else open_store(args.store_url)
     if address := ray_address(args):
-        done = on_ray(MoeArgs(args.model, args.experts, tuple(top_ks), args.dense_layers, settings, args.shared),
-                      address, store)
+        done = on_ray(job, address, store)
         records = [r for r in map(store.get, done.record_ids) if r is not None]
         return write_json(args.json, [r.to_dict() | r.variant_facts for r in records])
     t0 = time.perf_counter()
-    records = moe_sweep.run_moe_sweep(args.model, args.experts, top_ks, settings, store=store, progress=show_progress,
-                                      dense_layers=args.dense_layers, shared=args.shared)
+    if job.heal_minutes:
+        config = MoEConfig(experts=args.experts, top_k=top_ks[0], dense_layers=args.dense_layers, shared=args.shared)
+        records = moe_sweep.heal_and_measure(args.model, config, job.heal_minutes, settings, store=store,
+                                             progress=show_progress)
+    else:
+        records = moe_sweep.run_moe_sweep(args.model, args.experts, top_ks, settings, store=store,
+                                          progress=show_progress, dense_layers=args.dense_layers, shared=args.shared)
     print(f"moe wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     say_if_busy(records)
     rows = [r.to_dict() | r.variant_facts for r in records]  # the structure facts at top level too, as promised
@@ -172,6 +178,9 @@ def add_parsers(sub) -> None:
     m.add_argument("--dense-layers", type=int, default=1, help="keep the first N MLP layers whole (default 1)")
     m.add_argument("--shared", type=int, default=0, help="of the E experts, how many always run (the neurons that fire "
                    "on most tokens); --top-k then counts the routed experts among the rest (default 0)")
+    m.add_argument("--heal-minutes", type=float, default=0.0, help="train the carve's experts to match the dense model "
+                   "for this many minutes (one --top-k only), then measure the healed carve beside it (default 0: no "
+                   "training)")
     add_measurement_args(m)
     add_ray_arg(m)
     m.set_defaults(func=cmd_moe)

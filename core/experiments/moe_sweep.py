@@ -8,7 +8,8 @@ from typing import Callable
 from core import models, techniques
 from core.experiments import sweep
 from core.store.records import VariantRecord
-from core.techniques.moe import DEFAULT_DENSE_LAYERS, MoEConfig, prepare_conversion, technique_key
+from core.techniques import distillation
+from core.techniques.moe import DEFAULT_DENSE_LAYERS, MoEConfig, healed, load_moe, prepare_conversion, technique_key
 
 CONVERSION_SHARE = 0.15  # of a run's progress bar: converting takes about a minute, measuring several
 
@@ -34,3 +35,45 @@ def run_moe_sweep(model_name: str, experts: int, top_ks: list[int], settings, st
     keys = [techniques.REFERENCE] + [technique_key(c.experts, c.top_k, c.dense_layers, c.shared) for c in configs]
     return sweep.run_sweep(model_name, keys, settings, store=store, progress=report, should_stop=should_stop,
                            span=(CONVERSION_SHARE, 1 - CONVERSION_SHARE))
+
+
+# ---------------------------------------------------------------- healing one carve with the dense model as teacher
+
+HEAL_SHARE = 0.7  # of a healing run's progress bar: the budget; measuring the three variants takes the rest
+HEAL_LEARNING_RATE = 1e-4  # the experts start close to right: a gentler peak than a pruned student's
+
+
+def heal_and_measure(model_name: str, config: MoEConfig, budget_minutes: float, settings, store=None, progress=None,
+                     should_stop: Callable[[], bool] | None = None) -> list[VariantRecord]:
+    """Carve (or load) `config`, train its experts by distillation from the dense model for `budget_minutes` on the
+    teacher's answers (cached), save them as `moe-...-healed-<run>`, then measure dense, carve and healed alike."""
+    heal = distillation.DistillSettings(budget_minutes=budget_minutes, learning_rate=HEAL_LEARNING_RATE)
+    report = progress or (lambda _p: None)
+    stop = should_stop or (lambda: False)
+    spec = models.resolve(model_name)
+    checkpoint = models.prepare(spec)
+    say = lambda f, m: report(sweep.Progress(HEAL_SHARE * f, "heal", "prepare", m))  # noqa: E731
+    prepare_conversion(checkpoint, config, say, should_stop)
+    tokenizer, teacher = models.load_tokenizer(checkpoint), models.load_model(checkpoint)
+    rows = distillation.teacher_answers(teacher, tokenizer, spec.key, heal.corpus_answer_tokens, "cpu",
+                                        lambda f, m: say(0.1 * f, m), stop)
+    corpus = distillation.corpus_from_answers(rows, tokenizer, heal.heldout_share)
+    student = load_moe(checkpoint, config)
+    base = technique_key(config.experts, config.top_k, config.dense_layers, config.shared)
+    run, log = healed.new_run_id(), distillation.TrainLog()
+    facts = {"run": run, "base_key": base, "base_label": techniques.get(base).label, "model": spec.key,
+             "checkpoint_name": checkpoint.name, "budget_minutes": budget_minutes, "corpus": corpus.source,
+             "learning_rate": heal.learning_rate}
+
+    def save(step: int, _final: bool) -> None:
+        curve = [{"step": s, "train_minutes": t / 60, "heldout_kld_nats": k, "heldout_top1": a}
+                 for (s, k, a), t in zip(log.heldout, log.heldout_seconds)]
+        healed.save_healed(student, run, facts | {"steps": step, "train_seconds": log.heldout_seconds[-1],
+                                                  "heal_curve": curve})
+
+    distillation.train_student(student, teacher, corpus, heal, "cpu", lambda f, m: say(0.1 + 0.9 * f, m), stop, log,
+                               save, params=healed.expert_parameters(student))
+    del student, teacher
+    keys = [techniques.REFERENCE, base, healed.healed_key(base, run)]
+    return sweep.run_sweep(model_name, keys, settings, store=store, progress=report, should_stop=should_stop,
+                           span=(HEAL_SHARE, 1 - HEAL_SHARE))

@@ -7,14 +7,15 @@
 Pages, the CLI and the experiments iterate the registry (`TECHNIQUES`, `get`) and never branch on a key.
 """
 
-from core.techniques.registry import TECHNIQUES, Technique, defaults_for, get, parse_keys, reference_key, register
+from core.techniques.registry import (TECHNIQUES, Technique, defaults_for, get, keys_of_family, parse_keys, reference_key,
+                                      register)
 
 # Importing each family registers its entries (order: the order pages list them in).
 from core.techniques import quantization, gguf, moe, depth, sparsity  # noqa: E402,F401  isort: skip
 
 REFERENCE = reference_key()
 
-__all__ = ["REFERENCE", "TECHNIQUES", "Technique", "defaults_for", "get", "gguf_of_saved", "moe_technique", "parse_keys",
+__all__ = ["REFERENCE", "TECHNIQUES", "Technique", "defaults_for", "get", "gguf_of_saved", "keys_of_family", "moe_technique", "parse_keys",
            "register", "saved_checkpoints"]
 
 from core.models.saved import saved_checkpoints  # noqa: E402

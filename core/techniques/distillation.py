@@ -367,14 +367,17 @@ def pack_for_eval(sequences: list[list[int]], window: int, max_tokens: int) -> l
 
 
 def train_student(student, teacher, corpus: Corpus, settings: DistillSettings, device: str, report: Report,
-                  stop: Callable[[], bool], log: TrainLog, save: Callable[[int, bool], None]) -> TrainLog:
-    """AdamW over packed batches of the training part; `save(step, final)` is called at each checkpoint.
+                  stop: Callable[[], bool], log: TrainLog, save: Callable[[int, bool], None],
+                  params: list[torch.nn.Parameter] | None = None) -> TrainLog:
+    """AdamW over packed batches of the training part; `save(step, final)` is called at each checkpoint. `params`:
+    the tensors to train when the caller chooses them (a carved MoE's experts), else the student's layers.
 
     With `settings.budget_minutes` the run ends when the budget is spent (checkpoint evaluations included) and the
     checkpoints fall at equal shares of it, so the held-out curve reads as quality against minutes of CPU.
     """
     rows = pack(corpus.train, settings.seq_len_tokens)
-    params = trainable_parameters(student, settings.train_embeddings, settings.train_last_layers)
+    params = params if params is not None else trainable_parameters(student, settings.train_embeddings,
+                                                                     settings.train_last_layers)
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(settings.seed)
     order = torch.empty(0, dtype=torch.long)

@@ -123,6 +123,11 @@ def get(key: str) -> Technique:
                      "depth-<layers>-redundancy|spread, sparse-<percent>)")
 
 
+def keys_of_family(family: str) -> list[str]:
+    """The listed keys of one family ("sparsity", "moe", ...), in registry order."""
+    return [k for k, t in TECHNIQUES.items() if t.family == family]
+
+
 def defaults_for(place: str) -> list[str]:
     """The keys marked for `place` ("sweep", "arena", "saved"), in registry order."""
     return [k for k, t in TECHNIQUES.items() if place in t.default_for]

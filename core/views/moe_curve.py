@@ -22,8 +22,9 @@ from core.views.tables import moe_work_pct
 DENSE_NAME = "Dense model"
 
 
-def _shape(record: VariantRecord) -> tuple[int, int]:
-    return record.variant_facts["experts"], record.variant_facts.get("shared_experts", 0)
+def _shape(record: VariantRecord) -> tuple[int, int, bool]:
+    facts = record.variant_facts
+    return facts["experts"], facts.get("shared_experts", 0), bool(facts.get("healed"))
 
 
 def moe_curve_figure(records: Sequence[VariantRecord], metric_key: str = "kld_mean",
@@ -37,13 +38,15 @@ def moe_curve_figure(records: Sequence[VariantRecord], metric_key: str = "kld_me
         return empty_figure("No mixture-of-experts results yet: convert and measure first.")
     require_one_machine([*moe_records, *dense])
     fig = go.Figure()
-    for experts, shared in sorted({_shape(r) for r in moe_records}):
-        line = sorted((r for r in moe_records if _shape(r) == (experts, shared)), key=lambda r: r.variant_facts["top_k"])
+    for experts, shared, healed in sorted({_shape(r) for r in moe_records}):
+        line = sorted((r for r in moe_records if _shape(r) == (experts, shared, healed)),
+                      key=lambda r: r.variant_facts["top_k"])
         speeds = [Interval(r.decode_tokens_per_s_median, r.decode_tokens_per_s_p10, r.decode_tokens_per_s_p90) for r in line]
         ys = [quality_interval(r, metric) for r in line]
         fig.add_trace(go.Scatter(
             x=[iv.value for iv in speeds], y=[iv.value for iv in ys], mode="lines+markers+text",
-            name=f"{experts} experts" + (f", {shared} shared (always on)" if shared else ""),
+            name=f"{experts} experts" + (f", {shared} shared (always on)" if shared else "")
+            + (", experts healed by distillation" if healed else ""),
             text=[f"k={r.variant_facts['top_k']} · {moe_work_pct(r.variant_facts):.0f}%" for r in line],
             textposition="top center",
             error_x=error_bars(speeds), error_y=error_bars(ys),

@@ -7,19 +7,26 @@ SHARED_HELP = ("Experts made of the neurons that are among each token's stronges
                "They run for every token (as in CMoE and DeepSeek-MoE); the router only picks among the others. "
                "0 = every expert is routed, the first carve's recipe.")
 
+HEAL_HELP = ("Trains the carved experts' weights to give the dense model's next-token probabilities on the teacher's "
+             "answers to the bundled prompts, for this many minutes (router, attention and embeddings frozen), then "
+             "measures the healed carve beside the plain one. Pick a single k.")
+
 SHARED_WHY = (
     "The seed says a mixture of experts \"activates only the necessary parts\". That is true of models trained as "
     "mixtures (Mixtral, DeepSeek-MoE), whose experts learned to specialise. This model was trained dense, and its "
     "SwiGLU feed-forward neurons are not naturally sparse: a few are busy on almost every token, and routing them "
     "away is what turns a plain carve into a different model at a small share of the work. Keeping those neurons "
     "always on (shared experts) and routing the rest with a router built from activation statistics stays much "
-    "closer to the dense model at the same share of work. Training the carved model further, as LLaMA-MoE and CMoE "
-    "do with GPUs, would recover more; nothing is trained here. Speed: one token reads only the experts it runs, so "
+    "closer to the dense model at the same share of work. Training the carved experts to match the dense model "
+    "(healing, as LLaMA-MoE and CMoE do with GPUs) recovers more: here it takes the minutes you give it. Speed: one token reads only the experts it runs, so "
     "the gain follows the share of feed-forward weights skipped, less the attention and output head every token "
     "reads whatever the setting.")
 
 
 def setting_name(facts: dict) -> str:
-    """'2 of 8' for a plain carve, '2 shared + 1 of 6' with shared experts: the slider's and the table's words."""
+    """'2 of 8' for a plain carve, '2 shared + 1 of 6' with shared experts, ', healed 10 min' after training: the
+    slider's and the table's words."""
     experts, k, shared = facts["experts"], facts["top_k"], facts.get("shared_experts", 0)
-    return f"{shared} shared + {k} of {experts - shared}" if shared else f"{k} of {experts}"
+    name = f"{shared} shared + {k} of {experts - shared}" if shared else f"{k} of {experts}"
+    healed = facts.get("healed") or {}
+    return name + (f", healed {healed.get('train_seconds', 0) / 60:.0f} min" if healed else "")

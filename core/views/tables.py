@@ -85,15 +85,15 @@ def provenance_lines(records: list[VariantRecord]) -> list[str]:
 
 def moe_view(records: list[VariantRecord], experts: int, dense_layers: int | None = None,
              reference_technique: str = REFERENCE) -> tuple[VariantRecord | None, list[VariantRecord]]:
-    """From newest-first records: the newest MoE record per (shared experts, k) for E experts (and, if given, that
+    """From newest-first records: the newest MoE record per (shared experts, healed or not, k) for E experts (and, if given, that
     many MLP layers left dense), sorted, and the dense reference, preferably from the same run as the newest."""
-    latest: dict[tuple[int, int], VariantRecord] = {}
+    latest: dict[tuple[int, bool, int], VariantRecord] = {}
     for r in records:
         facts = r.variant_facts
         if dense_layers is not None and facts.get("dense_layers") != dense_layers:
             continue
         if r.family == "moe" and facts.get("experts") == experts and facts.get("top_k"):
-            latest.setdefault((facts.get("shared_experts", 0), facts["top_k"]), r)
+            latest.setdefault((facts.get("shared_experts", 0), bool(facts.get("healed")), facts["top_k"]), r)
     chosen = [latest[key] for key in sorted(latest)]
     references = [r for r in records if r.technique == reference_technique]
     newest_run = max(chosen, key=lambda r: r.created_at).run_id if chosen else None
@@ -199,3 +199,19 @@ def tally_rows(tally: list, label) -> list[dict]:
     """Blind-vote tallies (core/store, Tally), each variant under `label(technique key)`."""
     return [{"variant": label(t.technique), "wins": t.wins, "losses": t.losses, "ties": t.ties,
              "win rate": t.win_rate} for t in tally]
+
+
+def sparsity_rows(records: list[VariantRecord], reference: VariantRecord | None) -> list[dict]:
+    """The newest activation-sparsity record per target, by target: quality, speed against the dense reference, and
+    the share of feed-forward weights one decoded token really read."""
+    newest: dict[int, VariantRecord] = {}
+    for r in sorted(records, key=lambda r: r.created_at, reverse=True):
+        target = r.variant_facts.get("sparsity_target_pct") if r.family == "sparsity" else None
+        if target is not None and r.variant_facts.get("decode_path") == "gather":
+            newest.setdefault(target, r)
+    base = reference.decode_tokens_per_s_median if reference else float("nan")
+    return [{"activations zeroed %": target, "seen while decoding %": r.variant_facts.get("sparsity_decode_pct_mean"),
+             "MLP weights read %": r.variant_facts.get("mlp_weights_read_pct"), "KLD vs dense (nats)": r.kld_mean,
+             "top-1 agreement": r.top1_agreement, "MC accuracy": r.mc_accuracy, "decode tok/s": r.decode_tokens_per_s_median,
+             "speed-up vs dense": r.decode_tokens_per_s_median / base if reference and r.hardware == reference.hardware
+             else float("nan")} for target, r in sorted(newest.items())]

@@ -72,9 +72,23 @@ class MoeArgs(JobArgs):
     dense_layers: int = moe_sweep.DEFAULT_DENSE_LAYERS
     settings: SweepSettings = field(default_factory=SweepSettings)
     shared: int = 0  # experts always on (CMoE's shared experts); top_ks count the routed ones
+    heal_minutes: float = 0.0  # > 0: train the one carve's experts by distillation for this long, then measure it too
+
+    def __post_init__(self) -> None:
+        if self.heal_minutes and len(self.top_ks) != 1:
+            raise ValueError(f"Heal one setting at a time: pick a single number of experts per token, not "
+                             f"{len(self.top_ks)}.")
+        if self.heal_minutes and self.heal_minutes < 1:
+            raise ValueError(f"A healing budget of {self.heal_minutes:g} min trains only a handful of steps; give at "
+                             "least 1 minute (or 0 for no training).")
 
 
 def run_moe(args: MoeArgs, ctx: JobContext):
+    if args.heal_minutes:
+        config = moe.MoEConfig(experts=args.experts, top_k=args.top_ks[0], dense_layers=args.dense_layers,
+                               shared=args.shared)
+        return moe_sweep.heal_and_measure(args.model, config, args.heal_minutes, args.settings, store=ctx.store,
+                                          should_stop=ctx.should_stop, progress=_progress(ctx))
     return moe_sweep.run_moe_sweep(args.model, args.experts, list(args.top_ks), args.settings, store=ctx.store,
                                    should_stop=ctx.should_stop, dense_layers=args.dense_layers,
                                    progress=_progress(ctx), shared=args.shared)
@@ -82,7 +96,9 @@ def run_moe(args: MoeArgs, ctx: JobContext):
 
 MOE = register(JobKind(
     MoeArgs, run_moe,
-    similar=lambda a: f"moe|{a.model}|{a.experts}s{a.shared}|{sorted(a.top_ks)}|{_timing_key(a.settings)}|{_carve(a)}",
+    similar=lambda a: (f"moe|{a.model}|{a.experts}s{a.shared}|{sorted(a.top_ks)}|heal{a.heal_minutes:g}|"
+                       f"{_timing_key(a.settings)}|{_carve(a)}"),
+    budget_s=lambda a: 60 * a.heal_minutes,
     models=lambda a: [a.model], files=lambda a: _sweep_files(a.settings), size=lambda a: float(len(a.top_ks) + 1)))
 
 

@@ -200,3 +200,5 @@ def _resolve(key: str) -> Technique | None:
 # is a correctness check, not an optimisation; `get("moe-8x8")` still builds it for the MoE page and CLI.
 register(*(moe_technique(8, k) for k in (1, 2, 4)), rank=3)
 register_resolver(_resolve)
+
+from core.techniques.moe import healed  # noqa: E402,F401  registers the healed carves' keys (moe-...-healed-<run>)
