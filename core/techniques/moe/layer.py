@@ -44,6 +44,7 @@ class MoEMLP(nn.Module):
         self._act = F.silu if isinstance(act_fn, nn.SiLU) or type(act_fn).__name__ == "SiLUActivation" else act_fn
         self._views: tuple | None = None
         self._views_of: tuple[int, ...] = ()
+        self._after_shared: torch.Tensor | None = None
         self.top_k = top_k  # mutable: set_top_k changes it without reconverting
 
     def extra_repr(self) -> str:
@@ -79,18 +80,35 @@ class MoEMLP(nn.Module):
             others = self.mean_total - self.mean_out  # [E, d]
             self._views = (list(self.gate_up), [w.t() for w in self.down_t], list(others), list(self.mean_out))
             self._views_of = key
+            self._after_shared = self.mean_total - self.mean_out[: self.shared].sum(0)  # the routed experts' means
         return self._views
 
     def decode(self, x: torch.Tensor, experts: list[int]) -> torch.Tensor:
         """One token x [d] through the chosen experts only -> [d]. Each expert is a contiguous slice of the
         stacked weights (a view, no copy), so the skipped experts' bytes are never read."""
         gate_up, down, others, means = self.expert_views()
+        if self.shared and experts[: self.shared] == self.always:
+            return self._decode_shared(x, experts[self.shared:], gate_up, down, means)
         out = others[experts[0]]  # the skipped experts' means: all but the first chosen...
         for e in experts[1:]:
             out = out - means[e]  # ...and but the other chosen ones
         for e in experts:
             gate, up = torch.mv(gate_up[e], x).chunk(2)  # [n] each
             out = torch.addmv(out, down[e], self._act(gate) * up)  # out + down @ h in one call
+        return out
+
+    def _decode_shared(self, x: torch.Tensor, routed: list[int], gate_up, down, means) -> torch.Tensor:
+        """The shared experts sit first and side by side in the stacked weights, so they run as one block: two
+        matrix-vector products whatever their number, instead of two per expert (each op costs dispatch time)."""
+        s, n, d = self.shared, self.neurons, self.gate_up.shape[-1]
+        out = self._after_shared  # every routed expert's mean (expert_views keeps it), less the chosen ones below
+        for e in routed:
+            out = out - means[e]
+        gate, up = torch.mv(self.gate_up[:s].view(s * 2 * n, d), x).view(s, 2, n).unbind(1)
+        out = torch.addmv(out, self.down_t[:s].view(s * n, d).t(), (self._act(gate) * up).reshape(-1))
+        for e in routed:
+            gate, up = torch.mv(gate_up[e], x).chunk(2)
+            out = torch.addmv(out, down[e], self._act(gate) * up)
         return out
 
     def dispatch(self, x: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
