@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
-import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
 
 from core import models
-from core.paths import data_dir
+from core.techniques.measured_cache import cache_path, read_cached, write_atomically
 from core.techniques.registry import Technique, register_resolver
 from core.techniques.moe.plan import (CALIBRATION_TEXT, CALIBRATION_WINDOW_TOKENS, _checkpoint_fingerprint,
                                       calibration_ids)
@@ -182,24 +180,7 @@ def keep_layers(student: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
 
 
 def scores_path(checkpoint: Path, text_sha256: str, tokens: int) -> Path:
-    h = hashlib.sha256()
-    for part in (_checkpoint_fingerprint(checkpoint), text_sha256, tokens, SCORES_VERSION):
-        h.update(str(part).encode() + b"\0")
-    return data_dir() / "depth" / f"scores-{h.hexdigest()[:16]}.json"
-
-
-def _read_cached(path: Path) -> LayerScores | None:
-    try:
-        return LayerScores(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None  # absent, or left unreadable by something other than our atomic write: measure again
-
-
-def _write_atomically(path: Path, scores: LayerScores) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two writers never share a temp file
-    tmp.write_text(json.dumps(asdict(scores), indent=1))
-    os.replace(tmp, path)  # readers see the old file or the whole new one, never half of it
+    return cache_path("depth", "scores", (_checkpoint_fingerprint(checkpoint), text_sha256, tokens, SCORES_VERSION))
 
 
 def layer_scores(checkpoint: Path, tokens: int = CALIBRATION_TOKENS, text: Path = CALIBRATION_TEXT) -> LayerScores:
@@ -208,7 +189,7 @@ def layer_scores(checkpoint: Path, tokens: int = CALIBRATION_TOKENS, text: Path 
         raise ValueError(f"Scoring layers needs at least 64 calibration tokens, got {tokens}.")
     text_sha = hashlib.sha256(Path(text).read_bytes()).hexdigest()
     path = scores_path(checkpoint, text_sha, tokens)
-    if (cached := _read_cached(path)) is not None:
+    if (cached := read_cached(path, LayerScores)) is not None:
         return cached
     tokenizer = models.load_tokenizer(checkpoint)
     ids = calibration_ids(tokenizer, tokens, Path(text))
@@ -216,7 +197,7 @@ def layer_scores(checkpoint: Path, tokens: int = CALIBRATION_TOKENS, text: Path 
     t0 = time.perf_counter()
     influence = block_influence(model, ids)
     scores = LayerScores(influence, int(ids.numel()), text_sha, str(checkpoint), time.perf_counter() - t0)
-    _write_atomically(path, scores)
+    write_atomically(path, scores)
     return scores
 
 

@@ -31,11 +31,9 @@ atomically, so every measurement of a variant pays for the calibration pass once
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import models
-from core.paths import data_dir
+from core.techniques.measured_cache import cache_path, read_cached, write_atomically
 from core.techniques.moe.layer import architecture, gated_mlps
 from core.techniques.moe.plan import CALIBRATION_TEXT, _checkpoint_fingerprint, calibration_ids, record_mlp_inputs
 from core.techniques.registry import Technique, register, register_resolver
@@ -259,24 +257,7 @@ def variant_facts(model: nn.Module) -> dict[str, Any]:
 
 
 def thresholds_path(checkpoint: Path, text_sha256: str, tokens: int, target_pct: int) -> Path:
-    h = hashlib.sha256()
-    for part in (_checkpoint_fingerprint(checkpoint), text_sha256, tokens, target_pct, THRESHOLDS_VERSION):
-        h.update(str(part).encode() + b"\0")
-    return data_dir() / "sparsity" / f"thresholds-{h.hexdigest()[:16]}.json"
-
-
-def _read_cached(path: Path) -> Thresholds | None:
-    try:
-        return Thresholds(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None  # absent, or cut short by something other than our atomic write: calibrate again
-
-
-def _write_atomically(path: Path, thresholds: Thresholds) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two writers never share a temp file
-    tmp.write_text(json.dumps(asdict(thresholds), indent=1))
-    os.replace(tmp, path)  # readers see the old file or the whole new one, never half of it
+    return cache_path("sparsity", "thresholds", (_checkpoint_fingerprint(checkpoint), text_sha256, tokens, target_pct, THRESHOLDS_VERSION))
 
 
 def layer_thresholds(checkpoint: Path, config: SparsityConfig, model: nn.Module | None = None,
@@ -285,7 +266,7 @@ def layer_thresholds(checkpoint: Path, config: SparsityConfig, model: nn.Module 
     the dense model to calibrate on (saves loading a second copy)."""
     text_sha = hashlib.sha256(Path(text).read_bytes()).hexdigest()
     path = thresholds_path(checkpoint, text_sha, config.calibration_tokens, config.target_pct)
-    if (cached := _read_cached(path)) is not None:
+    if (cached := read_cached(path, Thresholds)) is not None:
         return cached
     ids = calibration_ids(models.load_tokenizer(checkpoint), config.calibration_tokens, Path(text))
     model = model if model is not None else models.load_model(checkpoint)
@@ -293,7 +274,7 @@ def layer_thresholds(checkpoint: Path, config: SparsityConfig, model: nn.Module 
     names, thresholds, shares = calibrate(model, ids, config.target_pct)
     result = Thresholds(names, thresholds, shares, config.target_pct, int(ids.numel()), text_sha, str(checkpoint),
                         time.perf_counter() - t0)
-    _write_atomically(path, result)
+    write_atomically(path, result)
     return result
 
 
