@@ -167,4 +167,4 @@ SEED_CLAIM = (
     "about 90 hours on 8 V100 GPUs of training on a large corpus, and the 97% is measured after fine-tuning on each "
     "task. Here the budget is minutes on a laptop CPU. What decides the outcome at that budget is which layers go "
     "(measured redundancy loses far less than an even spread, at every depth above) and how much text the healing "
-    "sees; healing a mildly pruned model recovers most of the loss, a halved one much less.")
+    "sees: the heal curve shows what each minute bought here, and where it flattens.")
