@@ -26,7 +26,7 @@ RESULT_SHOWN = {  # step -> text its linked page shows once the step's result ex
     "quantize": "How close each variant gets to the memory-bandwidth limit",
     "distill": "Held-out KL divergence, pruned → distilled",
     "lora": "Runs, newest first",
-    "moe": "Quality against speed as k changes",
+    "moe": "Quality against speed as the share of work per token changes",
     "hybrid": "Speed-up: decode tokens per second with the trick",
 }
 ALSO_SHOWN = {"hybrid": ("distill", "Tokens per teacher pass")}  # step -> (another page, text it shows then)

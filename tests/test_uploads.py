@@ -246,7 +246,7 @@ def test_distill_checks_a_corpus_on_choosing_in_the_teachers_tokens(name, body, 
     monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)  # the tiny teacher: no download
     upload_on_page(monkeypatch, "UTF-8 text (paragraphs", name, body)
     at = AppTest.from_file(str(ROOT / "pages" / "distill.py"), default_timeout=60).run()
-    at.radio[1].set_value("your own text").run()
+    at.radio(key="training_text").set_value("your own text").run()
     assert not at.exception, [e.value for e in at.exception]
     messages = [m.value for m in [*at.success, *at.error]]
     assert len(messages) == 1 and messages[0].startswith(shown), messages
