@@ -531,7 +531,7 @@ def test_healing_trains_only_the_experts_saves_them_and_measures_dense_carve_and
     settings = sweep.SweepSettings(new_tokens=4, repeats=1, warmup_runs=0, mc_max_items=4, ppl_window_tokens=64,
                                    ppl_max_tokens=128)
     config = moe.MoEConfig(experts=4, top_k=1, shared=1)
-    dense, carve, healed = moe_sweep.heal_and_measure("tiny-random-llama", config, 1, settings)
+    dense, carve, healed = moe_sweep.heal_and_measure("tiny-random-llama", config, 1, settings, answer_tokens=8)
     assert (dense.technique, carve.technique) == ("fp32", "moe-4x1-s1")
     assert healed.technique.startswith("moe-4x1-s1-healed-") and healed.family == "moe"
     facts = healed.variant_facts["healed"]

@@ -44,10 +44,13 @@ HEAL_LEARNING_RATE = 1e-4  # the experts start close to right: a gentler peak th
 
 
 def heal_and_measure(model_name: str, config: MoEConfig, budget_minutes: float, settings, store=None, progress=None,
-                     should_stop: Callable[[], bool] | None = None) -> list[VariantRecord]:
+                     should_stop: Callable[[], bool] | None = None,
+                     answer_tokens: int | None = None) -> list[VariantRecord]:
     """Carve (or load) `config`, train its experts by distillation from the dense model for `budget_minutes` on the
-    teacher's answers (cached), save them as `moe-...-healed-<run>`, then measure dense, carve and healed alike."""
-    heal = distillation.DistillSettings(budget_minutes=budget_minutes, learning_rate=HEAL_LEARNING_RATE)
+    teacher's answers (cached; `answer_tokens` long, the distillation default when None), save them as
+    `moe-...-healed-<run>`, then measure dense, carve and healed alike."""
+    heal = distillation.DistillSettings(budget_minutes=budget_minutes, learning_rate=HEAL_LEARNING_RATE,
+                                        **({"corpus_answer_tokens": answer_tokens} if answer_tokens else {}))
     report = progress or (lambda _p: None)
     stop = should_stop or (lambda: False)
     spec = models.resolve(model_name)
