@@ -97,24 +97,18 @@ def _alike(args: JobArgs, done: list[QueuedJob]) -> TimeEstimate | None:
     return TimeEstimate(median, low, high, f"from {runs} that ended here", None)
 
 
-def _by_count(job: QueuedJob) -> bool:
-    """Whether a finished job's work was a count (steps, variants), not a time budget: only those scale by size."""
-    try:
-        return kinds.kind_of(kinds.parse(job.kind, job.args)).budget_s(kinds.parse(job.kind, job.args)) <= 0
-    except (ValueError, TypeError, KeyError):
-        return False
-
-
 def _other_size(args: JobArgs, done: list[QueuedJob]) -> tuple[float, str] | None:
     kind = kinds.kind_of(args)
     size = kind.size(args)
     sized = []
     for job in done:
         try:
-            sized.append((kind.size(kinds.parse(job.kind, job.args)), job))
+            past = kinds.parse(job.kind, job.args)
         except (ValueError, TypeError, KeyError):
             continue  # a job queued by an older version: its arguments no longer parse
-    sized = [(s, j) for s, j in sized if s > 0 and j.elapsed_s > 0 and _by_count(j)]
+        if kind.budget_s(past) <= 0:  # only work counted in steps or variants scales by size, never a time budget
+            sized.append((kind.size(past), job))
+    sized = [(s, j) for s, j in sized if s > 0 and j.elapsed_s > 0]
     if not sized or size <= 0:
         return None
     ref_size, nearest = min(sized, key=lambda sj: abs(sj[0] - size))

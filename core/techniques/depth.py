@@ -183,8 +183,10 @@ def scores_path(checkpoint: Path, text_sha256: str, tokens: int) -> Path:
     return cache_path("depth", "scores", (_checkpoint_fingerprint(checkpoint), text_sha256, tokens, SCORES_VERSION))
 
 
-def layer_scores(checkpoint: Path, tokens: int = CALIBRATION_TOKENS, text: Path = CALIBRATION_TEXT) -> LayerScores:
-    """Every decoder layer's block influence on the first `tokens` tokens of the calibration text; cached."""
+def layer_scores(checkpoint: Path, tokens: int = CALIBRATION_TOKENS, text: Path = CALIBRATION_TEXT,
+                 model: torch.nn.Module | None = None) -> LayerScores:
+    """Every decoder layer's block influence on the first `tokens` tokens of the calibration text; cached. `model`,
+    when given, is the checkpoint's full model already loaded (saves loading a second copy)."""
     if tokens < 64:
         raise ValueError(f"Scoring layers needs at least 64 calibration tokens, got {tokens}.")
     text_sha = hashlib.sha256(Path(text).read_bytes()).hexdigest()
@@ -193,7 +195,7 @@ def layer_scores(checkpoint: Path, tokens: int = CALIBRATION_TOKENS, text: Path 
         return cached
     tokenizer = models.load_tokenizer(checkpoint)
     ids = calibration_ids(tokenizer, tokens, Path(text))
-    model = models.load_model(checkpoint)
+    model = model if model is not None else models.load_model(checkpoint)
     t0 = time.perf_counter()
     influence = block_influence(model, ids)
     scores = LayerScores(influence, int(ids.numel()), text_sha, str(checkpoint), time.perf_counter() - t0)
@@ -244,7 +246,7 @@ def build_pruned(checkpoint: Path, config: PruneConfig, device: str = "cpu") -> 
     model = models.load_model(checkpoint, torch.float32, device)
     n = len(decoder_layers(model))
     check_depth(n, config.layers)
-    influence = layer_scores(Path(checkpoint)).influence if config.choice == "redundancy" else None
+    influence = layer_scores(Path(checkpoint), model=model).influence if config.choice == "redundancy" else None
     keep = pick_layers(n, config.layers, config.choice, influence)  # type: ignore[arg-type]
     model = keep_layers(model, keep)
     model.lab_pruning = {"kept_layers": keep, "teacher_layers": n, "layer_choice": config.choice, "trained": False}

@@ -30,7 +30,7 @@ from core.measure.textfile import FileProblem
 from core.models.saved import checkpoint_name
 from core.paths import ASSETS, Stopped, data_dir
 from core.store import jsonl
-from core.techniques.depth import (LAYER_CHOICES, LayerChoice, check_depth, decoder_layers, keep_layers, layer_scores,
+from core.techniques.depth import (LAYER_CHOICES, LayerChoice, check_depth, decoder_layers, layer_scores,
                                    make_student, pick_layers)
 
 Report = Callable[[float, str], None]
