@@ -8,7 +8,7 @@ import torch
 from core import models
 from core.experiments import distill_run, speculative
 from core.models import load_model, load_tokenizer, saved as saved_dirs
-from core.techniques import distillation as D
+from core.techniques import distill_corpus as C, distillation as D
 
 FAST = dict(student_layers=1, steps=4, batch_size=2, seq_len_tokens=32, corpus_answer_tokens=8, checkpoints=2,
             warmup_steps=1)
@@ -118,7 +118,7 @@ def test_run_on_a_text_file_saves_the_student_and_reports_every_field(tiny_teach
     assert student.config.num_hidden_layers == 1
     # the reported final divergence is the saved student's, measured on the held-out part
     assert result.heldout_kld_curve[-1][1] == result.heldout_kld_distilled  # one stored number reported twice
-    heldout = D.corpus_from_file(corpus_file, load_tokenizer(tiny_teacher), 0.1).heldout
+    heldout = C.corpus_from_file(corpus_file, load_tokenizer(tiny_teacher), 0.1).heldout
     kld, top1 = D.heldout_divergence(load_model(tiny_teacher), student, heldout, "cpu")
     # recomputed after a reload: a near-tied argmax may flip, so agreement is compared to within a few positions
     assert kld == pytest.approx(result.heldout_kld_distilled, rel=1e-4)
@@ -131,13 +131,13 @@ def test_run_on_a_text_file_saves_the_student_and_reports_every_field(tiny_teach
 def test_default_corpus_is_the_teachers_answers_cached_with_a_held_out_part(tiny_teacher, data_dir):
     teacher, tokenizer = load_model(tiny_teacher), load_tokenizer(tiny_teacher)
     calls = []
-    rows = D.teacher_answers(teacher, tokenizer, "tiny-random-llama", 8, "cpu", lambda f, m: calls.append(f), lambda: False)
-    assert len(rows) == len(D.load_prompts()) and calls[-1] == 1.0
-    again = D.teacher_answers(None, tokenizer, "tiny-random-llama", 8, "cpu", lambda f, m: None, lambda: False)
+    rows = C.teacher_answers(teacher, tokenizer, "tiny-random-llama", 8, "cpu", lambda f, m: calls.append(f), lambda: False)
+    assert len(rows) == len(C.load_prompts()) and calls[-1] == 1.0
+    again = C.teacher_answers(None, tokenizer, "tiny-random-llama", 8, "cpu", lambda f, m: None, lambda: False)
     assert again == rows  # cached: no model needed the second time
-    corpus = D.corpus_from_answers(rows, tokenizer, 0.1)
+    corpus = C.corpus_from_answers(rows, tokenizer, 0.1)
     assert 0.03 < len(corpus.heldout) / len(rows) < 0.2
-    heldout_ids = {r["id"] for r in rows if D.is_heldout(r["id"], 0.1)}
+    heldout_ids = {r["id"] for r in rows if C.is_heldout(r["id"], 0.1)}
     assert len(heldout_ids) == len(corpus.heldout)
 
 
@@ -150,15 +150,15 @@ def test_stopped_corpus_keeps_finished_answers_for_next_time(tiny_teacher, data_
         return len(seen) > 2  # stop before the third batch
 
     with pytest.raises(D.Stopped, match="48 of"):
-        D.teacher_answers(teacher, tokenizer, "tiny-random-llama", 8, "cpu", lambda f, m: None, stop)
-    partial = D.corpus_cache_path("tiny-random-llama", 8).with_suffix(".partial")
+        C.teacher_answers(teacher, tokenizer, "tiny-random-llama", 8, "cpu", lambda f, m: None, stop)
+    partial = C.corpus_cache_path("tiny-random-llama", 8).with_suffix(".partial")
     assert len(partial.read_text().splitlines()) == 48
-    assert D.answers_to_write("tiny-random-llama", 8) == len(D.load_prompts()) - 48  # the next run writes the rest
+    assert C.answers_to_write("tiny-random-llama", 8) == len(C.load_prompts()) - 48  # the next run writes the rest
 
 
 def test_a_first_run_says_up_front_how_many_teacher_answers_it_writes(tiny_teacher, data_dir):
-    n = len(D.load_prompts())
-    assert D.answers_to_write("tiny-random-llama", 8) == n
+    n = len(C.load_prompts())
+    assert C.answers_to_write("tiny-random-llama", 8) == n
     said = []
     with pytest.raises(D.Stopped):  # stopped before the first batch: only the messages up front are seen
         distill_run.run_distill("tiny-random-llama", D.DistillSettings(**FAST), None, report=lambda f, m: said.append(m),
@@ -290,3 +290,32 @@ def test_a_budget_in_minutes_follows_the_clock_and_ends_with_a_checkpoint(tiny_t
 def test_bad_healing_settings_are_refused_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
         D.DistillSettings(**kwargs)
+
+
+def test_wikitext_marks_are_undone_and_its_headings_dropped(tiny_teacher, tmp_path):
+    raw = tmp_path / "wiki.txt"
+    raw.write_text(" = Boulter = \n\n He starred in 2 @,@ 000 plays , a guest @-@ starring role ( once ) . It 's done . \n\n"
+                   " = = Career = = \n\n Another paragraph with do n't and a 3 @.@ 5 score . \n"
+                   + "".join(f"\n\n Paragraph {i} , long enough to train on , " + "more words " * 20 for i in range(4)))
+    assert C.untokenize_wikitext(raw.read_text()).split("\n\n")[1].strip() == \
+        "He starred in 2,000 plays, a guest-starring role (once). It's done."
+    corpus = C.corpus_from_file(raw, load_tokenizer(tiny_teacher), 0.1)
+    tokenizer = load_tokenizer(tiny_teacher)
+    texts = [tokenizer.decode(s) for s in corpus.train + corpus.heldout]
+    assert not any("@" in t or " = " in t for t in texts) and any("don't" in t and "3.5" in t for t in texts)
+
+
+def test_a_text_and_the_teachers_answers_train_together(tiny_teacher, corpus_file, data_dir):
+    said = []
+    result = distill_run.run_distill("tiny-random-llama", D.DistillSettings(**FAST, answers_with_text=True), corpus_file,
+                                     report=lambda f, m: said.append(m))
+    alone = C.corpus_from_file(corpus_file, load_tokenizer(tiny_teacher), 0.1)
+    assert result.train_tokens > alone.train_tokens and result.heldout_tokens > alone.heldout_tokens
+    assert corpus_file.name in result.corpus and "teacher's answers" in result.corpus
+    assert any("teacher answers" in m for m in said)  # the answers were written for this run
+
+
+def test_with_answers_needs_a_corpus_on_the_command_line(data_dir, capsys):
+    from core.cli import main
+    assert main(["distill", "--teacher", "tiny-random-llama", "--with-answers"]) == 2
+    assert "give --corpus too" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from core.launch import uploads
 from core.measure import evaluate, textfile
 from core.techniques import lora
+from tests.factories import run_queued_jobs_here
 from ui import uploads as upload_checks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -251,3 +252,24 @@ def test_distill_checks_a_corpus_on_choosing_in_the_teachers_tokens(name, body, 
     messages = [m.value for m in [*at.success, *at.error]]
     assert len(messages) == 1 and messages[0].startswith(shown), messages
     assert next(b for b in at.button if b.label == "Distill").disabled == bool(at.error)
+
+
+def test_distill_trains_on_an_uploaded_text_with_the_teachers_answers(tiny_dir, monkeypatch, data_dir):
+    from core import models
+    from core.experiments import distill_run
+    from ui.distill_parts import OWN_AND_ANSWERS
+
+    monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)  # the tiny teacher: no download
+    body = "\n\n".join(f"Paragraph {i} of a story about a lighthouse keeper and the sea." * 3 for i in range(12))
+    upload_on_page(monkeypatch, "UTF-8 text (paragraphs", "story.txt", body.encode())
+    seen = []
+    monkeypatch.setattr(distill_run, "run_distill", lambda teacher, settings, corpus, *a, **k: seen.append(
+        (settings.answers_with_text, corpus)) or "result")
+    monkeypatch.setattr(distill_run, "measure", lambda *a, **k: [])
+    monkeypatch.setattr(distill_run, "summary", lambda result, records: {})
+    at = AppTest.from_file(str(ROOT / "pages" / "distill.py"), default_timeout=60).run()
+    at.radio(key="training_text").set_value(OWN_AND_ANSWERS).run()
+    at.button(key="distill").click().run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    run_queued_jobs_here()
+    assert len(seen) == 1 and seen[0][0] is True and seen[0][1].name.endswith(".txt")

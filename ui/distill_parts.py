@@ -21,6 +21,10 @@ from ui.panel import submit_job
 from ui.roles import show_error
 from ui.tables import show_table
 
+# The Distill page's training-text choices (the labels are what a user reads and what the browser tests click)
+ANSWERS, OWN, OWN_AND_ANSWERS = ("teacher's answers to the bundled prompts", "your own text",
+                                 "your own text and the teacher's answers")
+
 
 def depth_sweep_section(model: str, label: str, teacher_layers: int, records: list[VariantRecord], picked) -> None:
     """What removing layers costs before any training: redundancy against spread at several depths, measured."""

@@ -65,8 +65,12 @@ def cmd_distill(args: argparse.Namespace) -> None:
         student_layers=args.layers, layer_choice=args.layer_choice, steps=args.steps, batch_size=args.batch_size,
         seq_len_tokens=args.seq_len, learning_rate=args.lr, temperature=args.temperature, kd_weight=args.kd_weight,
         budget_minutes=args.budget_minutes, train_last_layers=args.train_last_layers, checkpoints=args.checkpoints,
+        answers_with_text=args.with_answers,
     )
     corpus = Path(existing_file("--corpus", args.corpus)) if args.corpus else None
+    if args.with_answers and corpus is None:
+        raise CliError("--with-answers adds the teacher's answers to your --corpus; give --corpus too (without "
+                         "either, the teacher's answers alone are the corpus).")
     json_folder(args.json)
     distill_run.prepare_run(args.teacher, settings, corpus)  # refuse bad input before anything loads or is written
     price = _price(args)
@@ -138,6 +142,8 @@ def add_parsers(sub) -> None:
     d.add_argument("--kd-weight", type=float, default=dd.kd_weight, help="share of the KL term (the rest: next-token loss)")
     d.add_argument("--corpus", help='UTF-8 text (paragraphs split by blank lines) or JSONL of {"text"} lines; '
                    "default: the teacher's answers to the bundled prompts")
+    d.add_argument("--with-answers", action="store_true",
+                   help="train on --corpus and the teacher's answers together (each keeps its held-out share)")
     d.add_argument("--mc-max-items", type=int, help="score only the first N questions when measuring (0 = all)")
     d.add_argument("--hardware", choices=list(cost.HARDWARE_PRESETS), default="laptop-cpu")
     d.add_argument("--usd-per-hour", type=float)

@@ -21,16 +21,14 @@ from core.techniques.distillation import (
     Report,
     StudentPlan,
     TrainLog,
-    answers_to_write,
-    corpus_from_answers,
-    corpus_from_file,
     heldout_divergence,
     make_student,
     plan,
     save_checkpoint,
-    teacher_answers,
     train_student,
 )
+from core.techniques.distill_corpus import (answers_to_write, corpus_from_answers, corpus_from_file, merged,
+                                            teacher_answers)
 
 # ---------------------------------------------------------------- one run, end to end
 
@@ -100,7 +98,8 @@ def run_distill(teacher_name: str, settings: DistillSettings, corpus_path: Path 
     log = log if log is not None else TrainLog()
     device = benchmark.pick_device(device)
     spec, checkpoint, shape = prepare_run(teacher_name, settings, corpus_path)
-    if corpus_path is None and (todo := answers_to_write(spec.key, settings.corpus_answer_tokens)):
+    answers = corpus_path is None or settings.answers_with_text
+    if answers and (todo := answers_to_write(spec.key, settings.corpus_answer_tokens)):
         say(0.0, f"first run with this teacher: it writes {todo} teacher answers before training starts (once; later "
                  "runs reuse them)")
     tokenizer = models.load_tokenizer(checkpoint)
@@ -108,12 +107,12 @@ def run_distill(teacher_name: str, settings: DistillSettings, corpus_path: Path 
     teacher = models.load_model(checkpoint, torch.float32, device)
 
     t0 = time.perf_counter()
-    if corpus_path is not None:
-        corpus = corpus_from_file(corpus_path, tokenizer, settings.heldout_share)
-    else:
+    parts = [corpus_from_file(corpus_path, tokenizer, settings.heldout_share)] if corpus_path is not None else []
+    if answers:
         rows = teacher_answers(teacher, tokenizer, spec.key, settings.corpus_answer_tokens, device,
                                lambda f, m: say(0.25 * f, m), stop)
-        corpus = corpus_from_answers(rows, tokenizer, settings.heldout_share)
+        parts.append(corpus_from_answers(rows, tokenizer, settings.heldout_share))
+    corpus = merged(parts)
     corpus_seconds = time.perf_counter() - t0
 
     student = make_student(teacher, shape.kept_layers)

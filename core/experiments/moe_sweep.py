@@ -8,7 +8,7 @@ from typing import Callable
 from core import models, techniques
 from core.experiments import sweep
 from core.store.records import VariantRecord
-from core.techniques import distillation
+from core.techniques import distill_corpus, distillation
 from core.techniques.moe import DEFAULT_DENSE_LAYERS, MoEConfig, healed, load_moe, prepare_conversion, technique_key
 
 CONVERSION_SHARE = 0.15  # of a run's progress bar: converting takes about a minute, measuring several
@@ -58,9 +58,9 @@ def heal_and_measure(model_name: str, config: MoEConfig, budget_minutes: float, 
     say = lambda f, m: report(sweep.Progress(HEAL_SHARE * f, "heal", "prepare", m))  # noqa: E731
     prepare_conversion(checkpoint, config, say, should_stop)
     tokenizer, teacher = models.load_tokenizer(checkpoint), models.load_model(checkpoint)
-    rows = distillation.teacher_answers(teacher, tokenizer, spec.key, heal.corpus_answer_tokens, "cpu",
+    rows = distill_corpus.teacher_answers(teacher, tokenizer, spec.key, heal.corpus_answer_tokens, "cpu",
                                         lambda f, m: say(0.1 * f, m), stop)
-    corpus = distillation.corpus_from_answers(rows, tokenizer, heal.heldout_share)
+    corpus = distill_corpus.corpus_from_answers(rows, tokenizer, heal.heldout_share)
     student = load_moe(checkpoint, config)
     base = technique_key(config.experts, config.top_k, config.dense_layers, config.shared)
     run, log = healed.new_run_id(), distillation.TrainLog()

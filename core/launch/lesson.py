@@ -18,7 +18,7 @@ from core.launch.kinds import DistillArgs, LoraArgs, MoeArgs, SpeculateArgs, Swe
 from core.models.saved import SavedStudent
 from core.paths import ASSETS
 from core.store.records import VariantRecord
-from core.techniques import distillation, lora
+from core.techniques import distill_corpus, distillation, lora
 
 STEPS = ("quantize", "distill", "lora", "moe", "hybrid", "decide")
 QUANTIZED = ("fp32", "nf4")  # the reference and one 4-bit variant: the smallest pair that shows the trade
@@ -81,7 +81,7 @@ def distill_step(model: str, hardware_preset: str, usd_per_hour: float) -> Lesso
         f"a {s.student_layers}-layer student, {s.steps} training steps of {s.batch_size} x {s.seq_len_tokens} tokens "
         "on a short bundled text (the calibration prose).",
         f"{s.steps} steps on a few pages of text (a full run: {full.steps} steps of {full.batch_size} x "
-        f"{full.seq_len_tokens} tokens on the teacher's own answers to {len(distillation.load_prompts())} prompts, "
+        f"{full.seq_len_tokens} tokens on the teacher's own answers to {len(distill_corpus.load_prompts())} prompts, "
         "which it writes first, once, in several minutes here): the student starts to copy the teacher's style, "
         "not yet its knowledge. The three models are measured as quickly as in step 1.",
         "pages/distill.py", "See the three models on Distill",

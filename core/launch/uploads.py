@@ -17,7 +17,8 @@ from core import models
 from core.measure import evaluate, textfile
 from core.measure.textfile import FileProblem
 from core.paths import data_dir
-from core.techniques import distillation, lora
+from core.techniques import lora
+from core.techniques.distill_corpus import corpus_from_file
 from core.words import plural
 
 MAX_UPLOAD_BYTES = 5_000_000  # as .streamlit/config.toml's maxUploadSize
@@ -93,7 +94,7 @@ def lora_data(path: Path) -> str:
 def distill_corpus(checkpoint: Path) -> Callable[[Path], str]:
     """The check for a distillation corpus, counted in the teacher's tokens (its tokenizer loads only for a file)."""
     def check(path: Path) -> str:
-        corpus = distillation.corpus_from_file(path, models.load_tokenizer(checkpoint), 0.1)
+        corpus = corpus_from_file(path, models.load_tokenizer(checkpoint), 0.1)
         return (f"{len(corpus.train) + len(corpus.heldout):,} texts, {corpus.train_tokens + corpus.heldout_tokens:,} "
                 f"tokens ({corpus.heldout_tokens:,} held out)")
     return check

@@ -24,7 +24,7 @@ from core.launch.kinds.base import JobKind, register
 from core.experiments import machine_speed
 from core.measure import benchmark
 from core.paths import Stopped, data_dir
-from core.techniques import distillation
+from core.techniques import distill_corpus, distillation
 
 LAB = "the lab"  # the owner shown for it in the queue
 GAVE_WAY = "gave way to a queued job; what it finished is kept, and the rest follows when the machine is idle again"
@@ -53,7 +53,7 @@ def missing(args: PrepareArgs) -> list[str]:
     if args.gguf:  # the files are cached by the GGUF code itself; this notes which were made (or found) here
         steps += [f"gguf:{k}" for k in _gguf_keys() if f"{spec.key}|gguf:{k}" not in _marked()]
     answers = distillation.DistillSettings().corpus_answer_tokens
-    if args.teacher_answers and not distillation.corpus_cache_path(spec.key, answers).is_file():
+    if args.teacher_answers and not distill_corpus.corpus_cache_path(spec.key, answers).is_file():
         steps.append("teacher answers")
     return steps
 
@@ -116,7 +116,7 @@ def _teacher_answers(spec: models.ModelSpec, checkpoint, report, stop) -> None:
     answers = distillation.DistillSettings().corpus_answer_tokens
     teacher = models.load_model(checkpoint, torch.float32, "cpu")
     tokenizer = models.load_tokenizer(checkpoint)
-    distillation.teacher_answers(teacher, tokenizer, spec.key, answers, "cpu", report, stop)
+    distill_corpus.teacher_answers(teacher, tokenizer, spec.key, answers, "cpu", report, stop)
 
 
 PREPARE = register(JobKind(PrepareArgs, run_prepare, similar=lambda a: f"prepare|{a.model}|{','.join(missing(a))}",

@@ -12,7 +12,7 @@ from core.experiments import distill_run, finetune_run, speculative
 from core.experiments.sweep import SweepSettings
 from core.launch.job import JobArgs, JobContext
 from core.launch.kinds.base import JobKind, register
-from core.techniques import distillation, lora
+from core.techniques import distill_corpus, distillation, lora
 
 TRAIN_SHARE = 0.8  # of a job's progress bar: training; the rest is measuring what it made
 
@@ -82,14 +82,14 @@ def run_distill(args: DistillArgs, ctx: JobContext):
 def _teacher_answers(a: DistillArgs) -> str:
     """Whether a first run must generate the teacher's answers (minutes) or finds them cached: two jobs alike in
     every setting take very different times on either side of that."""
-    if a.corpus:
+    if a.corpus and not a.settings.answers_with_text:
         return "own corpus"
     try:
         key = models.resolve(a.teacher).key
     except models.ModelError:
         return "unknown teacher"
-    cached = distillation.corpus_cache_path(key, a.settings.corpus_answer_tokens).is_file()
-    return "teacher answers cached" if cached else "teacher answers to generate"
+    cached = distill_corpus.corpus_cache_path(key, a.settings.corpus_answer_tokens).is_file()
+    return ("own corpus + " if a.corpus else "") + ("teacher answers cached" if cached else "teacher answers to generate")
 
 
 def _distill_key(a: DistillArgs) -> str:
