@@ -12,7 +12,7 @@ from core.techniques import moe
 from core.views import chart_quantities, moe_curve, moe_text
 from core.views.tables import moe_rows, moe_view
 from ui.estimates import estimated
-from ui.moe_parts import sparsity_section
+from ui.moe_parts import routing_ceiling_notes, sparsity_section
 from ui.frame import choice, store
 from ui.panel import job_panel, submit_job
 from ui.roles import show_error, visible
@@ -129,4 +129,5 @@ st.caption("Active parameters include the embeddings and attention, which every 
 with st.expander("What this does, and what may surprise you"):
     st.write(techniques.moe_technique(experts, max(1, experts // 4)).surprise)
     st.write(moe_text.SHARED_WHY)
+    routing_ceiling_notes(models.resolve(picked.model).key, {r.technique: r.label for r in measured})
 sparsity_section(picked.model, here, dense, picked)

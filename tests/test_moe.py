@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from core import techniques
+from core import models, techniques
 from core.__main__ import main
 from core.experiments import moe_sweep
 from core.measure import benchmark
@@ -414,6 +414,27 @@ def test_page_shows_the_curve_slider_and_side_by_side():
     assert len(at.dataframe[0].value) == 5
 
 
+def test_page_says_what_a_measured_routing_ceiling_means(data_dir):
+    from core.experiments import moe_ceiling
+    from core.store import ResultStore
+    from tests.test_pages import HERE, no_errors, page
+
+    dense, ks = moe_records(hardware=HERE)
+    store = ResultStore()
+    for r in [dense, *ks]:
+        store.add(r)
+    config = moe.MoEConfig(experts=8, top_k=2)
+    path = moe_ceiling.ceiling_path("smollm2-135m-instruct", config, "ab" * 32, "llama-perplexity")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(dict(technique="moe-8x2", kld_router_nats=1.17, kld_oracle_nats=0.93, positions=1530,
+                                    rule="llama-perplexity", text_sha256="ab" * 32, measured_at="2026-12-07T18:00:00")))
+    at = page("pages/moe.py").run()
+    no_errors(at)
+    said = " ".join(m.value for m in at.markdown)
+    assert "**MoE 2 of 8 experts** is 1.17 nats" in said and "would still leave 0.93 nats" in said
+    assert "the loss is in skipping experts" in said  # an oracle wins back only a fifth: routing is not the gap
+
+
 def test_page_button_queues_a_conversion_and_sweep_for_the_worker(monkeypatch):
     from core.store import ResultStore
     from tests.test_pages import HERE, no_errors, page
@@ -555,3 +576,48 @@ def test_healing_is_refused_for_several_settings_at_once_or_a_budget_under_a_min
         MoeArgs("smollm2-135m-instruct", 8, (1,), heal_minutes=0.5)
     with pytest.raises(ValueError, match="no carved experts to heal"):
         moe.healed.expert_parameters(torch.nn.Linear(2, 2))
+
+
+# ---------------------------------------------------------------- routing ceiling (an oracle router, for analysis)
+
+
+def test_the_oracle_runs_each_tokens_largest_experts_and_equals_dense_with_every_expert(tiny, converted):
+    layer = moe.moe_layers(converted)[0]
+    x = torch.randn(5, 64)
+    moe.set_top_k(converted, 2)
+    try:
+        with torch.inference_mode():
+            outputs = torch.stack([layer.expert(x, e) for e in range(8)], 1)  # [5, 8, d], means removed
+            best = outputs.norm(dim=-1).topk(2, dim=-1).indices
+            expected = layer.mean_total + outputs.gather(1, best[..., None].expand(-1, -1, 64)).sum(1)
+            assert torch.allclose(layer.oracle(x[None])[0], expected, atol=1e-5)
+        moe.set_top_k(converted, 8)
+        with torch.inference_mode():
+            assert torch.allclose(layer.oracle(x[None])[0], tiny[0].model.layers[1].mlp(x[None])[0], atol=1e-4)
+    finally:
+        moe.set_top_k(converted, 8)
+
+
+def test_routing_ceiling_is_measured_once_and_no_worse_than_the_router(data_dir, capsys):
+    from core.experiments import moe_ceiling
+
+    out = data_dir / "ceiling.json"
+    code = main(["moe", "--model", "tiny-random-llama", "--experts", "8", "--top-k", "2", "--routing-ceiling",
+                 "--json", str(out), *FAST])
+    assert code == 0, capsys.readouterr().err
+    (row,) = json.loads(out.read_text())
+    assert row["technique"] == "moe-8x2" and row["positions"] > 0
+    # the oracle picks, per token, the experts whose output differs most from their mean: on the measured text it
+    # is at least as close to the dense model as a router fitted on other text (allowing float noise)
+    assert 0 <= row["kld_oracle_nats"] <= row["kld_router_nats"] * 1.05
+    assert "with an oracle router" in capsys.readouterr().err
+    (cached,) = moe_ceiling.cached_ceilings(models.resolve("tiny-random-llama").key)
+    assert cached.kld_router_nats == row["kld_router_nats"]  # the page reads what the command kept
+
+
+def test_the_oracle_needs_a_mixture_of_experts(tiny):
+    from core.experiments import moe_ceiling
+
+    with pytest.raises(ValueError, match="no carved experts"):
+        with moe_ceiling.oracle_routing(tiny[0]):
+            pass

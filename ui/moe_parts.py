@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.experiments.moe_ceiling import cached_ceilings
 from core.experiments.sweep import SweepSettings
 from core.launch.kinds import SweepArgs
 from core.store.records import VariantRecord
 from core.techniques import REFERENCE, keys_of_family
+from core.views.moe_text import ceiling_sentence
 from core.views.tables import sparsity_rows
 from ui.estimates import estimated
 from ui.panel import submit_job
@@ -39,3 +41,10 @@ def sparsity_section(model: str, records: list[VariantRecord], dense: VariantRec
         st.caption("A speed-up below 1.00x means the sparse model decoded slower than the dense one on this machine: "
                    "an ordinary matrix multiply does the same work for a zero as for any number, so only skipping "
                    "the zeroed neurons' weights can gain, and picking them costs a few small steps per layer.")
+
+
+def routing_ceiling_notes(model_key: str, labels: dict[str, str]) -> None:
+    """Each carve's routing ceiling measured here (`python -m core moe --routing-ceiling`), in words."""
+    for ceiling in cached_ceilings(model_key):
+        if ceiling.technique in labels:
+            st.markdown(ceiling_sentence(ceiling, labels[ceiling.technique]))

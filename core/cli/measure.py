@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from core import models, runtimes, techniques
@@ -21,7 +22,7 @@ from core.cli.common import (
     show_cluster_progress,
     write_json,
 )
-from core.experiments import moe_sweep, sweep
+from core.experiments import moe_ceiling, moe_sweep, sweep
 from core.techniques.moe import MoEConfig
 from core.launch.job import Job
 from core.launch.kinds import MoeArgs, SweepArgs
@@ -141,6 +142,8 @@ def cmd_moe(args: argparse.Namespace) -> None:
     """Convert once, then measure the dense reference and each top-k with the sweep harness."""
     top_ks = int_list("--top-k", args.top_k)
     settings = sweep_settings(args)
+    if args.routing_ceiling:
+        return routing_ceilings(args, top_ks, settings)
     job = MoeArgs(args.model, args.experts, tuple(top_ks), args.dense_layers, settings, args.shared, args.heal_minutes)
     store = None if args.no_store else open_store(args.store_url)
     if address := ray_address(args):
@@ -158,6 +161,18 @@ def cmd_moe(args: argparse.Namespace) -> None:
     print(f"moe wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     say_if_busy(records)
     rows = [r.to_dict() | r.variant_facts for r in records]  # the structure facts at top level too, as promised
+    write_json(args.json, rows)
+
+
+def routing_ceilings(args: argparse.Namespace, top_ks: list[int], settings) -> None:
+    """Each carve's divergence with its router and with an oracle router, on the evaluation prose; no timing."""
+    rows = []
+    for k in top_ks:
+        config = MoEConfig(experts=args.experts, top_k=k, dense_layers=args.dense_layers, shared=args.shared)
+        c = moe_ceiling.measure_ceiling(args.model, config, settings)
+        print(f"{c.technique}: KLD {c.kld_router_nats:.3f} nats with its router, {c.kld_oracle_nats:.3f} with an oracle "
+              f"router ({100 * c.routing_share:.0f}% of the loss is routing) over {c.positions} tokens", file=sys.stderr)
+        rows.append(asdict(c) | {"routing_share": c.routing_share})
     write_json(args.json, rows)
 
 
@@ -181,6 +196,8 @@ def add_parsers(sub) -> None:
     m.add_argument("--heal-minutes", type=float, default=0.0, help="train the carve's experts to match the dense model "
                    "for this many minutes (one --top-k only), then measure the healed carve beside it (default 0: no "
                    "training)")
+    m.add_argument("--routing-ceiling", action="store_true", help="measure only how far each carve is from the dense "
+                   "model with its router and with an oracle router that knew each token's best experts (no timing)")
     add_measurement_args(m)
     add_ray_arg(m)
     m.set_defaults(func=cmd_moe)

@@ -30,3 +30,13 @@ def setting_name(facts: dict) -> str:
     name = f"{shared} shared + {k} of {experts - shared}" if shared else f"{k} of {experts}"
     healed = facts.get("healed") or {}
     return name + (f", healed {healed.get('train_seconds', 0) / 60:.0f} min" if healed else "")
+
+
+def ceiling_sentence(c, label: str) -> str:
+    """What a routing ceiling (core.experiments.moe_ceiling.RoutingCeiling) says, for a newcomer."""
+    verdict = ("a better router could win back most of it" if c.routing_share >= 0.5 else
+               "the loss is in skipping experts, not in choosing them, and only training after the carve closes it")
+    return (f"**{label}** is {c.kld_router_nats:.2f} nats from the dense model with its router; a router that knew "
+            f"each token's most important experts (an oracle that runs them all to find out, so never faster) would "
+            f"still leave {c.kld_oracle_nats:.2f} nats: {verdict}. Measured on {c.positions:,} tokens of the "
+            f"evaluation text.")

@@ -123,6 +123,17 @@ class MoEMLP(nn.Module):
                 out.index_add_(0, tokens, self.expert(x.index_select(0, tokens), e))
         return out
 
+    def oracle(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the layer would give with a router that knew, for each token, which k routed experts matter most
+        (the largest output beside their mean). Runs every expert, so it is no faster than dense: it measures how
+        much of the carve's loss a better router could win back, never a variant to deploy."""
+        x = hidden.reshape(-1, hidden.shape[-1])
+        outputs = torch.stack([self.expert(x, e) for e in range(self.experts)], 1)  # [N, E, d], means removed
+        picked = outputs[:, self.shared:].norm(dim=-1).topk(self.top_k, dim=-1).indices + self.shared
+        run = torch.zeros(x.shape[0], self.experts, dtype=torch.bool, device=x.device).scatter_(1, picked, True)
+        run[:, : self.shared] = True
+        return (self.mean_total + (outputs * run[..., None]).sum(1)).view(hidden.shape)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.top_k < self.routed and hidden.numel() == hidden.shape[-1]:
             # One token (decode, the path timed as tokens/s): 1-D ops, no module calls, no bookkeeping.
