@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.measure import fit
 from core.views import hybrids, recommend
-from ui import bills, decide_hybrids, verdict
+from ui import bills, decide_hybrids, task_parts, verdict
 from ui.frame import choice, kv_shape
 from ui.results import measured_set
 from ui.roles import show_error, visible
@@ -39,6 +39,8 @@ with recommend_tab:
     top1 = a.slider("Top-1 agreement at least", 0.5, 1.0, 0.95, 0.01, disabled=not use_top1)
     use_mc = a.checkbox("Minimum multiple-choice accuracy (share of the reference's)")
     mc = a.slider("MC accuracy, share of reference", 0.5, 1.0, 0.95, 0.01, disabled=not use_mc)
+    task_runs = task_parts.saved_runs(spec.key, machine)
+    task_floor = task_parts.floor_input(a, task_runs)
     use_device = b.checkbox("Must fit on a device", True, disabled=shape is None)
     device = b.selectbox("Device", list(fit.DEVICE_PRESETS), format_func=lambda k: fit.DEVICE_PRESETS[k].label,
                          disabled=not use_device)
@@ -53,12 +55,13 @@ with recommend_tab:
     constraints = recommend.Constraints(
         max_ms_per_token=ms if use_ms else None, max_ttft_ms=ttft if use_ttft else None,
         max_usd_per_1m_tokens=usd if use_usd else None, min_top1_agreement=top1 if use_top1 else None,
-        min_mc_share=mc if use_mc else None, device=device if use_device and shape else None,
+        min_mc_share=mc if use_mc else None, min_task_pass_rate=task_floor, device=device if use_device and shape else None,
         context_tokens=context, objective=objective, floor_top1=floor)
     st.session_state["decide_question"] = constraints  # the Report answers the question last asked here
     st.session_state["decide_prompt_kind"] = kind
     try:
         options, tricks = hybrids.with_tricks(records, machine, kind)
+        options = task_parts.options_for(options, task_floor, task_runs)
         rec = recommend.recommend(options, constraints, shape, history=measured.history)
     except ValueError as e:
         show_error(e)
