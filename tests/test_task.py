@@ -3,6 +3,7 @@ interval and the paired test against hand-worked counts, and the words a run's r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -11,6 +12,7 @@ import pytest
 from core.launch import uploads
 from core.measure import intervals, taskfile
 from core.measure.taskfile import Check, TaskItem
+from core.store import jsonl
 from core.views import task as task_view
 from core.views.recommend import Constraints, recommend
 from tests.factories import make_record
@@ -185,3 +187,57 @@ def test_task_pass_rate_on_the_map_and_as_decides_floor():
                                           for ch in r.changes)
     assert math.isnan(task_view.score({"technique": "x", "label": "x", "runtime": "r", "passed": [],
                                        "seconds": [], "tokens": []}).rate.value)
+
+
+# --- the run itself, on the tiny random model (real code paths, milliseconds) -------------------------------------
+
+
+def write_task(path, lines: list[dict]) -> str:
+    path.write_text("\n".join(json.dumps(x) for x in lines))
+    return str(path)
+
+
+def test_a_run_answers_every_prompt_with_every_variant_and_the_cli_says_it(tiny_dir, tmp_path, capsys):
+    from core.cli import main
+    from core.experiments import task_run
+
+    task = write_task(tmp_path / "t.jsonl", [{"prompt": "Say hi", "regex": "."}, {"prompt": "Say bye", "exact": "x"}])
+    assert main(["task", "--model", str(tiny_dir), "--task", task, "--techniques", "fp32,bf16", "--new-tokens", "4",
+                 "--json", str(tmp_path / "out.json")]) == 0
+    out = capsys.readouterr().out
+    assert "BF16" in out and "Intervals are 95% Wilson intervals over 2 prompts" in out
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert [v["technique"] for v in result["variants"]] == ["fp32", "bf16"] and result["reference"] == "fp32"
+    for v in result["variants"]:
+        assert len(v["answers"]) == len(v["passed"]) == len(v["seconds"]) == 2 and all(t <= 4 for t in v["tokens"])
+        assert v["passed"][1] is False  # a random model does not answer "x"
+    assert result["task_sha256"] == hashlib.sha256((tmp_path / "t.jsonl").read_bytes()).hexdigest()
+    assert result["hardware"] and result["versions"] and result["settings"]["decoding"] == "greedy"
+    stored = jsonl.read_newest_first(task_run.results_path())
+    assert stored[0]["run_id"] == result["run_id"]  # kept once, by the job kind, as a worker's run is
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_anything_loads(tiny_dir, tmp_path):
+    from core.experiments import task_run
+
+    task = write_task(tmp_path / "long.jsonl", [{"prompt": "short", "exact": "x"},
+                                                {"prompt": "word " * 300, "exact": "x"}])  # 1,500 bytes > 1,024
+    settings = task_run.TaskSettings(("fp32",), task, 8)
+    said = task_run.context_problem(str(tiny_dir), settings)
+    assert said.startswith("long.jsonl, line 2 (#2): the prompt is") and "1,024 tokens transformers holds" in said
+
+
+@pytest.mark.parametrize("techniques, file_text, words", [
+    (("fp32", "nosuch"), '{"prompt": "a", "exact": "x"}', "Unknown technique 'nosuch'"),
+    (("fp32",), '{"prompt": "a", "exakt": "x"}', "line 1: unknown field 'exakt'"),
+])
+def test_the_job_kind_refuses_at_the_door(tmp_path, techniques, file_text, words):
+    from core.experiments import task_run
+    from core.launch import kinds
+
+    path = tmp_path / "t.jsonl"
+    path.write_text(file_text)
+    said = kinds.refusal(kinds.TaskArgs("smollm2-135m-instruct", task_run.TaskSettings(techniques, str(path))))
+    assert words in said
+    with pytest.raises(ValueError, match="listed twice"):
+        task_run.TaskSettings(("fp32", "fp32"))
