@@ -39,8 +39,6 @@ with recommend_tab:
     top1 = a.slider("Top-1 agreement at least", 0.5, 1.0, 0.95, 0.01, disabled=not use_top1)
     use_mc = a.checkbox("Minimum multiple-choice accuracy (share of the reference's)")
     mc = a.slider("MC accuracy, share of reference", 0.5, 1.0, 0.95, 0.01, disabled=not use_mc)
-    task_runs = task_parts.saved_runs(spec.key, machine)
-    task_floor = task_parts.floor_input(a, task_runs)
     use_device = b.checkbox("Must fit on a device", True, disabled=shape is None)
     device = b.selectbox("Device", list(fit.DEVICE_PRESETS), format_func=lambda k: fit.DEVICE_PRESETS[k].label,
                          disabled=not use_device)
@@ -52,6 +50,8 @@ with recommend_tab:
     kind = decide_hybrids.prompt_kind(b)
     use_usd = c.checkbox("Maximum $ per 1M tokens")
     usd = c.number_input("$ per 1M tokens at most", 0.0, 10000.0, 2.0, format="%.4f", disabled=not use_usd)
+    task_runs = task_parts.saved_runs(spec.key, machine)
+    task_floor = task_parts.floor_input(c, task_runs)  # last in its column: the widgets above keep their places
     constraints = recommend.Constraints(
         max_ms_per_token=ms if use_ms else None, max_ttft_ms=ttft if use_ttft else None,
         max_usd_per_1m_tokens=usd if use_usd else None, min_top1_agreement=top1 if use_top1 else None,
