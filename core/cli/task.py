@@ -31,8 +31,9 @@ def cmd_task(args: argparse.Namespace) -> None:
           f"{'$/1k answers':>14}")
     for row in task_view.score_rows(result, usd_per_hour):
         ci = f"{row['pass rate']:.0%} ({row['95% low']:.0%}-{row['95% high']:.0%})"
-        print(f"{row['variant'][:27]:<28}{row['passed']:>8}{ci:>22}{row['right → wrong']:>6}{row['wrong → right']:>6}"
-              f"{row['s per answer']:>10.2f}{row['$ per 1,000 answers']:>14.4f}")
+        flipped = f"{row['right → wrong']:>6}{row['wrong → right']:>6}"
+        print(f"{row['variant'][:27]:<28}{row['passed']:>8}{ci:>22}{flipped}{row['s per answer']:>10.2f}"
+              f"{row['$ per 1,000 answers']:>14.4f}")
     print(task_view.interval_note(result))
     for verdict in task_view.verdicts(result):
         print(f"- {verdict.sentence()}.")
