@@ -60,7 +60,7 @@ def test_upload_run_map_decide_report(bundled, data_dir, tmp_path):
         page.locator("input[type='file']").set_input_files(str(task))
         page.get_by_text("ok: 3 prompts").wait_for(timeout=30_000)
         pick_variants(page, ["FP32 (reference)", "BF16"])
-        tokens = page.get_by_label("Answer tokens at most")
+        tokens = page.locator("input[aria-label='Answer tokens at most']")
         tokens.fill("8")
         tokens.press("Enter")
         page.get_by_role("button", name="Run my task").click()

@@ -57,11 +57,12 @@ class Paired:
         if not self.only_reference and not self.only_variant:
             return f"{self.variant} passes and fails the same prompts as {self.reference}, all {self.prompts} of them"
         if not self.clear:
-            return (f"{said}: no clear difference on {self.prompts} prompts (exact McNemar test, p = "
-                    f"{self.p_value:.2f}; a difference this size happens by chance {self.p_value:.0%} of the time)")
+            return (f"{said}: no clear difference on {self.prompts} prompts (exact McNemar test on the "
+                    f"{_prompts(self.only_reference + self.only_variant)} where they differ, p = {self.p_value:.2f})")
         better = "worse" if self.only_reference > self.only_variant else "better"
         return (f"{said}: a clear difference on {self.prompts} prompts, {self.variant} does {better} (exact McNemar "
-                f"test, p = {self.p_value:.3f})")
+                f"test on the {_prompts(self.only_reference + self.only_variant)} where they differ, "
+                f"p = {self.p_value:.3f})")
 
 
 def _prompts(n: int) -> str:
