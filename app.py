@@ -13,6 +13,7 @@ PAGES = [  # (script, title, icon); the first is the default page
     ("pages/moe.py", "Mixture of experts", ":material/hub:"),
     ("pages/tradeoff_map.py", "Trade-off Map", ":material/scatter_plot:"),
     ("pages/arena.py", "Arena", ":material/sports_score:"),
+    ("pages/task.py", "Your task", ":material/fact_check:"),
     ("pages/serve.py", "Serve", ":material/dns:"),
     ("pages/hybrids.py", "Hybrids", ":material/call_split:"),
     ("pages/decide.py", "Decide", ":material/task_alt:"),

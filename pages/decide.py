@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.measure import fit
 from core.views import hybrids, recommend
-from ui import bills, decide_hybrids, verdict
+from ui import bills, decide_hybrids, task_parts, verdict
 from ui.frame import choice, kv_shape
 from ui.results import measured_set
 from ui.roles import show_error, visible
@@ -50,15 +50,18 @@ with recommend_tab:
     kind = decide_hybrids.prompt_kind(b)
     use_usd = c.checkbox("Maximum $ per 1M tokens")
     usd = c.number_input("$ per 1M tokens at most", 0.0, 10000.0, 2.0, format="%.4f", disabled=not use_usd)
+    task_runs = task_parts.saved_runs(spec.key, machine)
+    task_floor = task_parts.floor_input(c, task_runs)  # last in its column: the widgets above keep their places
     constraints = recommend.Constraints(
         max_ms_per_token=ms if use_ms else None, max_ttft_ms=ttft if use_ttft else None,
         max_usd_per_1m_tokens=usd if use_usd else None, min_top1_agreement=top1 if use_top1 else None,
-        min_mc_share=mc if use_mc else None, device=device if use_device and shape else None,
+        min_mc_share=mc if use_mc else None, min_task_pass_rate=task_floor, device=device if use_device and shape else None,
         context_tokens=context, objective=objective, floor_top1=floor)
     st.session_state["decide_question"] = constraints  # the Report answers the question last asked here
     st.session_state["decide_prompt_kind"] = kind
     try:
         options, tricks = hybrids.with_tricks(records, machine, kind)
+        options = task_parts.options_for(options, task_floor, task_runs)
         rec = recommend.recommend(options, constraints, shape, history=measured.history)
     except ValueError as e:
         show_error(e)

@@ -8,6 +8,8 @@ from core.launch import roles
 from core.measure import bill
 from core.store.records import drawn_key
 from core.views import capacity, chart_quantities, hybrids, recommend, report
+from core.views import task as task_view
+from ui import task_parts
 from core.words import plural
 from ui.frame import choice, kv_shape, shared, shared_tradeoff, store
 from ui.results import measured_set
@@ -34,6 +36,8 @@ asked = st.session_state.get("decide_question")
 question = asked or recommend.Constraints(min_top1_agreement=0.95, objective="cheapest")
 kind = st.session_state.get("decide_prompt_kind", "open")  # decoding tricks count only for the prompts asked about
 options, tricks = hybrids.with_tricks(records, machine, kind)
+task_runs = task_parts.saved_runs(spec.key, machine)
+options = task_parts.options_for(options, question.min_task_pass_rate, task_runs)
 try:
     answer = recommend.recommend(options, question, kv_shape(spec)[0], history=measured.history)
     decision = recommend.decision_lines(answer, "asked on Decide" if asked else "the default; ask another on Decide")
@@ -59,10 +63,12 @@ if busy_note := report.busy_alert(records, decision):
 
 
 hybrid_lines, hybrid_figures = hybrids.report_parts(machine, spec.key, picked.preset.usd_per_hour)
+my_task = task_parts.chosen_run(task_runs)  # the task run picked on Your task, the map or Decide; else the newest
+task_section = task_view.report_html(my_task, picked.preset.usd_per_hour) if my_task else ""
 
 
 def build() -> report.ReportBundle:
-    extra = {"hybrid_lines": hybrid_lines, "hybrid_figures": hybrid_figures}
+    extra = {"hybrid_lines": hybrid_lines, "hybrid_figures": hybrid_figures, "task_section": task_section}
     if presenter:
         return report.build_report(records, spec.label, metric, settings, serving=serving, decision=decision,
                                    warning=warning, bill_rows=bill_rows, bill_note=bill_note, **extra)
@@ -75,7 +81,7 @@ def build() -> report.ReportBundle:
 # Built once per set of results, settings, question and role for every session; files are sent only when downloaded.
 # on_click="ignore": a click that also reran the page could drop the deferred file before the browser fetched it.
 bundle = shared("report", (drawn_key(records), drawn_key(serving), *sorted(settings.items()), presenter,
-                           *decision, bill_note, str(bill_rows), *hybrid_lines), build)
+                           *decision, bill_note, str(bill_rows), *hybrid_lines, task_section), build)
 
 stem = f"tradeoff-report-{spec.key.replace('/', '--')}"
 a, b, c = st.columns(3)
@@ -88,6 +94,8 @@ c.download_button("Download results + manifest JSON", lambda: bundle.json, f"{st
 st.caption(f"{plural(len(records), 'variant')}, {plural(len(serving), 'serving point')}; HTML {len(bundle.html) / 1e6:.1f} MB (plotly.js is embedded so it needs no network).")
 
 st.subheader("What the report contains")
+if my_task:
+    st.caption(f"My task: {task_view.run_label(my_task)} (pass rates, paired verdicts and three flipped answers).")
 st.plotly_chart(shared_tradeoff(records, metric, "latency"), width="stretch")
 show_table([{h: cell(r)[0] for h, cell in report.VARIANT_COLUMNS} for r in records])  # as the HTML shows it
 with st.expander("Manifest"):

@@ -6,6 +6,8 @@ from core.launch.kinds import SweepArgs
 from core.measure import cost
 from core.store.records import drawn_key
 from core.views import busy, chart_quantities, hybrids, speed_bars, tradeoff_map
+from core.views import task as task_view
+from ui import task_parts
 from core.views.tables import provenance_lines
 from ui.frame import choice, shared, shared_tradeoff
 from ui.panel import submit_job
@@ -21,8 +23,16 @@ measured = measured_set(picked, "Open **Quantize** and press **Measure**; the va
 spec, records = measured.spec, measured.records
 
 c1, c2 = st.columns([2, 1])
-metric = c1.radio("Quality measure", list(chart_quantities.QUALITY_METRICS), horizontal=True,
-                  format_func=lambda k: chart_quantities.QUALITY_METRICS[k].label)
+task_runs = task_parts.saved_runs(spec.key, measured.machine)  # "my task" is offered once a task run is stored
+metric = c1.radio("Quality measure", [*chart_quantities.QUALITY_METRICS, *([task_view.METRIC_KEY] if task_runs else [])],
+                  horizontal=True, format_func=lambda k: chart_quantities.get_metric(k).label)
+if metric == task_view.METRIC_KEY:
+    records, left_out = task_view.with_task(records, task_parts.pick_run(task_runs, c1, "map_task"))
+    if left_out:
+        st.caption(f"Not drawn (not both in the task run and in a sweep here): {', '.join(left_out)}.")
+    if not records:
+        st.info("No variant of this task run was measured by a sweep here: measure them on **Quantize** first.")
+        st.stop()
 scale = c2.radio("Axes", ["log", "linear"], horizontal=True,
                  help="Log axes keep a very slow variant, or KL divergences from 0.001 to 8 nats, from squeezing "
                       "the rest into a corner. On a log axis KL divergence is drawn as KLD + "
@@ -34,7 +44,7 @@ tricks_for = st.selectbox("Decoding tricks on the map", ["none", *hybrids.PROMPT
                           help="A variant with prompt lookup or a draft model gives its own answers (the same quality) "
                                "at another speed. Shown where it kept every answer and was clearly faster on prompts "
                                "of that kind, measured on this machine (see **Hybrids**).")
-if tricks_for != "none":
+if tricks_for != "none" and metric != task_view.METRIC_KEY:  # a task run answers without decoding tricks
     records, tricks = hybrids.with_tricks(records, measured.machine, tricks_for)
     for line in tricks.left_out:
         st.caption(f"Not drawn: {line}")
@@ -69,7 +79,7 @@ st.caption("Colour is the technique family, symbol the runtime. Only the frontie
 show_table(tradeoff_map.map_rows(records, metric, "latency"), {
     "decode ms/token": "%.1f", "USD per 1M tokens": "%.4f", "KLD (nats)": chart_quantities.fmt_nats,
     "KLD p99 (nats)": chart_quantities.fmt_nats, "top-1 agreement": "percent",
-    "perplexity": "%.2f", "MC accuracy": "percent", "MB held": "%.1f"}, width="stretch")
+    "perplexity": "%.2f", "MC accuracy": "percent", "MB held": "%.1f", "my task pass rate": "percent"}, width="stretch")
 
 st.subheader("How close each variant gets to the memory-bandwidth limit")
 st.plotly_chart(shared("speed bars", drawn_key(records), lambda: speed_bars.speed_bars_figure(records)),

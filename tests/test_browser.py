@@ -15,7 +15,8 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = {"": "LLM Trade-off Lab", "quantize": "Quantize", "lora": "Fine-tune with LoRA", "distill": "Distill a smaller student",
          "moe": "Mixture of experts",
-         "tradeoff_map": "Trade-off Map", "arena": "Arena", "hybrids": "Hybrids", "decide": "Decide", "report": "Report"}
+         "tradeoff_map": "Trade-off Map", "arena": "Arena", "task": "Your task", "hybrids": "Hybrids", "decide": "Decide",
+         "report": "Report"}
 
 
 @pytest.fixture(scope="module")

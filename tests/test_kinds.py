@@ -11,6 +11,7 @@ from typing import ClassVar
 import pytest
 
 from core.experiments.sweep import SweepSettings
+from core.experiments.task_run import TaskSettings
 from core.hybrids import classical, gguf_draft, model_cascade, prompt_lookup
 from core.launch import kinds, worker
 from core.launch.execute import check_allowed
@@ -42,6 +43,7 @@ SAMPLES = {  # one of each kind, with its nested settings and tuples, as pages a
     "prompt-lookup": kinds.PromptLookupArgs("tiny-random-llama", prompt_lookup.LookupSettings(draft_tokens=2)),
     "gguf-draft": kinds.GGUFDraftArgs("tiny-random-llama", gguf_draft.DraftSettings(draft_max_tokens=(2, 4))),
     "prepare": kinds.PrepareArgs("tiny-random-llama", gguf=False),
+    "task": kinds.TaskArgs("tiny-random-llama", TaskSettings(("fp32", "gguf-q4_k_m"), "t.jsonl", new_tokens=8)),
 }
 
 

@@ -22,6 +22,7 @@ RESULTS_AT = {  # job kind (core/launch/worker.py JOB_KINDS) -> the page that sh
     "serve-bench": ("pages/serve.py", "See it on Serve"),
     "serve-context": ("pages/serve.py", "See it on Serve"),
     "budget": ("pages/quantize.py", "See it on Quantize (Fit my budget)"),
+    "task": ("pages/task.py", "See it on Your task"),
     **{k: ("pages/hybrids.py", "See it on Hybrids") for k in ("cascade", "model-cascade", "prompt-lookup", "gguf-draft")},
 }
 _SWEPT = "Each variant is saved as soon as it is measured; you can leave this page."
@@ -31,6 +32,7 @@ _SERVED = "Each point is saved as soon as it is measured; Stop ends the server a
 KEPT = {  # job kind -> what a stopped job of that kind keeps: the panel words a job by its own kind, on any page
     "sweep": _SWEPT,
     "budget": "Each searched file is stored as soon as it is measured.",
+    "task": "A task run is stored when every variant has answered every prompt; a stopped run keeps nothing.",
     "moe": "The conversion is saved once made; each variant is saved as soon as it is measured.",
     "lora": "A stopped run saves nothing half-written: its adapter is written in one step at the end.",
     "distill": "Checkpoints are written whole: a stopped run keeps its last complete checkpoint, or nothing.",

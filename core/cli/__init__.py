@@ -11,6 +11,7 @@ they share (CliError, JSON written in one rename, lists of whole numbers, progre
     python -m core distill --teacher smollm2-135m-instruct --layers 15 --steps 150 --json distill.json
     python -m core speculate --model smollm2-135m-instruct --draft PATH --json speculate.json
     python -m core depth --model smollm2-135m-instruct --keep 10,15,20   # layer redundancy; kept layers per depth
+    python -m core task --task my_task.jsonl --techniques fp32,gguf-q4_k_m   # your own prompts, each answer checked
     python -m core worker                      # runs queued dashboard jobs, one at a time (one per machine)
     python -m core serve --host 0.0.0.0        # worker + dashboard; prints the presenter link for a classroom
     python -m core serve-bench --model smollm2-135m-instruct --techniques fp32,gguf-q4_1 --concurrency 1,4,16 \\
@@ -39,6 +40,7 @@ from core.cli import (
     processes,
     prompt_lookup,
     serving,
+    task,
     train,
 )
 from core.cli.common import CliError
@@ -47,7 +49,7 @@ from core.store import StoreError
 
 # Each module adds its own commands; a new command goes into the module of its axis, a new axis is one more entry.
 COMMANDS = (models, measure, train, depth, prompt_lookup, processes, serving, decide, cascade, model_cascade,
-            gguf_draft, budget)
+            gguf_draft, budget, task)
 
 __all__ = ["COMMANDS", "CliError", "build_parser", "main"]
 

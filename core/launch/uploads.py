@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import models
-from core.measure import evaluate, textfile
+from core.measure import evaluate, taskfile, textfile
 from core.measure.textfile import FileProblem
 from core.paths import data_dir
 from core.techniques import lora
@@ -98,6 +98,11 @@ def distill_corpus(checkpoint: Path) -> Callable[[Path], str]:
         return (f"{len(corpus.train) + len(corpus.heldout):,} texts, {corpus.train_tokens + corpus.heldout_tokens:,} "
                 f"tokens ({corpus.heldout_tokens:,} held out)")
     return check
+
+
+def task_file(path: Path) -> str:
+    """A task file (JSONL or CSV: prompts with checks), every problem named by line and field."""
+    return taskfile.load_task(path).summary()
 
 
 def fmt_seconds(s: float | None) -> str:

@@ -84,7 +84,7 @@ def median_of(samples: Sequence[float], seed: int = 0, draws: int = BOOTSTRAP_DR
                     f"{level:.0%} bootstrap over {len(a)} timed runs")
 
 
-def share(share_value: float, count: int, z: float = Z_95) -> Estimate:
+def share(share_value: float, count: int, z: float = Z_95, unit: str = "tokens") -> Estimate:
     """A share of `count` positions with the Wilson score interval (95%).
 
     Next-token positions in one text are not independent, so the true spread is somewhat wider; the interval says
@@ -95,7 +95,7 @@ def share(share_value: float, count: int, z: float = Z_95) -> Estimate:
     n, p = count, share_value
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), f"95% Wilson interval over {n:,} tokens")
+    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), f"95% Wilson interval over {n:,} {unit}")
 
 
 def ratio_of_sums(pairs: Sequence[tuple[float, float]], seed: int = 0, draws: int = BOOTSTRAP_DRAWS,
@@ -116,3 +116,18 @@ def ratio_of_sums(pairs: Sequence[tuple[float, float]], seed: int = 0, draws: in
     ratios.sort()
     return Estimate(value, ratios[int((1 - level) / 2 * draws)], ratios[min(draws - 1, int((1 + level) / 2 * draws))],
                     f"{level:.0%} bootstrap over {len(items)} {unit}")
+
+
+def mcnemar_exact_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar test on paired right/wrong answers: `only_a` items only A got right, `only_b` only B.
+
+    Under "no difference" each discordant item is a fair coin, so the smaller count is binomial(n, 1/2) with
+    n = only_a + only_b; the p-value doubles its lower tail (capped at 1). Items both got right or both got wrong say
+    nothing about the difference and do not enter. No discordant item: p = 1."""
+    if only_a < 0 or only_b < 0:
+        raise ValueError(f"counts must be >= 0, got {only_a} and {only_b}")
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)

@@ -47,6 +47,11 @@ QUALITY_METRICS: dict[str, QualityMetric] = {
 }
 
 
+# The user's own task (core/views/task.py): offered where a task run measured the variants; its records carry it.
+TASK_PASS_RATE = QualityMetric("task_pass_rate", "My task: pass rate", True, "My task's pass rate, 95% CI (↑ better)",
+                               ("task_pass_rate_ci95",), ".1%")
+
+
 @dataclass(frozen=True)
 class Interval:
     value: float
@@ -127,6 +132,8 @@ COST_AXES: dict[str, CostAxis] = {
 
 
 def get_metric(metric_key: str) -> QualityMetric:
+    if metric_key == TASK_PASS_RATE.key:
+        return TASK_PASS_RATE
     if metric_key not in QUALITY_METRICS:
         raise ValueError(f"unknown quality metric {metric_key!r}; choose one of {list(QUALITY_METRICS)}")
     return QUALITY_METRICS[metric_key]

@@ -41,6 +41,7 @@ class Constraints:
     max_usd_per_1m_tokens: float | None = None
     min_top1_agreement: float | None = None  # share of next tokens equal to the reference's, 0..1
     min_mc_share: float | None = None  # multiple-choice accuracy as a share of the reference's, e.g. 0.95
+    min_task_pass_rate: float | None = None  # share of the user's own task prompts passed, 0..1 (core/views/task.py)
     device: str | None = None  # a fit.DEVICE_PRESETS key the variant must fit in
     context_tokens: int = fit.DEFAULT_CONTEXT_TOKENS  # KV cache sized for this context when checking the device
     overhead_mb: float = fit.RUNTIME_OVERHEAD_MB
@@ -50,7 +51,8 @@ class Constraints:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        for name in ("max_ms_per_token", "max_ttft_ms", "max_usd_per_1m_tokens", "min_top1_agreement", "min_mc_share"):
+        for name in ("max_ms_per_token", "max_ttft_ms", "max_usd_per_1m_tokens", "min_top1_agreement", "min_mc_share",
+                     "min_task_pass_rate"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0 or None, got {value!r}")
@@ -145,6 +147,9 @@ def check_variant(record: VariantRecord, c: Constraints, reference: VariantRecor
         checks.append(_min_check("min_top1_agreement", record.top1_agreement, c.min_top1_agreement))
     if c.min_mc_share is not None:
         checks.append(_min_check("min_mc_share", mc_share(record, reference), c.min_mc_share))
+    if c.min_task_pass_rate is not None:  # a variant the task did not run has no pass rate: it cannot pass
+        rate = getattr(record, "task_pass_rate", None)
+        checks.append(_min_check("min_task_pass_rate", math.nan if rate is None else rate, c.min_task_pass_rate))
     if c.device is not None:
         if shape is None:
             raise ValueError("a device constraint needs the model's KV-cache shape (layers, kv heads, head width)")
@@ -238,6 +243,7 @@ _NAMES = {
     "max_usd_per_1m_tokens": ("cost", "$ per 1M tokens", ".4f"),
     "min_top1_agreement": ("top-1 agreement with the reference", "", ".1%"),
     "min_mc_share": ("multiple-choice accuracy as a share of the reference's", "", ".1%"),
+    "min_task_pass_rate": ("share of my task's prompts passed", "", ".1%"),
     "device": ("memory needed on the device", "MB", ",.0f"),
 }
 
@@ -259,6 +265,8 @@ def check_estimate(ch: Check, record: VariantRecord, reference: VariantRecord | 
         return top1_estimate(record)
     if ch.name == "min_mc_share" and reference is not None and reference.mc_accuracy > 0:
         return mc_estimate(record).scaled(1 / reference.mc_accuracy)
+    if ch.name == "min_task_pass_rate" and (ci := getattr(record, "task_pass_rate_ci95", None)):
+        return Estimate(ch.value, ci[0], ci[1], "95% Wilson interval over the task's prompts")
     return None
 
 
@@ -308,6 +316,8 @@ def describe_constraints(c: Constraints) -> str:
         parts.append(f"at least {c.min_top1_agreement:.0%} top-1 agreement")
     if c.min_mc_share is not None:
         parts.append(f"at least {c.min_mc_share:.0%} of the reference's multiple-choice accuracy")
+    if c.min_task_pass_rate is not None:
+        parts.append(f"at least {c.min_task_pass_rate:.0%} of my task passes")
     if c.device is not None:
         parts.append(f"fits a {fit.get_device(c.device).label} at {c.context_tokens:,} tokens of context")
     if c.max_ms_per_token is not None:

@@ -261,6 +261,7 @@ def map_rows(records: Sequence[VariantRecord], metric_key: str, axis_key: str) -
             "perplexity": records[i].perplexity,
             "MC accuracy": records[i].mc_accuracy,
             "MB held": records[i].size_mb,
+            **({"my task pass rate": records[i].task_pass_rate} if metric.key == "task_pass_rate" else {}),
         }
         for i in order
     ]
@@ -282,6 +283,9 @@ def _quality_phrase(variant: VariantRecord, reference: VariantRecord, metric: Qu
                 f"(KL divergence {fmt_nats(variant.kld_mean)} nats)")
     if metric.key == "perplexity":
         return f"at perplexity {fmt_value(variant.perplexity, '.1f')} against {fmt_value(reference.perplexity, '.1f')}"
+    if metric.key == "task_pass_rate":  # the user's own task (core/views/task.py)
+        return (f"passing {fmt_value(variant.task_pass_rate, '.0%')} of my task's prompts against "
+                f"{fmt_value(reference.task_pass_rate, '.0%')}")
     return (f"at {fmt_value(variant.mc_accuracy, '.0%')} multiple-choice accuracy "
             f"against {fmt_value(reference.mc_accuracy, '.0%')}")
 

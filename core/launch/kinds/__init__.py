@@ -11,11 +11,12 @@ from core.launch.kinds.hybrids import CascadeArgs, GGUFDraftArgs, ModelCascadeAr
 from core.launch.kinds.measure import BudgetArgs, MoeArgs, SweepArgs
 from core.launch.kinds.prepare import PrepareArgs
 from core.launch.kinds.serving import ServeBenchArgs, ServeContextArgs
+from core.launch.kinds.task import TaskArgs
 from core.launch.kinds.train import DistillArgs, LoraArgs, SpeculateArgs
 
 __all__ = [
     "KINDS", "WHERE", "Job", "JobArgs", "JobContext", "JobKind", "Launched", "Refused", "Where", "check", "get",
     "kind_of", "parse", "refusal", "register",
     "BudgetArgs", "CascadeArgs", "DistillArgs", "GGUFDraftArgs", "LoraArgs", "ModelCascadeArgs", "MoeArgs",
-    "PrepareArgs", "PromptLookupArgs", "ServeBenchArgs", "ServeContextArgs", "SpeculateArgs", "SweepArgs",
+    "PrepareArgs", "PromptLookupArgs", "ServeBenchArgs", "ServeContextArgs", "SpeculateArgs", "SweepArgs", "TaskArgs",
 ]
