@@ -7,7 +7,8 @@ import streamlit as st
 from core.launch import roles
 from core.measure import bill
 from core.store.records import drawn_key
-from core.views import capacity, chart_quantities, hybrids, recommend, report
+from core.serving import memory_bench
+from core.views import capacity, chart_quantities, hybrids, memory_plots, recommend, report
 from core.words import plural
 from ui.frame import choice, kv_shape, shared, shared_tradeoff, store
 from ui.results import measured_set
@@ -59,10 +60,12 @@ if busy_note := report.busy_alert(records, decision):
 
 
 hybrid_lines, hybrid_figures = hybrids.report_parts(machine, spec.key, picked.preset.usd_per_hour)
+memory_parts = memory_plots.report_parts_for(memory_bench.saved_memory(spec.key), machine, question.device,
+                                             question.users, question.cache_type)
 
 
 def build() -> report.ReportBundle:
-    extra = {"hybrid_lines": hybrid_lines, "hybrid_figures": hybrid_figures}
+    extra = {"hybrid_lines": hybrid_lines, "hybrid_figures": hybrid_figures, **memory_parts}
     if presenter:
         return report.build_report(records, spec.label, metric, settings, serving=serving, decision=decision,
                                    warning=warning, bill_rows=bill_rows, bill_note=bill_note, **extra)
@@ -75,7 +78,7 @@ def build() -> report.ReportBundle:
 # Built once per set of results, settings, question and role for every session; files are sent only when downloaded.
 # on_click="ignore": a click that also reran the page could drop the deferred file before the browser fetched it.
 bundle = shared("report", (drawn_key(records), drawn_key(serving), *sorted(settings.items()), presenter,
-                           *decision, bill_note, str(bill_rows), *hybrid_lines), build)
+                           *decision, bill_note, str(bill_rows), *hybrid_lines, *memory_parts["memory_lines"]), build)
 
 stem = f"tradeoff-report-{spec.key.replace('/', '--')}"
 a, b, c = st.columns(3)
