@@ -74,6 +74,11 @@ with recommend_tab:
     verdict.quality_scale(records, rec.reference)
     st.caption("Speeds and costs were measured on the machine above, not on the target device; the device "
                "constraint checks memory only.")
+    if served and use_device:
+        memory_ui.device_answer(served, users, cache, device)
+    elif use_device:
+        st.info("Measure GGUF variants at several contexts and users (Serve > Memory) to see memory against context "
+                "here, checked against what llama-server really holds.")
 
 with task_tab:
     decide_hybrids.narrow_task_tab(machine, picked.preset.usd_per_hour)
@@ -100,7 +105,4 @@ with fit_tab:
                + f"{overhead:.0f} MB stated otherwise), against each device's memory minus what its system keeps:")
     for d in devices:
         st.caption(f"{d.label}: {d.memory_gb:.0f} GB, {d.memory_gb - d.reserved_gb:.0f} GB usable. {d.source}")
-    if served and use_device:
-        memory_ui.device_answer(served, users, cache, device)
-    elif use_device:
-        st.info("Serve GGUF variants at several contexts (Serve > Memory) to see memory against context here.")
+

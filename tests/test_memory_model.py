@@ -167,6 +167,12 @@ def test_the_views_state_the_fit_the_errors_and_the_ratios():
     parts = memory_plots.report_parts_for(run, "hw", None, 1, "f16")
     assert "4 GB" in parts["memory_lines"][0] and "Q8_0 cache" in parts["memory_lines"][0]
     assert memory_plots.report_parts_for(run, "another machine", None, 1, "f16")["memory_lines"] == []
+    from core.views import report
+    from tests.factories import make_record as stored_record
+
+    page = report.build_report([stored_record()], "m", "kld_mean", {}, "abc", **parts).html
+    assert "Memory at long context and many users" in page and "calibration point" in page
+    assert "serves 1 user at up to 8,192 tokens each" in page
     assert math.isnan(memory.error_pct(1.0, 0.0))
 
 
@@ -187,3 +193,34 @@ def test_llama_server_with_a_q8_0_cache_reports_the_kv_bytes_the_model_predicts(
     assert reported == pytest.approx(memory.kv_bytes(SMOL, 2 * 512, "q8_0", "q8_0"), rel=0.01)
     assert reported == pytest.approx(memory.kv_bytes(SMOL, 2 * 512) * 34 / 64, rel=0.01)  # about half of F16
     assert peak > gguf.stat().st_size  # the mapped weights are read whole at start
+
+
+# --- the pages -------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("fresh_caches")
+def test_serve_decide_and_report_show_the_memory_grid():
+    from streamlit.testing.v1 import AppTest
+
+    from core.measure import benchmark
+    from core.store import ResultStore
+    from tests.factories import make_record as stored_record
+    from tests.test_serve_pages import ROOT, _no_errors
+
+    here = benchmark.hardware_fingerprint("cpu")
+    run = _run()
+    memory_bench._save(MemoryRun(models.DEFAULT_MODEL, here, *list(run.__dict__.values())[2:]))
+    at = AppTest.from_file(str(ROOT / "pages/serve.py"), default_timeout=60).run()
+    _no_errors(at)
+    text = " ".join(m.value for m in at.markdown)
+    assert "GGUF Q8_0 with a Q8_0 cache serves 4 users at up to 8,192 tokens each" in text
+    assert "53.1% of the F16 cache" in text
+    assert any("Memory against context" in c.proto.spec for c in at.get("plotly_chart"))
+
+    ResultStore().add(stored_record(hardware=here))
+    at = AppTest.from_file(str(ROOT / "pages/decide.py"), default_timeout=60).run()
+    _no_errors(at)
+    assert "with a Q8_0 cache serves 4 users" in " ".join(m.value for m in at.markdown)
+
+    at = AppTest.from_file(str(ROOT / "pages/report.py"), default_timeout=60).run()
+    _no_errors(at)

@@ -93,7 +93,9 @@ def cmd_serve_memory(args: argparse.Namespace) -> None:
     settings = memory_bench.MemorySettings(
         cache_types=tuple(t.strip() for t in args.cache_types.split(",") if t.strip()),
         contexts=tuple(int_list("--contexts", args.contexts)), slots=tuple(int_list("--slots", args.slots)),
-        kld_contexts=tuple(int_list("--kld-contexts", args.kld_contexts)), threads=args.threads)
+        kld_contexts=tuple(int_list("--kld-contexts", args.kld_contexts)),
+        torch_contexts=tuple(int_list("--torch-contexts", args.torch_contexts)) if args.torch_contexts else (),
+        threads=args.threads)
     t0 = time.perf_counter()
     run = memory_bench.serve_memory(args.model, keys, settings, report=say)
     print(f"serve-memory wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -103,6 +105,9 @@ def cmd_serve_memory(args: argparse.Namespace) -> None:
               f"peak {p.peak_mb:7.1f} MB, model {predicted:7.1f} MB ({memory.error_pct(predicted, p.peak_mb):+.1f}%), "
               f"{p.per_user_tokens_per_s:.1f} tok/s per user, {p.total_tokens_per_s:.1f} in all, TTFT "
               f"{p.ttft_ms_p50:.0f} ms", file=sys.stderr)
+    for t in run.torch_points:
+        print(f"FP32 transformers 1 x {t.context_tokens:5}: peak {t.peak_mb:7.1f} MB, model {t.predicted_mb:7.1f} MB "
+              f"({memory.error_pct(t.predicted_mb, t.peak_mb):+.1f}%)", file=sys.stderr)
     for q in run.quality:
         print(f"{q.label:10} {q.cache_type:5} n_ctx {q.n_ctx}: KLD {q.kld_mean:.5f} ± {q.kld_mean_uncertainty:.5f} nats, "
               f"same top {q.same_top:.2%}", file=sys.stderr)
@@ -162,6 +167,8 @@ def add_parsers(sub) -> None:
     sm.add_argument("--contexts", default="512,2048,8192", help="tokens per slot, comma-separated")
     sm.add_argument("--slots", default="1,4", help="parallel slots (users), comma-separated")
     sm.add_argument("--kld-contexts", default="2048", help="llama-perplexity's n_ctx for the KLD, comma-separated")
+    sm.add_argument("--torch-contexts", default="512,2048", help="contexts at which a transformers process (FP32) is "
+                    "checked against the memory model too ('' for none)")
     sm.add_argument("--threads", type=int, default=2)
     sm.add_argument("--json", help="write the run here (else to stdout)")
     sm.set_defaults(func=cmd_serve_memory)

@@ -148,14 +148,24 @@ def predict_llamacpp(weights_mb: float, shape: KVShape, context_tokens: int, use
     return MemoryNeed(weights_mb, kv, compute, calibration.runtime_mb, context_tokens, users, cache_type, True)
 
 
+def prefill_activation_bytes(config: dict[str, Any], context_tokens: int, element_bytes: int = 4) -> int:
+    """The largest set of activations alive inside one decoder layer while a torch process reads `context_tokens`:
+    the residual stream and its normed copy, q/k/v and the attention output (6 x hidden), and the MLP's gate, up and
+    their product (3 x intermediate). Attention runs in PyTorch's fused kernel, with no [T, T] score matrix; logits
+    are kept for the last position only, as generation asks."""
+    hidden, inter = int(config["hidden_size"]), int(config["intermediate_size"])
+    return context_tokens * element_bytes * (6 * hidden + 3 * inter)
+
+
 def predict_transformers(weights_mb: float, shape: KVShape, context_tokens: int, element_bytes: int, users: int = 1,
-                         overhead_mb: float = RUNTIME_OVERHEAD_MB) -> MemoryNeed:
-    """A torch process: its cache holds exactly the context (no blocks) in the compute dtype; overhead as stated."""
+                         overhead_mb: float = RUNTIME_OVERHEAD_MB, compute_mb: float = 0.0) -> MemoryNeed:
+    """A torch process: its cache holds exactly the context (no blocks) in the compute dtype; the runtime is
+    `overhead_mb` (stated, or measured after import), the compute `compute_mb` (0: the stated overhead covers it)."""
     if users < 1 or context_tokens < 0:
         raise ValueError(f"need users >= 1 and context >= 0, got {users}, {context_tokens}")
     kv = shape.layers * shape.kv_heads * shape.head_dim * 2 * context_tokens * element_bytes * users / MB
     name = {4: "f32", 2: "f16"}.get(element_bytes, f"{element_bytes}-byte")
-    return MemoryNeed(weights_mb, kv, 0.0, overhead_mb, context_tokens, users, name, False)
+    return MemoryNeed(weights_mb, kv, compute_mb, overhead_mb, context_tokens, users, name, compute_mb > 0)
 
 
 def longest_context(usable_mb: float, need, limit_tokens: int) -> int:

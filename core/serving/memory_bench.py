@@ -32,8 +32,10 @@ from core.serving.client import run_load
 from core.serving.engines import bundled_gguf, gguf_key, gguf_quant, llama_server_engine
 from core.serving.limits import REQUEST_TIMEOUT_S, Report, ServingError, ShouldStop, check_context
 from core.serving.prompts import corpus_path, corpus_token_ids, prompts_from_text
+from core.serving import torch_peak
 from core.serving.server import Server, peak_rss_bytes
 from core.serving.stats import summarize
+from core.serving.torch_peak import TorchPoint
 from core.words import plural
 
 MIB = 2**20  # llama.cpp prints its buffers in MiB
@@ -46,6 +48,7 @@ class MemorySettings:
     slots: tuple[int, ...] = (1, 4)
     kld_contexts: tuple[int, ...] = (2048,)  # llama-perplexity's -c; the text must hold 2 chunks of each
     kld_chunks: int = 2
+    torch_contexts: tuple[int, ...] = (512, 2048)  # a transformers process (fp32) checked against the model too
     burst_prompt_tokens: int = 64
     burst_new_tokens: int = 16
     threads: int = 2
@@ -110,6 +113,7 @@ class MemoryRun:
     quality: tuple[CacheQuality, ...] = ()
     text: str = ""  # the KLD's text file
     notes: dict[str, str] = field(default_factory=dict)
+    torch_points: tuple[TorchPoint, ...] = ()
 
     def predicted(self, p: MemoryPoint) -> memory.MemoryNeed:
         """The memory model's prediction for a measured point, from this run's calibration."""
@@ -124,7 +128,7 @@ class MemoryRun:
         return cls(d["model"], d["hardware"], d["threads"], d["created_at"], d["trained_context"],
                    fit.KVShape(**d["shape"]), Calibration.from_dict(d["calibration"]),
                    tuple(MemoryPoint(**p) for p in d["points"]), tuple(CacheQuality(**q) for q in d["quality"]),
-                   d.get("text", ""), d.get("notes", {}))
+                   d.get("text", ""), d.get("notes", {}), tuple(TorchPoint(**t) for t in d.get("torch_points", [])))
 
 
 def _memory_file(model_key: str) -> Path:
@@ -208,7 +212,7 @@ def serve_memory(model: str, technique_keys: Sequence[str] = (), settings: Memor
     checkpoint = Path(spec.location) if spec.source == "local" else models.prepare(spec, lambda m: report(0.0, m))
     config = json.loads((checkpoint / "config.json").read_text())
     shape, trained = fit.kv_shape_from_config(config), int(config.get("max_position_embeddings") or 2048)
-    for n in (*settings.contexts, *settings.kld_contexts):
+    for n in (*settings.contexts, *settings.kld_contexts, *settings.torch_contexts):
         check_context(n, trained)
     keys = list(technique_keys) or default_techniques(spec)
     files = {k: resolve_gguf(spec, k, gguf_files, checkpoint) for k in keys}
@@ -226,7 +230,7 @@ def serve_memory(model: str, technique_keys: Sequence[str] = (), settings: Memor
     # the calibration point first: the first variant, F16 (llama.cpp's default), the smallest context, one slot
     grid.sort(key=lambda g: g != (keys[0], "f16", min(settings.contexts), min(settings.slots)))
     points: list[MemoryPoint] = []
-    steps = len(grid) + len(keys)
+    steps = len(grid) + len(keys) + len(settings.torch_contexts)
     for key, cache, ctx, slots in grid:
         if should_stop():
             raise Stopped("stopped; nothing of this run is saved (the calibration needs the whole grid's machine)")
@@ -250,11 +254,20 @@ def serve_memory(model: str, technique_keys: Sequence[str] = (), settings: Memor
             raise Stopped("stopped before the KLD runs; nothing of this run is saved")
         label = f"GGUF {gguf_quant(files[key]).upper()}"
         quality += _quality(label, key, files[key], settings, text, report, (len(grid) + i) / steps)
+    torch_points = []
+    for i, n in enumerate(settings.torch_contexts):
+        if should_stop():
+            raise Stopped("stopped before the transformers points; nothing of this run is saved")
+        report((len(grid) + len(keys) + i) / steps, f"FP32 on transformers, one sequence of {n:,} tokens")
+        torch_points.append(torch_peak.measure_point(checkpoint, n, settings.threads))
     run = MemoryRun(spec.key, calibration.hardware, settings.threads, calibration.measured_at, trained, shape,
                     calibration, tuple(points), tuple(quality), text.name,
                     {"peak": "VmHWM of llama-server after loading and one burst of one short request per slot "
                              f"({settings.burst_prompt_tokens}-token prompts, {settings.burst_new_tokens} new tokens)",
-                     "server": "llama-server -c slots x context -np slots --no-kv-unified -fa on --cache-ram 0"})
+                     "server": "llama-server -c slots x context -np slots --no-kv-unified -fa on --cache-ram 0",
+                     "torch": "FP32 checkpoint in a fresh transformers process: VmHWM after loading and one prefill "
+                              "(cache on, logits of the last position); its runtime is the process after imports"},
+                    tuple(torch_points))
     _save(run)
     report(1.0, f"{plural(len(points), 'point')} and {plural(len(quality), 'KLD run')} measured")
     return run

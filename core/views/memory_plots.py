@@ -120,6 +120,15 @@ def validation_rows(run: MemoryRun) -> list[dict[str, object]]:
             "error %": memory.error_pct(n.total_mb, p.peak_mb), "tok/s per user": p.per_user_tokens_per_s,
             "tok/s in all": p.total_tokens_per_s, "TTFT ms": p.ttft_ms_p50,
             "note": "calibration point" if i == 0 else ""})
+    for t in run.torch_points:
+        rows.append({
+            "variant": "FP32 (transformers)", "KV cache": "F32", "users (slots)": 1, "context per user": t.context_tokens,
+            "KV MB reported": t.kv_mb_measured, "KV MB model": memory.predict_transformers(
+                t.weights_mb, run.shape, t.context_tokens, 4).kv_cache_mb,
+            "peak MB measured": t.peak_mb, "peak MB model": t.predicted_mb,
+            "error %": memory.error_pct(t.predicted_mb, t.peak_mb), "tok/s per user": math.nan,
+            "tok/s in all": math.nan, "TTFT ms": math.nan,
+            "note": f"one prefill in its own process; runtime {t.runtime_mb:,.0f} MB measured after imports"})
     return rows
 
 
@@ -158,8 +167,10 @@ def summary_lines(run: MemoryRun) -> list[str]:
         lines.append(f"{q.label} with a {cache_words(q.cache_type)} cache: KLD {q.kld_mean:.4f} ± "
                      f"{q.kld_mean_uncertainty:.4f} nats against its F16-cache run at n_ctx {q.n_ctx:,} "
                      f"(llama-perplexity, {q.chunks} chunks), same top token {q.same_top:.1%}.")
-    lines.append(f"The memory model is within {worst_error_pct(run):.1f}% of llama-server's measured peak at every "
-                 f"point of {len(run.points) - 1} checked (calibrated once on {run.calibration.point}).")
+    lines.append(f"The memory model is within {worst_error_pct(run):.1f}% of the measured peak at every one of "
+                 f"{len(run.points) - 1 + len(run.torch_points)} points checked: llama-server's (calibrated once on "
+                 f"{run.calibration.point}) and a transformers process's at "
+                 f"{', '.join(f'{t.context_tokens:,}' for t in run.torch_points) or 'no'} tokens.")
     return lines
 
 

@@ -1,0 +1,78 @@
+"""A transformers process's peak memory after reading a context, beside the memory model's prediction for it.
+
+Each point runs in a fresh process (`python -m core.serving.torch_peak CHECKPOINT CONTEXT`), so one point's peak
+never carries the last one's: it reports the process's resident memory once torch and transformers are imported (the
+runtime, measured), the bytes the model's tensors hold, the KV cache's bytes, and the kernel's high-water mark
+(VmHWM) after one prefill of CONTEXT tokens with the cache on and logits for the last position only (as generation
+asks). The memory model (core/measure/memory.py) adds the runtime, the weights, the KV cache and the prefill's
+largest live activations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.measure import fit, memory
+from core.paths import repo_root
+from core.serving.limits import ServingError
+
+TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class TorchPoint:
+    context_tokens: int
+    runtime_mb: float  # resident after importing torch and transformers, before the model
+    weights_mb: float  # bytes the model's parameters and buffers hold
+    kv_mb_measured: float  # bytes of the cache's key/value tensors after the prefill
+    predicted_mb: float  # the memory model: runtime + weights + KV (formula) + prefill activations (formula)
+    peak_mb: float  # VmHWM after load and prefill
+
+
+def _rss_kb(field: str) -> int:
+    return int(re.search(rf"{field}:\s*(\d+)\s*kB", Path("/proc/self/status").read_text()).group(1))
+
+
+def _measure(checkpoint: Path, context_tokens: int) -> dict:
+    import torch  # lazily: this runs in its own process, and its import is what the runtime measures
+
+    import transformers  # noqa: F401
+
+    runtime = _rss_kb("VmRSS") * 1024
+    from core.models import load_model
+    from core.serving.kv import cache_tensor_bytes
+
+    model = load_model(checkpoint)
+    held = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    ids = torch.randint(100, 1000, (1, context_tokens), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    return {"runtime": runtime, "weights": held, "kv": cache_tensor_bytes(out.cache),
+            "peak": _rss_kb("VmHWM") * 1024}
+
+
+def measure_point(checkpoint: Path, context_tokens: int, threads: int = 2) -> TorchPoint:
+    """One context in a fresh process; its numbers, and the activation formula for it."""
+    done = subprocess.run([sys.executable, "-m", "core.serving.torch_peak", str(checkpoint), str(context_tokens)],
+                          capture_output=True, text=True, timeout=TIMEOUT_S, cwd=repo_root(),
+                          env=os.environ | {"OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+                                            "TRANSFORMERS_OFFLINE": "1"})
+    if done.returncode != 0:
+        raise ServingError(f"measuring a transformers process at {context_tokens} tokens failed: "
+                           f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    config = json.loads((Path(checkpoint) / "config.json").read_text())
+    runtime, weights = got["runtime"] / fit.MB, got["weights"] / fit.MB
+    need = memory.predict_transformers(weights, fit.kv_shape_from_config(config), context_tokens, 4, 1, runtime,
+                                       memory.prefill_activation_bytes(config, context_tokens) / fit.MB)
+    return TorchPoint(context_tokens, runtime, weights, got["kv"] / fit.MB, need.total_mb, got["peak"] / fit.MB)
+
+
+if __name__ == "__main__":
+    print(json.dumps(_measure(Path(sys.argv[1]), int(sys.argv[2]))))
