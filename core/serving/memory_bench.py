@@ -233,7 +233,8 @@ def serve_memory(model: str, technique_keys: Sequence[str] = (), settings: Memor
     steps = len(grid) + len(keys) + len(settings.torch_contexts)
     for key, cache, ctx, slots in grid:
         if should_stop():
-            raise Stopped("stopped; nothing of this run is saved (the calibration needs the whole grid's machine)")
+            raise Stopped("stopped; nothing of this run is saved: the memory model is calibrated and checked on "
+                          "the whole grid at once")
         path = files[key]
         label = f"GGUF {gguf_quant(path).upper()}"
         report(len(points) / steps, f"{label}: {cache} cache, {plural(slots, 'slot')} x {ctx:,} tokens")
