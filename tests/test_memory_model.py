@@ -12,6 +12,7 @@ from core import models
 from core.measure import fit, memory
 from core.runtimes import llamacpp_build
 from core.serving import engines, memory_bench
+from core.serving import bench
 from core.serving.bench import ServeSettings
 from core.serving.limits import ServingError, check_context
 from core.serving.memory_bench import CacheQuality, MemoryPoint, MemoryRun
@@ -117,7 +118,7 @@ def test_bad_cache_input_is_refused_in_words():
 def test_memory_that_cannot_hold_one_slot_is_refused(monkeypatch):
     class Little:
         available = 100e6
-    monkeypatch.setattr(memory_bench.psutil, "virtual_memory", lambda: Little)
+    monkeypatch.setattr(bench.psutil, "virtual_memory", lambda: Little)
     with pytest.raises(ServingError, match="one slot of 8,192 tokens with a f16 cache needs about .* MB, more than"):
         memory_bench.check_fits_here(145.0, SMOL, 8192, "f16")
 
@@ -213,12 +214,14 @@ def test_serve_decide_and_report_show_the_memory_grid():
     at = AppTest.from_file(str(ROOT / "pages/serve.py"), default_timeout=60).run()
     _no_errors(at)
     text = " ".join(m.value for m in at.markdown)
-    assert "GGUF Q8_0 with a Q8_0 cache serves 4 users at up to 8,192 tokens each" in text
+    assert "GGUF Q8_0 with a Q8_0 cache serves 1 user at up to 8,192 tokens each" in text
     assert "53.1% of the F16 cache" in text
     assert any("Memory against context" in c.proto.spec for c in at.get("plotly_chart"))
 
     ResultStore().add(stored_record(hardware=here))
     at = AppTest.from_file(str(ROOT / "pages/decide.py"), default_timeout=60).run()
+    _no_errors(at)
+    next(n for n in at.number_input if n.key == "decide_users").set_value(4).run()
     _no_errors(at)
     assert "with a Q8_0 cache serves 4 users" in " ".join(m.value for m in at.markdown)
 

@@ -19,7 +19,7 @@ QUALITY_FORMATS = {"KV bytes vs F16": "percent", "KLD mean, nats": "%.5f", "± (
 def fit_inputs(container, run: MemoryRun | None, key: str) -> tuple[int, str]:
     """Users and KV cache type, as Decide's device question and the Serve chart take them."""
     a, b = container.columns(2)
-    users = int(a.number_input("Users at once (one slot each)", 1, 4096, 4, key=f"{key}_users"))
+    users = int(a.number_input("Users at once (one slot each)", 1, 4096, 1, key=f"{key}_users"))
     offered = memory_plots.cache_types(run) if run else list(memory.OFFERED_CACHE_TYPES)
     cache = b.selectbox("KV cache type (llama.cpp -ctk/-ctv)", offered, key=f"{key}_cache",
                         index=offered.index("q8_0") if "q8_0" in offered else 0, format_func=memory_plots.cache_words)

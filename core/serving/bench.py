@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import psutil
 import torch
 
 from core import models, techniques
@@ -123,6 +124,17 @@ def resolve_gguf(spec: models.ModelSpec, technique: str, extra: dict[str, Path] 
                        f"{', '.join(t.key for t in servable_techniques())}, or pass your own GGUF file with --gguf PATH.")
 
 
+def check_fits_here(weights_mb: float, shape: fit.KVShape, context_tokens: int, cache_type: str,
+                    calibration: Calibration | None = None) -> None:
+    """Refuse, before anything starts, a context whose single slot would not fit in this machine's free memory."""
+    one = memory.predict_llamacpp(weights_mb, shape, context_tokens, 1, cache_type, calibration)
+    free_mb = psutil.virtual_memory().available / fit.MB
+    if one.total_mb > free_mb:
+        raise ServingError(f"one slot of {context_tokens:,} tokens with a {cache_type} cache needs about "
+                           f"{one.total_mb:,.0f} MB, more than the {free_mb:,.0f} MB free here; use a shorter context "
+                           "or a smaller cache type")
+
+
 SLOT_CONTEXT_ROOM_TOKENS = 16
 
 
@@ -153,6 +165,7 @@ def plan_variants(model: str, technique_keys: Sequence[str], settings: ServeSett
     for key in technique_keys:
         path = resolve_gguf(spec, key, gguf_files, checkpoint)
         if path is not None:
+            check_fits_here(path.stat().st_size / fit.MB, shape, slot_ctx, settings.cache_type)
             engine = llama_server_engine(path, key, max(settings.concurrency), slot_ctx, settings.threads,
                                          settings.device, settings.cache_type)
             label = f"GGUF {gguf_quant(path).upper()} (llama.cpp)"

@@ -20,14 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from core import models
 from core.measure import benchmark, fit, memory
 from core.measure.memory import Calibration
 from core.paths import Stopped, data_dir
 from core.runtimes import llamacpp_tools
-from core.serving.bench import resolve_gguf
+from core.serving.bench import check_fits_here, resolve_gguf
 from core.serving.client import run_load
 from core.serving.engines import bundled_gguf, gguf_key, gguf_quant, llama_server_engine
 from core.serving.limits import REQUEST_TIMEOUT_S, Report, ServingError, ShouldStop, check_context
@@ -157,17 +155,6 @@ def default_techniques(spec: models.ModelSpec) -> list[str]:
     """The lab's Q8_0 export, and the file the model ships as when it ships one."""
     bundled = bundled_gguf(spec)
     return ["gguf-q8_0"] + ([gguf_key(bundled)] if bundled is not None and gguf_key(bundled) != "gguf-q8_0" else [])
-
-
-def check_fits_here(weights_mb: float, shape: fit.KVShape, context_tokens: int, cache_type: str,
-                    calibration: Calibration | None = None) -> None:
-    """Refuse, before anything starts, a context whose single slot would not fit in this machine's free memory."""
-    one = memory.predict_llamacpp(weights_mb, shape, context_tokens, 1, cache_type, calibration)
-    free_mb = psutil.virtual_memory().available / fit.MB
-    if one.total_mb > free_mb:
-        raise ServingError(f"one slot of {context_tokens:,} tokens with a {cache_type} cache needs about "
-                           f"{one.total_mb:,.0f} MB, more than the {free_mb:,.0f} MB free here; use a shorter context "
-                           "or a smaller cache type")
 
 
 def _point(label: str, technique: str, path: Path, cache: str, ctx: int, slots: int, server: Server,
