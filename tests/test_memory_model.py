@@ -17,6 +17,7 @@ from core.serving.bench import ServeSettings
 from core.serving.limits import ServingError, check_context
 from core.serving.memory_bench import CacheQuality, MemoryPoint, MemoryRun
 from core.serving.server import Server, peak_rss_bytes
+from core.serving.torch_peak import TorchPoint
 from core.views import memory_plots
 from tests.conftest import needs_bundled
 from tests.test_fit import make_record
@@ -147,13 +148,20 @@ def _run() -> MemoryRun:
             points.append(MemoryPoint("gguf-q8_0", "GGUF Q8_0", cache, ctx, slots, ctx, 143.0, n.kv_cache_mb,
                                       14.0, 0.2, n.total_mb * (1.03 if slots == 4 else 1.0), 50.0, 30.0, 60.0))
     quality = (CacheQuality("gguf-q8_0", "GGUF Q8_0", "q8_0", 2048, 2, 0.002, 0.0003, 0.02, 0.99, 18.0),)
-    return MemoryRun("m", "hw", 2, "2026-12-07", 8192, SMOL, c, tuple(points), quality, "prose.txt")
+    # a transformers process: 538 MB of weights, 24 / 94 MB of KV; 880 MB of runtime at 512 tokens, 900 at 2,048
+    torch = (TorchPoint(512, 275.0, 538.0, 23.6, 16.5, 538 + 23.59296 + 16.5 + 880, 1100.0),
+             TorchPoint(2048, 275.0, 538.0, 94.4, 66.0, 538 + 94.37184 + 66.0 + 900))
+    return MemoryRun("m", "hw", 2, "2026-12-07", 8192, SMOL, c, tuple(points), quality, "prose.txt", {}, torch)
 
 
 def test_the_views_state_the_fit_the_errors_and_the_ratios():
     run = memory_bench.MemoryRun.from_dict(_run().to_dict())  # what the Serve page reads back from disk
     rows = memory_plots.validation_rows(run)
     assert rows[0]["note"] == "calibration point" and abs(rows[0]["error %"]) < 1e-9
+    # the transformers runtime comes from its 512-token point (880 MB), so the 2,048-token one is 20 MB over
+    assert rows[-2]["error %"] == pytest.approx(0, abs=1e-9) and "calibration" in rows[-2]["note"]
+    assert rows[-1]["peak MB model"] == pytest.approx(538 + 94.37184 + 66.0 + 880)
+    assert "loading peaked at 1,100 MB" in rows[-2]["note"]
     assert memory_plots.worst_error_pct(run) == pytest.approx(100 * (1 / 1.03 - 1) * -1, rel=1e-6)
     assert memory_plots.kv_ratios(run)["q8_0"] == pytest.approx(34 / 64)
     answer = memory_plots.fit_answer(run, "gguf-q8_0", "q8_0", 4, fit.get_device("phone-4gb"))

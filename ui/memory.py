@@ -59,5 +59,6 @@ def memory_section(run: MemoryRun | None, here: str) -> None:
     st.caption(f"Measured {run.created_at}, {run.threads} threads, on {run.hardware}. Server: {run.notes.get('server', '')}; "
                f"-c is users x context, so each slot holds context tokens (llama.cpp rounds it up to "
                f"{memory.LLAMA_CELL_BLOCK}-token blocks). Peak: {run.notes.get('peak', '')}; llama.cpp allocates the "
-               "whole KV cache at start, so the slots need not be full. Speeds are from that one short burst. The model "
-               "leaves out llama-server's RAM prompt cache (turned off here), other processes, and the page cache.")
+               "whole KV cache at start, so the slots need not be full. Speeds are from that one short burst. Transformers: "
+               f"{run.notes.get('torch', 'not measured')}. The model leaves out llama-server's RAM prompt cache (turned "
+               "off here), a torch process's load spike, other processes, and the page cache.")

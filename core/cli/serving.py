@@ -106,8 +106,9 @@ def cmd_serve_memory(args: argparse.Namespace) -> None:
               f"{p.per_user_tokens_per_s:.1f} tok/s per user, {p.total_tokens_per_s:.1f} in all, TTFT "
               f"{p.ttft_ms_p50:.0f} ms", file=sys.stderr)
     for t in run.torch_points:
-        print(f"FP32 transformers 1 x {t.context_tokens:5}: peak {t.peak_mb:7.1f} MB, model {t.predicted_mb:7.1f} MB "
-              f"({memory.error_pct(t.predicted_mb, t.peak_mb):+.1f}%)", file=sys.stderr)
+        predicted = run.torch_predicted(t).total_mb
+        print(f"FP32 transformers 1 x {t.context_tokens:5}: peak {t.peak_mb:7.1f} MB, model {predicted:7.1f} MB "
+              f"({memory.error_pct(predicted, t.peak_mb):+.1f}%)", file=sys.stderr)
     for q in run.quality:
         print(f"{q.label:10} {q.cache_type:5} n_ctx {q.n_ctx}: KLD {q.kld_mean:.5f} ± {q.kld_mean_uncertainty:.5f} nats, "
               f"same top {q.same_top:.2%}", file=sys.stderr)

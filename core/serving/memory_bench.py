@@ -45,8 +45,8 @@ class MemorySettings:
     contexts: tuple[int, ...] = (512, 2048, 8192)  # tokens per slot
     slots: tuple[int, ...] = (1, 4)
     kld_contexts: tuple[int, ...] = (2048,)  # llama-perplexity's -c; the text must hold 2 chunks of each
-    kld_chunks: int = 2
-    torch_contexts: tuple[int, ...] = (512, 2048)  # a transformers process (fp32) checked against the model too
+    kld_chunks: int = 1  # of n_ctx tokens each; llama-perplexity scores the second half of each
+    torch_contexts: tuple[int, ...] = (512, 2048)  # a transformers process (fp32): the first calibrates, others check
     burst_prompt_tokens: int = 64
     burst_new_tokens: int = 16
     threads: int = 2
@@ -117,6 +117,11 @@ class MemoryRun:
         """The memory model's prediction for a measured point, from this run's calibration."""
         return memory.predict_llamacpp(p.weights_mb, self.shape, p.context_tokens, p.slots, p.cache_type,
                                        self.calibration)
+
+    def torch_predicted(self, t: TorchPoint) -> memory.MemoryNeed:
+        """The memory model for a transformers point: its runtime calibrated on the run's smallest such point."""
+        runtime = torch_peak.calibrated_runtime_mb(self.torch_points[0], self.shape)
+        return memory.predict_transformers(t.weights_mb, self.shape, t.context_tokens, 4, 1, runtime, t.activations_mb)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -243,7 +248,7 @@ def serve_memory(model: str, technique_keys: Sequence[str] = (), settings: Memor
         label = f"GGUF {gguf_quant(files[key]).upper()}"
         quality += _quality(label, key, files[key], settings, text, report, (len(grid) + i) / steps)
     torch_points = []
-    for i, n in enumerate(settings.torch_contexts):
+    for i, n in enumerate(sorted(settings.torch_contexts)):
         if should_stop():
             raise Stopped("stopped before the transformers points; nothing of this run is saved")
         report((len(grid) + len(keys) + i) / steps, f"FP32 on transformers, one sequence of {n:,} tokens")
@@ -253,8 +258,9 @@ def serve_memory(model: str, technique_keys: Sequence[str] = (), settings: Memor
                     {"peak": "VmHWM of llama-server after loading and one burst of one short request per slot "
                              f"({settings.burst_prompt_tokens}-token prompts, {settings.burst_new_tokens} new tokens)",
                      "server": "llama-server -c slots x context -np slots --no-kv-unified -fa on --cache-ram 0",
-                     "torch": "FP32 checkpoint in a fresh transformers process: VmHWM after loading and one prefill "
-                              "(cache on, logits of the last position); its runtime is the process after imports"},
+                     "torch": "FP32 checkpoint in a fresh transformers process: VmHWM of one prefill (cache on, logits "
+                              "of the last position), the mark reset after loading; its runtime calibrated on the "
+                              "shortest context"},
                     tuple(torch_points))
     _save(run)
     report(1.0, f"{plural(len(points), 'point')} and {plural(len(quality), 'KLD run')} measured")

@@ -2,10 +2,10 @@
 
 Each point runs in a fresh process (`python -m core.serving.torch_peak CHECKPOINT CONTEXT`), so one point's peak
 never carries the last one's: it reports the process's resident memory once torch and transformers are imported (the
-runtime, measured), the bytes the model's tensors hold, the KV cache's bytes, and the kernel's high-water mark
-(VmHWM) after one prefill of CONTEXT tokens with the cache on and logits for the last position only (as generation
-asks). The memory model (core/measure/memory.py) adds the runtime, the weights, the KV cache and the prefill's
-largest live activations.
+runtime, measured), the bytes the model's tensors hold, the KV cache's bytes, the high-water mark (VmHWM) of loading,
+and, the mark reset, that of one prefill of CONTEXT tokens with the cache on and logits for the last position only
+(as generation asks). The memory model (core/measure/memory.py) adds the runtime, the weights, the KV cache and the prefill's
+largest live activations; as for llama-server, the runtime is calibrated on the smallest point and the others check it.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ class TorchPoint:
     runtime_mb: float  # resident after importing torch and transformers, before the model
     weights_mb: float  # bytes the model's parameters and buffers hold
     kv_mb_measured: float  # bytes of the cache's key/value tensors after the prefill
-    predicted_mb: float  # the memory model: runtime + weights + KV (formula) + prefill activations (formula)
-    peak_mb: float  # VmHWM after load and prefill
+    activations_mb: float  # the prefill's largest live activations, by memory.prefill_activation_bytes
+    peak_mb: float  # VmHWM of the prefill (the mark reset after loading)
+    load_peak_mb: float = float("nan")  # VmHWM of loading: a one-off spike the memory model leaves out
 
 
 def _rss_kb(field: str) -> int:
@@ -50,11 +51,15 @@ def _measure(checkpoint: Path, context_tokens: int) -> dict:
 
     model = load_model(checkpoint)
     held = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    load_peak = _rss_kb("VmHWM") * 1024
+    # Loading passes through the safetensors file and a second copy of some tensors: a spike the server never sees
+    # again. Writing 5 to clear_refs resets the high-water mark (Linux >= 4.0), so VmHWM below is the serving peak.
+    Path("/proc/self/clear_refs").write_text("5")
     ids = torch.randint(100, 1000, (1, context_tokens), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
     return {"runtime": runtime, "weights": held, "kv": cache_tensor_bytes(out.cache),
-            "peak": _rss_kb("VmHWM") * 1024}
+            "peak": _rss_kb("VmHWM") * 1024, "load_peak": load_peak}
 
 
 def measure_point(checkpoint: Path, context_tokens: int, threads: int = 2) -> TorchPoint:
@@ -68,10 +73,17 @@ def measure_point(checkpoint: Path, context_tokens: int, threads: int = 2) -> To
                            f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
     got = json.loads(done.stdout.strip().splitlines()[-1])
     config = json.loads((Path(checkpoint) / "config.json").read_text())
-    runtime, weights = got["runtime"] / fit.MB, got["weights"] / fit.MB
-    need = memory.predict_transformers(weights, fit.kv_shape_from_config(config), context_tokens, 4, 1, runtime,
-                                       memory.prefill_activation_bytes(config, context_tokens) / fit.MB)
-    return TorchPoint(context_tokens, runtime, weights, got["kv"] / fit.MB, need.total_mb, got["peak"] / fit.MB)
+    return TorchPoint(context_tokens, got["runtime"] / fit.MB, got["weights"] / fit.MB, got["kv"] / fit.MB,
+                      memory.prefill_activation_bytes(config, context_tokens) / fit.MB, got["peak"] / fit.MB,
+                      got["load_peak"] / fit.MB)
+
+
+def calibrated_runtime_mb(first: TorchPoint, shape: fit.KVShape) -> float:
+    """What a transformers process holds besides weights, KV cache and activations, from its smallest point: torch's
+    libraries, the model's structure and what loading leaves behind (about 110 MB more than after the imports alone
+    here), and the kernels a first forward pass touches."""
+    kv = memory.predict_transformers(first.weights_mb, shape, first.context_tokens, 4).kv_cache_mb
+    return first.peak_mb - first.weights_mb - kv - first.activations_mb
 
 
 if __name__ == "__main__":
