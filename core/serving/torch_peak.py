@@ -18,8 +18,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from core.measure import fit, memory
+from core.models import load_model
 from core.paths import repo_root
+from core.serving.kv import cache_tensor_bytes
 from core.serving.limits import ServingError
 
 TIMEOUT_S = 300.0
@@ -28,7 +32,7 @@ TIMEOUT_S = 300.0
 @dataclass(frozen=True)
 class TorchPoint:
     context_tokens: int
-    runtime_mb: float  # resident after importing torch and transformers, before the model
+    runtime_mb: float  # resident after importing torch, transformers and the lab, before the model
     weights_mb: float  # bytes the model's parameters and buffers hold
     kv_mb_measured: float  # bytes of the cache's key/value tensors after the prefill
     activations_mb: float  # the prefill's largest live activations, by memory.prefill_activation_bytes
@@ -41,14 +45,7 @@ def _rss_kb(field: str) -> int:
 
 
 def _measure(checkpoint: Path, context_tokens: int) -> dict:
-    import torch  # lazily: this runs in its own process, and its import is what the runtime measures
-
-    import transformers  # noqa: F401
-
-    runtime = _rss_kb("VmRSS") * 1024
-    from core.models import load_model
-    from core.serving.kv import cache_tensor_bytes
-
+    runtime = _rss_kb("VmRSS") * 1024  # torch, transformers and the lab imported, no model yet
     model = load_model(checkpoint)
     held = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     load_peak = _rss_kb("VmHWM") * 1024
