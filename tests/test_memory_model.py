@@ -161,7 +161,7 @@ def test_the_views_state_the_fit_the_errors_and_the_ratios():
     # the transformers runtime comes from its 512-token point (880 MB), so the 2,048-token one is 20 MB over
     assert rows[-2]["error %"] == pytest.approx(0, abs=1e-9) and "calibration" in rows[-2]["note"]
     assert rows[-1]["peak MB model"] == pytest.approx(538 + 94.37184 + 66.0 + 880)
-    assert "loading peaked at 1,100 MB" in rows[-2]["note"]
+    assert "1,100 MB right after loading" in rows[-2]["note"]
     assert memory_plots.worst_error_pct(run) == pytest.approx(100 * (1 / 1.03 - 1) * -1, rel=1e-6)
     assert memory_plots.kv_ratios(run)["q8_0"] == pytest.approx(34 / 64)
     answer = memory_plots.fit_answer(run, "gguf-q8_0", "q8_0", 4, fit.get_device("phone-4gb"))

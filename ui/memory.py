@@ -61,4 +61,4 @@ def memory_section(run: MemoryRun | None, here: str) -> None:
                f"{memory.LLAMA_CELL_BLOCK}-token blocks). Peak: {run.notes.get('peak', '')}; llama.cpp allocates the "
                "whole KV cache at start, so the slots need not be full. Speeds are from that one short burst. Transformers: "
                f"{run.notes.get('torch', 'not measured')}. The model leaves out llama-server's RAM prompt cache (turned "
-               "off here), a torch process's load spike, other processes, and the page cache.")
+               "off here), a torch process's loading, other processes, and the page cache.")

@@ -12,9 +12,11 @@
   above, once per machine (`Calibration`). Without a calibration the stated RUNTIME_OVERHEAD_MB stands for compute and
   runtime together.
 
-What it leaves out: memory that grows while answering (llama-server's RAM prompt cache, which the lab turns off with
-`--cache-ram 0`; a transformers process's prefill activations, which the stated overhead covers), other processes,
-and the page cache a file-backed map may keep after the server ends. Device fit, Decide, the Report and the Serve page
+For a torch process: weights + KV cache in the compute dtype + the prefill's largest live activations
+(`prefill_activation_bytes`) + runtime, calibrated the same way (core/serving/torch_peak.py); without a calibration
+the stated overhead stands for the last two. What it leaves out: memory that grows while answering (llama-server's
+RAM prompt cache, which the lab turns off with `--cache-ram 0`), loading, other processes, and the page cache a
+file-backed map may keep after the server ends. Device fit, Decide, the Report and the Serve page
 all call `predict`.
 """
 

@@ -37,7 +37,7 @@ class TorchPoint:
     kv_mb_measured: float  # bytes of the cache's key/value tensors after the prefill
     activations_mb: float  # the prefill's largest live activations, by memory.prefill_activation_bytes
     peak_mb: float  # VmHWM of the prefill (the mark reset after loading)
-    load_peak_mb: float = float("nan")  # VmHWM of loading: a one-off spike the memory model leaves out
+    load_peak_mb: float = float("nan")  # VmHWM right after loading (mapped weights not yet read)
 
 
 def _rss_kb(field: str) -> int:
@@ -49,8 +49,8 @@ def _measure(checkpoint: Path, context_tokens: int) -> dict:
     model = load_model(checkpoint)
     held = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     load_peak = _rss_kb("VmHWM") * 1024
-    # Loading passes through the safetensors file and a second copy of some tensors: a spike the server never sees
-    # again. Writing 5 to clear_refs resets the high-water mark (Linux >= 4.0), so VmHWM below is the serving peak.
+    # Writing 5 to clear_refs resets the high-water mark (Linux >= 4.0): VmHWM below is the prefill's alone, whatever
+    # loading did (here loading stays low: the weights are mapped from the file and read on first use).
     Path("/proc/self/clear_refs").write_text("5")
     ids = torch.randint(100, 1000, (1, context_tokens), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

@@ -129,8 +129,7 @@ def validation_rows(run: MemoryRun) -> list[dict[str, object]]:
             "error %": memory.error_pct(n.total_mb, t.peak_mb), "tok/s per user": math.nan,
             "tok/s in all": math.nan, "TTFT ms": math.nan,
             "note": ("calibration point (transformers); " if i == 0 else "") + "one prefill in its own process"
-                    + (f"; loading peaked at {t.load_peak_mb:,.0f} MB, a spike the model leaves out"
-                       if math.isfinite(t.load_peak_mb) else "")})
+                    + (f"; {t.load_peak_mb:,.0f} MB right after loading" if math.isfinite(t.load_peak_mb) else "")})
     return rows
 
 
