@@ -4,7 +4,9 @@ import streamlit as st
 
 from core.measure import fit
 from core.views import hybrids, recommend
+from core.serving import memory_bench
 from ui import bills, decide_hybrids, task_parts, verdict
+from ui import memory as memory_ui
 from ui.frame import choice, kv_shape
 from ui.results import measured_set
 from ui.roles import show_error, visible
@@ -18,6 +20,8 @@ picked = choice()
 measured = measured_set(picked, "Open **Quantize** and press **Measure** first.")
 spec, machine, records = measured.spec, measured.machine, measured.records
 shape, problem = kv_shape(spec)
+served = memory_bench.saved_memory(spec.key)  # the memory model's calibration and llama-server's measured grid
+served = served if served and served.hardware == machine else None
 if problem:
     st.warning(visible(problem))
 st.caption(f"Speeds measured on: {machine}. Priced at {picked.preset.label}, US${picked.preset.usd_per_hour:.4f}/hour "
@@ -42,7 +46,8 @@ with recommend_tab:
     use_device = b.checkbox("Must fit on a device", True, disabled=shape is None)
     device = b.selectbox("Device", list(fit.DEVICE_PRESETS), format_func=lambda k: fit.DEVICE_PRESETS[k].label,
                          disabled=not use_device)
-    context = int(b.number_input("Context length, tokens", 128, 131072, fit.DEFAULT_CONTEXT_TOKENS, step=512))
+    context = int(b.number_input("Context length per user, tokens", 128, 131072, fit.DEFAULT_CONTEXT_TOKENS, step=512))
+    users, cache = memory_ui.fit_inputs(b, served, "decide")
     use_ms = c.checkbox("Maximum latency per token")
     ms = c.number_input("ms per token at most", 1.0, 10000.0, 50.0, disabled=not use_ms)
     use_ttft = c.checkbox("Maximum time to first token")
@@ -56,7 +61,8 @@ with recommend_tab:
         max_ms_per_token=ms if use_ms else None, max_ttft_ms=ttft if use_ttft else None,
         max_usd_per_1m_tokens=usd if use_usd else None, min_top1_agreement=top1 if use_top1 else None,
         min_mc_share=mc if use_mc else None, min_task_pass_rate=task_floor, device=device if use_device and shape else None,
-        context_tokens=context, objective=objective, floor_top1=floor)
+        context_tokens=context, users=users, cache_type=cache, calibration=served.calibration if served else None,
+        objective=objective, floor_top1=floor)
     st.session_state["decide_question"] = constraints  # the Report answers the question last asked here
     st.session_state["decide_prompt_kind"] = kind
     try:
@@ -71,6 +77,11 @@ with recommend_tab:
     verdict.quality_scale(records, rec.reference)
     st.caption("Speeds and costs were measured on the machine above, not on the target device; the device "
                "constraint checks memory only.")
+    if served and use_device:
+        memory_ui.device_answer(served, users, cache, device)
+    elif use_device:
+        st.info("Measure GGUF variants at several contexts and users (Serve > Memory) to see memory against context "
+                "here, checked against what llama-server really holds.")
 
 with task_tab:
     decide_hybrids.narrow_task_tab(machine, picked.preset.usd_per_hour)
@@ -86,12 +97,15 @@ with fit_tab:
     fit_context = int(a.number_input("Context length for the KV cache, tokens", 0, 131072, context, step=512, key="fit_ctx"))
     overhead = b.number_input("Runtime overhead, MB", 0.0, 10000.0, fit.RUNTIME_OVERHEAD_MB, step=50.0)
     devices = list(fit.DEVICE_PRESETS.values())
-    table = fit.fit_table(records, devices, shape, fit_context, overhead)
+    table = fit.fit_table(records, devices, shape, fit_context, overhead, users, cache, served and served.calibration)
     show_table([{"variant": r.label, "weights MB": row[0].weights_mb, "KV cache MB": row[0].kv_cache_mb,
                  "total MB": row[0].need_mb, **{d.label: "fits" if f.fits else "too big" for d, f in zip(devices, row)}}
                 for r, row in zip(records, table)], {c: "%.0f" for c in ("weights MB", "KV cache MB", "total MB")})
     st.caption(f"Total = bytes the variant's tensors hold + KV cache (2 x {shape.layers} layers x {shape.kv_heads} KV heads "
-               f"x {shape.head_dim} wide x {fit_context:,} tokens x bytes per element of the compute dtype) + "
-               f"{overhead:.0f} MB runtime overhead, against each device's memory minus what its system keeps:")
+               f"x {shape.head_dim} wide x {fit_context:,} tokens x {users} users x bytes per element: the {cache.upper()} "
+               "cache type on llama.cpp, the compute dtype on transformers) + compute buffers and runtime ("
+               + ("measured once here for llama.cpp, see Serve > Memory; " if served else "")
+               + f"{overhead:.0f} MB stated otherwise), against each device's memory minus what its system keeps:")
     for d in devices:
         st.caption(f"{d.label}: {d.memory_gb:.0f} GB, {d.memory_gb - d.reserved_gb:.0f} GB usable. {d.source}")
+

@@ -7,7 +7,8 @@ import streamlit as st
 from core.launch import roles
 from core.measure import bill
 from core.store.records import drawn_key
-from core.views import capacity, chart_quantities, hybrids, recommend, report
+from core.serving import memory_bench
+from core.views import capacity, chart_quantities, hybrids, memory_plots, recommend, report
 from core.views import task as task_view
 from ui import task_parts
 from core.words import plural
@@ -63,12 +64,14 @@ if busy_note := report.busy_alert(records, decision):
 
 
 hybrid_lines, hybrid_figures = hybrids.report_parts(machine, spec.key, picked.preset.usd_per_hour)
+memory_parts = memory_plots.report_parts_for(memory_bench.saved_memory(spec.key), machine, question.device,
+                                             question.users, question.cache_type)
 my_task = task_parts.chosen_run(task_runs)  # the task run picked on Your task, the map or Decide; else the newest
 task_section = task_view.report_html(my_task, picked.preset.usd_per_hour) if my_task else ""
 
 
 def build() -> report.ReportBundle:
-    extra = {"hybrid_lines": hybrid_lines, "hybrid_figures": hybrid_figures, "task_section": task_section}
+    extra = {"hybrid_lines": hybrid_lines, "hybrid_figures": hybrid_figures, **memory_parts, "task_section": task_section}
     if presenter:
         return report.build_report(records, spec.label, metric, settings, serving=serving, decision=decision,
                                    warning=warning, bill_rows=bill_rows, bill_note=bill_note, **extra)
@@ -81,7 +84,8 @@ def build() -> report.ReportBundle:
 # Built once per set of results, settings, question and role for every session; files are sent only when downloaded.
 # on_click="ignore": a click that also reran the page could drop the deferred file before the browser fetched it.
 bundle = shared("report", (drawn_key(records), drawn_key(serving), *sorted(settings.items()), presenter,
-                           *decision, bill_note, str(bill_rows), *hybrid_lines, task_section), build)
+                           *decision, bill_note, str(bill_rows), *hybrid_lines, *memory_parts["memory_lines"],
+                           task_section), build)
 
 stem = f"tradeoff-report-{spec.key.replace('/', '--')}"
 a, b, c = st.columns(3)

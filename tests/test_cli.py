@@ -60,8 +60,8 @@ def test_cli_runs_as_a_module_and_fails_cleanly():
 
 
 COMMANDS = ["models", "prepare", "sweep", "moe", "lora", "finetune", "distill", "speculate", "depth", "prompt-lookup",
-            "worker", "serve", "serve-bench", "serve-check", "serve-context", "bill", "cascade", "model-cascade",
-            "gguf-draft", "budget", "task"]
+            "worker", "serve", "serve-bench", "serve-check", "serve-context", "serve-memory", "bill", "cascade",
+            "model-cascade", "gguf-draft", "budget", "task"]
 
 
 def _commands(add_parsers) -> list[str]:

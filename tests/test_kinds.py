@@ -22,6 +22,7 @@ from core.launch.kinds.base import JobKind, register
 from core.launch.launch import launch, submit
 from core.paths import ASSETS
 from core.serving.bench import ServeSettings
+from core.serving.memory_bench import MemorySettings
 from core.techniques.distillation import DistillSettings
 from core.techniques.lora import FinetuneSettings
 
@@ -38,6 +39,7 @@ SAMPLES = {  # one of each kind, with its nested settings and tuples, as pages a
     "speculate": kinds.SpeculateArgs("tiny-random-llama", "/students/a", draft_tokens=3),
     "serve-bench": kinds.ServeBenchArgs("tiny-random-llama", ("fp32",), ServeSettings(concurrency=(1, 4))),
     "serve-context": kinds.ServeContextArgs("tiny-random-llama", (16, 32)),
+    "serve-memory": kinds.ServeMemoryArgs("tiny-random-llama", ("gguf-q8_0",), MemorySettings(contexts=(512,))),
     "cascade": kinds.CascadeArgs(classical.ClassicalSettings(second="fp32", shots=2)),
     "model-cascade": kinds.ModelCascadeArgs(model_cascade.ModelCascadeSettings(thresholds=(0.5, 0.7))),
     "prompt-lookup": kinds.PromptLookupArgs("tiny-random-llama", prompt_lookup.LookupSettings(draft_tokens=2)),

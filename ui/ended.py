@@ -21,6 +21,7 @@ RESULTS_AT = {  # job kind (core/launch/worker.py JOB_KINDS) -> the page that sh
     "speculate": ("pages/distill.py", "See it on Distill"),
     "serve-bench": ("pages/serve.py", "See it on Serve"),
     "serve-context": ("pages/serve.py", "See it on Serve"),
+    "serve-memory": ("pages/serve.py", "See it on Serve"),
     "budget": ("pages/quantize.py", "See it on Quantize (Fit my budget)"),
     "task": ("pages/task.py", "See it on Your task"),
     **{k: ("pages/hybrids.py", "See it on Hybrids") for k in ("cascade", "model-cascade", "prompt-lookup", "gguf-draft")},
@@ -38,6 +39,7 @@ KEPT = {  # job kind -> what a stopped job of that kind keeps: the panel words a
     "distill": "Checkpoints are written whole: a stopped run keeps its last complete checkpoint, or nothing.",
     "speculate": "A stopped comparison stores nothing.",
     "serve-bench": _SERVED, "serve-context": _SERVED,
+    "serve-memory": "A stopped memory run saves nothing: the calibration needs every point of the grid.",
     **{k: _HYBRID for k in ("cascade", "model-cascade", "prompt-lookup", "gguf-draft")},
 }
 

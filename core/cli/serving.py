@@ -1,6 +1,7 @@
-"""`python -m core serve-bench`, `serve-check` and `serve-context`: a real server on 127.0.0.1 loaded with concurrent
-streams, whether batching changes its answers, and the KV cache as the context grows. serve-bench and serve-context
-take --ray to run as one task on a cluster.
+"""`python -m core serve-bench`, `serve-check`, `serve-context` and `serve-memory`: a real server on 127.0.0.1 loaded
+with concurrent streams, whether batching changes its answers, the KV cache as the context grows, and the KV cache type
+as a lever on llama-server (memory against the memory model, speed, KLD). serve-bench and serve-context take --ray to
+run as one task on a cluster.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from core.cli.common import (
 )
 from core.launch.kinds import ServeBenchArgs, ServeContextArgs
 from core.measure import cost
-from core.serving import batching, bench, engines, kv
+from core.measure import memory
+from core.serving import batching, bench, engines, kv, memory_bench
 from core.serving.limits import MAX_CONCURRENCY
 from core.store import open_store
 
@@ -44,7 +46,7 @@ def cmd_serve_bench(args: argparse.Namespace) -> None:
         concurrency=tuple(int_list("--concurrency", args.concurrency)),
         prompt_tokens=tuple(int_list("--prompt-tokens", args.prompt_tokens)), new_tokens=args.new_tokens,
         repeats=args.repeats, device=args.device, threads=args.threads, hardware_preset=args.hardware,
-        usd_per_hour=args.usd_per_hour, port=args.port)
+        usd_per_hour=args.usd_per_hour, port=args.port, cache_type=args.cache_type, context_tokens=args.context)
     json_folder(args.json)
     store = None if args.no_store else open_store(args.store_url)
     if address := ray_address(args):
@@ -84,8 +86,37 @@ def cmd_serve_context(args: argparse.Namespace) -> None:
     write_json(args.json, out)
 
 
+def cmd_serve_memory(args: argparse.Namespace) -> None:
+    """Each GGUF variant x cache type x context x slots on llama-server: KV bytes it reports, peak memory against the
+    memory model, speed; then llama-perplexity's KLD of each cache type against F16."""
+    keys = tuple(k.strip() for k in (args.techniques or "").split(",") if k.strip())
+    settings = memory_bench.MemorySettings(
+        cache_types=tuple(t.strip() for t in args.cache_types.split(",") if t.strip()),
+        contexts=tuple(int_list("--contexts", args.contexts)), slots=tuple(int_list("--slots", args.slots)),
+        kld_contexts=tuple(int_list("--kld-contexts", args.kld_contexts)),
+        torch_contexts=tuple(int_list("--torch-contexts", args.torch_contexts)) if args.torch_contexts else (),
+        threads=args.threads)
+    t0 = time.perf_counter()
+    run = memory_bench.serve_memory(args.model, keys, settings, report=say)
+    print(f"serve-memory wall time: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    for p in run.points:
+        predicted = run.predicted(p).total_mb
+        print(f"{p.label:10} {p.cache_type:5} {p.slots:2} x {p.context_tokens:5}: KV {p.kv_mb_reported:8.2f} MB, "
+              f"peak {p.peak_mb:7.1f} MB, model {predicted:7.1f} MB ({memory.error_pct(predicted, p.peak_mb):+.1f}%), "
+              f"{p.per_user_tokens_per_s:.1f} tok/s per user, {p.total_tokens_per_s:.1f} in all, TTFT "
+              f"{p.ttft_ms_p50:.0f} ms", file=sys.stderr)
+    for t in run.torch_points:
+        predicted = run.torch_predicted(t).total_mb
+        print(f"FP32 transformers 1 x {t.context_tokens:5}: peak {t.peak_mb:7.1f} MB, model {predicted:7.1f} MB "
+              f"({memory.error_pct(predicted, t.peak_mb):+.1f}%)", file=sys.stderr)
+    for q in run.quality:
+        print(f"{q.label:10} {q.cache_type:5} n_ctx {q.n_ctx}: KLD {q.kld_mean:.5f} ± {q.kld_mean_uncertainty:.5f} nats, "
+              f"same top {q.same_top:.2%}", file=sys.stderr)
+    write_json(args.json, run.to_dict())
+
+
 def add_parsers(sub) -> None:
-    """Registers `serve-bench`, `serve-check` and `serve-context` on `sub` (argparse's subparsers)."""
+    """Registers `serve-bench`, `serve-check`, `serve-context` and `serve-memory` on `sub` (argparse's subparsers)."""
     sv = sub.add_parser("serve-bench", help="load a real server on 127.0.0.1 with concurrent streams; TTFT, ITL, "
                         "throughput and $ per 1M tokens per concurrency")
     sv.add_argument("--model", default=models.DEFAULT_MODEL)
@@ -96,6 +127,10 @@ def add_parsers(sub) -> None:
     sv.add_argument("--concurrency", default="1,2,4,8,16", help=f"comma-separated, each 1..{MAX_CONCURRENCY}")
     sv.add_argument("--prompt-tokens", default="128", help="comma-separated prompt lengths, cut from real text")
     sv.add_argument("--new-tokens", type=int, default=64)
+    sv.add_argument("--cache-type", default="f16", help="llama-server's KV cache type, K and V alike: "
+                    f"{', '.join(memory.CACHE_TYPE_BYTES)} (a quantized one runs with flash attention on)")
+    sv.add_argument("--context", type=int, default=0, help="tokens of context per slot on llama-server (0: the "
+                    "longest prompt + new tokens); -c is this x the highest concurrency, one slot per request")
     sv.add_argument("--repeats", type=int, default=2, help="waves per point (the error bars)")
     sv.add_argument("--threads", type=int, default=2, help="the server's compute threads")
     sv.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -123,3 +158,18 @@ def add_parsers(sub) -> None:
     sc.add_argument("--json", help="write the points here (else to stdout)")
     add_ray_arg(sc)
     sc.set_defaults(func=cmd_serve_context)
+    sm = sub.add_parser("serve-memory", help="the KV cache type as a lever on llama-server: KV bytes, peak memory "
+                        "against the memory model, speed, and llama-perplexity's KLD against an F16 cache")
+    sm.add_argument("--model", default=models.DEFAULT_MODEL)
+    sm.add_argument("--techniques", default="", help="comma-separated GGUF technique keys (default: gguf-q8_0 and "
+                    "the file the model ships as)")
+    sm.add_argument("--cache-types", default=",".join(memory.OFFERED_CACHE_TYPES),
+                    help=f"comma-separated, of {', '.join(memory.CACHE_TYPE_BYTES)}")
+    sm.add_argument("--contexts", default="512,2048,8192", help="tokens per slot, comma-separated")
+    sm.add_argument("--slots", default="1,4", help="parallel slots (users), comma-separated")
+    sm.add_argument("--kld-contexts", default="2048", help="llama-perplexity's n_ctx for the KLD, comma-separated")
+    sm.add_argument("--torch-contexts", default="512,2048", help="contexts at which a transformers process (FP32) is "
+                    "checked against the memory model too ('' for none)")
+    sm.add_argument("--threads", type=int, default=2)
+    sm.add_argument("--json", help="write the run here (else to stdout)")
+    sm.set_defaults(func=cmd_serve_memory)

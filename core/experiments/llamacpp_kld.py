@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -21,18 +20,10 @@ from pathlib import Path
 
 from core import models, runtimes, techniques
 from core.measure import benchmark, evaluate
-from core.measure.llamacpp_kld import LlamaKld, parse_kld_output, read_base_tokens, relative_gap
+from core.measure.llamacpp_kld import LlamaKld, read_base_tokens, relative_gap
 from core.runtimes import llamacpp_build
+from core.runtimes.llamacpp_tools import LAB_FLASH_ATTN, TOOL, tool_base, tool_kld
 from core.techniques import gguf
-
-TOOL = "llama-perplexity"
-TOOL_TIMEOUT_S = 1800
-# The lab's llama.cpp runner runs with flash attention, as llama-perplexity and llama-server do by default ("auto" is
-# on for a CPU). Its f16 accumulation moves near-ties: run one side without it and, on the bundled model's Q4_K_M,
-# same-top-p moves by about a point and the KLD p99 by about 9% (the mean by 1%). Comparing the rule means running
-# both alike, so the tool runs with its own default.
-LAB_FLASH_ATTN = "auto"
-
 
 @dataclass(frozen=True)
 class Agreement:
@@ -48,31 +39,6 @@ class Agreement:
     @property
     def same_top_gap_points(self) -> float:
         return 100 * abs(self.lab.top1_agreement - self.tool.same_top)
-
-
-def _run_tool(args: list[str], timeout_s: float = TOOL_TIMEOUT_S) -> str:
-    """Run llama-perplexity; its stdout and stderr together (its statistics go to either, by version)."""
-    done = subprocess.run([str(llamacpp_build.tool(TOOL)), *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, errors="replace", timeout=timeout_s)
-    if done.returncode != 0:
-        tail = "\n".join(done.stdout.strip().splitlines()[-5:])
-        raise RuntimeError(f"{TOOL} exited with status {done.returncode}:\n{tail}")
-    return done.stdout
-
-
-def tool_base(f32_gguf: Path, text: Path, n_ctx: int, threads: int, chunks: int, out: Path,
-              flash_attn: str = LAB_FLASH_ATTN) -> str:
-    """Save the F32 base's log-probs over `chunks` n_ctx-token chunks of `text` (--kl-divergence-base)."""
-    return _run_tool(["-m", str(f32_gguf), "-f", str(text), "-c", str(n_ctx), "-t", str(threads), "-fa", flash_attn,
-                      "--chunks", str(chunks), "--kl-divergence-base", str(out)])
-
-
-def tool_kld(quant_gguf: Path, base: Path, n_ctx: int, threads: int,
-             flash_attn: str = LAB_FLASH_ATTN) -> tuple[LlamaKld, str]:
-    """llama-perplexity's statistics for a quant against a saved base (--kl-divergence); parsed, and its output."""
-    output = _run_tool(["-m", str(quant_gguf), "-c", str(n_ctx), "-t", str(threads), "-fa", flash_attn,
-                        "--kl-divergence-base", str(base), "--kl-divergence"])
-    return parse_kld_output(output), output
 
 
 def compare(model_name: str = models.DEFAULT_MODEL, quants: tuple[str, ...] = ("q8_0", "q4_k_m"),

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from core.measure import memory
+from core.measure.memory import MB, RUNTIME_OVERHEAD_MB, KVShape  # noqa: F401  (re-exported: fit.KVShape, fit.MB)
 from core.store.records import VariantRecord
 
-MB = 1e6  # the records' size_mb is bytes / 1e6, so everything here uses decimal megabytes
 GB = 1e9
-# Python + torch + allocator slack + activations at batch 1. Here fp32 SmolLM2-135M peaked about 100 MB above
-# the bytes it holds (636 vs 538 MB); a phone runtime such as llama.cpp needs less, a torch process more.
-RUNTIME_OVERHEAD_MB = 200.0
 DEFAULT_CONTEXT_TOKENS = 2048
 
 
@@ -69,18 +67,6 @@ def get_device(key: str) -> DevicePreset:
 
 
 # --- the KV cache ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KVShape:
-    layers: int
-    kv_heads: int
-    head_dim: int
-
-    def __post_init__(self) -> None:
-        for name in ("layers", "kv_heads", "head_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 
 
 def kv_shape_from_config(config: dict[str, Any]) -> KVShape:
@@ -141,18 +127,35 @@ class Fit:
         return self.usable_mb - self.need_mb
 
 
-def device_fit(record: VariantRecord, device: DevicePreset, shape: KVShape, context_tokens: int,
-               overhead_mb: float = RUNTIME_OVERHEAD_MB) -> Fit:
+def need(record: VariantRecord, shape: KVShape, context_tokens: int, overhead_mb: float = RUNTIME_OVERHEAD_MB,
+         users: int = 1, cache_type: str = "f16", calibration: memory.Calibration | None = None) -> memory.MemoryNeed:
+    """The one memory model (core/measure/memory.py) for a measured variant: llama.cpp's for a GGUF variant (its cache
+    type, slots and calibration), a torch process's otherwise (its cache in the compute dtype, the stated overhead)."""
     if overhead_mb < 0:
         raise ValueError(f"overhead_mb must be >= 0, got {overhead_mb!r}")
-    kv = kv_cache_bytes(shape, context_tokens, kv_element_bytes(record.dtype))
-    return Fit(record.technique, record.label, device.key, record.size_mb, kv / MB, overhead_mb, device.usable_mb)
+    if record.runtime == "llama.cpp" and calibration is not None:
+        return memory.predict_llamacpp(record.size_mb, shape, max(context_tokens, 1), users, cache_type, calibration)
+    if record.runtime == "llama.cpp":  # uncalibrated: the stated overhead stands for compute buffers and runtime
+        return replace(memory.predict_llamacpp(record.size_mb, shape, max(context_tokens, 1), users, cache_type),
+                       runtime_mb=overhead_mb)
+    return memory.predict_transformers(record.size_mb, shape, context_tokens, kv_element_bytes(record.dtype), users,
+                                       overhead_mb)
+
+
+def device_fit(record: VariantRecord, device: DevicePreset, shape: KVShape, context_tokens: int,
+               overhead_mb: float = RUNTIME_OVERHEAD_MB, users: int = 1, cache_type: str = "f16",
+               calibration: memory.Calibration | None = None) -> Fit:
+    n = need(record, shape, context_tokens, overhead_mb, users, cache_type, calibration)
+    return Fit(record.technique, record.label, device.key, n.weights_mb, n.kv_cache_mb, n.compute_mb + n.runtime_mb,
+               device.usable_mb)
 
 
 def fit_table(records: Sequence[VariantRecord], devices: Sequence[DevicePreset], shape: KVShape,
-              context_tokens: int, overhead_mb: float = RUNTIME_OVERHEAD_MB) -> list[list[Fit]]:
+              context_tokens: int, overhead_mb: float = RUNTIME_OVERHEAD_MB, users: int = 1, cache_type: str = "f16",
+              calibration: memory.Calibration | None = None) -> list[list[Fit]]:
     """[variant][device] fits, in the order given."""
-    return [[device_fit(r, d, shape, context_tokens, overhead_mb) for d in devices] for r in records]
+    return [[device_fit(r, d, shape, context_tokens, overhead_mb, users, cache_type, calibration) for d in devices]
+            for r in records]
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import psutil
 import torch
 
 from core import models, techniques
-from core.measure import benchmark, cost, fit
+from core.measure import benchmark, cost, fit, memory
 from core.measure.benchmark import Spread, release_memory
 from core.models import load_model, load_tokenizer
 from core.serving.client import run_load
@@ -40,6 +41,7 @@ from core.serving.limits import (
     ServingError,
     ShouldStop,
     check_concurrency,
+    check_context,
     check_lengths,
 )
 from core.serving.prompts import corpus_path, corpus_token_ids, prompts_from_text
@@ -70,9 +72,19 @@ class ServeSettings:
     port: int | None = None  # None: a free port
     request_timeout_s: float = REQUEST_TIMEOUT_S
     start_timeout_s: float = SERVER_START_TIMEOUT_S
+    cache_type: str = "f16"  # llama-server's KV cache type, K and V alike (transformers keeps its compute dtype)
+    context_tokens: int = 0  # each slot's context on llama-server; 0: the longest prompt + new tokens + a little room
 
     def __post_init__(self) -> None:
         check_concurrency(self.concurrency)
+        try:
+            memory.check_cache_type(self.cache_type)
+        except ValueError as e:
+            raise ServingError(str(e)) from None
+        if self.context_tokens and self.context_tokens < max(self.prompt_tokens, default=0) + self.new_tokens:
+            raise ServingError(f"a context of {self.context_tokens} tokens per slot cannot hold a "
+                               f"{max(self.prompt_tokens)}-token prompt and {self.new_tokens} new tokens; raise it "
+                               "or leave it at 0 (sized to the longest request)")
         if self.repeats < 1 or self.warmup_requests < 0:
             raise ServingError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats}, {self.warmup_requests}")
         if self.threads < 1:
@@ -112,6 +124,17 @@ def resolve_gguf(spec: models.ModelSpec, technique: str, extra: dict[str, Path] 
                        f"{', '.join(t.key for t in servable_techniques())}, or pass your own GGUF file with --gguf PATH.")
 
 
+def check_fits_here(weights_mb: float, shape: fit.KVShape, context_tokens: int, cache_type: str,
+                    calibration: Calibration | None = None) -> None:
+    """Refuse, before anything starts, a context whose single slot would not fit in this machine's free memory."""
+    one = memory.predict_llamacpp(weights_mb, shape, context_tokens, 1, cache_type, calibration)
+    free_mb = psutil.virtual_memory().available / fit.MB
+    if one.total_mb > free_mb:
+        raise ServingError(f"one slot of {context_tokens:,} tokens with a {cache_type} cache needs about "
+                           f"{one.total_mb:,.0f} MB, more than the {free_mb:,.0f} MB free here; use a shorter context "
+                           "or a smaller cache type")
+
+
 SLOT_CONTEXT_ROOM_TOKENS = 16
 
 
@@ -134,15 +157,17 @@ def plan_variants(model: str, technique_keys: Sequence[str], settings: ServeSett
     shape = fit.kv_shape_from_config(config)
     max_ctx = int(config.get("max_position_embeddings") or 2048)
     check_lengths(settings.prompt_tokens, settings.new_tokens, max_ctx)
+    check_context(settings.context_tokens, max_ctx)
     n_ctx = max(settings.prompt_tokens) + settings.new_tokens
     # llama-server reads the prompt text with its own tokenizer (plus a BOS token): a little room per slot
-    slot_ctx = n_ctx + SLOT_CONTEXT_ROOM_TOKENS
+    slot_ctx = settings.context_tokens or n_ctx + SLOT_CONTEXT_ROOM_TOKENS
     out = []
     for key in technique_keys:
         path = resolve_gguf(spec, key, gguf_files, checkpoint)
         if path is not None:
+            check_fits_here(path.stat().st_size / fit.MB, shape, slot_ctx, settings.cache_type)
             engine = llama_server_engine(path, key, max(settings.concurrency), slot_ctx, settings.threads,
-                                         settings.device)
+                                         settings.device, settings.cache_type)
             label = f"GGUF {gguf_quant(path).upper()} (llama.cpp)"
         else:
             label = techniques.get(key).label
@@ -161,7 +186,8 @@ def _kv_measured_bytes(variant: Variant, server: Server, context_tokens: int, co
         reported = server.kv_cache_bytes_reported()
         if reported is None:
             return float("nan"), "llama.cpp printed no KV buffer size"
-        return float(reported), "llama.cpp's own report of its KV buffer (n_ctx cells, f16), for all requests"
+        return float(reported), (f"llama.cpp's own report of its KV buffer (n_ctx cells, {variant.engine.cache_type}), "
+                                 "for all requests")
     if context_tokens not in per_sequence_cache:
         per_sequence_cache[context_tokens] = _measure_transformers_kv(variant, context_tokens)
     return (float(per_sequence_cache[context_tokens] * concurrency),
@@ -184,7 +210,7 @@ def _record(variant: Variant, stats: LoadStats, wave_throughputs: list[float], c
     context = prompt_tokens + settings.new_tokens
     if variant.engine.kv_from_log:  # llama.cpp holds n_ctx cells whatever the load, n_ctx as it rounded it
         n_ctx = server.kv_cells_reported() or (variant.engine.slots or 1) * variant.engine.ctx_per_slot
-        estimated = fit.kv_cache_bytes(variant.kv_shape, n_ctx, variant.engine.kv_element_bytes)
+        estimated = memory.kv_bytes(variant.kv_shape, n_ctx, variant.engine.cache_type, variant.engine.cache_type)
     else:
         estimated = fit.kv_cache_bytes(variant.kv_shape, context, variant.engine.kv_element_bytes, batch=concurrency)
     throughput = Spread(tuple(wave_throughputs)).median
@@ -209,13 +235,14 @@ def _record(variant: Variant, stats: LoadStats, wave_throughputs: list[float], c
             # None: this server's stream does not report usage
             "prompt_tokens_seen_by_server": stats.prompt_tokens_seen or None,
             "slots": variant.engine.slots or None,
+            "kv_cache_type": variant.engine.cache_type if variant.engine.kv_from_log else variant.engine.kv_dtype,
             "ctx_per_slot_tokens": (server.slot_context_reported() or variant.engine.ctx_per_slot) or None,
             "server_account": account.to_dict() if account else None,
             # where the client's figures and the server's own differ by more than 5%, in words
             "server_vs_client": disagreements(stats, account) if account else [],
             "first_error": stats.first_error, "eos": variant.engine.eos_note,
             "server_command": argv, "server_idle_mem_mb": idle_bytes / fit.MB, "kv_measured_how": kv_how,
-            "kv_estimate": "core/measure/fit.py: 2 x layers x kv_heads x head_dim x context x bytes" +
+            "kv_estimate": "core/measure/memory.py: 2 x layers x kv_heads x head_dim x context x bytes" +
                            (" (n_ctx cells)" if variant.engine.kv_from_log else " x concurrency"),
             "itl": "gaps between streamed chunks as they arrived at the client",
             "peak_mem": "resident memory of the server process and its children, sampled every 50 ms",

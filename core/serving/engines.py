@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from core import models, techniques
+from core.measure import memory
 from core.paths import repo_root
 from core.runtimes import llamacpp, llamacpp_build, transformers_rt
 from core.serving.limits import HOST, ServingError
@@ -50,6 +51,7 @@ class Engine:
     slots: int = 0  # parallel sequences the server holds (llama-server's --parallel); 0: it decides
     ctx_per_slot: int = 0  # tokens of KV cache each slot holds; 0: it decides
     token_logprobs: bool = False  # streams each token's id and top log-probs when a request asks ("logprobs": n)
+    cache_type: str = "f16"  # llama.cpp's -ctk/-ctv (K and V alike); transformers keeps its cache in kv_dtype
 
     @property
     def kv_element_bytes(self) -> int:
@@ -175,14 +177,19 @@ def transformers_engine(checkpoint: Path, technique: str, device: str = "cpu", t
 
 
 def llama_server_engine(gguf: Path, technique: str, slots: int, ctx_per_slot: int, threads: int = 2,
-                        device: str = "cpu") -> Engine:
+                        device: str = "cpu", cache_type: str = "f16", flash_attn: bool = True) -> Engine:
     """llama.cpp's own `llama-server` on one GGUF file: `slots` parallel sequences with continuous batching, each
-    slot's KV cache holding `ctx_per_slot` tokens (f16), the same threads for prompts and decode."""
+    slot's KV cache holding `ctx_per_slot` tokens of `cache_type` (K and V alike), the same threads for prompts and
+    decode. Flash attention is on: llama.cpp keeps a quantized V only inside it (`-fa off` with one is refused)."""
     gguf = Path(gguf)
     if not gguf.is_file():
         raise ServingError(f"GGUF file {gguf} does not exist")
     if slots < 1 or ctx_per_slot < 1:
         raise ServingError(f"llama-server needs at least one slot and one token of context, got {slots}, {ctx_per_slot}")
+    try:
+        memory.check_cache_pair(cache_type, cache_type, flash_attn)
+    except ValueError as e:
+        raise ServingError(str(e)) from None
     try:
         binary = llamacpp_build.tool("llama-server")
     except FileNotFoundError as e:
@@ -194,6 +201,9 @@ def llama_server_engine(gguf: Path, technique: str, slots: int, ctx_per_slot: in
                 "--ctx-size", str(slots * ctx_per_slot), "--parallel", str(slots), "--no-kv-unified",
                 "--cont-batching", "--threads", str(threads), "--threads-batch", str(threads),
                 "--n-gpu-layers", "999" if device.startswith("cuda") else "0", "--metrics", "--no-webui",
+                "--cache-type-k", cache_type, "--cache-type-v", cache_type, "--flash-attn", "on" if flash_attn else "off",
+                # no RAM prompt cache (up to 8 GiB by default): the server's memory is the slots' and nothing that grows
+                "--cache-ram", "0",
                 "--seed", "0", "--verbosity", "4"]  # 4: the log states the KV buffer and each slot's context
 
     def body(prompt: str, new_tokens: int) -> dict:
@@ -203,11 +213,12 @@ def llama_server_engine(gguf: Path, technique: str, slots: int, ctx_per_slot: in
                 "max_tokens": new_tokens, "ignore_eos": True, "seed": 0, "cache_prompt": False,
                 "stream_options": {"include_usage": True}}
 
-    server = f"llama-server (llama.cpp, {slots} slot{'s' if slots != 1 else ''}, continuous batching)"
+    cache = "" if cache_type == "f16" else f", {cache_type.upper()} KV cache"
+    server = f"llama-server (llama.cpp, {slots} slot{'s' if slots != 1 else ''}, continuous batching{cache})"
     return Engine(technique, LLAMA_CPP, server, argv, body,
                   "ignore_eos=true (end-of-sequence ignored), max_tokens=N", _offline_env(threads), "float16",
                   kv_from_log=True, ready_path="/health", metrics_path="/metrics", slots=slots,
-                  ctx_per_slot=ctx_per_slot, token_logprobs=True)
+                  ctx_per_slot=ctx_per_slot, token_logprobs=True, cache_type=cache_type)
 
 
 # --- transformers' paged cache, sized to the load -----------------------------------------------------

@@ -44,3 +44,12 @@ def check_lengths(prompt_tokens: Sequence[int], new_tokens: int, max_context_tok
         raise ServingError(
             f"prompt {too_long} + {new_tokens} new tokens is longer than the model's context of "
             f"{max_context_tokens} tokens; use prompts of at most {max_context_tokens - new_tokens} tokens")
+
+
+def check_context(context_tokens: int, max_context_tokens: int) -> None:
+    """A per-slot context above what the model was trained on is refused (0: the caller sizes it)."""
+    if context_tokens < 0:
+        raise ServingError(f"context must be >= 0 tokens, got {context_tokens}")
+    if context_tokens > max_context_tokens:
+        raise ServingError(f"a context of {context_tokens:,} tokens per user is above the {max_context_tokens:,} "
+                           f"tokens this model was trained on; use at most {max_context_tokens:,}")

@@ -58,6 +58,20 @@ def parse_prometheus(text: str) -> dict[str, float]:
     return out
 
 
+def peak_rss_bytes(pid: int) -> int:
+    """The kernel's own high-water mark of a process's resident memory (VmHWM in /proc/<pid>/status), in bytes.
+
+    Unlike sampling, it misses no short peak; it covers that process only (llama-server runs no children)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError as e:
+        raise ServingError(f"cannot read the peak memory of process {pid} ({e}); it needs Linux's /proc") from None
+    found = re.search(r"VmHWM:\s*(\d+)\s*kB", status)
+    if found is None:
+        raise ServingError(f"/proc/{pid}/status has no VmHWM line; cannot read the process's peak memory")
+    return int(found.group(1)) * 1024
+
+
 class MemoryWatch:
     """Peak resident memory of a process and all its children, sampled on a thread."""
 
@@ -200,6 +214,14 @@ class Server:
         text = self.log_path.read_text(errors="replace")
         sizes = [float(m) for m in re.findall(r"KV (?:self )?buffer size\s*=\s*([\d.]+)\s*MiB", text)]
         return int(sum(sizes) * 2**20) if sizes else None
+
+    def buffers_reported_mib(self) -> dict[str, float]:
+        """llama.cpp's own buffer sizes at start, MiB, by kind ("CPU compute buffer size = 14.42 MiB" -> compute)."""
+        text = self.log_path.read_text(errors="replace")
+        out: dict[str, float] = {}
+        for kind, size in re.findall(r"\b(compute|output) buffer size\s*=\s*([\d.]+)\s*MiB", text):
+            out[kind] = out.get(kind, 0.0) + float(size)
+        return out
 
     def slot_context_reported(self) -> int | None:
         """Tokens of context each llama-server slot really holds ("n_ctx_slot = 256"): it rounds up to 256."""

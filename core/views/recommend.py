@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from core.measure import fit, intervals
+from core.measure import fit, intervals, memory
 from core.measure.intervals import Estimate
 from core.store.records import VariantRecord
 from core.techniques import REFERENCE
@@ -45,6 +45,9 @@ class Constraints:
     device: str | None = None  # a fit.DEVICE_PRESETS key the variant must fit in
     context_tokens: int = fit.DEFAULT_CONTEXT_TOKENS  # KV cache sized for this context when checking the device
     overhead_mb: float = fit.RUNTIME_OVERHEAD_MB
+    users: int = 1  # served at once, each with context_tokens of its own cache (one llama-server slot each)
+    cache_type: str = "f16"  # llama.cpp's KV cache type for a GGUF variant (a torch variant keeps its dtype)
+    calibration: memory.Calibration | None = None  # the memory model's constants measured here (Serve > Memory)
     objective: Objective = "cheapest"
     floor_top1: float = quality.DEFAULT_FLOOR_TOP1  # under it, a verdict carries a warning (it is not a filter)
 
@@ -60,6 +63,9 @@ class Constraints:
             fit.get_device(self.device)
         if self.context_tokens < 0:
             raise ValueError(f"context_tokens must be >= 0, got {self.context_tokens}")
+        if self.users < 1:
+            raise ValueError(f"users must be >= 1, got {self.users}")
+        memory.check_cache_type(self.cache_type)
         if not (math.isfinite(self.floor_top1) and 0 <= self.floor_top1 <= 1):
             raise ValueError(f"the quality floor must be a share between 0 and 1, got {self.floor_top1!r}")
 
@@ -153,7 +159,8 @@ def check_variant(record: VariantRecord, c: Constraints, reference: VariantRecor
     if c.device is not None:
         if shape is None:
             raise ValueError("a device constraint needs the model's KV-cache shape (layers, kv heads, head width)")
-        f = fit.device_fit(record, fit.get_device(c.device), shape, c.context_tokens, c.overhead_mb)
+        f = fit.device_fit(record, fit.get_device(c.device), shape, c.context_tokens, c.overhead_mb, c.users,
+                           c.cache_type, c.calibration)
         # value and limit in MB of memory; relaxing means a device with more usable memory
         checks.append(_max_check("device", f.need_mb, f.usable_mb))
     return tuple(checks)
@@ -199,11 +206,15 @@ def relaxations(records: Sequence[VariantRecord], checks: Sequence[tuple[Check, 
     return tuple(best)
 
 
-def longest_context(record: VariantRecord, device: str, shape: fit.KVShape, overhead_mb: float) -> int:
-    """The most context tokens whose KV cache still fits beside the weights on `device` (0 when none does)."""
-    spare_mb = fit.get_device(device).usable_mb - record.size_mb - overhead_mb
-    per_token_mb = fit.kv_cache_bytes(shape, 1, fit.kv_element_bytes(record.dtype)) / fit.MB
-    return max(0, int(spare_mb / per_token_mb)) if per_token_mb > 0 and math.isfinite(spare_mb) else 0
+LONGEST_ASKED_TOKENS = 1 << 20  # the search's ceiling: past any context a small model is trained for
+
+
+def longest_context(record: VariantRecord, c: Constraints, shape: fit.KVShape) -> int:
+    """The longest context per user (in whole 256-token blocks) that still fits `c.users` on `c.device` by the one
+    memory model (0 when none does)."""
+    usable = fit.get_device(c.device).usable_mb
+    return memory.longest_context(usable, lambda n: fit.need(record, shape, n, c.overhead_mb, c.users, c.cache_type,
+                                                             c.calibration), LONGEST_ASKED_TOKENS)
 
 
 def recommend(records: Sequence[VariantRecord], constraints: Constraints, shape: fit.KVShape | None = None,
@@ -229,8 +240,7 @@ def recommend(records: Sequence[VariantRecord], constraints: Constraints, shape:
                               headline=make_headline(chosen, reference, history or records),
                               warning=quality.floor_warning(chosen, reference, constraints.floor_top1),
                               busy=busy.decision_note(records, chosen, reference))
-    contexts = {r.technique: longest_context(r, constraints.device, shape, constraints.overhead_mb)
-                for r in records} if constraints.device is not None and shape is not None else {}
+    contexts = {r.technique: longest_context(r, constraints, shape) for r in records} if constraints.device is not None and shape is not None else {}
     return Recommendation(constraints, None, reference, (), (), relaxations(records, all_checks),
                           max_context_tokens=contexts, busy=busy.decision_note(records, None, reference))
 
@@ -319,7 +329,9 @@ def describe_constraints(c: Constraints) -> str:
     if c.min_task_pass_rate is not None:
         parts.append(f"at least {c.min_task_pass_rate:.0%} of my task passes")
     if c.device is not None:
-        parts.append(f"fits a {fit.get_device(c.device).label} at {c.context_tokens:,} tokens of context")
+        users = f"{c.users} users" if c.users != 1 else "one user"
+        parts.append(f"fits a {fit.get_device(c.device).label} at {c.context_tokens:,} tokens of context for {users} "
+                     f"({c.cache_type.upper()} KV cache on llama.cpp)")
     if c.max_ms_per_token is not None:
         parts.append(f"under {c.max_ms_per_token:g} ms per token")
     if c.max_ttft_ms is not None:

@@ -316,9 +316,22 @@ def hybrids_html(lines: Sequence[str]) -> str:
             f"<ul>{items}</ul></section>")
 
 
+def memory_html(lines: Sequence[str], rows: Sequence[dict]) -> str:
+    """Will it fit, in words, and the memory model against llama-server's measured peaks (keys are the headings)."""
+    if not lines and not rows:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    headings = list(dict.fromkeys(k for row in rows for k in row))
+    table = _table("memory", headings, [[_bill_cell(row.get(h)) for h in headings] for row in rows]) if rows else ""
+    return (f'<section id="memory"><h2>Memory at long context and many users</h2><ul>{items}</ul>'
+            f'<p class="note">The memory model (weights + KV cache + compute buffers + runtime) against the peak '
+            f"resident memory llama-server reached on this machine.</p>{table}</section>")
+
+
 def html_report(title: str, records: Sequence[VariantRecord], figures: Sequence[tuple[str, go.Figure]],
                 summary_lines: Sequence[str], manifest_: dict[str, Any], serving: Sequence = (),
-                verdict: Verdict = Verdict(), hybrid_lines: Sequence[str] = (), task_section: str = "") -> str:
+                verdict: Verdict = Verdict(), hybrid_lines: Sequence[str] = (), memory_section: str = "",
+                task_section: str = "") -> str:
     served = (f"<h2>Serving at load</h2><p class=\"note\">Concurrent streaming requests against a server on "
               f"127.0.0.1, timed at the client.</p>{serving_table_html(serving)}") if serving else ""
     return (
@@ -326,7 +339,8 @@ def html_report(title: str, records: Sequence[VariantRecord], figures: Sequence[
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
         f"{decision_html(verdict.decision, verdict.warning, summary_lines, busy_alert(records, verdict.decision))}"
-        f"{bill_html(verdict.bill_rows, verdict.bill_note)}{figures_html(figures)}{hybrids_html(hybrid_lines)}{task_section}"
+        f"{bill_html(verdict.bill_rows, verdict.bill_note)}{figures_html(figures)}{hybrids_html(hybrid_lines)}"
+        f"{memory_section}{task_section}"
         f'<h2>Every variant</h2><p class="note">{html.escape(SPREAD_NOTE)}</p>{variants_table_html(records)}{served}'
         f"<h2>Manifest</h2><p class=\"note\">Versions, hardware, seeds and settings that produced these numbers."
         f"</p><pre>{html.escape(json.dumps(_json_safe(manifest_), indent=2))}</pre></body></html>"
@@ -345,14 +359,16 @@ def build_report(records: Sequence[VariantRecord], model_label: str, metric_key:
                  commit: str | None = None, serving: Sequence = (), *, decision: Sequence[str] = (),
                  warning: str | None = None, bill_rows: Sequence[dict] = (), bill_note: str = "",
                  hybrid_lines: Sequence[str] = (), hybrid_figures: Sequence[tuple[str, go.Figure]] = (),
-                 task_section: str = "") -> ReportBundle:
+                 memory_lines: Sequence[str] = (), memory_figures: Sequence[tuple[str, go.Figure]] = (),
+                 memory_rows: Sequence[dict] = (), task_section: str = "") -> ReportBundle:
     """Every export of one model on one machine, built from the records the Trade-off Map shows.
 
     `serving`: load-benchmark points (ServingRecord) of the same model and machine, if any were measured.
     `decision`: the verdict sentence, then its reasons, in plain words; `warning`: shown in amber under the verdict;
     `bill_rows`/`bill_note`: the monthly bill (keys are headings with units) and what it assumes; `hybrid_lines` and
-    `hybrid_figures`: the hybrids measured on this machine, in words and as curves; `task_section`: the user's own
-    task as HTML (core/views/task.py report_html). The caller decides
+    `hybrid_figures`: the hybrids measured on this machine, in words and as curves; `memory_*`: will it fit at the
+    context, users and cache type asked, the memory chart, and the memory model against measured peaks; `task_section`:
+    the user's own task as HTML (core/views/task.py report_html). The caller decides
     (see recommend.py); the report only lays out what it is given, and says so when no decision was asked for.
     """
     if not records:
@@ -362,6 +378,7 @@ def build_report(records: Sequence[VariantRecord], model_label: str, metric_key:
         ("Trade-off Map: quality vs cost", tradeoff_map.tradeoff_figure(records, metric_key, "cost")),
         ("Speed against the memory-bandwidth limit", speed_bars_figure(records)),
         *hybrid_figures,
+        *memory_figures,
     ]
     summary = [tradeoff_map.what_you_give_up(records, metric_key, "latency"),
                tradeoff_map.what_you_give_up(records, metric_key, "cost"),
@@ -377,5 +394,5 @@ def build_report(records: Sequence[VariantRecord], model_label: str, metric_key:
     meta = manifest(records, settings, commit if commit is not None else git_commit())
     verdict = Verdict(tuple(decision), warning, tuple(bill_rows), bill_note)
     page = html_report(f"LLM Trade-off Lab report: {model_label}", records, figures, summary, meta, serving, verdict,
-                       hybrid_lines, task_section)
+                       hybrid_lines, memory_html(memory_lines, memory_rows), task_section)
     return ReportBundle(page, records_csv(records), records_json(records, meta, serving), meta)

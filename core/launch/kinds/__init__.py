@@ -10,7 +10,7 @@ from core.launch.kinds.base import KINDS, JobKind, Refused, check, get, kind_of,
 from core.launch.kinds.hybrids import CascadeArgs, GGUFDraftArgs, ModelCascadeArgs, PromptLookupArgs
 from core.launch.kinds.measure import BudgetArgs, MoeArgs, SweepArgs
 from core.launch.kinds.prepare import PrepareArgs
-from core.launch.kinds.serving import ServeBenchArgs, ServeContextArgs
+from core.launch.kinds.serving import ServeBenchArgs, ServeContextArgs, ServeMemoryArgs
 from core.launch.kinds.task import TaskArgs
 from core.launch.kinds.train import DistillArgs, LoraArgs, SpeculateArgs
 
@@ -18,5 +18,6 @@ __all__ = [
     "KINDS", "WHERE", "Job", "JobArgs", "JobContext", "JobKind", "Launched", "Refused", "Where", "check", "get",
     "kind_of", "parse", "refusal", "register",
     "BudgetArgs", "CascadeArgs", "DistillArgs", "GGUFDraftArgs", "LoraArgs", "ModelCascadeArgs", "MoeArgs",
-    "PrepareArgs", "PromptLookupArgs", "ServeBenchArgs", "ServeContextArgs", "SpeculateArgs", "SweepArgs", "TaskArgs",
+    "PrepareArgs", "PromptLookupArgs", "ServeBenchArgs", "ServeContextArgs", "ServeMemoryArgs", "SpeculateArgs",
+    "SweepArgs", "TaskArgs",
 ]

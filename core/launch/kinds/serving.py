@@ -1,4 +1,5 @@
-"""Job kinds of the serving axis: a load test of a real loopback server, and the KV cache against context."""
+"""Job kinds of the serving axis: a load test of a real loopback server, the KV cache against context, and the KV
+cache type as a lever on llama-server (memory, speed and quality, checked against the memory model)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import ClassVar
 
 from core.launch.job import JobArgs, JobContext
 from core.launch.kinds.base import JobKind, register
-from core.serving import bench, kv
+from core.serving import bench, kv, memory_bench
 
 
 @dataclass(frozen=True)
@@ -50,3 +51,22 @@ def run_serve_context(args: ServeContextArgs, ctx: JobContext):
 
 SERVE_CONTEXT = register(JobKind(ServeContextArgs, run_serve_context, similar=lambda a: f"context|{a.model}",
                                  models=lambda a: [a.model], size=lambda a: float(len(a.contexts) or 6)))
+
+
+@dataclass(frozen=True)
+class ServeMemoryArgs(JobArgs):
+    kind: ClassVar[str] = "serve-memory"
+    model: str
+    techniques: tuple[str, ...] = ()  # () = the lab's Q8_0 export and the file the model ships as
+    settings: memory_bench.MemorySettings = field(default_factory=memory_bench.MemorySettings)
+
+
+def run_serve_memory(args: ServeMemoryArgs, ctx: JobContext):
+    return memory_bench.serve_memory(args.model, args.techniques, args.settings, report=ctx.report,
+                                     should_stop=ctx.should_stop)
+
+
+SERVE_MEMORY = register(JobKind(
+    ServeMemoryArgs, run_serve_memory, similar=lambda a: f"memory|{a.model}", models=lambda a: [a.model],
+    size=lambda a: float((len(a.techniques) or 2) * len(a.settings.cache_types) * len(a.settings.contexts)
+                         * len(a.settings.slots))))
