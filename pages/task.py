@@ -18,8 +18,8 @@ spec = resolve_or_stop(picked.model)
 device = benchmark.pick_device("auto")
 here = benchmark.hardware_fingerprint(device)
 
-task_file, blocked = task_parts.task_file_input()
-task_parts.run_form(picked.model, device, task_file, blocked)
+task_file, task_name, blocked = task_parts.task_file_input()
+task_parts.run_form(picked.model, device, task_file, task_name, blocked)
 job_panel("A task run is stored when every variant has answered every prompt.", kinds=("task",))
 
 st.subheader("Results")

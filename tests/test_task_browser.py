@@ -1,6 +1,6 @@
 """Your task in real Chromium: upload a three-prompt task file, run it on FP32 and BF16 of the bundled model (the
 worker generates the answers for real, 8 tokens each), pick "my task" as the map's quality axis, set Decide's floor
-on it (the Report's task section is tested in tests/test_task_pages.py). The sweep records the map needs are
+on it, and download the Report with the task's section. The sweep records the map needs are
 seeded (the test is about the task, not about timing); BF16 stands in for a cheaper variant because it needs no GGUF file built first.
 """
 
@@ -46,7 +46,9 @@ def pick_variants(page, labels: list[str]) -> None:
     box.get_by_role("button", name="Clear all").click()
     for label in labels:
         box.locator("input").fill(label)
-        page.keyboard.press("Enter")
+        page.get_by_role("option", name=label, exact=True).click()  # not Enter: "FP32 (reference)" also starts
+        # the compiled runtime's label
+    page.keyboard.press("Escape")
 
 
 def test_upload_run_map_decide_report(bundled, data_dir, tmp_path):
@@ -85,6 +87,17 @@ def test_upload_run_map_decide_report(bundled, data_dir, tmp_path):
         page.get_by_text("share of my task's prompts passed").first.wait_for(timeout=60_000)
         assert_no_errors(page)
 
-    # The Report's task section is checked by tests/test_task_pages.py (AppTest and the HTML): in this browser run the
-    # Report page stalled after its quality radio, both after Decide and from a fresh load (left open, see #44's note).
+        page.get_by_role("link", name="Report", exact=True).click()
+        try:
+            page.get_by_text("My task: three.jsonl").first.wait_for(timeout=120_000)
+        except Exception:
+            page.screenshot(path=str(tmp_path.parent / "report-missing.png"), full_page=True)
+            pytest.fail(f"no task section on the Report; the page says: {page.inner_text('body')[-3000:]}")
+        with page.expect_download(timeout=60_000) as download:
+            page.get_by_role("button", name="Download HTML report").click()
+        report = tmp_path / "report.html"
+        download.value.save_as(report)
+    html = report.read_text()
+    assert '<section id="my-task">' in html and "three.jsonl" in html and "BF16 " in html
+    assert "of my task passes" in html  # the decision answers the floor asked on Decide
     print(f"task browser test: {time.monotonic() - t0:.0f} s")

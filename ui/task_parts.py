@@ -31,8 +31,9 @@ FORMAT_HELP = (
     f"`{taskfile.EXAMPLE}`")
 
 
-def task_file_input() -> tuple[str | None, str | None]:
-    """(the task file's path on the server, why the run cannot start) from the bundled example or an upload."""
+def task_file_input() -> tuple[str | None, str, str | None]:
+    """(the task file's path on the server, its name as the user knows it, why the run cannot start) from the
+    bundled example or an upload."""
     source = st.radio("Task", [BUNDLED, OWN], horizontal=True, format_func={
         BUNDLED: f"Bundled example: support desk ({task_run.EXAMPLE_TASK.name})", OWN: "Upload my own"}.get)
     with st.expander("How to write a task file"):
@@ -40,15 +41,15 @@ def task_file_input() -> tuple[str | None, str | None]:
     if source == BUNDLED:
         st.caption(taskfile.load_task(task_run.EXAMPLE_TASK).summary() + " Customer messages routed to a team in free "
                    "text, plus a few extraction prompts (a number, an email address, JSON).")
-        return str(task_run.EXAMPLE_TASK), None
+        return str(task_run.EXAMPLE_TASK), task_run.EXAMPLE_TASK.name, None
     upload = st.file_uploader("Task file (.jsonl or .csv)", type=["jsonl", "csv"], key="task_upload")
     checked = checked_upload(upload, "task", uploads.task_file)
     if upload is None:
-        return None, "Upload a task file first."
-    return (str(checked.path) if checked.path else None), blocked_by(checked)
+        return None, "", "Upload a task file first."
+    return (str(checked.path) if checked.path else None), upload.name, blocked_by(checked)
 
 
-def run_form(model: str, device: str, task_file: str | None, blocked: str | None) -> None:
+def run_form(model: str, device: str, task_file: str | None, task_name: str, blocked: str | None) -> None:
     options = [k for k in arena.offered(device, {}) if k in techniques.TECHNIQUES]
     defaults = [k for k in task_run.TaskSettings.techniques if k in options]
     a, b = st.columns([3, 1])
@@ -61,7 +62,7 @@ def run_form(model: str, device: str, task_file: str | None, blocked: str | None
     if st.button("Run my task", type="primary", disabled=bool(blocked) or not keys or task_file is None,
                  help=blocked or ("Pick at least one variant." if not keys else None)):
         try:
-            settings = task_run.TaskSettings(tuple(keys), task_file, new_tokens)
+            settings = task_run.TaskSettings(tuple(keys), task_file, new_tokens, task_name=task_name)
         except ValueError as e:
             show_error(e)
             return

@@ -36,6 +36,7 @@ class TaskSettings:
     task_file: str = str(EXAMPLE_TASK)
     new_tokens: int = 32  # at most, per answer; every variant stops at its end-of-turn token too
     threads: int = 2
+    task_name: str = ""  # the file's name as the user knows it (an upload is kept under its hash); "" = the file's own
 
     def __post_init__(self):
         lo, hi = NEW_TOKENS_RANGE
@@ -176,7 +177,7 @@ def run_task(model_name: str = models.DEFAULT_MODEL, settings: TaskSettings | No
     env = benchmark.environment("cpu", settings.threads)
     return TaskRunResult(
         run_id=uuid.uuid4().hex[:12], created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), model=spec.key,
-        task_name=task.name, task_file=settings.task_file, task_sha256=task.sha256, reference=settings.reference,
+        task_name=settings.task_name or task.name, task_file=settings.task_file, task_sha256=task.sha256, reference=settings.reference,
         new_tokens=settings.new_tokens,
         prompts=[{"id": i.id, "prompt": i.prompt, "checks": [c.describe() for c in i.checks], "line": i.line}
                  for i in task.items],
