@@ -161,6 +161,8 @@ def test_every_job_kind_runs_on_ray_through_launch(ray_cluster, pg_url, data_dir
     from core.launch.job import Job
     from core.launch.launch import launch
     from core.serving.bench import ServeSettings
+    from core.experiments.task_run import TaskSettings
+    from core.serving.memory_bench import MemorySettings
     from core.techniques.distillation import DistillSettings
     from core.techniques.lora import FinetuneSettings
 
@@ -220,6 +222,14 @@ def test_every_job_kind_runs_on_ray_through_launch(ray_cluster, pg_url, data_dir
     ran["budget"] = "refused on the node"
     ran["prepare"] = done = on_ray(kinds.PrepareArgs(tiny, gguf=False, teacher_answers=False), shared_store=None)
     assert done.state == "done" and set(done.result) <= {"model", "speed"}
+    task = data_dir / "two.jsonl"
+    task.write_text('{"prompt": "Say yes.", "contains": ["yes"]}\n{"prompt": "Say no.", "exact": "no"}\n')
+    ran["task"] = done = on_ray(kinds.TaskArgs(tiny, TaskSettings(("fp32",), str(task), new_tokens=4)),
+                                shared_store=None)
+    assert done.state == "done"
+    memory = MemorySettings(cache_types=("f16",), contexts=(128,), slots=(1,), kld_contexts=(), torch_contexts=())
+    ran["serve-memory"] = done = on_ray(kinds.ServeMemoryArgs(tiny, ("gguf-q8_0",), memory), shared_store=None)
+    assert done.state == "done"
     assert set(ran) == set(kinds.KINDS)  # every kind there is
     assert all(d.node.startswith("127.0.0.1") for d in ran.values() if getattr(d, "node", ""))
 

@@ -1,14 +1,18 @@
 """The Overview's lesson path walked in Chromium end to end on the bundled model, from a fresh data folder (the model
 already prepared), as a teacher would in class: each step's "Run this step", its job ending done on the Overview's
 panel, its result on the page the step links to, the step marked done; then Decide. Each step's wall time is printed
-(pytest -s) and written to lesson_times.json in the test's tmp dir; the whole walk must stay under 30 minutes.
+(pytest -s) and written to lesson_times.json in the test's tmp dir.
 
-Long (~15 min on a 2-core machine): run it alone, under the heavy lock.
+By default it walks the chain a class cannot skip: the first dot (quantize), a distilled student, and the hybrid that
+drafts with it (about 5 minutes). LoRA's and MoE's steps queue the same kinds through the same panel (their quick
+jobs are checked in tests/test_lesson.py and run for real in test_cluster.py); LAB_LESSON_ALL_STEPS=1 walks all five
+and then holds the whole walk to the lesson's 30 minutes (8 min here): a timing, so not in every `make test`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -21,6 +25,8 @@ from tests.conftest import needs_bundled, place_bundled
 
 pytestmark = [pytest.mark.browser, needs_bundled]
 WALK_LIMIT_S = 30 * 60
+ALL_STEPS = os.environ.get("LAB_LESSON_ALL_STEPS") == "1"
+WALKED = lesson.STEPS[:-1] if ALL_STEPS else ("quantize", "distill", "hybrid")
 STEP_LIMIT_MS = 10 * 60 * 1000  # one step's job; a step that takes this long has lost its "quick"
 RESULT_SHOWN = {  # step -> text its linked page shows once the step's result exists
     "quantize": "How close each variant gets to the memory-bandwidth limit",
@@ -96,7 +102,7 @@ def test_the_lesson_path_walks_end_to_end_within_30_minutes(tmp_path, monkeypatc
     with dashboard.running(data) as url, dashboard.chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         open_overview(page, url)
-        for key in lesson.STEPS[:-1]:
+        for key in WALKED:
             box = step_box(page, key)
             assert "done" not in title(page, key).inner_text()
             t0 = time.monotonic()
@@ -123,4 +129,5 @@ def test_the_lesson_path_walks_end_to_end_within_30_minutes(tmp_path, monkeypatc
     times["total"] = {"with_page_visits_s": round(total_s, 1)}
     (tmp_path / "lesson_times.json").write_text(json.dumps(times, indent=2))
     print(f"lesson path: {total_s / 60:.1f} min in all; per step: {json.dumps(times)}", flush=True)
-    assert total_s < WALK_LIMIT_S, times
+    if ALL_STEPS:
+        assert total_s < WALK_LIMIT_S, times

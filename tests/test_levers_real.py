@@ -40,8 +40,9 @@ def test_layers_chosen_by_redundancy_lose_less_than_evenly_spread_ones(bundled, 
 
 def test_shared_experts_stay_closer_to_the_dense_model_at_the_same_share_of_work(bundled, prose):
     dense = models.load_model(bundled)
-    plain = moe.load_moe(bundled, moe.MoEConfig(experts=8, top_k=3))  # 3 of 8 routed: 37.5% of the MLP
-    shared = moe.load_moe(bundled, moe.MoEConfig(experts=8, top_k=1, shared=2))  # 2 always on + 1 of 6: 37.5%
+    # 512 calibration tokens (a quarter of the default) keep the two carves to seconds; the ordering holds at either
+    plain = moe.load_moe(bundled, moe.MoEConfig(experts=8, top_k=3, calibration_tokens=512))  # 3 of 8: 37.5% of the MLP
+    shared = moe.load_moe(bundled, moe.MoEConfig(experts=8, top_k=1, shared=2, calibration_tokens=512))  # 2 + 1 of 6
     assert moe.active_params(plain) == moe.active_params(shared) + moe.router_params(plain) - moe.router_params(shared)
     assert _kld(dense, shared, prose) < _kld(dense, plain, prose)
 
