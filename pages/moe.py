@@ -60,6 +60,8 @@ with st.expander("Measurement settings"):
     mc_max = s1.number_input("Questions to score (0 = all)", 0, 10000, 0)
     heal = s3.number_input("Heal the carve, minutes (one k only; 0 = no training)", 0.0, 240.0, 0.0, step=5.0,
                            disabled=bool(native), help=moe_text.HEAL_HELP)
+    heal_scope = s1.selectbox("What heals", list(moe_text.HEAL_SCOPE_NAMES), format_func=moe_text.HEAL_SCOPE_NAMES.get,
+                              disabled=bool(native) or not heal, help=moe_text.HEAL_SCOPE_HELP)
     dense_layers = s2.number_input("First MLP layers kept whole", 0, 8, moe.DEFAULT_DENSE_LAYERS,
                                    disabled=bool(native), help="The first MLP writes most of the residual stream in "
                                    "small models, so splitting it hurts far more than any other layer.")
@@ -69,7 +71,7 @@ measured_as = lambda: SweepSettings(  # noqa: E731 (built inside `estimated`, wh
     repeats=int(repeats), mc_max_items=int(mc_max), hardware_preset=picked.preset.key,
     usd_per_hour=picked.preset.usd_per_hour, launched_from="dashboard")
 args, estimate, refused = estimated(lambda: MoeArgs(picked.model, int(experts), tuple(sorted(ks)), int(dense_layers),
-                                                    measured_as(), int(shared), float(heal))) if ks else (None, None, None)
+                                                    measured_as(), int(shared), float(heal), heal_scope)) if ks else (None, None, None)
 if st.button("Convert and measure", type="primary", disabled=not ks or not picked.model):
     if refused is not None:
         show_error(refused)

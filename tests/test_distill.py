@@ -286,7 +286,8 @@ def test_a_budget_in_minutes_follows_the_clock_and_ends_with_a_checkpoint(tiny_t
 
 
 @pytest.mark.parametrize("kwargs,message", [(dict(budget_minutes=0.5), "at least 1 minute"),
-                                            (dict(student_layers=3, train_last_layers=4), "between 0 \\(all\\)")])
+                                            (dict(student_layers=3, train_last_layers=4), "between 0 \\(all\\)"),
+                                            (dict(mixed_precision="fp8"), "'auto' or 'off'")])
 def test_bad_healing_settings_are_refused_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
         D.DistillSettings(**kwargs)
@@ -319,3 +320,25 @@ def test_with_answers_needs_a_corpus_on_the_command_line(data_dir, capsys):
     from core.cli import main
     assert main(["distill", "--teacher", "tiny-random-llama", "--with-answers"]) == 2
     assert "give --corpus too" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,setting,expected", [({"avx2", "avx512_bf16"}, "auto", True), ({"amx_bf16"}, "auto", True),
+                                                    ({"avx2", "fma"}, "auto", False),
+                                                    ({"avx512_bf16"}, "off", False)])
+def test_bf16_steps_only_where_the_cpu_multiplies_bf16_natively(flags, setting, expected, monkeypatch):
+    from core.measure.cpu import CpuFacts
+
+    monkeypatch.setattr(D, "this_cpu", lambda: CpuFacts("test", "GenuineIntel", "6", "143", "8", frozenset(flags), "x86_64"))
+    assert D.bf16_steps(D.DistillSettings(mixed_precision=setting), "cpu") is expected
+
+
+def test_a_bf16_step_trains_float32_weights_and_lowers_the_loss(tiny):
+    teacher, _ = tiny
+    student = D.make_student(teacher, [0])
+    batch = torch.randint(0, 200, (4, 32), generator=torch.Generator().manual_seed(0))
+    params = D.trainable_parameters(student, train_embeddings=False)
+    optimizer, log = torch.optim.AdamW(params, lr=3e-3), D.TrainLog()
+    for _ in range(20):
+        D._train_step(student, teacher, batch, params, optimizer, 3e-3, D.DistillSettings(), "cpu", log, bf16=True)
+    assert all(p.dtype == torch.float32 for p in student.parameters())  # autocast: the master weights stay float32
+    assert log.losses[-1] < 0.7 * log.losses[0]

@@ -567,6 +567,52 @@ def test_healing_trains_only_the_experts_saves_them_and_measures_dense_carve_and
     assert not torch.equal(first.gate_up, plain.gate_up) and torch.equal(first.router.weight, plain.router.weight)
 
 
+def test_healing_everything_but_the_router_and_embeddings_saves_and_restores_those_tensors(data_dir, monkeypatch,
+                                                                                            tmp_path):
+    from core.experiments import sweep
+    from core.techniques import distillation
+
+    now = [0.0]
+    monkeypatch.setattr(distillation.time, "perf_counter", lambda: now.__setitem__(0, now[0] + 2.0) or now[0])
+    monkeypatch.setattr(distillation, "bf16_steps", lambda _settings, _device: True)  # the expert dispatch in bf16 too
+    text = tmp_path / "heal.txt"
+    text.write_text("\n\n".join(f"Paragraph {i} says the river rose and the town moved uphill." for i in range(40)))
+    settings = sweep.SweepSettings(new_tokens=4, repeats=1, warmup_runs=0, mc_max_items=4, ppl_window_tokens=64,
+                                   ppl_max_tokens=128)
+    config = moe.MoEConfig(experts=4, top_k=1, shared=1)
+    _, _, healed = moe_sweep.heal_and_measure("tiny-random-llama", config, 1, settings, answer_tokens=8,
+                                              scope="all", corpus_path=text)
+    facts = healed.variant_facts["healed"]
+    assert facts["scope"] == "all" and "heal.txt" in facts["corpus"]
+    built = techniques.get(healed.technique)
+    assert built.label.endswith("(all layers)") and "router and embeddings frozen" in built.explanation
+    checkpoint = moe.plan.models.prepare(moe.plan.models.resolve("tiny-random-llama"))
+    model, carved = built.make(checkpoint), techniques.get("moe-4x1-s1").make(checkpoint)
+    attention = lambda m: m.model.layers[1].self_attn.q_proj.weight  # noqa: E731
+    assert not torch.equal(attention(model), attention(carved))  # attention trained and came back from disk
+    assert torch.equal(moe.moe_layers(model)[0].router.weight, moe.moe_layers(carved)[0].router.weight)
+    assert torch.equal(model.get_input_embeddings().weight, carved.get_input_embeddings().weight)
+
+
+def test_heal_scope_all_trains_attention_and_norms_but_never_the_router_or_token_table(converted):
+    try:
+        trained = {id(p) for p in moe.healed.heal_parameters(converted, "all")}
+        layer = moe.moe_layers(converted)[0]
+        assert id(layer.gate_up) in trained and id(layer.down_t) in trained
+        assert id(converted.model.layers[1].self_attn.o_proj.weight) in trained
+        assert id(converted.model.norm.weight) in trained
+        assert id(layer.router.weight) not in trained
+        assert id(converted.get_input_embeddings().weight) not in trained
+        experts_only = moe.healed.heal_parameters(converted, "experts")
+        assert not converted.model.layers[1].self_attn.o_proj.weight.requires_grad  # the narrower scope re-froze it
+        assert len(experts_only) == 2 * len(moe.moe_layers(converted))
+        with pytest.raises(ValueError, match="healing scope is one of"):
+            moe.healed.heal_parameters(converted, "router")
+    finally:
+        for p in converted.parameters():
+            p.requires_grad_(False)
+
+
 def test_healing_is_refused_for_several_settings_at_once_or_a_budget_under_a_minute():
     from core.launch.kinds import MoeArgs
 
@@ -576,6 +622,12 @@ def test_healing_is_refused_for_several_settings_at_once_or_a_budget_under_a_min
         MoeArgs("smollm2-135m-instruct", 8, (1,), heal_minutes=0.5)
     with pytest.raises(ValueError, match="no carved experts to heal"):
         moe.healed.expert_parameters(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="What heals is one of"):
+        MoeArgs("smollm2-135m-instruct", 8, (1,), heal_minutes=5, heal_scope="router")
+    with pytest.raises(ValueError, match="only counts with a healing budget"):
+        MoeArgs("smollm2-135m-instruct", 8, (1,), heal_corpus=__file__)
+    with pytest.raises(ValueError, match="is not a file"):
+        MoeArgs("smollm2-135m-instruct", 8, (1,), heal_minutes=5, heal_corpus="/no/such/text.txt")
 
 
 # ---------------------------------------------------------------- routing ceiling (an oracle router, for analysis)

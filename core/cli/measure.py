@@ -24,6 +24,7 @@ from core.cli.common import (
 )
 from core.experiments import moe_ceiling, moe_sweep, sweep
 from core.techniques.moe import MoEConfig
+from core.techniques.moe.healed import HEAL_SCOPES
 from core.launch.job import Job
 from core.launch.kinds import MoeArgs, SweepArgs
 from core.launch.launch import launch
@@ -144,7 +145,9 @@ def cmd_moe(args: argparse.Namespace) -> None:
     settings = sweep_settings(args)
     if args.routing_ceiling:
         return routing_ceilings(args, top_ks, settings)
-    job = MoeArgs(args.model, args.experts, tuple(top_ks), args.dense_layers, settings, args.shared, args.heal_minutes)
+    corpus = existing_file("--heal-corpus", args.heal_corpus) if args.heal_corpus else None
+    job = MoeArgs(args.model, args.experts, tuple(top_ks), args.dense_layers, settings, args.shared, args.heal_minutes,
+                  args.heal_scope, corpus)
     store = None if args.no_store else open_store(args.store_url)
     if address := ray_address(args):
         done = on_ray(job, address, store)
@@ -154,7 +157,8 @@ def cmd_moe(args: argparse.Namespace) -> None:
     if job.heal_minutes:
         config = MoEConfig(experts=args.experts, top_k=top_ks[0], dense_layers=args.dense_layers, shared=args.shared)
         records = moe_sweep.heal_and_measure(args.model, config, job.heal_minutes, settings, store=store,
-                                             progress=show_progress)
+                                             progress=show_progress, scope=job.heal_scope,
+                                             corpus_path=Path(corpus) if corpus else None)
     else:
         records = moe_sweep.run_moe_sweep(args.model, args.experts, top_ks, settings, store=store,
                                           progress=show_progress, dense_layers=args.dense_layers, shared=args.shared)
@@ -196,6 +200,10 @@ def add_parsers(sub) -> None:
     m.add_argument("--heal-minutes", type=float, default=0.0, help="train the carve's experts to match the dense model "
                    "for this many minutes (one --top-k only), then measure the healed carve beside it (default 0: no "
                    "training)")
+    m.add_argument("--heal-scope", choices=list(HEAL_SCOPES), default="experts", help="with --heal-minutes: what "
+                   "trains; experts (the default) or all (attention and norms too; router and embeddings stay)")
+    m.add_argument("--heal-corpus", help="with --heal-minutes: a UTF-8 text (paragraphs split by blank lines) or JSONL "
+                   'of {"text"} lines to heal on beside the teacher\'s answers')
     m.add_argument("--routing-ceiling", action="store_true", help="measure only how far each carve is from the dense "
                    "model with its router and with an oracle router that knew each token's best experts (no timing)")
     add_measurement_args(m)

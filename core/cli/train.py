@@ -65,7 +65,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
         student_layers=args.layers, layer_choice=args.layer_choice, steps=args.steps, batch_size=args.batch_size,
         seq_len_tokens=args.seq_len, learning_rate=args.lr, temperature=args.temperature, kd_weight=args.kd_weight,
         budget_minutes=args.budget_minutes, train_last_layers=args.train_last_layers, checkpoints=args.checkpoints,
-        answers_with_text=args.with_answers,
+        answers_with_text=args.with_answers, mixed_precision=args.mixed_precision,
     )
     corpus = Path(existing_file("--corpus", args.corpus)) if args.corpus else None
     if args.with_answers and corpus is None:
@@ -136,6 +136,9 @@ def add_parsers(sub) -> None:
     d.add_argument("--train-last-layers", type=int, default=dd.train_last_layers,
                    help="train only the student's last N layers and the final norm (0 = every layer)")
     d.add_argument("--batch-size", type=int, default=dd.batch_size)
+    d.add_argument("--mixed-precision", choices=["auto", "off"], default=dd.mixed_precision,
+                   help="auto: training steps in bfloat16 where the hardware has it natively (about 1.5x the steps "
+                        "per minute on a CPU with AVX-512 BF16); off: float32 steps")
     d.add_argument("--seq-len", type=int, default=dd.seq_len_tokens, help="tokens per training sequence")
     d.add_argument("--lr", type=float, default=dd.learning_rate)
     d.add_argument("--temperature", type=float, default=dd.temperature)

@@ -19,6 +19,7 @@ from core.models.saved import latest_checkpoint, student_key, student_label, stu
 from core.techniques.distillation import (
     DistillSettings,
     Report,
+    bf16_steps,
     StudentPlan,
     TrainLog,
     heldout_divergence,
@@ -72,6 +73,7 @@ class DistillResult(benchmark.Provenance):
     usd_per_hour: float
     settings: dict
     heal_curve: list[HealPoint] = field(default_factory=list)  # held-out quality at each checkpoint, step 0 included
+    bf16_steps: bool = False  # the training steps ran under bfloat16 autocast (float32 weights; see DistillSettings)
 
 
 
@@ -122,7 +124,8 @@ def run_distill(teacher_name: str, settings: DistillSettings, corpus_path: Path 
     run_dir = students_dir() / run
     facts = {"run": run, "teacher": spec.key, "teacher_checkpoint": str(checkpoint), "teacher_layers": shape.teacher_layers,
              "student_layers": shape.student_layers, "kept_layers": shape.kept_layers, "steps": settings.steps,
-             "settings": asdict(settings), "corpus": corpus.source, "complete": False}
+             "settings": asdict(settings), "corpus": corpus.source, "complete": False,
+             "bf16_steps": bf16_steps(settings, device)}
 
     def save(step: int, final: bool) -> None:
         save_checkpoint(student, tokenizer, run_dir, step, facts | {"complete": final, "loss_last": log.losses[-1]})
@@ -154,7 +157,7 @@ def run_distill(teacher_name: str, settings: DistillSettings, corpus_path: Path 
             HealPoint(s, seconds / 60, k, t) for (s, k, t), seconds in zip(log.heldout, log.heldout_seconds)],
         seconds_per_step_median=benchmark.Spread(tuple(log.step_seconds)).median, peak_mem_mb=mem.delta_bytes / 1e6,
         usd_cost=train_seconds / 3600 * usd_per_hour, usd_per_hour=usd_per_hour,
-        settings=asdict(settings), **env.provenance(),
+        settings=asdict(settings), bf16_steps=facts["bf16_steps"], **env.provenance(),
     )
 
 
@@ -195,8 +198,9 @@ def measure(result: DistillResult, store, usd_per_hour: float, hardware_preset: 
         "student_distilled": _technique(
             student_key(n, run), student_label(n, run),
             lambda _c, _cfg, device: models.load_model(Path(result.student_path), torch.float32, device),
-            f"The {n}-layer student after {len(result.losses)} steps ({result.train_seconds / 60:.0f} min here) of "
-            "learning to match the teacher's next-token distributions.",
+            f"The {n}-layer student after {len(result.losses)} steps ({result.train_seconds / 60:.0f} min here"
+            f"{', in bfloat16' if result.bf16_steps else ''}) of learning to match the teacher's next-token "
+            "distributions.",
             "A short distillation recovers much of the quality but not all; more steps and more text recover more."),
     }
 

@@ -3,6 +3,7 @@ sweep harness (core.experiments.sweep), so every number comes from the same plac
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from core import models, techniques
@@ -40,16 +41,21 @@ def run_moe_sweep(model_name: str, experts: int, top_ks: list[int], settings, st
 # ---------------------------------------------------------------- healing one carve with the dense model as teacher
 
 HEAL_SHARE = 0.7  # of a healing run's progress bar: the budget; measuring the three variants takes the rest
-HEAL_LEARNING_RATE = 1e-4  # the experts start close to right: a gentler peak than a pruned student's
+# peak learning rate by what trains: the experts alone start close to right, a gentler peak than a pruned student's;
+# with attention and norms too the whole stack moves, as a pruned student's does
+HEAL_LEARNING_RATE = {"experts": 1e-4, "all": 3e-4}
 
 
 def heal_and_measure(model_name: str, config: MoEConfig, budget_minutes: float, settings, store=None, progress=None,
-                     should_stop: Callable[[], bool] | None = None,
-                     answer_tokens: int | None = None) -> list[VariantRecord]:
-    """Carve (or load) `config`, train its experts by distillation from the dense model for `budget_minutes` on the
-    teacher's answers (cached; `answer_tokens` long, the distillation default when None), save them as
-    `moe-...-healed-<run>`, then measure dense, carve and healed alike."""
-    heal = distillation.DistillSettings(budget_minutes=budget_minutes, learning_rate=HEAL_LEARNING_RATE,
+                     should_stop: Callable[[], bool] | None = None, answer_tokens: int | None = None,
+                     scope: str = "experts", corpus_path: Path | None = None) -> list[VariantRecord]:
+    """Carve (or load) `config`, train it by distillation from the dense model for `budget_minutes` (`scope`: the
+    experts alone, or every weight but the router and embeddings) on the teacher's answers (cached; `answer_tokens`
+    long, the distillation default when None) and, when given, the text at `corpus_path`; save the trained tensors
+    as `moe-...-healed-<run>`, then measure dense, carve and healed alike."""
+    if scope not in healed.HEAL_SCOPES:
+        raise ValueError(f"The healing scope is one of {healed.HEAL_SCOPES}, got {scope!r}.")
+    heal = distillation.DistillSettings(budget_minutes=budget_minutes, learning_rate=HEAL_LEARNING_RATE[scope],
                                         **({"corpus_answer_tokens": answer_tokens} if answer_tokens else {}))
     report = progress or (lambda _p: None)
     stop = should_stop or (lambda: False)
@@ -61,12 +67,15 @@ def heal_and_measure(model_name: str, config: MoEConfig, budget_minutes: float, 
     rows = distill_corpus.teacher_answers(teacher, tokenizer, spec.key, heal.corpus_answer_tokens, "cpu",
                                         lambda f, m: say(0.1 * f, m), stop)
     corpus = distill_corpus.corpus_from_answers(rows, tokenizer, heal.heldout_share)
+    if corpus_path is not None:  # the held-out parts merge too, so the heal curve is read on both kinds of text
+        corpus = distill_corpus.merged([distill_corpus.corpus_from_file(Path(corpus_path), tokenizer,
+                                                                        heal.heldout_share), corpus])
     student = load_moe(checkpoint, config)
     base = technique_key(config.experts, config.top_k, config.dense_layers, config.shared)
     run, log = healed.new_run_id(), distillation.TrainLog()
     facts = {"run": run, "base_key": base, "base_label": techniques.get(base).label, "model": spec.key,
              "checkpoint_name": checkpoint.name, "budget_minutes": budget_minutes, "corpus": corpus.source,
-             "learning_rate": heal.learning_rate}
+             "learning_rate": heal.learning_rate, "scope": scope}
 
     def save(step: int, _final: bool) -> None:
         curve = [{"step": s, "train_minutes": t / 60, "heldout_kld_nats": k, "heldout_top1": a}
@@ -75,7 +84,7 @@ def heal_and_measure(model_name: str, config: MoEConfig, budget_minutes: float, 
                                                   "heal_curve": curve})
 
     distillation.train_student(student, teacher, corpus, heal, "cpu", lambda f, m: say(0.1 + 0.9 * f, m), stop, log,
-                               save, params=healed.expert_parameters(student))
+                               save, params=healed.heal_parameters(student, scope))
     del student, teacher
     keys = [techniques.REFERENCE, base, healed.healed_key(base, run)]
     return sweep.run_sweep(model_name, keys, settings, store=store, progress=report, should_stop=should_stop,

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from core import models
 from core.measure import benchmark
+from core.measure.cpu import this_cpu
 from core.models.saved import checkpoint_name
 from core.paths import Stopped
 from core.techniques.distill_corpus import Corpus
@@ -61,6 +62,10 @@ class DistillSettings:
     # with the user's text: the teacher's answers join it, so the student sees the teacher's chat manner beside
     # the text's prose (a few hundred answers alone are too few: a 25-minute heal overfits them)
     answers_with_text: bool = False
+    # steps in bfloat16 (weights, optimizer and the evaluation stay float32) where the hardware multiplies bf16
+    # natively: about 1.5x the steps per minute on a CPU with AVX-512 BF16 or AMX; elsewhere emulated bf16 is
+    # slower than float32, so "auto" trains in float32 there. "off" always trains in float32.
+    mixed_precision: Literal["auto", "off"] = "auto"
 
     def __post_init__(self) -> None:
         if self.student_layers < 1:
@@ -84,6 +89,8 @@ class DistillSettings:
         if self.budget_minutes and self.budget_minutes < 1:
             raise ValueError(f"A healing budget of {self.budget_minutes:g} min trains only a handful of steps; give at "
                              "least 1 minute (or 0 to train a number of steps).")
+        if self.mixed_precision not in ("auto", "off"):
+            raise ValueError(f"mixed_precision is 'auto' or 'off', got {self.mixed_precision!r}.")
         if not 0 <= self.train_last_layers <= self.student_layers:
             raise ValueError(f"train_last_layers must be between 0 (all) and the student's {self.student_layers} "
                              f"layers, got {self.train_last_layers}.")
@@ -195,6 +202,16 @@ def lr_at(step: int, settings: DistillSettings, done: float | None = None) -> fl
     return settings.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def bf16_steps(settings: DistillSettings, device: str) -> bool:
+    """Whether training steps run under bfloat16 autocast on this device (see DistillSettings.mixed_precision)."""
+    if settings.mixed_precision == "off":
+        return False
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    cpu = this_cpu()
+    return device == "cpu" and (cpu.has("avx512_bf16") or cpu.has("amx_bf16"))
+
+
 def trainable_parameters(student: torch.nn.Module, train_embeddings: bool, last_layers: int = 0) -> list[torch.nn.Parameter]:
     """Every decoder layer (or only the last `last_layers`) and the final norm; the (tied) token table only on
     request: freezing it makes each step cheaper and keeps the student's token space exactly the teacher's, which a
@@ -247,6 +264,7 @@ def train_student(student, teacher, corpus: Corpus, settings: DistillSettings, d
     order = torch.empty(0, dtype=torch.long)
     marks = [(i + 1) / settings.checkpoints for i in range(settings.checkpoints)]  # shares of the run
     log.steps_total = settings.steps
+    bf16 = bf16_steps(settings, device)
     teacher.eval()
     student.train()
     start, step = time.perf_counter(), 0
@@ -256,7 +274,7 @@ def train_student(student, teacher, corpus: Corpus, settings: DistillSettings, d
         if len(order) < settings.batch_size:  # reshuffle each epoch
             order = torch.cat([order, torch.randperm(len(rows), generator=generator)])
         batch, order = rows[order[: settings.batch_size]].to(device), order[settings.batch_size :]
-        _train_step(student, teacher, batch, params, optimizer, lr_at(step, settings, done), settings, device, log)
+        _train_step(student, teacher, batch, params, optimizer, lr_at(step, settings, done), settings, device, log, bf16)
         step += 1
         done = settings.done_share(step, time.perf_counter() - start)
         if settings.budget_minutes:  # the steps a budget will hold, from the pace so far
@@ -272,13 +290,16 @@ def train_student(student, teacher, corpus: Corpus, settings: DistillSettings, d
 
 
 def _train_step(student, teacher, batch, params, optimizer, lr: float, settings: DistillSettings, device: str,
-                log: TrainLog) -> None:
+                log: TrainLog, bf16: bool) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
     t0 = time.perf_counter()
-    with torch.no_grad():
-        teacher_logits = teacher(input_ids=batch).logits
-    loss = distill_loss(student(input_ids=batch).logits, teacher_logits, batch, settings.temperature, settings.kd_weight)
+    with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=batch).logits
+        student_logits = student(input_ids=batch).logits
+    # the loss in float32 (distill_loss casts): a 49k-way softmax in bf16 loses the small probabilities KL weighs
+    loss = distill_loss(student_logits, teacher_logits, batch, settings.temperature, settings.kd_weight)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()

@@ -7,9 +7,13 @@ SHARED_HELP = ("Experts made of the neurons that are among each token's stronges
                "They run for every token (as in CMoE and DeepSeek-MoE); the router only picks among the others. "
                "0 = every expert is routed, the first carve's recipe.")
 
-HEAL_HELP = ("Trains the carved experts' weights to give the dense model's next-token probabilities on the teacher's "
-             "answers to the bundled prompts, for this many minutes (router, attention and embeddings frozen), then "
-             "measures the healed carve beside the plain one. Pick a single k.")
+HEAL_HELP = ("Trains the carve to give the dense model's next-token probabilities on the teacher's answers to the "
+             "bundled prompts, for this many minutes (the router and embeddings stay as they are), then measures the "
+             "healed carve beside the plain one. Pick a single k.")
+HEAL_SCOPE_NAMES = {"experts": "the experts only", "all": "experts, attention and norms"}
+HEAL_SCOPE_HELP = ("The experts alone keep the rest of the model exactly the dense one's; with attention and norms too, "
+                   "the layers around the experts adapt to what the carve changed, which recovers more in the same "
+                   "minutes here (the saved healing is then larger: every trained tensor is kept).")
 
 SHARED_WHY = (
     "The seed says a mixture of experts \"activates only the necessary parts\". That is true of models trained as "

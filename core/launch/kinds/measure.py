@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from core import models, techniques
@@ -73,6 +74,8 @@ class MoeArgs(JobArgs):
     settings: SweepSettings = field(default_factory=SweepSettings)
     shared: int = 0  # experts always on (CMoE's shared experts); top_ks count the routed ones
     heal_minutes: float = 0.0  # > 0: train the one carve's experts by distillation for this long, then measure it too
+    heal_scope: str = "experts"  # or "all": attention and norms train beside the experts (moe.healed.HEAL_SCOPES)
+    heal_corpus: str | None = None  # a text file to heal on beside the teacher's answers
 
     def __post_init__(self) -> None:
         if self.heal_minutes and len(self.top_ks) != 1:
@@ -81,6 +84,12 @@ class MoeArgs(JobArgs):
         if self.heal_minutes and self.heal_minutes < 1:
             raise ValueError(f"A healing budget of {self.heal_minutes:g} min trains only a handful of steps; give at "
                              "least 1 minute (or 0 for no training).")
+        if self.heal_scope not in moe.healed.HEAL_SCOPES:
+            raise ValueError(f"What heals is one of {moe.healed.HEAL_SCOPES}, got {self.heal_scope!r}.")
+        if self.heal_corpus is not None and not self.heal_minutes:
+            raise ValueError("A healing text only counts with a healing budget: give heal minutes too.")
+        if self.heal_corpus is not None and not Path(self.heal_corpus).is_file():
+            raise ValueError(f"The healing text {self.heal_corpus} is not a file: give a UTF-8 text or JSONL file.")
 
 
 def run_moe(args: MoeArgs, ctx: JobContext):
@@ -88,7 +97,8 @@ def run_moe(args: MoeArgs, ctx: JobContext):
         config = moe.MoEConfig(experts=args.experts, top_k=args.top_ks[0], dense_layers=args.dense_layers,
                                shared=args.shared)
         return moe_sweep.heal_and_measure(args.model, config, args.heal_minutes, args.settings, store=ctx.store,
-                                          should_stop=ctx.should_stop, progress=_progress(ctx))
+                                          should_stop=ctx.should_stop, progress=_progress(ctx), scope=args.heal_scope,
+                                          corpus_path=Path(args.heal_corpus) if args.heal_corpus else None)
     return moe_sweep.run_moe_sweep(args.model, args.experts, list(args.top_ks), args.settings, store=ctx.store,
                                    should_stop=ctx.should_stop, dense_layers=args.dense_layers,
                                    progress=_progress(ctx), shared=args.shared)
@@ -96,7 +106,7 @@ def run_moe(args: MoeArgs, ctx: JobContext):
 
 MOE = register(JobKind(
     MoeArgs, run_moe,
-    similar=lambda a: (f"moe|{a.model}|{a.experts}s{a.shared}|{sorted(a.top_ks)}|heal{a.heal_minutes:g}|"
+    similar=lambda a: (f"moe|{a.model}|{a.experts}s{a.shared}|{sorted(a.top_ks)}|heal{a.heal_minutes:g}{a.heal_scope}|"
                        f"{_timing_key(a.settings)}|{_carve(a)}"),
     budget_s=lambda a: 60 * a.heal_minutes,
     models=lambda a: [a.model], files=lambda a: _sweep_files(a.settings), size=lambda a: float(len(a.top_ks) + 1)))

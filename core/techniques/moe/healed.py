@@ -44,27 +44,44 @@ def healed_key(base_key: str, run: str) -> str:
     return f"{base_key}-healed-{run}"
 
 
+HEAL_SCOPES = ("experts", "all")  # what trains: the carved experts only, or every weight but the router and embeddings
+
+
 def expert_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Freeze everything, then let every converted layer's stacked experts train; returns those tensors."""
+    return heal_parameters(model, "experts")
+
+
+def heal_parameters(model: nn.Module, scope: str) -> list[nn.Parameter]:
+    """Freeze everything, then let train what `scope` names: "experts" (the carved experts' weights) or "all" (also
+    attention, norms and any MLP left dense, so the layers around the experts adapt to what the carve changed). The
+    routers stay as fitted in both (top-k picks pass no gradient to them) and the token table stays the dense
+    model's, so the carve's vocabulary and routing are unchanged."""
+    if scope not in HEAL_SCOPES:
+        raise ValueError(f"The healing scope is one of {HEAL_SCOPES}, got {scope!r}.")
     for p in model.parameters():
         p.requires_grad_(False)
-    params = []
-    for layer in moe_layers(model):
-        for p in (layer.gate_up, layer.down_t):
-            p.requires_grad_(True)
-            params.append(p)
-    if not params:
+    layers = moe_layers(model)
+    experts = [p for layer in layers for p in (layer.gate_up, layer.down_t)]
+    if not experts:
         raise ValueError("This model has no carved experts to heal; convert it to a mixture of experts first.")
-    return params
+    if scope == "experts":
+        trained = experts
+    else:
+        frozen = {id(p) for layer in layers for p in layer.router.parameters()}
+        frozen |= {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+        trained = [p for p in model.parameters() if id(p) not in frozen]
+    for p in trained:
+        p.requires_grad_(True)
+    return trained
 
 
 def save_healed(model: nn.Module, run: str, facts: dict[str, Any]) -> Path:
-    """The experts and the facts of a healing run, replacing its previous checkpoint in one rename."""
+    """The tensors that trained (see heal_parameters) and the facts of a healing run, replacing its previous
+    checkpoint in one rename."""
     target = healed_root() / run
     target.parent.mkdir(parents=True, exist_ok=True)
-    names = {id(m): n for n, m in model.named_modules()}
-    tensors = {f"{names[id(layer)]}.{part}": getattr(layer, part).detach().contiguous().cpu()
-               for layer in moe_layers(model) for part in ("gate_up", "down_t")}
+    tensors = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
     tmp = Path(tempfile.mkdtemp(prefix=f".{run}.", dir=target.parent))
     save_file(tensors, str(tmp / EXPERTS))
     (tmp / FACTS).write_text(json.dumps(facts, indent=1))
@@ -97,7 +114,7 @@ def load_healed(checkpoint: Path, config: MoEConfig, device: str, run: str) -> n
             module, _, part = name.rpartition(".")
             getattr(modules[module], part).copy_(tensor)
     model.lab_healed = {k: facts.get(k) for k in ("run", "budget_minutes", "train_seconds", "steps", "heal_curve",
-                                                   "corpus", "learning_rate")}
+                                                   "corpus", "learning_rate", "scope")}
     return model.eval()
 
 
@@ -112,10 +129,14 @@ def healed_technique(base_key: str, run: str) -> Technique | None:
     experts, top_k, dense_layers, shared = shape
     config = MoEConfig(experts=experts, top_k=top_k, dense_layers=dense_layers, shared=shared)
     minutes = facts.get("train_seconds", 0) / 60
+    everything = facts.get("scope") == "all"
+    trained = ("its experts, attention and norms were" if everything else "its experts' weights were")
+    frozen = "router and embeddings frozen" if everything else "router, attention and embeddings frozen"
     return Technique(
-        healed_key(base_key, run), f"{facts.get('base_label', base_key)}, healed {minutes:.0f} min", "moe", config,
-        "The carved mixture of experts after its experts' weights were trained to match the dense model's next-token "
-        f"distributions for {minutes:.0f} minutes here (router, attention and embeddings frozen); it runs the same "
+        healed_key(base_key, run), f"{facts.get('base_label', base_key)}, healed {minutes:.0f} min"
+        + (" (all layers)" if everything else ""), "moe", config,
+        f"The carved mixture of experts after {trained} trained to match the dense model's next-token "
+        f"distributions for {minutes:.0f} minutes here ({frozen}); it runs the same "
         "share of the feed-forward work per token as the carve.",
         "Training after the carve is what mixtures made from dense models rely on (LLaMA-MoE, CMoE); with every "
         "expert running it no longer equals the dense model, because the experts changed.",
