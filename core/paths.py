@@ -24,6 +24,13 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def shared_wikitext() -> Path | None:
+    """The public WikiText-2 test text where it lies beside the repo (../shared/data), else None. Never the lab's
+    evaluation text: the lab trains and cuts serving prompts from it, and measures quality on its own prose."""
+    path = repo_root().parent / "shared" / "data" / "wikitext-2-raw-v1.test.txt"
+    return path if path.is_file() else None
+
+
 def data_dir() -> Path:
     """Where results live: $LAB_DATA_DIR if set, else <repo root>/data; created on demand."""
     configured = os.environ.get(DATA_DIR_ENV)

@@ -7,11 +7,12 @@ from core.experiments import distill_run
 from core.launch.jobs import on_torch_thread
 from core.launch.kinds import DistillArgs
 from core.launch.uploads import distill_corpus, fmt_seconds
+from core.paths import shared_wikitext
 from core.techniques import distillation
 from core.views import distill as distill_view
 from core.views.tables import DISTILL_FORMATS, distill_rows
-from ui.distill_parts import (ANSWERS, OWN, OWN_AND_ANSWERS, depth_sweep_section, healing_section,
-                              speculative_section)
+from ui.distill_parts import (ANSWERS, OWN, OWN_AND_ANSWERS, PUBLIC_AND_ANSWERS, depth_sweep_section,
+                              healing_section, speculative_section)
 from ui.estimates import estimated
 from ui.frame import choice, store
 from ui.panel import job_panel, submit_job
@@ -68,12 +69,14 @@ st.caption(f"Kept teacher layers: {', '.join(map(str, shape.kept_layers))}. Size
            f"model's configuration{chosen}.")
 
 st.subheader("3 · Heal it: train it to match the teacher")
-source = st.radio("Training text", [ANSWERS, OWN, OWN_AND_ANSWERS], horizontal=True, key="training_text",
+public = shared_wikitext()
+source = st.radio("Training text", [ANSWERS, OWN, OWN_AND_ANSWERS, *([PUBLIC_AND_ANSWERS] if public else [])],
+                  horizontal=True, key="training_text",
                   help="The teacher answers 360 prompts written for this project (once; cached). A fixed tenth of "
                        "each text is held out and never trained on. A long heal overfits the answers alone: "
                        "add a few hundred thousand words of your own prose (any text not in the evaluation).")
 upload = st.file_uploader("UTF-8 text (paragraphs split by blank lines) or JSONL of {\"text\": ...} lines",
-                          type=["txt", "jsonl"]) if source != ANSWERS else None
+                          type=["txt", "jsonl"]) if source in (OWN, OWN_AND_ANSWERS) else None
 mine = checked_upload(upload, "distill_corpus", distill_corpus(checkpoint), depends_on=str(checkpoint))  # on choosing
 with st.expander("Training settings"):
     a, b, c = st.columns(3)
@@ -98,11 +101,11 @@ def live_curve(live: dict) -> None:
         st.caption(line)
 
 
-corpus = mine.path
+corpus = public if source == PUBLIC_AND_ANSWERS else mine.path
 args, estimate, refused = estimated(lambda: DistillArgs(picked.model, distillation.DistillSettings(
     student_layers=layers, layer_choice=how, steps=int(steps), batch_size=int(batch), seq_len_tokens=int(seq_len),
     learning_rate=float(lr), temperature=float(temperature), kd_weight=float(kd_weight),
-    budget_minutes=float(budget), train_last_layers=int(last), answers_with_text=source == OWN_AND_ANSWERS),
+    budget_minutes=float(budget), train_last_layers=int(last), answers_with_text=source in (OWN_AND_ANSWERS, PUBLIC_AND_ANSWERS)),
     str(corpus) if corpus else None, picked.preset.usd_per_hour, picked.preset.key))
 if st.button("Distill", type="primary", disabled=mine.refused, help=blocked_by(mine), key="distill"):
     try:

@@ -70,8 +70,9 @@ measured_as = lambda: SweepSettings(  # noqa: E731 (built inside `estimated`, wh
     prompt=next(p["prompt"] for p in PROMPTS if p["id"] == prompt_id), new_tokens=int(new_tokens),
     repeats=int(repeats), mc_max_items=int(mc_max), hardware_preset=picked.preset.key,
     usd_per_hour=picked.preset.usd_per_hour, launched_from="dashboard")
-args, estimate, refused = estimated(lambda: MoeArgs(picked.model, int(experts), tuple(sorted(ks)), int(dense_layers),
-                                                    measured_as(), int(shared), float(heal), heal_scope)) if ks else (None, None, None)
+args, estimate, refused = estimated(lambda: MoeArgs(
+    picked.model, int(experts), tuple(sorted(ks)), int(dense_layers), measured_as(), int(shared), float(heal),
+    heal_scope)) if ks else (None, None, None)
 if st.button("Convert and measure", type="primary", disabled=not ks or not picked.model):
     if refused is not None:
         show_error(refused)

@@ -273,3 +273,30 @@ def test_distill_trains_on_an_uploaded_text_with_the_teachers_answers(tiny_dir, 
     assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
     run_queued_jobs_here()
     assert len(seen) == 1 and seen[0][0] is True and seen[0][1].name.endswith(".txt")
+
+
+def test_distill_offers_the_public_text_only_where_it_lies_beside_the_lab(tiny_dir, monkeypatch, data_dir, tmp_path):
+    from core import models, paths
+    from core.experiments import distill_run
+    from ui.distill_parts import PUBLIC_AND_ANSWERS
+
+    monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)  # the tiny teacher: no download
+    monkeypatch.setattr(paths, "shared_wikitext", lambda: None)
+    at = AppTest.from_file(str(ROOT / "pages" / "distill.py"), default_timeout=60).run()
+    assert PUBLIC_AND_ANSWERS not in at.radio(key="training_text").options
+
+    wiki = tmp_path / "wikitext-2-raw-v1.test.txt"
+    wiki.write_text("\n\n".join(f" = Heading {i} = \n\n The lighthouse at point {i} stood for a century ." for i in range(30)))
+    monkeypatch.setattr(paths, "shared_wikitext", lambda: wiki)
+    seen = []
+    monkeypatch.setattr(distill_run, "run_distill", lambda teacher, settings, corpus, *a, **k: seen.append(
+        (settings.answers_with_text, corpus)) or "result")
+    monkeypatch.setattr(distill_run, "measure", lambda *a, **k: [])
+    monkeypatch.setattr(distill_run, "summary", lambda result, records: {})
+    at = AppTest.from_file(str(ROOT / "pages" / "distill.py"), default_timeout=60).run()
+    at.radio(key="training_text").set_value(PUBLIC_AND_ANSWERS).run()
+    assert not at.get("file_uploader")  # nothing to upload: the text is already here
+    at.button(key="distill").click().run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    run_queued_jobs_here()
+    assert seen == [(True, wiki)]

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.paths import ASSETS, repo_root
+from core.paths import ASSETS, shared_wikitext
 
 
 def corpus_path() -> Path:
     """Public WikiText-2 test text when it lies beside the repo (long enough for 8k contexts), else our prose."""
-    wiki = repo_root().parent / "shared" / "data" / "wikitext-2-raw-v1.test.txt"
-    return wiki if wiki.is_file() else ASSETS / "eval" / "prose.txt"
+    return shared_wikitext() or ASSETS / "eval" / "prose.txt"
 
 
 def corpus_token_ids(tokenizer, path: Path | None = None, max_chars: int = 400_000) -> list[int]:
