@@ -239,4 +239,6 @@ def test_a_gguf_variants_peak_memory_does_not_depend_on_whether_its_file_was_cac
             for _ in range(2)]
     built, cached = runs
     assert built["file_build_s"] > cached["file_build_s"]  # the first run did build the file
-    assert cached["peak_mem_mb"] == pytest.approx(built["peak_mem_mb"], rel=0.05)
+    # Two fresh processes differ by a few percent in what the allocator holds (5.2% seen in one run); counting the
+    # export would add the fp32 checkpoint the converter reads (over 500 MB), so 20% still tells the two apart.
+    assert cached["peak_mem_mb"] == pytest.approx(built["peak_mem_mb"], rel=0.2)

@@ -17,6 +17,7 @@ from core.measure import evaluate, textfile
 from core.techniques import lora
 from tests.factories import run_queued_jobs_here
 from ui import uploads as upload_checks
+from ui.distill_parts import OWN_AND_ANSWERS, PUBLIC_AND_ANSWERS
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
@@ -254,31 +255,37 @@ def test_distill_checks_a_corpus_on_choosing_in_the_teachers_tokens(name, body, 
     assert next(b for b in at.button if b.label == "Distill").disabled == bool(at.error)
 
 
-def test_distill_trains_on_an_uploaded_text_with_the_teachers_answers(tiny_dir, monkeypatch, data_dir):
-    from core import models
+def distill_page_queues(monkeypatch, training_text: str) -> list:
+    """Pick a training text on the Distill page, press Distill and run the queued job with distillation itself
+    replaced: returns (answers_with_text, corpus) for each run the job started."""
     from core.experiments import distill_run
-    from ui.distill_parts import OWN_AND_ANSWERS
 
-    monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)  # the tiny teacher: no download
-    body = "\n\n".join(f"Paragraph {i} of a story about a lighthouse keeper and the sea." * 3 for i in range(12))
-    upload_on_page(monkeypatch, "UTF-8 text (paragraphs", "story.txt", body.encode())
     seen = []
     monkeypatch.setattr(distill_run, "run_distill", lambda teacher, settings, corpus, *a, **k: seen.append(
         (settings.answers_with_text, corpus)) or "result")
     monkeypatch.setattr(distill_run, "measure", lambda *a, **k: [])
     monkeypatch.setattr(distill_run, "summary", lambda result, records: {})
     at = AppTest.from_file(str(ROOT / "pages" / "distill.py"), default_timeout=60).run()
-    at.radio(key="training_text").set_value(OWN_AND_ANSWERS).run()
+    at.radio(key="training_text").set_value(training_text).run()
+    assert training_text != PUBLIC_AND_ANSWERS or not at.get("file_uploader")  # nothing to upload: the text is here
     at.button(key="distill").click().run()
     assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
     run_queued_jobs_here()
+    return seen
+
+
+def test_distill_trains_on_an_uploaded_text_with_the_teachers_answers(tiny_dir, monkeypatch, data_dir):
+    from core import models
+
+    monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)  # the tiny teacher: no download
+    body = "\n\n".join(f"Paragraph {i} of a story about a lighthouse keeper and the sea." * 3 for i in range(12))
+    upload_on_page(monkeypatch, "UTF-8 text (paragraphs", "story.txt", body.encode())
+    seen = distill_page_queues(monkeypatch, OWN_AND_ANSWERS)
     assert len(seen) == 1 and seen[0][0] is True and seen[0][1].name.endswith(".txt")
 
 
 def test_distill_offers_the_public_text_only_where_it_lies_beside_the_lab(tiny_dir, monkeypatch, data_dir, tmp_path):
     from core import models, paths
-    from core.experiments import distill_run
-    from ui.distill_parts import PUBLIC_AND_ANSWERS
 
     monkeypatch.setattr(models, "prepare", lambda spec, progress=None: tiny_dir)  # the tiny teacher: no download
     monkeypatch.setattr(paths, "shared_wikitext", lambda: None)
@@ -288,15 +295,4 @@ def test_distill_offers_the_public_text_only_where_it_lies_beside_the_lab(tiny_d
     wiki = tmp_path / "wikitext-2-raw-v1.test.txt"
     wiki.write_text("\n\n".join(f" = Heading {i} = \n\n The lighthouse at point {i} stood for a century ." for i in range(30)))
     monkeypatch.setattr(paths, "shared_wikitext", lambda: wiki)
-    seen = []
-    monkeypatch.setattr(distill_run, "run_distill", lambda teacher, settings, corpus, *a, **k: seen.append(
-        (settings.answers_with_text, corpus)) or "result")
-    monkeypatch.setattr(distill_run, "measure", lambda *a, **k: [])
-    monkeypatch.setattr(distill_run, "summary", lambda result, records: {})
-    at = AppTest.from_file(str(ROOT / "pages" / "distill.py"), default_timeout=60).run()
-    at.radio(key="training_text").set_value(PUBLIC_AND_ANSWERS).run()
-    assert not at.get("file_uploader")  # nothing to upload: the text is already here
-    at.button(key="distill").click().run()
-    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
-    run_queued_jobs_here()
-    assert seen == [(True, wiki)]
+    assert distill_page_queues(monkeypatch, PUBLIC_AND_ANSWERS) == [(True, wiki)]
