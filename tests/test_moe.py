@@ -543,6 +543,11 @@ def test_shared_experts_always_run_and_every_expert_still_reproduces_the_dense_m
 # ---------------------------------------------------------------- healing a carve by distillation
 
 
+def moved(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether training changed a weight: more than float noise between two loads (1e-6), far less than a step."""
+    return float((a - b).abs().max()) > 1e-6
+
+
 def test_healing_trains_only_the_experts_saves_them_and_measures_dense_carve_and_healed(data_dir, monkeypatch):
     from core.experiments import sweep
     from core.techniques import distillation
@@ -564,7 +569,8 @@ def test_healing_trains_only_the_experts_saves_them_and_measures_dense_carve_and
     model = built.make(moe.plan.models.prepare(moe.plan.models.resolve("tiny-random-llama")))
     carved = techniques.get("moe-4x1-s1").make(moe.plan.models.prepare(moe.plan.models.resolve("tiny-random-llama")))
     first, plain = moe.moe_layers(model)[0], moe.moe_layers(carved)[0]
-    assert not torch.equal(first.gate_up, plain.gate_up) and torch.equal(first.router.weight, plain.router.weight)
+    # two loads of the carve: compare with a tolerance far below what one training step moves a weight
+    assert moved(first.gate_up, plain.gate_up) and not moved(first.router.weight, plain.router.weight)
 
 
 def test_healing_everything_but_the_router_and_embeddings_saves_and_restores_those_tensors(data_dir, monkeypatch,
@@ -589,9 +595,9 @@ def test_healing_everything_but_the_router_and_embeddings_saves_and_restores_tho
     checkpoint = moe.plan.models.prepare(moe.plan.models.resolve("tiny-random-llama"))
     model, carved = built.make(checkpoint), techniques.get("moe-4x1-s1").make(checkpoint)
     attention = lambda m: m.model.layers[1].self_attn.q_proj.weight  # noqa: E731
-    assert not torch.equal(attention(model), attention(carved))  # attention trained and came back from disk
-    assert torch.equal(moe.moe_layers(model)[0].router.weight, moe.moe_layers(carved)[0].router.weight)
-    assert torch.equal(model.get_input_embeddings().weight, carved.get_input_embeddings().weight)
+    assert moved(attention(model), attention(carved))  # attention trained and came back from disk
+    assert not moved(moe.moe_layers(model)[0].router.weight, moe.moe_layers(carved)[0].router.weight)
+    assert not moved(model.get_input_embeddings().weight, carved.get_input_embeddings().weight)
 
 
 def test_heal_scope_all_trains_attention_and_norms_but_never_the_router_or_token_table(converted):
@@ -606,7 +612,7 @@ def test_heal_scope_all_trains_attention_and_norms_but_never_the_router_or_token
         experts_only = moe.healed.heal_parameters(converted, "experts")
         assert not converted.model.layers[1].self_attn.o_proj.weight.requires_grad  # the narrower scope re-froze it
         assert len(experts_only) == 2 * len(moe.moe_layers(converted))
-        with pytest.raises(ValueError, match="healing scope is one of"):
+        with pytest.raises(ValueError, match="What heals is one of"):
             moe.healed.heal_parameters(converted, "router")
     finally:
         for p in converted.parameters():
@@ -621,7 +627,7 @@ def test_healing_is_refused_for_several_settings_at_once_or_a_budget_under_a_min
     with pytest.raises(ValueError, match="at least 1 minute"):
         MoeArgs("smollm2-135m-instruct", 8, (1,), heal_minutes=0.5)
     with pytest.raises(ValueError, match="no carved experts to heal"):
-        moe.healed.expert_parameters(torch.nn.Linear(2, 2))
+        moe.healed.heal_parameters(torch.nn.Linear(2, 2), "experts")
     with pytest.raises(ValueError, match="What heals is one of"):
         MoeArgs("smollm2-135m-instruct", 8, (1,), heal_minutes=5, heal_scope="router")
     with pytest.raises(ValueError, match="only counts with a healing budget"):

@@ -53,8 +53,7 @@ def heal_and_measure(model_name: str, config: MoEConfig, budget_minutes: float, 
     experts alone, or every weight but the router and embeddings) on the teacher's answers (cached; `answer_tokens`
     long, the distillation default when None) and, when given, the text at `corpus_path`; save the trained tensors
     as `moe-...-healed-<run>`, then measure dense, carve and healed alike."""
-    if scope not in healed.HEAL_SCOPES:
-        raise ValueError(f"The healing scope is one of {healed.HEAL_SCOPES}, got {scope!r}.")
+    healed.check_scope(scope)  # before anything loads
     heal = distillation.DistillSettings(budget_minutes=budget_minutes, learning_rate=HEAL_LEARNING_RATE[scope],
                                         **({"corpus_answer_tokens": answer_tokens} if answer_tokens else {}))
     report = progress or (lambda _p: None)

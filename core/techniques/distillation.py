@@ -208,8 +208,7 @@ def bf16_steps(settings: DistillSettings, device: str) -> bool:
         return False
     if device.startswith("cuda"):
         return torch.cuda.is_bf16_supported()
-    cpu = this_cpu()
-    return device == "cpu" and (cpu.has("avx512_bf16") or cpu.has("amx_bf16"))
+    return device == "cpu" and any(this_cpu().has(flag) for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def trainable_parameters(student: torch.nn.Module, train_embeddings: bool, last_layers: int = 0) -> list[torch.nn.Parameter]:

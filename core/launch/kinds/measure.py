@@ -84,8 +84,7 @@ class MoeArgs(JobArgs):
         if self.heal_minutes and self.heal_minutes < 1:
             raise ValueError(f"A healing budget of {self.heal_minutes:g} min trains only a handful of steps; give at "
                              "least 1 minute (or 0 for no training).")
-        if self.heal_scope not in moe.healed.HEAL_SCOPES:
-            raise ValueError(f"What heals is one of {moe.healed.HEAL_SCOPES}, got {self.heal_scope!r}.")
+        moe.healed.check_scope(self.heal_scope)
         if self.heal_corpus is not None and not self.heal_minutes:
             raise ValueError("A healing text only counts with a healing budget: give heal minutes too.")
         if self.heal_corpus is not None and not Path(self.heal_corpus).is_file():

@@ -47,9 +47,9 @@ def healed_key(base_key: str, run: str) -> str:
 HEAL_SCOPES = ("experts", "all")  # what trains: the carved experts only, or every weight but the router and embeddings
 
 
-def expert_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Freeze everything, then let every converted layer's stacked experts train; returns those tensors."""
-    return heal_parameters(model, "experts")
+def check_scope(scope: str) -> None:
+    if scope not in HEAL_SCOPES:
+        raise ValueError(f"What heals is one of {HEAL_SCOPES}, got {scope!r}.")
 
 
 def heal_parameters(model: nn.Module, scope: str) -> list[nn.Parameter]:
@@ -57,8 +57,7 @@ def heal_parameters(model: nn.Module, scope: str) -> list[nn.Parameter]:
     attention, norms and any MLP left dense, so the layers around the experts adapt to what the carve changed). The
     routers stay as fitted in both (top-k picks pass no gradient to them) and the token table stays the dense
     model's, so the carve's vocabulary and routing are unchanged."""
-    if scope not in HEAL_SCOPES:
-        raise ValueError(f"The healing scope is one of {HEAL_SCOPES}, got {scope!r}.")
+    check_scope(scope)
     for p in model.parameters():
         p.requires_grad_(False)
     layers = moe_layers(model)
