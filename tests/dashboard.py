@@ -36,7 +36,11 @@ def running(data: Path, env: dict[str, str] | None = None) -> Iterator[str]:
         pytest.skip("Debian's chromium is not installed (make test installs it as root)")
     pytest.importorskip("playwright.sync_api")
     port = free_port()
-    env = os.environ | {"LAB_DATA_DIR": str(data), "LAB_SHOW_TEST_MODELS": "1", "LAB_WORKER_AUTOSTART": "1"} | (env or {})
+    # The worker's idle preparation stays off unless a test asks for it: a module-scoped server starts before the
+    # autouse fixture turns it off, and preparing (dequantizing, timing, writing GGUF files) beside the other browser
+    # tests would slow them all and keep the server busy when it is told to stop.
+    env = os.environ | {"LAB_DATA_DIR": str(data), "LAB_SHOW_TEST_MODELS": "1", "LAB_WORKER_AUTOSTART": "1",
+                        "LAB_WORKER_PREPARE": "0"} | (env or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "ui.server", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],

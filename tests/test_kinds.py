@@ -71,6 +71,8 @@ def test_bad_arguments_are_refused_by_name():
         kinds.parse("paint", {})
     with pytest.raises(ValueError, match="new_tokens must be at least 2"):  # the settings' own checks still run
         kinds.parse("sweep", raw | {"settings": raw["settings"] | {"new_tokens": 1}})
+    with pytest.raises(ValueError, match="between 1 and 1[0-9], got 0"):  # the args' own checks too
+        kinds.parse("speculate", SAMPLES["speculate"].to_json() | {"prompts": 0})
 
 
 # ---------------------------------------------------------------- a new kind: one module, registered

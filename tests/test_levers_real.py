@@ -47,12 +47,14 @@ def test_shared_experts_stay_closer_to_the_dense_model_at_the_same_share_of_work
     assert _kld(dense, shared, prose) < _kld(dense, plain, prose)
 
 
-def test_a_one_minute_heal_brings_a_pruned_student_closer_to_its_teacher(bundled, tmp_path):
+def test_a_short_heal_brings_a_pruned_student_closer_to_its_teacher(bundled, tmp_path):
+    """A dozen steps, not a budget in minutes: how a budget follows the clock is tested on the tiny model
+    (test_distill.py), and steps keep this one short on any machine."""
     corpus = tmp_path / "heal.txt"
     corpus.write_text(CALIBRATION_TEXT.read_text())  # a text the evaluation never uses
-    settings = distillation.DistillSettings(student_layers=26, budget_minutes=1, batch_size=2, seq_len_tokens=128,
-                                            checkpoints=2, heldout_share=0.2)
+    settings = distillation.DistillSettings(student_layers=26, steps=12, warmup_steps=2, batch_size=2,
+                                            seq_len_tokens=128, checkpoints=2, heldout_share=0.2)
     result = distill_run.run_distill("smollm2-135m-instruct", settings, corpus)
     curve = result.heal_curve
-    assert curve[0].train_minutes == 0 and 1 <= curve[-1].train_minutes < 2
+    assert curve[0].train_minutes == 0 and len(curve) == 1 + 2 and len(result.losses) == 12
     assert curve[-1].heldout_kld_nats < curve[0].heldout_kld_nats

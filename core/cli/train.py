@@ -93,10 +93,11 @@ def cmd_speculate(args: argparse.Namespace) -> None:
         raise CliError(f"--draft: {args.draft} is not a saved model directory (no config.json); "
                        "pass a student's folder, e.g. from `python -m core distill`")
     json_folder(args.json)
+    job = SpeculateArgs(args.model, args.draft, args.draft_tokens, args.max_new_tokens, args.prompts)
     if address := ray_address(args):
-        job = SpeculateArgs(args.model, args.draft, args.draft_tokens, args.max_new_tokens)
         return write_json(args.json, on_ray(job, address, None, needs_store=False).result)
-    result = speculative.run_speculate(args.model, args.draft, args.draft_tokens, args.max_new_tokens, report=say)
+    result = speculative.run_speculate(args.model, args.draft, args.draft_tokens, args.max_new_tokens,
+                                       speculative.bundled_prompts()[: job.prompts], report=say)
     speculative.save_result(result)
     write_json(args.json, result.to_dict())
 
@@ -160,6 +161,7 @@ def add_parsers(sub) -> None:
     sp.add_argument("--draft", required=True, help="the draft's folder (a distilled student)")
     sp.add_argument("--draft-tokens", type=int, default=4, help="tokens the draft proposes per verifying pass")
     sp.add_argument("--max-new-tokens", type=int, default=64)
+    sp.add_argument("--prompts", type=int, default=10, help="how many of the bundled prompts to time (default 10)")
     sp.add_argument("--json", help="write the result here (else to stdout)")
     add_ray_arg(sp)
     sp.set_defaults(func=cmd_speculate)

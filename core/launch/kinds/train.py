@@ -113,11 +113,19 @@ class SpeculateArgs(JobArgs):
     draft: str  # the draft's folder: a distilled student
     draft_tokens: int = 4
     max_new_tokens: int = 64
+    prompts: int = 10  # the first N bundled prompts, each timed alone and with the draft
+
+    def __post_init__(self) -> None:
+        available = len(speculative.bundled_prompts())
+        if not 1 <= self.prompts <= available:
+            raise ValueError(f"prompts is how many of the {available} bundled prompts to time: between 1 and "
+                             f"{available}, got {self.prompts}.")
 
 
 def run_speculate(args: SpeculateArgs, ctx: JobContext):
     return speculative.run_speculate(args.model, args.draft, args.draft_tokens, args.max_new_tokens,
-                                     report=ctx.report, should_stop=ctx.should_stop)
+                                     speculative.bundled_prompts()[: args.prompts], report=ctx.report,
+                                     should_stop=ctx.should_stop)
 
 
 def _draft_saved(a: SpeculateArgs) -> str | None:
@@ -131,6 +139,7 @@ def _draft_saved(a: SpeculateArgs) -> str | None:
 
 SPECULATE = register(JobKind(
     SpeculateArgs, run_speculate,
-    similar=lambda a: f"speculate|{a.model}|{a.draft_tokens}|{a.max_new_tokens}",
-    models=lambda a: [a.model, a.draft], results=speculative.results_path, size=lambda a: float(a.max_new_tokens),
+    similar=lambda a: f"speculate|{a.model}|{a.draft_tokens}|{a.max_new_tokens}|prompts={a.prompts}",
+    models=lambda a: [a.model, a.draft], results=speculative.results_path,
+    size=lambda a: float(a.max_new_tokens * a.prompts),
     refuse=_draft_saved))
