@@ -7,7 +7,7 @@ from core import models, techniques
 from core.experiments.sweep import SweepSettings
 from core.launch.kinds import MoeArgs
 from core.measure import benchmark
-from core.paths import ASSETS
+from core.paths import ASSETS, shared_wikitext
 from core.techniques import moe
 from core.views import chart_quantities, moe_curve, moe_text
 from core.views.tables import moe_rows, moe_view
@@ -62,6 +62,9 @@ with st.expander("Measurement settings"):
                            disabled=bool(native), help=moe_text.HEAL_HELP)
     heal_scope = s1.selectbox("What heals", list(moe_text.HEAL_SCOPE_NAMES), format_func=moe_text.HEAL_SCOPE_NAMES.get,
                               disabled=bool(native) or not heal, help=moe_text.HEAL_SCOPE_HELP)
+    public = shared_wikitext()
+    heal_text = s2.selectbox("Heal on", [moe_text.HEAL_ANSWERS, *([moe_text.HEAL_PUBLIC] if public else [])],
+                             disabled=bool(native) or not heal, help=moe_text.HEAL_TEXT_HELP)
     dense_layers = s2.number_input("First MLP layers kept whole", 0, 8, moe.DEFAULT_DENSE_LAYERS,
                                    disabled=bool(native), help="The first MLP writes most of the residual stream in "
                                    "small models, so splitting it hurts far more than any other layer.")
@@ -72,7 +75,7 @@ measured_as = lambda: SweepSettings(  # noqa: E731 (built inside `estimated`, wh
     usd_per_hour=picked.preset.usd_per_hour, launched_from="dashboard")
 args, estimate, refused = estimated(lambda: MoeArgs(
     picked.model, int(experts), tuple(sorted(ks)), int(dense_layers), measured_as(), int(shared), float(heal),
-    heal_scope)) if ks else (None, None, None)
+    heal_scope, str(public) if heal and heal_text == moe_text.HEAL_PUBLIC else None)) if ks else (None, None, None)
 if st.button("Convert and measure", type="primary", disabled=not ks or not picked.model):
     if refused is not None:
         show_error(refused)

@@ -129,6 +129,7 @@ def test_a_queued_job_whose_arguments_no_longer_fit_fails_in_words(count_kind):
     kinds.GGUFDraftArgs("smollm2-135m-instruct", gguf_draft.DraftSettings(draft="/srv/models/other.gguf")),
     kinds.DistillArgs("smollm2-135m-instruct", corpus="/etc/hosts"),
     kinds.LoraArgs("smollm2-135m-instruct", data="/etc/hosts"),
+    kinds.MoeArgs("smollm2-135m-instruct", 16, (3,), shared=3, heal_minutes=5, heal_corpus="/etc/hosts"),
 ], ids=lambda a: a.kind)
 def test_a_viewers_job_naming_a_server_file_is_refused(args):
     with pytest.raises(NotAllowed, match=VIEWER_FILES):

@@ -457,6 +457,33 @@ def test_page_button_queues_a_conversion_and_sweep_for_the_worker(monkeypatch):
     no_errors(at)
 
 
+def test_page_heals_on_the_public_text_only_where_it_lies_beside_the_lab(monkeypatch, tmp_path):
+    from core import paths
+    from core.views import moe_text
+    from tests.test_pages import no_errors, page
+
+    monkeypatch.setattr(paths, "shared_wikitext", lambda: None)
+    at = page("pages/moe.py").run()
+    assert moe_text.HEAL_PUBLIC not in next(b for b in at.selectbox if b.label == "Heal on").options
+
+    wiki = tmp_path / "wikitext-2-raw-v1.test.txt"
+    wiki.write_text(" = A heading = \n\n A paragraph of public prose .\n")
+    monkeypatch.setattr(paths, "shared_wikitext", lambda: wiki)
+    calls = {}
+    monkeypatch.setattr(moe_sweep, "heal_and_measure", lambda model, config, minutes, settings, **kw: calls.update(
+        top_k=config.top_k, minutes=minutes, corpus=kw["corpus_path"]) or [])
+    at = page("pages/moe.py").run()
+    at.multiselect[0].set_value([2])
+    next(n for n in at.number_input if n.label.startswith("Heal the carve")).set_value(5.0)
+    at.run()
+    next(b for b in at.selectbox if b.label == "Heal on").set_value(moe_text.HEAL_PUBLIC)
+    at.run()
+    at.button[0].click().run()
+    no_errors(at)
+    run_queued_jobs_here()
+    assert calls == {"top_k": 2, "minutes": 5.0, "corpus": wiki}
+
+
 # ---------------------------------------------------------------- the real model
 
 

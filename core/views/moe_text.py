@@ -7,10 +7,14 @@ SHARED_HELP = ("Experts made of the neurons that are among each token's stronges
                "They run for every token (as in CMoE and DeepSeek-MoE); the router only picks among the others. "
                "0 = every expert is routed, the first carve's recipe.")
 
-HEAL_HELP = ("Trains the carve to give the dense model's next-token probabilities on the teacher's answers to the "
-             "bundled prompts, for this many minutes (the router and embeddings stay as they are), then measures the "
-             "healed carve beside the plain one. Pick a single k.")
+HEAL_HELP = ("Trains the carve to give the dense model's next-token probabilities on the healing text (Heal on), "
+             "for this many minutes (the router and embeddings stay as they are), then measures the healed carve "
+             "beside the plain one. Pick a single k.")
 HEAL_SCOPE_NAMES = {"experts": "the experts only", "all": "experts, attention and norms"}
+HEAL_ANSWERS, HEAL_PUBLIC = "the teacher's answers", "public WikiText-2 text and the teacher's answers"
+HEAL_TEXT_HELP = ("The answers alone are a few hundred short texts: a long heal sees them many times. WikiText-2's "
+                  "public test text (about 300k tokens, not in the evaluation) beside them recovered more in the same "
+                  "minutes here; it is offered where ../shared/data holds it.")
 HEAL_SCOPE_HELP = ("The experts alone keep the rest of the model exactly the dense one's; with attention and norms too, "
                    "the layers around the experts adapt to what the carve changed, which recovers more in the same "
                    "minutes here (the saved healing is then larger: every trained tensor is kept).")

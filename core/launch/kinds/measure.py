@@ -105,10 +105,11 @@ def run_moe(args: MoeArgs, ctx: JobContext):
 
 MOE = register(JobKind(
     MoeArgs, run_moe,
-    similar=lambda a: (f"moe|{a.model}|{a.experts}s{a.shared}|{sorted(a.top_ks)}|heal{a.heal_minutes:g}{a.heal_scope}|"
-                       f"{_timing_key(a.settings)}|{_carve(a)}"),
+    similar=lambda a: (f"moe|{a.model}|{a.experts}s{a.shared}|{sorted(a.top_ks)}|heal{a.heal_minutes:g}{a.heal_scope}"
+                       f"{'+text' if a.heal_corpus else ''}|{_timing_key(a.settings)}|{_carve(a)}"),
     budget_s=lambda a: 60 * a.heal_minutes,
-    models=lambda a: [a.model], files=lambda a: _sweep_files(a.settings), size=lambda a: float(len(a.top_ks) + 1)))
+    models=lambda a: [a.model], files=lambda a: [*_sweep_files(a.settings), *filter(None, [a.heal_corpus])],
+    size=lambda a: float(len(a.top_ks) + 1)))
 
 
 @dataclass(frozen=True)
