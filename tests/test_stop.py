@@ -110,11 +110,19 @@ def test_stop_during_a_sweep_keeps_the_variants_stored_before_it(tiny_models):
     assert _job_processes() == []
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child, before it runs: SIGINT back to its default. A runner that starts the suite in the background (a
+    non-interactive shell's `cmd &`) ignores SIGINT, an ignored signal stays ignored across exec, and Python then
+    never turns it into KeyboardInterrupt, as for a command started under nohup. A person's terminal does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_a_cli_sweep_within_seconds_and_says_what_it_kept(data_dir):
     env = os.environ | {"LAB_DATA_DIR": str(data_dir), "LAB_SHOW_TEST_MODELS": "1"}
     cmd = [sys.executable, "-m", "core", "sweep", "--model", "tiny-random-llama", "--techniques", ",".join(VARIANTS),
            "--new-tokens", "4", "--repeats", "2", "--warmup", "1", "--mc-max-items", "6"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
     reader.start()
@@ -145,7 +153,7 @@ def test_a_cli_command_stuck_in_c_is_ended_by_its_watcher(data_dir):
             "libc, mutex = ctypes.CDLL(None), ctypes.create_string_buffer(64); libc.pthread_mutex_lock(mutex); "
             "libc.pthread_mutex_lock(mutex)")  # locking it again waits forever, and no signal ends that wait
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_ctrl_c_as_in_a_terminal)
     child = int(proc.stdout.readline())
     time.sleep(0.5)
     t0 = time.monotonic()
