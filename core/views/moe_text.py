@@ -12,9 +12,10 @@ HEAL_HELP = ("Trains the carve to give the dense model's next-token probabilitie
              "beside the plain one. Pick a single k.")
 HEAL_SCOPE_NAMES = {"experts": "the experts only", "all": "experts, attention and norms"}
 HEAL_ANSWERS, HEAL_PUBLIC = "the teacher's answers", "public WikiText-2 text and the teacher's answers"
-HEAL_TEXT_HELP = ("The answers alone are a few hundred short texts: a long heal sees them many times. WikiText-2's "
-                  "public test text (about 300k tokens, not in the evaluation) beside them recovered more in the same "
-                  "minutes here; it is offered where ../shared/data holds it.")
+HEAL_TEXT_HELP = ("The answers alone are a few hundred short texts: a long heal sees them many times over. "
+                  "WikiText-2's public test text (about 300k tokens, none of them in the evaluation) beside them gives "
+                  "it far more to learn from; the lab's best healed student and carve were trained on both. Offered "
+                  "where ../shared/data holds it.")
 HEAL_SCOPE_HELP = ("The experts alone keep the rest of the model exactly the dense one's; with attention and norms too, "
                    "the layers around the experts adapt to what the carve changed, which recovers more in the same "
                    "minutes here (the saved healing is then larger: every trained tensor is kept).")
