@@ -11,8 +11,8 @@ from core.paths import shared_wikitext
 from core.techniques import distillation
 from core.views import distill as distill_view
 from core.views.tables import DISTILL_FORMATS, distill_rows
-from ui.distill_parts import (ANSWERS, OWN, OWN_AND_ANSWERS, PUBLIC_AND_ANSWERS, depth_sweep_section,
-                              healing_section, speculative_section)
+from core.views.distill import PUBLIC_AND_ANSWERS
+from ui.distill_parts import ANSWERS, OWN, OWN_AND_ANSWERS, depth_sweep_section, healing_section, speculative_section
 from ui.estimates import estimated
 from ui.frame import choice, store
 from ui.panel import job_panel, submit_job
@@ -105,7 +105,8 @@ corpus = public if source == PUBLIC_AND_ANSWERS else mine.path
 args, estimate, refused = estimated(lambda: DistillArgs(picked.model, distillation.DistillSettings(
     student_layers=layers, layer_choice=how, steps=int(steps), batch_size=int(batch), seq_len_tokens=int(seq_len),
     learning_rate=float(lr), temperature=float(temperature), kd_weight=float(kd_weight),
-    budget_minutes=float(budget), train_last_layers=int(last), answers_with_text=source in (OWN_AND_ANSWERS, PUBLIC_AND_ANSWERS)),
+    budget_minutes=float(budget), train_last_layers=int(last),
+    answers_with_text=source in (OWN_AND_ANSWERS, PUBLIC_AND_ANSWERS)),
     str(corpus) if corpus else None, picked.preset.usd_per_hour, picked.preset.key))
 if st.button("Distill", type="primary", disabled=mine.refused, help=blocked_by(mine), key="distill"):
     try:

@@ -148,6 +148,21 @@ def test_a_viewers_job_on_bundled_files_is_allowed():
     check_allowed(SAMPLES["cascade"], presenter=False)
 
 
+def test_a_viewers_job_may_read_the_public_text_the_pages_offer_and_no_file_beside_it(monkeypatch, tmp_path):
+    from core import paths
+
+    wiki, beside = tmp_path / "wikitext-2-raw-v1.test.txt", tmp_path / "secrets.txt"
+    for f in (wiki, beside):
+        f.write_text("text\n")
+    monkeypatch.setattr(paths, "shared_wikitext", lambda: wiki)
+    heal = lambda corpus: kinds.MoeArgs("smollm2-135m-instruct", 16, (3,), shared=3, heal_minutes=5,  # noqa: E731
+                                        heal_corpus=str(corpus))
+    check_allowed(heal(wiki), presenter=False)
+    check_allowed(kinds.DistillArgs("smollm2-135m-instruct", corpus=str(wiki)), presenter=False)
+    with pytest.raises(NotAllowed, match=VIEWER_FILES):
+        check_allowed(heal(beside), presenter=False)
+
+
 def test_the_worker_process_needs_neither_the_cli_nor_ray():
     code = ("import sys, core.launch.worker, core.launch.launch; "
             "print(sorted(m for m in sys.modules if m.startswith(('core.cli', 'ray'))))")

@@ -17,7 +17,8 @@ from core.measure import evaluate, textfile
 from core.techniques import lora
 from tests.factories import run_queued_jobs_here
 from ui import uploads as upload_checks
-from ui.distill_parts import OWN_AND_ANSWERS, PUBLIC_AND_ANSWERS
+from core.views.distill import PUBLIC_AND_ANSWERS
+from ui.distill_parts import OWN_AND_ANSWERS
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))

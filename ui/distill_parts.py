@@ -24,8 +24,6 @@ from ui.tables import show_table
 # The Distill page's training-text choices (the labels are what a user reads and what the browser tests click)
 ANSWERS, OWN, OWN_AND_ANSWERS = ("teacher's answers to the bundled prompts", "your own text",
                                  "your own text and the teacher's answers")
-# offered where the public WikiText-2 text lies beside the lab: the text of the lab's best 30-minute student
-PUBLIC_AND_ANSWERS = "public WikiText-2 text and the teacher's answers"
 
 
 def depth_sweep_section(model: str, label: str, teacher_layers: int, records: list[VariantRecord], picked) -> None:

@@ -3,7 +3,7 @@ CLI's `launch()` and the worker's child process come here, so a job runs the sam
 queued job reaches this from the worker (core/launch/worker.py).
 
 Who may run what is checked here too (`check_allowed`): a viewer may load only the lab's own models and read only
-uploaded or bundled files, whatever the kind, from the files and models the kind declares.
+uploaded or bundled files (or the public WikiText-2 text beside the lab), whatever the kind, from the files and models the kind declares.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from core.launch import cluster, kinds
 from core.launch.job import Job, JobContext, Launched
 from core.launch.jobqueue import NotAllowed
 from core.launch.ray_tasks import as_json
+from core import paths
 from core.paths import ASSETS, data_dir
 
 
@@ -36,8 +37,9 @@ def check_allowed(args: kinds.JobArgs, presenter: bool) -> None:
         if not models.viewer_may_load(name):
             raise NotAllowed("Only the presenter can load a model from a folder on the server or from the "
                              "Hugging Face Hub. Pick one of the lab's models in the sidebar.")
+    public = paths.shared_wikitext()  # the public text the Distill and MoE pages offer everyone
     for path in filter(None, kind.files(args)):
-        if not (_inside(path, data_dir() / "uploads") or _inside(path, ASSETS)):
+        if not (_inside(path, data_dir() / "uploads") or _inside(path, ASSETS) or (public and _inside(path, public))):
             raise NotAllowed("A viewer's job can read only files uploaded through the page or shipped with the lab.")
 
 

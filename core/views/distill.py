@@ -16,6 +16,10 @@ from core.techniques import distillation
 
 Duration = Callable[[float], str]
 
+# Training on the public WikiText-2 text beside the teacher's answers, offered by the Distill and MoE pages where
+# ../shared/data holds it (core.paths.shared_wikitext): the text of the lab's best healed student and carve
+PUBLIC_AND_ANSWERS = "public WikiText-2 text and the teacher's answers"
+
 # The Distill page's "Which layers" radio: a label for every distillation.LAYER_CHOICES entry, and one sentence each.
 LAYER_LABELS = {"spread": "evenly spread", "first": "the first ones", "every-other": "every other",
                 "redundancy": "least redundant"}

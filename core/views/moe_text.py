@@ -3,6 +3,8 @@ measured here. No streamlit; the numbers a page shows beside them come from reco
 
 from __future__ import annotations
 
+from core.views.distill import PUBLIC_AND_ANSWERS
+
 SHARED_HELP = ("Experts made of the neurons that are among each token's strongest on almost every calibration token. "
                "They run for every token (as in CMoE and DeepSeek-MoE); the router only picks among the others. "
                "0 = every expert is routed, the first carve's recipe.")
@@ -11,7 +13,7 @@ HEAL_HELP = ("Trains the carve to give the dense model's next-token probabilitie
              "for this many minutes (the router and embeddings stay as they are), then measures the healed carve "
              "beside the plain one. Pick a single k.")
 HEAL_SCOPE_NAMES = {"experts": "the experts only", "all": "experts, attention and norms"}
-HEAL_ANSWERS, HEAL_PUBLIC = "the teacher's answers", "public WikiText-2 text and the teacher's answers"
+HEAL_ANSWERS, HEAL_PUBLIC = "the teacher's answers", PUBLIC_AND_ANSWERS
 HEAL_TEXT_HELP = ("The answers alone are a few hundred short texts: a long heal sees them many times over. "
                   "WikiText-2's public test text (about 300k tokens, none of them in the evaluation) beside them gives "
                   "it far more to learn from; the lab's best healed student and carve were trained on both. Offered "
